@@ -1,0 +1,18 @@
+"""Project pipelines."""
+
+from __future__ import annotations
+
+from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+# The default `kedro run`: every stage from raw corpus to exported model, in this order.
+# Pipelines that do not exist yet are skipped, so the list is the roadmap too.
+DEFAULT_ORDER = ("synth", "data_processing", "pretrain", "finetune", "evaluation", "export")
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    pipelines = find_pipelines(raise_errors=True)
+    pipelines["__default__"] = sum(
+        (pipelines[name] for name in DEFAULT_ORDER if name in pipelines), Pipeline([])
+    )
+    return pipelines

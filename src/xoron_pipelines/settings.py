@@ -1,0 +1,10 @@
+"""Project settings (Kedro)."""
+
+from xoron_pipelines.hooks import ParameterValidationHook
+
+HOOKS = (ParameterValidationHook(),)
+
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+}
