@@ -20,7 +20,22 @@ import pytest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+# make `tests.helpers` importable however pytest is launched (tests/ has no __init__.py)
+import sys  # noqa: E402
+
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
 
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture()
+def kedro_project(tmp_path: Path) -> Path:
+    """A throw-away copy of the project (conf/, pyproject.toml, empty data layers) in
+    ``tmp_path``; run pipelines in it with ``tests.helpers.run_pipeline(path, name, params)``."""
+    from tests.helpers import copy_project
+
+    return copy_project(tmp_path / "project")

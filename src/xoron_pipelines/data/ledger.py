@@ -1,0 +1,119 @@
+"""The record ledger: one row per input record with its fate.
+
+Every record read from every selected source lands in the ledger exactly once with
+``status`` ``kept`` (clean text in ``text``), ``quarantined`` (bad input; ``reason``,
+``detail`` and a ``raw`` snippet) or ``filtered`` (a cleaning / dedup decision; ``reason``).
+So records in = kept + quarantined + filtered by construction, and the quarantine file, the
+count table, the tokenizer corpus and the packed data are all derived from this one table.
+The ledger is written in batches to Parquet shards; nothing is held beyond one batch plus the
+dedup state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from xoron_pipelines.data import sources as src_mod
+from xoron_pipelines.data.clean import EMPTY, clean_text, length_verdict
+from xoron_pipelines.data.dedup import Deduplicator
+from xoron_pipelines.datasets.parquet_shards import ShardSet, ShardWriter, staging_dir
+
+log = logging.getLogger(__name__)
+
+KEPT, QUARANTINED, FILTERED = "kept", "quarantined", "filtered"
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("category", pa.string()),
+        ("modality", pa.string()),
+        ("file", pa.string()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("raw", pa.string()),
+        ("text", pa.string()),
+    ]
+)
+
+
+class BadRecordError(ValueError):
+    """Raised on the first bad record when ``on_bad_record: fail``."""
+
+
+def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048) -> ShardSet:
+    """Ingest, clean and deduplicate every selected source into a staged ledger shard set."""
+    sources = list(params.selected_sources() if sources is None else sources)
+    src_mod.check_source_paths(sources)
+    d = params.dedup
+    dedup = Deduplicator(d.exact, d.near_dup, d.near_dup_threshold, d.num_perm, d.shingle_size)
+    stage = staging_dir("xoron-ledger-")
+    with ShardWriter(stage, LEDGER_SCHEMA, rows_per_shard=50_000) as writer:
+        for source in sources:
+            _ingest_source(source, params, dedup, writer, batch_rows)
+    return ShardSet(stage, staged=True)
+
+
+def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, batch_rows: int) -> None:
+    c = params.cleaning
+    cols: dict[str, list] = {name: [] for name in LEDGER_SCHEMA.names}
+    counts = {KEPT: 0, QUARANTINED: 0, FILTERED: 0}
+
+    def add(rec, status: str, reason: str | None, text: str | None) -> None:
+        counts[status] += 1
+        for name, value in (
+            ("source", source.name), ("category", source.category), ("modality", source.modality),
+            ("file", rec.file), ("row", rec.row), ("status", status), ("reason", reason or ""),
+            ("detail", rec.detail), ("raw", rec.raw if status == QUARANTINED else None), ("text", text),
+        ):
+            cols[name].append(value)
+        if len(cols["row"]) >= batch_rows:
+            writer.write_rows(cols)
+            for values in cols.values():
+                values.clear()
+
+    records = src_mod.iter_records(source, c.max_record_bytes, params.stdlib_corpus)
+    for rec in tqdm(records, desc=f"ingest {source.name}", unit="rec", disable=not params.progress, leave=False):
+        if rec.reason is None:
+            rec.text = clean_text(rec.text, c.normalization, c.strip_control)
+            rec.reason = length_verdict(rec.text, c.min_chars, c.max_chars)
+            if rec.reason == EMPTY:
+                rec.raw = rec.text[: src_mod.RAW_SNIPPET]
+                rec.detail = "no text left after cleaning"
+        if rec.reason is not None and rec.reason in QUARANTINE_REASONS:
+            if params.on_bad_record == "fail":
+                raise BadRecordError(
+                    f"bad record in source {source.name!r} at {rec.file}:{rec.row}: {rec.reason} ({rec.detail})"
+                )
+            add(rec, QUARANTINED, rec.reason, None)
+            continue
+        reason = rec.reason or dedup.check(rec.text)
+        if reason is not None:
+            add(rec, FILTERED, reason, None)
+            continue
+        add(rec, KEPT, None, rec.text)
+        if source.max_samples is not None and counts[KEPT] >= source.max_samples:
+            break
+    writer.write_rows(cols)
+    log.info(
+        "source %s: %d records in, %d kept, %d quarantined, %d filtered",
+        source.name, sum(counts.values()), counts[KEPT], counts[QUARANTINED], counts[FILTERED],
+    )
+
+
+QUARANTINE_REASONS = frozenset(
+    {
+        src_mod.MALFORMED_JSON,
+        src_mod.INVALID_UTF8,
+        src_mod.MISSING_FIELD,
+        src_mod.NON_STRING_TEXT,
+        src_mod.BAD_MESSAGES,
+        src_mod.OVERSIZED,
+        EMPTY,
+    }
+)

@@ -1,0 +1,1 @@
+"""Custom Kedro datasets of xoron-pipelines (one module per dataset kind)."""

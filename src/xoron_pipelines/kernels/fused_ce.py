@@ -1,0 +1,264 @@
+"""Fused linear + cross-entropy: the LM-head projection and the loss without N x V logits.
+
+``logits = hidden @ weight.T`` is only ever built for ``chunk_size`` token rows at a time.
+Forward keeps one fp32 log-sum-exp per token; backward recomputes each chunk's logits, turns
+them *in place* into ``dlogits = scale * (softmax - onehot)`` and accumulates
+``grad_hidden = dlogits @ weight`` and ``grad_weight += dlogits.T @ hidden`` chunk by chunk.
+Peak extra memory is therefore one chunk of logits plus the fp32 ``grad_weight`` accumulator.
+
+Both implementations share that chunked driver; they differ in the per-row work on a chunk:
+``torch`` uses ``logsumexp``/``exp``, ``triton`` runs one program per token that streams the
+vocabulary in BLOCK_V blocks with an online log-sum-exp (and the matching gradient kernel).
+The matmuls stay in torch (cuBLAS on GPU).
+
+Loss semantics (all reductions): per-token ``ce_i`` is 0 at ``ignore_index``; with per-token
+``loss_weights`` w (1 when None) ``"none"`` returns ``w_i * ce_i``, ``"sum"`` their sum and
+``"mean"`` ``sum(w_i * ce_i) / sum(w_i)`` over non-ignored tokens (0 when that sum is 0, instead
+of PyTorch's NaN). Losses are float32. ``hidden`` may be (..., H) with ``labels`` (...).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+Reduction = Literal["mean", "sum", "none"]
+_LOGITS_BUDGET = 1 << 22  # default chunk: about 4M logits (16 MiB in fp32) at a time
+_MAX_BLOCK_V = 8192  # vocabulary block streamed per step by the Triton row kernels
+
+
+def default_chunk_size(n_tokens: int, vocab_size: int) -> int:
+    """Largest power of two with chunk * V <= _LOGITS_BUDGET (at least 1, at most N)."""
+    rows = max(1, _LOGITS_BUDGET // max(vocab_size, 1))
+    return max(1, min(n_tokens, 1 << (rows.bit_length() - 1)))
+
+
+def _reduce(
+    ce: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None, ignore_index: int, reduction: str
+) -> torch.Tensor:
+    """Weighted reduction of per-token losses (ignored tokens have weight 0)."""
+    valid = labels != ignore_index
+    w = valid.to(torch.float32) if loss_weights is None else loss_weights.to(torch.float32) * valid
+    weighted = ce * w
+    if reduction == "none":
+        return weighted
+    total = weighted.sum()
+    if reduction == "sum":
+        return total
+    denom = w.sum()
+    return torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), torch.zeros_like(total))
+
+
+def _check(hidden, weight, labels, loss_weights, reduction) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"fused_linear_cross_entropy: unknown reduction {reduction!r}")
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"fused_linear_cross_entropy: hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} "
+            "must be (..., H) and (V, H)"
+        )
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(f"fused_linear_cross_entropy: labels {tuple(labels.shape)} must be {tuple(hidden.shape[:-1])}")
+    if loss_weights is not None and loss_weights.shape != labels.shape:
+        raise ValueError(
+            f"fused_linear_cross_entropy: loss_weights {tuple(loss_weights.shape)} must match labels {tuple(labels.shape)}"
+        )
+
+
+def linear_cross_entropy_naive(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Unfused peer for tests and benchmarks: materialises all N x V logits (at least fp32)."""
+    _check(hidden, weight, labels, loss_weights, reduction)
+    logits = hidden @ weight.T
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    ce = F.cross_entropy(
+        logits.reshape(-1, weight.shape[0]), labels.reshape(-1), ignore_index=ignore_index, reduction="none"
+    ).view(labels.shape)
+    return _reduce(ce, labels, loss_weights, ignore_index, reduction)
+
+
+# ---------------------------------------------------------------- per-chunk row work: torch
+def _ce_rows_torch(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    """(ce, lse) per row of a logits chunk; ce is 0 where the label is ignored."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    valid = labels != ignore_index
+    target = logits.gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
+    return torch.where(valid, lse - target, 0.0), lse
+
+
+def _ce_grad_rows_torch(logits, labels, lse, grad, ignore_index):
+    """In place: logits -> grad * (softmax - onehot), zero rows for ignored labels."""
+    valid = labels != ignore_index
+    probs = logits.float()  # the chunk itself when it is already fp32
+    probs.sub_(lse.unsqueeze(1)).exp_()
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    probs[rows, torch.where(valid, labels, 0)] -= valid.to(probs.dtype)
+    probs.mul_(torch.where(valid, grad, 0.0).unsqueeze(1))
+    return probs if probs is logits else logits.copy_(probs)
+
+
+# ---------------------------------------------------------------- per-chunk row work: triton
+@triton.jit
+def _ce_fwd_kernel(
+    logits_ptr, labels_ptr, ce_ptr, lse_ptr, vocab, stride_row, ignore_index, BLOCK_V: tl.constexpr,
+):
+    """One program per token: online log-sum-exp over the vocabulary in BLOCK_V blocks."""
+    row = tl.program_id(0)
+    base = logits_ptr + row.to(tl.int64) * stride_row
+    offs = tl.arange(0, BLOCK_V)
+    m = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_V], dtype=tl.float32)
+    for start in range(0, vocab, BLOCK_V):
+        cols = start + offs
+        x = tl.load(base + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        # lanes that have only seen -inf (masked tail) stay at s = 0 without computing inf - inf
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.exp(x - m_safe)
+        m = m_new
+    m_all = tl.max(m, axis=0)
+    lse = m_all + tl.log(tl.sum(s * tl.exp(m - m_all), axis=0))
+    label = tl.load(labels_ptr + row)
+    valid = label != ignore_index
+    target = tl.load(base + tl.where(valid, label, 0)).to(tl.float32)
+    tl.store(ce_ptr + row, tl.where(valid, lse - target, 0.0))
+    tl.store(lse_ptr + row, lse)
+
+
+@triton.jit
+def _ce_bwd_kernel(
+    logits_ptr, labels_ptr, lse_ptr, grad_ptr, vocab, stride_row, ignore_index, BLOCK_V: tl.constexpr,
+):
+    """One program per token, in place: logits -> grad * (exp(logits - lse) - onehot(label))."""
+    row = tl.program_id(0)
+    base = logits_ptr + row.to(tl.int64) * stride_row
+    offs = tl.arange(0, BLOCK_V)
+    label = tl.load(labels_ptr + row)
+    lse = tl.load(lse_ptr + row)
+    g = tl.where(label != ignore_index, tl.load(grad_ptr + row).to(tl.float32), 0.0)
+    for start in range(0, vocab, BLOCK_V):
+        cols = start + offs
+        mask = cols < vocab
+        x = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
+        d = tl.exp(x - lse) - tl.where(cols == label, 1.0, 0.0)
+        tl.store(base + cols, (d * g).to(logits_ptr.dtype.element_ty), mask=mask)
+
+
+def _ce_launch_config(vocab: int) -> tuple[int, int]:
+    block_v = min(triton.next_power_of_2(vocab), _MAX_BLOCK_V)
+    return block_v, min(max(block_v // 512, 1), 16)
+
+
+def _ce_rows_triton(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
+    rows, vocab = logits.shape
+    ce = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    lse = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    block_v, warps = _ce_launch_config(vocab)
+    _ce_fwd_kernel[(rows,)](
+        logits, labels, ce, lse, vocab, logits.stride(0), ignore_index, BLOCK_V=block_v, num_warps=warps
+    )
+    return ce, lse
+
+
+def _ce_grad_rows_triton(logits, labels, lse, grad, ignore_index):
+    rows, vocab = logits.shape
+    block_v, warps = _ce_launch_config(vocab)
+    _ce_bwd_kernel[(rows,)](
+        logits, labels, lse, grad.contiguous(), vocab, logits.stride(0), ignore_index,
+        BLOCK_V=block_v, num_warps=warps,
+    )
+    return logits
+
+
+_ROW_FNS = {"torch": (_ce_rows_torch, _ce_grad_rows_torch), "triton": (_ce_rows_triton, _ce_grad_rows_triton)}
+
+
+# ---------------------------------------------------------------- shared chunked driver
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Per-token CE (N,) of ``hidden @ weight.T`` computed ``chunk`` rows at a time."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, ignore_index: int, chunk: int, backend: str):
+        rows_fn, _ = _ROW_FNS[backend]
+        n = hidden.shape[0]
+        ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            ce[s:e], lse[s:e] = rows_fn(hidden[s:e] @ weight.T, labels[s:e], ignore_index)
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.cfg = (ignore_index, chunk, backend)
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        ignore_index, chunk, backend = ctx.cfg
+        _, grad_fn = _ROW_FNS[backend]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_ce = grad_ce.to(torch.float32)
+        for s in range(0, hidden.shape[0], chunk):
+            e = min(s + chunk, hidden.shape[0])
+            h = hidden[s:e]
+            dlogits = grad_fn(h @ weight.T, labels[s:e], lse[s:e], grad_ce[s:e], ignore_index)
+            if need_h:
+                torch.mm(dlogits, weight, out=grad_h[s:e])
+            if need_w:
+                if grad_w.dtype == dlogits.dtype:
+                    grad_w.addmm_(dlogits.T, h)
+                else:
+                    grad_w += dlogits.T @ h
+        if need_w:
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None, None
+
+
+def _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduction, backend):
+    _check(hidden, weight, labels, loss_weights, reduction)
+    h2 = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    if h2.shape[0] == 0:
+        return _reduce(h2.new_zeros(labels.shape, dtype=torch.float32), labels, loss_weights, ignore_index, reduction)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"fused_linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
+    chunk = chunk_size or default_chunk_size(h2.shape[0], weight.shape[0])
+    ce = _ChunkedLinearCE.apply(h2, weight, labels.reshape(-1).contiguous(), ignore_index, chunk, backend)
+    return _reduce(ce.view(labels.shape), labels, loss_weights, ignore_index, reduction)
+
+
+def fused_linear_cross_entropy_torch(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Chunked pure-torch implementation (the CPU path); see the module docstring."""
+    return _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduction, "torch")
+
+
+def fused_linear_cross_entropy_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_weights: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Chunked implementation with Triton online-logsumexp row kernels; same contract."""
+    return _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduction, "triton")

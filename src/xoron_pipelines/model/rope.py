@@ -1,0 +1,106 @@
+"""Position encodings: rotary (plain, linear-scaled, YaRN) and learned absolute positions.
+
+YaRN follows the YaRN paper (Peng et al., 2023, sec. 3.2) exactly as transformers'
+``_compute_yarn_parameters`` implements it: for rotary pair ``i`` with ``r_i`` = number of
+rotations over the original context, pairs with ``r_i > beta_fast`` (high frequencies, short
+wavelengths) keep their frequency, pairs with ``r_i < beta_slow`` (low frequencies, long
+wavelengths) are interpolated by ``1/factor``, with a linear ramp over the pair index in between.
+The attention temperature ``mscale = 0.1 * ln(factor) + 1`` scales cos/sin (so q.k by mscale^2);
+with DeepSeek's ``mscale``/``mscale_all_dim`` the cos/sin factor is their ratio and MLA's softmax
+scale gets ``get_mscale(factor, mscale_all_dim)^2`` (see :func:`softmax_scale`).
+
+Rotation uses the HF ``rotate_half`` convention (``kernels.apply_rope``) for every attention type,
+MLA included; a DeepSeek-V3 export therefore sets ``rope_interleave=False``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from xoron_pipelines import kernels
+
+
+def get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN attention temperature ``0.1 * mscale * ln(scale) + 1`` (1 when scale <= 1)."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _scaling(config) -> dict | None:
+    rs = config.rope_scaling
+    if rs is None:
+        return None
+    return {**rs, "type": rs.get("type", rs.get("rope_type"))}
+
+
+def _yarn_inv_freq(base_inv: torch.Tensor, dim: int, base: float, rs: dict) -> torch.Tensor:
+    """Blend interpolated (``/factor``) and original frequencies with YaRN's ramp over pair index."""
+    factor = float(rs["factor"])
+    orig = rs["original_max_position_embeddings"]
+    beta_fast, beta_slow = float(rs.get("beta_fast") or 32.0), float(rs.get("beta_slow") or 1.0)
+
+    def correction_dim(num_rotations: float) -> float:
+        # pair index whose wavelength fits ``num_rotations`` times into the original context
+        return dim * math.log(orig / (num_rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1.0 - ramp  # 1 -> original frequency (high freq), 0 -> interpolated (low freq)
+    return base_inv / factor * (1.0 - keep) + base_inv * keep
+
+
+def rope_inv_freq(config) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (rope_dim/2,) and the cos/sin attention factor for ``config``."""
+    dim, base = config.rope_dim, float(config.rope_theta)
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    rs = _scaling(config)
+    if rs is None:
+        return inv, 1.0
+    factor = float(rs["factor"])
+    if rs["type"] == "linear":
+        return inv / factor, 1.0
+    mscale, mscale_all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        attn = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+    else:
+        attn = get_mscale(factor)
+    return _yarn_inv_freq(inv, dim, base, rs), float(attn)
+
+
+def softmax_scale(config, head_dim: int) -> float:
+    """Softmax scale ``head_dim^-0.5``, times DeepSeek's YaRN ``mscale_all_dim`` correction squared."""
+    scale = head_dim ** -0.5
+    rs = _scaling(config)
+    if rs is not None and rs["type"] == "yarn" and rs.get("mscale_all_dim"):
+        m = get_mscale(float(rs["factor"]), float(rs["mscale_all_dim"]))
+        scale *= m * m
+    return scale
+
+
+class RotaryEmbedding(nn.Module):
+    """Produces (cos, sin) of shape (B, T, rope_dim) for given position ids."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        inv_freq, self.attention_scaling = rope_inv_freq(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str) -> torch.Tensor:
+    """Rotate ``x`` (B, heads, T, D) by (cos, sin) of shape (B or 1, T, D) via ``kernels.apply_rope``."""
+    return kernels.apply_rope(x, cos, sin, impl=impl)

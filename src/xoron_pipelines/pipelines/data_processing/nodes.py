@@ -1,0 +1,116 @@
+"""Nodes of the ``data_processing`` pipeline: thin wrappers over :mod:`xoron_pipelines.data`.
+
+Large data moves between nodes as lazy :class:`ShardSet` handles (Parquet shards), never as
+Python lists of the whole corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from xoron_pipelines.data import ledger as ledger_mod
+from xoron_pipelines.data import packing, tokenizer_training
+from xoron_pipelines.datasets.parquet_shards import ShardSet, iter_rows
+
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "detail", "raw"]
+
+
+def build_ledger(params: dict[str, Any], synth_manifest: Any = None) -> ShardSet:
+    """Ingest, clean and deduplicate every selected source into the record ledger.
+
+    ``synth_manifest`` is taken only so that Kedro runs ``synth`` first; missing source
+    paths fail here, naming the source and path, before any record is read."""
+    p = Params.model_validate(params)
+    log.info("data_processing sources: %s", [s.name for s in p.selected_sources()])
+    return ledger_mod.build_ledger(p)
+
+
+def count_records(ledger: ShardSet) -> pd.DataFrame:
+    """``source, status, reason, count`` for every combination present in the ledger."""
+    counts: Counter = Counter()
+    for batch in ledger.iter_batches(columns=["source", "status", "reason"], batch_size=65536):
+        grouped = pa.Table.from_batches([batch]).group_by(["source", "status", "reason"]).aggregate([([], "count_all")])
+        for row in grouped.to_pylist():
+            counts[(row["source"], row["status"], row["reason"])] += row["count_all"]
+    rows = [
+        {"source": s, "status": st, "reason": r, "count": n} for (s, st, r), n in sorted(counts.items())
+    ]
+    return pd.DataFrame(rows, columns=["source", "status", "reason", "count"])
+
+
+def quarantine_rows(ledger: ShardSet) -> Iterator[dict[str, Any]]:
+    """Quarantined records (source, file, row, reason, detail, raw snippet), streamed."""
+    flt = pc.field("status") == ledger_mod.QUARANTINED
+    return iter_rows(ledger.iter_batches(columns=QUARANTINE_COLUMNS, filter=flt))
+
+
+def record_metrics(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """MLflow metrics: records in / kept / quarantined / filtered, and per reason."""
+    metrics: dict[str, float] = {"records.in": float(table["count"].sum())}
+    for status in (ledger_mod.KEPT, ledger_mod.QUARANTINED, ledger_mod.FILTERED):
+        metrics[f"records.{status}"] = float(table.loc[table.status == status, "count"].sum())
+    for (status, reason), n in table[table.reason != ""].groupby(["status", "reason"])["count"].sum().items():
+        metrics[f"{status}.{reason}"] = float(n)
+    for source, n in table[table.status == ledger_mod.KEPT].groupby("source")["count"].sum().items():
+        metrics[f"kept_by_source.{source}"] = float(n)
+    return {k: {"value": v, "step": 0} for k, v in metrics.items()}
+
+
+def report_records(ledger: ShardSet) -> tuple[Iterator[dict[str, Any]], pd.DataFrame, dict]:
+    """Quarantine file, per-reason count table and MLflow metrics, all from the ledger."""
+    table = count_records(ledger)
+    totals = table.groupby("status")["count"].sum().to_dict()
+    log.info("records: %s; by reason:\n%s", totals, table[table.reason != ""].to_string(index=False))
+    return quarantine_rows(ledger), table, record_metrics(table)
+
+
+def kept_texts(ledger: ShardSet) -> Iterator[str]:
+    """Texts of the kept records, in ledger order."""
+    flt = pc.field("status") == ledger_mod.KEPT
+    for batch in ledger.iter_batches(columns=["text"], filter=flt):
+        yield from batch.column("text").to_pylist()
+
+
+def train_tokenizer(ledger: ShardSet, params: dict[str, Any]) -> tuple[Any, dict]:
+    """Train the byte-level BPE tokenizer on the cleaned corpus (kept records)."""
+    p = Params.model_validate(params)
+    t = p.tokenizer
+    n_docs = ledger.dataset().count_rows(filter=pc.field("status") == ledger_mod.KEPT)
+    tok = tokenizer_training.train_bpe(
+        tokenizer_training.capped(kept_texts(ledger), t.max_train_chars),
+        vocab_size=t.vocab_size,
+        min_frequency=t.min_frequency,
+        show_progress=p.progress,
+        length=n_docs,
+    )
+    hf = tokenizer_training.wrap(tok, model_max_length=p.packing.max_seq_len)
+    stats = tokenizer_training.stats(hf)
+    log.info("tokenizer: %s", stats)
+    return hf, {f"tokenizer.{k}": {"value": v, "step": 0} for k, v in stats.items()}
+
+
+def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[ShardSet, ShardSet, dict, dict]:
+    """Tokenize, mix, split and pack; returns train / val shards, manifest and MLflow metrics."""
+    p = Params.model_validate(params)
+    train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p)
+    metrics: dict[str, float] = {
+        "tokenizer.chars_per_token": manifest["chars_per_token"],
+        "pack.tokens_per_second": manifest["tokens_per_second"],
+    }
+    for split, summary in manifest["splits"].items():
+        for key, value in summary.items():
+            metrics[f"pack.{split}.{key}"] = float(value)
+    for name, row in manifest["sources"].items():
+        metrics[f"mix.{name}.target_share"] = row["target_share"]
+        metrics[f"mix.{name}.achieved_share"] = row["achieved_share"]
+    return train, val, manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}

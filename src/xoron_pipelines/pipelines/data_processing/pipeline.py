@@ -1,0 +1,39 @@
+"""``data_processing``: sources -> ledger -> quarantine/report, tokenizer, packed shards."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import build_ledger, pack, report_records, train_tokenizer
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                build_ledger,
+                inputs=["params:data_processing", "synth_manifest"],
+                outputs="record_ledger",
+                name="build_record_ledger",
+            ),
+            Node(
+                report_records,
+                inputs="record_ledger",
+                outputs=["quarantine", "data_processing_record_counts", "data_processing_record_metrics"],
+                name="report_records",
+            ),
+            Node(
+                train_tokenizer,
+                inputs=["record_ledger", "params:data_processing"],
+                outputs=["tokenizer", "data_processing_tokenizer_metrics"],
+                name="train_tokenizer",
+            ),
+            Node(
+                pack,
+                inputs=["record_ledger", "tokenizer", "params:data_processing"],
+                outputs=["packed_train", "packed_val", "packing_manifest", "data_processing_pack_metrics"],
+                name="tokenize_and_pack",
+            ),
+        ],
+        tags=["data_processing", "data"],
+    )
