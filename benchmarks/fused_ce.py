@@ -112,7 +112,7 @@ def main() -> None:
     variants = ["naive", "fused_torch"] + (["fused_triton"] if torch.cuda.is_available() else [])
     rows = [_measure(v, args) for v in variants]
     naive = rows[0]["peak_bytes"]
-    chunk = args.chunk_size or default_chunk_size(args.tokens, args.vocab)
+    chunk = args.chunk_size or default_chunk_size(args.tokens, args.vocab, args.hidden)
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
     print(f"fused linear CE, V={args.vocab} N={args.tokens} H={args.hidden} {args.dtype}, chunk={chunk} rows, {where}")
     print(f"{'variant':<14}{'peak MiB':>10}{'x naive':>9}{'fwd+bwd s':>11}")
@@ -120,7 +120,8 @@ def main() -> None:
         r["ratio"] = r["peak_bytes"] / naive
         print(f"{r['variant']:<14}{r['peak_bytes'] / MiB:>10.1f}{r['ratio']:>9.3f}{r['seconds']:>11.3f}")
     worst = max(r["ratio"] for r in rows[1:])
-    print(f"fused/naive peak ratio: {worst:.3f} (target <= {TARGET_RATIO}) -> {'PASS' if worst <= TARGET_RATIO else 'FAIL'}")
+    verdict = "PASS" if worst <= TARGET_RATIO else "FAIL"
+    print(f"fused/naive peak ratio: {worst:.3f} (target <= {TARGET_RATIO}) -> {verdict}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "chunk": chunk, "rows": rows}, fh, indent=2)

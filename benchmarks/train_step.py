@@ -66,7 +66,9 @@ class Runner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
 
     def step(self, ids: torch.Tensor) -> float:
-        loss = self.model(input_ids=ids, labels=ids).loss
+        # Our training path asks for the loss only (no logits tensor), as the trainer does.
+        extra = {"return_logits": False} if self.ours else {}
+        loss = self.model(input_ids=ids, labels=ids, **extra).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ def trained_tokenizer(tmp_path_factory):
     from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
     from xoron_pipelines.pipelines.data_processing.params import StdlibCorpus
 
-    texts = [r["text"] for r in stdlib_corpus.iter_rows("code", StdlibCorpus(max_bytes=600_000))]
+    texts = [r["text"] for r in stdlib_corpus.iter_rows("code", StdlibCorpus(max_bytes=300_000))]
     tok = tokenizer_training.train_bpe(texts, vocab_size=8000, min_frequency=2)
     path = tmp_path_factory.mktemp("tok") / "tokenizer"
     ds = HFTokenizerDataset(str(path))

@@ -86,7 +86,11 @@ def test_autotokenizer_loads_offline(trained_tokenizer, tmp_path):
 
 
 def test_vocab_size_min_frequency_and_char_cap():
-    texts = prose_docs(400, seed=5) + [f"identifier_{i}_{i * 7}" for i in range(3000)]
+    import random
+
+    rng = random.Random(3)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(4, 9))) for _ in range(6000)]
+    texts = prose_docs(200, seed=5) + [" ".join(words[i : i + 20]) for i in range(0, len(words), 20)] * 2
 
     def size(**kw):
         args = {"vocab_size": 8000, "min_frequency": 1} | kw

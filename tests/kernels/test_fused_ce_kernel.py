@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from xoron_pipelines.kernels import fused_linear_cross_entropy, linear_cross_entropy_naive
-from xoron_pipelines.kernels import fused_ce
+from xoron_pipelines.kernels import fused_ce, fused_linear_cross_entropy, linear_cross_entropy_naive
 from xoron_pipelines.kernels.fused_ce import (
     default_chunk_size,
     fused_linear_cross_entropy_torch,
@@ -100,9 +99,10 @@ def test_batched_input_and_default_chunk(device):
         assert got.shape == (4, 9)
         ref = linear_cross_entropy_naive(h3, weight, l3, reduction="none")
         torch.testing.assert_close(got, ref, atol=ATOL, rtol=RTOL)
-    assert default_chunk_size(2048, 32000) == 128
-    assert default_chunk_size(10, 1000) == 10
-    assert default_chunk_size(5000, 1 << 30) == 1
+    assert default_chunk_size(2048, 32000, 512) == 128  # 4M-logit budget
+    assert default_chunk_size(8192, 32000, 4096) == 1024  # about N * H logits
+    assert default_chunk_size(10, 1000, 64) == 10
+    assert default_chunk_size(5000, 1 << 30, 64) == 1
 
 
 def test_frozen_weight_gets_no_gradient(device):

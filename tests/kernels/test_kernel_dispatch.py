@@ -48,7 +48,9 @@ def test_unknown_impl_is_a_value_error():
 
 CALLS = {
     "rms_norm": lambda impl: kernels.rms_norm(torch.ones(2, 3), torch.ones(3), 1e-6, impl=impl),
-    "apply_rope": lambda impl: kernels.apply_rope(torch.ones(1, 1, 2, 4), torch.ones(1, 2, 4), torch.ones(1, 2, 4), impl=impl),
+    "apply_rope": lambda impl: kernels.apply_rope(
+        torch.ones(1, 1, 2, 4), torch.ones(1, 2, 4), torch.ones(1, 2, 4), impl=impl
+    ),
     "swiglu": lambda impl: kernels.swiglu(torch.ones(3), torch.ones(3), impl=impl),
     "fused_linear_cross_entropy": lambda impl: kernels.fused_linear_cross_entropy(
         torch.ones(2, 3), torch.ones(4, 3), torch.tensor([0, 1]), impl=impl

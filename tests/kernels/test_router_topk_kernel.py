@@ -49,7 +49,8 @@ def test_gradient_reaches_only_selected_scores(device):
         bias = torch.zeros(8, device=device, requires_grad=True)
         weights, idx = router_topk(scores, bias, 2, impl=impl)
         (weights * torch.arange(1.0, 3.0, device=device)).sum().backward()
-        expected = torch.zeros(6, 8, device=device).scatter(1, idx, torch.tensor([1.0, 2.0], device=device).expand(6, 2))
+        upstream = torch.tensor([1.0, 2.0], device=device).expand(6, 2)
+        expected = torch.zeros(6, 8, device=device).scatter(1, idx, upstream)
         assert torch.equal(scores.grad, expected)
         assert bias.grad is None or not bias.grad.any()
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from xoron_pipelines.model.config import XoronConfig
 from xoron_pipelines.model.peer import PEER
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 
 def make_config(**overrides) -> XoronConfig:
     base = dict(
@@ -256,3 +258,13 @@ def test_expert_hidden_size_sets_table_width():
     peer = make_peer(peer_expert_hidden_size=4)
     assert peer.down_embed.weight.shape == (64, 16 * 4) and peer.up_embed.weight.shape == (64, 16 * 4)
     assert peer(torch.randn(1, 2, 16)).shape == (1, 2, 16)
+
+
+def test_reset_parameters_redraws_keys_only():
+    peer = make_peer()
+    tables = peer.down_embed.weight.clone(), peer.up_embed.weight.clone()
+    keys = peer.sub_keys_0.clone()
+    peer.reset_parameters()
+    assert torch.equal(peer.down_embed.weight, tables[0]) and torch.equal(peer.up_embed.weight, tables[1])
+    assert not torch.equal(peer.sub_keys_0, keys)
+    assert peer.sub_keys_0.std().item() == pytest.approx(0.02, rel=0.3)  # initializer_range

@@ -43,7 +43,7 @@ class MixSource:
     finished: bool = False
     dropped: bool = False
     _iter: Iterator[Any] | None = field(default=None, repr=False)
-    _docs_this_pass: int = 0
+    _next: Any = field(default=None, repr=False)
 
 
 class WeightedMixer:
@@ -64,45 +64,41 @@ class WeightedMixer:
         self.targets = [s.weight / total for s in sources]
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
-        active = list(range(len(self.sources)))
+        active = []
+        for i, s in enumerate(self.sources):
+            s._iter = s.open()
+            s._next = next(s._iter, None)  # one document of lookahead: a pass ends exactly
+            if s._next is None:
+                log.warning("mix: source %s has no documents; it is left out of the mix", s.name)
+                s.dropped = True
+            else:
+                active.append(i)
         emitted = 0
-        for s in self.sources:
-            s._iter, s._docs_this_pass = s.open(), 0
         while active:
             i = min(active, key=lambda k: (self.sources[k].tokens / self.sources[k].weight, k))
             s = self.sources[i]
-            doc = next(s._iter, None)
-            if doc is None:
-                if self._end_of_pass(s, i, active):
-                    return
-                continue
+            doc = s._next
             yield i, doc
             s.tokens += doc.num_tokens
             s.documents += 1
-            s._docs_this_pass += 1
             emitted += 1
+            if self.max_total_docs is not None and emitted >= self.max_total_docs:
+                return
             if s.max_per_epoch is not None and s.documents >= s.max_per_epoch:
                 s.finished = True
                 active.remove(i)
                 if self._should_stop():
                     return
-            if self.max_total_docs is not None and emitted >= self.max_total_docs:
-                return
-
-    def _end_of_pass(self, s: MixSource, i: int, active: list[int]) -> bool:
-        """Handle the end of a pass over source ``s``; True when the whole mix must stop."""
-        if s._docs_this_pass == 0:
-            log.warning("mix: source %s has no documents; it is left out of the mix", s.name)
-            s.dropped = True
-            active.remove(i)
-            return not active
-        s.passes += 1
-        if s.passes >= s.sample_repeat and not s.finished:
-            s.finished = True
-            if self._should_stop():
-                return True
-        s._iter, s._docs_this_pass = s.open(), 0
-        return False
+                continue
+            s._next = next(s._iter, None)
+            if s._next is None:  # end of a pass
+                s.passes += 1
+                if s.passes >= s.sample_repeat and not s.finished:
+                    s.finished = True
+                    if self._should_stop():
+                        return
+                s._iter = s.open()
+                s._next = next(s._iter, None)
 
     def _should_stop(self) -> bool:
         live = [s for s in self.sources if not s.dropped]

@@ -63,6 +63,35 @@ def source_docs(ledger: ShardSet, name: str, tok, batch_size: int) -> Iterator[D
             yield Doc(f, r, len(t), np.asarray(e.ids, dtype=np.int32))
 
 
+class CachedSource:
+    """Opens passes over one source; a source whose whole pass is at most ``max_tokens`` tokens
+    is kept in memory after its first pass, so cycling a small source (``all_exhausted``) does
+    not re-read and re-tokenize it every time. Memory stays bounded by ``max_tokens`` per source."""
+
+    def __init__(self, open_pass, max_tokens: int = 1_000_000) -> None:
+        self._open_pass = open_pass
+        self._max_tokens = max_tokens
+        self._cache: list[Doc] | None = None
+
+    def __call__(self) -> Iterator[Doc]:
+        if self._cache is not None:
+            return iter(self._cache)
+        return self._first_pass()
+
+    def _first_pass(self) -> Iterator[Doc]:
+        kept: list[Doc] | None = []
+        tokens = 0
+        for doc in self._open_pass():
+            if kept is not None:
+                tokens += doc.num_tokens
+                kept.append(doc)
+                if tokens > self._max_tokens:
+                    kept = None
+            yield doc
+        if kept is not None:
+            self._cache = kept
+
+
 def is_validation(seed: int, source: str, file: str, row: int, fraction: float) -> bool:
     """Seeded, order-independent split assignment of one document."""
     if fraction <= 0:
@@ -217,7 +246,7 @@ def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params) -> tuple[ShardSet,
         MixSource(
             name=s.name,
             weight=s.weight,
-            open=(lambda n=s.name: source_docs(ledger, n, tok, p.preprocess_batch_size)),
+            open=CachedSource(lambda n=s.name: source_docs(ledger, n, tok, p.preprocess_batch_size)),
             sample_repeat=s.sample_repeat,
             max_per_epoch=s.max_per_epoch,
         )

@@ -31,9 +31,14 @@ _LOGITS_BUDGET = 1 << 22  # default chunk: about 4M logits (16 MiB in fp32) at a
 _MAX_BLOCK_V = 8192  # vocabulary block streamed per step by the Triton row kernels
 
 
-def default_chunk_size(n_tokens: int, vocab_size: int) -> int:
-    """Largest power of two with chunk * V <= _LOGITS_BUDGET (at least 1, at most N)."""
-    rows = max(1, _LOGITS_BUDGET // max(vocab_size, 1))
+def default_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int) -> int:
+    """Rows per chunk: a power of two, at least 1, at most N.
+
+    The chunk's logits hold about max(_LOGITS_BUDGET, N * H) elements: a fixed small budget,
+    raised to the size of ``hidden`` itself for big batches, so large GPU batches run few,
+    large matmuls while extra memory stays of the order of the activations already held.
+    """
+    rows = max(1, max(_LOGITS_BUDGET, n_tokens * hidden_size) // max(vocab_size, 1))
     return max(1, min(n_tokens, 1 << (rows.bit_length() - 1)))
 
 
@@ -65,7 +70,8 @@ def _check(hidden, weight, labels, loss_weights, reduction) -> None:
         raise ValueError(f"fused_linear_cross_entropy: labels {tuple(labels.shape)} must be {tuple(hidden.shape[:-1])}")
     if loss_weights is not None and loss_weights.shape != labels.shape:
         raise ValueError(
-            f"fused_linear_cross_entropy: loss_weights {tuple(loss_weights.shape)} must match labels {tuple(labels.shape)}"
+            f"fused_linear_cross_entropy: loss_weights {tuple(loss_weights.shape)} "
+            f"must match labels {tuple(labels.shape)}"
         )
 
 
@@ -233,7 +239,7 @@ def _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduc
         return _reduce(h2.new_zeros(labels.shape, dtype=torch.float32), labels, loss_weights, ignore_index, reduction)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(h2.shape[0], weight.shape[0])
+    chunk = chunk_size or default_chunk_size(h2.shape[0], weight.shape[0], weight.shape[1])
     ce = _ChunkedLinearCE.apply(h2, weight, labels.reshape(-1).contiguous(), ignore_index, chunk, backend)
     return _reduce(ce.view(labels.shape), labels, loss_weights, ignore_index, reduction)
 

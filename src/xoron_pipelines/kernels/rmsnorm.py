@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+_MAX_BWD_PROGRAMS = 256  # backward programs stride over row blocks; dw partials are (this, D)
+
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Pure-torch reference (HF LlamaRMSNorm); autograd by torch."""
@@ -106,7 +108,7 @@ class _RMSNormFunction(torch.autograd.Function):
         dx = torch.empty_like(x2)
         block_m, block_d, warps = _launch_shape(n_cols)
         n_blocks = triton.cdiv(n_rows, block_m)
-        nprog = min(n_blocks, 256)
+        nprog = min(n_blocks, _MAX_BWD_PROGRAMS)
         dw_part = torch.empty(nprog, n_cols, dtype=torch.float32, device=x2.device)
         _rms_norm_bwd_kernel[(nprog,)](
             dy2, x2, weight.contiguous(), rstd, dx, dw_part, n_rows, n_cols, n_blocks,

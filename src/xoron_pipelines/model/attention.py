@@ -9,7 +9,8 @@ Backends: ``attention_chunk_size=None`` uses ``torch.nn.functional.scaled_dot_pr
 with that mask; an integer runs :func:`chunked_attention` (seed 000's "ring attention" on one
 device): queries and keys in blocks of that size, blocks entirely outside the causal / window band
 skipped, an online softmax (running max and sum) accumulating the output, so no T x T score
-matrix exists. Its result equals full attention, padding included.
+matrix exists (in training each query block is checkpointed, so backward recomputes its scores
+rather than storing them). Its result equals full attention, padding included.
 
 MLA caches only what DeepSeek-V2 says it must: the normalised latent ``c_kv`` (kv_lora_rank) and
 the rotated shared key ``k_pe`` (qk_rope_head_dim) per token. With a cache it attends in the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from xoron_pipelines.model.norm import RMSNorm
 from xoron_pipelines.model.rope import apply_rotary, softmax_scale
@@ -94,41 +96,53 @@ def full_attention(q, k, v, scale: float, key_valid, sliding_window, dropout_p: 
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
+def _query_block(q_blk, k, v, q_start: int, scale: float, chunk_size: int, key_valid, sliding_window,
+                 dropout_p: float) -> torch.Tensor:
+    """Online-softmax attention of one query block over the key blocks it can see."""
+    bsz, heads, n, _ = q_blk.shape
+    q_blk = q_blk.float()
+    q_idx = torch.arange(q_start, q_start + n, device=q_blk.device)
+    run_max = q_blk.new_full((bsz, heads, n, 1), float("-inf"))
+    run_sum = q_blk.new_zeros((bsz, heads, n, 1))
+    acc = q_blk.new_zeros((bsz, heads, n, v.shape[-1]))
+    first = 0 if sliding_window is None else max(0, q_start - sliding_window + 1)
+    for ks in range((first // chunk_size) * chunk_size, q_start + n, chunk_size):  # causal: stop at last query
+        ke = min(ks + chunk_size, k.shape[2])
+        valid = None if key_valid is None else key_valid[:, ks:ke]
+        ok = allowed_mask(q_idx, torch.arange(ks, ke, device=q_blk.device), valid, sliding_window)
+        scores = (q_blk @ k[:, :, ks:ke].float().transpose(-1, -2)) * scale
+        scores = scores.masked_fill(~ok, float("-inf"))
+        new_max = torch.maximum(run_max, scores.amax(dim=-1, keepdim=True))
+        safe_max = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        probs = torch.exp(scores - safe_max)
+        correction = torch.exp(run_max - safe_max)
+        run_sum = run_sum * correction + probs.sum(dim=-1, keepdim=True)
+        if dropout_p > 0:
+            probs = F.dropout(probs, p=dropout_p)
+        acc = acc * correction + probs @ v[:, :, ks:ke].float()
+        run_max = new_max
+    return acc / run_sum
+
+
 def chunked_attention(q, k, v, scale: float, chunk_size: int, key_valid=None, sliding_window=None,
                       dropout_p: float = 0.0) -> torch.Tensor:
-    """Blockwise attention with an online softmax; same result as :func:`full_attention`."""
-    bsz, hq, tq, _ = q.shape
-    tk = k.shape[2]
+    """Blockwise attention with an online softmax; same result as :func:`full_attention`.
+
+    When gradients are needed each query block runs under activation checkpointing, so backward
+    recomputes the block's scores instead of storing them: memory stays O(T * chunk), not O(T^2).
+    """
+    hq, tq, tk = q.shape[1], q.shape[2], k.shape[2]
     if k.shape[1] != hq:
         k = k.repeat_interleave(hq // k.shape[1], dim=1)
         v = v.repeat_interleave(hq // v.shape[1], dim=1)
-    offset = tk - tq
     outputs = []
     for qs in range(0, tq, chunk_size):
-        qe = min(qs + chunk_size, tq)
-        q_blk = q[:, :, qs:qe].float()
-        q_idx = torch.arange(qs + offset, qe + offset, device=q.device)
-        run_max = q_blk.new_full((bsz, hq, qe - qs, 1), float("-inf"))
-        run_sum = q_blk.new_zeros((bsz, hq, qe - qs, 1))
-        acc = q_blk.new_zeros((bsz, hq, qe - qs, v.shape[-1]))
-        first = 0 if sliding_window is None else max(0, qs + offset - sliding_window + 1)
-        for ks in range((first // chunk_size) * chunk_size, qe + offset, chunk_size):
-            ke = min(ks + chunk_size, tk)
-            k_idx = torch.arange(ks, ke, device=q.device)
-            valid = None if key_valid is None else key_valid[:, ks:ke]
-            ok = allowed_mask(q_idx, k_idx, valid, sliding_window)
-            scores = (q_blk @ k[:, :, ks:ke].float().transpose(-1, -2)) * scale
-            scores = scores.masked_fill(~ok, float("-inf"))
-            new_max = torch.maximum(run_max, scores.amax(dim=-1, keepdim=True))
-            safe_max = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
-            probs = torch.exp(scores - safe_max)
-            correction = torch.exp(run_max - safe_max)
-            run_sum = run_sum * correction + probs.sum(dim=-1, keepdim=True)
-            if dropout_p > 0:
-                probs = F.dropout(probs, p=dropout_p)
-            acc = acc * correction + probs @ v[:, :, ks:ke].float()
-            run_max = new_max
-        outputs.append(acc / run_sum)
+        args = (q[:, :, qs:qs + chunk_size], k, v, qs + tk - tq, scale, chunk_size, key_valid, sliding_window,
+                dropout_p)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            outputs.append(checkpoint(_query_block, *args, use_reentrant=False))
+        else:
+            outputs.append(_query_block(*args))
     return torch.cat(outputs, dim=2).to(q.dtype)
 
 

@@ -197,9 +197,9 @@ class XoronConfig(PretrainedConfig):
             if isinstance(value, (dict, list)):
                 value = type(value)(value)
             setattr(self, name, value)
-        super().__init__(**kwargs)
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
+        super().__init__(**kwargs)
         self.validate()
 
     # ------------------------------------------------------------------ derived values
@@ -238,7 +238,9 @@ class XoronConfig(PretrainedConfig):
                 self._fail(f"{name}={value!r} must be a positive integer")
 
     def validate(self) -> None:  # noqa: C901 - a flat list of independent checks reads best
-        """Raise ValueError naming the field for any value the model cannot build with."""
+        """Raise ValueError naming the field for any value the model cannot build with
+        (after transformers' own config validators)."""
+        super().validate()
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 self._fail(f"{name}={getattr(self, name)!r} must be one of {list(choices)}")

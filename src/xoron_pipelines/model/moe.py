@@ -35,16 +35,12 @@ over tokens) and the weighted results are scattered back with ``index_add_``.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xoron_pipelines import kernels
 from xoron_pipelines.model.mlp import MLP
-
-logger = logging.getLogger(__name__)
 
 
 class Router(nn.Module):
@@ -82,7 +78,7 @@ class Router(nn.Module):
         logits = F.linear(hidden_states.float(), self.weight.float())
         if self.scoring == "sigmoid":
             return logits.sigmoid()
-        return logits.sigmoid()
+        return logits.softmax(dim=-1)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Route flat tokens (N, H): return (scores (N, E), combine weights (N, k), expert ids (N, k))."""
@@ -196,7 +192,7 @@ class MoE(nn.Module):
             self._count_tokens(indices)
         if self.aux_loss_coef > 0:
             loss = sequence_balance_loss(
-                scores.view(batch, seq_len, -1), indices.view(batch, seq_len, -1), self.num_experts
+                scores.view(batch, seq_len, -1), indices.reshape(batch, seq_len, -1), self.num_experts
             )
             self.aux_loss = self.aux_loss_coef * loss
         else:

@@ -25,13 +25,9 @@ training or whenever ``track_usage`` is set (the trainer's ``log_expert_usage``)
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-logger = logging.getLogger(__name__)
 
 
 class PEER(nn.Module):
@@ -62,15 +58,20 @@ class PEER(nn.Module):
         self.up_embed = nn.Embedding(self.num_experts, width)
         self.register_buffer("usage_counts", torch.zeros(self.num_experts, dtype=torch.long), persistent=False)
         self.track_usage = False
+        for module in (self.query_proj, self.down_embed, self.up_embed):
+            nn.init.normal_(module.weight, mean=0.0, std=self.initializer_range)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, initializer_range) for projections, keys and expert tables."""
-        for weight in (self.query_proj.weight, self.sub_keys_0, self.sub_keys_1,
-                       self.down_embed.weight, self.up_embed.weight):
-            nn.init.normal_(weight, mean=0.0, std=self.initializer_range)
-        if self.query_norm is not None:
-            self.query_norm.reset_parameters()
+        """Normal(0, initializer_range) sub-keys (this module's own parameters).
+
+        The query projection, query norm and expert tables are standard ``nn.Linear`` /
+        ``nn.LayerNorm`` / ``nn.Embedding`` modules: initialised in ``__init__`` (same normal
+        law) and, inside a model, by transformers' ``_init_weights`` - so resetting the keys never
+        overwrites loaded expert tables.
+        """
+        nn.init.normal_(self.sub_keys_0, mean=0.0, std=self.initializer_range)
+        nn.init.normal_(self.sub_keys_1, mean=0.0, std=self.initializer_range)
 
     # ------------------------------------------------------------------ retrieval
     def queries(self, flat: torch.Tensor) -> torch.Tensor:

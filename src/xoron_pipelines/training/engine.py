@@ -1,0 +1,395 @@
+"""The training loop: accumulation, clipping, mixed precision, NaN guard, eval / early stopping,
+crash-safe checkpoints and exact resume.
+
+One *optimizer step* consumes ``gradient_accumulation_steps`` consecutive micro-batches of the
+:class:`~xoron_pipelines.training.data.BatchSource`; the micro-batch stream runs through epoch
+0, 1, 2, ... (position ``(epoch, index)``), so the data position is two integers and resuming
+needs no replay. Each micro-batch's loss is weighted by its share of the window's target tokens
+(``labels != -100``, times ``loss_weights`` when given), so accumulating k micro-batches gives
+the gradient of one batch k times larger; with a custom ``loss_fn`` the weight is 1/k.
+
+After each optimizer step: scheduler step, ``model.update_moe_bias()`` (when the model has it),
+logging every ``logging_steps``, evaluation every ``eval_steps`` (early stopping), and a
+checkpoint every ``save_steps`` and at the end. A window whose loss or gradient norm is not
+finite is skipped (no update, counted); more than ``max_nan_skips`` skips abort the run.
+(With fp16, an overflow the grad scaler handles by lowering its scale is not counted.)
+
+Re-running ``train`` with the same ``ckpt_dir`` resumes from the newest valid checkpoint: model,
+optimizer, scheduler, grad scaler, all RNG states and the data position are restored, so on CPU
+in deterministic mode the final weights are bit-identical to an uninterrupted run. A finished
+run's directory makes ``train`` return at once with the final weights loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xoron_pipelines.training.checkpoint import (
+    CheckpointWriter, LoadedCheckpoint, Snapshot, latest_valid_checkpoint, load_checkpoint, quarantine_after)
+from xoron_pipelines.training.config import TrainConfig
+from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
+from xoron_pipelines.training.optim import build_optimizer
+from xoron_pipelines.training.reproducibility import (
+    capture_rng, deterministic_mode, restore_rng, seed_everything, sync_inductor_determinism)
+from xoron_pipelines.training.schedule import build_scheduler
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """More optimizer steps had a non-finite loss or gradient norm than ``max_nan_skips`` allows."""
+
+
+@dataclass
+class TrainState:
+    """Counters and data position; stored in every checkpoint (``trainer_state.json``)."""
+
+    step: int = 0                      # optimizer steps taken
+    micro_step: int = 0                # micro-batches consumed (including skipped windows)
+    epoch: int = 0                     # position of the next micro-batch ...
+    batch_index: int = 0               # ... in the batch source
+    tokens_seen: int = 0
+    nan_skips: int = 0
+    overflow_skips: int = 0            # fp16 steps the grad scaler skipped
+    best_eval_loss: float | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+    last_loss: float | None = None
+    total_steps: int = 0
+    batches_per_epoch: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (the model itself is trained in place)."""
+
+    state: TrainState
+    last_checkpoint: Path | None
+    resumed_from: Path | None
+    last_eval: dict[str, float] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def global_step(self) -> int:
+        return self.state.step
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Default objective: ``model(**batch).loss`` (input_ids, labels, optional loss_weights)."""
+    return model(**batch).loss
+
+
+def target_weight(batch: Batch) -> float:
+    """Total weight of the next-token targets of an LM batch (how the model normalises its loss)."""
+    labels = batch["labels"][:, 1:]
+    valid = (labels != IGNORE_INDEX).to(torch.float32)
+    if "loss_weights" in batch:
+        valid = valid * batch["loss_weights"][:, 1:].to(torch.float32)
+    return float(valid.sum())
+
+
+# ------------------------------------------------------------------------------ setup helpers
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    enable = getattr(model, "gradient_checkpointing_enable", None)
+    if enable is None:
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable()")
+    try:
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except TypeError:
+        enable()
+
+
+def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    kwargs: dict[str, Any] = {"backend": cfg.compile_backend}
+    if cfg.compile_mode != "default":
+        kwargs["mode"] = cfg.compile_mode
+    sync_inductor_determinism()
+    return torch.compile(model, **kwargs)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _eval_metric(result: float | dict[str, float]) -> tuple[float, dict[str, float]]:
+    if isinstance(result, dict):
+        key = "eval_loss" if "eval_loss" in result else "loss"
+        if key not in result:
+            raise ValueError(f"eval_fn returned {sorted(result)}; it needs an 'eval_loss' (or 'loss') entry")
+        return float(result[key]), {(k if k.startswith("eval_") else f"eval_{k}"): float(v) for k, v in result.items()}
+    return float(result), {"eval_loss": float(result)}
+
+
+# ------------------------------------------------------------------------------ the trainer
+class _Trainer:
+    """State and steps of one :func:`train` call (kept in a class to keep functions short)."""
+
+    def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path,
+                 eval_fn: EvalFn | None, on_log: LogFn | None, loss_fn: LossFn | None, desc: str,
+                 progress: bool) -> None:
+        if cfg.eval_steps is not None and eval_fn is None:
+            raise ValueError("eval_steps is set but no eval_fn was given")
+        if len(source) < 1:
+            raise ValueError("the batch source has no batches")
+        self.model, self.source, self.cfg = model, source, cfg
+        self.eval_fn, self.on_log, self.desc, self.progress = eval_fn, on_log, desc, progress
+        self.custom_loss = loss_fn is not None
+        self.loss_fn = loss_fn or lm_loss
+        self.device = _device_of(model)
+        self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
+        self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing)
+        self.history: list[dict[str, float]] = []
+        self.last_eval: dict[str, float] | None = None
+        self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
+
+    # ---- setup -------------------------------------------------------------------------
+    def build(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.model.train()
+        if cfg.gradient_checkpointing:
+            _enable_gradient_checkpointing(self.model)
+        self.optimizer = build_optimizer(self.model, cfg)
+        total = self.state.total_steps
+        self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, total, cfg.warmup(total), cfg.min_lr_ratio)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.forward_model = _compiled(self.model, cfg) if cfg.compile else self.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def restore(self, ckpt: LoadedCheckpoint) -> None:
+        trees = ckpt.trees
+        saved = TrainState(**trees["trainer_state"]["state"])
+        if saved.batches_per_epoch != len(self.source):
+            raise ValueError(f"checkpoint {ckpt.path} was written for {saved.batches_per_epoch} batches per epoch, "
+                             f"the data now has {len(self.source)}; use a new ckpt_dir for new data")
+        if saved.total_steps != self.state.total_steps:
+            log.warning("checkpoint %s plans %d steps, the config %d; keeping the checkpoint's schedule",
+                        ckpt.path, saved.total_steps, self.state.total_steps)
+        self.model.load_state_dict(ckpt.model)
+        self.optimizer.load_state_dict(trees["optimizer"])
+        self.scheduler.load_state_dict(trees["trainer_state"]["scheduler"])
+        if trees["trainer_state"]["scaler"]:
+            self.scaler.load_state_dict(trees["trainer_state"]["scaler"])
+        restore_rng(trees["rng"])
+        self.state = saved
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, saved.step, saved.epoch,
+                 saved.batch_index)
+
+    # ---- one optimizer step ------------------------------------------------------------
+    def _next_window(self) -> list[Batch]:
+        st, n = self.state, len(self.source)
+        batches = []
+        for _ in range(self.cfg.gradient_accumulation_steps):
+            batches.append(self.source.batch(st.epoch, st.batch_index))
+            st.micro_step += 1
+            st.batch_index += 1
+            if st.batch_index == n:
+                st.epoch, st.batch_index = st.epoch + 1, 0
+        return batches
+
+    def _accumulate(self, batches: list[Batch]) -> float | None:
+        """Forward/backward over the window; the window's loss, or None when one is not finite."""
+        weights = [1.0] * len(batches) if self.custom_loss else [target_weight(b) for b in batches]
+        total = sum(weights)
+        if total <= 0:
+            weights, total = [1.0] * len(batches), float(len(batches))
+        window_loss = 0.0
+        for batch, w in zip(batches, weights):
+            batch = _to(batch, self.device)
+            if "input_ids" in batch:
+                self.state.tokens_seen += batch["input_ids"].numel()
+                self._interval["tokens"] += batch["input_ids"].numel()
+            with _autocast(self.device, self.cfg.precision):
+                loss = self.loss_fn(self.forward_model, batch)
+            if not torch.isfinite(loss.detach()).all():
+                return None
+            scaled = loss.float() * (w / total)
+            self.scaler.scale(scaled).backward()
+            window_loss += float(scaled.detach())
+        return window_loss
+
+    def _apply(self) -> float | None:
+        """Unscale, clip and step; the gradient norm, or None (no update) when it is not finite."""
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.clip_enabled else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not math.isfinite(norm):
+            if self.scaler.is_enabled():
+                self.scaler.update()  # records the overflow: the fp16 loss scale goes down
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        update_bias = getattr(self.model, "update_moe_bias", None)
+        if callable(update_bias):
+            update_bias()
+        return norm
+
+    def step(self) -> bool:
+        """One optimizer step (or skipped window); True when an update was applied."""
+        lr = self.scheduler.get_last_lr()[0]
+        loss = self._accumulate(self._next_window())
+        norm = self._apply() if loss is not None else None
+        self.optimizer.zero_grad(set_to_none=True)
+        if norm is None:
+            if loss is not None and self.scaler.is_enabled():
+                self.state.overflow_skips += 1  # fp16 overflow: dynamic loss scaling, not a divergence
+            else:
+                self._skip(loss)
+            return False
+        st = self.state
+        st.step += 1
+        st.last_loss = loss
+        self._interval["loss"] += loss
+        self._interval["grad_norm"] += norm
+        self._interval["steps"] += 1
+        self._lr = lr
+        return True
+
+    def _skip(self, loss: float | None) -> None:
+        st = self.state
+        st.nan_skips += 1
+        what = "loss" if loss is None else "gradient norm"
+        log.warning("non-finite %s at step %d (micro-batch %d): update skipped (%d/%d skips allowed)",
+                    what, st.step, st.micro_step, st.nan_skips, self.cfg.max_nan_skips)
+        if st.nan_skips > self.cfg.max_nan_skips:
+            raise NonFiniteLossError(
+                f"{st.nan_skips} optimizer steps had a non-finite {what} (last at step {st.step}, micro-batch "
+                f"{st.micro_step}), more than max_nan_skips={self.cfg.max_nan_skips}: aborting; lower the "
+                f"learning rate, check the data, or resume from {self.writer.last_path or 'the last checkpoint'}")
+
+    # ---- after a step ------------------------------------------------------------------
+    def log_metrics(self) -> dict[str, float] | None:
+        iv, st = self._interval, self.state
+        if iv["steps"] == 0:
+            return None
+        elapsed = max(time.perf_counter() - iv["t0"], 1e-9)
+        metrics = {"loss": iv["loss"] / iv["steps"], "lr": self._lr, "grad_norm": iv["grad_norm"] / iv["steps"],
+                   "tokens_per_s": iv["tokens"] / elapsed, "nan_skips": float(st.nan_skips),
+                   "epoch": st.micro_step / st.batches_per_epoch, "tokens_seen": float(st.tokens_seen)}
+        self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
+        self._emit(metrics)
+        return metrics
+
+    def evaluate(self) -> None:
+        st = self.state
+        self.model.eval()
+        try:
+            with torch.no_grad(), _autocast(self.device, self.cfg.precision):
+                value, metrics = _eval_metric(self.eval_fn(self.model))
+        finally:
+            self.model.train()
+        if st.best_eval_loss is None or value < st.best_eval_loss - self.cfg.early_stopping_min_delta:
+            st.best_eval_loss, st.evals_without_improvement = value, 0
+        else:
+            st.evals_without_improvement += 1
+        patience = self.cfg.early_stopping_patience
+        if patience is not None and st.evals_without_improvement >= patience:
+            st.stopped_early = True
+            log.info("early stopping at step %d: no improvement of eval loss %.6g in %d evaluations",
+                     st.step, st.best_eval_loss, patience)
+        self.last_eval = metrics
+        self._emit(metrics)
+
+    def _emit(self, metrics: dict[str, float]) -> None:
+        self.history.append({"step": float(self.state.step), **metrics})
+        if self.on_log is not None:
+            self.on_log(self.state.step, metrics)
+
+    def save(self) -> None:
+        st = self.state
+        snap = Snapshot.take(
+            st.step, self.model.state_dict(), optimizer=self.optimizer.state_dict(), rng=capture_rng(),
+            trainer_state={"state": dataclasses.asdict(st), "scheduler": self.scheduler.state_dict(),
+                           "scaler": self.scaler.state_dict(), "config": self.cfg.model_dump(mode="json")})
+        self.writer.save(snap)
+
+    # ---- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        st, cfg = self.state, self.cfg
+        bar = tqdm(total=st.total_steps, initial=st.step, desc=self.desc, unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while not (st.finished or st.stopped_early or st.step >= st.total_steps):
+                if not self.step():
+                    continue
+                bar.update(1)
+                if st.step % cfg.logging_steps == 0:
+                    metrics = self.log_metrics()
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                    tok_s=f"{metrics['tokens_per_s']:.0f}")
+                if cfg.eval_steps and st.step % cfg.eval_steps == 0:
+                    self.evaluate()
+                if st.step >= st.total_steps or st.stopped_early:
+                    break
+                if st.step % cfg.save_steps == 0:
+                    self.save()
+            if not st.finished:
+                self.log_metrics()
+                st.finished = True
+                self.save()
+        finally:
+            bar.close()
+            self.writer.close()
+
+
+def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
+          eval_fn: EvalFn | None = None, on_log: LogFn | None = None, loss_fn: LossFn | None = None,
+          resume: bool = True, desc: str = "train", progress: bool = True) -> TrainResult:
+    """Train ``model`` in place on ``train_batches`` and return counters, eval metrics and checkpoints.
+
+    ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
+    mode, no grad; lower is better). ``on_log(step, metrics)`` receives training metrics (loss, lr,
+    grad_norm, tokens_per_s, nan_skips, epoch, tokens_seen) every ``cfg.logging_steps`` and eval
+    metrics after each evaluation. ``loss_fn(model, batch) -> scalar`` replaces ``model(**batch).loss``.
+    With ``resume`` (default) the newest valid checkpoint in ``ckpt_dir`` is continued; ``resume=False``
+    refuses to start when ``ckpt_dir`` already holds checkpoints.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    with deterministic_mode(cfg.deterministic):
+        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress)
+        trainer.build()
+        resumed = latest_valid_checkpoint(ckpt_dir)
+        if resumed is not None and not resume:
+            trainer.writer.close()
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({resumed.name}); pass resume=True "
+                                  "or use another ckpt_dir")
+        if resumed is not None:
+            ckpt = load_checkpoint(resumed, verify=False)
+            quarantine_after(ckpt_dir, ckpt.step)
+            trainer.restore(ckpt)
+        else:
+            quarantine_after(ckpt_dir, -1)
+        trainer.run()
+    return TrainResult(trainer.state, trainer.writer.last_path or resumed, resumed, trainer.last_eval,
+                       trainer.history)
