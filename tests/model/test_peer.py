@@ -138,7 +138,11 @@ def all_grads(module: torch.nn.Module, x: torch.Tensor, fn) -> dict[str, torch.T
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"peer_expert_hidden_size": 3, "peer_batch_norm_query": False}, {"peer_num_heads": 1, "peer_num_experts_per_tok": 1}],
+    [
+        {},
+        {"peer_expert_hidden_size": 3, "peer_batch_norm_query": False},
+        {"peer_num_heads": 1, "peer_num_experts_per_tok": 1},
+    ],
 )
 def test_forward_and_grads_match_brute_force_reference(overrides):
     peer = make_peer(**overrides)
@@ -268,3 +272,9 @@ def test_reset_parameters_redraws_keys_only():
     assert torch.equal(peer.down_embed.weight, tables[0]) and torch.equal(peer.up_embed.weight, tables[1])
     assert not torch.equal(peer.sub_keys_0, keys)
     assert peer.sub_keys_0.std().item() == pytest.approx(0.02, rel=0.3)  # initializer_range
+
+
+def test_bf16_forward_keeps_dtype():
+    peer = make_peer().to(torch.bfloat16)
+    y = peer(torch.randn(2, 3, 16, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()

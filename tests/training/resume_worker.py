@@ -10,6 +10,7 @@ final weights to OUT_FILE (safetensors). ``XORON_TEST_KILL`` makes the process S
 The same command without the variable resumes from the newest valid checkpoint.
 """
 
+import logging
 import os
 import signal
 import sys
@@ -76,6 +77,7 @@ def install_kill(spec: str) -> int | None:
 
 def main() -> None:
     ckpt_dir, out_file = sys.argv[1], sys.argv[2]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     asynchronous = os.environ.get("XORON_TEST_ASYNC") == "1"
     torch.set_num_threads(1)
     spec = os.environ.get("XORON_TEST_KILL")

@@ -1,8 +1,11 @@
-"""Exact (content hash) and near-duplicate (MinHash LSH, ``datasketch``) detection.
+"""Exact (content hash) and near-duplicate (MinHash + LSH banding) detection.
 
 The first occurrence of a document is kept; later copies are reported as ``exact_duplicate``
-or ``near_duplicate``. Memory grows with the number of *kept* documents only (a 16-byte digest
-each, plus the LSH band keys when near-dup is on), never with their text.
+or ``near_duplicate``. MinHash signatures come from ``datasketch``; the LSH index is a set of
+64-bit band keys (bands and rows chosen by ``datasketch``'s optimiser for the threshold), so
+memory grows by a few small ints per *kept* document and never with their text. A document is
+a near-duplicate when any of its bands matches a kept document's band (the LSH candidate
+rule of ``datasketch.MinHashLSH``).
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import hashlib
 import re
 import zlib
 
-from datasketch import MinHash, MinHashLSH
+import numpy as np
+from datasketch import MinHash
+from datasketch.lsh import _optimal_param
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
@@ -19,8 +24,18 @@ NEAR_DUPLICATE = "near_duplicate"
 _WORD_RE = re.compile(r"\w+")
 
 
-def content_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def content_hash(text: str) -> int:
+    """64-bit content hash (blake2b) of the UTF-8 text."""
+    return _hash64(text.encode("utf-8"))
+
+
+def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[int]:
+    """One 64-bit key per LSH band of a MinHash signature (band index mixed in)."""
+    return [_hash64(bytes([b % 256, b // 256]) + signature[b * rows : (b + 1) * rows].tobytes()) for b in range(bands)]
 
 
 def shingles(text: str, size: int) -> set[bytes]:
@@ -53,21 +68,19 @@ class Deduplicator:
         self.near_dup = near_dup
         self.num_perm = num_perm
         self.shingle_size = shingle_size
-        self._hashes: set[bytes] = set()
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near_dup else None
-        self._count = 0
+        self.bands, self.rows = _optimal_param(threshold, num_perm, 0.5, 0.5)
+        self._hashes: set[int] = set()
+        self._band_keys: set[int] = set()
 
     def check(self, text: str) -> str | None:
-        if self.exact:
-            digest = content_hash(text)
-            if digest in self._hashes:
-                return EXACT_DUPLICATE
-        if self._lsh is not None:
-            sig = minhash(text, self.num_perm, self.shingle_size)
-            if self._lsh.query(sig):
+        digest = content_hash(text) if self.exact else None
+        if digest is not None and digest in self._hashes:
+            return EXACT_DUPLICATE
+        if self.near_dup:
+            keys = band_keys(minhash(text, self.num_perm, self.shingle_size).hashvalues, self.bands, self.rows)
+            if any(k in self._band_keys for k in keys):
                 return NEAR_DUPLICATE
-            self._lsh.insert(self._count, sig, check_duplication=False)
-        if self.exact:
+            self._band_keys.update(keys)
+        if digest is not None:
             self._hashes.add(digest)
-        self._count += 1
         return None

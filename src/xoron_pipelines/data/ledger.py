@@ -53,7 +53,7 @@ def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048
     d = params.dedup
     dedup = Deduplicator(d.exact, d.near_dup, d.near_dup_threshold, d.num_perm, d.shingle_size)
     stage = staging_dir("xoron-ledger-")
-    with ShardWriter(stage, LEDGER_SCHEMA, rows_per_shard=50_000) as writer:
+    with ShardWriter(stage, LEDGER_SCHEMA, rows_per_shard=10_000) as writer:
         for source in sources:
             _ingest_source(source, params, dedup, writer, batch_rows)
     return ShardSet(stage, staged=True)

@@ -2,7 +2,7 @@
 
 * ``code``: the stdlib's ``.py`` files, one document per file.
 * ``prose``: English prose from the same files, one document per docstring (module, class,
-  function) and per block of consecutive comment lines.
+  function) and per block of consecutive full-line ``#`` comments.
 
 Files are read in sorted order, so the corpus is deterministic for a given Python install;
 ``max_bytes`` caps each kind (UTF-8 bytes of text), keeping the default run small.
@@ -11,9 +11,7 @@ Files are read in sorted order, so the corpus is deterministic for a given Pytho
 from __future__ import annotations
 
 import ast
-import io
 import sysconfig
-import tokenize
 from pathlib import Path
 from typing import Iterator
 
@@ -44,33 +42,29 @@ def prose_blocks(source: str, min_chars: int) -> list[str]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         tree = None
-    if tree is not None:
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node, clean=True)
-                if doc:
-                    blocks.append((getattr(node, "lineno", 0), doc))
+    stack = [tree] if tree is not None else []
+    while stack:  # statements only: docstrings never live inside expressions
+        node = stack.pop()
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                blocks.append((getattr(node, "lineno", 0), doc))
+        for attr in ("body", "orelse", "finalbody", "handlers"):
+            stack.extend(n for n in getattr(node, attr, ()) if isinstance(n, ast.AST))
     current: list[str] = []
-    last_line = -2
     start = 0
-    try:
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type != tokenize.COMMENT:
-                continue
-            line = tok.start[0]
-            text = tok.string.lstrip("#").strip()
-            if line != last_line + 1 and current:
-                blocks.append((start, " ".join(current)))
-                current = []
+    for lineno, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("#") and not stripped.startswith("#!"):
             if not current:
-                start = line
-            if text and not text.startswith("!"):
+                start = lineno
+            text = stripped.lstrip("#").strip()
+            if text:
                 current.append(text)
-            last_line = line
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        pass
-    if current:
-        blocks.append((start, " ".join(current)))
+            continue
+        if current:
+            blocks.append((start, " ".join(current)))
+            current = []
     blocks.sort(key=lambda b: b[0])
     return [text for _, text in blocks if len(text) >= min_chars]
 

@@ -57,7 +57,10 @@ class ShardSet:
         """Record batches in shard order (row order is preserved)."""
         if not self.files:
             return iter(())
-        scanner = self.dataset().scanner(columns=columns, filter=filter, batch_size=batch_size, use_threads=False)
+        scanner = self.dataset().scanner(
+            columns=columns, filter=filter, batch_size=batch_size, use_threads=False,
+            batch_readahead=1, fragment_readahead=1,  # bounded memory whatever the shard count
+        )
         return (b for b in scanner.to_batches() if b.num_rows)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:

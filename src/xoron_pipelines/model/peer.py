@@ -98,6 +98,7 @@ class PEER(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Mix the top-k experts of every head, weighted by the softmax of their scores; sum heads."""
         batch, seq_len, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)
         scores, indices = self.retrieve(flat)

@@ -13,7 +13,7 @@ from typing import Any
 from .common import CITIES, FIRST_NAMES, WORDS, pick, wrap
 from .programs import python_program, run_python
 from .reasoning import cot_answer, cot_problem, idk_question
-from .tools import TASKS, TOOL_SCHEMAS, _call
+from .tools import TASKS, TOOL_SCHEMAS, call_text
 
 
 def _off(rng: random.Random, value: int) -> int:
@@ -38,8 +38,12 @@ def _code_output(rng: random.Random, difficulty: str) -> dict[str, Any]:
         numbers = list(re.finditer(r"\d+", stdout))
         if numbers:
             break
+    else:
+        raise RuntimeError("no generated program printed a number in 20 tries")
     m = pick(rng, tuple(numbers))
-    wrong = stdout[: m.start()] + str(_off(rng, int(m.group())) if int(m.group()) > 3 else int(m.group()) + 1) + stdout[m.end():]
+    value = int(m.group())
+    wrong_value = _off(rng, value) if value > 3 else value + 1  # stays non-negative
+    wrong = f"{stdout[: m.start()]}{wrong_value}{stdout[m.end():]}"
     return {"prompt": f"What does this Python code print?\n```python\n{code}```",
             "chosen": f"It prints:\n```\n{stdout}```", "rejected": f"It prints:\n```\n{wrong}```",
             "category": "code_execution", "metadata": {"kind": "code_output", "code": code, "stdout": stdout}}
@@ -73,8 +77,8 @@ def _tool(rng: random.Random, difficulty: str) -> dict[str, Any]:
     else:
         bad.arguments["day"] = pick(rng, tuple(d for d in ("Monday", "Tuesday", "Friday") if d != task.arguments["day"]))
     tools = wrap("tools", json.dumps([{"name": name, **TOOL_SCHEMAS[name]}]))
-    return {"prompt": f"You can call these tools:\n{tools}\n{task.request}", "chosen": _call(task, False),
-            "rejected": _call(bad, False), "category": "tool_use",
+    return {"prompt": f"You can call these tools:\n{tools}\n{task.request}", "chosen": call_text(task, False),
+            "rejected": call_text(bad, False), "category": "tool_use",
             "metadata": {"kind": "tool_argument", "arguments": task.arguments, "rejected_arguments": bad.arguments}}
 
 

@@ -126,7 +126,7 @@ def _packing(rng: random.Random, difficulty: str, w: Work) -> tuple[str, int, st
         return (
             f"A shop packs {total} {plural} into boxes of {per_box}. How many {plural} are left over?",
             left,
-            f"{left} {singular if left == 1 else plural} are left over.",
+            f"{left} {singular} is left over." if left == 1 else f"{left} {plural} are left over.",
         )
     extra = 1 if left else 0
     needed = w.do(boxes, "+", extra, "boxes needed including a partial one")

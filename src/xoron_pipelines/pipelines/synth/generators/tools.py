@@ -150,7 +150,7 @@ def _system(rng: random.Random, difficulty: str, needed: list[str]) -> tuple[dic
     return msg("system", content), offered
 
 
-def _call(task: Task, think: bool) -> str:
+def call_text(task: Task, think: bool) -> str:
     call = wrap("tool_call", json.dumps({"name": task.name, "arguments": task.arguments}))
     if think:
         reason = f"The user needs {task.name.replace('_', ' ')}; I'll call `{task.name}` with the right arguments."
@@ -159,7 +159,7 @@ def _call(task: Task, think: bool) -> str:
 
 
 def _turns(task: Task, think: bool) -> list[dict[str, str]]:
-    return [msg("assistant", _call(task, think)), msg("tool", json.dumps(task.result)), msg("assistant", task.answer)]
+    return [msg("assistant", call_text(task, think)), msg("tool", json.dumps(task.result)), msg("assistant", task.answer)]
 
 
 def _metadata(offered: list[str], tasks: list[Task]) -> dict[str, Any]:
