@@ -185,3 +185,27 @@ def test_pickle_is_refused(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="safetensors only"):
         XoronForCausalLM.from_pretrained(tmp_path, use_safetensors=False)
+
+
+def test_structural_knobs_take_effect():
+    layer = lambda m: m.model.layers[0]  # noqa: E731
+    wide = _model("nano", initializer_range=0.1)
+    narrow = _model("nano", initializer_range=0.01)
+    assert float(layer(wide).self_attn.q_proj.weight.detach().std()) == pytest.approx(0.1, rel=0.05)
+    assert float(layer(narrow).mlp.up_proj.weight.detach().std()) == pytest.approx(0.01, rel=0.05)
+    ln = _model("nano", norm_type="layernorm", norm_eps=1e-3)
+    assert isinstance(ln.model.norm, torch.nn.LayerNorm) and ln.model.norm.eps == 1e-3
+    rms = _model("nano", norm_eps=1e-4)
+    assert type(rms.model.norm).__name__ == "RMSNorm" and rms.model.norm.eps == 1e-4
+    theta = _model("nano", rope_theta=500000.0).model.rotary_emb.inv_freq
+    assert float(theta[1]) == pytest.approx(500000.0 ** (-2 / 32))
+    gqa = _model("nano", attention_type="gqa", num_kv_heads=2, head_dim=16)
+    assert layer(gqa).self_attn.k_proj.weight.shape == (2 * 16, 128)
+    assert layer(gqa).self_attn.q_proj.weight.shape == (4 * 16, 128)
+    untied = _model("nano", tie_word_embeddings=False)
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+    full_q = _model("nano-moe-mla", q_lora_rank=None)
+    assert hasattr(layer(full_q).self_attn, "q_proj") and not hasattr(layer(full_q).self_attn, "q_a_proj")
+    drop = _model("nano", attention_dropout=0.5).train()
+    ids = _ids(batch=1, length=6)
+    assert not torch.allclose(drop(ids).logits, drop(ids).logits)

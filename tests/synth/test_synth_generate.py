@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import operator
+import os
 import re
 import subprocess
 import sys
@@ -132,14 +133,17 @@ def test_python_outputs_are_what_python_prints(corpus, tmp_path):
 
 
 def test_shell_outputs_are_what_bash_prints(corpus, tmp_path):
-    for i, row in enumerate(corpus[0]["code_exec_shell"][:6]):
+    programs = set()
+    for i, row in enumerate(corpus[0]["code_exec_shell"][:20]):
         workdir = tmp_path / f"s{i}"
         workdir.mkdir()
         meta = row["metadata"]
         for command, expected in zip(meta["commands"], meta["outputs"]):
             proc = subprocess.run(["bash", "-c", command], cwd=workdir, capture_output=True, text=True,
-                                  env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, timeout=30)
+                                  env={**os.environ, "LC_ALL": "C"}, timeout=30)
             assert proc.stdout.rstrip("\n") == expected, command
+            programs.add(command.split()[0])
+    assert {"printf", "grep", "sort", "echo", "python3", "ls"} <= programs
 
 
 def test_jupyter_outputs_match_a_script_run(corpus, tmp_path):
@@ -239,3 +243,17 @@ def test_dialogue_summaries_state_final_facts(corpus):
             assert f"{facts['hour']}:00" in target and f"{facts['hour']}:00" in row["source"].splitlines()[-1]
         if meta["scenario"] == "purchase":
             assert facts["total"] == facts["quantity"] * facts["price"] and f"${facts['total']}" in target
+
+
+def test_file_operations_track_the_files(corpus):
+    for row in corpus[0]["file_ops"]:
+        meta, text = row["metadata"], render_chat(row["messages"])
+        for op in meta["operations"]:
+            token = {"read": "<|read_file|>", "edit": "<|edit_file|>", "add": "<|add_file|>",
+                     "delete": "<|delete_file|>"}[op["op"]]
+            assert f"{token}{op['path']}" in text or f"{token}\n{op['path']}" in text
+        if meta["operations"][-1]["op"] != "read":
+            listing = ", ".join(f"`{p}`" for p in sorted(meta["files_after"])) or "none"
+            assert row["messages"][-1]["content"].endswith(f"Files now: {listing}.")
+        deleted = {op["path"] for op in meta["operations"] if op["op"] == "delete"}
+        assert not deleted & set(meta["files_after"])

@@ -132,7 +132,7 @@ def chunked_attention(q, k, v, scale: float, chunk_size: int, key_valid=None, sl
     recomputes the block's scores instead of storing them: memory stays O(T * chunk), not O(T^2).
     """
     hq, tq, tk = q.shape[1], q.shape[2], k.shape[2]
-    if k.shape[1] != hq:
+    if 1 < k.shape[1] < hq:  # GQA; a single shared head (MQA, MLA's latent) broadcasts as is
         k = k.repeat_interleave(hq // k.shape[1], dim=1)
         v = v.repeat_interleave(hq // v.shape[1], dim=1)
     outputs = []

@@ -56,7 +56,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
     eos_ids = torch.tensor([] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
                            device=input_ids.device, dtype=torch.long)
-    pad = pad_token_id if pad_token_id is not None else (config.pad_token_id or (eos_ids[0].item() if len(eos_ids) else 0))
+    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    if pad is None:
+        pad = int(eos_ids[0]) if len(eos_ids) else 0
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if not bool(attention_mask[:, -1].all()):

@@ -9,19 +9,32 @@ our architecture                         native class               notes
 =======================================  =========================  ===========================
 dense, MHA/GQA                           LlamaForCausalLM
 dense, MHA/GQA, sliding window           MistralForCausalLM         same weights as Llama
-MLA (dense or MoE, sigmoid router)       DeepseekV3ForCausalLM      rope_interleave=False
+MLA (dense or MoE, sigmoid router)       DeepseekV3ForCausalLM      selection bias kept
 MoE + MHA/GQA, sigmoid router            Glm4MoeForCausalLM         selection bias kept
-MoE + MHA/GQA, softmax router            Qwen2MoeForCausalLM        zero bias, scale 1 only
+MoE + MHA/GQA, softmax router            Qwen2MoeForCausalLM        needs zero bias, scale 1
 PEER, learned positions, LayerNorm       none                       :func:`save_xoron`
 =======================================  =========================  ===========================
 
-Exactness tricks (all exact in floating point, not approximations):
+The RoPE layout is HF ``rotate_half`` everywhere (DeepseekV3 gets ``rope_interleave=False``),
+``rope_scaling`` becomes ``rope_parameters`` (linear, or YaRN with ``truncate=True``), and MoE
+weights keep the transformers 5 stacked layout (``save_pretrained`` writes them per expert,
+the on-disk format of the original DeepSeek/GLM/Qwen checkpoints).
+
+Mapping tricks (exact up to float summation order; measured logit gaps are <= 1e-6):
 
 * DeepseekV3 / Glm4Moe always build a shared expert; with ``num_shared_experts == 0`` we
   export one whose ``down_proj`` is zero, so it adds exactly 0.
+* They also make *every* layer from ``first_k_dense_replace`` on an MoE block. Our dense
+  layers between MoE layers (``moe_layer_freq > 1``, seed 000's default) become MoE blocks whose
+  routed experts are zero and whose shared expert is the dense MLP; shared experts are
+  zero-padded to a common width (padded units compute silu(0) * 0 = 0).
 * Qwen2Moe gates its shared expert with ``sigmoid(w . x)``; a zero ``w`` gives exactly 0.5,
-  and we export ``2 * down_proj`` (scaling by a power of two is exact).
+  and we export ``2 * down_proj`` (scaling by a power of two is exact). Its ``mlp_only_layers``
+  reproduces any dense/MoE layer pattern.
 * Expert-group routing is switched off with ``n_group = topk_group = 1``.
+
+Not mapped: Qwen3Moe (always applies q/k RMSNorm, which we do not have) and DeepseekV2 (no
+sigmoid router or selection bias, complex-number RoPE).
 
 Anything the target cannot represent is listed by :func:`unsupported_features`, and
 :func:`save_native` raises ``ValueError`` naming it before anything is written.
@@ -50,7 +63,6 @@ GLM4_MOE = "Glm4MoeForCausalLM"
 QWEN2_MOE = "Qwen2MoeForCausalLM"
 NATIVE_ARCHITECTURES = (LLAMA, MISTRAL, DEEPSEEK_V3, GLM4_MOE, QWEN2_MOE)
 
-_MOE_TARGETS = (DEEPSEEK_V3, GLM4_MOE, QWEN2_MOE)
 _BIAS_KEY = "e_score_correction_bias"
 
 

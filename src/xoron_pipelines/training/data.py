@@ -140,5 +140,5 @@ def _fixed_rows(table: pa.Table, column: str, dtype: type) -> np.ndarray:
     sizes = col.value_lengths().to_numpy(zero_copy_only=False)
     if len(sizes) == 0 or (sizes != sizes[0]).any():
         raise ValueError(f"column {column!r} must hold rows of one length (got lengths {sorted(set(sizes.tolist()))[:5]})")
-    values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    values = np.array(col.flatten().to_numpy(zero_copy_only=False), dtype=dtype)  # writable copy for torch
     return values.reshape(len(sizes), int(sizes[0]))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from xoron_pipelines.tokens import SPECIAL_TOKENS
 
-from .common import CITIES, DAYS, ITEMS, chat, names, num, pick, wrap
+from .common import CITIES, DAYS, ITEMS, WORDS, chat, names, num, pick, wrap
 
 OPS: dict[str, Callable[[int, int], int]] = {
     "+": operator.add,
@@ -238,8 +238,10 @@ def idk_question(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
         a = "I don't know, and I have no way to know it: that is private information I have never been given."
     elif kind == "missing_context":
         var = pick(rng, ("total", "result", "config", "user_id", "offset"))
-        q = pick(rng, (f"What value does `{var}` have at the end of my script?", "Why did my last build fail?",
-                       f"Which line of my file sets `{var}`?"))
+        file = f"{pick(rng, WORDS)}.{pick(rng, ('py', 'js', 'go', 'rs'))}"
+        q = pick(rng, (f"What value does `{var}` have at the end of {file}?",
+                       f"Why did the last build of the {pick(rng, WORDS)} service fail?",
+                       f"Which line of {file} sets `{var}`?"))
         a = ("I don't know: I can't see your code, files or logs. "
              "Paste the relevant part and I will go through it with you.")
     else:
