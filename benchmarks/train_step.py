@@ -5,7 +5,8 @@ so both sides have identical dimensions and identical initial weights, and both 
 batches. One step = forward with labels (loss) + backward + ``torch.optim.AdamW.step()`` +
 ``zero_grad``; our side also runs ``update_moe_bias()`` when it has MoE layers, since that is
 part of its training step. Runs are interleaved A/B/B/A per round so drift (thermal, other
-load) hits both sides alike; the reported figure is the median tokens/s over rounds.
+load) hits both sides alike; the reported figure is the median tokens/s over rounds (the
+best-of-rounds ratio is printed too: on a shared machine it is the least disturbed estimate).
 
     python benchmarks/train_step.py                 # both pairs, defaults below
     python benchmarks/train_step.py --only dense --rounds 6 --json out.json
@@ -99,6 +100,7 @@ def bench_pair(name: str, fields: dict, args) -> dict:
         for n in order:
             rates[n].append(tokens / runners[n].run(batches))
     med = {n: statistics.median(v) for n, v in rates.items()}
+    best = {n: max(v) for n, v in rates.items()}
     native_name = names[1]
     return {
         "pair": name,
@@ -108,6 +110,7 @@ def bench_pair(name: str, fields: dict, args) -> dict:
         "tokens_per_s": med,
         "all_rounds": rates,
         "ratio": med["xoron"] / med[native_name],
+        "ratio_best": best["xoron"] / best[native_name],
         "params": sum(p.numel() for p in ours.parameters()),
     }
 
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         native = res["native"]
         print(f"{name:8s} params {res['params'] / 1e6:6.2f}M  xoron {res['tokens_per_s']['xoron']:8.1f} tok/s  "
               f"{native} {res['tokens_per_s'][native]:8.1f} tok/s  ratio {res['ratio']:.2f}x "
-              f"(target >= {target}x: {'met' if res['meets_target'] else 'MISSED'})")
+              f"(best-of-rounds {res['ratio_best']:.2f}x; target >= {target}x: "
+              f"{'met' if res['meets_target'] else 'MISSED'})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

@@ -149,12 +149,12 @@ def test_hf_format_offline(tmp_path: Path):
     # load_dataset path (a local builder; streaming allowed)
     from xoron_pipelines.data import sources
 
-    src = params.sources[0].model_copy(update={"path": "parquet", "streaming": True})
+    src = params.sources[0].model_copy(update={"path": "parquet", "streaming": True, "subset": "default"})
     got = []
     orig = datasets.load_dataset
 
     def local_parquet(path, name=None, split=None, streaming=False):
-        assert (path, split, streaming) == ("parquet", "train", True)
+        assert (path, name, split, streaming) == ("parquet", "default", "train", True)
         return orig(path, data_files=str(tmp_path / "local.parquet"), split=split, streaming=streaming)
 
     datasets.load_dataset, saved = local_parquet, datasets.load_dataset
@@ -244,3 +244,11 @@ def test_stdlib_knobs_change_corpus():
     short = list(stdlib_corpus.iter_rows("prose", StdlibCorpus(max_bytes=30_000, min_prose_chars=10)))
     long = list(stdlib_corpus.iter_rows("prose", StdlibCorpus(max_bytes=30_000, min_prose_chars=200)))
     assert min(len(r["text"]) for r in short) < 200 <= min(len(r["text"]) for r in long)
+
+
+def test_progress_bars_follow_the_knob(tmp_path: Path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in prose_docs(5)])
+    build_ledger(make_params([jsonl_source(path, name="shown")], progress=True))
+    assert "ingest shown" in capsys.readouterr().err
+    build_ledger(make_params([jsonl_source(path, name="hidden")], progress=False))
+    assert "ingest hidden" not in capsys.readouterr().err

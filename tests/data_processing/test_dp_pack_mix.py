@@ -261,3 +261,20 @@ def test_seq_len_shards_npy_and_batch_size(corpus, trained_tokenizer, tmp_path: 
     _, tb, _, _, _ = pack(corpus, big, preprocess_batch_size=512)
     assert ts.read().equals(tb.read())  # same output ...
     assert small.calls > big.calls  # ... in fewer, larger encode calls
+
+
+def test_cached_source_replays_small_sources_only():
+    from xoron_pipelines.data.packing import CachedSource
+
+    calls = []
+
+    def open_pass():
+        calls.append(1)
+        return (FakeDoc("s", i, 10) for i in range(5))
+
+    small = CachedSource(open_pass, max_tokens=100)
+    passes = [[d.index for d in small()] for _ in range(3)]
+    assert passes == [[0, 1, 2, 3, 4]] * 3 and len(calls) == 1  # read once, replayed twice
+    calls.clear()
+    big = CachedSource(open_pass, max_tokens=20)
+    assert [[d.index for d in big()] for _ in range(3)] == passes and len(calls) == 3  # re-read

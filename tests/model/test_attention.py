@@ -10,7 +10,7 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Atten
 
 from xoron_pipelines.model import XoronForCausalLM, cache_bytes_per_token, get_config
 from xoron_pipelines.model.attention import KVCache, MLAttention, chunked_attention, full_attention
-from xoron_pipelines.model.rope import RotaryEmbedding
+from xoron_pipelines.model.rope import RotaryEmbedding, apply_rotary
 
 
 def _naive(q, k, v, scale, key_valid, window):
@@ -107,14 +107,30 @@ def test_mla_matches_transformers_deepseek_v3(overrides):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_mla_absorbed_equals_expanded_and_caches_only_the_latent():
+def test_mla_absorbed_equals_expanded_and_caches_only_the_latent(monkeypatch):
     torch.manual_seed(0)
     config = get_config("nano-moe-mla", attention_chunk_size=None)
     attn = MLAttention(config, 0).eval()
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.2)
     x = torch.randn(2, 9, config.hidden_size)
     cos_sin = RotaryEmbedding(config)(torch.arange(9)[None], x.dtype)
+    q_nope, q_pe = attn._queries(x)
+    c_kv, k_pe = torch.split(attn.kv_a_proj_with_mqa(x), [32, 16], dim=-1)
+    c_kv = attn.kv_a_layernorm(c_kv)
+    q_pe = apply_rotary(q_pe, *cos_sin, "torch")
+    k_pe = apply_rotary(k_pe[:, None], *cos_sin, "torch")[:, 0]
+    torch.testing.assert_close(attn._absorbed(q_nope, q_pe, c_kv, k_pe, None),
+                               attn._expanded(q_nope, q_pe, c_kv, k_pe, None), rtol=1e-5, atol=1e-5)
+    # prefill expands, decoding (non-empty cache) absorbs; the cache holds only latent + rope key
+    used = []
+    for form in ("_absorbed", "_expanded"):
+        original = getattr(attn, form)
+        monkeypatch.setattr(attn, form, lambda *a, _f=form, _o=original: used.append(_f) or _o(*a))
     cache = KVCache(1)
-    torch.testing.assert_close(attn(x, cos_sin, past_key_values=cache), attn(x, cos_sin), rtol=1e-5, atol=1e-5)
+    attn(x[:, :8], tuple(t[:, :8] for t in cos_sin), past_key_values=cache)
+    attn(x[:, 8:], tuple(t[:, 8:] for t in cos_sin), past_key_values=cache)
+    assert used == ["_expanded", "_absorbed"]
     c_kv, k_pe = cache.layers[0]
     assert c_kv.shape == (2, 9, config.kv_lora_rank) and k_pe.shape == (2, 9, config.qk_rope_head_dim)
 
@@ -139,3 +155,10 @@ def test_mla_cache_is_smaller_than_mha_for_seed_000():
     mha = get_config("xoron-dev", attention_type="mha")
     # 16 heads x 64 dims x (k + v) = 2048 elements vs latent 256 + rope 32 = 288 per layer
     assert cache_bytes_per_token(mha) / cache_bytes_per_token(mla) == pytest.approx(2048 / 288)
+
+
+@pytest.mark.parametrize("hk", [1, 4])  # MQA (MLA's absorbed latent) and MHA head layouts
+def test_chunked_equals_full_head_layouts(hk):
+    q, k, v, valid = _inputs(tq=7, hk=hk)
+    ref = full_attention(q, k, v, 0.35, valid, None)
+    torch.testing.assert_close(chunked_attention(q, k, v, 0.35, 3, valid, None), ref, rtol=1e-5, atol=1e-5)

@@ -88,6 +88,10 @@ CASES = {
         "nano-moe-mla", {"moe_layer_freq": 2, "first_k_dense_replace": 0}, True, interop.DEEPSEEK_V3,
     ),
     "gqa_moe_softmax_qwen2_moe": ("nano-gqa-moe", {}, False, interop.QWEN2_MOE),
+    "gqa_moe_softmax_shared_qwen2_moe": (  # exercises the 0.5-gate / doubled down_proj mapping
+        "nano-gqa-moe", {"num_shared_experts": 2, "norm_topk_prob": False, "first_k_dense_replace": 1},
+        False, interop.QWEN2_MOE,
+    ),
     "gqa_moe_sigmoid_glm4_moe": (
         "nano-gqa-moe",
         {"router_scoring": "sigmoid", "moe_layer_freq": 1, "first_k_dense_replace": 1, "sliding_window": None,

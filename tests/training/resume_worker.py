@@ -3,7 +3,8 @@
 ``python resume_worker.py CKPT_DIR OUT_FILE`` trains TinyLM (CPU, deterministic) and writes the
 final weights to OUT_FILE (safetensors). ``XORON_TEST_KILL`` makes the process SIGKILL itself:
 
-* ``micro:N``       — when the N-th micro-batch is fetched (mid gradient accumulation);
+* ``forward:N``     — at the N-th training forward (N even: the 2nd micro-batch of a step, after
+  the 1st one's backward, i.e. with gradients half accumulated);
 * ``after_save:S``  — right after checkpoint-S has been renamed into place;
 * ``during_save:S`` — while checkpoint-S is being written (files written, manifest not yet).
 
@@ -33,22 +34,25 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillingSource(TensorBatchSource):
-    def __init__(self, *args, kill_at: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.kill_at, self.fetched = kill_at, 0
+class KillingLM(TinyLM):
+    """TinyLM that kills the process at its ``kill_at``-th training forward."""
 
-    def batch(self, epoch, index):
-        self.fetched += 1
-        if self.fetched == self.kill_at:
-            _die()
-        return super().batch(epoch, index)
+    def __init__(self, kill_at: int) -> None:
+        super().__init__()
+        self.kill_at, self.forwards = kill_at, 0
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            self.forwards += 1
+            if self.forwards == self.kill_at:
+                _die()
+        return super().forward(*args, **kwargs)
 
 
 def install_kill(spec: str) -> int | None:
     kind, _, value = spec.partition(":")
     n = int(value)
-    if kind == "micro":
+    if kind == "forward":
         return n
     if kind == "after_save":
         orig = checkpoint.write_checkpoint
@@ -81,14 +85,11 @@ def main() -> None:
     asynchronous = os.environ.get("XORON_TEST_ASYNC") == "1"
     torch.set_num_threads(1)
     spec = os.environ.get("XORON_TEST_KILL")
-    kill_micro = install_kill(spec) if spec else None
+    kill_forward = install_kill(spec) if spec else None
     rows = torch.randint(0, 32, (40, 16), generator=torch.Generator().manual_seed(7))
-    if kill_micro is not None:
-        source = KillingSource(rows, batch_size=4, seed=5, kill_at=kill_micro)
-    else:
-        source = TensorBatchSource(rows, batch_size=4, seed=5)
+    source = TensorBatchSource(rows, batch_size=4, seed=5)
     torch.manual_seed(0)
-    model = TinyLM()
+    model = TinyLM() if kill_forward is None else KillingLM(kill_forward)
     held_out = {"input_ids": rows[:4].long(), "labels": rows[:4].long()}
 
     def eval_fn(m):  # consumes the RNG too, so its state at save time matters

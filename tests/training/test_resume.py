@@ -23,8 +23,8 @@ WORKER = Path(__file__).with_name("resume_worker.py")
 
 # (kill switch, asynchronous checkpointing, what the killed run must have left behind)
 KILLS = {
-    "mid_accumulation": ("micro:11", "0", ["checkpoint-2", "checkpoint-4"]),  # 2nd micro-batch of step 6
-    "right_after_save": ("after_save:6", "0", ["checkpoint-4", "checkpoint-6"]),
+    "mid_accumulation": ("forward:12", "0", ["checkpoint-2", "checkpoint-4"]),  # 2nd micro-batch of step 6
+    "right_after_save": ("after_save:6", "0", ["checkpoint-2", "checkpoint-4", "checkpoint-6"]),  # not pruned yet
     "during_async_save": ("during_save:4", "1", ["checkpoint-2"]),  # + a half-written temp dir
 }
 

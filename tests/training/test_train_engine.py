@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -146,13 +147,27 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert [m["loss"] for _, m in logs] == pytest.approx([m["loss"] for _, m in ref_logs], rel=0.02)
 
 
-def test_fp16_uses_a_grad_scaler(tmp_path):
-    model, result, logs = _run(tmp_path, _cfg(precision="fp16", max_steps=2, save_steps=1),
-                               TensorBatchSource(_rows(), batch_size=4, seed=1))
-    import json
+def test_fp16_grad_scaler_absorbs_overflows(tmp_path):
+    calls = []
 
+    def huge_first_loss(model, batch):  # the first two windows overflow fp16 gradients at scale 65536
+        calls.append(1)
+        return model(**batch).loss * (1e6 if len(calls) <= 2 else 1.0)
+
+    _, result, _ = _run(tmp_path, _cfg(precision="fp16", max_steps=2, save_steps=1, max_nan_skips=0),
+                        TensorBatchSource(_rows(), batch_size=4, seed=1), loss_fn=huge_first_loss)
     scaler = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())["scaler"]
-    assert scaler["scale"] == 65536.0 and result.state.step == 2
+    assert result.state.step == 2 and result.state.nan_skips == 0
+    assert result.state.overflow_skips == 2 and scaler["scale"] == 65536.0 / 4  # halved per overflow
+
+
+def test_fp16_gives_up_when_no_scale_helps(tmp_path):
+    def nan_grad_loss(model, batch):
+        return model(**batch).loss + torch.sqrt((model.head.bias * 0).sum())
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm"):
+        _run(tmp_path, _cfg(precision="fp16", max_nan_skips=0), TensorBatchSource(_rows(), batch_size=4, seed=1),
+             loss_fn=nan_grad_loss)
 
 
 def test_early_stopping(tmp_path):
@@ -251,3 +266,10 @@ def test_bad_arguments(tmp_path):
     _run(tmp_path / "c", _cfg(max_steps=1), source)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         _run(tmp_path / "c", _cfg(max_steps=1), source, resume=False)
+
+
+def test_progress_bar_shows_stage_tokens_per_second_and_eta(tmp_path, capsys):
+    train(TinyLM(dropout=0.0), TensorBatchSource(_rows(), batch_size=4, seed=1), _cfg(max_steps=3),
+          ckpt_dir=tmp_path, desc="pretrain", progress=True)
+    err = capsys.readouterr().err
+    assert "pretrain" in err and "3/3" in err and "tok_s=" in err and "<00:00" in err  # ETA column

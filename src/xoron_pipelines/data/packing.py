@@ -23,6 +23,7 @@ import bisect
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -53,14 +54,32 @@ class Doc:
 
 
 def source_docs(ledger: ShardSet, name: str, tok, batch_size: int) -> Iterator[Doc]:
-    """The kept documents of source ``name`` from the ledger, tokenized batch by batch."""
+    """The kept documents of source ``name`` from the ledger, tokenized batch by batch.
+
+    The next batch is encoded in a background thread (``encode_batch_fast`` releases the GIL)
+    while this one is mixed and packed, so the Python work overlaps the tokenizer's."""
     flt = (pc.field("source") == name) & (pc.field("status") == "kept")
-    for batch in ledger.iter_batches(columns=["file", "row", "text"], filter=flt, batch_size=batch_size):
-        texts = batch.column("text").to_pylist()
-        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-        files, rows = batch.column("file").to_pylist(), batch.column("row").to_pylist()
-        for f, r, t, e in zip(files, rows, texts, encodings):
-            yield Doc(f, r, len(t), np.asarray(e.ids, dtype=np.int32))
+    batches = ledger.iter_batches(columns=["file", "row", "text"], filter=flt, batch_size=batch_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+
+        def submit(batch: pa.RecordBatch):
+            texts = batch.column("text").to_pylist()
+            return batch, texts, pool.submit(tok.encode_batch_fast, texts, add_special_tokens=False)
+
+        pending = None
+        for batch in batches:
+            upcoming = submit(batch)
+            if pending is not None:
+                yield from _docs(*pending)
+            pending = upcoming
+        if pending is not None:
+            yield from _docs(*pending)
+
+
+def _docs(batch: pa.RecordBatch, texts: list[str], encoded) -> Iterator[Doc]:
+    files, rows = batch.column("file").to_pylist(), batch.column("row").to_pylist()
+    for f, r, t, e in zip(files, rows, texts, encoded.result()):
+        yield Doc(f, r, len(t), np.asarray(e.ids, dtype=np.int32))
 
 
 class CachedSource:

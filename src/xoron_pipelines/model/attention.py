@@ -13,11 +13,12 @@ matrix exists (in training each query block is checkpointed, so backward recompu
 rather than storing them). Its result equals full attention, padding included.
 
 MLA caches only what DeepSeek-V2 says it must: the normalised latent ``c_kv`` (kv_lora_rank) and
-the rotated shared key ``k_pe`` (qk_rope_head_dim) per token. With a cache it attends in the
-*absorbed* form: ``W_UK`` is folded into the query and ``W_UV`` applied after attention, which is
-multi-query attention over the latent (keys ``[c_kv, k_pe]``, values ``c_kv``); without a cache
-(training) it expands keys and values through ``kv_b_proj`` like transformers' DeepseekV3Attention.
-Both forms are the same function of the inputs.
+the rotated shared key ``k_pe`` (qk_rope_head_dim) per token. Decoding (a cache that already holds
+tokens) attends in the *absorbed* form: ``W_UK`` is folded into the query and ``W_UV`` applied
+after attention, which is multi-query attention over the latent (keys ``[c_kv, k_pe]``, values
+``c_kv``), so per-head keys and values are never rebuilt. Training and prefill expand keys and
+values through ``kv_b_proj`` like transformers' DeepseekV3Attention (fewer FLOPs for long
+queries). Both forms are the same function of the inputs.
 """
 
 from __future__ import annotations
@@ -227,12 +228,13 @@ class MLAttention(nn.Module):
             cos, sin = position_embeddings
             q_pe = apply_rotary(q_pe, cos, sin, self.config.kernels)
             k_pe = apply_rotary(k_pe, cos, sin, self.config.kernels)
-        if past_key_values is None:
-            out = self._expanded(q_nope, q_pe, c_kv, k_pe[:, 0], key_valid)
-        else:
-            c_kv, k_pe_all = past_key_values.update(self.layer_idx, c_kv, k_pe[:, 0])
-            out = self._absorbed(q_nope, q_pe, c_kv, k_pe_all, key_valid)
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, tlen, -1))
+        k_pe = k_pe[:, 0]
+        decoding = past_key_values is not None and past_key_values.get_seq_length(self.layer_idx) > 0
+        if past_key_values is not None:
+            c_kv, k_pe = past_key_values.update(self.layer_idx, c_kv, k_pe)
+        # prefill/training: expand (cheaper for long queries); decoding: attend over the latent
+        attend_fn = self._absorbed if decoding else self._expanded
+        return self.o_proj(attend_fn(q_nope, q_pe, c_kv, k_pe, key_valid).transpose(1, 2).reshape(bsz, tlen, -1))
 
     def _expanded(self, q_nope, q_pe, c_kv, k_pe, key_valid):
         """Keys/values re-expanded per head through kv_b_proj (training; transformers' form)."""

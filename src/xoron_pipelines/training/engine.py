@@ -12,7 +12,8 @@ After each optimizer step: scheduler step, ``model.update_moe_bias()`` (when the
 logging every ``logging_steps``, evaluation every ``eval_steps`` (early stopping), and a
 checkpoint every ``save_steps`` and at the end. A window whose loss or gradient norm is not
 finite is skipped (no update, counted); more than ``max_nan_skips`` skips abort the run.
-(With fp16, an overflow the grad scaler handles by lowering its scale is not counted.)
+(With fp16, an overflow the grad scaler handles by lowering its scale is not counted, as long as
+the scale stays >= 1.)
 
 Re-running ``train`` with the same ``ckpt_dir`` resumes from the newest valid checkpoint: model,
 optimizer, scheduler, grad scaler, all RNG states and the data position are restored, so on CPU
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -41,8 +43,7 @@ from xoron_pipelines.training.checkpoint import (
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
 from xoron_pipelines.training.optim import build_optimizer
-from xoron_pipelines.training.reproducibility import (
-    capture_rng, deterministic_mode, restore_rng, seed_everything, sync_inductor_determinism)
+from xoron_pipelines.training.reproducibility import capture_rng, deterministic_mode, restore_rng, seed_everything
 from xoron_pipelines.training.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,17 @@ def lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch).loss
 
 
+def lm_loss_without_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """:func:`lm_loss` for models whose forward takes ``return_logits`` (the Xoron model): with
+    ``return_logits=False`` its fused cross-entropy never materialises the (tokens x vocab) logits."""
+    return model(**batch, return_logits=False).loss
+
+
+def _default_loss(model: nn.Module) -> LossFn:
+    params = inspect.signature(model.forward).parameters
+    return lm_loss_without_logits if "return_logits" in params else lm_loss
+
+
 def target_weight(batch: Batch) -> float:
     """Total weight of the next-token targets of an LM batch (how the model normalises its loss)."""
     labels = batch["labels"][:, 1:]
@@ -114,20 +126,25 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _enable_gradient_checkpointing(model: nn.Module) -> None:
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if enable is None:
-        raise ValueError(f"gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable()")
-    try:
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    except TypeError:
-        enable()
+    """Turn on activation (gradient) checkpointing through the model's own switch (transformers API:
+    ``activation_checkpointing_enable`` in v5, ``gradient_checkpointing_enable`` before), non-reentrant."""
+    for name, kwarg in (("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
+                        ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs")):
+        enable = getattr(model, name, None)
+        if enable is None:
+            continue
+        try:
+            enable(**{kwarg: {"use_reentrant": False}})
+        except TypeError:  # a custom model's switch without keyword arguments
+            enable()
+        return
+    raise ValueError(f"gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable()")
 
 
 def _compiled(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     kwargs: dict[str, Any] = {"backend": cfg.compile_backend}
     if cfg.compile_mode != "default":
         kwargs["mode"] = cfg.compile_mode
-    sync_inductor_determinism()
     return torch.compile(model, **kwargs)
 
 
@@ -164,7 +181,7 @@ class _Trainer:
         self.model, self.source, self.cfg = model, source, cfg
         self.eval_fn, self.on_log, self.desc, self.progress = eval_fn, on_log, desc, progress
         self.custom_loss = loss_fn is not None
-        self.loss_fn = loss_fn or lm_loss
+        self.loss_fn = loss_fn or _default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
         self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing)
@@ -262,9 +279,9 @@ class _Trainer:
         norm = self._apply() if loss is not None else None
         self.optimizer.zero_grad(set_to_none=True)
         if norm is None:
-            if loss is not None and self.scaler.is_enabled():
+            if loss is not None and self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0:
                 self.state.overflow_skips += 1  # fp16 overflow: dynamic loss scaling, not a divergence
-            else:
+            else:  # (a scale driven below 1 means the gradients are not finite at any scale)
                 self._skip(loss)
             return False
         st = self.state
@@ -339,6 +356,7 @@ class _Trainer:
         st, cfg = self.state, self.cfg
         bar = tqdm(total=st.total_steps, initial=st.step, desc=self.desc, unit="step", disable=not self.progress,
                    dynamic_ncols=True)
+        self._interval["t0"] = time.perf_counter()
         try:
             while not (st.finished or st.stopped_early or st.step >= st.total_steps):
                 if not self.step():
@@ -360,7 +378,6 @@ class _Trainer:
                 self.save()
         finally:
             bar.close()
-            self.writer.close()
 
 
 def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
@@ -378,18 +395,18 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     ckpt_dir = Path(ckpt_dir)
     with deterministic_mode(cfg.deterministic):
         trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress)
-        trainer.build()
-        resumed = latest_valid_checkpoint(ckpt_dir)
-        if resumed is not None and not resume:
-            trainer.writer.close()
-            raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({resumed.name}); pass resume=True "
-                                  "or use another ckpt_dir")
-        if resumed is not None:
-            ckpt = load_checkpoint(resumed, verify=False)
-            quarantine_after(ckpt_dir, ckpt.step)
-            trainer.restore(ckpt)
-        else:
-            quarantine_after(ckpt_dir, -1)
-        trainer.run()
+        try:
+            trainer.build()
+            resumed = latest_valid_checkpoint(ckpt_dir)
+            if resumed is not None and not resume:
+                raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({resumed.name}); pass resume=True "
+                                      "or use another ckpt_dir")
+            ckpt = load_checkpoint(resumed, verify=False) if resumed is not None else None
+            quarantine_after(ckpt_dir, ckpt.step if ckpt else -1)  # the corrupt ones newer than the resume point
+            if ckpt is not None:
+                trainer.restore(ckpt)
+            trainer.run()
+        finally:
+            trainer.writer.close()  # joins a pending asynchronous save (and re-raises its error)
     return TrainResult(trainer.state, trainer.writer.last_path or resumed, resumed, trainer.last_eval,
                        trainer.history)

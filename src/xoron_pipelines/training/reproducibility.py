@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -36,35 +35,14 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
     prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
-    _use_deterministic(True)
+    torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
-        _use_deterministic(prev[0], warn_only=prev[1])
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
-
-
-def _use_deterministic(mode: bool, warn_only: bool = False) -> None:
-    """``torch.use_deterministic_algorithms`` without its side effect of importing inductor.
-
-    The public function also sets ``torch._inductor.config.deterministic``, and importing that
-    module pulls in dynamo/inductor (seconds of start-up per process). We set the flag there only
-    when inductor is already loaded; ``torch.compile`` loads it later and is then configured by
-    :func:`sync_inductor_determinism`.
-    """
-    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
-        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
-    else:
-        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
-
-
-def sync_inductor_determinism() -> None:
-    """Give inductor (loaded by ``torch.compile``) the current deterministic-algorithms setting."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()
 
 
 def capture_rng() -> dict[str, Any]:
