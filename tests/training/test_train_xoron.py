@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from xoron_pipelines import model as model_lib
 from xoron_pipelines.training import TensorBatchSource, TrainConfig, train
-
-model_lib = pytest.importorskip("xoron_pipelines.model")
 
 ROWS = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
 

@@ -43,6 +43,14 @@ from xoron_pipelines import kernels
 from xoron_pipelines.model.mlp import MLP
 
 
+
+def recomputing() -> bool:
+    """True while autograd's backward pass runs this forward again (activation checkpointing).
+
+    Load and usage counters must count each token once, not again during recomputation.
+    """
+    return torch._C._current_graph_task_id() != -1
+
 class Router(nn.Module):
     """Top-k router with a selection-only, non-gradient correction bias (``DeepseekV3TopkRouter``)."""
 
@@ -188,7 +196,7 @@ class MoE(nn.Module):
         output = self.experts(flat, indices, weights)
         if self.shared_experts is not None:
             output = output + self.shared_experts(flat)
-        if self.training:
+        if self.training and not recomputing():
             self._count_tokens(indices)
         if self.aux_loss_coef > 0:
             loss = sequence_balance_loss(

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xoron_pipelines.model.moe import recomputing
+
 
 class PEER(nn.Module):
     """Product-key expert retrieval layer: (B, T, H) -> (B, T, H)."""
@@ -102,7 +104,7 @@ class PEER(nn.Module):
         batch, seq_len, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)
         scores, indices = self.retrieve(flat)
-        if self.training or self.track_usage:
+        if (self.training or self.track_usage) and not recomputing():
             self._count_usage(indices)
         weights = scores.softmax(dim=-1)  # (M, heads, k)
         eh = self.expert_hidden_size
