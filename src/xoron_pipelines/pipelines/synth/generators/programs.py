@@ -1,17 +1,18 @@
 """Small generated programs (Python, JavaScript, Go, Rust) and exact Python execution.
 
-Python programs are run in-process (:func:`run_python`, :func:`run_cells`) at generation time,
-so every stated output is what the program really prints. Programs are built only from our
-own templates, never from outside input.
+Python programs are run at generation time in a sandboxed child process
+(:mod:`xoron_pipelines.sandbox`, never in the pipeline's own process), so every stated output is
+what the program really prints. Programs are built only from our own templates.
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
-import io
+import atexit
 import random
-from typing import Any, Callable
+from functools import lru_cache
+from typing import Callable
+
+from xoron_pipelines.sandbox import SandboxLimits, SandboxWorker
 
 from .common import FUNC_VERBS, VAR_NAMES, WORDS, num, pick
 
@@ -102,33 +103,26 @@ def python_program(rng: random.Random, difficulty: str, allow_error: bool = True
     return "\n".join(parts)
 
 
+@lru_cache(maxsize=1)
+def _sandbox() -> SandboxWorker:
+    """One sandboxed child process for all programs of a run (closed at interpreter exit)."""
+    worker = SandboxWorker(SandboxLimits(timeout_s=10.0))
+    atexit.register(worker.close)
+    return worker
+
+
 def run_python(code: str) -> tuple[str, str | None]:
-    """Run ``code`` as a script: (stdout, last traceback line ``"Type: message"`` or None)."""
-    out = io.StringIO()
-    error = None
-    with contextlib.redirect_stdout(out):
-        try:
-            exec(compile(code, "<synth>", "exec"), {"__name__": "__main__"})  # noqa: S102 - own templates
-        except Exception as exc:  # the program's own error is the expected result
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return out.getvalue(), error
+    """Run ``code`` as a script in the sandbox: (stdout, last traceback line ``"Type: message"`` or None)."""
+    result = _sandbox().run(code)
+    if result.timed_out:
+        raise RuntimeError(f"generated program timed out in the sandbox:\n{code}")
+    return result.stdout, result.error
 
 
 def run_cells(cells: list[str]) -> list[str]:
-    """Run notebook cells in one namespace; each output is what Jupyter shows (printed text,
-    then the ``repr`` of a final expression that is not None)."""
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    outputs = []
-    for cell in cells:
-        tree = ast.parse(cell)
-        last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        body = ast.Module(body=tree.body[:-1] if last else tree.body, type_ignores=[])
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(compile(body, "<cell>", "exec"), namespace)  # noqa: S102 - own templates
-            value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace) if last else None
-        outputs.append(out.getvalue() + (repr(value) if value is not None else ""))
-    return outputs
+    """Run notebook cells in one sandboxed namespace; each output is what Jupyter shows (printed
+    text, then the ``repr`` of a final expression that is not None)."""
+    return _sandbox().run_cells(cells)
 
 
 # --------------------------------------------------------------------------- other languages
