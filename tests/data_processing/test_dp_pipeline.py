@@ -26,6 +26,9 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     from xoron_pipelines.pipelines.synth.params import SYNTH_TYPES
 
     run_pipeline(kedro_project, "synth", {"synth.counts": {k: 15 for k in SYNTH_TYPES}})
+    import mlflow
+
+    mlflow.end_run()  # the synth session leaves its run active in this process; start afresh
     bad = kedro_project / "data" / "01_raw" / "extra.jsonl"
     bad.write_bytes(b'{"text": "a good extra record, long enough"}\n{not json\n{"text": 5}\n')
     sources = default_params(project_root)["sources"] + [
@@ -71,12 +74,10 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     assert set(table.columns) == {"source", "status", "reason", "count"}
     assert table.loc[table.status == "quarantined", "count"].sum() == len(q)
     # MLflow: metrics and the report artifact of the run
-    import mlflow
-
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{kedro_project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("xoron_pipelines")
     runs = client.search_runs([exp.experiment_id], filter_string="metrics.`data_processing.records.in` > 0")
-    assert runs, "no MLflow run with data_processing metrics"
+    assert [r.info.run_name for r in runs] == ["data_processing"]
     m = runs[0].data.metrics
     assert m["data_processing.records.in"] == table["count"].sum()
     assert m["data_processing.records.in"] == (

@@ -214,10 +214,13 @@ class Encoder:
             q, scale = quantize_int8_rows(pooled) if quantize else (None, None)
             parts = [pooled.cpu().numpy()] + ([q.cpu().numpy(), scale.cpu().numpy()] if quantize else [])
             for row, i in enumerate(chunk):
-                cut = slice(None) if self.pooling == "mean" else slice(0, lengths[row])
-                out.vectors[i] = parts[0][row][cut]
+                if self.pooling == "mean":
+                    picked = [part[row] for part in parts]
+                else:
+                    picked = [part[row][: lengths[row]] for part in parts]
+                out.vectors[i] = picked[0]
                 if quantize:
-                    out.q[i], out.scale[i] = parts[1][row][cut], parts[2][row][cut]
+                    out.q[i], out.scale[i] = picked[1], picked[2]
         return out
 
 

@@ -142,3 +142,28 @@ def _fixed_rows(table: pa.Table, column: str, dtype: type) -> np.ndarray:
         raise ValueError(f"column {column!r} must hold rows of one length (got lengths {sorted(set(sizes.tolist()))[:5]})")
     values = np.array(col.flatten().to_numpy(zero_copy_only=False), dtype=dtype)  # writable copy for torch
     return values.reshape(len(sizes), int(sizes[0]))
+
+
+class ShardedBatchSource:
+    """One data-parallel rank's share of another source: rows ``[rank*b/W, (rank+1)*b/W)`` of every
+    micro-batch, where b is the wrapped source's batch size (the *global* micro-batch) and W the
+    number of ranks. The shards of all ranks are disjoint and together are exactly the global batch,
+    and the positions ``(epoch, index)`` are the same on every rank and for any W.
+    """
+
+    def __init__(self, source: BatchSource, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.source, self.rank, self.world_size = source, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        full = self.source.batch(epoch, index)
+        rows = next(iter(full.values())).shape[0]
+        if rows % self.world_size:
+            raise ValueError(f"a micro-batch of {rows} rows cannot be split evenly over {self.world_size} "
+                             f"data-parallel processes; make the batch size a multiple of {self.world_size}")
+        per = rows // self.world_size
+        return {k: v[self.rank * per:(self.rank + 1) * per] for k, v in full.items()}

@@ -19,6 +19,13 @@ Re-running ``train`` with the same ``ckpt_dir`` resumes from the newest valid ch
 optimizer, scheduler, grad scaler, all RNG states and the data position are restored, so on CPU
 in deterministic mode the final weights are bit-identical to an uninterrupted run. A finished
 run's directory makes ``train`` return at once with the final weights loaded.
+
+With a data-parallel ``parallel`` context (:class:`~xoron_pipelines.training.parallel.DataParallel`,
+set up by :mod:`xoron_pipelines.training.distributed`) every rank runs this loop on its own shard of
+each micro-batch: the window's target weight and token count are summed over ranks before the
+backward passes (so the token-weighted loss is that of the global batch), gradients are synchronised
+on the window's last micro-batch only, logged losses and eval metrics are reduced over ranks, and
+only rank 0 writes checkpoints (holding every rank's RNG state) and calls ``on_log``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from xoron_pipelines.training.checkpoint import (
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
 from xoron_pipelines.training.optim import build_optimizer
+from xoron_pipelines.training.parallel import SingleProcess
 from xoron_pipelines.training.reproducibility import capture_rng, deterministic_mode, restore_rng, seed_everything
 from xoron_pipelines.training.schedule import build_scheduler
 
@@ -173,18 +181,22 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path,
                  eval_fn: EvalFn | None, on_log: LogFn | None, loss_fn: LossFn | None, desc: str,
-                 progress: bool) -> None:
+                 progress: bool, parallel: SingleProcess) -> None:
         if cfg.eval_steps is not None and eval_fn is None:
             raise ValueError("eval_steps is set but no eval_fn was given")
         if len(source) < 1:
             raise ValueError("the batch source has no batches")
         self.model, self.source, self.cfg = model, source, cfg
-        self.eval_fn, self.on_log, self.desc, self.progress = eval_fn, on_log, desc, progress
+        self.par = parallel
+        self.eval_fn, self.desc = eval_fn, desc
+        self.on_log = on_log if parallel.is_writer else None
+        self.progress = progress and parallel.is_writer
         self.custom_loss = loss_fn is not None
         self.loss_fn = loss_fn or _default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
-        self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing)
+        self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing) \
+            if parallel.is_writer else None
         self.history: list[dict[str, float]] = []
         self.last_eval: dict[str, float] | None = None
         self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -192,15 +204,16 @@ class _Trainer:
     # ---- setup -------------------------------------------------------------------------
     def build(self) -> None:
         cfg = self.cfg
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + self.par.rank)  # each rank draws its own dropout masks
         self.model.train()
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
+        wrapped = self.par.wrap(self.model)  # before the optimizer: FSDP2 replaces the parameters
         self.optimizer = build_optimizer(self.model, cfg)
         total = self.state.total_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, total, cfg.warmup(total), cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.forward_model = _compiled(self.model, cfg) if cfg.compile else self.model
+        self.forward_model = _compiled(wrapped, cfg) if cfg.compile else wrapped
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def restore(self, ckpt: LoadedCheckpoint) -> None:
@@ -212,15 +225,23 @@ class _Trainer:
         if saved.total_steps != self.state.total_steps:
             log.warning("checkpoint %s plans %d steps, the config %d; keeping the checkpoint's schedule",
                         ckpt.path, saved.total_steps, self.state.total_steps)
-        self.model.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(trees["optimizer"])
+        self.par.load_full_state(self.model, self.optimizer, ckpt.model, trees["optimizer"])
         self.scheduler.load_state_dict(trees["trainer_state"]["scheduler"])
         if trees["trainer_state"]["scaler"]:
             self.scaler.load_state_dict(trees["trainer_state"]["scaler"])
-        restore_rng(trees["rng"])
+        self._restore_rng(trees)
         self.state = saved
         log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, saved.step, saved.epoch,
                  saved.batch_index)
+
+    def _restore_rng(self, trees: dict[str, Any]) -> None:
+        """This rank's generator states (rank 0's are ``rng``, the others' ``trainer_state.rng_ranks``)."""
+        states = [trees["rng"], *trees["trainer_state"].get("rng_ranks", [])]
+        if self.par.rank < len(states):
+            restore_rng(states[self.par.rank])
+        else:  # more ranks than when the checkpoint was written
+            log.warning("the checkpoint holds no RNG state for rank %d; reseeding it", self.par.rank)
+            seed_everything(self.cfg.seed + self.par.rank)
 
     # ---- one optimizer step ------------------------------------------------------------
     def _next_window(self) -> list[Batch]:
@@ -235,31 +256,42 @@ class _Trainer:
         return batches
 
     def _accumulate(self, batches: list[Batch]) -> float | None:
-        """Forward/backward over the window; the window's loss, or None when one is not finite."""
+        """Forward/backward over the window; the window's loss, or None when one is not finite.
+
+        Weights, token counts and the loss are summed over ranks. Gradients are reduced (averaged
+        by DDP / FSDP2) on the last micro-batch only, hence the factor ``world_size`` in the backward.
+        """
+        par = self.par
         weights = [1.0] * len(batches) if self.custom_loss else [target_weight(b) for b in batches]
-        total = sum(weights)
+        tokens = sum(b["input_ids"].numel() for b in batches if "input_ids" in b)
+        total, tokens = par.all_reduce_sum([sum(weights), float(tokens)])
         if total <= 0:
-            weights, total = [1.0] * len(batches), float(len(batches))
-        window_loss = 0.0
-        for batch, w in zip(batches, weights):
+            weights, total = [1.0] * len(batches), float(len(batches) * par.world_size)
+        self.state.tokens_seen += int(tokens)
+        self._interval["tokens"] += int(tokens)
+        window_loss, finite = 0.0, True
+        for i, (batch, w) in enumerate(zip(batches, weights)):
             batch = _to(batch, self.device)
-            if "input_ids" in batch:
-                self.state.tokens_seen += batch["input_ids"].numel()
-                self._interval["tokens"] += batch["input_ids"].numel()
-            with _autocast(self.device, self.cfg.precision):
-                loss = self.loss_fn(self.forward_model, batch)
-            if not torch.isfinite(loss.detach()).all():
-                return None
-            scaled = loss.float() * (w / total)
-            self.scaler.scale(scaled).backward()
+            with par.gradient_sync(self.forward_model, enabled=i == len(batches) - 1):
+                with _autocast(self.device, self.cfg.precision):
+                    loss = self.loss_fn(self.forward_model, batch)
+                if not torch.isfinite(loss.detach()).all():
+                    if par.world_size == 1:
+                        return None
+                    finite = False  # keep going: the other ranks' gradient reduction waits for this rank
+                scaled = loss.float() * (w / total)
+                self.scaler.scale(scaled * par.world_size).backward()
             window_loss += float(scaled.detach())
-        return window_loss
+        if par.world_size > 1:
+            window_loss = par.all_reduce_sum([window_loss if finite else math.nan])[0]
+        return window_loss if math.isfinite(window_loss) else None
 
     def _apply(self) -> float | None:
         """Unscale, clip and step; the gradient norm, or None (no update) when it is not finite."""
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.clip_enabled else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
         if not math.isfinite(norm):
             if self.scaler.is_enabled():
                 self.scaler.update()  # records the overflow: the fp16 loss scale goes down
@@ -303,7 +335,7 @@ class _Trainer:
             raise NonFiniteLossError(
                 f"{st.nan_skips} optimizer steps had a non-finite {what} (last at step {st.step}, micro-batch "
                 f"{st.micro_step}), more than max_nan_skips={self.cfg.max_nan_skips}: aborting; lower the "
-                f"learning rate, check the data, or resume from {self.writer.last_path or 'the last checkpoint'}")
+                f"learning rate, check the data, or resume from {getattr(self.writer, 'last_path', None) or 'the last checkpoint'}")
 
     # ---- after a step ------------------------------------------------------------------
     def log_metrics(self) -> dict[str, float] | None:
@@ -323,9 +355,11 @@ class _Trainer:
         self.model.eval()
         try:
             with torch.no_grad(), _autocast(self.device, self.cfg.precision):
-                value, metrics = _eval_metric(self.eval_fn(self.model))
+                _, metrics = _eval_metric(self.eval_fn(self.model))
         finally:
             self.model.train()
+        metrics = dict(zip(metrics, self.par.all_reduce_mean(list(metrics.values()))))  # mean over ranks
+        value = metrics["eval_loss"]
         if st.best_eval_loss is None or value < st.best_eval_loss - self.cfg.early_stopping_min_delta:
             st.best_eval_loss, st.evals_without_improvement = value, 0
         else:
@@ -344,11 +378,17 @@ class _Trainer:
             self.on_log(self.state.step, metrics)
 
     def save(self) -> None:
+        """Checkpoint (collective under data parallelism: every rank calls it, rank 0 writes)."""
         st = self.state
-        snap = Snapshot.take(
-            st.step, self.model.state_dict(), optimizer=self.optimizer.state_dict(), rng=capture_rng(),
-            trainer_state={"state": dataclasses.asdict(st), "scheduler": self.scheduler.state_dict(),
-                           "scaler": self.scaler.state_dict(), "config": self.cfg.model_dump(mode="json")})
+        model_state, optimizer_state = self.par.full_state(self.model, self.optimizer)
+        rngs = self.par.gather_objects(capture_rng())
+        if self.writer is None:
+            return
+        trainer_state = {"state": dataclasses.asdict(st), "scheduler": self.scheduler.state_dict(),
+                         "scaler": self.scaler.state_dict(), "config": self.cfg.model_dump(mode="json")}
+        if len(rngs) > 1:
+            trainer_state["rng_ranks"] = rngs[1:]
+        snap = Snapshot.take(st.step, model_state, optimizer=optimizer_state, rng=rngs[0], trainer_state=trainer_state)
         self.writer.save(snap)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -382,7 +422,8 @@ class _Trainer:
 
 def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
           eval_fn: EvalFn | None = None, on_log: LogFn | None = None, loss_fn: LossFn | None = None,
-          resume: bool = True, desc: str = "train", progress: bool = True) -> TrainResult:
+          resume: bool = True, desc: str = "train", progress: bool = True,
+          parallel: SingleProcess | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_batches`` and return counters, eval metrics and checkpoints.
 
     ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
@@ -391,22 +432,31 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     metrics after each evaluation. ``loss_fn(model, batch) -> scalar`` replaces ``model(**batch).loss``.
     With ``resume`` (default) the newest valid checkpoint in ``ckpt_dir`` is continued; ``resume=False``
     refuses to start when ``ckpt_dir`` already holds checkpoints.
+
+    ``parallel``: the data-parallel context of this rank (see :mod:`xoron_pipelines.training.parallel`);
+    None for a single process. Under data parallelism ``train_batches`` is this rank's shard of every
+    micro-batch, every rank reads ``ckpt_dir`` when resuming (shared storage across nodes), and
+    the returned result of ranks other than 0 has no checkpoint path.
     """
     ckpt_dir = Path(ckpt_dir)
+    par = parallel or SingleProcess()
     with deterministic_mode(cfg.deterministic):
-        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress)
+        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par)
         try:
             trainer.build()
-            resumed = latest_valid_checkpoint(ckpt_dir)
+            resumed = par.broadcast(latest_valid_checkpoint(ckpt_dir) if par.is_writer else None)
             if resumed is not None and not resume:
                 raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({resumed.name}); pass resume=True "
                                       "or use another ckpt_dir")
             ckpt = load_checkpoint(resumed, verify=False) if resumed is not None else None
-            quarantine_after(ckpt_dir, ckpt.step if ckpt else -1)  # the corrupt ones newer than the resume point
+            if par.is_writer:
+                quarantine_after(ckpt_dir, ckpt.step if ckpt else -1)  # the corrupt ones newer than the resume point
             if ckpt is not None:
                 trainer.restore(ckpt)
             trainer.run()
         finally:
-            trainer.writer.close()  # joins a pending asynchronous save (and re-raises its error)
-    return TrainResult(trainer.state, trainer.writer.last_path or resumed, resumed, trainer.last_eval,
-                       trainer.history)
+            if trainer.writer is not None:
+                trainer.writer.close()  # joins a pending asynchronous save (and re-raises its error)
+        par.barrier()  # the other ranks return once rank 0's last checkpoint is on disk
+    last = trainer.writer.last_path if trainer.writer is not None else None
+    return TrainResult(trainer.state, last or resumed, resumed, trainer.last_eval, trainer.history)

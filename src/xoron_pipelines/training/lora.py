@@ -101,20 +101,20 @@ def resolve_targets(model: nn.Module, requested: Sequence[str] | None = None) ->
 def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     """Wrap ``model`` with LoRA adapters (a ``peft.PeftModel``); ``model`` unchanged when disabled.
 
-    With ``train_lora_only`` only the adapter weights train; otherwise the base weights are
-    unfrozen again after peft froze them, so both train (seed 000 default).
+    With ``train_lora_only`` only the adapter weights train; otherwise the base weights that were
+    trainable before are unfrozen again after peft froze them, so both train (seed 000 default).
     """
     if not settings.enabled:
         return model
     targets = resolve_targets(model, settings.target_modules)
+    was_trainable = [p for p in model.parameters() if p.requires_grad]
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=targets, use_rslora=settings.use_rslora, use_dora=settings.use_dora,
                         bias="none")
     peft_model = get_peft_model(model, config)
     if not settings.train_lora_only:
-        for name, param in peft_model.named_parameters():
-            if "lora_" not in name:
-                param.requires_grad_(True)
+        for param in was_trainable:
+            param.requires_grad_(True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     log.info("LoRA r=%d alpha=%g on %s (rslora=%s, dora=%s): %d of %d parameters train",

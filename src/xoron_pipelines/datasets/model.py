@@ -1,0 +1,63 @@
+"""``XoronModelDataset``: a trained Xoron model directory (``save_pretrained``: config.json +
+model.safetensors; never pickle).
+
+``load`` -> ``XoronForCausalLM.from_pretrained(path)`` in eval mode, float32; ``save(model)``
+writes into a temporary sibling directory and then swaps it into place by renames
+(:func:`~xoron_pipelines.datasets.parquet_shards.replace_dir`), so a failing save leaves the
+previous directory intact and a reader never sees a half-written model.
+
+Catalog use (one directory per training stage, via a dataset factory)::
+
+    "{stage}.model":
+      type: xoron_pipelines.datasets.model.XoronModelDataset
+      path: data/06_models/{stage}
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+from xoron_pipelines.datasets.parquet_shards import replace_dir
+
+CONFIG_FILE = "config.json"
+
+
+class XoronModelDataset(AbstractDataset[Any, Any]):
+    """A ``XoronForCausalLM`` saved as safetensors in a directory."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(str(path).removeprefix("file://"))
+        self.metadata = metadata
+
+    def load(self) -> Any:
+        import torch
+
+        from xoron_pipelines.model import XoronForCausalLM
+
+        if not self._exists():
+            raise DatasetError(f"no Xoron model at {self._path} ({CONFIG_FILE} or *.safetensors missing)")
+        model = XoronForCausalLM.from_pretrained(str(self._path), dtype=torch.float32)
+        return model.float().eval()
+
+    def save(self, data: Any) -> None:
+        if not hasattr(data, "save_pretrained"):
+            raise DatasetError(f"XoronModelDataset.save expects a model with save_pretrained, got {type(data).__name__}")
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.staging-", dir=self._path.parent))
+        try:
+            data.save_pretrained(str(stage), safe_serialization=True)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        replace_dir(stage, self._path, move=True)
+
+    def _exists(self) -> bool:
+        return (self._path / CONFIG_FILE).is_file() and any(self._path.glob("*.safetensors"))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(PurePosixPath(self._path))}

@@ -1,0 +1,98 @@
+"""Perplexity and bits-per-byte.
+
+Both come from the summed negative log-likelihood (nats) of the scored tokens:
+
+* ``perplexity = exp(total_nll / scored_tokens)``
+* ``bits_per_byte = total_nll / (ln 2 * bytes)`` where ``bytes`` is the UTF-8 size of the text
+  behind the scored tokens (lm-evaluation-harness ``bits_per_byte``), which makes models with
+  different tokenizers comparable.
+
+Two inputs:
+
+* packed rows (the held-out ``packed_val`` split): each row's first token has no context and is
+  not scored; the bytes are those of the decoded scored tokens (``tokens[1:length]``, special
+  tokens such as bos / eos decode to no bytes but their prediction is still scored);
+* plain texts: each text is prefixed with bos (when the tokenizer has one), so every text token
+  is scored, and the bytes are exactly ``len(text.encode("utf-8"))``. Texts longer than
+  ``max_length`` are cut into windows that overlap by one token, so each token is scored once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from xoron_pipelines.evaluation.lm import batched, token_logprobs
+
+
+@dataclass
+class PerplexityResult:
+    nll: float = 0.0          # summed negative log-likelihood, nats
+    tokens: int = 0           # scored tokens
+    bytes: int = 0            # UTF-8 bytes of the text behind the scored tokens
+    sequences: int = 0
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / (math.log(2) * self.bytes) if self.bytes else float("nan")
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+
+
+def score(model, pieces: Iterable[tuple[Sequence[int], int]], batch_size: int, pad_id: int = 0,
+          progress: bool = False, desc: str = "perplexity") -> PerplexityResult:
+    """Sum the NLL of ``(token_ids, n_bytes)`` pieces (every token after the first is scored)."""
+    result = PerplexityResult()
+    for batch in tqdm(batched(pieces, batch_size), desc=desc, disable=not progress):
+        scored = [(ids, n) for ids, n in batch if len(ids) >= 2]
+        if not scored:
+            continue
+        for logp, (ids, n_bytes) in zip(token_logprobs(model, [ids for ids, _ in scored], pad_id), scored):
+            result.nll -= float(logp.sum())
+            result.tokens += len(ids) - 1
+            result.bytes += n_bytes
+            result.sequences += 1
+    return result
+
+
+def packed_pieces(rows: Iterable[tuple[Sequence[int], int]], tokenizer) -> Iterator[tuple[list[int], int]]:
+    """``(input_ids, length)`` packed rows -> ``(real ids, bytes of ids[1:length])``."""
+    for ids, length in rows:
+        real = list(ids[:length])
+        text = tokenizer.decode(real[1:], skip_special_tokens=True)
+        yield real, len(text.encode("utf-8"))
+
+
+def text_pieces(texts: Iterable[str], tokenizer, max_length: int, add_bos: bool = True
+                ) -> Iterator[tuple[list[int], int]]:
+    """Texts -> windows of at most ``max_length`` ids overlapping by one; the first window of a
+    text carries all its bytes (bytes are only ever summed)."""
+    if max_length < 2:
+        raise ValueError("max_length must be >= 2")
+    bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    for text in texts:
+        ids = bos + tokenizer.encode(text, add_special_tokens=False)
+        n_bytes = len(text.encode("utf-8"))
+        start = 0
+        while start < len(ids) - 1:
+            yield ids[start:start + max_length], n_bytes if start == 0 else 0
+            start += max_length - 1
+
+
+def iter_packed_rows(shards, max_rows: int | None = None) -> Iterator[tuple[list[int], int]]:
+    """``(input_ids, length)`` of the first ``max_rows`` rows of a packed ``ShardSet``."""
+    seen = 0
+    for batch in shards.dataset().to_batches(columns=["input_ids", "length"]):
+        for ids, length in zip(batch.column("input_ids").to_pylist(), batch.column("length").to_pylist()):
+            if max_rows is not None and seen >= max_rows:
+                return
+            seen += 1
+            yield ids, int(length)

@@ -1,0 +1,66 @@
+"""Cross-stage report: a comparison table (one row per metric, one column per stage plus the
+change each stage made relative to the one before) and a plotly figure of the same numbers.
+
+Metrics are flat ``{"task.metric": value}`` dicts, one per stage, in training order
+(language -> code -> tools -> preference).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# Metrics where lower is better; every other metric is an accuracy-like score in [0, 1].
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
+
+
+def flatten(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{"task": {"metric": v}}`` -> ``{"task.metric": v}`` (counts such as ``n`` dropped)."""
+    skip = {"n", "nll", "tokens", "bytes", "sequences", "samples"}
+    return {f"{task}.{metric}": float(value) for task, metrics in results.items()
+            for metric, value in metrics.items() if metric not in skip}
+
+
+def comparison_table(by_stage: Mapping[str, Mapping[str, float]], stages: Sequence[str]) -> pd.DataFrame:
+    """Rows: metrics; columns: ``metric``, each stage, and ``delta_<stage>`` (this stage minus the
+    previous one) for every stage after the first."""
+    metrics = sorted({m for s in stages for m in by_stage[s]})
+    table = pd.DataFrame({"metric": metrics})
+    for stage in stages:
+        table[stage] = [by_stage[stage].get(m, math.nan) for m in metrics]
+    for prev, stage in zip(stages, stages[1:]):
+        table[f"delta_{stage}"] = table[stage] - table[prev]
+    table["better"] = ["lower" if m.endswith(LOWER_IS_BETTER) else "higher" for m in metrics]
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency)."""
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def comparison_figure(table: pd.DataFrame, stages: Sequence[str]) -> go.Figure:
+    """Grouped bars per metric, one colour per stage: scores (higher is better) on top,
+    perplexity / bits-per-byte (lower is better) below."""
+    lower = table["better"] == "lower"
+    fig = make_subplots(rows=2, cols=1, subplot_titles=("scores (higher is better)",
+                                                         "perplexity / bits per byte (lower is better)"))
+    for i, stage in enumerate(stages):
+        for row, part in ((1, table[~lower]), (2, table[lower])):
+            fig.add_trace(go.Bar(name=stage, x=part["metric"], y=part[stage], legendgroup=stage,
+                                 showlegend=row == 1, marker_color=_COLOURS[i % len(_COLOURS)]), row=row, col=1)
+    fig.update_layout(barmode="group", title="Evaluation by training stage", height=800)
+    return fig
+
+
+_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")

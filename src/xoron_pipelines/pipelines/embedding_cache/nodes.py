@@ -1,0 +1,354 @@
+"""Nodes of the ``embedding_cache`` pipeline: encode texts once with the frozen encoder and keep
+the result in a cache the latent trainer reads (seed 004, "Caching").
+
+Two caches ("subsets"), each under ``<preprocess_cache_dir>/<subset>/{train,val}``:
+
+* ``pairs``    -- (source, target) pairs, e.g. dialogue -> summary (stages 3-4);
+* ``pretrain`` -- general text whose target is the text itself (identity, stages 1-2); for a
+  truncated text the target is the part the encoder saw.
+
+Rows with an empty source or target are not encoded: they go to the subset's
+``quarantine.jsonl`` with a reason and are counted. Sources longer than the encoder's limit
+are truncated and counted, targets longer than ``max_target_len`` as well.
+
+A subset is rebuilt only when its fingerprint -- encoder files, input rows, decoder tokenizer
+and the parameters that shape the cache -- differs from the stored one (or
+``skip_preprocessing_if_cached`` is false); otherwise the stored cache is reused without loading
+the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from xoron_pipelines.datasets.parquet_shards import replace_dir
+from xoron_pipelines.latent.cache import FORMAT_VERSION, CacheWriter, embedding_fields, fingerprint, write_json
+from xoron_pipelines.latent.encoder import Encoded, Encoder, directory_digest, resolve_encoder_dir
+
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+QUARANTINE_FILE = "quarantine.jsonl"
+ROW_GROUP_ROWS = 256
+CHUNK_BATCHES = 32  # batches encoded per chunk (length-sorted together, then written in order)
+SPLITS = ("train", "val")
+# parameters that act through the selected rows (hashed as data) or not on the content at all
+_NOT_FINGERPRINTED = {
+    "skip_preprocessing_if_cached", "preprocess_cache_dir", "progress", "source_field", "target_field",
+    "max_train_samples", "pretrain_text_field", "max_pretrain_samples",
+}
+
+
+@dataclass
+class Row:
+    """One input: ``target`` is None for identity rows (pretraining text)."""
+
+    index: int
+    source: Any
+    target: Any = None
+
+
+@dataclass
+class Counts:
+    """What happened to a subset's rows (logged to MLflow, stored in the manifest)."""
+
+    rows_in: int = 0
+    texts_encoded: int = 0
+    empty_source: int = 0
+    empty_target: int = 0
+    truncated_sources: int = 0
+    truncated_targets: int = 0
+    rows_train: int = 0
+    rows_val: int = 0
+    embedding_bytes_int8: int = 0
+    embedding_bytes_fp32: int = 0
+    cos: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in vars(self).items() if k != "cos"}
+        if self.cos:
+            out["fidelity_cos_mean"] = float(np.mean(self.cos))
+            out["fidelity_cos_min"] = float(np.min(self.cos))
+        return out
+
+
+# --------------------------------------------------------------------------- inputs
+def _records(data: Any, columns: list[str]) -> Iterator[dict[str, Any]]:
+    """Rows of a Parquet shard set (``iter_batches``), a DataFrame or an iterable of dicts."""
+    if hasattr(data, "iter_batches"):
+        names = set(data.dataset().schema.names)
+        for batch in data.iter_batches(columns=[c for c in columns if c in names]):
+            yield from batch.to_pylist()
+    elif hasattr(data, "to_dict") and hasattr(data, "columns"):
+        yield from data.to_dict("records")
+    else:
+        yield from data
+
+
+def pair_rows(data: Any, p: Params) -> list[Row]:
+    """(source, target) rows from ``source_field`` / ``target_field``, the first
+    ``max_train_samples`` of them when set."""
+    rows = []
+    for i, rec in enumerate(_records(data, [p.source_field, p.target_field])):
+        if p.max_train_samples is not None and i >= p.max_train_samples:
+            break
+        rows.append(Row(i, rec.get(p.source_field), rec.get(p.target_field)))
+    return rows
+
+
+def pretrain_rows(data: Any, p: Params) -> list[Row]:
+    """``max_pretrain_samples`` texts drawn uniformly (by a seeded hash of the text, so the
+    sample does not depend on the input order) from the kept rows (``status == "kept"`` where
+    the input has a status column, as the data_processing ledger does); kept in input order."""
+    if p.max_pretrain_samples == 0:
+        return []
+
+    def keyed() -> Iterator[tuple[bytes, int, Any]]:
+        for i, rec in enumerate(_records(data, [p.pretrain_text_field, "status"])):
+            if rec.get("status", "kept") == "kept":
+                text = rec.get(p.pretrain_text_field)
+                yield hashlib.blake2b(f"{p.seed}\x00{text}".encode(), digest_size=8).digest(), i, text
+
+    chosen = heapq.nsmallest(p.max_pretrain_samples, keyed(), key=lambda t: (t[0], t[1]))
+    return [Row(i, text) for _, i, text in sorted(chosen, key=lambda t: t[1])]
+
+
+# --------------------------------------------------------------------------- fingerprint
+def tokenizer_digest(tokenizer: Any) -> str:
+    """sha256 of the decoder tokenizer's full definition (vocab, merges, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    text += json.dumps([tokenizer.eos_token_id, tokenizer.pad_token_id])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def subset_fingerprint(subset: str, rows: list[Row], tokenizer: Any, encoder_dir: Path, p: Params) -> str:
+    """Identity of a subset's cache: (encoder files, data rows, decoder tokenizer, parameters)."""
+    data = hashlib.sha256()
+    for r in rows:
+        data.update(json.dumps([r.index, r.source, r.target], default=str).encode())
+    return fingerprint({
+        "format_version": FORMAT_VERSION,
+        "subset": subset,
+        "encoder": directory_digest(encoder_dir),
+        "data": data.hexdigest(),
+        "decoder_tokenizer": tokenizer_digest(tokenizer),
+        "params": p.model_dump(exclude=_NOT_FINGERPRINTED),
+    })
+
+
+# --------------------------------------------------------------------------- cache layout
+def cache_schema(p: Params) -> pa.Schema:
+    """Columns of a cache split; the ``cache_store_*`` controls decide the optional ones."""
+    fields = [pa.field("index", pa.int64()), pa.field("num_tokens", pa.int32()), pa.field("truncated", pa.bool_())]
+    if p.cache_store_text:
+        fields += [pa.field("text", pa.string()), pa.field("target_text", pa.string())]
+    if p.cache_store_input_ids:
+        fields.append(pa.field("input_ids", pa.list_(pa.int32())))
+    if p.cache_store_attention_mask:
+        fields.append(pa.field("attention_mask", pa.list_(pa.int8())))
+    if p.cache_store_target_ids:
+        fields.append(pa.field("target_ids", pa.list_(pa.int32())))
+    if p.cache_store_target_attention_mask:
+        fields.append(pa.field("target_attention_mask", pa.list_(pa.int8())))
+    return pa.schema(fields + embedding_fields(p.cache_store_embeddings_int8, p.pooling))
+
+
+def is_val(p: Params, subset: str, index: int) -> bool:
+    """Seeded, order-independent train/val assignment with ``preprocess_validation_fraction``."""
+    digest = hashlib.blake2b(f"{p.seed}\x00{subset}\x00{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < p.preprocess_validation_fraction
+
+
+def _pad(seq: list[int], width: int, pad: int) -> tuple[list[int], list[int]]:
+    return seq + [pad] * (width - len(seq)), [1] * len(seq) + [0] * (width - len(seq))
+
+
+def decoder_targets(tokenizer: Any, texts: list[str], max_len: int) -> tuple[list[list[int]], list[bool]]:
+    """Decoder token ids of ``texts`` followed by EOS (when the tokenizer has one), cut to
+    ``max_len`` (EOS kept as the last id); also which targets were cut."""
+    eos = tokenizer.eos_token_id
+    ids, cut = [], []
+    for row in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        row = list(row) + ([eos] if eos is not None else [])
+        cut.append(len(row) > max_len)
+        ids.append(row[: max_len - 1] + [row[-1]] if len(row) > max_len else row)
+    return ids, cut
+
+
+# --------------------------------------------------------------------------- build
+def _is_empty(text: Any) -> bool:
+    return not isinstance(text, str) or not text.strip()
+
+
+def _quarantine(rows: list[Row], subset: str, counts: Counts, out: list[dict]) -> list[Row]:
+    """Rows fit to encode; the others are recorded in ``out`` with a reason and counted."""
+    good = []
+    for r in rows:
+        reason = "empty_source" if _is_empty(r.source) else "empty_target" if r.target is not None and _is_empty(r.target) else None
+        if reason is None:
+            good.append(r)
+            continue
+        setattr(counts, reason, getattr(counts, reason) + 1)
+        out.append({"subset": subset, "index": r.index, "reason": reason})
+    return good
+
+
+def _account_embeddings(enc: Encoded, counts: Counts) -> None:
+    """Bytes int8 vs fp32 and the int8 -> fp32 cosine fidelity of every stored vector."""
+    for i, vec in enumerate(enc.vectors):
+        scales = 1 if vec.ndim == 1 else vec.shape[0]
+        counts.embedding_bytes_fp32 += 4 * vec.size
+        counts.embedding_bytes_int8 += vec.size + 4 * scales
+        if enc.q is not None:
+            deq = enc.q[i].astype(np.float32) * (enc.scale[i][..., None] if vec.ndim == 2 else enc.scale[i])
+            num = (deq * vec).sum(-1)
+            den = np.linalg.norm(deq, axis=-1) * np.linalg.norm(vec, axis=-1)
+            counts.cos.extend(np.atleast_1d(num / np.maximum(den, 1e-12)).tolist())
+
+
+def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params, counts: Counts) -> dict[str, list]:
+    """Encode one chunk of rows into the cache's column dict (every optional column; the
+    writer keeps those of its schema)."""
+    tok = encoder.tokenize([r.source for r in rows])
+    enc = encoder.encode_ids(tok.input_ids, p.preprocess_batch_size, quantize=p.cache_store_embeddings_int8)
+    _account_embeddings(enc, counts)
+    targets = [r.target if r.target is not None else r.source[:cov] for r, cov in zip(rows, tok.covered_chars)]
+    target_ids, target_cut = decoder_targets(tokenizer, targets, p.max_target_len)
+    counts.truncated_sources += sum(tok.truncated)
+    counts.truncated_targets += sum(target_cut)
+    dec_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    enc_padded = [_pad(ids, encoder.max_length, encoder.pad_id) for ids in tok.input_ids]
+    dec_padded = [_pad(ids, p.max_target_len, dec_pad) for ids in target_ids]
+    cols: dict[str, list] = {
+        "index": [r.index for r in rows],
+        "num_tokens": [len(ids) for ids in tok.input_ids],
+        "truncated": tok.truncated,
+        "text": [r.source for r in rows],
+        "target_text": targets,
+        "input_ids": [ids for ids, _ in enc_padded],
+        "attention_mask": [mask for _, mask in enc_padded],
+        "target_ids": [ids for ids, _ in dec_padded],
+        "target_attention_mask": [mask for _, mask in dec_padded],
+    }
+    if enc.q is not None:
+        cols["embedding"] = [q.reshape(-1) for q in enc.q]
+        cols["embedding_scale"] = list(enc.scale)
+    else:
+        cols["embedding"] = [v.reshape(-1) for v in enc.vectors]
+    return cols
+
+
+def _write_chunk(cols: dict[str, list], val: list[bool], writers: dict[str, CacheWriter]) -> None:
+    for split, writer in writers.items():
+        keep = [i for i, v in enumerate(val) if v == (split == "val")]
+        if keep:
+            writer.write_rows({name: [cols[name][i] for i in keep] for name in writer.schema.names})
+
+
+def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params, stage: Path, meta: dict) -> tuple[Counts, list[dict]]:
+    """Encode ``rows`` into ``stage/{train,val}``; returns counts and quarantine records."""
+    counts, quarantined = Counts(rows_in=len(rows)), []
+    good = _quarantine(rows, subset, counts, quarantined)
+    schema = cache_schema(p)
+    writers = {
+        s: CacheWriter(stage / s, schema, p.cache_rows_per_shard, ROW_GROUP_ROWS, p.cache_write_offsets_index)
+        for s in SPLITS
+    }
+    chunk = p.preprocess_batch_size * CHUNK_BATCHES
+    with tqdm(total=len(good), desc=f"embedding_cache/{subset}", unit="text", disable=not p.progress) as bar:
+        for start in range(0, len(good), chunk):
+            part = good[start : start + chunk]
+            val = [is_val(p, subset, r.index) for r in part]
+            _write_chunk(_chunk_columns(part, encoder, tokenizer, p, counts), val, writers)
+            bar.update(len(part))
+    for split, writer in writers.items():
+        written = writer.close({**meta, "split": split})
+        setattr(counts, f"rows_{split}", written["num_rows"])
+    counts.texts_encoded = len(good)
+    return counts, quarantined
+
+
+def _read_manifest(subset_dir: Path) -> dict[str, Any] | None:
+    path = subset_dir / MANIFEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _metrics(counts: dict[str, float], hit: bool) -> dict[str, dict[str, float]]:
+    values = {**counts, "cache_hit": float(hit), "cache_miss": float(not hit)}
+    return {k: {"value": v, "step": 0} for k, v in values.items()}
+
+
+def build_subset(subset: str, rows: list[Row], tokenizer: Any, p: Params) -> tuple[dict[str, Any], dict]:
+    """Reuse or (re)build one subset's cache; returns its manifest and MLflow metrics."""
+    encoder_dir = resolve_encoder_dir(p.encoder_model)  # a missing encoder fails before any work
+    fp = subset_fingerprint(subset, rows, tokenizer, encoder_dir, p)
+    root = Path(p.preprocess_cache_dir)
+    subset_dir = root / subset
+    stored = _read_manifest(subset_dir)
+    if p.skip_preprocessing_if_cached and stored is not None and stored["fingerprint"] == fp:
+        log.info("embedding_cache/%s: fingerprint unchanged, reusing %s", subset, subset_dir)
+        return {**stored, "path": str(subset_dir), "cache_hit": True}, _metrics(stored["counts"], hit=True)
+    reason = "disabled reuse" if not p.skip_preprocessing_if_cached else "no cache" if stored is None else "fingerprint changed"
+    log.info("embedding_cache/%s: building %d rows (%s)", subset, len(rows), reason)
+    encoder = Encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code)
+    meta = {
+        "subset": subset,
+        "fingerprint": fp,
+        "encoder": encoder.describe(),
+        "embedding": {
+            "dtype": "int8" if p.cache_store_embeddings_int8 else "float32",
+            "dim": encoder.hidden_size,
+            "pooling": p.pooling,
+            "normalize": encoder.normalize,
+        },
+        "decoder": {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)},
+        "max_target_len": p.max_target_len,
+        "cache_use_embeddings_for_training": p.cache_use_embeddings_for_training,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{subset}.tmp-", dir=root))
+    counts, quarantined = _encode_subset(subset, rows, encoder, tokenizer, p, stage, meta)
+    with (stage / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(q) + "\n" for q in quarantined)
+    manifest = {**meta, "splits": list(SPLITS), "quarantine": QUARANTINE_FILE, "counts": counts.as_dict(),
+                "params": p.model_dump()}
+    write_json(stage / MANIFEST_FILE, manifest)
+    replace_dir(stage, subset_dir, move=True)
+    _log_counts(subset, manifest["counts"])
+    return {**manifest, "path": str(subset_dir), "cache_hit": False}, _metrics(manifest["counts"], hit=False)
+
+
+def _log_counts(subset: str, counts: dict[str, float]) -> None:
+    log.info(
+        "embedding_cache/%s: %d encoded (%d train / %d val), %d empty source, %d empty target, "
+        "%d sources and %d targets truncated",
+        subset, counts["texts_encoded"], counts["rows_train"], counts["rows_val"], counts["empty_source"],
+        counts["empty_target"], counts["truncated_sources"], counts["truncated_targets"],
+    )
+
+
+# --------------------------------------------------------------------------- nodes
+def cache_pairs(latent_pairs: Iterable, tokenizer: Any, synth_manifest: Any, params: dict[str, Any]) -> tuple[dict, dict]:
+    """Cache the (source, target) pairs. ``synth_manifest`` only orders the run after ``synth``."""
+    p = Params.model_validate(params)
+    return build_subset("pairs", pair_rows(latent_pairs, p), tokenizer, p)
+
+
+def cache_pretrain_text(latent_pretrain_text: Any, tokenizer: Any, params: dict[str, Any]) -> tuple[dict, dict]:
+    """Cache a sample of general text with identity targets (latent pretraining, stage 1)."""
+    p = Params.model_validate(params)
+    return build_subset("pretrain", pretrain_rows(latent_pretrain_text, p), tokenizer, p)

@@ -1,0 +1,237 @@
+"""Nodes of the ``evaluation`` pipeline.
+
+``generate_offline_tasks`` runs once; ``perplexity`` / ``multiple_choice`` / ``generation`` /
+``collect`` run once per training stage (namespaced ``<stage>.``, input ``<stage>.model``);
+``compare_stages`` builds the cross-stage table and chart.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+
+from xoron_pipelines.data import sources
+from xoron_pipelines.evaluation import generation_tasks as gen
+from xoron_pipelines.evaluation import multiple_choice as mc
+from xoron_pipelines.evaluation import offline_tasks, perplexity, report
+from xoron_pipelines.evaluation import task_files as tf
+from xoron_pipelines.evaluation.lm import encode_pair, generate_texts, loglikelihoods
+from xoron_pipelines.sandbox import SandboxLimits
+from xoron_pipelines.tokens import CHAT_ROLES, render_chat
+
+from .params import Params
+
+log = logging.getLogger(__name__)
+
+GENERATED_DIR = "data/01_raw/eval/generated"  # catalog evaluation_generated_tasks
+
+
+def _limits(p: Params) -> SandboxLimits:
+    s = p.sandbox
+    return SandboxLimits(timeout_s=s.timeout_s, memory_mb=s.memory_mb, cpu_s=s.cpu_s, file_mb=s.file_mb)
+
+
+def generate_offline_tasks(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The small generated task files (one partition per task, plus ``heldout_text``)."""
+    p = Params.model_validate(params)
+    tasks = offline_tasks.build(p.offline_tasks.seed, p.offline_tasks.counts(), _limits(p))
+    log.info("generated offline task files: %s", {k: len(v) for k, v in tasks.items()})
+    return tasks
+
+
+def _partition(generated: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+    part = generated.get(name)
+    if part is None:
+        raise tf.TaskFileError(f"{GENERATED_DIR}/{name}.jsonl: no generated task file (offline_tasks.{name} is 0?)")
+    return part() if callable(part) else part
+
+
+def task_rows(name: str, p: Params, generated: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The validated rows of benchmark ``name``: its configured file, the registry's
+    ``<name>.jsonl``, or the generated file (in that order)."""
+    fmt, limit = p.task_format(name), p.limit(name)
+    path = p.tasks[name].path or (f"{p.evals_registry_path}/{name}.jsonl" if p.evals_registry_path else None)
+    if path is not None:
+        return tf.load_task(path, fmt, limit)
+    return tf.validate_rows(_partition(generated, name)[:limit], fmt, f"{GENERATED_DIR}/{name}.jsonl")
+
+
+def _prepare(model, p: Params):
+    device = "cuda" if p.device == "auto" and torch.cuda.is_available() else ("cpu" if p.device == "auto" else p.device)
+    return model.to(device).float().eval()
+
+
+def _max_length(model, p_len: int | None) -> int:
+    return p_len or int(model.config.max_position_embeddings)
+
+
+# --------------------------------------------------------------------------- perplexity
+
+def evaluate_perplexity(model, packed_val, tokenizer, generated: Mapping[str, Any],
+                        params: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Perplexity and bits-per-byte on the held-out packed split and on the text sources."""
+    p = Params.model_validate(params)
+    pp = p.perplexity
+    model = _prepare(model, p)
+    max_len = _max_length(model, pp.max_length)
+    pad = tokenizer.pad_token_id or 0
+    out: dict[str, dict[str, float]] = {}
+
+    def run(name: str, pieces) -> None:
+        out[name] = perplexity.score(model, pieces, p.eval_batch_size, pad, p.progress, f"perplexity {name}").as_dict()
+        log.info("perplexity %s: %.3f (%.4f bits/byte)", name, out[name]["perplexity"], out[name]["bits_per_byte"])
+
+    if pp.packed_val:
+        run("packed_val", perplexity.packed_pieces(perplexity.iter_packed_rows(packed_val, pp.max_rows), tokenizer))
+    texts: dict[str, list[str]] = {}
+    if pp.heldout_text:
+        texts["heldout_text"] = [r["text"] for r in _partition(generated, "heldout_text")[: pp.max_rows]]
+    for source in pp.text_sources:
+        texts[source.name] = _source_texts(source, pp)
+    for name, values in texts.items():
+        run(name, perplexity.text_pieces(values, tokenizer, max_len))
+    return out
+
+
+def _source_texts(source, pp) -> list[str]:
+    good, bad = [], 0
+    for record in sources.iter_records(source, pp.max_record_bytes, pp.stdlib_corpus):
+        if pp.max_rows is not None and len(good) >= pp.max_rows:
+            break
+        if record.text:
+            good.append(record.text)
+        else:
+            bad += 1
+    if bad:
+        log.warning("text source %s: %d unreadable records skipped", source.name, bad)
+    return good
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+def _mc_items(name: str, fmt: str, rows: list[dict[str, Any]]) -> dict[str, list[mc.MCItem]]:
+    if fmt == "hellaswag":
+        return {name: tf.hellaswag_items(rows)}
+    if fmt == "mmlu":
+        return {name: tf.mmlu_items(rows)}
+    mc1, mc2 = tf.truthfulqa_items(rows)
+    return {f"{name}_mc1": mc1, f"{name}_mc2": mc2}
+
+
+def _loglikelihood_fn(model, tokenizer, p: Params) -> Callable[[list[tuple[str, str]]], list[float]]:
+    bos = tokenizer.bos_token_id if p.multiple_choice.add_bos else None
+    pad = tokenizer.pad_token_id or 0
+
+    def fn(requests: list[tuple[str, str]]) -> list[float]:
+        encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in requests]
+        return [ll for ll, _ in loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad,
+                                               p.progress)]
+
+    return fn
+
+
+def evaluate_multiple_choice(model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
+                             ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """acc / acc_norm (and truthfulqa mc2) of every multiple-choice benchmark in ``evals``."""
+    p = Params.model_validate(params)
+    model = _prepare(model, p)
+    ll = _loglikelihood_fn(model, tokenizer, p)
+    summary: dict[str, dict[str, float]] = {}
+    records: list[dict[str, Any]] = []
+    for name in p.evals:
+        fmt = p.task_format(name)
+        if fmt not in tf.MC_FORMATS:
+            continue
+        for task, items in _mc_items(name, fmt, task_rows(name, p, generated)).items():
+            summary[task], recs = mc.evaluate(items, ll, p.multiple_choice.acc_norm_unit)
+            records += [{"task": task, **r} for r in recs]
+            log.info("%s: %s", task, summary[task])
+    return summary, records
+
+
+# --------------------------------------------------------------------------- generation
+
+def _gsm8k(model, tokenizer, rows, p: Params, chat: bool) -> tuple[dict[str, float], list[dict]]:
+    close = CHAT_ROLES["assistant"][1]
+    if chat:
+        prompts = [render_chat([{"role": "user", "content": r["question"]}], add_generation_prompt=True) for r in rows]
+        stops = (close, CHAT_ROLES["user"][0])
+    else:
+        prompts = [tf.gsm8k_prompt(r) for r in rows]
+        stops = ("\n\nQuestion:", "Question:")
+    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=p.gsm8k.max_new_tokens,
+                             batch_size=p.eval_batch_size, seed=p.seed, progress=p.progress)
+    records = []
+    for row, raw in zip(rows, outputs):
+        answer = gen.truncate_at(raw, stops)
+        records.append({"question": row["question"], "completion": answer,
+                        "prediction": gen.extract_final_number(answer), "target": gen.extract_final_number(row["answer"]),
+                        "exact_match": gen.gsm8k_exact_match(answer, row["answer"])})
+    n = len(records)
+    return {"exact_match": sum(r["exact_match"] for r in records) / n if n else math.nan, "n": float(n)}, records
+
+
+def _humaneval(model, tokenizer, rows, p: Params) -> tuple[dict[str, float], list[dict]]:
+    h = p.humaneval
+    prompts = [r["prompt"] for r in rows for _ in range(h.n_samples)]
+    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=h.max_new_tokens, batch_size=p.eval_batch_size,
+                             temperature=h.temperature, top_p=h.top_p, seed=p.seed, progress=p.progress)
+    limits = _limits(p)
+    records, summary = [], {f"pass_at_{k}": 0.0 for k in h.ks}
+    for i, row in enumerate(rows):
+        completions = [gen.truncate_at(t, gen.HUMANEVAL_STOP) for t in outputs[i * h.n_samples:(i + 1) * h.n_samples]]
+        results = [gen.check_completion(row, c, limits) for c in completions]
+        correct = sum(r.ok for r in results)
+        for k in h.ks:
+            summary[f"pass_at_{k}"] += gen.pass_at_k(h.n_samples, correct, k) / len(rows)
+        records.append({"task_id": row["task_id"], "completions": completions, "correct": correct,
+                        "errors": [r.error for r in results]})
+    summary["n"] = float(len(rows))
+    return summary, records
+
+
+def evaluate_generation(model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any], stage: str
+                        ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """gsm8k exact match and humaneval pass@k of every generation benchmark in ``evals``."""
+    p = Params.model_validate(params)
+    model = _prepare(model, p)
+    summary: dict[str, dict[str, float]] = {}
+    records: list[dict[str, Any]] = []
+    for name in p.evals:
+        fmt = p.task_format(name)
+        if fmt not in tf.GENERATION_FORMATS:
+            continue
+        rows = task_rows(name, p, generated)
+        if fmt == "gsm8k":
+            summary[name], recs = _gsm8k(model, tokenizer, rows, p, chat=stage in p.chat_prompts)
+        else:
+            summary[name], recs = _humaneval(model, tokenizer, rows, p)
+        records += [{"task": name, **r} for r in recs]
+        log.info("%s: %s", name, summary[name])
+    return summary, records
+
+
+# --------------------------------------------------------------------------- results
+
+def collect(ppl: dict, mc_summary: dict, mc_records: list, gen_summary: dict, gen_records: list, stage: str
+            ) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """One stage's results: a JSON report, its MLflow metrics and the per-item samples."""
+    results = {"stage": stage, "perplexity": ppl, "tasks": {**mc_summary, **gen_summary}}
+    metrics = {k: {"value": v, "step": 0} for k, v in stage_metrics(results).items() if not math.isnan(v)}
+    return results, metrics, [{"stage": stage, **r} for r in mc_records + gen_records]
+
+
+def stage_metrics(results: dict[str, Any]) -> dict[str, float]:
+    return report.flatten({**{f"ppl_{k}": v for k, v in results["perplexity"].items()}, **results["tasks"]})
+
+
+def compare_stages(params: dict[str, Any], *results: dict[str, Any]):
+    """Comparison table (CSV + markdown) and plotly chart over ``compare_stages``."""
+    p = Params.model_validate(params)
+    by_stage = {r["stage"]: stage_metrics(r) for r in results}
+    stages = [s for s in p.compare_stages if s in by_stage]
+    table = report.comparison_table(by_stage, stages)
+    return table, report.to_markdown(table), report.comparison_figure(table, stages)

@@ -1,0 +1,136 @@
+"""Schema of ``conf/base/parameters_evaluation.yml`` (top-level key ``evaluation``).
+
+The llm720 ``eval_config`` keys (seed 002) are here with the same meaning: ``evals`` (benchmark
+names to run), ``eval_batch_size``, ``evals_registry_path`` (here: a local directory of
+``<name>.jsonl`` task files instead of an OpenAI Evals registry, so no API key is needed).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from xoron_pipelines.pipelines.data_processing.params import Source, StdlibCorpus
+from xoron_pipelines.validation import StrictModel
+
+#: Training stages, in order; one evaluation per stage model (catalog ``<stage>.model``).
+STAGES = ("language", "code", "tools", "preference")
+EVAL_NAMES = ("hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval")
+Stage = Literal["language", "code", "tools", "preference"]
+EvalName = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"]
+
+
+class TaskFile(StrictModel):
+    """Where one benchmark's rows come from. ``path: null`` -> ``<evals_registry_path>/<name>.jsonl``
+    when a registry is set, else the generated offline file."""
+
+    path: str | None = None
+    format: EvalName | None = None  # row format; null = the benchmark's own name
+    max_samples: int | None = Field(default=None, ge=1, description="overrides evaluation.max_samples")
+
+
+def _default_tasks() -> dict[str, TaskFile]:
+    return {name: TaskFile() for name in EVAL_NAMES}
+
+
+class OfflineTasks(StrictModel):
+    """Size of the generated task files (data/01_raw/eval/generated/<name>.jsonl); 0 disables one.
+    Keep ``seed`` different from ``synth.seed`` so the items are held out."""
+
+    seed: int = 2024
+    hellaswag: int = Field(default=40, ge=0)
+    mmlu: int = Field(default=40, ge=0)
+    truthfulqa: int = Field(default=30, ge=0)
+    gsm8k: int = Field(default=40, ge=0)
+    humaneval: int = Field(default=20, ge=0)
+    heldout_text: int = Field(default=50, ge=0)
+
+    def counts(self) -> dict[str, int]:
+        return self.model_dump(exclude={"seed"})
+
+
+class Perplexity(StrictModel):
+    packed_val: bool = True                          # score the held-out packed split
+    heldout_text: bool = True                        # score the generated held-out conversations
+    text_sources: list[Source] = Field(default_factory=list)  # more texts (data_processing source entries)
+    max_rows: int | None = Field(default=64, ge=1)   # packed rows / texts per source (null = all)
+    max_length: int | None = Field(default=None, ge=2)  # window length; null = model max positions
+    max_record_bytes: int = Field(default=1_000_000, ge=1)
+    stdlib_corpus: StdlibCorpus = Field(default_factory=StdlibCorpus)
+
+
+class MultipleChoice(StrictModel):
+    acc_norm_unit: Literal["chars", "bytes"] = "chars"  # lm-evaluation-harness divides by characters
+    add_bos: bool = True                                # contexts start with bos, like the packed documents
+
+
+class GSM8K(StrictModel):
+    max_new_tokens: int = Field(default=192, ge=1)
+
+
+class HumanEval(StrictModel):
+    n_samples: int = Field(default=1, ge=1)          # completions per problem (n of pass@k)
+    ks: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
+    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=128, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "HumanEval":
+        bad = [k for k in self.ks if not 1 <= k <= self.n_samples]
+        if bad:
+            raise ValueError(f"ks {bad} must be between 1 and n_samples ({self.n_samples})")
+        if self.n_samples > 1 and self.temperature == 0:
+            raise ValueError("n_samples > 1 needs temperature > 0 (greedy samples are all identical)")
+        return self
+
+
+class Sandbox(StrictModel):
+    timeout_s: float = Field(default=10.0, gt=0)
+    memory_mb: int = Field(default=1024, ge=64)
+    cpu_s: int = Field(default=10, ge=1)
+    file_mb: int = Field(default=16, ge=1)
+
+
+class Params(StrictModel):
+    evals: list[EvalName] = Field(default_factory=lambda: list(EVAL_NAMES))
+    eval_batch_size: int = Field(default=8, ge=1)
+    evals_registry_path: str | None = None
+    tasks: dict[EvalName, TaskFile] = Field(default_factory=_default_tasks)
+    max_samples: int | None = Field(default=50, ge=1)   # items per task (null = all)
+    compare_stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
+    chat_prompts: list[Stage] = Field(default_factory=lambda: ["tools", "preference"])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    progress: bool = True
+    offline_tasks: OfflineTasks = Field(default_factory=OfflineTasks)
+    perplexity: Perplexity = Field(default_factory=Perplexity)
+    multiple_choice: MultipleChoice = Field(default_factory=MultipleChoice)
+    gsm8k: GSM8K = Field(default_factory=GSM8K)
+    humaneval: HumanEval = Field(default_factory=HumanEval)
+    sandbox: Sandbox = Field(default_factory=Sandbox)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Params":
+        for key in ("evals", "compare_stages", "chat_prompts"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} lists a name twice: {values}")
+        for name in EVAL_NAMES:
+            if name not in self.tasks:
+                self.tasks[name] = TaskFile()
+        missing = [n for n in self.evals if self.tasks[n].path is None and self.evals_registry_path is None
+                   and getattr(self.offline_tasks, n) == 0]
+        if missing:
+            raise ValueError(f"evals {missing} have no task file: set tasks.<name>.path, evals_registry_path, "
+                             f"or a non-zero offline_tasks.<name>")
+        if not self.compare_stages:
+            raise ValueError("compare_stages needs at least one stage")
+        return self
+
+    def task_format(self, name: str) -> str:
+        return self.tasks[name].format or name
+
+    def limit(self, name: str) -> int | None:
+        return self.tasks[name].max_samples or self.max_samples

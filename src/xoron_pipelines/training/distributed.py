@@ -1,0 +1,237 @@
+"""Scale-out: the training node launches its own data-parallel workers (no ``torchrun kedro run``).
+
+:func:`distributed_train` is what a Kedro training node calls. With one process in total
+(``nproc_per_node == nnodes == 1``) it simply builds the model and calls
+:func:`~xoron_pipelines.training.engine.train` in the node's own process. Otherwise
+:func:`launch` starts ``nproc_per_node`` worker processes on this node with torch.distributed's
+elastic launcher (``elastic_launch``; rendezvous ``rdzv_backend`` at ``rdzv_endpoint`` with
+``nnodes`` nodes, ``max_restarts`` restarts, spawn start method). Each worker
+
+1. initialises the process group (``backend``: gloo on CPU, nccl on GPU; ``auto`` picks nccl when
+   CUDA is available) and, on GPU, uses ``cuda:<LOCAL_RANK>``;
+2. seeds with ``cfg.seed`` and calls ``model_factory()`` (identical weights on every rank);
+3. trains with :class:`~xoron_pipelines.training.parallel.DataParallel` (DDP or FSDP2) on its
+   :class:`~xoron_pipelines.training.data.ShardedBatchSource` share of each global micro-batch.
+
+Rank 0 alone writes checkpoints; its :class:`~.engine.TrainResult` travels back to the node (a
+small picklable object: counters, metric history, paths). The weights come back through the
+final checkpoint: the node builds ``model_factory()`` once more and loads
+``result.last_checkpoint/model.safetensors`` into it (no tensors are pickled across processes),
+then replays rank 0's metric history through ``on_log`` in the node's process, so callbacks such
+as MLflow logging run where the Kedro run lives. A worker's exception fails the launch with a
+``ChildFailedError`` that carries the worker's traceback. With ``max_restarts > 0`` a restarted
+group resumes from the newest checkpoint in ``ckpt_dir``.
+
+What crosses the process boundary must be picklable: ``model_factory``, ``batches`` (a
+:class:`~.data.BatchSource` or a zero-argument factory of one, called in every worker),
+``eval_fn`` and ``loss_fn`` are module-level functions or ``functools.partial`` of them.
+
+Batch sizes: the source's batch size is the *global* micro-batch (split evenly over all
+processes), so W processes with accumulation A and source batch B step on exactly the data of one
+process with accumulation W*A and source batch B/W (or accumulation A and batch B); the engine's
+token-weighted loss normalisation is global, so the gradients agree up to float reduction order.
+Multi-node runs need ``ckpt_dir`` on storage every node can read; the node with
+``node_rank`` 0 hosts rank 0 and returns the outputs, the others return None.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import Field, model_validator
+from safetensors.torch import load_file
+from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from xoron_pipelines.training.checkpoint import MODEL_FILE
+from xoron_pipelines.training.config import TrainConfig
+from xoron_pipelines.training.data import BatchSource, ShardedBatchSource
+from xoron_pipelines.training.engine import EvalFn, LogFn, LossFn, TrainResult, train
+from xoron_pipelines.training.parallel import DataParallel
+from xoron_pipelines.training.reproducibility import seed_everything
+from xoron_pipelines.validation import StrictModel
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[[], nn.Module]
+Batches = BatchSource | Callable[[], BatchSource]
+
+
+class RendezvousPortInUseError(RuntimeError):
+    """The rendezvous port this node should host is already taken by another process."""
+
+
+class DistributedSettings(StrictModel):
+    """How many training processes to run and how they find each other (torchrun's options)."""
+
+    nproc_per_node: int = Field(1, ge=1, description="worker processes on this node (1 with nnodes 1: no launch)")
+    nnodes: int = Field(1, ge=1, description="number of nodes")
+    node_rank: int = Field(0, ge=0, description="this node's rank (used by the static rendezvous)")
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
+    rdzv_endpoint: str = Field("127.0.0.1:29500", description="host:port of the rendezvous store (node 0)")
+    rdzv_id: str = Field("xoron-train", min_length=1, description="job id shared by all nodes")
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, else gloo")
+    find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradient in a step")
+    max_restarts: int = Field(0, ge=0, description="restarts of the worker group (it resumes from checkpoints)")
+    timeout: int = Field(900, gt=0, description="seconds for the rendezvous and for each collective")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistributedSettings":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be < nnodes {self.nnodes}")
+        self.endpoint()  # host:port must parse
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def launches(self) -> bool:
+        """True when workers are spawned (more than one process in total)."""
+        return self.world_size > 1
+
+    def endpoint(self) -> tuple[str, int]:
+        host, sep, port = self.rdzv_endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"rdzv_endpoint must be host:port with a port in 1..65535, got {self.rdzv_endpoint!r}")
+        return host.strip("[]"), int(port)
+
+    def resolved_backend(self) -> str:
+        """The process-group backend: ``auto`` is nccl when CUDA is available, else gloo."""
+        if self.backend == "auto":
+            return "nccl" if torch.cuda.is_available() else "gloo"
+        if self.backend == "nccl" and not torch.cuda.is_available():
+            raise ValueError("backend 'nccl' needs CUDA GPUs, none is available; use 'gloo' (or 'auto') on CPU")
+        return self.backend
+
+
+def check_compatible(cfg: TrainConfig, settings: DistributedSettings) -> None:
+    """Refuse combinations that cannot work, before any process is started."""
+    if settings.launches and settings.strategy == "fsdp2" and cfg.precision == "fp16":
+        raise ValueError("precision fp16 (dynamic loss scaling) is not supported with strategy fsdp2; use bf16")
+    if settings.launches:
+        settings.resolved_backend()
+
+
+def check_port_free(settings: DistributedSettings) -> None:
+    """On the node that hosts the rendezvous, fail clearly when its port is taken (instead of the
+    launcher silently connecting to whatever listens there and timing out)."""
+    host, port = settings.endpoint()
+    if settings.node_rank != 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"rdzv_endpoint {settings.rdzv_endpoint!r}: cannot resolve {host!r} ({exc})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise RendezvousPortInUseError(
+                    f"rdzv_endpoint {settings.rdzv_endpoint}: port {port} is already in use on this machine; "
+                    "set distributed.rdzv_endpoint to a free port") from None
+            if exc.errno != errno.EADDRNOTAVAIL:  # EADDRNOTAVAIL: the host is another machine
+                raise
+
+
+@record
+def _recorded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Worker entry point: runs ``fn``; ``@record`` puts an exception's traceback in the launch error."""
+    return fn(*args)
+
+
+def launch(fn: Callable[..., Any], settings: DistributedSettings, *args: Any) -> Any:
+    """Run ``fn(*args)`` in ``settings.nproc_per_node`` processes on this node (joining ``nnodes`` nodes)
+    and return the global rank 0's return value (None on nodes without rank 0). With a single
+    process in total, ``fn(*args)`` runs in the calling process. ``fn`` and ``args`` must be picklable.
+    """
+    if not settings.launches:
+        return fn(*args)
+    check_port_free(settings)
+    rdzv_configs: dict[str, Any] = {"timeout": settings.timeout}
+    if settings.rdzv_backend == "static":
+        rdzv_configs["rank"] = settings.node_rank
+    config = LaunchConfig(
+        min_nodes=settings.nnodes, max_nodes=settings.nnodes, nproc_per_node=settings.nproc_per_node,
+        run_id=settings.rdzv_id, role="xoron-train", rdzv_endpoint=settings.rdzv_endpoint,
+        rdzv_backend=settings.rdzv_backend, rdzv_configs=rdzv_configs, max_restarts=settings.max_restarts,
+        start_method="spawn")
+    log.info("launching %d worker(s) on node %d of %d (%s, rendezvous %s at %s)", settings.nproc_per_node,
+             settings.node_rank, settings.nnodes, settings.strategy, settings.rdzv_backend, settings.rdzv_endpoint)
+    results = elastic_launch(config, _recorded)(fn, *args)
+    return results.get(0)
+
+
+def _batch_source(batches: Batches) -> BatchSource:
+    return batches if isinstance(batches, BatchSource) else batches()
+
+
+def _build_model(model_factory: ModelFactory, cfg: TrainConfig) -> nn.Module:
+    seed_everything(cfg.seed)  # the same initial weights in every process
+    return model_factory()
+
+
+def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, settings: DistributedSettings,
+            ckpt_dir: str, eval_fn: EvalFn | None, loss_fn: LossFn | None, resume: bool, desc: str,
+            progress: bool) -> TrainResult | None:
+    """One rank: process group, model, shard of the data, :func:`train`; rank 0 returns the result."""
+    backend = settings.resolved_backend()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:  # share the node's cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.nproc_per_node))
+    dist.init_process_group(backend, timeout=timedelta(seconds=settings.timeout))
+    try:
+        parallel = DataParallel(settings.strategy, device, settings.find_unused_parameters)
+        model = _build_model(model_factory, cfg).to(device)
+        source = ShardedBatchSource(_batch_source(batches), parallel.rank, parallel.world_size)
+        result = train(model, source, cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, loss_fn=loss_fn, resume=resume,
+                       desc=desc, progress=progress, parallel=parallel)
+        return result if parallel.rank == 0 else None
+    finally:
+        dist.destroy_process_group()
+
+
+def distributed_train(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig,
+                      settings: DistributedSettings, *, ckpt_dir: str | os.PathLike, eval_fn: EvalFn | None = None,
+                      on_log: LogFn | None = None, loss_fn: LossFn | None = None, resume: bool = True,
+                      desc: str = "train", progress: bool = True) -> tuple[nn.Module, TrainResult] | None:
+    """Train ``model_factory()`` on ``batches`` in ``settings.world_size`` processes.
+
+    Returns ``(trained model, rank 0's TrainResult)`` in the calling process (None on a node other
+    than node 0). The arguments are those of :func:`~.engine.train`; see the module docstring for
+    what must be picklable and how batch sizes map.
+    """
+    check_compatible(cfg, settings)
+    if not settings.launches:
+        model = _build_model(model_factory, cfg)
+        return model, train(model, _batch_source(batches), cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, on_log=on_log,
+                            loss_fn=loss_fn, resume=resume, desc=desc, progress=progress)
+    result = launch(_worker, settings, model_factory, batches, cfg, settings, str(ckpt_dir), eval_fn, loss_fn,
+                    resume, desc, progress)
+    if result is None:
+        return None
+    model = _build_model(model_factory, cfg)
+    model.load_state_dict(load_file(str(Path(result.last_checkpoint) / MODEL_FILE)))
+    if on_log is not None:
+        for entry in result.history:
+            on_log(int(entry["step"]), {k: v for k, v in entry.items() if k != "step"})
+    return model, result
+
+
+__all__ = ["DistributedSettings", "RendezvousPortInUseError", "check_port_free", "distributed_train", "launch"]

@@ -1,0 +1,162 @@
+"""How one training process cooperates with its data-parallel peers inside :func:`~.engine.train`.
+
+The engine talks to a *parallel context* for everything that differs between one process and a
+group of processes: wrapping the model, switching gradient synchronisation off during
+accumulation micro-steps, summing numbers over ranks, collecting the full (unsharded) state for
+a checkpoint and loading it back. :class:`SingleProcess` is the trivial context (the default: the
+engine behaves exactly as without one); :class:`DataParallel` is the context of one rank of an
+initialised ``torch.distributed`` process group:
+
+* ``strategy="ddp"``: ``DistributedDataParallel`` (``broadcast_buffers=False``: buffers that ranks
+  must agree on, such as the MoE load-balancing bias, are all-reduced by the model itself in
+  ``update_moe_bias``; rank-local counters must not be overwritten by rank 0's);
+* ``strategy="fsdp2"``: ``torch.distributed.fsdp.fully_shard`` on every block of the model's
+  outermost ``nn.ModuleList`` containers (the transformer layers), then on the root. Checkpoints
+  hold the full state dict (gathered to rank 0 on CPU), so a model trained with FSDP2 loads as a
+  plain module. fp16 (dynamic loss scaling) is not supported with FSDP2: use bf16.
+
+Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+Strategy = Literal["ddp", "fsdp2"]
+
+
+class SingleProcess:
+    """The parallel context of a run with one process: every operation is the identity."""
+
+    rank = 0
+    world_size = 1
+    is_writer = True
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def all_reduce_mean(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        """``(model state, optimizer state)`` to checkpoint (complete on the writer)."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                        optimizer_state: dict) -> None:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+
+
+class DataParallel(SingleProcess):
+    """One rank of a data-parallel group (the process group must already be initialised)."""
+
+    def __init__(self, strategy: Strategy, device: torch.device, find_unused_parameters: bool = False) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError("DataParallel needs an initialised torch.distributed process group")
+        if strategy not in ("ddp", "fsdp2"):
+            raise ValueError(f"unknown data-parallel strategy {strategy!r}; expected 'ddp' or 'fsdp2'")
+        self.strategy = strategy
+        self.device = torch.device(device)
+        self.find_unused_parameters = find_unused_parameters
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.is_writer = self.rank == 0
+
+    # ---- model -------------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls forward on (DDP wrapper, or the model sharded in place)."""
+        if self.strategy == "ddp":
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            return nn.parallel.DistributedDataParallel(
+                model, device_ids=device_ids, broadcast_buffers=False,
+                find_unused_parameters=self.find_unused_parameters)
+        from torch.distributed.fsdp import fully_shard
+
+        _shard_blocks(model, fully_shard)
+        fully_shard(model)
+        return model
+
+    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> ContextManager[None]:
+        """Context for one micro-step's forward and backward: gradients are reduced over ranks only
+        when ``enabled`` (the last micro-batch of an accumulation window)."""
+        if self.strategy == "ddp":
+            return contextlib.nullcontext() if enabled else forward_model.no_sync()
+        forward_model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        """A collective with FSDP2 (every rank must call it); the full state lands on rank 0."""
+        if self.strategy == "ddp":
+            return model.state_dict(), optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                        optimizer_state: dict) -> None:
+        if self.strategy == "ddp":
+            super().load_full_state(model, optimizer, model_state, optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, model_state, options=options)
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+    # ---- collectives -------------------------------------------------------------------
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all_reduce_mean(self, values: list[float]) -> list[float]:
+        return [v / self.world_size for v in self.all_reduce_sum(values)]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def _shard_blocks(module: nn.Module, fully_shard) -> None:
+    """``fully_shard`` each entry of the outermost ``nn.ModuleList`` containers below ``module``."""
+    for child in module.children():
+        if isinstance(child, nn.ModuleList):
+            for block in child:
+                fully_shard(block)
+        else:
+            _shard_blocks(child, fully_shard)

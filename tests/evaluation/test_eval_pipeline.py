@@ -1,0 +1,96 @@
+"""End to end: the evaluation pipeline through Kedro on tiny saved stage models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from conftest import make_model
+
+from tests.helpers import run_pipeline
+from xoron_pipelines.datasets.model import XoronModelDataset
+from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
+from xoron_pipelines.pipelines.evaluation.params import STAGES
+
+pytestmark = pytest.mark.slow
+
+
+def _prepare(root, tok):
+    tok.save_pretrained(str(root / "data/05_model_input/tokenizer"))
+    for i, stage in enumerate(STAGES):
+        XoronModelDataset(str(root / f"data/06_models/{stage}")).save(make_model(len(tok), seed=i))
+    docs = ["def f(x):\n    return x + 1\n", "Question: what is 3 plus 3? Answer: 6."]
+    rows, lengths = [], []
+    for text in docs:
+        ids = [tok.bos_token_id, *tok.encode(text, add_special_tokens=False), tok.eos_token_id]
+        rows.append(ids + [tok.pad_token_id] * (48 - len(ids)))
+        lengths.append(len(ids))
+    ParquetShardsDataset(str(root / "data/05_model_input/packed/val")).save(
+        pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())}))
+    return rows, lengths
+
+
+def _hand_perplexity(model, rows, lengths) -> float:
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for row, n in zip(rows, lengths):
+            logp = torch.log_softmax(model(torch.tensor([row[:n]])).logits[0].double(), -1)
+            nll -= sum(float(logp[t - 1, row[t]]) for t in range(1, n))
+            count += n - 1
+    return math.exp(nll / count)
+
+
+def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
+    root = kedro_project
+    rows, lengths = _prepare(root, tiny_tokenizer)
+    params = {
+        "evaluation.max_samples": 3,
+        "evaluation.progress": False,
+        "evaluation.compare_stages": ["language", "tools"],
+        "evaluation.offline_tasks": {"hellaswag": 3, "mmlu": 4, "truthfulqa": 3, "gsm8k": 3, "humaneval": 2,
+                                     "heldout_text": 2},
+        "evaluation.gsm8k.max_new_tokens": 6,
+        "evaluation.humaneval": {"n_samples": 2, "ks": [1, 2], "temperature": 0.8, "max_new_tokens": 6},
+    }
+    run_pipeline(root, "evaluation", params)
+
+    for stage in STAGES:
+        results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
+        assert results["stage"] == stage
+        assert set(results["perplexity"]) == {"packed_val", "heldout_text"}
+        tasks = results["tasks"]
+        assert set(tasks) == {"hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"}
+        assert all(t["n"] == (2 if name == "humaneval" else 3) for name, t in tasks.items())
+        assert set(tasks["humaneval"]) == {"pass_at_1", "pass_at_2", "n"}
+        samples = [json.loads(line) for line in
+                   (root / f"data/07_model_output/evaluation/{stage}/samples.jsonl").read_text().splitlines()]
+        assert sum(s["task"] == "humaneval" for s in samples) == 2
+        assert all(len(s["completions"]) == 2 for s in samples if s["task"] == "humaneval")
+
+    language = json.loads((root / "data/08_reporting/evaluation/language/results.json").read_text())
+    packed = language["perplexity"]["packed_val"]
+    model = XoronModelDataset(str(root / "data/06_models/language")).load()
+    assert packed["tokens"] == sum(lengths) - len(lengths)
+    assert math.isclose(packed["perplexity"], _hand_perplexity(model, rows, lengths), rel_tol=1e-4)
+
+    table = pd.read_csv(root / "data/08_reporting/evaluation_comparison.csv")
+    assert list(table.columns) == ["metric", "language", "tools", "delta_tools", "better"]
+    mmlu = table.set_index("metric").loc["mmlu.acc"]
+    assert math.isclose(mmlu["delta_tools"], mmlu["tools"] - mmlu["language"], abs_tol=1e-12)
+    chart = json.loads((root / "data/08_reporting/evaluation_chart.json").read_text())
+    assert {t["name"] for t in chart["data"]} == {"language", "tools"}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = {k: v for run in runs for k, v in run.data.metrics.items()}
+    for stage in STAGES:
+        key = f"evaluation.{stage}.mmlu.acc"
+        assert key in logged
+        stage_results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
+        assert logged[key] == stage_results["tasks"]["mmlu"]["acc"]
