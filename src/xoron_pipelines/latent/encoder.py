@@ -16,6 +16,7 @@ when ``modules.json`` lists a ``Normalize`` module (``normalize="auto"``). The l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -73,9 +74,17 @@ def resolve_encoder_dir(encoder_model: str) -> Path:
 
 def directory_digest(path: Path) -> str:
     """sha256 over every file (relative name and content) under ``path``: the encoder's identity
-    for the cache fingerprint (a fine-tuned copy with the same shapes still gets a new digest)."""
+    for the cache fingerprint (a fine-tuned copy with the same shapes still gets a new digest).
+    Memoised per process on the files' names, sizes and modification times."""
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _digest(Path(path), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: Path, stamp: tuple) -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in (Path(name) for name, _, _ in stamp):
         digest.update(str(file.relative_to(path)).encode())
         with file.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -131,6 +140,8 @@ class Encoder:
         self.model = AutoModel.from_pretrained(
             str(self.path), local_files_only=True, trust_remote_code=trust_remote_code
         ).to(self.device).eval()
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"encoder {str(self.path)!r}: needs a fast tokenizer (tokenizer.json)")
         self.normalize = _sentence_transformers_normalizes(self.path) if normalize == "auto" else bool(normalize)
         self.max_length = min(max_seq_len, self._model_limit())
         self.hidden_size = int(self.model.config.hidden_size)
@@ -157,19 +168,16 @@ class Encoder:
         }
 
     def tokenize(self, texts: Sequence[str]) -> Tokenized:
-        """Token ids (with special tokens) cut to ``max_length``; records which texts were cut."""
-        full = self.tokenizer(list(texts), return_offsets_mapping=True, verbose=False)
-        ids, truncated, covered = [], [], []
-        for i, text in enumerate(texts):
-            row_ids, offsets = full["input_ids"][i], full["offset_mapping"][i]
-            cut = len(row_ids) > self.max_length
-            if cut:
-                enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
-                row_ids, offsets = enc["input_ids"], enc["offset_mapping"]
-            ids.append(list(row_ids))
-            truncated.append(cut)
-            covered.append(max((end for _, end in offsets), default=0) if cut else len(text))
-        return Tokenized(ids, truncated, covered)
+        """Token ids (with special tokens) cut to ``max_length``; records which texts were cut
+        (the fast tokenizer keeps the cut-off tokens as ``overflowing``) and how many characters
+        the kept tokens cover."""
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, return_offsets_mapping=True)
+        truncated = [bool(e.overflowing) for e in enc.encodings]
+        covered = [
+            max((end for _, end in offsets), default=0) if cut else len(text)
+            for text, offsets, cut in zip(texts, enc["offset_mapping"], truncated)
+        ]
+        return Tokenized([list(ids) for ids in enc["input_ids"]], truncated, covered)
 
     @torch.inference_mode()
     def forward(self, input_ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

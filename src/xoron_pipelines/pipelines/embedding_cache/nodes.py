@@ -321,6 +321,7 @@ def build_subset(subset: str, rows: list[Row], tokenizer: Any, p: Params) -> tup
     }
     root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{subset}.tmp-", dir=root))
+    stage.chmod(0o755)
     counts, quarantined = _encode_subset(subset, rows, encoder, tokenizer, p, stage, meta)
     with (stage / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(q) + "\n" for q in quarantined)
