@@ -9,6 +9,7 @@ target weight is summed over ranks. The model's load-balancing buffer is all-red
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import socket
@@ -18,11 +19,13 @@ from unittest import mock
 import pytest
 import torch
 from pydantic import ValidationError
+from safetensors.torch import load_file
 
 from tests.training.tiny_lm import TinyLM
-from xoron_pipelines.training import TensorBatchSource, TrainConfig, checkpoint, distributed
+from xoron_pipelines.training import TensorBatchSource, TrainConfig, checkpoint, distributed, train
 from xoron_pipelines.training.data import ShardedBatchSource
 from xoron_pipelines.training.distributed import DistributedSettings, RendezvousPortInUseError, distributed_train
+from xoron_pipelines.training.parallel import DataParallel
 
 ROWS = torch.randint(0, 31, (32, 8), generator=torch.Generator().manual_seed(0))
 LENGTHS = torch.tensor([8, 3, 8, 5, 8, 8, 2, 8, 6, 8, 8, 4, 8, 8, 7, 8] * 2)
@@ -31,8 +34,16 @@ CFG = dict(max_steps=6, learning_rate=1e-2, warmup_steps=1, max_grad_norm=0.5, s
 TOLERANCE = 1e-6
 
 
+LMOutput = collections.namedtuple("LMOutput", "loss logits")
+
+
 class SyncedTinyLM(TinyLM):
-    """TinyLM whose load-balancing update sums the token counts over ranks first (like Xoron's MoE)."""
+    """TinyLM whose load-balancing update sums the token counts over ranks first (like Xoron's MoE),
+    returning a named tuple (a pytree FSDP2 can hook, like the Xoron model's ``ModelOutput``)."""
+
+    def forward(self, input_ids, labels=None, loss_weights=None):
+        out = super().forward(input_ids, labels=labels, loss_weights=loss_weights)
+        return LMOutput(out.loss, out.logits)
 
     def update_moe_bias(self) -> None:
         if torch.distributed.is_initialized():
@@ -165,3 +176,55 @@ def test_impossible_combinations_fail_before_launch(tmp_path):
         with pytest.raises(ValueError, match="nccl"):
             distributed_train(make_model, functools.partial(make_source, 4), TrainConfig(**CFG),
                               DistributedSettings(nproc_per_node=2, backend="nccl"), ckpt_dir=tmp_path)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of one rank in this process (torn down after the test)."""
+    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
+                                         rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_at(step):
+    def on_log(s, metrics):
+        if s == step:
+            raise _Interrupt
+    return on_log
+
+
+def _train_fsdp2(model, ckpt_dir, on_log=None):
+    cfg = TrainConfig(**{**CFG, "eval_steps": None}, batch_size=4, gradient_accumulation_steps=2)
+    return train(model, make_source(4), cfg, ckpt_dir=ckpt_dir, progress=False, on_log=on_log,
+                 parallel=DataParallel("fsdp2", torch.device("cpu")))
+
+
+def test_fsdp2_checkpoints_resume_to_the_same_weights(one_rank_group, tmp_path):
+    """FSDP2's full state dict round-trips through a checkpoint: an interrupted run resumes exactly."""
+    torch.manual_seed(3)
+    straight = make_model()
+    _train_fsdp2(straight, tmp_path / "a")
+    torch.manual_seed(3)
+    with pytest.raises(_Interrupt):
+        _train_fsdp2(make_model(), tmp_path / "b", on_log=_interrupt_at(5))  # after checkpoint-4
+    torch.manual_seed(3)
+    resumed = make_model()
+    result = _train_fsdp2(resumed, tmp_path / "b")
+    assert result.resumed_from == tmp_path / "b" / "checkpoint-4"
+    saved = load_file(str(tmp_path / "b" / "checkpoint-6" / "model.safetensors"))  # a full, plain state dict
+    expected, got = _full_state(straight), _full_state(resumed)
+    assert saved.keys() == expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]) and torch.equal(saved[key], expected[key]), key
+
+
+def _full_state(model) -> dict[str, torch.Tensor]:
+    """The model's state with FSDP2's sharded DTensors gathered."""
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}

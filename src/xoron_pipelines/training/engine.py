@@ -181,7 +181,7 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path,
                  eval_fn: EvalFn | None, on_log: LogFn | None, loss_fn: LossFn | None, desc: str,
-                 progress: bool, parallel: SingleProcess) -> None:
+                 progress: bool, parallel: SingleProcess, param_groups: list[dict] | None = None) -> None:
         if cfg.eval_steps is not None and eval_fn is None:
             raise ValueError("eval_steps is set but no eval_fn was given")
         if len(source) < 1:
@@ -192,6 +192,7 @@ class _Trainer:
         self.on_log = on_log if parallel.is_writer else None
         self.progress = progress and parallel.is_writer
         self.custom_loss = loss_fn is not None
+        self.param_groups = param_groups  # optimizer groups replacing the default ones (LoRA+)
         self.loss_fn = loss_fn or _default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
@@ -209,7 +210,7 @@ class _Trainer:
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
         wrapped = self.par.wrap(self.model)  # before the optimizer: FSDP2 replaces the parameters
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, self.param_groups)
         total = self.state.total_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, total, cfg.warmup(total), cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -423,7 +424,7 @@ class _Trainer:
 def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
           eval_fn: EvalFn | None = None, on_log: LogFn | None = None, loss_fn: LossFn | None = None,
           resume: bool = True, desc: str = "train", progress: bool = True,
-          parallel: SingleProcess | None = None) -> TrainResult:
+          parallel: SingleProcess | None = None, param_groups: list[dict] | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_batches`` and return counters, eval metrics and checkpoints.
 
     ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
@@ -436,12 +437,14 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     ``parallel``: the data-parallel context of this rank (see :mod:`xoron_pipelines.training.parallel`);
     None for a single process. Under data parallelism ``train_batches`` is this rank's shard of every
     micro-batch, every rank reads ``ckpt_dir`` when resuming (shared storage across nodes), and
-    the returned result of ranks other than 0 has no checkpoint path.
+    the returned result of ranks other than 0 has no checkpoint path. ``param_groups`` replaces the
+    optimizer's default parameter groups (LoRA+: :func:`~xoron_pipelines.training.lora.lora_plus_param_groups`).
     """
     ckpt_dir = Path(ckpt_dir)
     par = parallel or SingleProcess()
     with deterministic_mode(cfg.deterministic):
-        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par)
+        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par,
+                           param_groups)
         try:
             trainer.build()
             resumed = par.broadcast(latest_valid_checkpoint(ckpt_dir) if par.is_writer else None)

@@ -29,9 +29,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with ``cfg``'s learning rate, betas, eps and weight decay."""
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """AdamW with ``cfg``'s learning rate, betas, eps and weight decay; ``groups`` replaces the
+    default parameter groups (e.g. LoRA+ groups, each with its own ``lr``)."""
+    groups = param_groups(model, cfg.weight_decay) if groups is None else groups
     if not groups:
         raise ValueError("the model has no trainable parameters")
     kwargs = {"lr": cfg.learning_rate, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}

@@ -13,7 +13,10 @@ initialised ``torch.distributed`` process group:
 * ``strategy="fsdp2"``: ``torch.distributed.fsdp.fully_shard`` on every block of the model's
   outermost ``nn.ModuleList`` containers (the transformer layers), then on the root. Checkpoints
   hold the full state dict (gathered to rank 0 on CPU), so a model trained with FSDP2 loads as a
-  plain module. fp16 (dynamic loss scaling) is not supported with FSDP2: use bf16.
+  plain module. fp16 (dynamic loss scaling) is not supported with FSDP2: use bf16. FSDP2 finds the
+  backward through the tensors of the forward's output, so the model must return a tensor or a pytree
+  of tensors (the Xoron model's transformers ``ModelOutput`` is one); a run whose first step leaves
+  every parameter without gradient stops with an error saying so.
 
 Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
 """
@@ -21,7 +24,7 @@ Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Literal
+from typing import Any, ContextManager, Iterator, Literal
 
 import torch
 import torch.distributed as dist
@@ -82,6 +85,7 @@ class DataParallel(SingleProcess):
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.is_writer = self.rank == 0
+        self._checked = strategy != "fsdp2"
 
     # ---- model -------------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -103,7 +107,19 @@ class DataParallel(SingleProcess):
         if self.strategy == "ddp":
             return contextlib.nullcontext() if enabled else forward_model.no_sync()
         forward_model.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
+        return self._check_fsdp_gradients(forward_model) if enabled and not self._checked else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _check_fsdp_gradients(self, model: nn.Module) -> Iterator[None]:
+        """After the first synchronised backward: FSDP2 hooks the backward on the tensors of the
+        forward's output, so an output it cannot traverse leaves every parameter without gradient."""
+        yield
+        self._checked = True
+        if all(p.grad is None for p in model.parameters() if p.requires_grad):
+            raise RuntimeError(
+                f"FSDP2: no parameter of {type(model).__name__} received a gradient. fully_shard finds the "
+                "backward through the forward's output, which must be a tensor or a pytree of tensors "
+                "(tuple, list, dict, dataclass, transformers ModelOutput); use strategy ddp otherwise")
 
     def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """A collective with FSDP2 (every rank must call it); the full state lands on rank 0."""

@@ -2,8 +2,8 @@
 
 One modular per-stage pipeline (perplexity -> multiple choice -> generation -> collect) is
 instantiated for each stage in :data:`~.params.STAGES` under the namespace ``<stage>``, reading
-``<stage>.model`` (``data/06_models/<stage>``) and writing ``<stage>.evaluation_results`` /
-``<stage>.evaluation_metrics`` (MLflow) / ``<stage>.evaluation_samples``. A final node compares
+``<stage>.model`` (``data/06_models/<stage>``) and writing ``evaluation_results_<stage>`` /
+``evaluation_metrics_<stage>`` (MLflow) / ``evaluation_samples_<stage>``. A final node compares
 the stages selected by ``evaluation.compare_stages`` (table + plotly chart for kedro viz).
 Run one stage alone with ``kedro run --pipeline evaluation --namespaces language``.
 """
@@ -19,6 +19,7 @@ from .nodes import (collect, compare_stages, evaluate_generation, evaluate_multi
 from .params import STAGES
 
 SHARED = {"packed_val", "tokenizer", "evaluation_generated_tasks"}
+STAGE_OUTPUTS = ("evaluation_results", "evaluation_metrics", "evaluation_samples")  # -> <name>_<stage>
 
 
 def _for_stage(func, stage: str):
@@ -44,6 +45,7 @@ def stage_pipeline(stage: str) -> Pipeline:
         template,
         namespace=stage,
         inputs={"model": f"{stage}.model", **{name: name for name in SHARED}},
+        outputs={name: f"{name}_{stage}" for name in STAGE_OUTPUTS},
         parameters={"params:evaluation": "params:evaluation"},
     )
 
@@ -51,7 +53,7 @@ def stage_pipeline(stage: str) -> Pipeline:
 def create_pipeline(**kwargs) -> Pipeline:
     tasks = Pipeline([Node(generate_offline_tasks, "params:evaluation", "evaluation_generated_tasks",
                            name="generate_offline_tasks")])
-    compare = Pipeline([Node(compare_stages, ["params:evaluation", *(f"{s}.evaluation_results" for s in STAGES)],
+    compare = Pipeline([Node(compare_stages, ["params:evaluation", *(f"evaluation_results_{s}" for s in STAGES)],
                              ["evaluation_comparison", "evaluation_comparison_md", "evaluation_chart"],
                              name="compare_stages")])
     return Pipeline([tasks, *(stage_pipeline(s) for s in STAGES), compare], tags=["evaluation"])

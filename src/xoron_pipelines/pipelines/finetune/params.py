@@ -1,0 +1,12 @@
+"""Schema of ``conf/base/parameters_finetune.yml``: ``finetune.stages.{tools, preference}``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from xoron_pipelines.pipelines.training.pipeline import STAGES
+from xoron_pipelines.pipelines.training.schema import Kind, StagesGroup
+
+
+class Params(StagesGroup):
+    KINDS: ClassVar[dict[str, Kind]] = STAGES["finetune"]

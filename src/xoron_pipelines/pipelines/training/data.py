@@ -1,0 +1,159 @@
+"""Batch sources and evaluation functions of the three stage kinds.
+
+* ``causal_lm``: packed Parquet shards (``packed_train`` / ``packed_val``) through
+  :class:`~xoron_pipelines.training.data.ParquetBatchSource`; eval = mean next-token loss per
+  real token on the validation shards.
+* ``sft``: synth conversations rendered with the tokenizer's chat template, labels on assistant
+  tokens only, seed 000 block weights (:mod:`xoron_pipelines.training.sft`); eval = the same
+  :func:`lm_eval_fn`: plain (unweighted) loss on the assistant tokens of held-out conversations.
+* ``dpo``: synth ``{prompt, chosen, rejected}`` pairs (:mod:`xoron_pipelines.training.dpo`);
+  eval = DPO loss and reward accuracy on held-out pairs against the same frozen reference.
+
+``max_samples`` keeps the first ``max_samples`` rows / examples of a seeded permutation, so a
+cap draws from the whole data, the same rows for the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from xoron_pipelines.training.data import IGNORE_INDEX, ParquetBatchSource, TokenRowsSource
+from xoron_pipelines.training.dpo import build_preference_example, dpo_step_loss
+from xoron_pipelines.training.losses import LossWeights
+from xoron_pipelines.training.sft import ExampleBatchSource, build_sft_dataset, collate, has_targets
+
+log = logging.getLogger(__name__)
+
+
+def _subset(n: int, max_samples: int | None, seed: int) -> np.ndarray:
+    """Indices of the rows kept: all, or the first ``max_samples`` of a seeded permutation (sorted)."""
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:max_samples])
+
+
+# ------------------------------------------------------------------------------ causal_lm
+def packed_source(path, batch_size: int, seed: int, max_samples: int | None = None,
+                  shuffle: bool = True) -> TokenRowsSource:
+    """Micro-batches over packed shards, optionally capped to ``max_samples`` rows."""
+    source = ParquetBatchSource(path, batch_size=batch_size, seed=seed, shuffle=shuffle)
+    if max_samples is None or max_samples >= source.num_rows:
+        return source
+    rows = torch.from_numpy(_subset(source.num_rows, max_samples, seed))
+    lengths = None if source.lengths is None else source.lengths[rows]
+    return TokenRowsSource(source.ids[rows], batch_size, seed, shuffle, lengths=lengths)
+
+
+def lm_eval_fn(source, max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
+    """``eval_fn(model) -> {"eval_loss", "eval_perplexity"}``: mean next-token loss per target
+    token (``labels != -100``: real tokens of packed rows, assistant tokens of chat examples;
+    unweighted, the model's auxiliary MoE loss excluded) over the first ``max_batches`` batches."""
+    batches = len(source) if max_batches is None else min(max_batches, len(source))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        total, weight = 0.0, 0.0
+        device = next(model.parameters()).device
+        for index in range(batches):
+            batch = {k: v.to(device) for k, v in source.batch(0, index).items() if k != "loss_weights"}
+            out = model(**batch)
+            n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            aux = out.aux_loss if isinstance(getattr(out, "aux_loss", None), torch.Tensor) else 0.0
+            total += float(out.loss - aux) * n
+            weight += n
+        loss = total / max(weight, 1.0)
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+    return evaluate
+
+
+def unigram_entropy(source: TokenRowsSource) -> float:
+    """Entropy (nats) of the token frequencies of the real (non-padding) tokens: the loss of the
+    best model that ignores context, the baseline a trained LM must beat."""
+    ids = source.ids
+    if source.lengths is not None:
+        mask = torch.arange(ids.shape[1])[None, :] < source.lengths[:, None]
+        ids = ids[mask]
+    counts = torch.bincount(ids.reshape(-1).to(torch.int64)).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+# ------------------------------------------------------------------------------ chat kinds
+def partition_rows(partitions: Mapping[str, Any], sources: Iterable[str]) -> list[dict]:
+    """Rows of the named partitions of a ``PartitionedDataset`` (values are loaders or rows)."""
+    rows: list[dict] = []
+    for name in sources:
+        if name not in partitions:
+            raise KeyError(f"synth partition {name!r} not found; available: {sorted(partitions)}")
+        loaded = partitions[name]
+        rows.extend(loaded() if callable(loaded) else loaded)
+    return rows
+
+
+def split_examples(examples: list, val_fraction: float, max_samples: int | None, seed: int) -> tuple[list, list]:
+    """(train, val): a seeded permutation, the first ``ceil(val_fraction * n)`` (>= 1) held out,
+    the training part capped to ``max_samples``."""
+    if len(examples) < 2:
+        raise ValueError(f"need at least 2 examples to hold one out, got {len(examples)}")
+    order = np.random.default_rng([seed, 11]).permutation(len(examples))
+    n_val = min(max(1, math.ceil(val_fraction * len(examples))), len(examples) - 1)
+    val = [examples[i] for i in order[:n_val]]
+    train = [examples[i] for i in order[n_val:]]
+    if max_samples is not None:
+        train = train[:max_samples]
+    return train, val
+
+
+def sft_examples(rows: list[dict], tokenizer, max_len: int, weights: LossWeights | None) -> list[dict]:
+    """Chat examples of every row with ``messages`` (labels on assistant tokens, block weights)."""
+    conversations = [row["messages"] for row in rows if row.get("messages")]
+    if not conversations:
+        raise ValueError("no row with 'messages' in the selected sft sources")
+    return build_sft_dataset(conversations, tokenizer, max_len, weights)
+
+
+def preference_examples(rows: list[dict], tokenizer, max_len: int) -> list[dict]:
+    """Preference examples of every ``{prompt, chosen, rejected}`` row whose answers both keep
+    tokens within ``max_len``."""
+    out, dropped = [], 0
+    for row in rows:
+        ex = build_preference_example(row["prompt"], row["chosen"], row["rejected"], tokenizer, max_len)
+        if has_targets({"labels": ex["chosen_labels"]}) and has_targets({"labels": ex["rejected_labels"]}):
+            out.append(ex)
+        else:
+            dropped += 1
+    if dropped:
+        log.warning("dropped %d preference pairs with an answer truncated away (max_len=%d)", dropped, max_len)
+    if not out:
+        raise ValueError("no preference pair left (rows need prompt / chosen / rejected)")
+    return out
+
+
+def example_source(examples: list, batch_size: int, pad_id: int, seed: int, shuffle: bool = True) -> ExampleBatchSource:
+    return ExampleBatchSource(examples, batch_size, partial(collate, pad_token_id=pad_id), seed=seed, shuffle=shuffle)
+
+
+def dpo_eval_fn(source: ExampleBatchSource, reference: nn.Module, beta: float,
+                max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
+    """Mean DPO loss and implicit-reward metrics over held-out pairs."""
+    batches = len(source) if max_batches is None else min(max_batches, len(source))
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        device = next(model.parameters()).device
+        for index in range(batches):
+            batch = {k: v.to(device) for k, v in source.batch(0, index).items()}
+            loss, metrics = dpo_step_loss(model, reference, batch, beta)
+            for key, value in {"loss": float(loss), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        out = {k.replace("rewards/", "reward_"): v / batches for k, v in sums.items()}
+        return {"eval_loss": out.pop("loss"), **{f"eval_{k}": v for k, v in out.items()}}
+
+    return evaluate

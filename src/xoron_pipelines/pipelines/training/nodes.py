@@ -1,0 +1,137 @@
+"""Nodes of the stage template: initialise, train (one per kind), summarise.
+
+Each ``train_*`` node takes the stage's starting model (``init_model``: the previous stage's
+``<prev>.model``, or a fresh seeded model for the first pretrain stage), the tokenizer, its data
+and ``params:stage`` (the stage's entry of ``pretrain.stages`` / ``finetune.stages``), and returns
+``(model, summary)``: the trained plain model (LoRA merged) and a JSON-able summary. A stage with
+``enabled: false`` returns its starting model unchanged, so the stages after it still work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Mapping
+
+import pandas as pd
+import torch
+
+from xoron_pipelines.model import XoronForCausalLM
+from xoron_pipelines.model.config import ModelParams
+from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
+
+from . import data as stage_data
+from .schema import Kind, StageParams
+from .stage import StageData, passthrough_summary, run_stage
+
+log = logging.getLogger(__name__)
+
+
+def _params(stage_params: Mapping[str, Any], kind: Kind) -> StageParams:
+    return StageParams.model_validate(stage_params).check_kind(kind)
+
+
+def initialise_model(model_params: Mapping[str, Any], stage_params: Mapping[str, Any]) -> XoronForCausalLM:
+    """A freshly initialised model of ``params:model``, seeded with the stage's ``train.seed``."""
+    config = ModelParams.model_validate(model_params).build()
+    torch.manual_seed(StageParams.model_validate(stage_params).train.seed)
+    model = XoronForCausalLM(config)
+    log.info("initialised a %s model: %s", model_params.get("preset"), model.num_parameters())
+    return model
+
+
+def _shards_fingerprint(*shard_sets) -> str:
+    """Identity of packed shard directories: file names, sizes and modification times."""
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for s in shard_sets for f in s.files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def _rows_fingerprint(rows: list[dict], tokenizer) -> str:
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
+    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    return h.hexdigest()
+
+
+def _max_len(params: StageParams, model) -> int:
+    return params.max_seq_len or int(model.config.max_position_embeddings)
+
+
+def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData):
+    if not params.enabled:
+        log.info("stage %s is disabled: passing its starting model through", stage)
+        return model, passthrough_summary(stage, kind)
+    return run_stage(stage, kind, model, data, params, tokenizer=tokenizer, checkpoint_root=params.checkpoint_dir)
+
+
+def train_causal_lm(init_model, tokenizer, train_data, val_data, stage_params: Mapping[str, Any], *,
+                    stage: str) -> tuple[Any, dict[str, Any]]:
+    """Causal-LM stage on packed shards (``packed_train`` / ``packed_val``)."""
+    params = _params(stage_params, "causal_lm")
+    if not params.enabled:
+        return _train(stage, "causal_lm", init_model, tokenizer, params, None)
+    cfg = params.train
+    source = stage_data.packed_source(train_data.path, cfg.batch_size, cfg.seed, params.max_samples)
+    val = stage_data.packed_source(val_data.path, params.eval.batch_size or cfg.batch_size, cfg.seed, shuffle=False)
+    data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
+                     fingerprint=_shards_fingerprint(train_data, val_data),
+                     extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
+                                    "train_rows": source.num_rows})
+    return _train(stage, "causal_lm", init_model, tokenizer, params, data)
+
+
+def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
+              stage: str) -> tuple[Any, dict[str, Any]]:
+    """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
+    params = _params(stage_params, "sft")
+    if not params.enabled:
+        return _train(stage, "sft", init_model, tokenizer, params, None)
+    cfg = params.train
+    rows = stage_data.partition_rows(synth_raw, params.sources)
+    examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
+    train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
+    pad = tokenizer.pad_token_id
+    source = stage_data.example_source(train, cfg.batch_size, pad, cfg.seed)
+    val_source = stage_data.example_source(val, min(params.eval.batch_size or cfg.batch_size, len(val)), pad,
+                                           cfg.seed, shuffle=False)
+    data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
+                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     extra_summary={"train_examples": len(train), "val_examples": len(val)})
+    return _train(stage, "sft", init_model, tokenizer, params, data)
+
+
+def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
+              stage: str) -> tuple[Any, dict[str, Any]]:
+    """DPO stage against a frozen copy of the starting model on chosen / rejected pairs."""
+    params = _params(stage_params, "dpo")
+    if not params.enabled:
+        return _train(stage, "dpo", init_model, tokenizer, params, None)
+    cfg = params.train
+    rows = stage_data.partition_rows(synth_raw, params.sources)
+    examples = stage_data.preference_examples(rows, tokenizer, _max_len(params, init_model))
+    train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
+    reference = make_reference(init_model)
+    pad = tokenizer.pad_token_id
+    source = stage_data.example_source(train, cfg.batch_size, pad, cfg.seed)
+    val_source = stage_data.example_source(val, min(params.eval.batch_size or cfg.batch_size, len(val)), pad,
+                                           cfg.seed, shuffle=False)
+    data = StageData(source, stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
+                     loss_fn=make_dpo_loss_fn(reference, params.beta),
+                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     extra_summary={"train_pairs": len(train), "val_pairs": len(val)})
+    return _train(stage, "dpo", init_model, tokenizer, params, data)
+
+
+SUMMARY_COLUMNS = ["stage", "kind", "enabled", "steps", "tokens_seen", "train_loss", "eval_loss",
+                   "unigram_entropy", "eval_reward_accuracies", "tokens_per_s", "wall_s"]
+
+
+def summarise_stages(*summaries: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per stage (the columns of :data:`SUMMARY_COLUMNS` present), also logged as a table."""
+    table = pd.DataFrame([{k: s.get(k) for k in SUMMARY_COLUMNS} for s in summaries])
+    table = table.dropna(axis=1, how="all")
+    log.info("training summary:\n%s", table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return table
+
+
+__all__ = ["initialise_model", "summarise_stages", "train_causal_lm", "train_dpo", "train_sft"]

@@ -1,0 +1,83 @@
+"""The one modular stage pipeline, instantiated per stage under the stage's namespace.
+
+:func:`stage_pipeline` builds the template of one stage of kind ``causal_lm`` (packed shards),
+``sft`` (chat conversations from synth) or ``dpo`` (preference pairs) and wraps it with
+``pipeline(..., namespace=stage)``: kedro viz shows one collapsible box per stage, ``kedro run
+--namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model`` and
+``<stage>.train_summary``. The starting model comes from ``init_from``: the previous stage's
+``<prev>.model``, or ``None`` for a freshly initialised model of ``params:model`` (an
+``initialise`` node inside the namespace). ``params:stage`` is mapped to
+``params:<group>.stages.<stage>``.
+
+Why the stage list lives in code (:data:`STAGES`): a Kedro pipeline is built before the
+configuration is loaded (``create_pipeline`` receives no parameters), so the DAG cannot follow a
+list read from ``parameters_*.yml``. The schema of each group requires exactly these stages,
+and ``enabled: false`` skips one (its model passes through unchanged).
+
+``create_pipeline`` of this package gives ``pretrain + finetune`` (``kedro run --pipeline
+training``: all four stages).
+"""
+
+from __future__ import annotations
+
+from functools import partial, update_wrapper
+
+from kedro.pipeline import Node, Pipeline, pipeline
+
+from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
+from .schema import Kind
+
+#: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF)
+STAGES: dict[str, dict[str, Kind]] = {
+    "pretrain": {"language": "causal_lm", "code": "causal_lm"},
+    "finetune": {"tools": "sft", "preference": "dpo"},
+}
+
+#: the data inputs of each kind (shared, un-namespaced datasets)
+DATA_INPUTS: dict[str, list[str]] = {
+    "causal_lm": ["packed_train", "packed_val"],
+    "sft": ["synth_raw"],
+    "dpo": ["synth_raw"],
+}
+
+_TRAIN = {"causal_lm": train_causal_lm, "sft": train_sft, "dpo": train_dpo}
+
+
+def _for_stage(func, stage: str):
+    """``func`` with ``stage=`` bound, keeping its name for kedro viz."""
+    return update_wrapper(partial(func, stage=stage), func)
+
+
+def stage_pipeline(kind: Kind, stage: str, group: str, init_from: str | None) -> Pipeline:
+    """Stage ``stage`` of kind ``kind`` under namespace ``stage`` (see the module doc)."""
+    data = DATA_INPUTS[kind]
+    nodes = [Node(_for_stage(_TRAIN[kind], stage), ["init_model", "tokenizer", *data, "params:stage"],
+                  ["model", "train_summary"], name="train")]
+    inputs = {"tokenizer": "tokenizer", **{d: d for d in data}}
+    parameters = {"params:stage": f"params:{group}.stages.{stage}"}
+    if init_from is None:
+        nodes.insert(0, Node(initialise_model, ["params:model", "params:stage"], "init_model", name="initialise"))
+        parameters["params:model"] = "params:model"
+    else:
+        inputs["init_model"] = init_from
+    return pipeline(Pipeline(nodes), namespace=stage, inputs=inputs, parameters=parameters)
+
+
+def group_pipeline(group: str, init_from: str | None) -> Pipeline:
+    """All stages of ``group`` chained (each starts from the previous one's model) plus a summary."""
+    stages, previous = [], init_from
+    for stage, kind in STAGES[group].items():
+        stages.append(stage_pipeline(kind, stage, group, previous))
+        previous = f"{stage}.model"
+    summary = Node(summarise_stages, [f"{s}.train_summary" for s in STAGES[group]], f"{group}_summary",
+                   name=f"summarise_{group}")
+    return Pipeline([*stages, summary], tags=[group, "training"])
+
+
+def last_model(group: str) -> str:
+    """The dataset name of the final model of ``group``."""
+    return f"{list(STAGES[group])[-1]}.model"
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return group_pipeline("pretrain", None) + group_pipeline("finetune", last_model("pretrain"))

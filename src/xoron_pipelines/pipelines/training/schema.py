@@ -1,0 +1,121 @@
+"""Schema of one training stage (``<group>.stages.<stage>`` in parameters_pretrain/finetune.yml).
+
+Every stage of every kind (``causal_lm`` packed pretraining, ``sft`` chat fine-tuning, ``dpo``
+preference optimisation) has the same knobs; a kind ignores none of them silently: the ones that
+only make sense for one kind (``loss_weights`` for SFT, ``beta`` for DPO, ``sources`` for the
+chat kinds) are rejected by :meth:`StageParams.check_kind` when set on another kind.
+
+The schema module is not called ``params.py`` on purpose: ``training`` is the template, not a
+parameter group of its own (see :mod:`xoron_pipelines.validation`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from xoron_pipelines.training.config import TrainConfig
+from xoron_pipelines.training.lora import LoraSettings
+from xoron_pipelines.training.losses import LossWeights
+from xoron_pipelines.validation import StrictModel
+
+Kind = Literal["causal_lm", "sft", "dpo"]
+
+#: assumed peak of the default CPU run for the MFU estimate: 2 cores x 2.5 GHz x 32 fp32 FLOP/cycle
+#: (AVX2: two 8-wide FMA units, 2 FLOP per FMA)
+CPU_PEAK_FLOPS = 1.6e11
+
+
+class TrackingParams(StrictModel):
+    """What the stage logs to its nested MLflow run."""
+
+    enabled: bool = Field(True, description="open a nested MLflow run for the stage and log into it")
+    peak_flops: float = Field(
+        CPU_PEAK_FLOPS, gt=0,
+        description="peak FLOP/s of the device for the MFU estimate (6 x active params x tokens/s / peak); "
+                    "default: a 2-core AVX2 CPU, 2 x 2.5e9 x 32 = 1.6e11. H100 bf16 dense: 9.89e14")
+    log_model: bool = Field(True, description="log the final stage model directory as an artefact")
+    log_tokenizer: bool = Field(True, description="log the tokenizer directory as an artefact")
+    plots: bool = Field(True, description="log the loss-curve and expert-load PNG plots")
+
+
+class EvalParams(StrictModel):
+    """Held-out evaluation of a stage (every ``train.eval_steps`` and once at the end)."""
+
+    max_batches: int | None = Field(8, gt=0, description="cap on validation batches per evaluation; null = all")
+    batch_size: int | None = Field(None, gt=0, description="validation batch size; null = train.batch_size")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=1, description="sft / dpo: share of the examples held out for evaluation")
+
+
+class StageParams(StrictModel):
+    """One stage: data, optimisation, duration, freezing, LoRA, loss weights, tracking."""
+
+    enabled: bool = Field(True, description="false: the stage passes its input model through unchanged")
+    train: TrainConfig = Field(description="the engine's knobs (lr, schedule, steps/epochs, batch, precision, ...)")
+    max_samples: int | None = Field(
+        None, gt=0, description="use at most this many training rows / conversations / pairs (first after a "
+                                "seeded shuffle); null = all")
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter-name patterns to freeze (fnmatch globs, or 're:<regex>'); names as in "
+                    "model.named_parameters() of the plain model, e.g. 'model.embed_tokens.*'")
+    unfreeze: list[str] = Field(
+        default_factory=list, description="patterns that stay trainable although a freeze pattern matches them")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(enabled=False),
+                               description="LoRA adapters: applied, trained, merged at the end of the stage")
+    checkpoint_dir: str = Field(
+        "data/06_models/checkpoints", min_length=1,
+        description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>)")
+    eval: EvalParams = Field(default_factory=EvalParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
+    sources: list[str] | None = Field(
+        None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
+    max_seq_len: int | None = Field(
+        None, gt=1, description="sft / dpo: truncate rendered conversations to this many ids; "
+                                "null = the model's max_position_embeddings")
+    loss_weights: LossWeights | None = Field(
+        None, description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
+                          "code-exec 1.2); null = those defaults")
+    beta: float | None = Field(None, gt=0, description="dpo: strength of the KL anchor to the reference")
+
+    def check_kind(self, kind: Kind) -> "StageParams":
+        """Reject knobs that the stage's kind would not use (instead of ignoring them)."""
+        wrong = []
+        if kind != "sft" and self.loss_weights is not None:
+            wrong.append("loss_weights (sft only)")
+        if kind != "dpo" and self.beta is not None:
+            wrong.append("beta (dpo only)")
+        if kind == "causal_lm" and (self.sources is not None or self.max_seq_len is not None):
+            wrong.append("sources / max_seq_len (sft / dpo only; a causal_lm stage reads packed shards)")
+        if kind == "dpo" and self.beta is None:
+            raise ValueError("a dpo stage needs beta")
+        if kind in ("sft", "dpo") and self.sources is None:
+            raise ValueError(f"a {kind} stage needs sources (synth partitions)")
+        if wrong:
+            raise ValueError(f"a {kind} stage does not use: {', '.join(wrong)}")
+        return self
+
+
+class StagesGroup(StrictModel):
+    """Base of the ``pretrain`` / ``finetune`` groups: exactly the stages named in code, each
+    validated for its kind (subclasses set :attr:`KINDS`)."""
+
+    KINDS: ClassVar[dict[str, Kind]] = {}
+
+    stages: dict[str, StageParams]
+
+    @model_validator(mode="after")
+    def _stages(self):
+        expected = list(self.KINDS)
+        if list(self.stages) != expected:
+            raise ValueError(f"stages must be exactly {expected} in this order (the DAG is built from them; "
+                             f"disable one with enabled: false), got {list(self.stages)}")
+        for name, stage in self.stages.items():
+            try:
+                stage.check_kind(self.KINDS[name])
+            except ValueError as exc:
+                raise ValueError(f"stages.{name}: {exc}") from None
+        return self

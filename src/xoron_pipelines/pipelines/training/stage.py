@@ -1,0 +1,230 @@
+"""Running one stage: freeze / LoRA, the engine, tracking, merge, summary (shared by all kinds).
+
+:func:`run_stage` takes the stage's starting model and its prepared data (batch source, eval
+function, optional custom loss) and:
+
+1. applies LoRA (``lora.enabled``) and the freeze / unfreeze patterns;
+2. opens the stage's nested MLflow run, logs the flattened stage parameters, the model config
+   and parameter counts;
+3. trains with :func:`xoron_pipelines.training.train`; every ``logging_steps`` the engine's
+   metrics (loss, lr, grad norm, tokens/s) plus the MFU estimate, per-layer MoE expert load and
+   PEER hot-expert counts go to MLflow with their step; evaluations likewise;
+4. evaluates once more at the end, merges LoRA into the base weights, logs the loss-curve and
+   expert-load PNGs, the tokenizer and the final model as artefacts;
+5. returns the plain trained model and a JSON-able summary.
+
+Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint hashes the stage
+parameters, the model config, the starting weights and the data, so re-running the same command
+resumes (or, when finished, returns at once) while any change starts afresh.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from xoron_pipelines import tracking
+from xoron_pipelines.model.params_count import count_parameters
+from xoron_pipelines.training import train
+from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
+
+from .schema import Kind, StageParams
+
+log = logging.getLogger(__name__)
+
+#: experts per MoE layer up to which every expert's share is logged (above: summary statistics)
+MAX_EXPERTS_LOGGED = 32
+
+
+@dataclass
+class StageData:
+    """What a kind prepares for :func:`run_stage`."""
+
+    source: Any                                   # a BatchSource
+    eval_fn: Callable[[nn.Module], dict[str, float]]
+    loss_fn: Callable | None = None
+    fingerprint: str = ""                         # identity of the data (for the checkpoint dir)
+    extra_summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ freezing
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def apply_freeze(model: nn.Module, freeze: list[str], unfreeze: list[str]) -> int:
+    """Freeze parameters matching a ``freeze`` pattern unless an ``unfreeze`` pattern matches too;
+    returns the number of frozen tensors. Names are matched without peft's ``base_model.model.``
+    prefix. A pattern matching no parameter is an error (a typo would silently do nothing)."""
+    names = [(n, n.removeprefix("base_model.model."), p) for n, p in model.named_parameters()]
+    for pattern in [*freeze, *unfreeze]:
+        if not any(_matches(plain, pattern) for _, plain, _ in names):
+            sample = ", ".join(plain for _, plain, _ in names[:6])
+            raise ValueError(f"freeze/unfreeze pattern {pattern!r} matches no parameter (names look like: {sample}, ...)")
+    frozen = 0
+    for _, plain, param in names:
+        if any(_matches(plain, p) for p in freeze) and not any(_matches(plain, p) for p in unfreeze):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+# ------------------------------------------------------------------------------ fingerprints
+def weights_digest(model: nn.Module) -> str:
+    """sha256 over the names and bytes of the model's state dict."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: str) -> str:
+    blob = json.dumps({"params": params.model_dump(mode="json"), "config": model.config.to_dict(),
+                       "weights": weights_digest(model), "data": data_fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(root: str | Path, stage: str, fingerprint: str) -> Path:
+    """``<root>/<stage>/<fingerprint>``; checkpoints of other fingerprints of the stage are removed."""
+    stage_dir = Path(root) / stage
+    if stage_dir.is_dir():
+        for old in stage_dir.iterdir():
+            if old.is_dir() and old.name != fingerprint:
+                log.info("removing checkpoints of an earlier configuration: %s", old)
+                shutil.rmtree(old, ignore_errors=True)
+    return stage_dir / fingerprint
+
+
+# ------------------------------------------------------------------------------ metrics
+def model_stats(model: nn.Module) -> dict[str, float]:
+    """Per MoE layer the routed-token share of each expert (or max/min share for many experts),
+    per PEER layer the hot-expert count and the fraction of experts ever used."""
+    out: dict[str, float] = {}
+    expert_load = getattr(model, "expert_load", None)
+    if callable(expert_load):
+        for layer, load in expert_load().items():
+            load = load.detach().float().cpu()
+            if load.sum() <= 0:
+                continue
+            if load.numel() <= MAX_EXPERTS_LOGGED:
+                out.update({f"moe/layer{layer}/expert{j}": float(v) for j, v in enumerate(load)})
+            out[f"moe/layer{layer}/max_over_mean"] = float(load.max() / load.mean())
+            out[f"moe/layer{layer}/min_share"] = float(load.min())
+    hot = getattr(model, "peer_hot_experts", None)
+    if callable(hot):
+        for layer, count in hot().items():
+            out[f"peer/layer{layer}/hot_experts"] = float(count)
+        for i, layer in enumerate(getattr(getattr(model, "model", None), "layers", [])):
+            stats = getattr(layer.mlp, "usage_stats", None)
+            if callable(stats):
+                out[f"peer/layer{i}/active_fraction"] = float(stats()["active_fraction"])
+    return out
+
+
+def _trainable(model: nn.Module) -> tuple[int, int]:
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+# ------------------------------------------------------------------------------ the stage
+def passthrough_summary(stage: str, kind: Kind) -> dict[str, Any]:
+    return {"stage": stage, "kind": kind, "enabled": False, "steps": 0}
+
+
+def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params: StageParams, *,
+              tokenizer=None, checkpoint_root: str | Path = "data/06_models/checkpoints",
+              extra_params: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``model`` for one stage; returns (plain trained model, summary). See the module doc."""
+    cfg = params.train
+    fingerprint = stage_fingerprint(params, model, data.fingerprint)
+    ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint)
+    base = model
+    model = apply_lora(model, params.lora)
+    frozen = apply_freeze(model, params.freeze, params.unfreeze)
+    trainable, total = _trainable(model)
+    if trainable == 0:
+        raise ValueError(f"stage {stage}: the freeze patterns leave no trainable parameter")
+    groups = None
+    if params.lora.enabled and params.lora.use_lora_plus:
+        groups = lora_plus_param_groups(model, cfg.learning_rate, params.lora.lora_plus_lr_ratio, cfg.weight_decay)
+    counts = count_parameters(base.config)
+    active = counts["active_per_token"]
+    track = params.tracking
+    recorder = tracking.StageRecorder(track.enabled)
+    loss_fn = data.loss_fn
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        metrics = dict(metrics)
+        if "tokens_per_s" in metrics:
+            metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / track.peak_flops
+            metrics.update(model_stats(base))
+            last = getattr(loss_fn, "last_metrics", None)
+            if last:
+                metrics.update({k.replace("rewards/", "train_reward_"): v for k, v in last.items()})
+        recorder.log(step, metrics)
+
+    with tracking.stage_run(stage, track.enabled, tags={"xoron.kind": kind, "xoron.fingerprint": fingerprint}) as run:
+        if track.enabled:
+            tracking.log_params({**params.model_dump(mode="json"), "kind": kind,
+                                 "model": {"active_params": active, "total_params": counts["total"],
+                                           "trainable_params": trainable, "frozen_tensors": frozen,
+                                           "preset_config": base.config.to_dict()}, **(extra_params or {})})
+        log.info("stage %s (%s): %d of %d parameters train, checkpoints in %s", stage, kind, trainable, total, ckpt_dir)
+        start = time.perf_counter()
+        result = train(model, data.source, cfg, ckpt_dir=ckpt_dir, eval_fn=data.eval_fn if cfg.eval_steps else None,
+                       on_log=on_log, loss_fn=loss_fn, desc=stage, param_groups=groups)
+        wall = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            final_eval = data.eval_fn(model)
+        recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
+        model = merge_lora(model)
+        model.eval()
+        summary = _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run)
+        summary.update(data.extra_summary)
+        if track.enabled:
+            _log_artifacts(stage, model, tokenizer, recorder, track)
+            import mlflow
+
+            mlflow.log_dict(summary, "summary.json")
+    return model, summary
+
+
+def _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run) -> dict[str, Any]:
+    st = result.state
+    _, speeds = recorder.series("tokens_per_s")
+    _, losses = recorder.series("loss")
+    return {
+        "stage": stage, "kind": kind, "enabled": True, "steps": st.step, "tokens_seen": st.tokens_seen,
+        "train_loss": losses[-1] if losses else st.last_loss, **final_eval,
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None, "wall_s": round(wall, 2),
+        "trainable_params": trainable, "total_params": total, "nan_skips": st.nan_skips,
+        "stopped_early": st.stopped_early, "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        "fingerprint": fingerprint, "mlflow_run_id": run.info.run_id if run is not None else None,
+    }
+
+
+def _log_artifacts(stage: str, model: nn.Module, tokenizer, recorder: tracking.StageRecorder, track) -> None:
+    if track.plots:
+        tracking.log_figure(tracking.loss_curve_figure(recorder, stage), "plots/loss_curve.png")
+        fig = tracking.expert_load_figure(recorder, stage)
+        if fig is not None:
+            tracking.log_figure(fig, "plots/expert_load.png")
+    if track.log_tokenizer and tokenizer is not None:
+        tracking.log_saved(tokenizer, "tokenizer")
+    if track.log_model:
+        tracking.log_saved(model, "model")

@@ -1,0 +1,175 @@
+"""MLflow helpers of the training stages: one nested run per stage under the ``kedro run`` run.
+
+kedro-mlflow opens the parent run (``conf/local/mlflow.yml``: sqlite ``mlflow.db``, ``nested:
+true``) and re-activates it before every node, so inside a node :func:`stage_run` opens the
+stage's run as its child (``mlflow.parentRunId`` tag). Outside Kedro (a notebook, a script)
+the stage run is a top-level run of the active experiment.
+
+:class:`StageRecorder` keeps the metric history of a stage in memory (for the plots and the
+summary) and, when tracking is on, logs every record to MLflow with its step. Plots are drawn
+with matplotlib's non-interactive ``Agg`` backend: :func:`loss_curve_figure` (train loss and
+eval loss against the optimizer step) and :func:`expert_load_figure` (per MoE layer: the share
+of routed tokens of each expert; per PEER layer: the hot-expert count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: MLflow accepts at most this many params per batch call
+_PARAMS_PER_CALL = 100
+_MAX_PARAM_CHARS = 6000
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": "[1, 2]"}`` (lists kept as strings)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open the stage's MLflow run (nested under the active run, if any) for the ``with`` body;
+    yields the run (None when disabled). The run ends FAILED when the body raises."""
+    if not enabled:
+        yield None
+        return
+    import mlflow
+
+    parent = mlflow.active_run()
+    run = mlflow.start_run(run_name=stage, nested=parent is not None, tags={"xoron.stage": stage, **(tags or {})})
+    status = "FINISHED"
+    try:
+        yield run
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log flattened parameters in batches (values cut to MLflow's length limit)."""
+    import mlflow
+
+    items = [(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), _PARAMS_PER_CALL):
+        mlflow.log_params(dict(items[i:i + _PARAMS_PER_CALL]))
+
+
+class StageRecorder:
+    """History of a stage's metrics (``[{"step": s, name: value, ...}]``), mirrored to MLflow."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.history: list[dict[str, float]] = []
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self.history.append({"step": float(step), **clean})
+        if self.enabled and clean:
+            import mlflow
+
+            mlflow.log_metrics(clean, step=int(step))
+
+    def series(self, name: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of one metric."""
+        rows = [r for r in self.history if name in r]
+        return [r["step"] for r in rows], [r[name] for r in rows]
+
+    def names(self, prefix: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self.history:
+            for key in row:
+                if key.startswith(prefix):
+                    seen[key] = None
+        return list(seen)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve_figure(recorder: StageRecorder, title: str):
+    """Train loss (and eval loss, when evaluated) against the optimizer step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, style in (("loss", "-"), ("eval_loss", "o--")):
+        steps, values = recorder.series(name)
+        if steps:
+            ax.plot(steps, values, style, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def expert_load_figure(recorder: StageRecorder, title: str):
+    """Per MoE layer the routed-token share of each expert over the steps, and the PEER layers'
+    hot-expert counts; None when the model has neither (a dense model)."""
+    moe = recorder.names("moe/")
+    loads = sorted({name.rsplit("/", 1)[0] for name in moe if "/expert" in name})
+    peer = [name for name in recorder.names("peer/") if name.endswith("hot_experts")]
+    panels = len(loads) + (1 if peer else 0)
+    if panels == 0:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(panels, 1, figsize=(6, 2.6 * panels), squeeze=False)
+    for ax, layer in zip(axes[:, 0], loads):
+        for name in [n for n in moe if n.startswith(f"{layer}/expert")]:
+            steps, values = recorder.series(name)
+            ax.plot(steps, values, label=name.rsplit("/", 1)[1])
+        ax.set_title(f"{title}: {layer} routed-token share")
+        ax.set_ylabel("share")
+        ax.legend(fontsize="x-small", ncol=4)
+    if peer:
+        ax = axes[-1, 0]
+        for name in peer:
+            steps, values = recorder.series(name)
+            ax.plot(steps, values, label=name.split("/")[1])
+        ax.set_title(f"{title}: PEER hot experts")
+        ax.legend(fontsize="x-small")
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    """Log a matplotlib figure as a PNG artefact and close it."""
+    import mlflow
+
+    plt = _pyplot()
+    try:
+        mlflow.log_figure(fig, artifact_file)
+    finally:
+        plt.close(fig)
+
+
+def log_saved(obj: Any, artifact_path: str) -> None:
+    """``obj.save_pretrained(tmp)`` (a model or tokenizer) and log the directory as artefacts."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="xoron-artifact-") as tmp:
+        obj.save_pretrained(str(Path(tmp)))
+        mlflow.log_artifacts(tmp, artifact_path)
