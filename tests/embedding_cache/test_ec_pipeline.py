@@ -34,7 +34,7 @@ def test_kedro_run_embedding_cache(kedro_project: Path, decoder_tokenizer):
     run_pipeline(kedro_project, "embedding_cache", params)
     pairs = EmbeddingCacheDataset(str(data / "04_feature" / "latent_pair_cache.json")).load()
     pretrain = EmbeddingCacheDataset(str(data / "04_feature" / "latent_pretrain_cache.json")).load()
-    assert pairs.path == Path("data/04_feature/embedding_cache/pairs")
+    assert pairs.path.resolve() == (data / "04_feature" / "embedding_cache" / "pairs").resolve()
     assert len(pairs.train) + len(pairs.val) == 6 and len(pretrain.train) + len(pretrain.val) == 5
     row = pairs.train[0]
     assert row["embedding"].shape == (384,) and row["embedding_int8"].dtype == "int8"

@@ -59,3 +59,12 @@ def test_loglikelihoods_sum_the_continuation_token_logprobs(tiny_model):
         positions = range(len(r.context), len(seq))
         assert math.isclose(ll, sum(float(logp[t - 1, seq[t]]) for t in positions), rel_tol=1e-5)
         assert greedy == all(int(logp[t - 1].argmax()) == seq[t] for t in positions)
+
+
+def test_long_inputs_keep_their_last_tokens_like_the_harness(tiny_model):
+    req = LoglikelihoodRequest(tuple(range(3, 23)), (30, 31))
+    (ll, _), = loglikelihoods(tiny_model, [req], batch_size=1, max_length=8)
+    seq = list(req.context + req.continuation)[-9:]  # max_length + 1 tokens, the last one not fed
+    with torch.no_grad():
+        logp = torch.log_softmax(tiny_model(torch.tensor([seq[:-1]])).logits[0].double(), -1)
+    assert math.isclose(ll, float(logp[6, 30] + logp[7, 31]), rel_tol=1e-5)

@@ -16,6 +16,7 @@ Catalog use::
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -59,12 +60,17 @@ class EmbeddingCacheDataset(AbstractDataset[dict, CacheSubset]):
     def load(self) -> CacheSubset:
         if not self._filepath.is_file():
             raise DatasetError(f"no embedding cache manifest at {self._filepath}; run `kedro run --pipeline embedding_cache`")
-        return CacheSubset(json.loads(self._filepath.read_text(encoding="utf-8")))
+        manifest = json.loads(self._filepath.read_text(encoding="utf-8"))
+        manifest["path"] = str(self._filepath.parent / manifest["path"])
+        return CacheSubset(manifest)
 
     def save(self, data: dict[str, Any]) -> None:
+        """Write the manifest; the cache path is stored relative to the manifest file, so the
+        project directory can move (load resolves it against the manifest's directory)."""
         if not isinstance(data, dict) or "path" not in data or "splits" not in data:
             raise DatasetError("EmbeddingCacheDataset.save expects a cache manifest (dict with 'path' and 'splits')")
-        write_json(self._filepath, data)
+        rel = os.path.relpath(Path(data["path"]).resolve(), self._filepath.parent.resolve())
+        write_json(self._filepath, {**data, "path": rel})
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

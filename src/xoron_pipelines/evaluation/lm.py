@@ -84,18 +84,20 @@ def encode_pair(tokenizer, context: str, continuation: str, bos_id: int | None) 
 def loglikelihoods(model, requests: Sequence[LoglikelihoodRequest], batch_size: int, max_length: int,
                    pad_id: int = 0, progress: bool = False) -> list[tuple[float, bool]]:
     """Per request: (sum of log p(continuation | context), whether greedy decoding would produce
-    exactly the continuation). Inputs longer than ``max_length`` keep their last tokens, as the
-    harness does."""
+    exactly the continuation). As in the harness, the model reads the last ``max_length`` tokens
+    of ``context + continuation`` minus its final token (whose prediction is not needed)."""
     out: list[tuple[float, bool]] = []
     for batch in tqdm(list(batched(requests, batch_size)), desc="loglikelihood", disable=not progress):
         seqs = [(r.context + r.continuation)[-(max_length + 1):] for r in batch]
-        ids, mask = _right_pad(seqs, pad_id, model_device(model))
+        if any(len(r.continuation) > max_length for r in batch):
+            raise ValueError(f"a continuation is longer than max_length={max_length} tokens")
+        ids, mask = _right_pad([s[:-1] for s in seqs], pad_id, model_device(model))
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = F.log_softmax(logits, dim=-1)
         for i, (req, seq) in enumerate(zip(batch, seqs)):
             n = len(req.continuation)
             pos = torch.arange(len(seq) - 1 - n, len(seq) - 1, device=logp.device)
-            target = ids[i, pos + 1]
+            target = torch.as_tensor(seq[-n:], device=logp.device)
             rows = logp[i, pos]
             ll = float(rows.gather(-1, target[:, None]).double().sum())
             greedy = bool((rows.argmax(-1) == target).all())
@@ -106,16 +108,22 @@ def loglikelihoods(model, requests: Sequence[LoglikelihoodRequest], batch_size: 
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
                    temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
-                   add_bos: bool = True, progress: bool = False) -> list[str]:
+                   add_bos: bool = True, max_length: int | None = None, progress: bool = False) -> list[str]:
     """Decode one continuation per prompt (greedy when ``temperature`` is 0, else sampled with a
     seeded generator); returns only the new text up to the first eos, special tokens kept (so
-    callers can cut at a closing chat tag and strip hidden blocks themselves)."""
+    callers can cut at a closing chat tag and strip hidden blocks themselves). Prompts keep their
+    last ``max_length - max_new_tokens`` tokens (``max_length`` defaults to the model's
+    ``max_position_embeddings``), so prompt plus generation fit the model's positions."""
+    max_length = max_length or int(model.config.max_position_embeddings)
+    keep = max_length - max_new_tokens
+    if keep < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_length} positions")
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model_device(model)
     texts: list[str] = []
     for b, batch in enumerate(tqdm(list(batched(prompts, batch_size)), desc="generate", disable=not progress)):
-        encoded = [bos + tokenizer.encode(p, add_special_tokens=False) for p in batch]
+        encoded = [(bos + tokenizer.encode(p, add_special_tokens=False))[-keep:] for p in batch]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -34,7 +34,7 @@ from torch import nn
 
 from xoron_pipelines import kernels
 from xoron_pipelines.export.atomic import atomic_file
-from xoron_pipelines.model.moe import Experts
+from xoron_pipelines.model.moe import Experts, Router
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,17 @@ def _dense_experts_forward(self: Experts, hidden: torch.Tensor, indices: torch.T
     return torch.einsum("enh,ne->nh", out, combine)
 
 
+def _topk_router_forward(self: Router, hidden: torch.Tensor):
+    """``Router.forward`` with ``torch.topk`` for the selection (the kernel's stable sort has no
+    ONNX lowering); selection by scores + bias, weights from the unbiased scores."""
+    scores = self.scores(hidden)
+    indices = torch.topk(scores + self.e_score_correction_bias, self.top_k, dim=-1).indices
+    weights = scores.gather(-1, indices)
+    if self.norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return scores, weights * self.routed_scaling_factor, indices
+
+
 class LogitsWrapper(nn.Module):
     """(input_ids, attention_mask) -> logits of an export-friendly copy of ``model``."""
 
@@ -58,6 +69,8 @@ class LogitsWrapper(nn.Module):
         for module in self.lm.modules():
             if isinstance(module, Experts):
                 module.forward = types.MethodType(_dense_experts_forward, module)
+            elif isinstance(module, Router):
+                module.forward = types.MethodType(_topk_router_forward, module)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         base = self.lm.model
@@ -140,9 +153,15 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """onnxruntime dynamic quantisation: int8 weights, activations quantised at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import onnx
+
     dst = Path(dst)
-    with atomic_file(dst) as tmp:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+    graph = onnx.load(str(src))
+    del graph.graph.value_info[:]  # let the quantiser re-infer intermediate shapes from scratch
+    with atomic_file(dst.with_suffix(".src.onnx")) as plain, atomic_file(dst) as tmp:
+        onnx.save(graph, str(plain))
+        quantize_dynamic(str(plain), str(tmp), weight_type=QuantType.QInt8)
+    dst.with_suffix(".src.onnx").unlink(missing_ok=True)
     return dst
 
 

@@ -7,16 +7,17 @@ a checkpoint and loading it back. :class:`SingleProcess` is the trivial context 
 engine behaves exactly as without one); :class:`DataParallel` is the context of one rank of an
 initialised ``torch.distributed`` process group:
 
-* ``strategy="ddp"``: ``DistributedDataParallel`` (``broadcast_buffers=False``: buffers that ranks
-  must agree on, such as the MoE load-balancing bias, are all-reduced by the model itself in
-  ``update_moe_bias``; rank-local counters must not be overwritten by rank 0's);
+* ``strategy="ddp"``: ``DistributedDataParallel`` with ``forward_sync_buffers=False``: buffers are
+  copied from rank 0 once, at construction, not before every forward. Buffers that ranks must agree
+  on, such as the MoE load-balancing bias, are all-reduced by the model itself in
+  ``update_moe_bias``, and rank-local counters (tokens per expert) must not be overwritten by rank 0's;
 * ``strategy="fsdp2"``: ``torch.distributed.fsdp.fully_shard`` on every block of the model's
   outermost ``nn.ModuleList`` containers (the transformer layers), then on the root. Checkpoints
   hold the full state dict (gathered to rank 0 on CPU), so a model trained with FSDP2 loads as a
   plain module. fp16 (dynamic loss scaling) is not supported with FSDP2: use bf16. FSDP2 finds the
   backward through the tensors of the forward's output, so the model must return a tensor or a pytree
   of tensors (the Xoron model's transformers ``ModelOutput`` is one); a run whose first step leaves
-  every parameter without gradient stops with an error saying so.
+  every parameter without a (non-zero) gradient stops with an error saying so.
 
 Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
 """
@@ -86,6 +87,7 @@ class DataParallel(SingleProcess):
         self.world_size = dist.get_world_size()
         self.is_writer = self.rank == 0
         self._checked = strategy != "fsdp2"
+        self._sharded: list[torch.Tensor] = []
 
     # ---- model -------------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -93,12 +95,13 @@ class DataParallel(SingleProcess):
         if self.strategy == "ddp":
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             return nn.parallel.DistributedDataParallel(
-                model, device_ids=device_ids, broadcast_buffers=False,
+                model, device_ids=device_ids, forward_sync_buffers=False,
                 find_unused_parameters=self.find_unused_parameters)
         from torch.distributed.fsdp import fully_shard
 
         _shard_blocks(model, fully_shard)
         fully_shard(model)
+        self._sharded = [p for p in model.parameters() if p.requires_grad]  # what the optimizer updates
         return model
 
     def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> ContextManager[None]:
@@ -107,19 +110,20 @@ class DataParallel(SingleProcess):
         if self.strategy == "ddp":
             return contextlib.nullcontext() if enabled else forward_model.no_sync()
         forward_model.set_requires_gradient_sync(enabled)
-        return self._check_fsdp_gradients(forward_model) if enabled and not self._checked else contextlib.nullcontext()
+        return self._check_fsdp_gradients() if enabled and not self._checked else contextlib.nullcontext()
 
     @contextlib.contextmanager
-    def _check_fsdp_gradients(self, model: nn.Module) -> Iterator[None]:
+    def _check_fsdp_gradients(self) -> Iterator[None]:
         """After the first synchronised backward: FSDP2 hooks the backward on the tensors of the
-        forward's output, so an output it cannot traverse leaves every parameter without gradient."""
+        forward's output, so an output it cannot traverse leaves every parameter without (a non-zero) gradient."""
         yield
         self._checked = True
-        if all(p.grad is None for p in model.parameters() if p.requires_grad):
+        local = [p.grad.to_local() for p in self._sharded if p.grad is not None]
+        if self.all_reduce_sum([float(sum(bool(g.count_nonzero()) for g in local))])[0] == 0:
             raise RuntimeError(
-                f"FSDP2: no parameter of {type(model).__name__} received a gradient. fully_shard finds the "
+                "FSDP2: no sharded parameter received a gradient. fully_shard finds the "
                 "backward through the forward's output, which must be a tensor or a pytree of tensors "
-                "(tuple, list, dict, dataclass, transformers ModelOutput); use strategy ddp otherwise")
+                "(tuple, namedtuple, list, dict, transformers ModelOutput); use strategy ddp otherwise")
 
     def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """A collective with FSDP2 (every rank must call it); the full state lands on rank 0."""
