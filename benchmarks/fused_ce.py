@@ -32,7 +32,7 @@ import time
 import torch
 
 from xoron_pipelines.kernels import fused_linear_cross_entropy, linear_cross_entropy_naive
-from xoron_pipelines.kernels.fused_ce import default_chunk_size
+from xoron_pipelines.kernels.fused_ce import auto_chunk_size
 
 TARGET_RATIO = 0.3
 MiB = 1 << 20
@@ -112,7 +112,8 @@ def main() -> None:
     variants = ["naive", "fused_torch"] + (["fused_triton"] if torch.cuda.is_available() else [])
     rows = [_measure(v, args) for v in variants]
     naive = rows[0]["peak_bytes"]
-    chunk = args.chunk_size or default_chunk_size(args.tokens, args.vocab, args.hidden)
+    chunk = args.chunk_size or auto_chunk_size(
+        args.tokens, args.vocab, args.hidden, "cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
     print(f"fused linear CE, V={args.vocab} N={args.tokens} H={args.hidden} {args.dtype}, chunk={chunk} rows, {where}")
     print(f"{'variant':<14}{'peak MiB':>10}{'x naive':>9}{'fwd+bwd s':>11}")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xoron_pipelines.model.config import XoronConfig
+from xoron_pipelines.model import moe as moe_module
 from xoron_pipelines.model.moe import MoE, sequence_balance_loss
 
 HIDDEN = 16
@@ -337,8 +338,9 @@ def test_bf16_forward_keeps_dtype_and_fp32_router():
 
 
 def test_dispatch_runs_each_expert_once_whatever_the_token_count(monkeypatch):
-    """No Python loop over tokens: 1,024 tokens cost at most one expert call per expert."""
+    """No Python loop over tokens: 1,024 tokens cost at most one expert call per expert (loop path)."""
     moe = make_moe(num_shared_experts=0)
+    monkeypatch.setattr(moe.experts, "use_grouped_mm", lambda x: False)
     calls = []
     original = moe.experts.expert_forward
     monkeypatch.setattr(moe.experts, "expert_forward", lambda e, x: calls.append((e, x.shape[0])) or original(e, x))
@@ -351,6 +353,40 @@ def test_dispatch_runs_each_expert_once_whatever_the_token_count(monkeypatch):
     assert len(experts) == len(set(experts)) <= moe.num_experts
     counts = torch.bincount(idx.reshape(-1), minlength=8)
     assert {e: n for e, n in calls} == {e: int(counts[e]) for e in range(8) if counts[e] > 0}
+
+
+def test_grouped_mm_dispatch_is_two_calls_with_expert_offsets(monkeypatch):
+    """CPU fp32 path: one grouped_mm per projection for all 1,024 tokens, no per-expert calls."""
+    moe = make_moe(num_shared_experts=0)
+    calls = []
+    real = moe_module._GROUPED_MM
+    monkeypatch.setattr(moe_module, "_GROUPED_MM", lambda a, b, offs: calls.append(offs.tolist()) or real(a, b, offs=offs))
+    monkeypatch.setattr(moe.experts, "expert_forward", lambda e, x: pytest.fail("per-expert loop used"))
+    x = torch.randn(4, 256, HIDDEN)
+    with torch.no_grad():
+        _, _, idx = moe.gate(x.view(-1, HIDDEN))
+        moe(x)
+    offsets = torch.bincount(idx.reshape(-1), minlength=8).cumsum(0).tolist()
+    assert calls == [offsets, offsets]
+
+
+def test_grouped_mm_and_loop_paths_agree_including_expanded_gradients(monkeypatch):
+    """Forward and gradients of both expert paths match; ``y.sum().backward()`` (zero-stride grad) works."""
+    moe = make_moe(random_bias=True)
+    x = torch.randn(3, 9, HIDDEN)
+    assert moe.experts.use_grouped_mm(x.view(-1, HIDDEN))
+    grouped = grads(moe, x, moe)
+    moe.zero_grad()
+    moe(x).sum().backward()
+    expanded = {name: p.grad.clone() for name, p in moe.named_parameters()}
+    monkeypatch.setattr(moe.experts, "use_grouped_mm", lambda inp: False)
+    looped = grads(moe, x, moe)
+    moe.zero_grad()
+    moe(x).sum().backward()
+    for name in grouped:
+        torch.testing.assert_close(grouped[name], looped[name], atol=1e-5, rtol=1e-5, msg=name)
+    for name, p in moe.named_parameters():
+        torch.testing.assert_close(expanded[name], p.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_triton_kernels_path_matches_reference():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import signal
 import socket
 from pathlib import Path
 from unittest import mock
@@ -32,8 +33,6 @@ LENGTHS = torch.tensor([8, 3, 8, 5, 8, 8, 2, 8, 6, 8, 8, 4, 8, 8, 7, 8] * 2)
 CFG = dict(max_steps=6, learning_rate=1e-2, warmup_steps=1, max_grad_norm=0.5, save_steps=2, keep_last_k=2,
            logging_steps=1, eval_steps=3, seed=3)
 TOLERANCE = 1e-6
-
-
 LMOutput = collections.namedtuple("LMOutput", "loss logits")
 
 
@@ -83,10 +82,12 @@ def _run(root: Path, name: str, batch_size: int, accumulation: int, **settings) 
     spy = root / f"{name}-writes"
     spy.mkdir()
     cfg = TrainConfig(**CFG, batch_size=batch_size, gradient_accumulation_steps=accumulation)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     model, result = distributed_train(
         make_model, functools.partial(make_source, batch_size, str(spy) if settings else None), cfg,
         DistributedSettings(**settings), ckpt_dir=root / name, eval_fn=held_out_loss,
         on_log=lambda step, metrics: logs.append((step, metrics)), progress=False)
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # Ctrl-C works as before
     return {"model": model, "result": result, "logs": logs, "writes": sorted(p.name for p in spy.iterdir()),
             "ckpts": sorted(p.name for p in (root / name).iterdir())}
 

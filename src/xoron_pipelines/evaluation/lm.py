@@ -7,12 +7,15 @@ with ``.logits`` (B, T, V); they run under ``torch.no_grad`` in the model's curr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def model_device(model) -> torch.device:
@@ -123,7 +126,12 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     device = model_device(model)
     texts: list[str] = []
     for b, batch in enumerate(tqdm(list(batched(prompts, batch_size)), desc="generate", disable=not progress)):
-        encoded = [(bos + tokenizer.encode(p, add_special_tokens=False))[-keep:] for p in batch]
+        encoded = [bos + tokenizer.encode(p, add_special_tokens=False) for p in batch]
+        if any(len(e) > keep for e in encoded):
+            log.warning("%d prompt(s) longer than %d tokens keep only their last %d (max_length %d - "
+                        "max_new_tokens %d)", sum(len(e) > keep for e in encoded), keep, keep, max_length,
+                        max_new_tokens)
+            encoded = [e[-keep:] for e in encoded]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)

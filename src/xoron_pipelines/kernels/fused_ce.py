@@ -1,15 +1,26 @@
 """Fused linear + cross-entropy: the LM-head projection and the loss without N x V logits.
 
-``logits = hidden @ weight.T`` is only ever built for ``chunk_size`` token rows at a time.
-Forward keeps one fp32 log-sum-exp per token; backward recomputes each chunk's logits, turns
-them *in place* into ``dlogits = scale * (softmax - onehot)`` and accumulates
-``grad_hidden = dlogits @ weight`` and ``grad_weight += dlogits.T @ hidden`` chunk by chunk.
-Peak extra memory is therefore one chunk of logits plus the fp32 ``grad_weight`` accumulator.
+``logits = hidden @ weight.T`` is only ever built for ``chunk_size`` token rows at a time, in
+one reused buffer. Two drivers share the per-chunk row work:
 
-Both implementations share that chunked driver; they differ in the per-row work on a chunk:
-``torch`` uses ``logsumexp``/``exp``, ``triton`` runs one program per token that streams the
-vocabulary in BLOCK_V blocks with an online log-sum-exp (and the matching gradient kernel).
-The matmuls stay in torch (cuBLAS on GPU).
+* gradients in the forward pass (reductions ``"mean"``/``"sum"`` while gradients are needed,
+  Liger-kernel style): the upstream gradient of a scalar loss is a scalar ``g``, so each
+  chunk's ``dlogits = (w_i / sum w) * (softmax - onehot)`` is known in forward. Per chunk:
+  logits, per-row loss, ``dlogits`` in place, ``grad_hidden = dlogits @ weight`` and
+  ``grad_weight += dlogits.T @ hidden`` - three vocab-sized matmuls, no recompute. Backward
+  only multiplies the two saved gradients by ``g``.
+* per-token losses (``"none"``, loss weights that require grad, or no gradient wanted):
+  forward keeps one fp32 log-sum-exp per token; backward recomputes each chunk's logits, turns
+  them in place into ``grad_ce * (softmax - onehot)`` and accumulates the same two products.
+
+Peak extra memory is one chunk of logits plus the fp32 ``grad_weight`` accumulator (which
+becomes ``weight.grad``). On CPU the default chunk is larger (:data:`_CPU_LOGITS_BUDGET`):
+every chunk re-reads the whole V x H weight three times, which dominates small chunks there.
+
+The two implementations differ in the per-row work on a chunk: ``torch`` uses max / exp / sum
+in place, ``triton`` runs one program per token that streams the vocabulary in BLOCK_V blocks
+with an online log-sum-exp (and the matching gradient kernel). The matmuls stay in torch
+(cuBLAS on GPU).
 
 Loss semantics (all reductions): per-token ``ce_i`` is 0 at ``ignore_index``; with per-token
 ``loss_weights`` w (1 when None) ``"none"`` returns ``w_i * ce_i``, ``"sum"`` their sum and
@@ -28,34 +39,51 @@ import triton.language as tl
 
 Reduction = Literal["mean", "sum", "none"]
 _LOGITS_BUDGET = 1 << 22  # default chunk: about 4M logits (16 MiB in fp32) at a time
+_CPU_LOGITS_BUDGET = 1 << 24  # CPU default: about 16M logits (64 MiB in fp32), see the module doc
 _MAX_BLOCK_V = 8192  # vocabulary block streamed per step by the Triton row kernels
 
 
-def default_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int) -> int:
+def default_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int, budget: int = _LOGITS_BUDGET) -> int:
     """Rows per chunk: a power of two, at least 1, at most N.
 
-    The chunk's logits hold about max(_LOGITS_BUDGET, N * H) elements: a fixed small budget,
-    raised to the size of ``hidden`` itself for big batches, so large GPU batches run few,
-    large matmuls while extra memory stays of the order of the activations already held.
+    The chunk's logits hold about max(budget, N * H) elements: a fixed budget (default
+    ``_LOGITS_BUDGET``; CPU callers pass ``_CPU_LOGITS_BUDGET``), raised to the size of
+    ``hidden`` itself for big batches, so large batches run few, large matmuls while extra
+    memory stays of the order of the activations already held.
     """
-    rows = max(1, max(_LOGITS_BUDGET, n_tokens * hidden_size) // max(vocab_size, 1))
+    rows = max(1, max(budget, n_tokens * hidden_size) // max(vocab_size, 1))
     return max(1, min(n_tokens, 1 << (rows.bit_length() - 1)))
+
+
+def auto_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int, device_type: str) -> int:
+    """The chunk used when none is given: :func:`default_chunk_size` with the device's budget."""
+    budget = _CPU_LOGITS_BUDGET if device_type == "cpu" else _LOGITS_BUDGET
+    return default_chunk_size(n_tokens, vocab_size, hidden_size, budget)
+
+
+def _token_weights(labels: torch.Tensor, loss_weights: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
+    """Per-token fp32 weights: ``loss_weights`` (1 when None), 0 where the label is ignored."""
+    valid = labels != ignore_index
+    return valid.to(torch.float32) if loss_weights is None else loss_weights.to(torch.float32) * valid
+
+
+def _safe_div(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """``num / denom``, 0 where ``denom`` is 0 (an all-ignored batch has mean loss 0, not NaN)."""
+    return torch.where(denom != 0, num / torch.where(denom != 0, denom, 1.0), torch.zeros_like(num))
 
 
 def _reduce(
     ce: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor | None, ignore_index: int, reduction: str
 ) -> torch.Tensor:
     """Weighted reduction of per-token losses (ignored tokens have weight 0)."""
-    valid = labels != ignore_index
-    w = valid.to(torch.float32) if loss_weights is None else loss_weights.to(torch.float32) * valid
+    w = _token_weights(labels, loss_weights, ignore_index)
     weighted = ce * w
     if reduction == "none":
         return weighted
     total = weighted.sum()
     if reduction == "sum":
         return total
-    denom = w.sum()
-    return torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), torch.zeros_like(total))
+    return _safe_div(total, w.sum())
 
 
 def _check(hidden, weight, labels, loss_weights, reduction) -> None:
@@ -112,6 +140,26 @@ def _ce_grad_rows_torch(logits, labels, lse, grad, ignore_index):
     probs[rows, torch.where(valid, labels, 0)] -= valid.to(probs.dtype)
     probs.mul_(torch.where(valid, grad, 0.0).unsqueeze(1))
     return probs if probs is logits else logits.copy_(probs)
+
+
+def _ce_and_grad_rows_torch(logits, labels, scale, ignore_index):
+    """Per-row ce of a logits chunk; in place: logits -> scale * (softmax - onehot).
+
+    ``scale`` (rows,) fp32 is each row's d(loss)/d(ce), already 0 at ignored labels. Works on
+    the chunk itself (no chunk-sized temporary) when it is fp32.
+    """
+    x = logits.float()
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, 0)
+    target = x[rows, safe]
+    row_max = x.amax(dim=1, keepdim=True)
+    x.sub_(row_max).exp_()
+    total = x.sum(dim=1)
+    ce = torch.where(valid, row_max.squeeze(1) + total.log() - target, 0.0)
+    x.mul_((scale / total).unsqueeze(1))
+    x[rows, safe] -= scale
+    return ce, (x if x is logits else logits.copy_(x))
 
 
 # ---------------------------------------------------------------- per-chunk row work: triton
@@ -187,10 +235,33 @@ def _ce_grad_rows_triton(logits, labels, lse, grad, ignore_index):
     return logits
 
 
+def _ce_and_grad_rows_triton(logits, labels, scale, ignore_index):
+    """Triton counterpart of :func:`_ce_and_grad_rows_torch`: the two row kernels in turn."""
+    ce, lse = _ce_rows_triton(logits, labels, ignore_index)
+    return ce, _ce_grad_rows_triton(logits, labels, lse, scale, ignore_index)
+
+
 _ROW_FNS = {"torch": (_ce_rows_torch, _ce_grad_rows_torch), "triton": (_ce_rows_triton, _ce_grad_rows_triton)}
+_FWD_GRAD_FNS = {"torch": _ce_and_grad_rows_torch, "triton": _ce_and_grad_rows_triton}
 
 
-# ---------------------------------------------------------------- shared chunked driver
+# ---------------------------------------------------------------- chunked drivers
+def _accumulate_grads(dlogits, h, weight, grad_h_rows, grad_w) -> None:
+    """``grad_h_rows = dlogits @ weight`` and ``grad_w += dlogits.T @ h`` (each when not None)."""
+    if grad_h_rows is not None:
+        torch.mm(dlogits, weight, out=grad_h_rows)
+    if grad_w is not None:
+        if grad_w.dtype == dlogits.dtype:
+            grad_w.addmm_(dlogits.T, h)
+        else:
+            grad_w += dlogits.T @ h
+
+
+def _chunks(n: int, chunk: int):
+    """(start, end) row ranges of ``chunk`` rows covering ``n``."""
+    return ((s, min(s + chunk, n)) for s in range(0, n, chunk))
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     """Per-token CE (N,) of ``hidden @ weight.T`` computed ``chunk`` rows at a time."""
 
@@ -200,9 +271,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
         n = hidden.shape[0]
         ce = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            ce[s:e], lse[s:e] = rows_fn(hidden[s:e] @ weight.T, labels[s:e], ignore_index)
+        buf = hidden.new_empty(min(chunk, n), weight.shape[0])
+        for s, e in _chunks(n, chunk):
+            logits = torch.mm(hidden[s:e], weight.T, out=buf[: e - s])
+            ce[s:e], lse[s:e] = rows_fn(logits, labels[s:e], ignore_index)
         ctx.save_for_backward(hidden, weight, labels, lse)
         ctx.cfg = (ignore_index, chunk, backend)
         return ce
@@ -216,20 +288,50 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_ce = grad_ce.to(torch.float32)
-        for s in range(0, hidden.shape[0], chunk):
-            e = min(s + chunk, hidden.shape[0])
-            h = hidden[s:e]
-            dlogits = grad_fn(h @ weight.T, labels[s:e], lse[s:e], grad_ce[s:e], ignore_index)
-            if need_h:
-                torch.mm(dlogits, weight, out=grad_h[s:e])
-            if need_w:
-                if grad_w.dtype == dlogits.dtype:
-                    grad_w.addmm_(dlogits.T, h)
-                else:
-                    grad_w += dlogits.T @ h
+        buf = hidden.new_empty(min(chunk, hidden.shape[0]), weight.shape[0])
+        for s, e in _chunks(hidden.shape[0], chunk):
+            logits = torch.mm(hidden[s:e], weight.T, out=buf[: e - s])
+            dlogits = grad_fn(logits, labels[s:e], lse[s:e], grad_ce[s:e], ignore_index)
+            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w)
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None, None
+
+
+class _LinearCEGradInForward(torch.autograd.Function):
+    """Scalar ``sum_i scale_i * ce_i``; the input gradients are computed in forward.
+
+    ``scale`` (N,) fp32 is d(loss)/d(ce_i) (0 at ignored labels). Backward scales the saved
+    gradients by the scalar upstream gradient; it can run once (no ``retain_graph``).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, scale, ignore_index: int, chunk: int, backend: str):
+        rows_fn = _FWD_GRAD_FNS[backend]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = hidden.shape[0]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        buf = hidden.new_empty(min(chunk, n), weight.shape[0])
+        for s, e in _chunks(n, chunk):
+            logits = torch.mm(hidden[s:e], weight.T, out=buf[: e - s])
+            ce, dlogits = rows_fn(logits, labels[s:e], scale[s:e], ignore_index)
+            loss += (ce * scale[s:e]).sum()
+            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w)
+        ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.grads is None:
+            raise RuntimeError("fused_linear_cross_entropy: its gradients were already used; "
+                               "backward through it twice (retain_graph=True) is not supported")
+        grads, ctx.grads = ctx.grads, None  # hand the buffers over (autograd can then keep them as .grad)
+        unit = bool((grad_loss == 1).all())
+        grad_h, grad_w = (t if t is None or unit else t.mul_(grad_loss.to(t.dtype)) for t in grads)
+        del grads
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduction, backend):
@@ -239,8 +341,16 @@ def _fused(hidden, weight, labels, loss_weights, ignore_index, chunk_size, reduc
         return _reduce(h2.new_zeros(labels.shape, dtype=torch.float32), labels, loss_weights, ignore_index, reduction)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size must be >= 1, got {chunk_size}")
-    chunk = chunk_size or default_chunk_size(h2.shape[0], weight.shape[0], weight.shape[1])
-    ce = _ChunkedLinearCE.apply(h2, weight, labels.reshape(-1).contiguous(), ignore_index, chunk, backend)
+    chunk = chunk_size or auto_chunk_size(h2.shape[0], weight.shape[0], weight.shape[1], h2.device.type)
+    flat_labels = labels.reshape(-1).contiguous()
+    wants_grad = torch.is_grad_enabled() and (h2.requires_grad or weight.requires_grad)
+    weights_differentiable = loss_weights is not None and loss_weights.requires_grad
+    if reduction != "none" and wants_grad and not weights_differentiable:
+        scale = _token_weights(flat_labels, None if loss_weights is None else loss_weights.reshape(-1), ignore_index)
+        if reduction == "mean":
+            scale = _safe_div(scale, scale.sum())
+        return _LinearCEGradInForward.apply(h2, weight, flat_labels, scale, ignore_index, chunk, backend)
+    ce = _ChunkedLinearCE.apply(h2, weight, flat_labels, ignore_index, chunk, backend)
     return _reduce(ce.view(labels.shape), labels, loss_weights, ignore_index, reduction)
 
 

@@ -27,10 +27,19 @@ Optional auxiliary loss (``aux_loss_coef > 0``): DeepSeek-V3's complementary
 (``s'`` = scores normalised to sum to one per token). It equals ``coef`` under perfectly
 uniform routing and grows as routing concentrates.
 
-Dispatch is vectorised: the (token, slot) pairs are sorted by expert id, gathered into one
-contiguous buffer, each expert runs one matmul on its slice (a loop over the E experts, never
-over tokens) and the weighted results are scattered back with ``index_add_``.
-``torch.nn.functional.grouped_mm`` is not used: on CPU fp32 its backward fails in torch 2.13.
+Dispatch is vectorised (no loop over tokens): the (token, slot) pairs are sorted by expert id
+and permuted into one contiguous buffer, the experts run on their slices, and the outputs are
+permuted back and summed over the k slots with their combine weights. Both permutations go
+through :class:`_PermuteRows`, whose backward is the inverse gather, not the scatter-add
+autograd would run for an ``index_select`` (several times slower on CPU).
+
+Expert matmuls: on CPU ``torch.nn.functional.grouped_mm`` (one call per projection for all
+experts, with expert offsets) when the rows are 16-byte aligned, as its kernel requires;
+otherwise - and on other devices, where its dtype / architecture support varies and is not
+tested here - a loop over the E experts (:meth:`Experts.expert_forward`, one matmul pair each).
+grouped_mm's CPU backward rejects a zero-stride or misaligned incoming gradient (for example
+the expanded gradient of ``y.sum().backward()``), so its outputs pass through
+:class:`_ContiguousGrad`, which hands it a contiguous one.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from torch import nn
 from xoron_pipelines import kernels
 from xoron_pipelines.model.mlp import MLP
 
+_GROUPED_MM = getattr(F, "grouped_mm", None)
 
 
 def recomputing() -> bool:
@@ -50,6 +60,33 @@ def recomputing() -> bool:
     Load and usage counters must count each token once, not again during recomputation.
     """
     return torch._C._current_graph_task_id() != -1
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``x[perm]`` for a row permutation ``perm`` with inverse ``inv``; backward is ``grad[inv]``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inv)
+        return x.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inv,) = ctx.saved_tensors
+        return grad.index_select(0, inv), None, None
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (for grouped_mm's backward)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
 
 class Router(nn.Module):
     """Top-k router with a selection-only, non-gradient correction bias (``DeepseekV3TopkRouter``)."""
@@ -121,27 +158,47 @@ class Experts(nn.Module):
         gate, up = F.linear(x, self.gate_up_proj[expert]).chunk(2, dim=-1)
         return F.linear(kernels.swiglu(gate, up, impl=self.impl), self.down_proj[expert])
 
+    def use_grouped_mm(self, x: torch.Tensor) -> bool:
+        """True when one ``grouped_mm`` per projection can replace the per-expert loop (see module doc)."""
+        row_bytes = min(x.shape[-1], self.intermediate_size) * x.element_size()
+        return (_GROUPED_MM is not None and x.device.type == "cpu" and x.dtype == self.gate_up_proj.dtype
+                and row_bytes % 16 == 0)
+
+    def grouped_forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """All experts on expert-sorted rows ``x`` (S, H) with ``counts[e]`` rows each, via grouped_mm."""
+        offs = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        gate_up = _ContiguousGrad.apply(_GROUPED_MM(x, self.gate_up_proj.transpose(1, 2), offs=offs))
+        gate, up = gate_up.chunk(2, dim=-1)
+        act = kernels.swiglu(gate, up, impl=self.impl)
+        return _ContiguousGrad.apply(_GROUPED_MM(act, self.down_proj.transpose(1, 2), offs=offs))
+
+    def looped_forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`grouped_forward` with one :meth:`expert_forward` call per non-empty expert."""
+        outputs = [
+            self.expert_forward(expert, chunk)
+            for expert, chunk in enumerate(torch.split(x, counts.tolist()))
+            if chunk.shape[0] > 0
+        ]
+        return torch.cat(outputs) if outputs else x.new_zeros(0, x.shape[-1])
+
     def forward(self, hidden_states: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for flat tokens (N, H), vectorised.
 
         The N*k (token, slot) pairs are sorted by expert so that every expert sees one
-        contiguous slice; the per-expert loop runs over the E experts, not over tokens.
+        contiguous slice; the experts run over the E experts, never a loop over tokens.
         """
+        n_tokens, hidden = hidden_states.shape
         top_k = indices.shape[-1]
         flat_experts = indices.reshape(-1)
         order = torch.argsort(flat_experts, stable=True)
-        token_of_pair = order // top_k
-        counts = torch.bincount(flat_experts, minlength=self.num_experts).tolist()
-        sorted_inputs = hidden_states.index_select(0, token_of_pair)
-        outputs = [
-            self.expert_forward(expert, chunk)
-            for expert, chunk in enumerate(torch.split(sorted_inputs, counts))
-            if chunk.shape[0] > 0
-        ]
-        routed = torch.cat(outputs) if outputs else sorted_inputs.new_zeros(0, hidden_states.shape[-1])
-        pair_weights = weights.reshape(-1).index_select(0, order)
-        routed = (routed * pair_weights[:, None]).to(hidden_states.dtype)
-        return torch.zeros_like(hidden_states).index_add_(0, token_of_pair, routed)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = torch.bincount(flat_experts, minlength=self.num_experts)
+        pairs = hidden_states.unsqueeze(1).expand(n_tokens, top_k, hidden).reshape(-1, hidden)
+        sorted_inputs = _PermuteRows.apply(pairs, order, inverse)
+        run = self.grouped_forward if self.use_grouped_mm(sorted_inputs) else self.looped_forward
+        routed = _PermuteRows.apply(run(sorted_inputs, counts), inverse, order).view(n_tokens, top_k, hidden)
+        return (routed * weights.unsqueeze(-1)).sum(dim=1).to(hidden_states.dtype)
 
 
 def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, num_experts: int) -> torch.Tensor:

@@ -36,13 +36,16 @@ Multi-node runs need ``ckpt_dir`` on storage every node can read; the node with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.distributed as dist
@@ -171,8 +174,27 @@ def launch(fn: Callable[..., Any], settings: DistributedSettings, *args: Any) ->
         start_method="spawn")
     log.info("launching %d worker(s) on node %d of %d (%s, rendezvous %s at %s)", settings.nproc_per_node,
              settings.node_rank, settings.nnodes, settings.strategy, settings.rdzv_backend, settings.rdzv_endpoint)
-    results = elastic_launch(config, _recorded)(fn, *args)
+    with _signal_handlers_kept():
+        results = elastic_launch(config, _recorded)(fn, *args)
     return results.get(0)
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Restore the caller's handlers of the signals the elastic agent takes over (in the main thread it
+    installs handlers that turn SIGINT / SIGTERM into its own exception), so Ctrl-C in the Kedro process
+    behaves as before once the launch is over."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
+    saved = {sig: signal.getsignal(sig) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 def _batch_source(batches: Batches) -> BatchSource:

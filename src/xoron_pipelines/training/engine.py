@@ -265,7 +265,7 @@ class _Trainer:
         par = self.par
         weights = [1.0] * len(batches) if self.custom_loss else [target_weight(b) for b in batches]
         tokens = sum(b["input_ids"].numel() for b in batches if "input_ids" in b)
-        _, tokens = par.all_reduce_sum([sum(weights), float(tokens)]); total = sum(weights) * par.world_size
+        total, tokens = par.all_reduce_sum([sum(weights), float(tokens)])
         if total <= 0:
             weights, total = [1.0] * len(batches), float(len(batches) * par.world_size)
         self.state.tokens_seen += int(tokens)

@@ -19,12 +19,13 @@ the encoder.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 ROW_GROUP_ROWS = 256
-CHUNK_BATCHES = 32  # batches encoded per chunk (length-sorted together, then written in order)
+# batches encoded per chunk (length-sorted together, then written in order); per-token states
+# are ~max_seq_len times larger than mean vectors, so their chunks are smaller
+CHUNK_BATCHES = {"mean": 32, "tokens": 4}
 SPLITS = ("train", "val")
 # parameters that act through the selected rows (hashed as data) or not on the content at all
 _NOT_FINGERPRINTED = {
@@ -75,13 +78,20 @@ class Counts:
     rows_val: int = 0
     embedding_bytes_int8: int = 0
     embedding_bytes_fp32: int = 0
-    cos: list[float] = field(default_factory=list)
+    cos_sum: float = 0.0  # int8 -> fp32 cosine of every stored vector (per token for ``tokens``)
+    cos_n: int = 0
+    cos_min: float = 1.0
+
+    def add_cos(self, cos: np.ndarray) -> None:
+        self.cos_sum += float(cos.sum())
+        self.cos_n += cos.size
+        self.cos_min = min(self.cos_min, float(cos.min()))
 
     def as_dict(self) -> dict[str, float]:
-        out = {k: float(v) for k, v in vars(self).items() if k != "cos"}
-        if self.cos:
-            out["fidelity_cos_mean"] = float(np.mean(self.cos))
-            out["fidelity_cos_min"] = float(np.min(self.cos))
+        out = {k: float(v) for k, v in vars(self).items() if not k.startswith("cos_")}
+        if self.cos_n:
+            out["fidelity_cos_mean"] = self.cos_sum / self.cos_n
+            out["fidelity_cos_min"] = self.cos_min
         return out
 
 
@@ -217,7 +227,7 @@ def _account_embeddings(enc: Encoded, counts: Counts) -> None:
             deq = enc.q[i].astype(np.float32) * (enc.scale[i][..., None] if vec.ndim == 2 else enc.scale[i])
             num = (deq * vec).sum(-1)
             den = np.linalg.norm(deq, axis=-1) * np.linalg.norm(vec, axis=-1)
-            counts.cos.extend(np.atleast_1d(num / np.maximum(den, 1e-12)).tolist())
+            counts.add_cos(np.atleast_1d(num / np.maximum(den, 1e-12)))
 
 
 def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params, counts: Counts) -> dict[str, list]:
@@ -268,7 +278,7 @@ def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: An
         s: CacheWriter(stage / s, schema, p.cache_rows_per_shard, ROW_GROUP_ROWS, p.cache_write_offsets_index)
         for s in SPLITS
     }
-    chunk = p.preprocess_batch_size * CHUNK_BATCHES
+    chunk = p.preprocess_batch_size * CHUNK_BATCHES[p.pooling]
     with tqdm(total=len(good), desc=f"embedding_cache/{subset}", unit="text", disable=not p.progress) as bar:
         for start in range(0, len(good), chunk):
             part = good[start : start + chunk]
@@ -280,6 +290,13 @@ def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: An
         setattr(counts, f"rows_{split}", written["num_rows"])
     counts.texts_encoded = len(good)
     return counts, quarantined
+
+
+@functools.lru_cache(maxsize=1)
+def load_encoder(model: str, max_seq_len: int, pooling: str, normalize: Any, trust_remote_code: bool, digest: str) -> Encoder:
+    """The frozen encoder, loaded once per process for both nodes (``digest`` -- of the encoder's
+    files -- is part of the key, so an edited encoder directory is loaded afresh)."""
+    return Encoder(model, max_seq_len, pooling, normalize, trust_remote_code)
 
 
 def _read_manifest(subset_dir: Path) -> dict[str, Any] | None:
@@ -304,7 +321,8 @@ def build_subset(subset: str, rows: list[Row], tokenizer: Any, p: Params) -> tup
         return {**stored, "path": str(subset_dir), "cache_hit": True}, _metrics(stored["counts"], hit=True)
     reason = "disabled reuse" if not p.skip_preprocessing_if_cached else "no cache" if stored is None else "fingerprint changed"
     log.info("embedding_cache/%s: building %d rows (%s)", subset, len(rows), reason)
-    encoder = Encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code)
+    encoder = load_encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code,
+                           directory_digest(encoder_dir))
     meta = {
         "subset": subset,
         "fingerprint": fp,

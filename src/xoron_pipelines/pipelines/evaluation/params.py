@@ -66,7 +66,7 @@ class MultipleChoice(StrictModel):
 
 
 class GSM8K(StrictModel):
-    max_new_tokens: int = Field(default=192, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
 
 
 class HumanEval(StrictModel):
@@ -74,7 +74,7 @@ class HumanEval(StrictModel):
     ks: list[int] = Field(default_factory=lambda: [1], min_length=1)
     temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=128, ge=1)
+    max_new_tokens: int = Field(default=96, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> "HumanEval":

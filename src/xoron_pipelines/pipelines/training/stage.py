@@ -208,9 +208,11 @@ def _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, 
     st = result.state
     _, speeds = recorder.series("tokens_per_s")
     _, losses = recorder.series("loss")
+    _, norms = recorder.series("grad_norm")
     return {
         "stage": stage, "kind": kind, "enabled": True, "steps": st.step, "tokens_seen": st.tokens_seen,
-        "train_loss": losses[-1] if losses else st.last_loss, **final_eval,
+        "train_loss": losses[-1] if losses else st.last_loss, "grad_norm": norms[-1] if norms else None,
+        **final_eval,
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else None, "wall_s": round(wall, 2),
         "trainable_params": trainable, "total_params": total, "nan_skips": st.nan_skips,
         "stopped_early": st.stopped_early, "resumed_from": str(result.resumed_from) if result.resumed_from else None,

@@ -1,0 +1,148 @@
+"""Rows and batches of the latent stages.
+
+Rows come from an embedding-cache split (which rows were encoded, their cached mean embedding)
+joined by the cache's ``index`` column to the raw texts (the pairs' source / target, the
+pretraining text and its ledger ``source`` name). A stage then turns its rows into row-aligned
+tensors (:func:`stage_tensors`) and :class:`RowBatches` serves them to the training engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rows:
+    """Texts of one stage's split; ``emb`` holds the cached embeddings when usable (else None)."""
+
+    sources: list[str]
+    targets: list[str]
+    origin: list[str | None] = field(default_factory=list)
+    emb: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def take(self, keep: list[int]) -> "Rows":
+        return Rows([self.sources[i] for i in keep], [self.targets[i] for i in keep],
+                    [self.origin[i] for i in keep], None if self.emb is None else self.emb[keep])
+
+
+def cache_rows(split: Any, texts: dict[int, tuple[str, str, str | None]], use_embeddings: bool) -> Rows:
+    """Rows of a cache split in cache order; ``texts``: raw index -> (source, target, origin)."""
+    src, tgt, origin, embs = [], [], [], []
+    for rec in split:
+        i = int(rec["index"])
+        if i not in texts:
+            raise ValueError(f"cache row with index {i} has no raw text: the cache is stale, rerun embedding_cache")
+        s, t, o = texts[i]
+        src.append(s)
+        tgt.append(t)
+        origin.append(o)
+        if use_embeddings:
+            embs.append(np.asarray(rec["embedding"], dtype=np.float32))
+    return Rows(src, tgt, origin, np.stack(embs) if use_embeddings and embs else None)
+
+
+def cap_rows(rows: Rows, caps: dict[str, int], total: int | None) -> Rows:
+    """Keep at most ``caps[origin]`` rows per origin and ``total`` rows in all (first ones)."""
+    seen: dict[str, int] = {}
+    keep = []
+    for i, o in enumerate(rows.origin):
+        if o in caps:
+            if seen.get(o, 0) >= caps[o]:
+                continue
+            seen[o] = seen.get(o, 0) + 1
+        keep.append(i)
+        if total is not None and len(keep) >= total:
+            break
+    return rows.take(keep)
+
+
+def decoder_ids(tokenizer: Any, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder target ids (text tokens + EOS, cut to ``max_len``) right-padded, and their mask."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - (eos is not None)]
+        rows.append(ids + ([eos] if eos is not None else []))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def encode_once(encoder: Any, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Pooled embeddings of ``texts`` with the (frozen) encoder, in order."""
+    was = encoder.training
+    encoder.eval()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = encoder.tokenize(texts[i: i + batch_size])
+        out.append(encoder(ids, mask))
+    encoder.train(was)
+    return torch.cat(out)
+
+
+def encoder_side(model: Any, texts: list[str], prefix: str, emb: np.ndarray | None, on_the_fly: bool) -> dict:
+    """Tensors of the encoder side of ``texts``: token counts and either the (cached or
+    once-encoded) embeddings or, when the encoder trains, the token ids and mask."""
+    ids, mask = model.encoder.tokenize(texts)
+    out = {f"{prefix}_ntok": mask.sum(1)}
+    if on_the_fly:
+        out[f"{prefix}_ids"], out[f"{prefix}_mask"] = ids, mask
+    elif emb is not None:
+        out[f"{prefix}_emb"] = torch.as_tensor(emb)
+    else:
+        out[f"{prefix}_emb"] = encode_once(model.encoder, texts)
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def stage_tensors(model: Any, rows: Rows, *, kind: str, identity: bool, encoder_trains: bool,
+                  tokenizer: Any, max_target_len: int) -> dict[str, torch.Tensor]:
+    """Row-aligned tensors a stage's loss needs (see :func:`xoron_pipelines.latent.stages.stage_loss`)."""
+    out = encoder_side(model, rows.sources, "src", rows.emb, encoder_trains)
+    if kind == "middle" and not identity:
+        out.update(encoder_side(model, rows.targets, "tgt", None, encoder_trains))
+    if kind == "adapter":
+        out["dec_ids"], out["dec_mask"] = decoder_ids(tokenizer, rows.targets, max_target_len)
+    return out
+
+
+class RowBatches:
+    """Training-engine batch source over row-aligned tensors: ``len`` = full batches per epoch
+    (one smaller batch when there are fewer rows than ``batch_size``); the row order of epoch
+    ``e`` is the permutation of ``numpy.random.default_rng([seed, e])``."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> None:
+        self.tensors = tensors
+        self.rows = len(next(iter(tensors.values())))
+        if self.rows < 1:
+            raise ValueError("a latent stage has no rows to train on")
+        self.batch_size = min(batch_size, self.rows)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.rows // self.batch_size
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
+        pick = torch.as_tensor(order[index * self.batch_size: (index + 1) * self.batch_size])
+        return {k: v[pick] for k, v in self.tensors.items()}
+
+    def all(self) -> list[dict[str, torch.Tensor]]:
+        """Every row once, in order, in batches (evaluation)."""
+        return [{k: v[i: i + self.batch_size] for k, v in self.tensors.items()}
+                for i in range(0, self.rows, self.batch_size)]

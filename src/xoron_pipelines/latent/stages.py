@@ -1,0 +1,214 @@
+"""The four latent training stages: what each trains, its loss, and one stage's training run.
+
+==================  ==========  ============================================  =====================
+stage               data        objective                                     trains (normal)
+==================  ==========  ============================================  =====================
+pretrain_middle     pretrain    middle(z(text)) -> z(text) (identity):        middle; compression
+                                latent MSE + InfoNCE + reconstruction         and top encoder layers
+pretrain_adapter    pretrain    decoder reproduces the text from the prefix   adapter
+finetune_middle     pairs       middle(z(source)) -> z(target)                middle
+finetune_adapter    pairs       decoder writes the target from middle's       adapter
+                                latents of the source
+==================  ==========  ============================================  =====================
+
+The compression (and the top ``num_encoder_unfrozen_layers`` encoder layers) train in the first
+stage that runs -- unlike the seed's code, whose compression stayed a frozen random projection --
+and in the later stages too when ``freeze_encoder_compression_in_pipeline`` is false.
+``training_phase`` replaces that choice in every stage: ``phase1`` = decoder alignment (adapter
+only), ``phase2`` = encoder training (top encoder layers + compression), ``phase3`` = middle model
+only; a stage whose loss does not reach any of those modules is skipped. The decoder never trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from xoron_pipelines.latent import losses
+from xoron_pipelines.latent.data import RowBatches
+from xoron_pipelines.latent.model import LatentModel, encoder_layers
+from xoron_pipelines.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+PHASE_PARTS = {"phase1": {"adapter"}, "phase2": {"encoder", "compression"}, "phase3": {"middle"}}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    data: str        # "pretrain" | "pairs"
+    kind: str        # "middle" | "adapter"
+    uses_middle: bool
+
+    @property
+    def identity(self) -> bool:
+        return self.data == "pretrain"
+
+
+def stage_spec(stage: str, p: Any) -> StageSpec:
+    data = "pretrain" if stage.startswith("pretrain") else "pairs"
+    kind = "middle" if stage.endswith("middle") else "adapter"
+    uses_middle = kind == "middle" or stage == "finetune_adapter" or p.adapter_pretrain_use_middle
+    return StageSpec(stage, data, kind, uses_middle)
+
+
+def used_parts(spec: StageSpec) -> set[str]:
+    parts = {"encoder", "compression", "middle" if spec.kind == "middle" else "adapter"}
+    return parts | ({"middle"} if spec.uses_middle else set())
+
+
+def trainable_parts(spec: StageSpec, p: Any, first_stage: bool) -> set[str]:
+    """Modules trained in this stage (see the module docstring)."""
+    if p.training_phase == "normal":
+        own = {spec.kind}
+        if first_stage or not p.freeze_encoder_compression_in_pipeline:
+            own |= {"encoder", "compression"}
+    else:
+        own = set(PHASE_PARTS[p.training_phase])
+    parts = own & used_parts(spec)
+    if p.num_encoder_unfrozen_layers == 0:
+        parts.discard("encoder")
+    return parts
+
+
+def set_trainable(model: LatentModel, parts: set[str], n_encoder_layers: int) -> None:
+    """requires_grad on exactly ``parts`` (the encoder: its top ``n_encoder_layers`` layers)."""
+    model.requires_grad_(False)
+    for name in ("compression", "middle", "adapter"):
+        if name in parts:
+            getattr(model, name).requires_grad_(True)
+    if "encoder" in parts:
+        model.encoder.unfreeze_top(n_encoder_layers)
+
+
+class StageModule(nn.Module):
+    """What the engine trains: the stage's trainable modules (registered, so checkpoints hold
+    only them) with a forward that computes the stage loss through the whole latent model."""
+
+    def __init__(self, model: LatentModel, spec: StageSpec, p: Any, parts: set[str]) -> None:
+        super().__init__()
+        mods = {n: getattr(model, n) for n in ("compression", "middle", "adapter") if n in parts}
+        if "encoder" in parts:
+            layers = encoder_layers(model.encoder.model)
+            mods["encoder_top"] = nn.ModuleList(list(layers)[len(layers) - p.num_encoder_unfrozen_layers:])
+        self.parts = nn.ModuleDict(mods)
+        object.__setattr__(self, "latent", model)  # not a child: frozen parts stay out of checkpoints
+        self.spec, self.p = spec, p
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stage_loss(self.latent, self.spec, self.p, batch)[0]
+
+    def gradient_checkpointing_enable(self, **_: Any) -> None:
+        """Activation checkpointing of the middle blocks and, when it trains, the encoder."""
+        self.latent.middle.gradient_checkpointing = True
+        if "encoder_top" in self.parts and hasattr(self.latent.encoder.model, "gradient_checkpointing_enable"):
+            self.latent.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _embedding(model: LatentModel, batch: dict, prefix: str) -> torch.Tensor:
+    if f"{prefix}_emb" in batch:
+        return batch[f"{prefix}_emb"]
+    return model.encoder(batch[f"{prefix}_ids"], batch[f"{prefix}_mask"])
+
+
+def stage_loss(model: LatentModel, spec: StageSpec, p: Any, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage objective and its parts (floats, for logging)."""
+    emb = _embedding(model, batch, "src")
+    z = model.compression(emb)
+    z_in, valid_in = model.with_stop(z, batch["src_ntok"])
+    if spec.kind == "middle":
+        pred = model.middle(z_in)
+        if spec.identity:
+            target, valid_t = z_in.detach(), valid_in
+        else:
+            z_t = model.compression(_embedding(model, batch, "tgt"))
+            target, valid_t = model.with_stop(z_t, batch["tgt_ntok"])
+            target = target.detach()
+        mse = losses.latent_mse(pred, target)
+        nce = losses.info_nce(pred, target, valid_t, p.contrastive_temperature)
+        rec = losses.reconstruction(model.compression.reconstruct(z), emb)
+        loss = p.latent_mse_weight * mse + p.contrastive_weight * nce + p.reconstruction_weight * rec
+        return loss, {k: float(v.detach()) for k, v in (("latent_mse", mse), ("contrastive", nce), ("reconstruction", rec))}
+    if spec.uses_middle:
+        z_in = model.middle(z_in)
+        valid_in = model.valid_until_stop(z_in)
+    lm = model.lm_loss(model.adapter(z_in, valid_in), batch["dec_ids"], batch["dec_mask"])
+    return lm, {"lm_loss": float(lm.detach())}
+
+
+@torch.no_grad()
+def evaluate(model: LatentModel, spec: StageSpec, p: Any, source: RowBatches) -> dict[str, float]:
+    """Mean stage loss and parts over every row of ``source`` (eval mode)."""
+    was = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    batches = source.all()
+    device = model.stop_latent.device
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss, parts = stage_loss(model, spec, p, batch)
+        for k, v in {"eval_loss": float(loss), **parts}.items():
+            totals[k] = totals.get(k, 0.0) + v / len(batches)
+    model.train(was)
+    return totals
+
+
+def train_config(spec: StageSpec, p: Any, batches: int, eval_steps: int) -> TrainConfig:
+    """The engine config of a stage: its epochs and batch size, the global optimiser knobs."""
+    steps = max(1, math.floor(p.stage_value(spec.name, "epochs") * batches / p.gradient_accumulation_steps))
+    return TrainConfig(
+        learning_rate=p.learning_rate, weight_decay=p.weight_decay, warmup_steps=min(p.warmup_steps, steps),
+        max_steps=steps, batch_size=p.stage_value(spec.name, "batch_size"),
+        gradient_accumulation_steps=p.gradient_accumulation_steps, max_grad_norm=p.max_grad_norm,
+        precision=p.precision, gradient_checkpointing=p.use_gradient_checkpointing, compile=p.use_torch_compile,
+        compile_mode=p.torch_compile_mode, seed=p.seed, save_steps=p.save_every,
+        async_checkpointing=p.async_checkpointing, logging_steps=min(p.logging_steps, steps), eval_steps=eval_steps)
+
+
+def checkpoint_dir(p: Any, spec: StageSpec, rows: int) -> Path:
+    """``<checkpoint_dir>/<stage>-<hash>``: a rerun with the same settings and data size resumes,
+    a changed one starts fresh."""
+    key = json.dumps({"params": p.model_dump(mode="json"), "rows": rows}, sort_keys=True)
+    return Path(p.checkpoint_dir) / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def run_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], train_rows: RowBatches,
+              val_rows: RowBatches, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train one stage in place; keeps the weights of the best evaluation. Returns a summary
+    with the loss (and its parts) on the validation rows before and after."""
+    set_trainable(model, parts, model.cfg.num_encoder_unfrozen_layers)
+    model.eval()
+    view = StageModule(model, spec, p, parts)
+    before = evaluate(model, spec, p, val_rows)
+    per_epoch = max(1, len(train_rows) // p.gradient_accumulation_steps)
+    cfg = train_config(spec, p, len(train_rows), per_epoch)
+    best: dict[str, Any] = {"loss": math.inf, "state": None}
+
+    def eval_fn(_: nn.Module) -> dict[str, float]:
+        metrics = evaluate(model, spec, p, val_rows)
+        if metrics["eval_loss"] < best["loss"]:
+            best["loss"], best["state"] = metrics["eval_loss"], copy.deepcopy(view.state_dict())
+        return metrics
+
+    result = train(view, train_rows, cfg, ckpt_dir=checkpoint_dir(p, spec, train_rows.rows), eval_fn=eval_fn,
+                   on_log=on_log, loss_fn=lambda m, b: m(b), desc=f"latent/{spec.name}", progress=p.progress)
+    after = evaluate(model, spec, p, val_rows)
+    if best["state"] is not None and best["loss"] < after["eval_loss"]:
+        view.load_state_dict(best["state"])
+        after = evaluate(model, spec, p, val_rows)
+    if "encoder" in parts:
+        model.encoder_trained = True
+    model.requires_grad_(False)
+    return {"stage": spec.name, "trained": sorted(parts), "steps": result.global_step, "rows": train_rows.rows,
+            "batch_size": train_rows.batch_size, "before": before, "after": after,
+            "train_loss": result.state.last_loss}
