@@ -19,3 +19,11 @@ def trained_tokenizer(tmp_path_factory):
     ds = HFTokenizerDataset(str(path))
     ds.save(tokenizer_training.wrap(tok, model_max_length=256))
     return ds.load()
+
+
+@pytest.fixture(autouse=True)
+def _staging_in_tmp(tmp_path, monkeypatch):
+    """Library calls stage shards under the system temp dir; keep them in the test's tmp_path."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

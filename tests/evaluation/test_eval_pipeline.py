@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def _prepare(root, tok):
     tok.save_pretrained(str(root / "data/05_model_input/tokenizer"))
     for i, stage in enumerate(STAGES):
-        XoronModelDataset(str(root / f"data/06_models/{stage}")).save(make_model(len(tok), seed=i))
+        XoronModelDataset(str(root / f"data/06_models/{stage}")).save(make_model(len(tok), seed=i, max_positions=512))
     docs = ["def f(x):\n    return x + 1\n", "Question: what is 3 plus 3? Answer: 6."]
     rows, lengths = [], []
     for text in docs:

@@ -58,6 +58,9 @@ def _max_len(params: StageParams, model) -> int:
 
 
 def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData):
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"stage {stage}: the tokenizer has {len(tokenizer)} ids but the model only "
+                         f"{model.config.vocab_size} (set model.overrides.vocab_size >= {len(tokenizer)})")
     if not params.enabled:
         log.info("stage %s is disabled: passing its starting model through", stage)
         return model, passthrough_summary(stage, kind)
