@@ -120,7 +120,8 @@ def loss_curve_figure(recorder: StageRecorder, title: str):
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from eval_helpers import make_model
 
 
 @pytest.fixture(scope="session")
@@ -16,18 +17,6 @@ def tiny_tokenizer(tmp_path_factory):
     ds = HFTokenizerDataset(str(tmp_path_factory.mktemp("tok") / "tokenizer"))
     ds.save(tt.wrap(tt.train_bpe(texts, vocab_size=600, min_frequency=1), model_max_length=128))
     return ds.load()
-
-
-def make_model(vocab_size: int, seed: int = 0, preset: str = "nano", max_positions: int = 128):
-    """A 1-layer, 32-wide model of the ``nano`` preset family (random weights, eval mode)."""
-    import torch
-
-    from xoron_pipelines.model import XoronForCausalLM, get_config
-
-    torch.manual_seed(seed)
-    config = get_config(preset, vocab_size=vocab_size, num_layers=1, hidden_size=32, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_positions)
-    return XoronForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ def test_sampling_is_seeded(tiny_model, tiny_tokenizer):
 def test_long_prompts_are_cut_to_fit_the_positions(tiny_tokenizer):
     import pytest
     import torch
-    from conftest import make_model
+    from eval_helpers import make_model
 
     model = make_model(len(tiny_tokenizer), preset="nano-learned", max_positions=32)  # learned positions
     with pytest.raises(ValueError, match="exceeds max_position_embeddings"):

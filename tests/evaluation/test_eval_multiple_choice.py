@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from xoron_pipelines.evaluation import multiple_choice as mc
@@ -68,3 +69,8 @@ def test_long_inputs_keep_their_last_tokens_like_the_harness(tiny_model):
     with torch.no_grad():
         logp = torch.log_softmax(tiny_model(torch.tensor([seq[:-1]])).logits[0].double(), -1)
     assert math.isclose(ll, float(logp[6, 30] + logp[7, 31]), rel_tol=1e-5)
+
+
+def test_a_continuation_longer_than_the_model_positions_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="does not fit"):
+        loglikelihoods(tiny_model, [LoglikelihoodRequest((0,), tuple(range(1, 11)))], batch_size=1, max_length=8)

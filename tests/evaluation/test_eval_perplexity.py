@@ -6,7 +6,7 @@ import math
 
 import pyarrow as pa
 import torch
-from stubs import TableLM
+from eval_stubs import TableLM
 
 from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
 from xoron_pipelines.evaluation import perplexity

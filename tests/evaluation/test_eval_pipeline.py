@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from conftest import make_model
+from eval_helpers import make_model
 
 from tests.helpers import run_pipeline
 from xoron_pipelines.datasets.model import XoronModelDataset
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def _prepare(root, tok):
     tok.save_pretrained(str(root / "data/05_model_input/tokenizer"))
     for i, stage in enumerate(STAGES):
-        XoronModelDataset(str(root / f"data/06_models/{stage}")).save(make_model(len(tok), seed=i, max_positions=512))
+        model = make_model(len(tok), seed=i, max_positions=512)
+        XoronModelDataset(str(root / f"data/06_models/{stage}")).save(model)
     docs = ["def f(x):\n    return x + 1\n", "Question: what is 3 plus 3? Answer: 6."]
     rows, lengths = [], []
     for text in docs:
@@ -47,6 +48,9 @@ def _hand_perplexity(model, rows, lengths) -> float:
 def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
     root = kedro_project
     rows, lengths = _prepare(root, tiny_tokenizer)
+    docs = root / "data/01_raw/my_docs.jsonl"
+    texts = ["def g(y):\n    return y * 2\n", "Answer: 6 é"]
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     params = {
         "evaluation.max_samples": 3,
         "evaluation.progress": False,
@@ -55,13 +59,16 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
                                      "heldout_text": 2},
         "evaluation.gsm8k.max_new_tokens": 6,
         "evaluation.humaneval": {"n_samples": 2, "ks": [1, 2], "temperature": 0.8, "max_new_tokens": 6},
+        "evaluation.perplexity.text_sources": [{"name": "my_docs", "path": str(docs), "format": "jsonl",
+                                                "text_field": "text", "category": "document"}],
     }
     run_pipeline(root, "evaluation", params)
 
     for stage in STAGES:
         results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
         assert results["stage"] == stage
-        assert set(results["perplexity"]) == {"packed_val", "heldout_text"}
+        assert set(results["perplexity"]) == {"packed_val", "heldout_text", "my_docs"}
+        assert results["perplexity"]["my_docs"]["bytes"] == sum(len(t.encode()) for t in texts)
         tasks = results["tasks"]
         assert set(tasks) == {"hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"}
         assert all(t["n"] == (2 if name == "humaneval" else 3) for name, t in tasks.items())

@@ -107,3 +107,94 @@ def test_losses_reference_values():
     t = 0.5
     assert float(losses.info_nce(a, a, temperature=t)) == pytest.approx(float(torch.log1p(torch.exp(torch.tensor(-1 / t)))), rel=1e-5)
     assert float(losses.info_nce(a[:1], a[:1])) == 0.0
+
+
+def test_gradient_checkpointing_keeps_outputs_and_grads():
+    torch.manual_seed(0)
+    plain = MiddleTransformer(cfg()).train()
+    ckpt = MiddleTransformer(cfg()).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.gradient_checkpointing = True
+    z = torch.randn(2, 3, 8)
+    a, b = plain(z), ckpt(z)
+    a.sum().backward()
+    b.sum().backward()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(plain.blocks[0].attn.q.weight.grad, ckpt.blocks[0].attn.q.weight.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"num_workers": 2}, "num_workers"),
+    ({"prefetch_factor": 4}, "prefetch_factor"),
+    ({"attn_implementation": "flash_attention_2"}, "flash_attn"),
+    ({"latent_dim": 10, "middle_num_heads": 4}, "divisible"),
+    ({"pretrain_best_model_filename": "best_model.safetensors"}, "must differ"),
+    ({"pretrain_best_model_filename": "x.pt"}, "safetensors"),
+    ({"training_phase": "phase4"}, "training_phase"),
+])
+def test_impossible_params_fail(override, message):
+    from pydantic import ValidationError
+
+    from xoron_pipelines.pipelines.latent.params import Params, flash_attention_available
+
+    if "attn_implementation" in override and flash_attention_available():
+        pytest.skip("flash_attn is installed on a GPU machine: the setting is valid there")
+    with pytest.raises(ValidationError, match=message):
+        Params.model_validate(override)
+
+
+def test_device_knob():
+    from xoron_pipelines.pipelines.latent.nodes import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_structure_follows_the_dimension_knobs():
+    c = cfg(middle_transformer_layers=3, middle_ffn_multiplier=2.5, middle_num_heads=4, prefix_len=7,
+            adapter_num_heads=4, rmsnorm_eps=1e-3)
+    mid, ad = MiddleTransformer(c), PrefixAdapter(c)
+    assert len(mid.blocks) == 3 and mid.blocks[0].ffn.net[0].out_features == 20  # 8 x 2.5
+    assert mid.blocks[0].attn.heads == 4 and ad.cross.attn.heads == 4 and ad.queries.shape == (7, 8)
+    assert mid.norm.eps == 1e-3 and isinstance(mid.norm, torch.nn.RMSNorm)
+    assert isinstance(MiddleTransformer(cfg(use_rmsnorm=False)).norm, torch.nn.LayerNorm)
+
+
+@pytest.mark.parametrize("knob,a,b", [("rope_base", 10000.0, 10.0), ("middle_dropout", 0.0, 0.5)])
+def test_rope_base_and_dropout_take_effect(knob, a, b):
+    z = torch.randn(2, 3, 8)
+    outs = []
+    for value in (a, b):
+        torch.manual_seed(0)
+        mid = MiddleTransformer(cfg(**{knob: value})).train()
+        torch.manual_seed(1)
+        outs.append(mid(z))
+    assert not torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("threshold,kept", [(0.99, 2), (0.999, 3)])
+def test_stop_latent_cosine_threshold_cuts_generation(threshold, kept):
+    from types import SimpleNamespace
+
+    from xoron_pipelines.latent.model import LatentModel
+
+    c = cfg(stop_latent_cosine_threshold=threshold)
+    stop = make_stop_latent(c)
+    other = torch.nn.functional.normalize(torch.randn(8), dim=0)
+    other = other - (other @ stop) * stop  # orthogonal to the stop latent
+    near = torch.nn.functional.normalize(stop + 0.09 * other / other.norm(), dim=0)  # cos ~ 0.996
+    z = torch.stack([other, other, near])[None]
+    m = SimpleNamespace(cfg=c, stop_latent=stop)
+    assert LatentModel.valid_until_stop(m, z).sum().item() == kept
+    m.cfg = cfg(use_stop_latent=False)
+    assert LatentModel.valid_until_stop(m, z).sum().item() == 3
+
+
+def test_seed_spellings_are_accepted():
+    from xoron_pipelines.pipelines.latent.params import Params
+
+    p = Params.model_validate({"modernbert_model": "/models/enc", "use_tui": False})
+    assert p.encoder_model == "/models/enc" and p.progress is False

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from latent_helpers import SUMMARIES, TEXTS, TINY, decoder_model, tokenizer  # noqa: E402
+from latent_helpers import SUMMARIES, TEXTS, TINY, decoder_model, tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +38,8 @@ def prepare(project: Path) -> dict:
     pq.write_table(pa.table({"text": texts + ["dropped"], "status": ["kept"] * 10 + ["filtered"],
                              "source": sources + ["stdlib_prose"]}), ledger / "part-00000.parquet")
     ec = {"preprocess_cache_dir": str(data / "04_feature" / "embedding_cache"), "progress": False,
-          "preprocess_validation_fraction": 0.25, "max_pretrain_samples": 10}
+          "preprocess_validation_fraction": 0.25, "max_pretrain_samples": 10,
+          "max_seq_len": TINY["max_seq_len"]}
     with contextlib.chdir(project):
         pair_manifest, _ = cache_pairs(pairs, tokenizer(), None, ec)
         pre_manifest, _ = cache_pretrain_text(pq.read_table(ledger).to_pylist(), tokenizer(), ec)
@@ -53,24 +52,30 @@ def test_kedro_run_latent(kedro_project: Path, capsys):
     import mlflow
     from tests.helpers import run_pipeline
 
+    from xoron_pipelines.datasets.embedding_cache import EmbeddingCacheDataset
     from xoron_pipelines.latent import cli
 
     ec = prepare(kedro_project)
     params = {**ec, "latent": {**TINY, "pretrain_middle_batch_size": 4, "pretrain_adapter_batch_size": 2,
-                               "finetune_middle_max_samples": 3, "finetune_adapter_batch_size": 2,
+                               "finetune_middle_max_samples": 2, "finetune_adapter_batch_size": 2,
                                "pretrain_adapter_max_samples_arxiv": 0, "arxiv_dataset": "stdlib_code"}}
     run_pipeline(kedro_project, "latent", params)
 
     data = kedro_project / "data"
     summaries = {s: json.loads((data / "08_reporting" / "latent" / f"{s}.json").read_text()) for s in STAGES}
-    train_rows = {s: summaries[s]["rows"] for s in STAGES}
-    pre_train = len(json.loads((data / "04_feature" / "latent_pretrain_cache.json").read_text())["splits"]) and \
-        summaries["pretrain_middle"]["rows"]
-    # per-stage caps: arxiv (stdlib_code) rows dropped in stage 2, 3 rows in stage 3
-    assert train_rows["pretrain_adapter"] < pre_train and train_rows["finetune_middle"] == 3
+    rows = {s: summaries[s]["rows"] for s in STAGES}
+    pretrain_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "latent_pretrain_cache.json")).load().train)
+    pairs_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "latent_pair_cache.json")).load().train)
+    # per-stage caps: every pretrain row in stage 1, no arxiv (stdlib_code) rows in stage 2, 2 rows in stage 3
+    assert rows["pretrain_middle"] == pretrain_train and rows["finetune_adapter"] == pairs_train > 2
+    assert rows["finetune_middle"] == 2
+    middle_sources, adapter_sources = summaries["pretrain_middle"]["row_sources"], summaries["pretrain_adapter"]["row_sources"]
+    assert middle_sources["stdlib_code"] > 0 and "stdlib_code" not in adapter_sources
+    assert rows["pretrain_adapter"] == middle_sources["stdlib_prose"] == adapter_sources["stdlib_prose"]
     assert {s: summaries[s]["batch_size"] for s in STAGES} == {
-        "pretrain_middle": 4, "pretrain_adapter": 2, "finetune_middle": 3, "finetune_adapter": 2}
-    assert summaries["pretrain_middle"]["trained"] == ["compression", "encoder", "middle"]
+        "pretrain_middle": 4, "pretrain_adapter": 2, "finetune_middle": 2, "finetune_adapter": 2}
+    assert summaries["pretrain_middle"]["trained"] == ["compression", "middle"]
+    assert all(summaries[s]["cached_embeddings"] for s in STAGES)  # the encoder stays frozen
     assert summaries["finetune_adapter"]["trained"] == ["adapter"]
     for s in STAGES:
         name = "best_model_pretrain.safetensors" if s.startswith("pretrain") else "best_model_finetune.safetensors"
@@ -90,7 +95,7 @@ def test_kedro_run_latent(kedro_project: Path, capsys):
         assert m["before_eval_loss"] == pytest.approx(summaries[s]["before"]["eval_loss"])
         assert m["after_eval_loss"] == pytest.approx(summaries[s]["after"]["eval_loss"])
         print(s, summaries[s]["steps"], round(m["before_eval_loss"], 4), "->", round(m["after_eval_loss"], 4))
-    assert runs["latent.pretrain_middle"].data.params["trains"] == "compression,encoder,middle"
+    assert runs["latent.pretrain_middle"].data.params["trains"] == "compression,middle"
 
     with contextlib.chdir(kedro_project):
         out = cli.main(["--greedy", "--max-generation-length", "3", TEXTS[0], TEXTS[1]])
@@ -98,27 +103,44 @@ def test_kedro_run_latent(kedro_project: Path, capsys):
 
 
 def test_stage_skips_need_no_data():
-    from latent_helpers import TINY as tiny
-
-    from xoron_pipelines.pipelines.latent.nodes import train_latent_stage
-
-    class Stub:
-        decoder_bundle = None
-
-        def latent_state(self):
-            return {}
-
-        cfg = None
-
-    import dataclasses
+    """Stages left out by the switches (or with nothing to train) pass the model through
+    without reading any data, and still write its weights."""
+    from types import SimpleNamespace
 
     from xoron_pipelines.latent.model import LatentConfig
+    from xoron_pipelines.pipelines.latent.nodes import train_latent_stage
 
-    stub = Stub()
-    stub.cfg = LatentConfig(encoder_model="x", encoder_hidden=4, decoder_hidden=4)
-    for overrides, stage in (({"run_pretraining": False}, "pretrain_middle"), ({"run_finetuning": False}, "finetune_adapter"),
+    stub = SimpleNamespace(cfg=LatentConfig(encoder_model="x", encoder_hidden=4, decoder_hidden=4),
+                           decoder_bundle=None, latent_state=dict)
+    for overrides, stage in (({"run_pretraining": False}, "pretrain_middle"),
+                             ({"run_finetuning": False}, "finetune_adapter"),
                              ({"pipeline_mode": "finetune_only"}, "pretrain_adapter"),
                              ({"training_phase": "phase1"}, "finetune_middle")):
-        model, art, summary = train_latent_stage(stub, None, None, {}, {**tiny, **overrides}, stage=stage)
+        model, art, summary = train_latent_stage(stub, None, None, {}, {**TINY, **overrides}, stage=stage)
         assert model is stub and "skipped" in summary and art.config["stage"] == stage
-        assert dataclasses.asdict(stub.cfg).items() <= art.config.items()
+
+
+def test_cached_embeddings_used_only_when_valid():
+    import copy
+    from types import SimpleNamespace
+
+    from latent_helpers import tiny_params
+
+    from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, resolve_encoder_dir
+    from xoron_pipelines.pipelines.latent.nodes import cached_embeddings_usable as usable
+
+    model = SimpleNamespace(cfg=SimpleNamespace(encoder_model=PACKAGED_ENCODER), encoder_trained=False,
+                            encoder=SimpleNamespace(normalize=True, max_len=32))
+    manifest = {"encoder": {"path": str(resolve_encoder_dir(PACKAGED_ENCODER)), "max_length": 32},
+                "embedding": {"pooling": "mean", "normalize": True}, "cache_use_embeddings_for_training": True}
+    cache = lambda **kw: SimpleNamespace(manifest={**copy.deepcopy(manifest), **kw})  # noqa: E731
+    p = tiny_params()
+    assert usable(cache(), model, p, False)
+    assert not usable(cache(), model, tiny_params(run_preprocessing=False), False)
+    assert not usable(cache(), model, p, True)
+    assert not usable(cache(cache_use_embeddings_for_training=False), model, p, False)
+    assert not usable(cache(embedding={"pooling": "tokens", "normalize": True}), model, p, False)
+    assert not usable(cache(embedding={"pooling": "mean", "normalize": False}), model, p, False)
+    assert not usable(cache(encoder={**manifest["encoder"], "max_length": 64}), model, p, False)
+    model.encoder_trained = True
+    assert not usable(cache(), model, p, False)

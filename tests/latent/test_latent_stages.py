@@ -3,18 +3,14 @@ the compression learns, encoder unfreezing, engine config, inference and save / 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from latent_helpers import SUMMARIES, TEXTS, bundle, latent_model, tiny_params  # noqa: E402
+from latent_helpers import SUMMARIES, TEXTS, bundle, latent_model, tiny_params
 
-from xoron_pipelines.latent.data import RowBatches, Rows, cap_rows, stage_tensors  # noqa: E402
-from xoron_pipelines.latent.model import encoder_layers  # noqa: E402
-from xoron_pipelines.latent.stages import (  # noqa: E402
+from xoron_pipelines.latent.data import RowBatches, Rows, cap_rows, stage_tensors
+from xoron_pipelines.latent.model import encoder_layers
+from xoron_pipelines.latent.stages import (
     run_stage, set_trainable, stage_loss, stage_spec, train_config, trainable_parts)
 
 
@@ -34,12 +30,14 @@ def batches(model, p, stage, encoder_trains, rows=None):
 def test_trainable_parts_per_stage_and_phase():
     p = tiny_params()
     spec = lambda s, q=p: stage_spec(s, q)  # noqa: E731
-    assert trainable_parts(spec("pretrain_middle"), p, True) == {"encoder", "compression", "middle"}
+    assert trainable_parts(spec("pretrain_middle"), p, True) == {"compression", "middle"}
+    assert trainable_parts(spec("finetune_middle"), p, True) == {"compression", "middle"}  # finetune_only
     assert trainable_parts(spec("pretrain_adapter"), p, False) == {"adapter"}
     assert trainable_parts(spec("finetune_middle"), p, False) == {"middle"}
     q = tiny_params(freeze_encoder_compression_in_pipeline=False)
+    assert trainable_parts(spec("pretrain_middle", q), q, True) == {"encoder", "compression", "middle"}
     assert trainable_parts(spec("finetune_adapter", q), q, False) == {"encoder", "compression", "adapter"}
-    q = tiny_params(num_encoder_unfrozen_layers=0)
+    q = tiny_params(num_encoder_unfrozen_layers=0, freeze_encoder_compression_in_pipeline=False)
     assert trainable_parts(spec("pretrain_middle", q), q, True) == {"compression", "middle"}
     q = tiny_params(training_phase="phase1")
     assert trainable_parts(spec("finetune_adapter", q), q, False) == {"adapter"}
@@ -71,6 +69,9 @@ def test_stage_knobs_reach_the_engine_config():
     assert tiny_params(use_bf16=False, use_fp16=True).precision == "fp16"
     assert tiny_params(use_bf16=False).precision == "fp32"
     assert train_config(stage_spec("pretrain_middle", p), p, 5, 1).batch_size == p.batch_size
+    q = tiny_params(pretrain_adapter_epochs=None, num_epochs=2, learning_rate=1e-3)
+    cfg = train_config(stage_spec("pretrain_adapter", q), q, batches=5, eval_steps=1)
+    assert cfg.max_steps == 10 and cfg.learning_rate == 1e-3
 
 
 def test_per_source_caps_and_total_cap():
@@ -102,7 +103,8 @@ def test_encoder_unfreezes_exactly_the_top_layers(model):
 
 
 def test_pretrain_middle_trains_the_compression(model, tmp_path):
-    p = tiny_params(num_encoder_unfrozen_layers=2, pretrain_middle_epochs=6, checkpoint_dir=str(tmp_path))
+    p = tiny_params(num_encoder_unfrozen_layers=2, pretrain_middle_epochs=6, checkpoint_dir=str(tmp_path),
+                    freeze_encoder_compression_in_pipeline=False)
     spec = stage_spec("pretrain_middle", p)
     parts = trainable_parts(spec, p, True)
     src = batches(model, p, "pretrain_middle", encoder_trains=True)
@@ -112,7 +114,7 @@ def test_pretrain_middle_trains_the_compression(model, tmp_path):
     changed = lambda prefix: any(not torch.equal(snap[k], after[k]) for k in snap if k.startswith(prefix))  # noqa: E731
     assert changed("compression.") and changed("middle.") and changed("encoder.model.encoder.layer.5.")
     assert not changed("encoder.model.encoder.layer.3.") and not changed("adapter.") and not changed("decoder.")
-    assert summary["steps"] == 12 and model.encoder_trained
+    assert summary["steps"] == 12 and model.encoder_trained and parts == {"encoder", "compression", "middle"}
     assert summary["after"]["reconstruction"] < summary["before"]["reconstruction"]
     assert summary["after"]["eval_loss"] < summary["before"]["eval_loss"]
 
@@ -164,3 +166,61 @@ def test_save_and_load_round_trip(model, tmp_path):
     z1, _ = latents(model, TEXTS[:3])
     z2, _ = latents(loaded, TEXTS[:3])
     assert torch.allclose(z1, z2, atol=1e-5)
+
+
+def test_hidden_dims_are_derived_and_checked():
+    from xoron_pipelines.latent.encoder import PACKAGED_ENCODER
+    from xoron_pipelines.latent.inference import build_model
+
+    dec = bundle().model
+    with pytest.raises(ValueError, match="modernbert_hidden_dim=768 but the model has hidden size 384"):
+        build_model(tiny_params(modernbert_hidden_dim=768), PACKAGED_ENCODER, dec)
+    with pytest.raises(ValueError, match="gpt2_hidden_dim=640"):
+        build_model(tiny_params(gpt2_hidden_dim=640), PACKAGED_ENCODER, dec)
+
+
+def test_loss_weights_combine_the_parts(model):
+    p = tiny_params()
+    b = batches(model, p, "finetune_middle", encoder_trains=False).batch(0, 0)
+    spec = stage_spec("finetune_middle", p)
+    model.eval()
+    _, parts = stage_loss(model, spec, p, b)
+    assert parts["contrastive"] > 0 and parts["latent_mse"] > 0 and parts["reconstruction"] > 0
+    for w in ((1.0, 0.1, 1.0), (2.0, 0.0, 0.5), (0.0, 3.0, 0.0)):
+        q = tiny_params(latent_mse_weight=w[0], contrastive_weight=w[1], reconstruction_weight=w[2])
+        loss, _ = stage_loss(model, spec, q, b)
+        expect = w[0] * parts["latent_mse"] + w[1] * parts["contrastive"] + w[2] * parts["reconstruction"]
+        assert float(loss) == pytest.approx(expect, rel=1e-5)
+
+
+def test_length_limits(model):
+    from latent_helpers import tokenizer
+
+    from xoron_pipelines.latent.data import decoder_ids
+
+    assert model.encoder.max_len == 32  # max_seq_len, under MiniLM's own 256
+    ids, mask = model.encoder.tokenize([" ".join(["word"] * 100)])
+    assert ids.shape[1] == 32
+    tok = tokenizer()
+    ids, mask = decoder_ids(tok, [TEXTS[0], "Hi."], 5)
+    assert ids.shape[1] == 5 and ids[0, 4] == tok.eos_token_id and mask[0].sum() == 5
+    assert ids[1, int(mask[1].sum()) - 1] == tok.eos_token_id
+
+
+def test_stage_rows_apply_max_samples():
+    from types import SimpleNamespace
+
+    from xoron_pipelines.pipelines.latent.nodes import stage_rows
+
+    recs = [{"index": i, "embedding": [float(i)]} for i in range(6)]
+    cache = SimpleNamespace(train=recs, val=[])
+    texts = {i: (f"s{i}", f"t{i}", "stdlib_prose" if i < 4 else "stdlib_code") for i in range(6)}
+    train, val = stage_rows(cache, texts, tiny_params(max_train_samples=4), "finetune_middle", True)
+    assert len(train) == 4 and val is train and train.emb[:, 0].tolist() == [0, 1, 2, 3]
+    train, _ = stage_rows(cache, texts, tiny_params(max_train_samples=4, finetune_middle_max_samples=2),
+                          "finetune_middle", False)
+    assert train.sources == ["s0", "s1"] and train.emb is None
+    train, _ = stage_rows(cache, texts, tiny_params(pretrain_middle_max_samples_wikitext=1), "pretrain_middle", False)
+    assert train.sources == ["s0", "s4", "s5"]
+    train, _ = stage_rows(cache, texts, tiny_params(max_train_samples=1), "pretrain_middle", False)
+    assert len(train) == 6  # max_train_samples caps the pairs only

@@ -112,12 +112,6 @@ def test_stage_runs_are_nested_under_the_kedro_run(trained):
     assert {"config.json", "model.safetensors"} <= model_files
 
 
-def test_rerun_resumes_instead_of_retraining(trained):
-    run_pipeline(trained, "pretrain", {**MODEL, **SMALL})
-    summary = _summary(trained, "language")
-    assert summary["resumed_from"] is not None and summary["steps"] == 150
-
-
 def test_walkthrough_notebook_executes(trained, project_root):
     import nbformat
     from nbclient import NotebookClient
@@ -134,3 +128,9 @@ def test_walkthrough_notebook_executes(trained, project_root):
             os.environ["XORON_PROJECT"] = env_before
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "stage 'preference'" in outputs and "logged steps" in outputs
+
+
+def test_rerun_resumes_instead_of_retraining(trained):
+    run_pipeline(trained, "pretrain", {**MODEL, **SMALL})
+    summary = _summary(trained, "language")
+    assert summary["resumed_from"] is not None and summary["steps"] == 150

@@ -93,6 +93,8 @@ class LatentModelDataset(AbstractDataset[LatentArtifact, LatentArtifact]):
         try:
             save_file(data.state, str(stage / name))
             (stage / CONFIG_FILE).write_text(json.dumps(data.config, indent=2, sort_keys=True, default=str))
+            (stage / name).chmod(0o644)
+            stage.chmod(0o755)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise

@@ -33,7 +33,7 @@ Tensor types follow convert_hf_to_gguf: 1-d tensors, norms, router weights and b
 q8_0 falls back to f16 for a tensor whose rows are not a multiple of 32 (as convert does).
 
 Tokenizer: a byte-level BPE with the GPT-2 pre-tokenizer regex (ours) becomes
-``tokenizer.ggml.model = "gpt2"``, ``pre = "gpt2"``, the token list in id order (ids beyond the
+``tokenizer.ggml.model = "gpt2"``, ``pre = "gpt-2"``, the token list in id order (ids beyond the
 tokenizer padded as ``[PAD<i>]`` UNUSED), token types (CONTROL for special tokens), merges,
 bos/eos/pad/unk ids and the chat template (``gguf.SpecialVocab``).
 """
@@ -367,7 +367,7 @@ def _vocab(w: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
             tokens.append(reverse[i])
             types.append(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # llama.cpp name of the GPT-2 regex (LLAMA_VOCAB_PRE_TYPE_GPT2)
     w.add_token_list(tokens)
     w.add_token_types(types)
     with tempfile.TemporaryDirectory() as tmp:

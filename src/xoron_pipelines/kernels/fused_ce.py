@@ -143,10 +143,13 @@ def _ce_grad_rows_torch(logits, labels, lse, grad, ignore_index):
 
 
 def _ce_and_grad_rows_torch(logits, labels, scale, ignore_index):
-    """Per-row ce of a logits chunk; in place: logits -> scale * (softmax - onehot).
+    """Per-row ce of a logits chunk, and its gradient as (in-place chunk, per-row factor).
 
-    ``scale`` (rows,) fp32 is each row's d(loss)/d(ce), already 0 at ignored labels. Works on
-    the chunk itself (no chunk-sized temporary) when it is fp32.
+    ``scale`` (rows,) fp32 is each row's d(loss)/d(ce), already 0 at ignored labels. The chunk
+    becomes ``exp(logits - max) - sum * onehot`` and ``dlogits = factor[:, None] * chunk`` with
+    ``factor = scale / sum``: the row factor is applied to the small (rows x H) operands of the
+    two gradient matmuls instead of to the chunk, which saves a pass over it. No chunk-sized
+    temporary is made when the chunk is fp32.
     """
     x = logits.float()
     rows = torch.arange(labels.shape[0], device=labels.device)
@@ -157,9 +160,8 @@ def _ce_and_grad_rows_torch(logits, labels, scale, ignore_index):
     x.sub_(row_max).exp_()
     total = x.sum(dim=1)
     ce = torch.where(valid, row_max.squeeze(1) + total.log() - target, 0.0)
-    x.mul_((scale / total).unsqueeze(1))
-    x[rows, safe] -= scale
-    return ce, (x if x is logits else logits.copy_(x))
+    x[rows, safe] -= total
+    return ce, (x if x is logits else logits.copy_(x)), scale / total
 
 
 # ---------------------------------------------------------------- per-chunk row work: triton
@@ -236,9 +238,9 @@ def _ce_grad_rows_triton(logits, labels, lse, grad, ignore_index):
 
 
 def _ce_and_grad_rows_triton(logits, labels, scale, ignore_index):
-    """Triton counterpart of :func:`_ce_and_grad_rows_torch`: the two row kernels in turn."""
+    """Triton counterpart of :func:`_ce_and_grad_rows_torch` (row factor 1: the kernel scales)."""
     ce, lse = _ce_rows_triton(logits, labels, ignore_index)
-    return ce, _ce_grad_rows_triton(logits, labels, lse, scale, ignore_index)
+    return ce, _ce_grad_rows_triton(logits, labels, lse, scale, ignore_index), None
 
 
 _ROW_FNS = {"torch": (_ce_rows_torch, _ce_grad_rows_torch), "triton": (_ce_rows_triton, _ce_grad_rows_triton)}
@@ -246,11 +248,18 @@ _FWD_GRAD_FNS = {"torch": _ce_and_grad_rows_torch, "triton": _ce_and_grad_rows_t
 
 
 # ---------------------------------------------------------------- chunked drivers
-def _accumulate_grads(dlogits, h, weight, grad_h_rows, grad_w) -> None:
-    """``grad_h_rows = dlogits @ weight`` and ``grad_w += dlogits.T @ h`` (each when not None)."""
+def _accumulate_grads(dlogits, h, weight, grad_h_rows, grad_w, factor=None) -> None:
+    """``grad_h_rows = D @ weight`` and ``grad_w += D.T @ h`` (each when not None) for
+    ``D = factor[:, None] * dlogits`` (``dlogits`` itself when ``factor`` is None)."""
+    if factor is not None:
+        factor = factor.to(h.dtype).unsqueeze(1)
     if grad_h_rows is not None:
         torch.mm(dlogits, weight, out=grad_h_rows)
+        if factor is not None:
+            grad_h_rows.mul_(factor)
     if grad_w is not None:
+        if factor is not None:
+            h = h * factor
         if grad_w.dtype == dlogits.dtype:
             grad_w.addmm_(dlogits.T, h)
         else:
@@ -316,9 +325,9 @@ class _LinearCEGradInForward(torch.autograd.Function):
         buf = hidden.new_empty(min(chunk, n), weight.shape[0])
         for s, e in _chunks(n, chunk):
             logits = torch.mm(hidden[s:e], weight.T, out=buf[: e - s])
-            ce, dlogits = rows_fn(logits, labels[s:e], scale[s:e], ignore_index)
+            ce, dlogits, factor = rows_fn(logits, labels[s:e], scale[s:e], ignore_index)
             loss += (ce * scale[s:e]).sum()
-            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w)
+            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w, factor)
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return loss
 

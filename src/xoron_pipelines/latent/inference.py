@@ -8,6 +8,7 @@ seed's parameters (temperature, top_p, top_k, do_sample), using its KV cache.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,10 +42,17 @@ def build_model(p: Any, encoder_model: str, decoder: Any) -> LatentModel:
     return LatentModel(cfg, encoder, decoder)
 
 
+def _portable(path: str) -> str:
+    """``path`` relative to the working directory (the project root under Kedro) when inside it."""
+    full = Path(path).resolve()
+    return str(full.relative_to(Path.cwd().resolve())) if full.is_relative_to(Path.cwd().resolve()) else str(full)
+
+
 def artifact(model: LatentModel, weights_file: str, decoder: DecoderBundle | None, extra: dict) -> LatentArtifact:
+    """The model's latent weights and the config that rebuilds it (decoder paths included)."""
     config = {**dataclasses.asdict(model.cfg), "weights_file": weights_file, **extra}
     if decoder is not None:
-        config["decoder"] = {"path": decoder.path, "tokenizer_path": decoder.tokenizer_path}
+        config["decoder"] = {"path": _portable(decoder.path), "tokenizer_path": _portable(decoder.tokenizer_path)}
     return LatentArtifact(config, model.latent_state())
 
 

@@ -1,22 +1,25 @@
 """The four latent training stages: what each trains, its loss, and one stage's training run.
 
-==================  ==========  ============================================  =====================
-stage               data        objective                                     trains (normal)
-==================  ==========  ============================================  =====================
-pretrain_middle     pretrain    middle(z(text)) -> z(text) (identity):        middle; compression
-                                latent MSE + InfoNCE + reconstruction         and top encoder layers
+==================  ==========  ============================================  ===========
+stage               data        objective                                     trains
+==================  ==========  ============================================  ===========
+pretrain_middle     pretrain    middle(z(text)) -> z(text) (identity):        middle
+                                latent MSE + InfoNCE + reconstruction
 pretrain_adapter    pretrain    decoder reproduces the text from the prefix   adapter
-finetune_middle     pairs       middle(z(source)) -> z(target)                middle
+finetune_middle     pairs       middle(z(source)) -> z(target), same losses   middle
 finetune_adapter    pairs       decoder writes the target from middle's       adapter
                                 latents of the source
-==================  ==========  ============================================  =====================
+==================  ==========  ============================================  ===========
 
-The compression (and the top ``num_encoder_unfrozen_layers`` encoder layers) train in the first
-stage that runs -- unlike the seed's code, whose compression stayed a frozen random projection --
-and in the later stages too when ``freeze_encoder_compression_in_pipeline`` is false.
-``training_phase`` replaces that choice in every stage: ``phase1`` = decoder alignment (adapter
-only), ``phase2`` = encoder training (top encoder layers + compression), ``phase3`` = middle model
-only; a stage whose loss does not reach any of those modules is skipped. The decoder never trains.
+The compression trains in the first stage that runs -- unlike the seed's code, whose
+compression stayed a frozen random projection -- and is frozen afterwards while
+``freeze_encoder_compression_in_pipeline`` is true (the encoder then stays frozen throughout,
+so the embedding cache stands in for it). With the flag false, the compression and the top
+``num_encoder_unfrozen_layers`` encoder layers train in every stage (the encoder is then run on
+the fly: the cached embeddings are stale once it has trained). ``training_phase`` replaces that
+choice in every stage: ``phase1`` = decoder alignment (adapter only), ``phase2`` = encoder
+training (top encoder layers + compression), ``phase3`` = middle model only; a stage whose loss
+does not reach any of those modules is skipped. The decoder never trains.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def used_parts(spec: StageSpec) -> set[str]:
 def trainable_parts(spec: StageSpec, p: Any, first_stage: bool) -> set[str]:
     """Modules trained in this stage (see the module docstring)."""
     if p.training_phase == "normal":
-        own = {spec.kind}
-        if first_stage or not p.freeze_encoder_compression_in_pipeline:
+        own = {spec.kind} | ({"compression"} if first_stage else set())
+        if not p.freeze_encoder_compression_in_pipeline:
             own |= {"encoder", "compression"}
     else:
         own = set(PHASE_PARTS[p.training_phase])

@@ -90,11 +90,16 @@ def allowed_mask(q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tens
 def full_attention(q, k, v, scale: float, key_valid, sliding_window, dropout_p: float = 0.0) -> torch.Tensor:
     """SDPA with the causal / window / padding mask. q (B,Hq,Tq,D), k (B,Hk,Tk,D), v (B,Hk,Tk,Dv)."""
     tq, tk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if key_valid is None and sliding_window is None and tq == tk:
+        # plain causal mask: SDPA's own (its CPU kernel then skips the blocks above the diagonal)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale, is_causal=True,
+                                              enable_gqa=gqa)
     q_idx = torch.arange(tk - tq, tk, device=q.device)
     k_idx = torch.arange(tk, device=q.device)
     mask = allowed_mask(q_idx, k_idx, key_valid, sliding_window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+                                          enable_gqa=gqa)
 
 
 def _query_block(q_blk, k, v, q_start: int, scale: float, chunk_size: int, key_valid, sliding_window,

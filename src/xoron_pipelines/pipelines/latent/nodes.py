@@ -4,6 +4,7 @@ stages (each in its own nested MLflow run), hand the final model off and generat
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +40,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device if device != "auto" else "cpu")
 
 
-def raw_texts(data: Any, subset: str, ec: CacheParams) -> dict[int, tuple[str, str, str | None]]:
-    """Raw row index -> (source, target, ledger source) as the embedding cache indexed them."""
+def raw_texts(data: Any, subset: str, ec: CacheParams, wanted: set[int] | None = None) -> dict[int, tuple]:
+    """Raw row index -> (source, target, ledger source) as the embedding cache indexed them
+    (only the indices in ``wanted`` when given: the pretraining ledger can be large)."""
     if subset == "pairs":
-        return {r.index: (r.source, r.target, None) for r in pair_rows(data, ec)}
-    field = ec.pretrain_text_field
-    return {i: (rec.get(field), rec.get(field), rec.get("source"))
-            for i, rec in enumerate(_records(data, [field, "status", "source"]))}
+        rows = ((r.index, (r.source, r.target, None)) for r in pair_rows(data, ec))
+    else:
+        field = ec.pretrain_text_field
+        rows = ((i, (rec.get(field), rec.get(field), rec.get("source")))
+                for i, rec in enumerate(_records(data, [field, "status", "source"])))
+    return {i: row for i, row in rows if wanted is None or i in wanted}
+
+
+def cache_indices(cache: Any) -> set[int]:
+    """Raw row indices held by a cache subset (both splits)."""
+    return {int(i) for split in cache.splits.values() for i in split.read(["index"]).column("index").to_pylist()}
 
 
 def cached_embeddings_usable(cache: Any, model: LatentModel, p: Params, encoder_trains: bool) -> bool:
     """The cached embeddings stand in for the encoder when preprocessing is on, the cache was
-    made for training, by this encoder with mean pooling, and the encoder has not been trained."""
+    made for training by this encoder (same files, mean pooling, normalisation and length limit)
+    and the encoder has not been trained; otherwise the texts are encoded on the fly."""
     meta = cache.manifest
-    same_encoder = str(Path(meta["encoder"]["path"]).resolve()) == str(resolve_encoder_dir(model.cfg.encoder_model).resolve())
-    return (p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
-            and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
+    enc = meta["encoder"]
+    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
+                    and meta["embedding"]["normalize"] == model.encoder.normalize
+                    and enc["max_length"] == model.encoder.max_len)
+    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
+                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
 
 
 def stage_rows(cache: Any, texts: dict, p: Params, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
@@ -90,7 +103,7 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
     parts = trainable_parts(spec, p, first_stage=stage == order[0])
     if not parts:
         return _skip(model, stage, p, f"training_phase={p.training_phase} trains nothing this stage uses")
-    texts = raw_texts(data, spec.data, ec)
+    texts = raw_texts(data, spec.data, ec, cache_indices(cache))
     use_emb = cached_embeddings_usable(cache, model, p, "encoder" in parts)
     train_rows, val_rows = stage_rows(cache, texts, p, stage, use_emb)
     tensors = {name: stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains="encoder" in parts,
@@ -106,7 +119,8 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
         summary = run_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log)
         recorder.log(summary["steps"], {**{f"before_{k}": v for k, v in summary["before"].items()},
                                         **{f"after_{k}": v for k, v in summary["after"].items()}})
-        summary.update(cached_embeddings=use_emb, val_rows=len(val_rows), mlflow_run_id=run.info.run_id if run else None)
+        summary.update(cached_embeddings=use_emb, val_rows=len(val_rows), mlflow_run_id=run.info.run_id if run else None,
+                       row_sources=dict(Counter(str(o) for o in train_rows.origin)))
     log.info("latent/%s: %d steps, val loss %.4f -> %.4f", stage, summary["steps"], summary["before"]["eval_loss"],
              summary["after"]["eval_loss"])
     return model, artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}), summary

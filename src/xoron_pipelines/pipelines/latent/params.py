@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from xoron_pipelines.validation import StrictModel
 
@@ -43,7 +43,8 @@ class Params(StrictModel):
     adapter_use_rope: bool = True
     num_encoder_unfrozen_layers: int = Field(2, ge=0)
     # ---- encoder / decoder ---------------------------------------------------------------
-    encoder_model: str | None = Field(None, description="null = embedding_cache.encoder_model")
+    encoder_model: str | None = Field(None, validation_alias=AliasChoices("encoder_model", "modernbert_model"),
+                                      description="null = embedding_cache.encoder_model")
     trust_remote_code: bool = False
     # ---- training ----------------------------------------------------------------------
     learning_rate: float = Field(2e-5, gt=0)
@@ -59,7 +60,7 @@ class Params(StrictModel):
     max_grad_norm: float = Field(1.0, ge=0)
     seed: int = Field(42, ge=0)
     logging_steps: int = Field(10, ge=1)
-    progress: bool = True
+    progress: bool = Field(True, validation_alias=AliasChoices("progress", "use_tui"))
     # ---- device / optimisation -----------------------------------------------------------
     device: Literal["auto", "cpu", "cuda"] = "auto"
     use_fp16: bool = True

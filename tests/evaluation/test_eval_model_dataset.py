@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
+from eval_helpers import make_model
 
 from xoron_pipelines.datasets.model import XoronModelDataset
 

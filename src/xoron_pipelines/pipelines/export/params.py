@@ -1,0 +1,44 @@
+"""Schema of ``conf/base/parameters_export.yml`` (top-level key ``export``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from xoron_pipelines.validation import StrictModel
+
+#: the training stages whose model can be exported (the last one is the final model)
+STAGES: tuple[str, ...] = ("language", "code", "tools", "preference")
+
+Format = Literal["hf", "gguf", "onnx"]
+GGUFType = Literal["f16", "q8_0"]
+
+
+class Params(StrictModel):
+    """What to export, from which stage, and where."""
+
+    source: Literal[STAGES] = Field(
+        "preference", description="stage whose model is exported; the catalog's export.source_model follows "
+        "the same runtime parameter (kedro run --pipeline export --params export.source=<stage>)")
+    output_dir: str = Field("data/07_model_output/export", min_length=1)
+    formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx"], min_length=1)
+    gguf_types: list[GGUFType] = Field(default_factory=lambda: ["f16", "q8_0"], min_length=1)
+    onnx_opset: int = Field(18, ge=17, le=23)
+    onnx_int8: bool = True
+    onnx_eval_rows: int = Field(8, gt=0, description="held-out packed_val rows for the int8 accuracy figures")
+    onnx_eval_length: int = Field(64, ge=2)
+    register_mlflow: bool = True
+    registered_model_name: str = Field("xoron", min_length=1)
+    prefer_native: bool = Field(True, description="HF dir as a native transformers class where lossless")
+    max_new_tokens: int = Field(256, gt=0, description="generation_config.json default")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Params":
+        for name in ("formats", "gguf_types"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a value twice: {values}")
+        if self.register_mlflow and "hf" not in self.formats:
+            raise ValueError("register_mlflow needs 'hf' in formats (the registered model is the HF directory)")
+        return self
