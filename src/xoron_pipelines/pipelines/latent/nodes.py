@@ -81,6 +81,13 @@ def stage_rows(cache: Any, texts: dict, p: Params, stage: str, use_emb: bool) ->
     return train, val if len(val) else train
 
 
+def stage_batches(model: LatentModel, rows: Rows, spec: Any, p: Params, encoder_trains: bool) -> RowBatches:
+    """The stage's batch source over ``rows`` (its own batch size, seeded order)."""
+    tensors = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=encoder_trains,
+                            tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
+    return RowBatches(tensors, p.stage_value(spec.name, "batch_size"), p.seed)
+
+
 def _skip(model: LatentModel, stage: str, p: Params, reason: str):
     log.info("latent/%s skipped: %s", stage, reason)
     summary = {"stage": stage, "skipped": reason}
@@ -103,15 +110,9 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
     parts = trainable_parts(spec, p, first_stage=stage == order[0])
     if not parts:
         return _skip(model, stage, p, f"training_phase={p.training_phase} trains nothing this stage uses")
-    texts = raw_texts(data, spec.data, ec, cache_indices(cache))
     use_emb = cached_embeddings_usable(cache, model, p, "encoder" in parts)
-    train_rows, val_rows = stage_rows(cache, texts, p, stage, use_emb)
-    tensors = {name: stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains="encoder" in parts,
-                                   tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
-               for name, rows in (("train", train_rows), ("val", val_rows))}
-    batch_size = p.stage_value(stage, "batch_size")
-    train_b = RowBatches(tensors["train"], batch_size, p.seed)
-    val_b = RowBatches(tensors["val"], batch_size, p.seed)
+    train_rows, val_rows = stage_rows(cache, raw_texts(data, spec.data, ec, cache_indices(cache)), p, stage, use_emb)
+    train_b, val_b = (stage_batches(model, rows, spec, p, "encoder" in parts) for rows in (train_rows, val_rows))
     with tracking.stage_run(f"latent.{stage}", tags={"xoron.pipeline": "latent"}) as run:
         tracking.log_params({"stage": stage, "trains": ",".join(sorted(parts)), "rows": len(train_rows),
                              "cached_embeddings": use_emb, **p.model_dump()})
@@ -140,6 +141,8 @@ def generate_examples(model: LatentModel, cache: Any, data: Any, cache_params: d
         return []
     rows = cache_rows(cache.val if len(cache.val) else cache.train, raw_texts(data, "pairs", ec), False)
     rows = rows.take(list(range(min(p.inference_examples, len(rows)))))
+    if not len(rows):
+        return []
     outputs = generate(model, model.decoder_bundle.tokenizer, rows.sources, max_generation_length=p.max_generation_length,
                        do_sample=p.do_sample, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed)
     return [{"source": s, "target": t, "generated": g} for s, t, g in zip(rows.sources, rows.targets, outputs)]
