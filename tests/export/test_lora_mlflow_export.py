@@ -48,8 +48,8 @@ def test_mlflow_registration_is_visible(tokenizer, tmp_path, monkeypatch):
             info = register_export(tmp_path / "hf", "xoron-export-test")
         assert info["run_id"] == run.info.run_id
         versions = MlflowClient().search_model_versions("name='xoron-export-test'")
-        assert [(v.version, v.run_id) for v in versions] == [("1", run.info.run_id)]
-        out = mlflow.pyfunc.load_model(f"models:/xoron-export-test/1").predict(["def add"], params=None)
+        assert [(int(v.version), v.run_id) for v in versions] == [(1, run.info.run_id)]
+        out = mlflow.pyfunc.load_model("models:/xoron-export-test/1").predict(["def add"], params=None)
         assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
     finally:
         mlflow.set_tracking_uri(None)
