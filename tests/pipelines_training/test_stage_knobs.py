@@ -161,3 +161,13 @@ def test_kind_specific_knobs_are_rejected_elsewhere(tmp_path, shards):
         _lm(nano_model(), shards, stage(tmp_path / "ck", beta=0.1))
     with pytest.raises(ValueError, match="needs beta"):
         nodes.train_dpo(nano_model(), chat_tokenizer(), {}, stage(tmp_path / "ck", sources=["preference"]), stage="p")
+
+
+def test_compile_flag_reaches_the_engine(tmp_path, shards, monkeypatch):
+    from xoron_pipelines.training import engine
+
+    calls = []
+    monkeypatch.setattr(engine.torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    _lm(nano_model(), shards, stage(tmp_path / "ck", train={"compile": True, "compile_backend": "eager",
+                                                            "max_steps": 1}))
+    assert calls == [{"backend": "eager"}]

@@ -21,6 +21,7 @@ MODEL = {"model": {"preset": "nano-gqa-moe",
                    "overrides": {"num_layers": 2, "attention_chunk_size": None, "sliding_window": None}}}
 SMALL = {
     "pretrain.stages.language.train.max_steps": 150,
+    "pretrain.stages.language.train.batch_size": 16,
     "pretrain.stages.language.train.eval_steps": 75,
     "pretrain.stages.language.eval.max_batches": 4,
     "pretrain.stages.code.train.max_steps": 3,

@@ -1,0 +1,11 @@
+"""Model export (issue 5): Hugging Face directory, GGUF for llama.cpp, ONNX (+ int8), LoRA
+adapters, MLflow registration. One module per format; every writer is atomic (temp path, then
+rename) and refuses an architecture its format cannot represent before writing anything.
+
+* :mod:`.hf` -- ``export_hf``: native transformers class where lossless (interop), else xoron
+  config; tokenizer, generation_config.json, chat template, model card.
+* :mod:`.gguf_export` -- ``export_gguf``: f16 / q8_0, llama / deepseek2 / glm4moe.
+* :mod:`.onnx_export` -- ``export_onnx_all``: logits graph, onnxruntime parity, int8 + accuracy.
+* :mod:`.lora_export` -- ``export_lora``: peft adapter directory + merged HF directory.
+* :mod:`.mlflow_registry` -- ``register_export``: pyfunc model logged to the run and registered.
+"""

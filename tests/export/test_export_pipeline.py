@@ -1,0 +1,62 @@
+"""Export pipeline: parameters, the source knob, preflight refusal before writing, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from pydantic import ValidationError
+
+from tests.export.export_helpers import make_model
+from xoron_pipelines.pipelines.export.nodes import check_source, export_model
+from xoron_pipelines.pipelines.export.params import Params
+
+CONF = "conf"
+
+
+def test_source_runtime_parameter_moves_catalog_and_params_together():
+    default = OmegaConfigLoader(CONF, base_env="base", default_run_env="local")
+    assert default["catalog"]["export.source_model"]["path"] == "data/06_models/preference"
+    assert default["parameters"]["export"]["source"] == "preference"
+    code = OmegaConfigLoader(CONF, base_env="base", default_run_env="local", runtime_params={"export": {"source": "code"}})
+    assert code["catalog"]["export.source_model"]["path"] == "data/06_models/code"
+    assert code["catalog"]["export.source_summary"]["filepath"] == "data/08_reporting/training/code.json"
+    assert Params.model_validate(code["parameters"]["export"]).source == "code"
+
+
+def test_params_reject_impossible_values():
+    Params.model_validate({})
+    for bad in ({"source": "nope"}, {"formats": ["hf", "hf"]}, {"gguf_types": ["q4"]}, {"formats": []},
+                {"formats": ["gguf"], "register_mlflow": True}, {"onnx_opset": 9}, {"unknown": 1}):
+        with pytest.raises(ValidationError):
+            Params.model_validate(bad)
+
+
+def test_loaded_model_must_be_the_source_stage(tokenizer):
+    model = make_model("nano", tokenizer, num_layers=1)
+    model.name_or_path = "data/06_models/tools"
+    check_source(model, Params(source="tools"))
+    with pytest.raises(ValueError, match="export.source='code'"):
+        check_source(model, Params(source="code"))
+
+
+def test_peer_export_refused_before_anything_is_written(tokenizer, tmp_path):
+    model = make_model("nano-peer", tokenizer)
+    params = {"output_dir": str(tmp_path / "export"), "formats": ["hf", "gguf"], "register_mlflow": False}
+    with pytest.raises(ValueError, match="gguf: PEER"):
+        export_model(model, tokenizer, None, None, params)
+    assert not (tmp_path / "export").exists()
+
+
+def test_export_node_writes_hf_and_gguf_with_manifest(tokenizer, tmp_path):
+    model = make_model("nano", tokenizer, num_layers=1)
+    params = {"output_dir": str(tmp_path), "formats": ["hf", "gguf"], "gguf_types": ["q8_0"], "register_mlflow": False,
+              "source": "tools"}
+    manifest, metrics = export_model(model, tokenizer, None, {"final_eval_loss": 2.5}, params)
+    assert manifest["source"] == "tools" and metrics == {}
+    assert manifest["formats"]["hf"]["architecture"] == "LlamaForCausalLM"
+    assert [g["type"] for g in manifest["formats"]["gguf"]] == ["q8_0"]
+    assert (tmp_path / "gguf" / "model-q8_0.gguf").is_file() and not (tmp_path / "gguf" / "model-f16.gguf").exists()
+    assert "final_eval_loss" in (tmp_path / "hf" / "README.md").read_text()
+    assert json.loads((tmp_path / "hf" / "export_info.json").read_text())["stage"] == "tools"
