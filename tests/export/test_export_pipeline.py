@@ -9,7 +9,8 @@ from kedro.config import OmegaConfigLoader
 from pydantic import ValidationError
 
 from tests.export.export_helpers import make_model
-from xoron_pipelines.pipelines.export.nodes import check_source, export_model
+from xoron_pipelines.pipelines.export.nodes import check_source, export_model, export_stage
+from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import Params
 
 CONF = "conf"
@@ -17,11 +18,10 @@ CONF = "conf"
 
 def test_source_runtime_parameter_moves_catalog_and_params_together():
     default = OmegaConfigLoader(CONF, base_env="base", default_run_env="local")
-    assert default["catalog"]["export.source_model"]["path"] == "data/06_models/preference"
+    assert default["catalog"]["export_source_model"]["path"] == "data/06_models/preference"
     assert default["parameters"]["export"]["source"] == "preference"
     code = OmegaConfigLoader(CONF, base_env="base", default_run_env="local", runtime_params={"export": {"source": "code"}})
-    assert code["catalog"]["export.source_model"]["path"] == "data/06_models/code"
-    assert code["catalog"]["export.source_summary"]["filepath"] == "data/08_reporting/training/code.json"
+    assert code["catalog"]["export_source_model"]["path"] == "data/06_models/code"
     assert Params.model_validate(code["parameters"]["export"]).source == "code"
 
 
@@ -60,3 +60,18 @@ def test_export_node_writes_hf_and_gguf_with_manifest(tokenizer, tmp_path):
     assert (tmp_path / "gguf" / "model-q8_0.gguf").is_file() and not (tmp_path / "gguf" / "model-f16.gguf").exists()
     assert "final_eval_loss" in (tmp_path / "hf" / "README.md").read_text()
     assert json.loads((tmp_path / "hf" / "export_info.json").read_text())["stage"] == "tools"
+
+
+def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokenizer, tmp_path):
+    from xoron_pipelines.pipelines.training.pipeline import create_pipeline as training
+
+    node = create_pipeline().nodes[0]
+    produced = {out for n in training().nodes for out in n.outputs}
+    assert {"language.train_summary", "code.train_summary", "tools.train_summary",
+            "preference.train_summary"} <= set(node.inputs) & produced
+    model = make_model("nano", tokenizer, num_layers=1)
+    summaries = [{"stage": s, "loss_of": s} for s in ("language", "code", "tools", "preference")]
+    export_stage(model, tokenizer, None, {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False,
+                                          "source": "code"}, *summaries)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "**loss_of**: code" in card and "**loss_of**: tools" not in card

@@ -31,7 +31,7 @@ library_name: transformers
 pipeline_tag: text-generation
 tags: [xoron-pipelines]
 ---
-# {name}
+# Xoron model ({stage} stage)
 
 Exported by xoron-pipelines from the `{stage}` stage.
 

@@ -17,7 +17,7 @@ from xoron_pipelines.export import gguf_export, onnx_export
 from xoron_pipelines.export.hf import export_hf
 from xoron_pipelines.export.mlflow_registry import register_export
 
-from .params import Params
+from .params import STAGES, Params
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,18 @@ def eval_ids(packed_val, rows: int, length: int, vocab: int) -> torch.Tensor:
     return torch.tensor(seqs, dtype=torch.long).clamp(max=vocab - 1)
 
 
+def export_stage(model, tokenizer, packed_val, params: Mapping[str, Any],
+                 *train_summaries: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pipeline node: ``train_summaries`` are every stage's ``<stage>.train_summary`` in
+    :data:`STAGES` order (inputs so that the node runs after training); the source stage's goes
+    into the model card."""
+    summaries = dict(zip(STAGES, train_summaries))
+    return export_model(model, tokenizer, packed_val, summaries.get(Params.model_validate(params).source), params)
+
+
 def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None,
-                 params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
-    """Write the requested formats; returns (manifest, metrics for MLflow)."""
+                 params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write the requested formats; returns (manifest, MLflow metrics as {name: {value, step}})."""
     p = Params.model_validate(params)
     check_source(model, p)
     preflight(model, p)
@@ -77,4 +86,4 @@ def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] 
     if p.register_mlflow:
         manifest["mlflow"] = register_export(out / "hf", p.registered_model_name)
     logger.info("exported stage %s: %s", p.source, sorted(manifest["formats"]))
-    return manifest, metrics
+    return manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}

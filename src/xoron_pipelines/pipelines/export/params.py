@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from xoron_pipelines.pipelines.training.pipeline import STAGES as TRAINING_STAGES
 from xoron_pipelines.validation import StrictModel
 
-#: the training stages whose model can be exported (the last one is the final model)
-STAGES: tuple[str, ...] = ("language", "code", "tools", "preference")
+#: the training stages whose model can be exported, in training order (the last is the final model)
+STAGES: tuple[str, ...] = tuple(stage for group in TRAINING_STAGES.values() for stage in group)
 
 Format = Literal["hf", "gguf", "onnx"]
 GGUFType = Literal["f16", "q8_0"]
@@ -19,7 +20,7 @@ class Params(StrictModel):
     """What to export, from which stage, and where."""
 
     source: Literal[STAGES] = Field(
-        "preference", description="stage whose model is exported; the catalog's export.source_model follows "
+        "preference", description="stage whose model is exported; the catalog's export_source_model follows "
         "the same runtime parameter (kedro run --pipeline export --params export.source=<stage>)")
     output_dir: str = Field("data/07_model_output/export", min_length=1)
     formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx"], min_length=1)
