@@ -42,6 +42,8 @@ def test_lora_adapter_round_trips_and_merged_dir_matches(tokenizer, tmp_path):
 def test_mlflow_registration_is_visible(tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # an earlier test in this worker may have left another database's experiment active
+    mlflow.set_experiment("export-test")
     try:
         export_hf(make_model("nano", tokenizer, num_layers=1), tmp_path / "hf", tokenizer)
         with mlflow.start_run() as run:
