@@ -5,24 +5,37 @@ from __future__ import annotations
 import json
 
 import pytest
-from kedro.config import OmegaConfigLoader
+from kedro.io import DatasetError
 from pydantic import ValidationError
 
 from tests.export.export_helpers import make_model
-from xoron_pipelines.pipelines.export.nodes import check_source, export_model, export_stage
+from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
+from xoron_pipelines.pipelines.export.nodes import export_model, export_stage
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import Params
 
-CONF = "conf"
 
 
-def test_source_runtime_parameter_moves_catalog_and_params_together():
-    default = OmegaConfigLoader(CONF, base_env="base", default_run_env="local")
-    assert default["catalog"]["export_source_model"]["path"] == "data/06_models/preference"
-    assert default["parameters"]["export"]["source"] == "preference"
-    code = OmegaConfigLoader(CONF, base_env="base", default_run_env="local", runtime_params={"export": {"source": "code"}})
-    assert code["catalog"]["export_source_model"]["path"] == "data/06_models/code"
-    assert Params.model_validate(code["parameters"]["export"]).source == "code"
+def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
+    """export.source selects which data/06_models/<stage> the node exports (loaded lazily)."""
+    import torch
+    from safetensors.torch import load_file
+
+    root = tmp_path / "06_models"
+    for seed, stage in enumerate(("code", "tools")):
+        XoronModelDataset(str(root / stage)).save(make_model("nano", tokenizer, seed=seed, num_layers=1))
+    models = StageModelsDataset(str(root)).load()
+    assert models.stages() == ["code", "tools"]
+    with pytest.raises(DatasetError, match="no model for stage 'language'.*saved stages: \\['code', 'tools'\\]"):
+        models["language"]
+    out = tmp_path / "export"
+    export_stage(models, tokenizer, None, {"output_dir": str(out), "formats": ["hf"], "register_mlflow": False,
+                                           "source": "tools"}, *[{}] * 4)
+    exported = load_file(str(out / "hf" / "model.safetensors"))
+    chosen = load_file(str(root / "tools" / "model.safetensors"))
+    other = load_file(str(root / "code" / "model.safetensors"))
+    key = "model.embed_tokens.weight"
+    assert torch.equal(exported[key], chosen[key]) and not torch.equal(exported[key], other[key])
 
 
 def test_params_reject_impossible_values():
@@ -31,14 +44,6 @@ def test_params_reject_impossible_values():
                 {"formats": ["gguf"], "register_mlflow": True}, {"onnx_opset": 9}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             Params.model_validate(bad)
-
-
-def test_loaded_model_must_be_the_source_stage(tokenizer):
-    model = make_model("nano", tokenizer, num_layers=1)
-    model.name_or_path = "data/06_models/tools"
-    check_source(model, Params(source="tools"))
-    with pytest.raises(ValueError, match="export.source='code'"):
-        check_source(model, Params(source="code"))
 
 
 def test_peer_export_refused_before_anything_is_written(tokenizer, tmp_path):
@@ -71,7 +76,7 @@ def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokeni
             "preference.train_summary"} <= set(node.inputs) & produced
     model = make_model("nano", tokenizer, num_layers=1)
     summaries = [{"stage": s, "loss_of": s} for s in ("language", "code", "tools", "preference")]
-    export_stage(model, tokenizer, None, {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False,
-                                          "source": "code"}, *summaries)
+    export_stage({"code": model}, tokenizer, None, {"output_dir": str(tmp_path), "formats": ["hf"],
+                                                    "register_mlflow": False, "source": "code"}, *summaries)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "**loss_of**: code" in card and "**loss_of**: tools" not in card

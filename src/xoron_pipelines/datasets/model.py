@@ -61,3 +61,45 @@ class XoronModelDataset(AbstractDataset[Any, Any]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(PurePosixPath(self._path))}
+
+
+class StageModels:
+    """Lazy view of ``<root>/<stage>`` model directories: ``models["code"]`` loads that stage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def stages(self) -> list[str]:
+        """Stages that have a saved model, sorted by name."""
+        return sorted(p.name for p in self.root.iterdir() if XoronModelDataset(str(p))._exists()) \
+            if self.root.is_dir() else []
+
+    def __getitem__(self, stage: str) -> Any:
+        dataset = XoronModelDataset(str(self.root / stage))
+        if not dataset._exists():
+            raise DatasetError(f"no model for stage {stage!r} under {self.root} (saved stages: {self.stages()}); "
+                               f"train it first, e.g. kedro run --pipeline pretrain / finetune")
+        return dataset.load()
+
+
+class StageModelsDataset(AbstractDataset[Any, Any]):
+    """Read-only root of the stage model directories; ``load`` -> :class:`StageModels`.
+
+    Lets a node pick a stage by parameter (``export.source``) instead of fixing it in the catalog.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(str(path).removeprefix("file://"))
+        self.metadata = metadata
+
+    def load(self) -> StageModels:
+        return StageModels(self._path)
+
+    def save(self, data: Any) -> None:
+        raise DatasetError("StageModelsDataset is read-only: each stage saves through its '<stage>.model' dataset")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(PurePosixPath(self._path))}

@@ -22,14 +22,6 @@ from .params import STAGES, Params
 logger = logging.getLogger(__name__)
 
 
-def check_source(model, params: Params) -> None:
-    """The loaded model must be the ``params.source`` stage's (catalog and parameters agree)."""
-    loaded = Path(str(getattr(model, "name_or_path", "") or "")).name
-    if loaded and loaded != params.source:
-        raise ValueError(f"export.source={params.source!r} but the catalog loaded the model of stage {loaded!r}; "
-                         f"run with --params export.source={params.source} so both follow it")
-
-
 def preflight(model, params: Params) -> None:
     """Raise ValueError naming every feature a requested format cannot represent."""
     problems = []
@@ -49,20 +41,20 @@ def eval_ids(packed_val, rows: int, length: int, vocab: int) -> torch.Tensor:
     return torch.tensor(seqs, dtype=torch.long).clamp(max=vocab - 1)
 
 
-def export_stage(model, tokenizer, packed_val, params: Mapping[str, Any],
+def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any],
                  *train_summaries: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pipeline node: ``train_summaries`` are every stage's ``<stage>.train_summary`` in
-    :data:`STAGES` order (inputs so that the node runs after training); the source stage's goes
-    into the model card."""
+    """Pipeline node: exports ``stage_models[params.source]``. ``train_summaries`` are every
+    stage's ``<stage>.train_summary`` in :data:`STAGES` order (inputs so that the node runs after
+    training); the source stage's goes into the model card."""
+    source = Params.model_validate(params).source
     summaries = dict(zip(STAGES, train_summaries))
-    return export_model(model, tokenizer, packed_val, summaries.get(Params.model_validate(params).source), params)
+    return export_model(stage_models[source], tokenizer, packed_val, summaries.get(source), params)
 
 
 def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None,
                  params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write the requested formats; returns (manifest, MLflow metrics as {name: {value, step}})."""
     p = Params.model_validate(params)
-    check_source(model, p)
     preflight(model, p)
     out = Path(p.output_dir)
     manifest: dict[str, Any] = {"source": p.source, "formats": {}}

@@ -20,8 +20,7 @@ class Params(StrictModel):
     """What to export, from which stage, and where."""
 
     source: Literal[STAGES] = Field(
-        "preference", description="stage whose model is exported; the catalog's export_source_model follows "
-        "the same runtime parameter (kedro run --pipeline export --params export.source=<stage>)")
+        "preference", description="stage whose model is exported (data/06_models/<stage>)")
     output_dir: str = Field("data/07_model_output/export", min_length=1)
     formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx"], min_length=1)
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["f16", "q8_0"], min_length=1)

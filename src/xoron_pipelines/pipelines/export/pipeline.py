@@ -1,12 +1,11 @@
 """``export`` pipeline: the source stage's model -> HF directory, GGUF, ONNX (+ MLflow registry).
 
-The model comes from ``export_source_model``, the ``data/06_models/<stage>`` directory of the
-stage named by the runtime parameter ``export.source`` (default ``preference``, the final
-stage); ``kedro run --pipeline export --params export.source=code`` exports another stage (the
-node checks that the loaded model is the one ``params:export`` names).
+The model is the ``data/06_models/<stage>`` directory of the stage named by ``export.source``
+(default ``preference``, the final stage), read through ``stage_models``, which loads a stage
+only when asked.
 
 Every stage's ``<stage>.train_summary`` is an input too: it puts the node after training in the
-DAG of the default ``kedro run`` (``export_source_model`` is another name for a model directory
+DAG of the default ``kedro run`` (``stage_models`` is another name for the model directories
 that training writes, so Kedro could not see that dependency otherwise), and the source stage's
 summary goes into the model card.
 """
@@ -24,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 export_stage,
-                inputs=["export_source_model", "tokenizer", "packed_val", "params:export",
+                inputs=["stage_models", "tokenizer", "packed_val", "params:export",
                         *(f"{stage}.train_summary" for stage in STAGES)],
                 outputs=["export_manifest", "export_metrics"],
                 name="export_model",
