@@ -286,3 +286,12 @@ def test_progress_bar_shows_stage_tokens_per_second_and_eta(tmp_path, capsys):
           ckpt_dir=tmp_path, desc="pretrain", progress=True)
     err = capsys.readouterr().err
     assert "pretrain" in err and "3/3" in err and "tok_s=" in err and "<00:00" in err  # ETA column
+
+
+def test_batch_tokens_counts_lm_and_preference_batches():
+    from xoron_pipelines.training.engine import batch_tokens
+
+    assert batch_tokens({"input_ids": torch.zeros(2, 5), "labels": torch.zeros(2, 5)}) == 10
+    pair = {"chosen_input_ids": torch.zeros(2, 7), "rejected_input_ids": torch.zeros(2, 4),
+            "chosen_labels": torch.zeros(2, 7)}
+    assert batch_tokens(pair) == 22

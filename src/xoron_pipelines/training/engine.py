@@ -127,6 +127,12 @@ def target_weight(batch: Batch) -> float:
 
 
 # ------------------------------------------------------------------------------ setup helpers
+def batch_tokens(batch: Batch) -> int:
+    """Tokens the model reads in ``batch``: every ``*input_ids`` tensor (LM/SFT rows, and both the
+    chosen and rejected sequences of a DPO pair)."""
+    return sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
+
+
 def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -264,7 +270,7 @@ class _Trainer:
         """
         par = self.par
         weights = [1.0] * len(batches) if self.custom_loss else [target_weight(b) for b in batches]
-        tokens = sum(b["input_ids"].numel() for b in batches if "input_ids" in b)
+        tokens = sum(batch_tokens(b) for b in batches)
         total, tokens = par.all_reduce_sum([sum(weights), float(tokens)])
         if total <= 0:
             weights, total = [1.0] * len(batches), float(len(batches) * par.world_size)
