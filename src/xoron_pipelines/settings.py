@@ -1,8 +1,8 @@
 """Project settings (Kedro)."""
 
-from xoron_pipelines.hooks import ParameterValidationHook
+from xoron_pipelines.hooks import ParameterValidationHook, RunSummaryHook
 
-HOOKS = (ParameterValidationHook(),)
+HOOKS = (ParameterValidationHook(), RunSummaryHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
