@@ -83,6 +83,14 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, stage_params: M
     return _train(stage, "causal_lm", init_model, tokenizer, params, data)
 
 
+def _example_sources(train: list, val: list, params, pad_id: int):
+    """Shuffled training batches and in-order validation batches of padded examples."""
+    cfg = params.train
+    source = stage_data.example_source(train, cfg.batch_size, pad_id, cfg.seed)
+    val_batch = min(params.eval.batch_size or cfg.batch_size, len(val))
+    return source, stage_data.example_source(val, val_batch, pad_id, cfg.seed, shuffle=False)
+
+
 def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
               stage: str) -> tuple[Any, dict[str, Any]]:
     """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
@@ -93,10 +101,7 @@ def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     rows = stage_data.partition_rows(synth_raw, params.sources)
     examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
-    pad = tokenizer.pad_token_id
-    source = stage_data.example_source(train, cfg.batch_size, pad, cfg.seed)
-    val_source = stage_data.example_source(val, min(params.eval.batch_size or cfg.batch_size, len(val)), pad,
-                                           cfg.seed, shuffle=False)
+    source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
                      fingerprint=_rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_examples": len(train), "val_examples": len(val)})
@@ -114,10 +119,7 @@ def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     examples = stage_data.preference_examples(rows, tokenizer, _max_len(params, init_model))
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
     reference = make_reference(init_model)
-    pad = tokenizer.pad_token_id
-    source = stage_data.example_source(train, cfg.batch_size, pad, cfg.seed)
-    val_source = stage_data.example_source(val, min(params.eval.batch_size or cfg.batch_size, len(val)), pad,
-                                           cfg.seed, shuffle=False)
+    source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
                      loss_fn=make_dpo_loss_fn(reference, params.beta),
                      fingerprint=_rows_fingerprint(rows, tokenizer),
