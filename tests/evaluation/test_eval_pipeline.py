@@ -14,6 +14,7 @@ from eval_helpers import make_model
 from tests.helpers import run_pipeline
 from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
+from xoron_pipelines.pipelines.evaluation import nodes as eval_nodes
 from xoron_pipelines.pipelines.evaluation.params import STAGES
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,30 @@ def _prepare(root, tok):
     return rows, lengths
 
 
+BOGUS_RUN_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _training_summaries(root) -> dict[str, str | None]:
+    """``<stage>.train_summary`` JSONs as training writes them: the first stage's run id is a
+    real nested run (child of a ``kedro run``-like parent) in the project's tracking DB, the
+    second stage's id exists nowhere, the others have none. Returns stage -> run id."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.create_run("0", run_name="training")
+    child = client.create_run("0", run_name=STAGES[0], tags={"mlflow.parentRunId": parent.info.run_id,
+                                                            "xoron.stage": STAGES[0]})
+    for run in (child, parent):
+        client.set_terminated(run.info.run_id)
+    ids = {stage: None for stage in STAGES}
+    ids[STAGES[0]], ids[STAGES[1]] = child.info.run_id, BOGUS_RUN_ID
+    for stage, run_id in ids.items():
+        path = root / f"data/08_reporting/training/{stage}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stage": stage, "steps": 1, "mlflow_run_id": run_id}))
+    return ids
+
+
 def _hand_perplexity(model, rows, lengths) -> float:
     nll, count = 0.0, 0
     with torch.no_grad():
@@ -45,7 +70,7 @@ def _hand_perplexity(model, rows, lengths) -> float:
     return math.exp(nll / count)
 
 
-def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
+def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypatch):
     root = kedro_project
     rows, lengths = _prepare(root, tiny_tokenizer)
     docs = root / "data/01_raw/my_docs.jsonl"
@@ -62,6 +87,10 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
         "evaluation.perplexity.text_sources": [{"name": "my_docs", "path": str(docs), "format": "jsonl",
                                                 "text_field": "text", "category": "document"}],
     }
+    run_ids = _training_summaries(root)
+    # a spy on the nodes' logger (Kedro's logging config resets handlers of existing loggers)
+    warned: list[str] = []
+    monkeypatch.setattr(eval_nodes.log, "warning", lambda msg, *args: warned.append(msg % args))
     run_pipeline(root, "evaluation", params)
 
     for stage in STAGES:
@@ -101,3 +130,14 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer):
         assert key in logged
         stage_results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
         assert logged[key] == stage_results["tasks"]["mmlu"]["acc"]
+
+    # the stage's own training run got its evaluation too; the unknown / missing ids only warned
+    real = client.get_run(run_ids[STAGES[0]]).data.metrics
+    first = json.loads((root / f"data/08_reporting/evaluation/{STAGES[0]}/results.json").read_text())
+    assert real["eval/ppl_packed_val.perplexity"] == first["perplexity"]["packed_val"]["perplexity"]
+    assert real["eval/mmlu.acc"] == first["tasks"]["mmlu"]["acc"]
+    assert all(key.startswith("eval/") for key in real)
+    assert not any(key.startswith("eval/") for run in runs if run.info.run_id != run_ids[STAGES[0]]
+                   for key in run.data.metrics)
+    assert sum(BOGUS_RUN_ID in m and STAGES[1] in m for m in warned) == 1, warned
+    assert sum("no MLflow run id" in m for m in warned) == len(STAGES) - 2

@@ -2,6 +2,8 @@
 
 ``generate_offline_tasks`` runs once; ``perplexity`` / ``multiple_choice`` / ``generation`` /
 ``collect`` run once per training stage (namespaced ``<stage>.``, input ``<stage>.model``);
+``collect`` also logs the stage's metrics as ``eval/<metric>`` into the stage's own training
+run (``mlflow_run_id`` of ``<stage>.train_summary``) when that run is in the tracking store;
 ``compare_stages`` builds the cross-stage table and chart.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Callable, Mapping
 
 import torch
@@ -216,12 +219,46 @@ def evaluate_generation(model, tokenizer, generated: Mapping[str, Any], params: 
 
 # --------------------------------------------------------------------------- results
 
-def collect(ppl: dict, mc_summary: dict, mc_records: list, gen_summary: dict, gen_records: list, stage: str
+def collect(ppl: dict, mc_summary: dict, mc_records: list, gen_summary: dict, gen_records: list,
+            train_summary: Mapping[str, Any] | None, stage: str
             ) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """One stage's results: a JSON report, its MLflow metrics and the per-item samples."""
+    """One stage's results: a JSON report, its MLflow metrics (for the ``kedro run`` run) and the
+    per-item samples. The metrics also go to the stage's training run (see :func:`log_to_training_run`)."""
     results = {"stage": stage, "perplexity": ppl, "tasks": {**mc_summary, **gen_summary}}
-    metrics = {k: {"value": v, "step": 0} for k, v in stage_metrics(results).items() if not math.isnan(v)}
+    values = {k: v for k, v in stage_metrics(results).items() if not math.isnan(v)}
+    log_to_training_run(values, train_summary, stage)
+    metrics = {k: {"value": v, "step": 0} for k, v in values.items()}
     return results, metrics, [{"stage": stage, **r} for r in mc_records + gen_records]
+
+
+def log_to_training_run(metrics: Mapping[str, float], train_summary: Mapping[str, Any] | None, stage: str
+                        ) -> bool:
+    """Log ``metrics`` as ``eval/<name>`` (step 0) into the run whose id is the summary's
+    ``mlflow_run_id``, so a stage's training run carries its evaluation. A summary without a run
+    id, or an id unknown to the current tracking store (a model trained elsewhere), only logs a
+    warning. Returns whether the metrics were logged."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = (train_summary or {}).get("mlflow_run_id")
+    if not run_id:
+        log.warning("evaluation of %s: its training summary has no MLflow run id; "
+                    "metrics are logged to the kedro run only", stage)
+        return False
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        log.warning("evaluation of %s: training run %s is not in the tracking store (%s); "
+                    "metrics are logged to the kedro run only", stage, run_id, err.error_code)
+        return False
+    now = int(time.time() * 1000)
+    batch = [Metric(f"eval/{k}", float(v), now, 0) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):  # MLflow's per-call limit
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+    log.info("evaluation of %s: %d metrics logged to training run %s", stage, len(batch), run_id)
+    return True
 
 
 def stage_metrics(results: dict[str, Any]) -> dict[str, float]:
