@@ -36,3 +36,4 @@ mlflow-ui: $(STAMP)
 
 clean-data:
 	find data -type f ! -name .gitkeep -delete
+	find data -mindepth 2 -type d -empty -delete
