@@ -80,3 +80,29 @@ def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokeni
                                                     "register_mlflow": False, "source": "code"}, *summaries)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "**loss_of**: code" in card and "**loss_of**: tools" not in card
+
+
+def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_path):
+    """formats: [lora] copies the adapter training kept (summary["lora_adapter"]) to lora_adapter/;
+    a stage without LoRA writes nothing and says why; a missing adapter dir is an error."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from xoron_pipelines.export.lora_export import save_adapter
+
+    base = make_model("nano", tokenizer, num_layers=1)
+    peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
+    saved = save_adapter(peft_model, tmp_path / "ckpt" / "lora_adapter")
+    params = {"output_dir": str(tmp_path / "out"), "formats": ["lora"], "register_mlflow": False, "source": "tools"}
+    manifest, _ = export_model(peft_model.merge_and_unload(), tokenizer, None, {"lora_adapter": str(saved)}, params)
+    exported = tmp_path / "out" / "lora_adapter"
+    assert manifest["formats"]["lora"]["path"] == str(exported)
+    reloaded = PeftModel.from_pretrained(make_model("nano", tokenizer, num_layers=1), str(exported)).eval()
+    ids = torch.randint(0, 100, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, peft_model.eval()(input_ids=ids).logits)
+
+    manifest, _ = export_model(base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")})
+    assert manifest["formats"]["lora"]["path"] is None and not (tmp_path / "o2" / "lora_adapter").exists()
+    with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
+        export_model(base, tokenizer, None, {"lora_adapter": str(tmp_path / "gone")}, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +85,16 @@ def test_lora_is_trained_and_merged(tmp_path, shards):
     assert not changed["model.layers.0.self_attn.k_proj.weight"]
     assert not changed["model.embed_tokens.weight"]           # train_lora_only: base weights frozen
     assert summary["trainable_params"] < summary["total_params"] / 5
+    # the adapter is kept in peft's format: base weights + adapter == the merged stage model
+    from peft import PeftModel
+
+    adapter = Path(summary["lora_adapter"])
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    reloaded = PeftModel.from_pretrained(before, str(adapter)).eval()
+    ids = torch.randint(0, trained.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_seed_decides_the_result(tmp_path, shards):

@@ -8,12 +8,14 @@ file of this run is left behind (each format is written atomically, a previous e
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from xoron_pipelines.export import gguf_export, onnx_export
+from xoron_pipelines.export.atomic import atomic_dir
 from xoron_pipelines.export.hf import export_hf
 from xoron_pipelines.export.mlflow_registry import register_export
 
@@ -39,6 +41,18 @@ def eval_ids(packed_val, rows: int, length: int, vocab: int) -> torch.Tensor:
     if not seqs:
         raise ValueError(f"packed_val has no row of {length} tokens for the ONNX int8 evaluation")
     return torch.tensor(seqs, dtype=torch.long).clamp(max=vocab - 1)
+
+
+def export_adapter(adapter_dir: str | None, dest: Path, stage: str) -> dict[str, Any]:
+    """Copy the stage's peft adapter (saved by training before merging) to ``dest``, atomically."""
+    if not adapter_dir:
+        logger.info("stage %s trained without LoRA: no adapter to export", stage)
+        return {"path": None, "reason": f"stage {stage} trained without LoRA"}
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ValueError(f"the LoRA adapter of stage {stage} is missing at {adapter_dir} (re-run the stage)")
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(adapter_dir, tmp, dirs_exist_ok=True)
+    return {"path": str(dest), "merged": "hf"}
 
 
 def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any],
@@ -75,6 +89,8 @@ def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] 
         if "int8" in report:
             metrics["onnx_int8_top1_agreement"] = report["int8"]["top1_agreement"]
             metrics["onnx_int8_mean_kl"] = report["int8"]["mean_kl"]
+    if "lora" in p.formats:
+        manifest["formats"]["lora"] = export_adapter(summary.get("lora_adapter"), out / "lora_adapter", p.source)
     if p.register_mlflow:
         manifest["mlflow"] = register_export(out / "hf", p.registered_model_name)
     logger.info("exported stage %s: %s", p.source, sorted(manifest["formats"]))

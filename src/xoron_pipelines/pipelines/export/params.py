@@ -12,7 +12,7 @@ from xoron_pipelines.validation import StrictModel
 #: the training stages whose model can be exported, in training order (the last is the final model)
 STAGES: tuple[str, ...] = tuple(stage for group in TRAINING_STAGES.values() for stage in group)
 
-Format = Literal["hf", "gguf", "onnx"]
+Format = Literal["hf", "gguf", "onnx", "lora"]
 GGUFType = Literal["f16", "q8_0"]
 
 
@@ -22,7 +22,7 @@ class Params(StrictModel):
     source: Literal[STAGES] = Field(
         "preference", description="stage whose model is exported (data/06_models/<stage>)")
     output_dir: str = Field("data/07_model_output/export", min_length=1)
-    formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx"], min_length=1)
+    formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx", "lora"], min_length=1)
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["f16", "q8_0"], min_length=1)
     onnx_opset: int = Field(18, ge=17, le=23)
     onnx_int8: bool = True

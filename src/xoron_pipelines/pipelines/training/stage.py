@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from xoron_pipelines import tracking
+from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
@@ -192,10 +194,12 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
         with torch.no_grad():
             final_eval = data.eval_fn(model)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
+        adapter = save_adapter(model, ckpt_dir / "lora_adapter") if isinstance(model, PeftModel) else None
         model = merge_lora(model)
         model.eval()
         summary = _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run)
         summary.update(data.extra_summary)
+        summary["lora_adapter"] = str(adapter) if adapter is not None else None
         if track.enabled:
             _log_artifacts(stage, model, tokenizer, recorder, track)
             import mlflow
