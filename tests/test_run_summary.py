@@ -27,7 +27,8 @@ def test_summary_tables_follow_the_run_outputs():
         "export_manifest": {"source": "preference", "formats": {
             "hf": {"path": "data/07_model_output/export/hf", "architecture": "LlamaForCausalLM"},
             "gguf": [{"path": "g/model-f16.gguf"}, {"path": "g/model-q8_0.gguf"}],
-            "onnx": {"opset": 18, "fp32": {"file": "o/model.onnx"}, "int8": {"file": "o/model.int8.onnx"}}}},
+            "onnx": {"opset": 18, "fp32": {"file": "o/model.onnx"}, "int8": {"file": "o/model.int8.onnx"}},
+            "lora": {"path": None, "reason": "stage preference trained without LoRA"}}},
     }
     text = _render(run_summary(set(data), data.__getitem__))
     # stages in training order, missing values as "-"
@@ -37,6 +38,7 @@ def test_summary_tables_follow_the_run_outputs():
     assert "-" in lang_row
     assert "mmlu.acc" in text and "0.175" in text and "delta_code" not in text
     assert "g/model-f16.gguf, g/model-q8_0.gguf" in text and "o/model.int8.onnx" in text
+    assert "nothing: stage preference trained without LoRA" in text
 
     # a run that produced none of these prints nothing
     assert run_summary({"packed_train"}, data.__getitem__) == []

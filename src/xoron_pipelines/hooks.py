@@ -66,7 +66,8 @@ def run_summary(outputs: set[str], load) -> list[Table]:
         for fmt, info in manifest.get("formats", {}).items():
             entries = info if isinstance(info, list) else [info, *(v for v in info.values() if isinstance(v, dict))]
             paths = (e.get("path") or e.get("file") for e in entries)
-            table.add_row(fmt, ", ".join(str(p) for p in paths if p))
+            written = ", ".join(str(p) for p in paths if p)
+            table.add_row(fmt, written or f"nothing: {info.get('reason', 'not produced')}")
         tables.append(table)
     return tables
 
