@@ -29,16 +29,7 @@ MODALITY_GROUPS: dict[str, tuple[str, ...]] = {
 
 #: All categories, in the documented order (text capabilities, reasoning, agentic coding, multimodal).
 DATASET_CATEGORIES: tuple[str, ...] = (
-    "code",
-    "conversation",
-    "tool_use",
-    "agentic",
-    "chain_of_thought",
-    "anti_hallucination",
-    "document",
-    "fim",
-    "git_operations",
-    "code_execution",
+    *MODALITY_GROUPS["text"],
     "vision",
     "video",
     "generation",
