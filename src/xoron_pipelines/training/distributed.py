@@ -24,7 +24,8 @@ group resumes from the newest checkpoint in ``ckpt_dir``.
 
 What crosses the process boundary must be picklable: ``model_factory``, ``batches`` (a
 :class:`~.data.BatchSource` or a zero-argument factory of one, called in every worker),
-``eval_fn`` and ``loss_fn`` are module-level functions or ``functools.partial`` of them.
+``eval_fn``, ``loss_fn``, ``param_groups`` (a function of the model) and ``stats_fn`` are
+module-level functions, ``functools.partial`` of them, or instances of module-level classes.
 
 Batch sizes: the source's batch size is the *global* micro-batch (split evenly over all
 processes), so W processes with accumulation A and source batch B step on exactly the data of one
@@ -58,7 +59,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from xoron_pipelines.training.checkpoint import MODEL_FILE
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import BatchSource, ShardedBatchSource
-from xoron_pipelines.training.engine import EvalFn, LogFn, LossFn, TrainResult, train
+from xoron_pipelines.training.engine import EvalFn, LogFn, LossFn, ParamGroups, StatsFn, TrainResult, train
 from xoron_pipelines.training.parallel import DataParallel
 from xoron_pipelines.training.reproducibility import seed_everything
 from xoron_pipelines.validation import StrictModel
@@ -208,7 +209,8 @@ def _build_model(model_factory: ModelFactory, cfg: TrainConfig) -> nn.Module:
 
 def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, settings: DistributedSettings,
             ckpt_dir: str, eval_fn: EvalFn | None, loss_fn: LossFn | None, resume: bool, desc: str,
-            progress: bool) -> TrainResult | None:
+            progress: bool, param_groups: ParamGroups | None = None,
+            stats_fn: StatsFn | None = None) -> TrainResult | None:
     """One rank: process group, model, shard of the data, :func:`train`; rank 0 returns the result."""
     backend = settings.resolved_backend()
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -223,7 +225,8 @@ def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, set
         model = _build_model(model_factory, cfg).to(device)
         source = ShardedBatchSource(_batch_source(batches), parallel.rank, parallel.world_size)
         result = train(model, source, cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, loss_fn=loss_fn, resume=resume,
-                       desc=desc, progress=progress, parallel=parallel)
+                       desc=desc, progress=progress, parallel=parallel, param_groups=param_groups,
+                       stats_fn=stats_fn)
         return result if parallel.rank == 0 else None
     finally:
         dist.destroy_process_group()
@@ -232,7 +235,8 @@ def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, set
 def distributed_train(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig,
                       settings: DistributedSettings, *, ckpt_dir: str | os.PathLike, eval_fn: EvalFn | None = None,
                       on_log: LogFn | None = None, loss_fn: LossFn | None = None, resume: bool = True,
-                      desc: str = "train", progress: bool = True) -> tuple[nn.Module, TrainResult] | None:
+                      desc: str = "train", progress: bool = True, param_groups: ParamGroups | None = None,
+                      stats_fn: StatsFn | None = None) -> tuple[nn.Module, TrainResult] | None:
     """Train ``model_factory()`` on ``batches`` in ``settings.world_size`` processes.
 
     Returns ``(trained model, rank 0's TrainResult)`` in the calling process (None on a node other
@@ -243,9 +247,10 @@ def distributed_train(model_factory: ModelFactory, batches: Batches, cfg: TrainC
     if not settings.launches:
         model = _build_model(model_factory, cfg)
         return model, train(model, _batch_source(batches), cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, on_log=on_log,
-                            loss_fn=loss_fn, resume=resume, desc=desc, progress=progress)
+                            loss_fn=loss_fn, resume=resume, desc=desc, progress=progress,
+                            param_groups=param_groups, stats_fn=stats_fn)
     result = launch(_worker, settings, model_factory, batches, cfg, settings, str(ckpt_dir), eval_fn, loss_fn,
-                    resume, desc, progress)
+                    resume, desc, progress, param_groups, stats_fn)
     if result is None:
         return None
     model = _build_model(model_factory, cfg)

@@ -60,6 +60,8 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
 LogFn = Callable[[int, dict[str, float]], None]
+StatsFn = Callable[[nn.Module], dict[str, float]]
+ParamGroups = list[dict] | Callable[[nn.Module], list[dict]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -187,7 +189,8 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path,
                  eval_fn: EvalFn | None, on_log: LogFn | None, loss_fn: LossFn | None, desc: str,
-                 progress: bool, parallel: SingleProcess, param_groups: list[dict] | None = None) -> None:
+                 progress: bool, parallel: SingleProcess, param_groups: ParamGroups | None = None,
+                 stats_fn: StatsFn | None = None) -> None:
         if cfg.eval_steps is not None and eval_fn is None:
             raise ValueError("eval_steps is set but no eval_fn was given")
         if len(source) < 1:
@@ -199,6 +202,7 @@ class _Trainer:
         self.progress = progress and parallel.is_writer
         self.custom_loss = loss_fn is not None
         self.param_groups = param_groups  # optimizer groups replacing the default ones (LoRA+)
+        self.stats_fn = stats_fn if parallel.is_writer else None
         self.loss_fn = loss_fn or _default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
@@ -216,7 +220,8 @@ class _Trainer:
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
         wrapped = self.par.wrap(self.model)  # before the optimizer: FSDP2 replaces the parameters
-        self.optimizer = build_optimizer(self.model, cfg, self.param_groups)
+        groups = self.param_groups(self.model) if callable(self.param_groups) else self.param_groups
+        self.optimizer = build_optimizer(self.model, cfg, groups)
         total = self.state.total_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, total, cfg.warmup(total), cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -353,6 +358,9 @@ class _Trainer:
         metrics = {"loss": iv["loss"] / iv["steps"], "lr": self._lr, "grad_norm": iv["grad_norm"] / iv["steps"],
                    "tokens_per_s": iv["tokens"] / elapsed, "nan_skips": float(st.nan_skips),
                    "epoch": st.micro_step / st.batches_per_epoch, "tokens_seen": float(st.tokens_seen)}
+        if self.stats_fn is not None:
+            metrics.update(self.stats_fn(self.model))
+        metrics.update(getattr(self.loss_fn, "last_metrics", None) or {})  # e.g. DPO's rewards/* of the last call
         self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
         self._emit(metrics)
         return metrics
@@ -430,7 +438,8 @@ class _Trainer:
 def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
           eval_fn: EvalFn | None = None, on_log: LogFn | None = None, loss_fn: LossFn | None = None,
           resume: bool = True, desc: str = "train", progress: bool = True,
-          parallel: SingleProcess | None = None, param_groups: list[dict] | None = None) -> TrainResult:
+          parallel: SingleProcess | None = None, param_groups: ParamGroups | None = None,
+          stats_fn: StatsFn | None = None) -> TrainResult:
     """Train ``model`` in place on ``train_batches`` and return counters, eval metrics and checkpoints.
 
     ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
@@ -444,13 +453,17 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     None for a single process. Under data parallelism ``train_batches`` is this rank's shard of every
     micro-batch, every rank reads ``ckpt_dir`` when resuming (shared storage across nodes), and
     the returned result of ranks other than 0 has no checkpoint path. ``param_groups`` replaces the
-    optimizer's default parameter groups (LoRA+: :func:`~xoron_pipelines.training.lora.lora_plus_param_groups`).
+    optimizer's default parameter groups (LoRA+: :func:`~xoron_pipelines.training.lora.lora_plus_param_groups`):
+    a list, or a function of the model called once it is wrapped for data parallelism (FSDP2 replaces
+    the parameters, so a list taken before would hold stale ones). ``stats_fn(model) -> {name: value}``
+    adds model statistics (e.g. per-layer expert load) to every training log entry (rank 0's model); a
+    ``loss_fn`` with a ``last_metrics`` dict (DPO's rewards) adds those of its latest call too.
     """
     ckpt_dir = Path(ckpt_dir)
     par = parallel or SingleProcess()
     with deterministic_mode(cfg.deterministic):
         trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par,
-                           param_groups)
+                           param_groups, stats_fn)
         try:
             trainer.build()
             resumed = par.broadcast(latest_valid_checkpoint(ckpt_dir) if par.is_writer else None)

@@ -54,23 +54,24 @@ def packed_source(path, batch_size: int, seed: int, max_samples: int | None = No
 def lm_eval_fn(source, max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
     """``eval_fn(model) -> {"eval_loss", "eval_perplexity"}``: mean next-token loss per target
     token (``labels != -100``: real tokens of packed rows, assistant tokens of chat examples;
-    unweighted, the model's auxiliary MoE loss excluded) over the first ``max_batches`` batches."""
+    unweighted, the model's auxiliary MoE loss excluded) over the first ``max_batches`` batches.
+    A ``partial`` of a module-level function, so it can be sent to distributed workers."""
     batches = len(source) if max_batches is None else min(max_batches, len(source))
+    return partial(_lm_evaluate, source, batches)
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        total, weight = 0.0, 0.0
-        device = next(model.parameters()).device
-        for index in range(batches):
-            batch = {k: v.to(device) for k, v in source.batch(0, index).items() if k != "loss_weights"}
-            out = model(**batch)
-            n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            aux = out.aux_loss if isinstance(getattr(out, "aux_loss", None), torch.Tensor) else 0.0
-            total += float(out.loss - aux) * n
-            weight += n
-        loss = total / max(weight, 1.0)
-        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
-    return evaluate
+def _lm_evaluate(source, batches: int, model: nn.Module) -> dict[str, float]:
+    total, weight = 0.0, 0.0
+    device = next(model.parameters()).device
+    for index in range(batches):
+        batch = {k: v.to(device) for k, v in source.batch(0, index).items() if k != "loss_weights"}
+        out = model(**batch)
+        n = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        aux = out.aux_loss if isinstance(getattr(out, "aux_loss", None), torch.Tensor) else 0.0
+        total += float(out.loss - aux) * n
+        weight += n
+    loss = total / max(weight, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
 def unigram_entropy(source: TokenRowsSource) -> float:
@@ -142,18 +143,19 @@ def example_source(examples: list, batch_size: int, pad_id: int, seed: int, shuf
 
 def dpo_eval_fn(source: ExampleBatchSource, reference: nn.Module, beta: float,
                 max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
-    """Mean DPO loss and implicit-reward metrics over held-out pairs."""
+    """Mean DPO loss and implicit-reward metrics over held-out pairs (a picklable ``partial``)."""
     batches = len(source) if max_batches is None else min(max_batches, len(source))
+    return partial(_dpo_evaluate, source, reference, beta, batches)
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        sums: dict[str, float] = {}
-        device = next(model.parameters()).device
-        for index in range(batches):
-            batch = {k: v.to(device) for k, v in source.batch(0, index).items()}
-            loss, metrics = dpo_step_loss(model, reference, batch, beta)
-            for key, value in {"loss": float(loss), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value
-        out = {k.replace("rewards/", "reward_"): v / batches for k, v in sums.items()}
-        return {"eval_loss": out.pop("loss"), **{f"eval_{k}": v for k, v in out.items()}}
 
-    return evaluate
+def _dpo_evaluate(source: ExampleBatchSource, reference: nn.Module, beta: float, batches: int,
+                  model: nn.Module) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    device = next(model.parameters()).device
+    for index in range(batches):
+        batch = {k: v.to(device) for k, v in source.batch(0, index).items()}
+        loss, metrics = dpo_step_loss(model, reference, batch, beta)
+        for key, value in {"loss": float(loss), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value
+    out = {k.replace("rewards/", "reward_"): v / batches for k, v in sums.items()}
+    return {"eval_loss": out.pop("loss"), **{f"eval_{k}": v for k, v in out.items()}}

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from xoron_pipelines.training.config import TrainConfig
+from xoron_pipelines.training.distributed import DistributedSettings
 from xoron_pipelines.training.lora import LoraSettings
 from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.validation import StrictModel
@@ -70,6 +71,10 @@ class StageParams(StrictModel):
         description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>)")
     eval: EvalParams = Field(default_factory=EvalParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
+    distributed: DistributedSettings = Field(
+        default_factory=DistributedSettings,
+        description="scale-out: the node launches nproc_per_node x nnodes data-parallel workers (DDP / FSDP2, "
+                    "torch.distributed's elastic launcher); 1 x 1 trains in the node's own process")
     # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
     sources: list[str] | None = Field(
         None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
@@ -80,6 +85,14 @@ class StageParams(StrictModel):
         None, description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
                           "code-exec 1.2); null = those defaults")
     beta: float | None = Field(None, gt=0, description="dpo: strength of the KL anchor to the reference")
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> "StageParams":
+        world = self.distributed.world_size
+        if self.train.batch_size % world:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is the global micro-batch, split over the "
+                             f"{world} processes of distributed (nproc_per_node x nnodes): make it a multiple of {world}")
+        return self
 
     def check_kind(self, kind: Kind) -> "StageParams":
         """Reject knobs that the stage's kind would not use (instead of ignoring them)."""

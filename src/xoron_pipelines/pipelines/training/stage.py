@@ -3,19 +3,33 @@
 :func:`run_stage` takes the stage's starting model and its prepared data (batch source, eval
 function, optional custom loss) and:
 
-1. applies LoRA (``lora.enabled``) and the freeze / unfreeze patterns;
+1. applies LoRA (``lora.enabled``, adapters drawn with ``train.seed``) and the freeze / unfreeze
+   patterns;
 2. opens the stage's nested MLflow run, logs the flattened stage parameters, the model config
    and parameter counts;
-3. trains with :func:`xoron_pipelines.training.train`; every ``logging_steps`` the engine's
-   metrics (loss, lr, grad norm, tokens/s) plus the MFU estimate, per-layer MoE expert load and
-   PEER hot-expert counts go to MLflow with their step; evaluations likewise;
+3. trains with :func:`xoron_pipelines.training.train` in the node's process or, when
+   ``distributed`` asks for more than one process, with
+   :func:`xoron_pipelines.training.distributed.distributed_train` (the node launches the workers;
+   see below); every ``logging_steps`` the engine's metrics (loss, lr, grad norm, tokens/s) plus
+   the MFU estimate, per-layer MoE expert load and PEER hot-expert counts go to MLflow with their
+   step; evaluations likewise;
 4. evaluates once more at the end, merges LoRA into the base weights, logs the loss-curve and
    expert-load PNGs, the tokenizer and the final model as artefacts;
 5. returns the plain trained model and a JSON-able summary.
 
 Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint hashes the stage
-parameters, the model config, the starting weights and the data, so re-running the same command
-resumes (or, when finished, returns at once) while any change starts afresh.
+parameters (except ``distributed``: a run may resume with another number of processes), the model
+config, the starting weights and the data, so re-running the same command resumes (or, when
+finished, returns at once) while any change starts afresh.
+
+Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
+saved (safetensors) as ``<fingerprint>/start_model`` and every worker rebuilds the stage's model
+from it with :class:`StageModelFactory` (load, LoRA, freezing; the same seed, so the same adapters
+everywhere); ``train.batch_size`` is the global micro-batch, split over the processes. Rank 0's
+metric history is replayed into the stage's MLflow run when the workers are done, and the trained
+weights come back through the final checkpoint. On a node other than node 0 (``node_rank > 0``,
+``checkpoint_dir`` on storage all nodes share) the node returns the same trained model, read from
+that checkpoint, logs nothing to MLflow, and its summary says which node it is.
 """
 
 from __future__ import annotations
@@ -28,18 +42,24 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from torch import nn
 
 from xoron_pipelines import tracking
+from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
+from xoron_pipelines.training.checkpoint import MODEL_FILE, latest_valid_checkpoint
+from xoron_pipelines.training.distributed import distributed_train
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
+from xoron_pipelines.training.reproducibility import seed_everything
 
 from .schema import Kind, StageParams
 
@@ -95,7 +115,8 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: str) -> str:
-    blob = json.dumps({"params": params.model_dump(mode="json"), "config": model.config.to_dict(),
+    blob = json.dumps({"params": params.model_dump(mode="json", exclude={"distributed"}),
+                       "config": model.config.to_dict(),
                        "weights": weights_digest(model), "data": data_fingerprint}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -116,6 +137,8 @@ def model_stats(model: nn.Module) -> dict[str, float]:
     """Per MoE layer the routed-token share of each expert (or max/min share for many experts),
     per PEER layer the hot-expert count and the fraction of experts ever used."""
     out: dict[str, float] = {}
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
     expert_load = getattr(model, "expert_load", None)
     if callable(expert_load):
         for layer, load in expert_load().items():
@@ -143,40 +166,78 @@ def _trainable(model: nn.Module) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------ the stage
+def prepare_model(model: nn.Module, params: StageParams) -> tuple[nn.Module, int]:
+    """The model the stage trains: LoRA adapters (drawn with ``train.seed``, identical in every
+    process) and the freeze patterns applied; returns it and the number of frozen tensors."""
+    if params.lora.enabled:
+        seed_everything(params.train.seed)
+    model = apply_lora(model, params.lora)
+    return model, apply_freeze(model, params.freeze, params.unfreeze)
+
+
+@dataclass(frozen=True)
+class StageModelFactory:
+    """Picklable recipe of a stage's model for its worker processes: the starting model saved in
+    ``start_dir`` (safetensors), then :func:`prepare_model`."""
+
+    start_dir: str
+    params: StageParams
+
+    def __call__(self) -> nn.Module:
+        return prepare_model(XoronModelDataset(self.start_dir).load(), self.params)[0]
+
+
 def passthrough_summary(stage: str, kind: Kind) -> dict[str, Any]:
     return {"stage": stage, "kind": kind, "enabled": False, "steps": 0}
+
+
+def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, ckpt_dir: Path, stage: str,
+                        **engine: Any):
+    """Train in the node's process, or launch the workers of ``params.distributed``; returns
+    ``(trained model, TrainResult or None)``: None on a node other than node 0."""
+    dist = params.distributed
+    if not dist.launches:
+        return model, train(model, data.source, params.train, ckpt_dir=ckpt_dir, desc=stage, **engine)
+    factory = StageModelFactory(str(ckpt_dir / "start_model"), params)
+    out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, desc=stage, **engine)
+    if out is not None:
+        return out
+    last = latest_valid_checkpoint(ckpt_dir)  # node_rank > 0: node 0's workers wrote it (shared storage)
+    if last is None:
+        raise FileNotFoundError(f"stage {stage}: no checkpoint in {ckpt_dir} after training on node "
+                                f"{dist.node_rank}; checkpoint_dir must be on storage every node shares")
+    trained = factory()
+    trained.load_state_dict(load_file(str(last / MODEL_FILE)))
+    return trained, None
 
 
 def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params: StageParams, *,
               tokenizer=None, checkpoint_root: str | Path = "data/06_models/checkpoints",
               extra_params: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``model`` for one stage; returns (plain trained model, summary). See the module doc."""
-    cfg = params.train
+    cfg, dist = params.train, params.distributed
     fingerprint = stage_fingerprint(params, model, data.fingerprint)
     ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint)
     base = model
-    model = apply_lora(model, params.lora)
-    frozen = apply_freeze(model, params.freeze, params.unfreeze)
+    if dist.launches:
+        XoronModelDataset(str(ckpt_dir / "start_model")).save(base)  # what every worker starts from
+    model, frozen = prepare_model(model, params)
     trainable, total = _trainable(model)
     if trainable == 0:
         raise ValueError(f"stage {stage}: the freeze patterns leave no trainable parameter")
     groups = None
     if params.lora.enabled and params.lora.use_lora_plus:
-        groups = lora_plus_param_groups(model, cfg.learning_rate, params.lora.lora_plus_lr_ratio, cfg.weight_decay)
+        groups = partial(lora_plus_param_groups, lr=cfg.learning_rate, ratio=params.lora.lora_plus_lr_ratio,
+                         weight_decay=cfg.weight_decay)
     counts = count_parameters(base.config)
     active = counts["active_per_token"]
-    track = params.tracking
+    track = params.tracking.model_copy(update={"enabled": params.tracking.enabled and dist.node_rank == 0})
     recorder = tracking.StageRecorder(track.enabled)
-    loss_fn = data.loss_fn
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
-        metrics = dict(metrics)
-        if "tokens_per_s" in metrics:
-            metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / track.peak_flops
-            metrics.update(model_stats(base))
-            last = getattr(loss_fn, "last_metrics", None)
-            if last:
-                metrics.update({k.replace("rewards/", "train_reward_"): v for k, v in last.items()})
+        metrics = {k.replace("rewards/", "train_reward_"): v for k, v in metrics.items()}
+        if "tokens_per_s" in metrics:  # tokens of all processes, on world_size devices
+            metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / (track.peak_flops * dist.world_size)
         recorder.log(step, metrics)
 
     with tracking.stage_run(stage, track.enabled, tags={"xoron.kind": kind, "xoron.fingerprint": fingerprint}) as run:
@@ -185,21 +246,27 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
                                  "model": {"active_params": active, "total_params": counts["total"],
                                            "trainable_params": trainable, "frozen_tensors": frozen,
                                            "preset_config": base.config.to_dict()}, **(extra_params or {})})
-        log.info("stage %s (%s): %d of %d parameters train, checkpoints in %s", stage, kind, trainable, total, ckpt_dir)
+        log.info("stage %s (%s): %d of %d parameters train in %d process(es), checkpoints in %s", stage, kind,
+                 trainable, total, dist.world_size, ckpt_dir)
         start = time.perf_counter()
-        result = train(model, data.source, cfg, ckpt_dir=ckpt_dir, eval_fn=data.eval_fn if cfg.eval_steps else None,
-                       on_log=on_log, loss_fn=loss_fn, desc=stage, param_groups=groups)
+        model, result = _train_in_processes(
+            model, data, params, ckpt_dir, stage, eval_fn=data.eval_fn if cfg.eval_steps else None, on_log=on_log,
+            loss_fn=data.loss_fn, param_groups=groups, stats_fn=model_stats)
         wall = time.perf_counter() - start
-        model.eval()
-        with torch.no_grad():
-            final_eval = data.eval_fn(model)
-        recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
         adapter = save_adapter(model, ckpt_dir / "lora_adapter") if isinstance(model, PeftModel) else None
         model = merge_lora(model)
         model.eval()
+        if result is None:
+            return model, {"stage": stage, "kind": kind, "enabled": True, "node_rank": dist.node_rank,
+                           "note": "trained on several nodes; node 0 logs the metrics", "fingerprint": fingerprint,
+                           "lora_adapter": str(adapter) if adapter is not None else None}
+        with torch.no_grad():
+            final_eval = data.eval_fn(model)
+        recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
         summary = _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run)
         summary.update(data.extra_summary)
         summary["lora_adapter"] = str(adapter) if adapter is not None else None
+        summary["processes"] = dist.world_size
         if track.enabled:
             _log_artifacts(stage, model, tokenizer, recorder, track)
             import mlflow
