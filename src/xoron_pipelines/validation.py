@@ -7,7 +7,9 @@ validates all groups when the Kedro context is created, before any node runs, an
 ``Params.model_validate`` on their own group to get typed access.
 
 An unknown key, a wrong type or an impossible value raises :class:`ParameterError` naming the
-dotted key and the conf file it comes from.
+dotted key and the conf file it comes from. A schema may also define ``check_references(groups)``,
+called with all validated groups, for values that must name something in another group (a
+training stage's ``data_mix`` must be one of ``data_processing.stage_mixes``).
 """
 
 from __future__ import annotations
@@ -110,4 +112,11 @@ def validate_all(params: dict[str, Any]) -> dict[str, BaseModel]:
                 f"(each lives in conf/base/parameters_<name>.yml)"
             )
         out[group] = validate_group(group, values, known[group])
+    for group, model in out.items():  # references between groups, e.g. a stage's data_mix
+        check = getattr(model, "check_references", None)
+        if callable(check):
+            try:
+                check(out)
+            except ValueError as exc:
+                raise ParameterError(f"Invalid parameters in {conf_file(group)}:\n  - {group}.{exc}") from None
     return out

@@ -278,3 +278,54 @@ def test_cached_source_replays_small_sources_only():
     calls.clear()
     big = CachedSource(open_pass, max_tokens=20)
     assert [[d.index for d in big()] for _ in range(3)] == passes and len(calls) == 3  # re-read
+
+
+# ----------------------------------------------------------------------------- stage mixes
+
+
+def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus, trained_tokenizer, tmp_path):
+    from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ShardSet
+
+    tok = trained_tokenizer
+    params = make_params(corpus, packing={"max_seq_len": 64, "packing": "concat", "preprocess_validation_fraction": 0.3},
+                         mixing={"stopping_strategy": "all_exhausted"}, seed=1, dedup={"exact": True, "near_dup": False},
+                         stage_mixes={"only_b": {"b": 1.0}, "flipped": {"a": 0.3, "b": 0.7}})
+    ledger = build_ledger(params)
+    cache: dict = {}
+    main_train, main_val, main = tokenize_and_pack(ledger, tok, params, cache=cache)
+    b_train, b_val, only_b = tokenize_and_pack(ledger, tok, params, weights={"b": 1.0}, cache=cache)
+    f_train, f_val, flipped = tokenize_and_pack(ledger, tok, params, weights={"a": 0.3, "b": 0.7}, cache=cache)
+    assert list(only_b["sources"]) == ["b"] and only_b["sources"]["b"]["passes_completed"] == 1
+    for name, target in (("a", 0.3), ("b", 0.7)):   # the mix's weights, not the sources' own 0.6 / 0.4
+        assert flipped["sources"][name]["target_share"] == pytest.approx(target)
+        assert flipped["sources"][name]["achieved_share"] == pytest.approx(target, abs=0.02)
+    assert main["sources"]["a"]["target_share"] == pytest.approx(0.6)
+    # a document is on the same side of the split in every packing of the ledger
+    bos = tok.bos_token_id
+    b_docs = set(split_docs(real_rows(b_train) + real_rows(b_val), bos))
+    main_val_docs = set(split_docs(real_rows(main_val), bos))
+    assert set(split_docs(real_rows(b_val), bos)) == main_val_docs & b_docs != set()
+    assert not set(split_docs(real_rows(b_train), bos)) & main_val_docs
+    # the dataset stores every mix under its name, atomically replacing the earlier set
+    ds = PackedMixesDataset(str(tmp_path / "mixes"))
+    ds.save({"only_b": {"train": b_train, "val": b_val}, "flipped": {"train": f_train, "val": f_val}})
+    loaded = ds.load()
+    assert loaded.names() == ["flipped", "only_b"]
+    assert loaded["only_b"]["train"].num_rows == only_b["splits"]["train"]["sequences"]
+    kept = {"train": ShardSet(main_train.path), "val": ShardSet(main_val.path)}   # not staged: copied
+    ds.save({"only_b": kept})
+    assert ds.load().names() == ["only_b"] and main_train.path.exists()
+    assert ds.load()["only_b"]["train"].read().equals(main_train.read())
+    with pytest.raises(Exception, match="no packed mix 'flipped'.*stage_mixes"):
+        ds.load()["flipped"]
+
+
+@pytest.mark.parametrize("mixes, message", [
+    ({"m": {"nope": 1.0}}, r"\['nope'\] are not selected sources"),
+    ({"m": {}}, "at least one source"),
+    ({"m": {"a": 0.0}}, "weights must be > 0"),
+    ({"../m": {"a": 1.0}}, "folder name"),
+])
+def test_bad_stage_mixes_are_rejected_naming_the_mix(corpus, mixes, message):
+    with pytest.raises(Exception, match=message):
+        make_params(corpus, stage_mixes=mixes)

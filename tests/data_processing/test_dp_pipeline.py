@@ -66,6 +66,14 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
         assert t.num_rows == manifest["splits"][split]["sequences"] > 0
         assert sum(t.column("length").to_pylist()) == manifest["splits"][split]["tokens"]
     assert set(manifest["sources"]) == {s["name"] for s in sources}
+    # one packing per stage mix, with the mix's sources only
+    stage_mixes = default_params(project_root)["stage_mixes"]
+    assert set(manifest["stage_mixes"]) == set(stage_mixes) == {"language", "code"}
+    for name, weights in stage_mixes.items():
+        assert set(manifest["stage_mixes"][name]["sources"]) == set(weights)
+        for split in ("train", "val"):
+            t = pads.dataset(str(data / "05_model_input" / "packed_mixes" / name / split), format="parquet").to_table()
+            assert t.num_rows == manifest["stage_mixes"][name]["splits"][split]["sequences"] > 0
     # quarantine + per-reason table
     q = [json.loads(line) for line in (data / "03_primary" / "quarantine.jsonl").read_text().splitlines()]
     extra_q = sorted((r["row"], r["reason"]) for r in q if r["source"] == "extra")
@@ -87,6 +95,10 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     assert m["data_processing.tokenizer.vocab_size"] == len(tok)
     assert m["data_processing.mix.extra.target_share"] == pytest.approx(manifest["sources"]["extra"]["target_share"])
     assert m["data_processing.pack.train.tokens"] == manifest["splits"]["train"]["tokens"]
+    code = manifest["stage_mixes"]["code"]
+    assert m["data_processing.stage_mix.code.pack.train.tokens"] == code["splits"]["train"]["tokens"]
+    assert m["data_processing.stage_mix.code.mix.stdlib_code.achieved_share"] == pytest.approx(
+        code["sources"]["stdlib_code"]["achieved_share"])
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
     assert "data_processing_record_counts.csv" in artifacts
 

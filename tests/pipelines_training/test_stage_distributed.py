@@ -14,6 +14,7 @@ import torch
 
 from tests.pipelines_training.stage_helpers import chat_rows, packed_shards, stage
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
+from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.pipelines.training import nodes
 from xoron_pipelines.pipelines.training import stage as stage_mod
 from xoron_pipelines.pipelines.training.schema import StageParams
@@ -54,7 +55,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 @pytest.fixture(scope="module")
 def lm_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage-ddp")
-    shards = packed_shards(root / "train", rows=40), packed_shards(root / "val", rows=8, seed=1)
+    shards = packed_shards(root / "train", rows=40), packed_shards(root / "val", rows=8, seed=1), PackedMixes(root)
     train = {"max_steps": 4, "learning_rate": 3e-3, "eval_steps": 2, "logging_steps": 1, "seed": 5}
     evaluation = {"max_batches": 2, "batch_size": 4}  # the same held-out rows for both batch sizes
     monkeypatch = pytest.MonkeyPatch()
@@ -134,7 +135,8 @@ def test_lora_plus_sft_stage_under_fsdp2_matches_one_process(tmp_path, monkeypat
 def test_other_nodes_return_node_zeros_model_and_log_nothing(tmp_path, monkeypatch):
     """``node_rank > 0``: the launch returns nothing there; the node reads the trained weights from the
     shared checkpoint and opens no MLflow run (node 0 does the tracking)."""
-    shards = packed_shards(tmp_path / "train", rows=16), packed_shards(tmp_path / "val", rows=4, seed=1)
+    shards = (packed_shards(tmp_path / "train", rows=16), packed_shards(tmp_path / "val", rows=4, seed=1),
+              PackedMixes(tmp_path))
 
     def node_one_launch(factory, source, cfg, settings, *, ckpt_dir, **_):
         assert settings.node_rank == 1 and settings.world_size == 2

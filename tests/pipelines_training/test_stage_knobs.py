@@ -11,6 +11,7 @@ import torch
 
 from tests.pipelines_training.stage_helpers import chat_rows, packed_shards, preference_rows, stage
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
+from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.pipelines.training import nodes
 from xoron_pipelines.pipelines.training.data import packed_source, unigram_entropy
@@ -21,8 +22,9 @@ def shards(tmp_path):
     return packed_shards(tmp_path / "train", rows=40), packed_shards(tmp_path / "val", rows=8, seed=1)
 
 
-def _lm(model, shards, params):
-    return nodes.train_causal_lm(model, None, *shards, params, stage="s")
+def _lm(model, shards, params, mixes=None):
+    mixes = mixes if mixes is not None else PackedMixes(shards[0].path.parent / "no-mixes")
+    return nodes.train_causal_lm(model, None, *shards, mixes, params, stage="s")
 
 
 def _changed(before: XoronForCausalLM, after: XoronForCausalLM) -> dict[str, bool]:
@@ -182,3 +184,19 @@ def test_compile_flag_reaches_the_engine(tmp_path, shards, monkeypatch):
     _lm(nano_model(), shards, stage(tmp_path / "ck", train={"compile": True, "compile_backend": "eager",
                                                             "max_steps": 1}))
     assert calls == [{"backend": "eager"}]
+
+
+def test_data_mix_trains_and_validates_on_the_named_stage_mix(tmp_path, shards):
+    root = tmp_path / "mixes"
+    mix_train = packed_shards(root / "code" / "train", rows=24, seed=7)
+    mix_val = packed_shards(root / "code" / "val", rows=8, seed=8)
+    mixes = PackedMixes(root)
+    model, summary = _lm(nano_model(), shards, stage(tmp_path / "ck", data_mix="code"), mixes)
+    assert summary["data_mix"] == "code" and summary["train_rows"] == 24      # the mix's rows, not the 40 main ones
+    assert summary["unigram_entropy"] == pytest.approx(unigram_entropy(packed_source(mix_train.path, 4, 0)))
+    held_out = nodes.stage_data.lm_eval_fn(packed_source(mix_val.path, 4, 0, shuffle=False), 2)(model.eval())
+    assert summary["eval_loss"] == pytest.approx(held_out["eval_loss"], rel=1e-6)   # validated on the mix's val
+    _, default = _lm(nano_model(), shards, stage(tmp_path / "ck-main"), mixes)
+    assert default["data_mix"] is None and default["train_rows"] == 40
+    with pytest.raises(ValueError, match="data_mix 'prose'.*stage_mixes"):
+        _lm(nano_model(), shards, stage(tmp_path / "ck-bad", data_mix="prose"), mixes)

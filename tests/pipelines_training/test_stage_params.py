@@ -50,3 +50,19 @@ def test_stages_are_namespaced_and_chained():
     assert "tools.model" in inputs["preference.train"]
     assert pre.outputs() == {"code.model", "pretrain_summary"}
     assert set(pre.only_nodes_with_namespaces(["code"]).inputs()) >= {"language.model"}
+
+
+def test_data_mix_must_name_a_stage_mix_of_data_processing(project_root):
+    from xoron_pipelines.validation import validate_all
+
+    groups = {g: _conf(project_root, g) for g in ("data_processing", "pretrain", "finetune")}
+    validated = validate_all(groups)
+    assert {s.data_mix for s in validated["pretrain"].stages.values()} <= set(validated["data_processing"].stage_mixes)
+    groups["pretrain"]["stages"]["code"]["data_mix"] = "kode"
+    with pytest.raises(ParameterError, match=r"pretrain\.stages\.code\.data_mix: 'kode' is not one of data_processing"):
+        validate_all(groups)
+    groups["pretrain"]["stages"]["code"]["enabled"] = False  # a disabled stage reads no data
+    validate_all(groups)
+    tools = {**groups["finetune"]["stages"]["tools"], "data_mix": "code"}
+    with pytest.raises(ParameterError, match="data_mix .causal_lm only"):
+        validate_group("finetune", {"stages": {**groups["finetune"]["stages"], "tools": tools}}, FinetuneParams)

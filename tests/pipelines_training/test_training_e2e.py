@@ -51,8 +51,8 @@ def trained(tmp_path_factory) -> Path:
     return project
 
 
-def _unigram_entropy(project: Path) -> float:
-    table = pads.dataset(str(project / "data/05_model_input/packed/train"), format="parquet").to_table()
+def _unigram_entropy(project: Path, shards: str) -> float:
+    table = pads.dataset(str(project / "data/05_model_input" / shards), format="parquet").to_table()
     counts: dict[int, int] = {}
     for ids, length in zip(table.column("input_ids").to_pylist(), table.column("length").to_pylist()):
         for token, n in zip(*np.unique(ids[:length], return_counts=True)):
@@ -67,9 +67,12 @@ def _summary(project: Path, stage: str) -> dict:
 
 
 def test_language_stage_beats_the_unigram_baseline(trained):
-    baseline = _unigram_entropy(trained)
     summary = _summary(trained, "language")
+    assert summary["data_mix"] == "language"  # conf/base: each pretrain stage trains on its stage mix
+    assert _summary(trained, "code")["data_mix"] == "code"
+    baseline = _unigram_entropy(trained, "packed_mixes/language/train")
     assert summary["unigram_entropy"] == pytest.approx(baseline, rel=1e-6)
+    assert _unigram_entropy(trained, "packed/train") != pytest.approx(baseline, rel=1e-3)  # another token mix
     assert summary["eval_loss"] < baseline - 0.5, (summary["eval_loss"], baseline)
 
 

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -254,18 +254,30 @@ class _Split:
         }
 
 
-def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params) -> tuple[ShardSet, ShardSet, dict]:
+def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params, weights: Mapping[str, float] | None = None,
+                      cache: dict[str, CachedSource] | None = None,
+                      desc: str = "tokenize+pack") -> tuple[ShardSet, ShardSet, dict]:
     """Mix, tokenize, split and pack the ledger's kept documents; returns staged train / val
-    shard sets and the manifest (token counts, target vs achieved source mix)."""
+    shard sets and the manifest (token counts, target vs achieved source mix).
+
+    ``weights`` (a stage mix: ``{source name: weight}``) packs only those sources, with those
+    weights instead of the sources' own; ``cache`` shares the tokenized passes of small sources
+    between several packings of one ledger (a source is then tokenized once)."""
     p, seed = params.packing, params.seed
     tok = hf_tokenizer.backend_tokenizer
     bos, eos, pad = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id
     sources = params.selected_sources()
+    if weights is not None:
+        sources = [s for s in sources if s.name in weights]
+    cache = {} if cache is None else cache
+    for s in sources:
+        if s.name not in cache:
+            cache[s.name] = CachedSource(lambda n=s.name: source_docs(ledger, n, tok, p.preprocess_batch_size))
     mix_sources = [
         MixSource(
             name=s.name,
-            weight=s.weight,
-            open=CachedSource(lambda n=s.name: source_docs(ledger, n, tok, p.preprocess_batch_size)),
+            weight=s.weight if weights is None else weights[s.name],
+            open=cache[s.name],
             sample_repeat=s.sample_repeat,
             max_per_epoch=s.max_per_epoch,
         )
@@ -275,7 +287,7 @@ def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params) -> tuple[ShardSet,
     splits = {"train": _Split("train", p, pad), "val": _Split("val", p, pad)}
     chars = 0
     started = time.perf_counter()
-    bar = tqdm(desc="tokenize+pack", unit="tok", unit_scale=True, disable=not params.progress)
+    bar = tqdm(desc=desc, unit="tok", unit_scale=True, disable=not params.progress)
     for i, doc in mixer:
         name = sources[i].name
         split = "val" if is_validation(seed, name, doc.file, doc.row, p.preprocess_validation_fraction) else "train"

@@ -12,6 +12,9 @@ Catalog use::
     packed_train:
       type: xoron_pipelines.datasets.parquet_shards.ParquetShardsDataset
       path: data/05_model_input/packed/train
+
+:class:`PackedMixesDataset` holds several named train / val pairs (the stage mixes of
+``data_processing.stage_mixes``) under one root: ``<root>/<mix>/{train,val}``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -191,6 +194,68 @@ class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(PurePosixPath(self._path)), "rows_per_shard": self._rows_per_shard}
+
+
+SPLITS = ("train", "val")
+
+
+class PackedMixes:
+    """Lazy view of ``<root>/<mix>/{train,val}``: ``mixes["code"]`` -> ``{"train": ShardSet, "val": ShardSet}``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self) -> list[str]:
+        """The mixes that have both splits, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if all((p / split).is_dir() for split in SPLITS))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def __getitem__(self, name: str) -> dict[str, ShardSet]:
+        if name not in self:
+            raise DatasetError(f"no packed mix {name!r} under {self.root} (packed: {self.names()}); add it to "
+                               "data_processing.stage_mixes and run the data_processing pipeline")
+        return {split: ShardSet(self.root / name / split) for split in SPLITS}
+
+
+class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
+    """Named train / val shard sets under one root. ``save({mix: {"train": ShardSet, "val": ShardSet}})``
+    replaces the whole root atomically (mixes no longer configured disappear); ``load`` ->
+    :class:`PackedMixes`, lazy, so a pipeline that uses no mix never needs one."""
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(str(path).removeprefix("file://"))
+        self.metadata = metadata
+
+    def load(self) -> PackedMixes:
+        return PackedMixes(self._path)
+
+    def save(self, data: Mapping[str, Mapping[str, ShardSet]]) -> None:
+        stage = staging_dir("xoron-packed-mixes-")
+        try:
+            for name, splits in data.items():
+                if set(splits) != set(SPLITS):
+                    raise DatasetError(f"packed mix {name!r} needs exactly the splits {SPLITS}, got {sorted(splits)}")
+                for split, shards in splits.items():
+                    target = stage / name / split
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if shards.staged:
+                        shutil.move(str(shards.path), str(target))
+                    else:
+                        shutil.copytree(shards.path, target)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        replace_dir(stage, self._path, move=True)
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(PurePosixPath(self._path))}
 
 
 def iter_rows(batches: Iterable[pa.RecordBatch]) -> Iterator[dict[str, Any]]:

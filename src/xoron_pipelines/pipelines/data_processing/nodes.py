@@ -99,18 +99,34 @@ def train_tokenizer(ledger: ShardSet, params: dict[str, Any]) -> tuple[Any, dict
     return hf, {f"tokenizer.{k}": {"value": v, "step": 0} for k, v in stats.items()}
 
 
-def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[ShardSet, ShardSet, dict, dict]:
-    """Tokenize, mix, split and pack; returns train / val shards, manifest and MLflow metrics."""
+def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[ShardSet, ShardSet, dict, dict, dict]:
+    """Tokenize, mix, split and pack; returns train / val shards, the stage mixes
+    (``{mix: {"train", "val"}}``, one packing per ``stage_mixes`` entry), manifest and MLflow metrics."""
     p = Params.model_validate(params)
-    train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p)
-    metrics: dict[str, float] = {
-        "tokenizer.chars_per_token": manifest["chars_per_token"],
-        "pack.tokens_per_second": manifest["tokens_per_second"],
-    }
+    cache: dict = {}  # tokenized passes of small sources, shared by all packings
+    train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p, cache=cache)
+    metrics = _pack_metrics("", manifest)
+    metrics["tokenizer.chars_per_token"] = manifest["chars_per_token"]
+    metrics["pack.tokens_per_second"] = manifest["tokens_per_second"]
+    mixes: dict[str, dict[str, ShardSet]] = {}
+    manifest["stage_mixes"] = {}
+    for name, weights in p.stage_mixes.items():
+        mix_train, mix_val, mix_manifest = packing.tokenize_and_pack(
+            ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}")
+        mixes[name] = {"train": mix_train, "val": mix_val}
+        manifest["stage_mixes"][name] = {k: mix_manifest[k] for k in ("splits", "sources")}
+        metrics.update(_pack_metrics(f"stage_mix.{name}.", mix_manifest))
+        log.info("stage mix %s: %s", name, mix_manifest["splits"])
+    return train, val, mixes, manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}
+
+
+def _pack_metrics(prefix: str, manifest: dict) -> dict[str, float]:
+    """Split counts and target vs achieved share per source of one packing."""
+    metrics: dict[str, float] = {}
     for split, summary in manifest["splits"].items():
         for key, value in summary.items():
-            metrics[f"pack.{split}.{key}"] = float(value)
+            metrics[f"{prefix}pack.{split}.{key}"] = float(value)
     for name, row in manifest["sources"].items():
-        metrics[f"mix.{name}.target_share"] = row["target_share"]
-        metrics[f"mix.{name}.achieved_share"] = row["achieved_share"]
-    return train, val, manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}
+        metrics[f"{prefix}mix.{name}.target_share"] = row["target_share"]
+        metrics[f"{prefix}mix.{name}.achieved_share"] = row["achieved_share"]
+    return metrics

@@ -8,6 +8,7 @@ entry fields (format, category -> modality) and limits (max_per_dataset -> ``max
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Literal
 
@@ -141,6 +142,11 @@ class Params(StrictModel):
     sources: list[Source] = Field(default_factory=list)
     data_mixes: dict[str, DataMix] = Field(default_factory=dict)
     mix: str | None = None
+    stage_mixes: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="extra packings for the training stages (pretrain.stages.<stage>.data_mix): "
+                    "{mix name: {source name: weight}} over the selected sources, each packed to "
+                    "packed_mixes/<name>/{train,val} from the same ledger, tokenizer and split")
     modalities: list[str] | None = None
     categories: list[str] | None = None
     on_bad_record: Literal["quarantine", "fail"] = "quarantine"
@@ -170,7 +176,22 @@ class Params(StrictModel):
                 raise ValueError(f"source names must be unique within a list; repeated: {dup}")
         if not self.selected_sources():
             raise ValueError("no source left after the mix / modalities / categories selection")
+        self._check_stage_mixes()
         return self
+
+    def _check_stage_mixes(self) -> None:
+        selected = [s.name for s in self.selected_sources()]
+        for name, weights in self.stage_mixes.items():
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"stage_mixes.{name}: a mix name is a folder name (letters, digits, _ . -)")
+            if not weights:
+                raise ValueError(f"stage_mixes.{name}: give at least one source with its weight")
+            unknown = sorted(set(weights) - set(selected))
+            if unknown:
+                raise ValueError(f"stage_mixes.{name}: {unknown} are not selected sources (selected: {selected})")
+            bad = sorted(k for k, w in weights.items() if not w > 0)
+            if bad:
+                raise ValueError(f"stage_mixes.{name}: weights must be > 0 ({bad})")
 
     def selected_sources(self) -> list[Source]:
         """The sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""

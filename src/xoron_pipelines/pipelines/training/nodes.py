@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 import torch
+from kedro.io import DatasetError
 
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
@@ -67,19 +68,26 @@ def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: 
     return run_stage(stage, kind, model, data, params, tokenizer=tokenizer, checkpoint_root=params.checkpoint_dir)
 
 
-def train_causal_lm(init_model, tokenizer, train_data, val_data, stage_params: Mapping[str, Any], *,
+def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any], *,
                     stage: str) -> tuple[Any, dict[str, Any]]:
-    """Causal-LM stage on packed shards (``packed_train`` / ``packed_val``)."""
+    """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
+    ``packed_mixes[data_mix]`` when the stage names one."""
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
         return _train(stage, "causal_lm", init_model, tokenizer, params, None)
+    if params.data_mix is not None:
+        try:
+            mix = packed_mixes[params.data_mix]
+        except (KeyError, DatasetError) as exc:
+            raise ValueError(f"stage {stage}: data_mix {params.data_mix!r}: {exc}") from None
+        train_data, val_data = mix["train"], mix["val"]
     cfg = params.train
     source = stage_data.packed_source(train_data.path, cfg.batch_size, cfg.seed, params.max_samples)
     val = stage_data.packed_source(val_data.path, params.eval.batch_size or cfg.batch_size, cfg.seed, shuffle=False)
     data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
                      fingerprint=_shards_fingerprint(train_data, val_data),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
-                                    "train_rows": source.num_rows})
+                                    "train_rows": source.num_rows, "data_mix": params.data_mix})
     return _train(stage, "causal_lm", init_model, tokenizer, params, data)
 
 

@@ -35,7 +35,7 @@ STAGES: dict[str, dict[str, Kind]] = {
 
 #: the data inputs of each kind (shared, un-namespaced datasets)
 DATA_INPUTS: dict[str, list[str]] = {
-    "causal_lm": ["packed_train", "packed_val"],
+    "causal_lm": ["packed_train", "packed_val", "packed_mixes"],
     "sft": ["synth_raw"],
     "dpo": ["synth_raw"],
 }

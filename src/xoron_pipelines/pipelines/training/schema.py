@@ -11,7 +11,7 @@ parameter group of its own (see :mod:`xoron_pipelines.validation`).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -75,6 +75,11 @@ class StageParams(StrictModel):
         default_factory=DistributedSettings,
         description="scale-out: the node launches nproc_per_node x nnodes data-parallel workers (DDP / FSDP2, "
                     "torch.distributed's elastic launcher); 1 x 1 trains in the node's own process")
+    # ---- causal_lm ------------------------------------------------------------------------------
+    data_mix: str | None = Field(
+        None, min_length=1,
+        description="causal_lm: train and validate on this stage mix of data_processing.stage_mixes "
+                    "(packed_mixes/<name>); null = the main packing (packed_train / packed_val)")
     # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
     sources: list[str] | None = Field(
         None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
@@ -101,6 +106,8 @@ class StageParams(StrictModel):
             wrong.append("loss_weights (sft only)")
         if kind != "dpo" and self.beta is not None:
             wrong.append("beta (dpo only)")
+        if kind != "causal_lm" and self.data_mix is not None:
+            wrong.append("data_mix (causal_lm only; sft / dpo stages read synth partitions: sources)")
         if kind == "causal_lm" and (self.sources is not None or self.max_seq_len is not None):
             wrong.append("sources / max_seq_len (sft / dpo only; a causal_lm stage reads packed shards)")
         if kind == "dpo" and self.beta is None:
@@ -132,3 +139,13 @@ class StagesGroup(StrictModel):
             except ValueError as exc:
                 raise ValueError(f"stages.{name}: {exc}") from None
         return self
+
+    def check_references(self, groups: dict[str, Any]) -> None:
+        """Each stage's ``data_mix`` names a mix of ``data_processing.stage_mixes``."""
+        processing = groups.get("data_processing")
+        if processing is None:
+            return
+        for name, stage in self.stages.items():
+            if stage.enabled and stage.data_mix is not None and stage.data_mix not in processing.stage_mixes:
+                raise ValueError(f"stages.{name}.data_mix: {stage.data_mix!r} is not one of data_processing."
+                                 f"stage_mixes {sorted(processing.stage_mixes)} (conf/base/parameters_data_processing.yml)")
