@@ -329,3 +329,17 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
 def test_bad_stage_mixes_are_rejected_naming_the_mix(corpus, mixes, message):
     with pytest.raises(Exception, match=message):
         make_params(corpus, stage_mixes=mixes)
+
+
+def test_a_weight_far_above_the_natural_share_warns_naming_the_source(corpus, trained_tokenizer, caplog):
+    params = make_params(corpus, packing={"max_seq_len": 64}, mixing={"stopping_strategy": "all_exhausted"},
+                         dedup={"exact": True, "near_dup": False})
+    ledger = build_ledger(params)
+    with caplog.at_level("WARNING", logger="xoron_pipelines.data.packing"):
+        *_, fair = tokenize_and_pack(ledger, trained_tokenizer, params, desc="fair")
+        *_, skewed = tokenize_and_pack(ledger, trained_tokenizer, params, weights={"a": 0.97, "b": 0.03},
+                                       desc="skewed")
+    assert max(r["passes_completed"] for r in fair["sources"].values()) <= 3
+    assert skewed["sources"]["a"]["passes_completed"] > 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("skewed: sources repeated") and "a: " in warnings[0]

@@ -254,6 +254,24 @@ class _Split:
         }
 
 
+#: passes over one source above which a packing warns (its weight is far above its natural share)
+MAX_QUIET_PASSES = 3
+
+
+def warn_repeats(report: Mapping[str, Mapping[str, float]], desc: str) -> list[str]:
+    """Warn about sources read more than :data:`MAX_QUIET_PASSES` times to keep their weight (their
+    documents are repeated that often); returns their names."""
+    heavy = [name for name, row in report.items() if row["passes_completed"] > MAX_QUIET_PASSES]
+    if heavy:
+        natural = sum(row["tokens"] / max(row["passes_completed"], 1) for row in report.values())
+        detail = ", ".join(f"{n}: {report[n]['passes_completed']} passes (weight {report[n]['target_share']:.3g}, "
+                           f"natural share {report[n]['tokens'] / max(report[n]['passes_completed'], 1) / natural:.3g})"
+                           for n in heavy)
+        log.warning("%s: sources repeated to keep their weight: %s; weights near the natural shares read each "
+                    "source about once", desc, detail)
+    return heavy
+
+
 def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params, weights: Mapping[str, float] | None = None,
                       cache: dict[str, CachedSource] | None = None,
                       desc: str = "tokenize+pack") -> tuple[ShardSet, ShardSet, dict]:
@@ -320,6 +338,7 @@ def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params, weights: Mapping[s
         else 0.0,
         "npy": ["tokens.npy"] if p.export_npy else [],
     }
+    warn_repeats(manifest["sources"], desc)
     if p.preprocess_validation_fraction > 0 and splits["val"].documents == 0:
         log.warning("validation split is empty (fraction %s, %d documents)", p.preprocess_validation_fraction,
                     splits["train"].documents)
