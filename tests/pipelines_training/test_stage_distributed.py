@@ -174,3 +174,47 @@ def test_bad_distributed_settings_fail_naming_the_key(bad, message, tmp_path):
     params = stage(tmp_path, **{k: v for k, v in bad.items() if k != "train"}, train=bad["train"])
     with pytest.raises(ValueError, match=message):
         StageParams.model_validate(params)
+
+
+def test_two_nodes_return_the_same_model_as_one_process(tmp_path):
+    """Two real "nodes" (separate processes, static rendezvous on this machine, one worker each,
+    checkpoint_dir shared): both return the weights of the 1-process run, node 0 the full summary."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    shards = packed_shards(tmp_path / "train", rows=24), packed_shards(tmp_path / "val", rows=8, seed=1)
+    train = {"max_steps": 3, "learning_rate": 3e-3, "logging_steps": 1, "seed": 4}
+    evaluation = {"max_batches": 2, "batch_size": 4}
+    single = stage(tmp_path / "ck-single", eval=evaluation, train={**train, "batch_size": 2,
+                                                                     "gradient_accumulation_steps": 2})
+    reference, _ = nodes.train_causal_lm(nano_model("nano-moe-mla"), None, *shards, PackedMixes(tmp_path), single,
+                                         stage="lm")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    procs = []
+    for rank in (0, 1):
+        args = {"train": str(shards[0].path), "val": str(shards[1].path), "ckpt": str(tmp_path / "ck-shared"),
+                "preset": "nano-moe-mla", "train_params": {**train, "batch_size": 4}, "eval": evaluation,
+                "out": str(tmp_path / f"node{rank}"),
+                "distributed": {"nnodes": 2, "node_rank": rank, "nproc_per_node": 1, "rdzv_backend": "static",
+                                "rdzv_endpoint": endpoint, "backend": "gloo", "timeout": 120}}
+        procs.append(subprocess.Popen([sys.executable, "-m", "tests.pipelines_training.node_main", json.dumps(args)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    summaries = [json.loads((tmp_path / f"node{r}.json").read_text()) for r in (0, 1)]
+    assert summaries[0]["processes"] == 2 and summaries[0]["steps"] == 3
+    assert summaries[1]["node_rank"] == 1 and "steps" not in summaries[1]
+    expected = reference.state_dict()
+    for rank in (0, 1):
+        got = load_file(str(tmp_path / f"node{rank}.safetensors"))
+        diff = max(float((got[k] - expected[k]).abs().max()) for k in expected)
+        print(f"node {rank}: max |w_2nodes - w_1proc| = {diff:.3g}")
+        assert diff <= TOLERANCE
+    assert sorted(p.name for p in next((tmp_path / "ck-shared" / "lm").iterdir()).iterdir()
+                  if p.name.startswith("start_model")) == ["start_model.node0", "start_model.node1"]

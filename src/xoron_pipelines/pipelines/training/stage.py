@@ -23,7 +23,9 @@ config, the starting weights and the data, so re-running the same command resume
 finished, returns at once) while any change starts afresh.
 
 Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
-saved (safetensors) as ``<fingerprint>/start_model`` and every worker rebuilds the stage's model
+saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
+write the same directory, and the start model need not be on shared storage) and every worker
+rebuilds the stage's model
 from it with :class:`StageModelFactory` (load, LoRA, freezing; the same seed, so the same adapters
 everywhere); ``train.batch_size`` is the global micro-batch, split over the processes. Rank 0's
 metric history is replayed into the stage's MLflow run when the workers are done, and the trained
@@ -191,6 +193,11 @@ def passthrough_summary(stage: str, kind: Kind) -> dict[str, Any]:
     return {"stage": stage, "kind": kind, "enabled": False, "steps": 0}
 
 
+def start_model_dir(ckpt_dir: Path, node_rank: int) -> Path:
+    """Where this node saves the starting model its workers load."""
+    return ckpt_dir / f"start_model.node{node_rank}"
+
+
 def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, ckpt_dir: Path, stage: str,
                         **engine: Any):
     """Train in the node's process, or launch the workers of ``params.distributed``; returns
@@ -198,7 +205,7 @@ def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, 
     dist = params.distributed
     if not dist.launches:
         return model, train(model, data.source, params.train, ckpt_dir=ckpt_dir, desc=stage, **engine)
-    factory = StageModelFactory(str(ckpt_dir / "start_model"), params)
+    factory = StageModelFactory(str(start_model_dir(ckpt_dir, dist.node_rank)), params)
     out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, desc=stage, **engine)
     if out is not None:
         return out
@@ -220,7 +227,7 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
     ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint)
     base = model
     if dist.launches:
-        XoronModelDataset(str(ckpt_dir / "start_model")).save(base)  # what every worker starts from
+        XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
     model, frozen = prepare_model(model, params)
     trainable, total = _trainable(model)
     if trainable == 0:
@@ -253,7 +260,8 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
             model, data, params, ckpt_dir, stage, eval_fn=data.eval_fn if cfg.eval_steps else None, on_log=on_log,
             loss_fn=data.loss_fn, param_groups=groups, stats_fn=model_stats)
         wall = time.perf_counter() - start
-        adapter = save_adapter(model, ckpt_dir / "lora_adapter") if isinstance(model, PeftModel) else None
+        writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone writes into the shared dir
+        adapter = save_adapter(model, ckpt_dir / "lora_adapter") if writes else None
         model = merge_lora(model)
         model.eval()
         if result is None:
