@@ -1,12 +1,13 @@
-"""RMSNorm: Triton vs torch reference vs HF LlamaRMSNorm, forward and gradients (fp32)."""
+"""RMSNorm: Triton vs torch (hand-written backward) vs the plain reference vs HF LlamaRMSNorm."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from xoron_pipelines.kernels import rms_norm, rmsnorm
-from xoron_pipelines.kernels.rmsnorm import rms_norm_torch, rms_norm_triton
+from xoron_pipelines.kernels.rmsnorm import rms_norm_reference, rms_norm_torch, rms_norm_triton
 
 ATOL, RTOL = 1e-5, 1e-5
 
@@ -45,3 +46,30 @@ def test_eps_takes_effect(device):
     small, large = rms_norm(x, w, 1e-12, impl="triton"), rms_norm(x, w, 1e-2, impl="triton")
     torch.testing.assert_close(small, torch.ones_like(x), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(large, x / (1e-6 + 1e-2) ** 0.5, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("x_dtype", "w_dtype", "tol"), [
+    (torch.float32, torch.float32, 1e-5),
+    (torch.float64, torch.float64, 1e-6),  # statistic in fp32, as HF does
+    (torch.bfloat16, torch.float32, 1e-2),
+    (torch.bfloat16, torch.bfloat16, 1e-2),
+])
+def test_torch_backward_matches_autograd_of_reference(check_parity, x_dtype, w_dtype, tol):
+    """The hand-written backward against autograd through the plain expression, odd shapes."""
+    gen = torch.Generator().manual_seed(1)
+    x = (3 * torch.randn(3, 5, 37, generator=gen)).to(x_dtype).requires_grad_()
+    w = (1 + 0.3 * torch.randn(37, generator=gen)).to(w_dtype).requires_grad_()
+    check_parity(lambda a, b: rms_norm_torch(a, b, 1e-5), lambda a, b: rms_norm_reference(a, b, 1e-5),
+                 [x, w], tol, tol)
+    assert torch.equal(rms_norm_torch(x, w, 1e-5), rms_norm_reference(x, w, 1e-5))  # same forward ops
+
+
+def test_torch_backward_one_input_needing_grad(check_parity):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 19, generator=gen)
+    w = torch.randn(19, generator=gen)
+    for needs in ((True, False), (False, True)):
+        inputs = [x.clone().requires_grad_(needs[0]), w.clone().requires_grad_(needs[1])]
+        check_parity(rms_norm_torch, rms_norm_reference, inputs, ATOL, RTOL)
+    with torch.no_grad():  # nothing recorded: the plain expression runs
+        assert rms_norm_torch(x.requires_grad_(), w).grad_fn is None

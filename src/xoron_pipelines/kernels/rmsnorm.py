@@ -2,6 +2,15 @@
 
 The statistic is computed in fp32, the normalised activations are cast back to the input dtype
 and then multiplied by ``weight`` (exactly the order HF uses, so bf16 results agree).
+
+Three implementations: :func:`rms_norm_reference` is the plain expression (autograd by torch,
+the parity reference); :func:`rms_norm_torch` (the CPU path) computes the same forward with a
+hand-written backward (:class:`_RMSNormTorchFunction`): autograd's graph of the expression runs
+about ten full-size passes and as many small ops in backward (pow, mean, rsqrt and two
+broadcast products each get their own backward node), the closed form
+``dx = rstd * (g*w - x_hat * mean(g*w*x_hat))``, ``dw = sum(g * x_hat)`` needs six, and only
+``x`` and the per-row ``rstd`` are saved. On (4, 256, 256) fp32, 1 thread: 0.73 ms forward +
+backward against 1.3-1.8 ms. :func:`rms_norm_triton` is the GPU kernel.
 """
 
 from __future__ import annotations
@@ -13,12 +22,53 @@ import triton.language as tl
 _MAX_BWD_PROGRAMS = 256  # backward programs stride over row blocks; dw partials are (this, D)
 
 
-def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Pure-torch reference (HF LlamaRMSNorm); autograd by torch."""
     hidden = x.to(torch.float32)
     variance = hidden.pow(2).mean(-1, keepdim=True)
     hidden = hidden * torch.rsqrt(variance + eps)
     return weight * hidden.to(x.dtype)
+
+
+class _RMSNormTorchFunction(torch.autograd.Function):
+    """:func:`rms_norm_reference` with a closed-form backward (see the module docstring).
+
+    The forward runs the reference's operations in the same order (bitwise equal results);
+    backward recomputes ``x_hat = x * rstd`` from the saved input and follows the reference's
+    dtype casts, so gradients match it to rounding for any input / weight dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        hidden = x.to(torch.float32)
+        rstd = hidden.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
+        normed = torch.mul(hidden, rstd).to(x.dtype)
+        out = normed.mul_(weight) if normed.dtype == weight.dtype else weight * normed  # normed is a new tensor
+        ctx.save_for_backward(x, weight, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x.to(torch.float32) * rstd
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * x_hat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            grad_hat = (grad * weight).to(x.dtype).to(torch.float32)
+            mean = torch.linalg.vecdot(grad_hat, x_hat).unsqueeze(-1).div_(x.shape[-1])
+            grad_x = torch.addcmul(grad_hat, x_hat, mean, value=-1).mul_(rstd).to(x.dtype)
+        return grad_x, grad_w, None
+
+
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm in torch ops with the hand-written backward when autograd records the call;
+    the plain :func:`rms_norm_reference` otherwise (inference, and while torch.compile /
+    torch.export trace, where the expression is what they can fuse and export)."""
+    records = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if not records or torch.compiler.is_compiling():
+        return rms_norm_reference(x, weight, eps)
+    return _RMSNormTorchFunction.apply(x, weight, eps)
 
 
 @triton.jit
@@ -119,7 +169,7 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Triton RMSNorm (same contract as :func:`rms_norm_torch`); differentiable in x and weight."""
+    """Triton RMSNorm (same contract as :func:`rms_norm_reference`); differentiable in x and weight."""
     if x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"rms_norm: weight has {weight.shape[-1]} features, x has {x.shape[-1]}")
     return _RMSNormFunction.apply(x, weight, eps)
