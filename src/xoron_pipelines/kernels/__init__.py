@@ -1,8 +1,7 @@
 """Fused kernels (Triton) beside their pure-torch references, chosen per call by ``impl``.
 
 Every public function takes ``impl = "auto" | "triton" | "torch"`` (the model config knob
-``kernels``); see :mod:`xoron_pipelines.kernels.dispatch` for the rules. ``linear`` is the
-exception: a CPU-only choice of matmul library (:mod:`xoron_pipelines.kernels.matmul`).
+``kernels``); see :mod:`xoron_pipelines.kernels.dispatch` for the rules.
 """
 
 from .dispatch import (
@@ -15,14 +14,12 @@ from .dispatch import (
     swiglu,
 )
 from .fused_ce import linear_cross_entropy_naive
-from .matmul import linear
 from .quant_int8 import dequantize_int8_rows
 
 __all__ = [
     "apply_rope",
     "dequantize_int8_rows",
     "fused_linear_cross_entropy",
-    "linear",
     "linear_cross_entropy_naive",
     "quantize_int8_rows",
     "resolve_impl",

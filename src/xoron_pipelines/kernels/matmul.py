@@ -18,8 +18,13 @@ page faults cost more than the faster kernel saves.
 ``mm_nt`` / ``mm_nn`` fall back to ``torch.mm`` on other devices and dtypes, when an operand
 has a zero-sized contraction (oneDNN rejects it), when the op is missing (PyTorch built
 without oneDNN) or when :data:`ONEDNN` is switched off. They carry no autograd: they are for
-the insides of ``autograd.Function`` s. :func:`linear` is the differentiable layer product
-built on them (the model's ``Linear`` modules call it).
+the insides of ``autograd.Function`` s (the fused LM-head loss).
+
+Not used for the decoder's ``nn.Linear`` layers: an autograd wrapper (oneDNN forward and input
+gradient, MKL weight gradient) made the dense 256 -> 1024 SwiGLU block 5-8% faster, but was
+neutral for the MoE block and 3% slower for the MLA projections at 2 threads (oneDNN's per-call
+cost, a weight reorder each call, outweighs the faster kernel on small weights); decoder-wide
+it was within noise, so it was not kept.
 """
 
 from __future__ import annotations
@@ -52,36 +57,3 @@ def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` (M, K) and ``b`` (K, N): a new contiguous (M, N) tensor."""
     return mm_nt(a, b.T)
 
-
-class _LinearFunction(torch.autograd.Function):
-    """``x @ weight.T`` (no bias): forward and input gradient through :func:`mm_nt` / :func:`mm_nn`,
-    the weight gradient ``g.T @ x`` through ``torch.mm`` (MKL is the faster one for that form)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(x2, weight)
-        ctx.x_shape = x.shape
-        return mm_nt(x2, weight).view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x2, weight = ctx.saved_tensors
-        grad2 = grad.reshape(-1, grad.shape[-1])
-        grad_x = mm_nn(grad2, weight).view(ctx.x_shape) if ctx.needs_input_grad[0] else None
-        grad_w = torch.mm(grad2.T, x2) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``; while autograd records a bias-free fp32 CPU product, through oneDNN.
-
-    Only the training path switches (:class:`_LinearFunction`, about 10% less time for the dense
-    SwiGLU block of the MoE+MLA benchmark at 1-2 threads); inference, and torch.compile /
-    torch.export tracing, see the plain ``F.linear`` they can fuse and export.
-    """
-    records = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if (bias is None and records and use_onednn(x, weight) and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting()):
-        return _LinearFunction.apply(x, weight)
-    return torch.nn.functional.linear(x, weight, bias)

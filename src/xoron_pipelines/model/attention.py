@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from xoron_pipelines.model.linear import Linear
 from xoron_pipelines.model.norm import RMSNorm
 from xoron_pipelines.model.rope import apply_rotary, softmax_scale
 
@@ -171,10 +170,10 @@ class Attention(nn.Module):
         self.config, self.layer_idx = config, layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.attn_head_dim
         hidden = config.hidden_size
-        self.q_proj = Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.scaling = self.head_dim ** -0.5
 
     def forward(self, x, position_embeddings=None, key_valid=None, past_key_values: KVCache | None = None):
@@ -204,15 +203,15 @@ class MLAttention(nn.Module):
         self.kv_lora_rank = config.kv_lora_rank
         self.qk_head_dim = self.nope + self.rope
         if config.q_lora_rank is None:
-            self.q_proj = Linear(hidden, heads * self.qk_head_dim, bias=False)
+            self.q_proj = nn.Linear(hidden, heads * self.qk_head_dim, bias=False)
         else:
-            self.q_a_proj = Linear(hidden, config.q_lora_rank, bias=False)
+            self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=False)
             self.q_a_layernorm = RMSNorm(config.q_lora_rank, eps=MLA_NORM_EPS, impl=config.kernels)
-            self.q_b_proj = Linear(config.q_lora_rank, heads * self.qk_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = Linear(hidden, self.kv_lora_rank + self.rope, bias=False)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, heads * self.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.rope, bias=False)
         self.kv_a_layernorm = RMSNorm(self.kv_lora_rank, eps=MLA_NORM_EPS, impl=config.kernels)
-        self.kv_b_proj = Linear(self.kv_lora_rank, heads * (self.nope + self.v_dim), bias=False)
-        self.o_proj = Linear(heads * self.v_dim, hidden, bias=False)
+        self.kv_b_proj = nn.Linear(self.kv_lora_rank, heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(heads * self.v_dim, hidden, bias=False)
         self.scaling = softmax_scale(config, self.qk_head_dim)
 
     def _queries(self, x):

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from xoron_pipelines import kernels
-from xoron_pipelines.model.linear import Linear
 
 
 class MLP(nn.Module):
@@ -16,9 +15,9 @@ class MLP(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         inter = config.intermediate_size if intermediate_size is None else intermediate_size
-        self.gate_proj = Linear(hidden, inter, bias=False)
-        self.up_proj = Linear(hidden, inter, bias=False)
-        self.down_proj = Linear(inter, hidden, bias=False)
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
         self.impl = config.kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,8 +82,7 @@ class XoronPreTrainedModel(PreTrainedModel):
         if not type(module).__module__.startswith("xoron_pipelines."):
             return
         own = list(module.parameters(recurse=False))
-        # our Linear is nn.Linear to transformers (normal init above); its reset would be kaiming
-        if own and not isinstance(module, nn.Linear) and hasattr(module, "reset_parameters") and not all(
+        if own and hasattr(module, "reset_parameters") and not all(
                 getattr(p, "_is_hf_initialized", False) for p in own):
             module.reset_parameters()
         for name, buf in module.named_buffers(recurse=False):
