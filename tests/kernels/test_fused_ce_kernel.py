@@ -122,3 +122,31 @@ def test_bad_arguments_rejected(device):
         fused_linear_cross_entropy(hidden, weight, labels, chunk_size=0, impl="torch")
     with pytest.raises(ValueError, match="labels"):
         fused_linear_cross_entropy(hidden, weight, labels[:-1], impl="torch")
+
+
+def test_bf16_inputs_with_fp32_weight_gradient_accumulator():
+    """A bf16 chunk: the row work runs on an fp32 copy, the first chunk writes the fp32 grad_w."""
+    hidden, weight, labels, _ = _inputs("cpu", seed=4)
+    h16, w16 = (t.detach().bfloat16().requires_grad_() for t in (hidden, weight))
+    got = fused_linear_cross_entropy(h16, w16, labels.cpu(), chunk_size=8, impl="torch")
+    ref = linear_cross_entropy_naive(h16.detach().float().requires_grad_(), w16.detach().float(), labels.cpu())
+    torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
+    got.backward()
+    h32, w32 = (t.detach().float().requires_grad_() for t in (h16, w16))
+    linear_cross_entropy_naive(h32, w32, labels.cpu()).backward()
+    assert h16.grad.dtype == w16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(h16.grad.float(), h32.grad, atol=2e-2, rtol=5e-2)
+    torch.testing.assert_close(w16.grad.float(), w32.grad, atol=2e-2, rtol=5e-2)
+
+
+def test_gradients_with_very_confident_wrong_predictions():
+    """Target probabilities far below fp32's normal range: the loss and gradients stay exact
+    (the log-sum-exp comes from the row maximum's probability, not the target's)."""
+    hidden, weight, labels, _ = _inputs("cpu", seed=5)
+    hidden = (60 * hidden).detach().requires_grad_()
+    got = fused_linear_cross_entropy(hidden, weight, labels.cpu(), chunk_size=8, impl="torch")
+    ref = linear_cross_entropy_naive(hidden.double(), weight.double(), labels.cpu())
+    assert torch.isfinite(got) and got.item() > 100
+    torch.testing.assert_close(got.double(), ref, atol=1e-3, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, (hidden, weight)), torch.autograd.grad(ref, (hidden, weight))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
