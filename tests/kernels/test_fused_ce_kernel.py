@@ -9,6 +9,7 @@ import torch
 
 from xoron_pipelines.kernels import fused_ce, fused_linear_cross_entropy, linear_cross_entropy_naive
 from xoron_pipelines.kernels.fused_ce import (
+    cpu_chunk_size,
     default_chunk_size,
     fused_linear_cross_entropy_torch,
     fused_linear_cross_entropy_triton,
@@ -103,6 +104,11 @@ def test_batched_input_and_default_chunk(device):
     assert default_chunk_size(8192, 32000, 4096) == 1024  # about N * H logits
     assert default_chunk_size(10, 1000, 64) == 10
     assert default_chunk_size(5000, 1 << 30, 64) == 1
+    # CPU: equal chunks of at most 6M logits, no power-of-two rounding
+    assert cpu_chunk_size(1020, 32000) == 170  # 6 chunks (at most 196 rows each)
+    assert cpu_chunk_size(196, 32000) == 196 and cpu_chunk_size(197, 32000) == 99
+    assert cpu_chunk_size(10, 1000) == 10
+    assert cpu_chunk_size(5000, 1 << 30) == 1
 
 
 def test_frozen_weight_gets_no_gradient(device):

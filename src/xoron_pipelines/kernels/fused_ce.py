@@ -22,10 +22,10 @@ token that streams the vocabulary in BLOCK_V blocks with an online log-sum-exp (
 matching gradient kernel). The matmuls stay in torch (cuBLAS on GPU); on CPU in fp32 the two
 ``x @ W.T``-shaped ones (logits, ``grad_hidden``) go through oneDNN (:mod:`.matmul`: about
 10-25% faster than MKL's sgemm for these thin products on the project's AMD box), the weight
-gradient stays MKL's ``addmm_``. The CPU chunk budget is therefore the same 4M logits (16 MiB)
-as elsewhere: with MKL, 512-row chunks were fastest; with oneDNN, 128-192 rows (about 0.9x
-the time of 512-row MKL chunks for the 1020 x 256 x 32000 LM head), and a chunk under 32 MiB
-is recycled by glibc's heap rather than mapped afresh (page faults) for every chunk.
+gradient stays MKL's ``addmm_``. CPU chunks are therefore smaller than they were with MKL
+(512 rows, 64 MiB): equal chunks of at most 24 MiB of logits (:func:`cpu_chunk_size`, 170
+rows for the 1020 x 256 x 32000 LM head of the training-step benchmark), which a fresh oneDNN
+output can use without a new memory mapping per chunk.
 
 Loss semantics (all reductions): per-token ``ce_i`` is 0 at ``ignore_index``; with per-token
 ``loss_weights`` w (1 when None) ``"none"`` returns ``w_i * ce_i``, ``"sum"`` their sum and
@@ -46,7 +46,7 @@ from .matmul import mm_nn, mm_nt
 
 Reduction = Literal["mean", "sum", "none"]
 _LOGITS_BUDGET = 1 << 22  # default chunk: about 4M logits (16 MiB in fp32) at a time
-_CPU_LOGITS_BUDGET = 1 << 22  # CPU: the same 4M logits since the products run on oneDNN (module doc)
+_CPU_LOGITS_BUDGET = 6 << 20  # CPU: at most 6M logits (24 MiB fp32) per chunk, see cpu_chunk_size
 _MAX_BLOCK_V = 8192  # vocabulary block streamed per step by the Triton row kernels
 
 
@@ -54,7 +54,7 @@ def default_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int, budget:
     """Rows per chunk: a power of two, at least 1, at most N.
 
     The chunk's logits hold about max(budget, N * H) elements: a fixed budget (default
-    ``_LOGITS_BUDGET``; CPU callers pass ``_CPU_LOGITS_BUDGET``), raised to the size of
+    ``_LOGITS_BUDGET``), raised to the size of
     ``hidden`` itself for big batches, so large batches run few, large matmuls while extra
     memory stays of the order of the activations already held.
     """
@@ -62,10 +62,29 @@ def default_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int, budget:
     return max(1, min(n_tokens, 1 << (rows.bit_length() - 1)))
 
 
+def cpu_chunk_size(n_tokens: int, vocab_size: int, budget: int = _CPU_LOGITS_BUDGET) -> int:
+    """Rows per chunk on CPU: equal chunks (no power-of-two rounding), each at most ``budget`` logits.
+
+    Every chunk's logits are a fresh oneDNN output (:mod:`.matmul`), so the cap keeps them well
+    under glibc's 32 MiB mmap threshold, where a freed block is recycled by the heap instead of
+    being mapped afresh (4K page faults) for every chunk. Within the cap, larger chunks are
+    better: each chunk streams the V x H weight through two products and the fp32 weight
+    gradient through a third, and at 2 threads the products get markedly more efficient from
+    128 to about 200 rows (measured on the 1020 x 256 x 32000 LM head: 170-row chunks took
+    about 0.92x the time of 128-row ones at 2 threads, 0.97x at 1). Splitting N into equal
+    chunks avoids a small, inefficient last chunk.
+    """
+    max_rows = max(1, budget // max(vocab_size, 1))
+    chunks = -(-n_tokens // max_rows)
+    return max(1, -(-n_tokens // max(chunks, 1)))
+
+
 def auto_chunk_size(n_tokens: int, vocab_size: int, hidden_size: int, device_type: str) -> int:
-    """The chunk used when none is given: :func:`default_chunk_size` with the device's budget."""
-    budget = _CPU_LOGITS_BUDGET if device_type == "cpu" else _LOGITS_BUDGET
-    return default_chunk_size(n_tokens, vocab_size, hidden_size, budget)
+    """The chunk used when none is given: :func:`cpu_chunk_size` on CPU, otherwise
+    :func:`default_chunk_size` (the caching allocator recycles any chunk size there)."""
+    if device_type == "cpu":
+        return cpu_chunk_size(n_tokens, vocab_size)
+    return default_chunk_size(n_tokens, vocab_size, hidden_size, _LOGITS_BUDGET)
 
 
 def _token_weights(labels: torch.Tensor, loss_weights: torch.Tensor | None, ignore_index: int) -> torch.Tensor:
