@@ -72,6 +72,7 @@ def run_one(size: str, steps: int, rounds: int) -> dict:
     import mlflow
     import torch
 
+    from xoron_pipelines.datasets.parquet_shards import PackedMixes
     from xoron_pipelines.model import XoronForCausalLM, get_config
     from xoron_pipelines.pipelines.training.data import packed_source
     from xoron_pipelines.pipelines.training.nodes import train_causal_lm
@@ -97,7 +98,8 @@ def run_one(size: str, steps: int, rounds: int) -> dict:
             model.load_state_dict(init)
             params["checkpoint_dir"] = str(tmp / f"ck{round_}")
             with mlflow.start_run(run_name="bench"):
-                _, summary = train_causal_lm(model, None, train, val, params, stage=f"bench-{size}")
+                _, summary = train_causal_lm(model, None, train, val, PackedMixes(tmp / "no-mixes"), params,
+                                             stage=f"bench-{size}")
             stage_runs.append(summary["tokens_seen"] / summary["wall_s"])
             model.load_state_dict(init)
             bare_runs.append(_bare(model, source, steps, 1e-4))

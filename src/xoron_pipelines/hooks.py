@@ -84,6 +84,6 @@ class RunSummaryHook:
         except Exception as exc:  # a summary must never turn a finished run into a failure
             log.warning("no run summary: %s", exc)
             return
-        console = Console(width=max(Console().width, 110))  # logs are often not a terminal (80 columns)
+        console = Console(width=max(Console().width, 132))  # logs are often not a terminal (80 columns)
         for table in tables:
             console.print(table)
