@@ -25,9 +25,8 @@ finished, returns at once) while any change starts afresh.
 Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
 saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
 write the same directory, and the start model need not be on shared storage) and every worker
-rebuilds the stage's model
-from it with :class:`StageModelFactory` (load, LoRA, freezing; the same seed, so the same adapters
-everywhere); ``train.batch_size`` is the global micro-batch, split over the processes. Rank 0's
+rebuilds the stage's model from it with :class:`StageModelFactory` (load, LoRA, freezing; the
+same seed, so the same adapters everywhere); ``train.batch_size`` is the global micro-batch, split over the processes. Rank 0's
 metric history is replayed into the stage's MLflow run when the workers are done, and the trained
 weights come back through the final checkpoint. On a node other than node 0 (``node_rank > 0``,
 ``checkpoint_dir`` on storage all nodes share) the node returns the same trained model, read from
