@@ -240,12 +240,7 @@ class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
                 if set(splits) != set(SPLITS):
                     raise DatasetError(f"packed mix {name!r} needs exactly the splits {SPLITS}, got {sorted(splits)}")
                 for split, shards in splits.items():
-                    target = stage / name / split
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if shards.staged:
-                        shutil.move(str(shards.path), str(target))
-                    else:
-                        shutil.copytree(shards.path, target)
+                    ParquetShardsDataset(str(stage / name / split)).save(shards)  # moved if staged, else copied
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
