@@ -6,7 +6,8 @@ For each size (``nano``, ``tiny`` presets) a child process (so peak RSS is its o
   ``seq_len`` per row) with MLflow tracking on (a temporary sqlite store) -- the engine, the
   per-step metric logging (MFU, expert load), the final checkpoint; tokens/s = tokens seen /
   wall time of the stage's training loop;
-* **bare**: the same model, batches and AdamW, in a plain ``forward -> backward -> step`` loop.
+* **bare**: the same model, batches and AdamW (fused, as the engine builds it), in a plain
+  ``forward -> backward -> step`` loop.
 
 The two arms alternate for ``--rounds`` rounds from the same initial weights and the best round of
 each is kept (the machine may be shared; the best round is the least disturbed one).
@@ -54,7 +55,8 @@ def _bare(model, source, steps: int, lr: float) -> float:
     """tokens/s of a plain loop over the same batches."""
     import torch
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, fused=fused_supported([{"params": params}]) or None)
     model.train()
     start, tokens = time.perf_counter(), 0
     for step in range(steps):

@@ -59,3 +59,35 @@ def test_8bit_without_bitsandbytes_is_a_clear_error(monkeypatch):
     for cfg in (TrainConfig(max_steps=1, optimizer="adamw_8bit"), TrainConfig(max_steps=1, use_8bit_optimizer=True)):
         with pytest.raises(OptimizerUnavailableError, match="needs the bitsandbytes package.*optimizer: adamw"):
             build_optimizer(_model(), cfg)
+
+
+def test_fused_adamw_on_cpu_matches_multi_tensor_adamw():
+    """The optimizer runs torch's fused AdamW kernel on the CPU and takes the same steps as the
+    multi-tensor AdamW (float rounding apart), weight decay and both parameter groups included."""
+    cfg = TrainConfig(max_steps=1, learning_rate=1e-2, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-6)
+    fused_model, ref_model = _model(), _model()
+    opt = build_optimizer(fused_model, cfg)
+    assert opt.defaults["fused"] is True
+    ref = torch.optim.AdamW([{"params": [ref_model[0].weight], "weight_decay": 0.1},
+                             {"params": [ref_model[0].bias, *ref_model[1].parameters()], "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.8, 0.9), eps=1e-6, foreach=True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(8, 3, generator=gen)
+        for model, o in ((fused_model, opt), (ref_model, ref)):
+            model(x).pow(2).mean().backward()
+            o.step()
+            o.zero_grad(set_to_none=True)
+    moved = (fused_model[0].weight - _model()[0].weight).abs().max()
+    assert moved > 1e-2  # the steps did something
+    for (name, p), q in zip(fused_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6, msg=name)
+
+
+def test_fused_adamw_only_where_torch_has_the_kernel():
+    from xoron_pipelines.training.optim import fused_supported
+
+    floats = [{"params": [nn.Parameter(torch.zeros(2))]}]
+    assert fused_supported(floats)
+    assert not fused_supported([{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}])
+    assert not fused_supported([{"params": []}])

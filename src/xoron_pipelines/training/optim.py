@@ -3,6 +3,13 @@
 Parameters are split into two groups the usual way: matrices and embeddings (``ndim >= 2``) get
 weight decay; biases and norm weights (``ndim < 2``) do not, since decaying them only pulls the
 normalisation scales towards 0. Frozen parameters (``requires_grad=False``) are left out.
+
+The torch AdamW runs as its fused kernel (``fused=True``: one pass per tensor over parameter,
+gradient and both moments) wherever torch has one, i.e. floating-point parameters on the CPU or
+CUDA. The default multi-tensor path makes several passes and allocates two temporaries the size
+of each parameter per step; for the 23M-parameter MoE+MLA model of benchmarks/train_step.py the
+step took 63 ms against 18 ms fused on the project's 2-core CPU. The update is the same AdamW
+formula (results differ from the multi-tensor path by float rounding only; tested).
 """
 
 from __future__ import annotations
@@ -38,7 +45,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, groups: list[dict] | Non
     kwargs = {"lr": cfg.learning_rate, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "adamw_8bit":
         return _adamw_8bit(groups, kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs, fused=fused_supported(groups) or None)
+
+
+def fused_supported(groups: list[dict]) -> bool:
+    """True when torch has a fused AdamW kernel for every parameter of ``groups``: floating-point
+    tensors, all on one device type among the CPU and CUDA."""
+    params = [p for g in groups for p in g["params"]]
+    return (bool(params) and all(torch.is_floating_point(p) for p in params)
+            and len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda"))
 
 
 def _adamw_8bit(groups: list[dict], kwargs: dict) -> torch.optim.Optimizer:
