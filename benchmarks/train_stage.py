@@ -55,6 +55,8 @@ def _bare(model, source, steps: int, lr: float) -> float:
     """tokens/s of a plain loop over the same batches."""
     import torch
 
+    from xoron_pipelines.training.optim import fused_supported
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, fused=fused_supported([{"params": params}]) or None)
     model.train()

@@ -93,7 +93,8 @@ def bench_pair(name: str, fields: dict, args) -> dict:
     torch.manual_seed(0)
     ours = XoronForCausalLM(XoronConfig(**fields)).float()
     native = to_native_model(ours)
-    runners = {"xoron": Runner(ours, True, args.adamw), type(native).__name__: Runner(native, False, args.adamw)}
+    runners = {"xoron": Runner(ours, True, args.adamw),
+               type(native).__name__: Runner(native, False, args.adamw)}
     batches = make_batches(fields["vocab_size"], args.batch, args.seq, args.steps, seed=1)
     tokens = args.batch * args.seq * args.steps
     for runner in runners.values():  # warm-up (allocator, first-call paths)
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         native = res["native"]
         print(f"{name:8s} params {res['params'] / 1e6:6.2f}M  xoron {res['tokens_per_s']['xoron']:8.1f} tok/s  "
               f"{native} {res['tokens_per_s'][native]:8.1f} tok/s  ratio {res['ratio']:.2f}x "
-              f"(paired per-round median {res['ratio_paired']:.2f}x, best-of-rounds {res['ratio_best']:.2f}x; target >= {target}x: "
+              f"(paired per-round median {res['ratio_paired']:.2f}x, best-of-rounds {res['ratio_best']:.2f}x; "
+              f"target >= {target}x: "
               f"{'met' if res['meets_target'] else 'MISSED'})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
