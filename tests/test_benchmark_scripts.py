@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,12 @@ def test_generate_reports_cache_bytes(tmp_path):
 
 
 def test_preprocess_compares_against_run_clm(tmp_path):
-    text = _run("preprocess.py", "--copies", "1", "--scale", "1", "--skip-rss", "--repeats", "1",
-                "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    # A short work dir: the script points tempfile there, and the run_clm arm's multiprocessing
+    # manager puts a Unix socket under it (paths over 107 bytes fail to bind).
+    work = Path(tempfile.mkdtemp(prefix="xb-"))
+    try:
+        text = _run("preprocess.py", "--copies", "1", "--scale", "1", "--skip-rss", "--repeats", "1",
+                    "--workdir", str(work), cwd=tmp_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     assert "ratio ours / run_clm" in text
