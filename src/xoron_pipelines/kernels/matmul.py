@@ -56,4 +56,3 @@ def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mm_nn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` (M, K) and ``b`` (K, N): a new contiguous (M, N) tensor."""
     return mm_nt(a, b.T)
-

@@ -26,11 +26,12 @@ Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the sta
 saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
 write the same directory, and the start model need not be on shared storage) and every worker
 rebuilds the stage's model from it with :class:`StageModelFactory` (load, LoRA, freezing; the
-same seed, so the same adapters everywhere); ``train.batch_size`` is the global micro-batch, split over the processes. Rank 0's
-metric history is replayed into the stage's MLflow run when the workers are done, and the trained
-weights come back through the final checkpoint. On a node other than node 0 (``node_rank > 0``,
-``checkpoint_dir`` on storage all nodes share) the node returns the same trained model, read from
-that checkpoint, logs nothing to MLflow, and its summary says which node it is.
+same seed, so the same adapters everywhere); ``train.batch_size`` is the global micro-batch,
+split over the processes. Rank 0's metric history is replayed into the stage's MLflow run when
+the workers are done, and the trained weights come back through the final checkpoint. On a node
+other than node 0 (``node_rank > 0``, ``checkpoint_dir`` on storage all nodes share) the node
+returns the same trained model, read from that checkpoint, logs nothing to MLflow, and its
+summary says which node it is.
 """
 
 from __future__ import annotations
@@ -260,19 +261,19 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
             loss_fn=data.loss_fn, param_groups=groups, stats_fn=model_stats)
         wall = time.perf_counter() - start
         writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone writes into the shared dir
-        adapter = save_adapter(model, ckpt_dir / "lora_adapter") if writes else None
+        adapter = str(save_adapter(model, ckpt_dir / "lora_adapter")) if writes else None
         model = merge_lora(model)
         model.eval()
         if result is None:
             return model, {"stage": stage, "kind": kind, "enabled": True, "node_rank": dist.node_rank,
                            "note": "trained on several nodes; node 0 logs the metrics", "fingerprint": fingerprint,
-                           "lora_adapter": str(adapter) if adapter is not None else None}
+                           "lora_adapter": adapter}
         with torch.no_grad():
             final_eval = data.eval_fn(model)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
         summary = _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run)
         summary.update(data.extra_summary)
-        summary["lora_adapter"] = str(adapter) if adapter is not None else None
+        summary["lora_adapter"] = adapter
         summary["processes"] = dist.world_size
         if track.enabled:
             _log_artifacts(stage, model, tokenizer, recorder, track)
