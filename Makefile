@@ -10,17 +10,39 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run test viz mlflow-ui clean-data
+.PHONY: install lock run test viz mlflow-ui clean-data
 
-$(STAMP): pyproject.toml
+PIP_VERSION := 26.3
+
+# Installs exactly requirements.lock (the versions the suite passed with), then the project
+# itself without resolving anything further.
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 	# CPU build of torch first (a bare `torch` requirement would pull GBs of CUDA wheels)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh the lock: resolve pyproject.toml's ranges afresh in a scratch venv, write
+# requirements.lock from it (pip and setuptools included), then rebuild .venv from the new lock
+# and run the suite.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	$(LOCK_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	{ sed -n '1,/^$$/p' requirements.lock | grep '^#'; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/'; \
+	} > requirements.lock.tmp && mv requirements.lock.tmp requirements.lock
+	rm -rf $(LOCK_VENV) $(VENV)
+	$(MAKE) test
 
 run: $(STAMP)
 	$(VENV)/bin/kedro run $(ARGS)

@@ -31,6 +31,25 @@ def _run(script: str, *args: str, cwd: Path) -> str:
     return proc.stdout
 
 
+def test_no_script_shadows_an_installed_module():
+    """``python benchmarks/x.py`` puts benchmarks/ first on sys.path, so a script named like an
+    installed top-level module (``kernels`` once: transformers imports that package) replaces
+    it in every library the script imports."""
+    import importlib.util
+
+    bench = str(BENCH)
+    shadowed = []
+    for script in sorted(BENCH.glob("*.py")):
+        saved = sys.path[:]
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != bench]
+        try:
+            if importlib.util.find_spec(script.stem) is not None:
+                shadowed.append(script.name)
+        finally:
+            sys.path[:] = saved
+    assert not shadowed, f"benchmark scripts named like importable modules: {shadowed}"
+
+
 def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
@@ -68,7 +87,7 @@ def test_fused_ce_reports_peak_memory(tmp_path):
 
 def test_kernels_smoke_runs_every_kernel(tmp_path):
     out = tmp_path / "k.json"
-    _run("kernels.py", "--smoke", "--json", str(out), cwd=tmp_path)
+    _run("kernel_timings.py", "--smoke", "--json", str(out), cwd=tmp_path)
     names = {row["kernel"] for row in json.loads(out.read_text())["rows"]}
     assert {"rms_norm", "apply_rope", "swiglu", "fused_linear_ce", "router_topk", "quantize_int8"} <= names
 

@@ -5,9 +5,9 @@ For each kernel the Triton implementation (``impl="triton"``) and the pure-torch
 forward only and forward + backward, at LLaMA-7B-like shapes. The fused linear CE is also
 timed against the naive unfused path. Prints a table (and optionally writes JSON).
 
-    python benchmarks/kernels.py                    # bf16, default shapes
-    python benchmarks/kernels.py --dtype float32 --json kernels.json
-    python benchmarks/kernels.py --smoke            # CPU: runs every case once on tiny shapes
+    python benchmarks/kernel_timings.py                    # bf16, default shapes
+    python benchmarks/kernel_timings.py --dtype float32 --json kernels.json
+    python benchmarks/kernel_timings.py --smoke            # CPU: runs every case once on tiny shapes
                                                     # through Triton's interpreter (checks the
                                                     # script only; its timings mean nothing)
 
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py times Triton kernels against torch eager and needs a CUDA GPU; "
+        sys.exit("benchmarks/kernel_timings.py times Triton kernels against torch eager and needs a CUDA GPU; "
                  "none is visible here. (Use --smoke to check the script on CPU via TRITON_INTERPRET=1.)")
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else getattr(torch, args.dtype)
