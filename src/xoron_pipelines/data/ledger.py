@@ -3,6 +3,9 @@
 Every record read from every selected source lands in the ledger exactly once with
 ``status`` ``kept`` (clean text in ``text``), ``quarantined`` (bad input; ``reason``,
 ``detail`` and a ``raw`` snippet) or ``filtered`` (a cleaning / dedup decision; ``reason``).
+A fault that takes a whole file (unreadable, corrupt Parquet footer) or Parquet row group with
+it is one quarantined entry for that file (``row`` null) or row group (``row`` its first row
+not read), so every input record is either in the ledger or inside such an entry.
 So records in = kept + quarantined + filtered by construction, and the quarantine file, the
 count table, the tokenizer corpus and the packed data are all derived from this one table.
 The ledger is written in batches to Parquet shards; nothing is held beyond one batch plus the
@@ -90,9 +93,8 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
                 rec.detail = "no text left after cleaning"
         if rec.reason is not None and rec.reason in QUARANTINE_REASONS:
             if params.on_bad_record == "fail":
-                raise BadRecordError(
-                    f"bad record in source {source.name!r} at {src_mod.printable(rec.file)}:{rec.row}: {rec.reason} ({rec.detail})"
-                )
+                where = src_mod.printable(rec.file) + ("" if rec.row is None else f":{rec.row}")
+                raise BadRecordError(f"bad record in source {source.name!r} at {where}: {rec.reason} ({rec.detail})")
             add(rec, QUARANTINED, rec.reason, None)
             continue
         reason = rec.reason or dedup.check(rec.text)

@@ -105,10 +105,14 @@ def resolve_files(source, unreadable: list[tuple[str, str]] | None = None) -> li
     path = Path(source.path)
     if path.is_file():
         return [path]
+    errors: list[OSError] = []
     if path.is_dir():
-        errors: list[OSError] = []
-        files = []
-        for root, _, names in os.walk(path, onerror=errors.append):
+        files, seen = [], set()
+        for root, dirs, names in os.walk(path, onerror=errors.append, followlinks=True):
+            if os.path.realpath(root) in seen:  # a symlink loop: each directory is read once
+                dirs.clear()
+                continue
+            seen.add(os.path.realpath(root))
             for name in names:
                 f = Path(root, name)
                 if not name.startswith(".") and (f.is_file() or (f.is_symlink() and not f.exists())):
@@ -118,7 +122,7 @@ def resolve_files(source, unreadable: list[tuple[str, str]] | None = None) -> li
             unreadable.extend((str(e.filename), _error(e)) for e in errors)
     else:
         files = sorted(Path(p) for p in glob.glob(source.path, recursive=True) if Path(p).is_file())
-    if not files and not (unreadable and path.is_dir()):
+    if not files and not errors:
         raise FileNotFoundError(
             f"data_processing source {source.name!r}: no input files at path {source.path!r} "
             f"(format {source.format}); check conf/base/parameters_data_processing.yml"
