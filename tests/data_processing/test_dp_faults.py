@@ -72,11 +72,14 @@ def line(obj: Any) -> bytes:
 DOCS = prose_docs(12, seed=5)
 
 
-def test_deeply_nested_json_is_quarantined_and_the_run_goes_on(tmp_path: Path):
+def test_json_past_the_parser_limits_is_quarantined_and_the_run_goes_on(tmp_path: Path):
+    """Nesting deeper than the parser's recursion limit (RecursionError) and an integer literal
+    past Python's digit limit (ValueError) are bad records, not a dead run."""
     deep_list = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
     deep_obj = b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"\n"
+    big_int = b'{"text": "fine", "n": ' + b"7" * 5000 + b"}\n"
     jl = tmp_path / "deep.jsonl"
-    jl.write_bytes(line({"text": DOCS[0]}) + deep_list + deep_obj + line({"text": DOCS[1]}))
+    jl.write_bytes(line({"text": DOCS[0]}) + deep_list + deep_obj + line({"text": DOCS[1]}) + big_int)
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "a_deep.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
     (tmp_path / "j" / "b_ok.json").write_text(json.dumps([{"text": DOCS[2]}]))
@@ -88,11 +91,12 @@ def test_deeply_nested_json_is_quarantined_and_the_run_goes_on(tmp_path: Path):
     )
     deep_json = str(tmp_path / "j" / "a_deep.json")
     assert run.quarantined() == [(str(jl), 2, "malformed_json"), (str(jl), 3, "malformed_json"),
-                                 (deep_json, None, "malformed_json")]
-    assert all("nested too deeply" in r["detail"] for r in run.quarantine)
+                                 (str(jl), 5, "malformed_json"), (deep_json, None, "malformed_json")]
+    assert [run.detail(row) for row in (2, 3, None)] == ["nested too deeply to parse"] * 3
+    assert "Exceeds the limit (4300 digits)" in run.detail(5)
     assert run.raw(2).startswith('{"text": [[[') and run.raw(2).endswith(f"[cut, {len(deep_list)} characters in all]")
     assert run.kept() == [(str(jl), 1, DOCS[0]), (str(jl), 4, DOCS[1]), (str(tmp_path / "j" / "b_ok.json"), 0, DOCS[2])]
-    assert run.metrics["quarantined.malformed_json"] == 3
+    assert run.metrics["quarantined.malformed_json"] == 4
 
 
 def test_invalid_utf8_lone_surrogates_and_nul_never_break_the_ledger_or_quarantine(tmp_path: Path):
@@ -166,14 +170,22 @@ def test_huge_lines_are_cut_in_the_quarantine_and_reading_resumes(tmp_path: Path
     tail = b'{"text": "' + "é".encode() * 50_000 + b'"}'  # the last line, no newline
     jl = tmp_path / "huge.jsonl"
     jl.write_bytes(line({"text": DOCS[0]}) + huge + line({"text": DOCS[1]}) + tail)
-    run = run_nodes(tmp_path, [jsonl_source(jl)], cleaning={"max_record_bytes": 1000})
-    assert run.quarantined() == [(str(jl), 2, "oversized"), (str(jl), 4, "oversized")]
+    (tmp_path / "txt").mkdir()
+    big_text = (tmp_path / "txt" / "a_big.txt")
+    big_text.write_bytes(b"z" * 300_000)
+    (tmp_path / "txt" / "b.txt").write_text(DOCS[2])
+    run = run_nodes(tmp_path, [
+        jsonl_source(jl),
+        {"name": "tx", "path": str(tmp_path / "txt"), "format": "text", "text_field": "text", "category": "document"},
+    ], cleaning={"max_record_bytes": 1000})
+    assert run.quarantined() == [(str(jl), 2, "oversized"), (str(jl), 4, "oversized"), (str(big_text), 0, "oversized")]
+    assert run.detail(0) == "300000 bytes > 1000" and run.raw(0).endswith("...[cut, 300000 bytes in all]")
     assert run.detail(2) == f"{len(huge)} bytes > 1000" and run.detail(4) == f"{len(tail)} bytes > 1000"
     for row, size in ((2, len(huge)), (4, len(tail))):
         raw = run.raw(row)
         assert raw.endswith(f"...[cut, {size} bytes in all]")
         assert raw.startswith('{"text": "') and len(raw) <= RAW_SNIPPET + 40
-    assert run.kept() == [(str(jl), 1, DOCS[0]), (str(jl), 3, DOCS[1])]
+    assert run.kept() == [(str(jl), 1, DOCS[0]), (str(jl), 3, DOCS[1]), (str(tmp_path / "txt" / "b.txt"), 0, DOCS[2])]
 
 
 def test_unreadable_files_and_directories_are_quarantined_per_file(tmp_path: Path, monkeypatch):
@@ -270,6 +282,18 @@ def test_a_corrupt_row_group_is_quarantined_and_later_groups_keep_their_rows(tmp
     assert run.detail(20).startswith("row group 2 (rows 20-29): rows 20-29 unreadable: OSError")
     assert run.kept() == [(str(path), i, texts[i]) for i in [*range(20), *range(30, 50)]]
     assert run.metrics["quarantined.corrupt_row_group"] == 1
+
+
+def test_a_parquet_row_python_cannot_hold_is_quarantined_alone(tmp_path: Path):
+    path = tmp_path / "when.parquet"
+    texts = [f"Parquet row {i}: " + DOCS[i] for i in range(6)]
+    stamps = pa.array([0, 1, 2, 10**12, 4, 5], pa.timestamp("s"))  # row 3 is past year 9999
+    pq.write_table(pa.table({"text": texts, "when": stamps}), path)
+    run = run_nodes(tmp_path, [{"name": "p", "path": str(path), "format": "parquet", "text_field": "text",
+                                "category": "document"}])
+    assert run.quarantined() == [(str(path), 3, "record_error")]
+    assert run.detail(3).startswith("row not convertible: OverflowError")
+    assert run.kept() == [(str(path), i, texts[i]) for i in (0, 1, 2, 4, 5)]
 
 
 def test_a_corrupt_hf_dataset_is_quarantined_and_other_sources_kept(tmp_path: Path):

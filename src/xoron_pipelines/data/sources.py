@@ -232,12 +232,19 @@ def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
             if not decoded.strip():
                 yield lineno, {}  # a blank line: no field -> quarantined as missing_field
                 continue
-            try:
-                yield lineno, json.loads(decoded)
-            except json.JSONDecodeError as exc:
-                yield _bad(str(path), lineno, MALFORMED_JSON, str(exc), decoded)
-            except RecursionError:
-                yield _bad(str(path), lineno, MALFORMED_JSON, "nested too deeply to parse", decoded)
+            value, error = _parse_json(decoded)
+            yield (lineno, value) if error is None else _bad(str(path), lineno, MALFORMED_JSON, error, decoded)
+
+
+def _parse_json(text: str) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why)`` for bad JSON, nesting too deep for the parser, or an
+    integer literal over Python's digit limit."""
+    try:
+        return json.loads(text), None
+    except RecursionError:
+        return None, "nested too deeply to parse"
+    except ValueError as exc:  # JSONDecodeError, or "Exceeds the limit (4300 digits) ..."
+        return None, str(exc)
 
 
 def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
@@ -245,15 +252,12 @@ def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
     A fault of the whole document is one quarantined record (row None)."""
     raw = path.read_bytes()
     try:
-        value = json.loads(raw.removeprefix(_BOM).decode("utf-8"))
+        value, error = _parse_json(raw.removeprefix(_BOM).decode("utf-8"))
     except UnicodeDecodeError as exc:
         yield _bad(str(path), None, INVALID_UTF8, str(exc), raw)
         return
-    except json.JSONDecodeError as exc:
-        yield _bad(str(path), None, MALFORMED_JSON, str(exc), raw)
-        return
-    except RecursionError:
-        yield _bad(str(path), None, MALFORMED_JSON, "nested too deeply to parse", raw)
+    if error is not None:
+        yield _bad(str(path), None, MALFORMED_JSON, error, raw)
         return
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
@@ -269,32 +273,52 @@ def _iter_parquet(path: Path, max_record_bytes: int) -> Iterator[Any]:
     the rows of the next group keep their numbers."""
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(str(path))  # a file without a readable footer: unreadable_file
-    meta = file.metadata
-    start = 0
-    for group in range(meta.num_row_groups):
-        n = meta.row_group(group).num_rows
-        row = start
-        try:
-            for batch in file.iter_batches(batch_size=1024, row_groups=[group]):
-                for value in batch.to_pylist():
-                    yield row, value
-                    row += 1
-        except Exception as exc:  # noqa: BLE001 -- ArrowInvalid, OSError: this row group only
-            yield _bad(
-                str(path), row, CORRUPT_ROW_GROUP,
-                f"row group {group} (rows {start}-{start + n - 1}): rows {row}-{start + n - 1} unreadable: {_error(exc)}",
-                "",
-            )
-        start += n
+    with pq.ParquetFile(str(path)) as file:  # a file without a readable footer: unreadable_file
+        meta = file.metadata
+        start = 0
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            row = start
+            try:
+                for batch in file.iter_batches(batch_size=1024, row_groups=[group]):
+                    for value in _batch_rows(batch):
+                        yield (row, value) if not isinstance(value, Exception) else _bad(
+                            str(path), row, RECORD_ERROR, f"row not convertible: {_error(value)}", "")
+                        row += 1
+            except Exception as exc:  # noqa: BLE001 -- ArrowInvalid, OSError: this row group only
+                yield _bad(
+                    str(path), row, CORRUPT_ROW_GROUP,
+                    f"row group {group} (rows {start}-{start + n - 1}): rows {row}-{start + n - 1} unreadable: "
+                    f"{_error(exc)}",
+                    "",
+                )
+            start += n
+
+
+def _batch_rows(batch) -> list[Any]:
+    """The rows of an Arrow batch as dicts; a row whose values Python cannot hold (a timestamp
+    past year 9999, say) comes back as its exception, the other rows as usual."""
+    try:
+        return batch.to_pylist()
+    except Exception:  # noqa: BLE001 -- retried row by row to find the rows at fault
+        rows: list[Any] = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except Exception as exc:  # noqa: BLE001
+                rows.append(exc)
+        return rows
 
 
 def _iter_text(path: Path, max_record_bytes: int) -> Iterator[Any]:
-    """A plain-text file is one document (row 0); a leading byte order mark is skipped."""
-    raw = path.read_bytes().removeprefix(_BOM)
-    if len(raw) > max_record_bytes:
-        yield _bad(str(path), 0, OVERSIZED, f"{len(raw)} bytes > {max_record_bytes}", raw)
-        return
+    """A plain-text file is one document (row 0); a leading byte order mark is skipped. Of an
+    oversized file only the first ``max_record_bytes + 1`` bytes are read."""
+    with path.open("rb") as fh:
+        raw = fh.read(max_record_bytes + len(_BOM) + 1).removeprefix(_BOM)
+        if len(raw) > max_record_bytes:
+            size = os.fstat(fh.fileno()).st_size
+            yield _bad(str(path), 0, OVERSIZED, f"{size} bytes > {max_record_bytes}", raw, size)
+            return
     try:
         yield 0, {"text": raw.decode("utf-8")}
     except UnicodeDecodeError as exc:
