@@ -165,6 +165,18 @@ def test_non_objects_wrong_types_and_templates_that_do_not_apply(tmp_path: Path)
     assert run.metrics["quarantined.not_an_object"] == 4 and run.metrics["quarantined.template_error"] == 1
 
 
+def test_any_other_extraction_error_costs_only_its_record(tmp_path: Path):
+    """The last guard: a template whose nested format field (``{w}`` inside ``{name:>{w}}``) a
+    row lacks raises KeyError while formatting; that row is quarantined as ``record_error``."""
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(line({"name": DOCS[0], "w": 3}) + line({"name": DOCS[1]}) + line({"name": DOCS[2], "w": 1}))
+    run = run_nodes(tmp_path, [{"name": "t", "path": str(path), "format": "jsonl", "text_template": "{name:>{w}}",
+                                "category": "document"}])
+    assert run.quarantined() == [(str(path), 2, "record_error")]
+    assert run.detail(2) == "KeyError: 'w'" and run.raw(2).startswith(json.dumps({"name": DOCS[1]})[:100])
+    assert run.kept() == [(str(path), 1, DOCS[0]), (str(path), 3, DOCS[2])]
+
+
 def test_huge_lines_are_cut_in_the_quarantine_and_reading_resumes(tmp_path: Path):
     huge = b'{"text": "' + b"x" * 200_000 + b'"}\n'
     tail = b'{"text": "' + "é".encode() * 50_000 + b'"}'  # the last line, no newline

@@ -164,27 +164,23 @@ def _guarded(source, file: str, items: Iterator[Any], max_record_bytes: int) -> 
     extraction fails is quarantined as ``record_error``; an error that stops the reader is
     quarantined as ``unreadable_file`` (row None when nothing was read, else the next row)."""
     last = None
-    while True:
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        except Exception as exc:  # noqa: BLE001 -- any reader failure costs this file only
-            where = "file could not be read" if last is None else f"reading stopped after row {last}"
-            log.warning("source %s: %s: %s (%s)", source.name, file, where, _error(exc))
-            yield _bad(file, None if last is None else last + 1, UNREADABLE_FILE, f"{where}: {_error(exc)}", "")
-            return
-        if isinstance(item, RawRecord):
-            last = item.row if item.row is not None else last
-            yield item
-            continue
-        row, value = item
-        last = row
-        try:
-            yield _extract(source, file, row, value, max_record_bytes)
-        except Exception as exc:  # noqa: BLE001 -- one record's fault stays that record's
-            log.warning("source %s: %s row %s: %s", source.name, file, row, _error(exc))
-            yield _bad(file, row, RECORD_ERROR, _error(exc), _raw_json(value))
+    try:
+        for item in items:
+            if isinstance(item, RawRecord):
+                last = item.row if item.row is not None else last
+                yield item
+                continue
+            last, value = item
+            try:
+                rec = _extract(source, file, last, value, max_record_bytes)
+            except Exception as exc:  # noqa: BLE001 -- one record's fault stays that record's
+                log.warning("source %s: %s row %s: %s", source.name, file, last, _error(exc))
+                rec = _bad(file, last, RECORD_ERROR, _error(exc), _raw_json(value))
+            yield rec
+    except Exception as exc:  # noqa: BLE001 -- a reader failure costs (the rest of) this file only
+        where = "file could not be read" if last is None else f"reading stopped after row {last}"
+        log.warning("source %s: %s: %s (%s)", source.name, file, where, _error(exc))
+        yield _bad(file, None if last is None else last + 1, UNREADABLE_FILE, f"{where}: {_error(exc)}", "")
 
 
 def _error(exc: BaseException) -> str:
@@ -232,19 +228,18 @@ def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
             if not decoded.strip():
                 yield lineno, {}  # a blank line: no field -> quarantined as missing_field
                 continue
-            value, error = _parse_json(decoded)
-            yield (lineno, value) if error is None else _bad(str(path), lineno, MALFORMED_JSON, error, decoded)
+            try:
+                value = json.loads(decoded)
+            except (ValueError, RecursionError) as exc:
+                yield _bad(str(path), lineno, MALFORMED_JSON, _json_error(exc), decoded)
+                continue
+            yield lineno, value
 
 
-def _parse_json(text: str) -> tuple[Any, str | None]:
-    """``(value, None)``, or ``(None, why)`` for bad JSON, nesting too deep for the parser, or an
-    integer literal over Python's digit limit."""
-    try:
-        return json.loads(text), None
-    except RecursionError:
-        return None, "nested too deeply to parse"
-    except ValueError as exc:  # JSONDecodeError, or "Exceeds the limit (4300 digits) ..."
-        return None, str(exc)
+def _json_error(exc: Exception) -> str:
+    """Why ``json.loads`` failed: bad JSON, nesting too deep for the parser (RecursionError), or
+    an integer literal over Python's digit limit (ValueError "Exceeds the limit ...")."""
+    return "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
 
 
 def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
@@ -252,12 +247,12 @@ def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
     A fault of the whole document is one quarantined record (row None)."""
     raw = path.read_bytes()
     try:
-        value, error = _parse_json(raw.removeprefix(_BOM).decode("utf-8"))
-    except UnicodeDecodeError as exc:
+        value = json.loads(raw.removeprefix(_BOM).decode("utf-8"))
+    except UnicodeDecodeError as exc:  # a ValueError too: caught first
         yield _bad(str(path), None, INVALID_UTF8, str(exc), raw)
         return
-    if error is not None:
-        yield _bad(str(path), None, MALFORMED_JSON, error, raw)
+    except (ValueError, RecursionError) as exc:
+        yield _bad(str(path), None, MALFORMED_JSON, _json_error(exc), raw)
         return
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
