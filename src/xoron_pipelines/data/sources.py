@@ -113,21 +113,24 @@ def resolve_files(source, unreadable: list[tuple[str, str]] | None = None) -> li
                 dirs.clear()
                 continue
             seen.add(os.path.realpath(root))
-            for name in names:
-                f = Path(root, name)
-                if not name.startswith(".") and (f.is_file() or (f.is_symlink() and not f.exists())):
-                    files.append(f)
-        files.sort()
+            files.extend(Path(root, name) for name in names if not name.startswith("."))
+        files = sorted(f for f in files if _is_input(f))
         if unreadable is not None:
             unreadable.extend((str(e.filename), _error(e)) for e in errors)
     else:
-        files = sorted(Path(p) for p in glob.glob(source.path, recursive=True) if Path(p).is_file())
+        files = sorted(Path(p) for p in glob.glob(source.path, recursive=True) if _is_input(Path(p)))
     if not files and not errors:
         raise FileNotFoundError(
             f"data_processing source {source.name!r}: no input files at path {source.path!r} "
             f"(format {source.format}); check conf/base/parameters_data_processing.yml"
         )
     return files
+
+
+def _is_input(path: Path) -> bool:
+    """A regular file, or a broken symlink (kept so that reading it quarantines it by name);
+    not a directory, FIFO, socket or device."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def check_source_paths(sources) -> None:
