@@ -154,7 +154,8 @@ def test_non_objects_wrong_types_and_templates_that_do_not_apply(tmp_path: Path)
     tp.write_bytes(b"".join(line(v) for v in rows))
     run = run_nodes(tmp_path, [
         jsonl_source(jl, name="jl", messages_field="messages"),
-        {"name": "tp", "path": str(tp), "format": "jsonl", "text_template": "Item {n:d}: {name}", "category": "document"},
+        {"name": "tp", "path": str(tp), "format": "jsonl", "text_template": "Item {n:d}: {name}",
+         "category": "document"},
     ])
     reasons = ["not_an_object"] * 4 + ["non_string_text"] * 4 + ["bad_messages"]
     assert run.quarantined() == [(str(jl), i, r) for i, r in enumerate(reasons, start=2)] + [
@@ -225,8 +226,7 @@ def test_unreadable_files_and_directories_are_quarantined_per_file(tmp_path: Pat
     monkeypatch.setattr(pathlib.Path, "open", open_)
     monkeypatch.setattr(os, "scandir", scandir)
     run = run_nodes(tmp_path, [jsonl_source(root)])
-    assert run.quarantined() == [(str(root / "sub"), None, "unreadable_file"), (str(root / "b.jsonl"), None, "unreadable_file"),
-                                 (str(root / "c.jsonl"), None, "unreadable_file")]
+    assert run.quarantined() == [(str(root / name), None, "unreadable_file") for name in ("sub", "b.jsonl", "c.jsonl")]
     details = [r["detail"] for r in run.quarantine]
     assert details[0].startswith("directory not listed: PermissionError")
     assert details[1].startswith("file could not be read: FileNotFoundError")
@@ -357,7 +357,8 @@ def test_every_fault_in_one_run_through_tokenizer_and_packing(tmp_path: Path):
         (corpus / f"t{i:03d}.txt").write_text(t)
     sources = [
         jsonl_source(corpus / "*.jsonl", name="jl"),
-        {"name": "pq", "path": str(corpus / "*.parquet"), "format": "parquet", "text_field": "text", "category": "code"},
+        {"name": "pq", "path": str(corpus / "*.parquet"), "format": "parquet", "text_field": "text",
+         "category": "code"},
         {"name": "tx", "path": str(corpus / "*.txt"), "format": "text", "text_field": "text", "category": "document"},
     ]
     cleaning = {"max_record_bytes": 60_000}

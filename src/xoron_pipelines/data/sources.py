@@ -6,10 +6,10 @@ a non-string text, a template that does not apply, a malformed chat or an oversi
 each come back with ``reason`` set (and ``text`` None), naming file and line / row. A fault that
 takes a whole file or Parquet row group with it (unreadable file, permission denied, truncated or
 corrupt Parquet) comes back as one record for that file (``row`` None) or row group (``row`` its
-first row), and reading goes on with the next one. A UTF-8 byte order mark at the start of a
-file is skipped, as Python's ``utf-8-sig`` does. Rows are streamed (JSONL line by line, Parquet
-row group by row group and batch by batch, HF by batch); only ``json`` and ``text`` files are
-read whole.
+first row not read), and reading goes on with the next one. A UTF-8 byte order mark at the start
+of a file is skipped, as Python's ``utf-8-sig`` does. Rows are streamed (JSONL line by line, an
+oversized line never held whole; Parquet row group by row group and batch by batch; HF by batch);
+only ``json`` files are read whole (``text`` files up to ``max_record_bytes``).
 """
 
 from __future__ import annotations
@@ -192,9 +192,9 @@ def _error(exc: BaseException) -> str:
 
 
 def _bad(file: str, row: int | None, reason: str, detail: str, raw: Any, total_bytes: int | None = None) -> RawRecord:
-    return RawRecord(
-        file=file, row=row, reason=reason, detail=snippet(detail, DETAIL_CHARS), raw=snippet(raw, total_bytes=total_bytes)
-    )
+    """A quarantined record; ``detail`` and ``raw`` cut and made printable (:func:`snippet`)."""
+    detail, raw = snippet(detail, DETAIL_CHARS), snippet(raw, total_bytes=total_bytes)
+    return RawRecord(file=file, row=row, reason=reason, detail=detail, raw=raw)
 
 
 def _lines(fh, limit: int) -> Iterator[tuple[bytes, int]]:
