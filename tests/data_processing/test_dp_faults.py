@@ -381,3 +381,21 @@ def test_every_fault_in_one_run_through_tokenizer_and_packing(tmp_path: Path):
     clean = all_nodes()
     assert dirty[3]["train"]["documents"] > 0 and dirty[3]["val"]["documents"] > 0
     assert dirty == clean
+
+
+def test_stdlib_files_are_read_in_their_declared_encoding_and_bad_ones_quarantined(tmp_path: Path, monkeypatch):
+    """The stdlib corpus reads a file by its coding cookie (a Latin-1 module is good input); a
+    file that still does not decode is quarantined by name instead of skipped."""
+    from xoron_pipelines.data import stdlib_corpus
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a_latin.py").write_bytes(b"# -*- coding: iso-8859-1 -*-\nname = 'caf\xe9 au lait, long enough'\n")
+    (tmp_path / "lib" / "b_bad.py").write_bytes(b"name = 'caf\xe9'\n")  # no cookie: must be UTF-8
+    (tmp_path / "lib" / "c_ok.py").write_text("value = 'plain utf-8 module text'\n")
+    monkeypatch.setattr(stdlib_corpus, "stdlib_root", lambda: tmp_path / "lib")
+    run = run_nodes(tmp_path, [{"name": "code", "path": "code", "format": "stdlib", "text_field": "text",
+                                "category": "code"}], cleaning={"min_chars": 0})
+    assert run.quarantined() == [("stdlib:b_bad.py", None, "unreadable_file")]
+    assert run.detail(None).startswith("file could not be read: SyntaxError: invalid or missing encoding declaration")
+    assert run.kept() == [("stdlib:a_latin.py", 0, "# -*- coding: iso-8859-1 -*-\nname = 'café au lait, long enough'\n"),
+                          ("stdlib:c_ok.py", 0, "value = 'plain utf-8 module text'\n")]

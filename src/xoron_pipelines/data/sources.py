@@ -148,7 +148,11 @@ def iter_records(source, max_record_bytes: int, stdlib_params=None) -> Iterator[
     and the next file is read."""
     if source.format == "stdlib":
         for rec in stdlib_corpus.iter_rows(source.path, stdlib_params):
-            yield _extract(source, rec.pop("_file"), rec.pop("_row"), rec, max_record_bytes)
+            file, row = rec.pop("_file"), rec.pop("_row")
+            if "_error" in rec:
+                yield _bad(file, row, UNREADABLE_FILE, f"file could not be read: {rec['_error']}", "")
+            else:
+                yield _extract(source, file, row, rec, max_record_bytes)
         return
     if source.format == "hf":
         yield from _guarded(source, source.path, _iter_hf(source), max_record_bytes)
