@@ -284,8 +284,10 @@ def _iter_parquet(path: Path, max_record_bytes: int) -> Iterator[Any]:
             try:
                 for batch in file.iter_batches(batch_size=1024, row_groups=[group]):
                     for value in _batch_rows(batch):
-                        yield (row, value) if not isinstance(value, Exception) else _bad(
-                            str(path), row, RECORD_ERROR, f"row not convertible: {_error(value)}", "")
+                        if isinstance(value, Exception):
+                            yield _bad(str(path), row, RECORD_ERROR, f"row not convertible: {_error(value)}", "")
+                        else:
+                            yield row, value
                         row += 1
             except Exception as exc:  # noqa: BLE001 -- ArrowInvalid, OSError: this row group only
                 yield _bad(
@@ -322,9 +324,11 @@ def _iter_text(path: Path, max_record_bytes: int) -> Iterator[Any]:
             yield _bad(str(path), 0, OVERSIZED, f"{size} bytes > {max_record_bytes}", raw, size)
             return
     try:
-        yield 0, {"text": raw.decode("utf-8")}
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         yield _bad(str(path), 0, INVALID_UTF8, str(exc), raw)
+        return
+    yield 0, {"text": text}
 
 
 def _iter_hf(source) -> Iterator[tuple[int, dict]]:
