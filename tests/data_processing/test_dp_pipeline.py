@@ -30,7 +30,10 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
 
     mlflow.end_run()  # the synth session leaves its run active in this process; start afresh
     bad = kedro_project / "data" / "01_raw" / "extra.jsonl"
-    bad.write_bytes(b'{"text": "a good extra record, long enough"}\n{not json\n{"text": 5}\n')
+    # a byte order mark before the good first record; then malformed JSON, a wrong type, nesting
+    # past the parser's limit and a lone surrogate: each quarantined, the run goes on
+    bad.write_bytes(b'\xef\xbb\xbf{"text": "a good extra record, long enough"}\n{not json\n{"text": 5}\n'
+                    + b"[" * 100_000 + b'\n{"text": 6, "s": "\\ud800"}\n')
     sources = default_params(project_root)["sources"] + [
         {"name": "extra", "path": "data/01_raw/extra.jsonl", "format": "jsonl", "text_field": "text", "category": "document",
          "weight": 0.01}
@@ -77,7 +80,7 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     # quarantine + per-reason table
     q = [json.loads(line) for line in (data / "03_primary" / "quarantine.jsonl").read_text().splitlines()]
     extra_q = sorted((r["row"], r["reason"]) for r in q if r["source"] == "extra")
-    assert extra_q == [(2, "malformed_json"), (3, "non_string_text")]
+    assert extra_q == [(2, "malformed_json"), (3, "non_string_text"), (4, "malformed_json"), (5, "non_string_text")]
     table = pd.read_csv(data / "08_reporting" / "data_processing_record_counts.csv", keep_default_na=False)
     assert set(table.columns) == {"source", "status", "reason", "count"}
     assert table.loc[table.status == "quarantined", "count"].sum() == len(q)

@@ -3,6 +3,9 @@
 Every record read from every selected source lands in the ledger exactly once with
 ``status`` ``kept`` (clean text in ``text``), ``quarantined`` (bad input; ``reason``,
 ``detail`` and a ``raw`` snippet) or ``filtered`` (a cleaning / dedup decision; ``reason``).
+A fault that takes a whole file (unreadable, corrupt Parquet footer) or Parquet row group with
+it is one quarantined entry for that file (``row`` null) or row group (``row`` its first row
+not read), so every input record is either in the ledger or inside such an entry.
 So records in = kept + quarantined + filtered by construction, and the quarantine file, the
 count table, the tokenizer corpus and the packed data are all derived from this one table.
 The ledger is written in batches to Parquet shards; nothing is held beyond one batch plus the
@@ -65,11 +68,14 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
     counts = {KEPT: 0, QUARANTINED: 0, FILTERED: 0}
 
     def add(rec, status: str, reason: str | None, text: str | None) -> None:
+        # file, detail and raw may hold anything (undecodable file names, lone surrogates):
+        # printable() makes them writable; a kept text is clean (clean_text drops surrogates).
         counts[status] += 1
         for name, value in (
             ("source", source.name), ("category", source.category), ("modality", source.modality),
-            ("file", rec.file), ("row", rec.row), ("status", status), ("reason", reason or ""),
-            ("detail", rec.detail), ("raw", rec.raw if status == QUARANTINED else None), ("text", text),
+            ("file", src_mod.printable(rec.file)), ("row", rec.row), ("status", status), ("reason", reason or ""),
+            ("detail", src_mod.printable(rec.detail)),
+            ("raw", src_mod.printable(rec.raw) if status == QUARANTINED else None), ("text", text),
         ):
             cols[name].append(value)
         if len(cols["row"]) >= batch_rows:
@@ -83,13 +89,12 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
             rec.text = clean_text(rec.text, c.normalization, c.strip_control)
             rec.reason = length_verdict(rec.text, c.min_chars, c.max_chars)
             if rec.reason == EMPTY:
-                rec.raw = rec.text[: src_mod.RAW_SNIPPET]
+                rec.raw = src_mod.snippet(rec.text)
                 rec.detail = "no text left after cleaning"
         if rec.reason is not None and rec.reason in QUARANTINE_REASONS:
             if params.on_bad_record == "fail":
-                raise BadRecordError(
-                    f"bad record in source {source.name!r} at {rec.file}:{rec.row}: {rec.reason} ({rec.detail})"
-                )
+                where = src_mod.printable(rec.file) + ("" if rec.row is None else f":{rec.row}")
+                raise BadRecordError(f"bad record in source {source.name!r} at {where}: {rec.reason} ({rec.detail})")
             add(rec, QUARANTINED, rec.reason, None)
             continue
         reason = rec.reason or dedup.check(rec.text)
@@ -110,10 +115,15 @@ QUARANTINE_REASONS = frozenset(
     {
         src_mod.MALFORMED_JSON,
         src_mod.INVALID_UTF8,
+        src_mod.NOT_AN_OBJECT,
         src_mod.MISSING_FIELD,
         src_mod.NON_STRING_TEXT,
+        src_mod.TEMPLATE_ERROR,
         src_mod.BAD_MESSAGES,
         src_mod.OVERSIZED,
+        src_mod.RECORD_ERROR,
+        src_mod.UNREADABLE_FILE,
+        src_mod.CORRUPT_ROW_GROUP,
         EMPTY,
     }
 )

@@ -1,15 +1,23 @@
 """Read the rows of one source and turn each into text, or into a reason why it is bad.
 
 Every row yields exactly one :class:`RawRecord`, good or bad, so nothing is dropped silently:
-malformed JSON, invalid UTF-8, a missing field, a non-string text, a malformed chat or an
-oversized raw record each come back with ``reason`` set (and ``text`` None). Rows are streamed
-(JSONL line by line, Parquet / HF by batch); only ``json`` files are parsed whole.
+malformed or too deeply nested JSON, invalid UTF-8, a row that is not an object, a missing field,
+a non-string text, a template that does not apply, a malformed chat or an oversized raw record
+each come back with ``reason`` set (and ``text`` None), naming file and line / row. A fault that
+takes a whole file or Parquet row group with it (unreadable file, permission denied, truncated or
+corrupt Parquet) comes back as one record for that file (``row`` None) or row group (``row`` its
+first row not read), and reading goes on with the next one. A UTF-8 byte order mark at the start
+of a file is skipped, as Python's ``utf-8-sig`` does. Rows are streamed (JSONL line by line, an
+oversized line never held whole; Parquet row group by row group and batch by batch; HF by batch);
+only ``json`` files are read whole (``text`` files up to ``max_record_bytes``).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import logging
+import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,40 +26,100 @@ from typing import Any, Iterator
 from xoron_pipelines.data import stdlib_corpus
 from xoron_pipelines.tokens import render_chat
 
+log = logging.getLogger(__name__)
+
 # Quarantine reasons produced while reading / extracting (clean.py adds "empty").
 MALFORMED_JSON = "malformed_json"
 INVALID_UTF8 = "invalid_utf8"
+NOT_AN_OBJECT = "not_an_object"
 MISSING_FIELD = "missing_field"
 NON_STRING_TEXT = "non_string_text"
+TEMPLATE_ERROR = "template_error"
 BAD_MESSAGES = "bad_messages"
 OVERSIZED = "oversized"
+RECORD_ERROR = "record_error"  # any other failure while extracting one record
+# File-level reasons: one ledger entry stands for a whole file or Parquet row group.
+UNREADABLE_FILE = "unreadable_file"
+CORRUPT_ROW_GROUP = "corrupt_row_group"
 
 RAW_SNIPPET = 300  # characters of a bad record kept in the quarantine file
+DETAIL_CHARS = 1000  # characters of an error message kept in ``detail``
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20  # bytes read at a time while skipping the rest of an oversized line
 
 
 @dataclass
 class RawRecord:
-    """One input row: where it came from, and its text or the reason it is bad."""
+    """One input row: where it came from, and its text or the reason it is bad.
+
+    ``row`` is the 1-based line (jsonl) or 0-based row (json, parquet, hf; 0 for a text file);
+    None for a fault that concerns the whole file."""
 
     file: str
-    row: int
+    row: int | None
     text: str | None = None
     reason: str | None = None
     detail: str = ""
     raw: str = ""
 
 
-def resolve_files(source) -> list[Path]:
+def printable(value: str) -> str:
+    """``value`` unchanged when it is valid Unicode text; otherwise with every lone surrogate (a
+    ``"\\ud800"`` JSON escape, or an undecodable byte of a file name) spelled as its
+    ``\\uXXXX`` escape, so any string can be written as UTF-8 (Parquet, JSON) and still be read."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def snippet(raw: Any, limit: int = RAW_SNIPPET, total_bytes: int | None = None) -> str:
+    """At most ``limit`` characters of a bad record for the quarantine file: bytes decoded as
+    UTF-8 with invalid bytes spelled ``\\xNN``, lone surrogates escaped, other values by repr;
+    a cut snippet ends with a marker giving the full size (``total_bytes`` when ``raw`` is
+    only the head of the record)."""
+    if isinstance(raw, bytes):
+        text = raw[: limit * 4].decode("utf-8", errors="backslashreplace")
+        size = f"{total_bytes or len(raw)} bytes"
+    else:
+        text = raw if isinstance(raw, str) else _repr(raw)
+        size = f"{len(text)} characters"
+    if len(text) <= limit and total_bytes is None:
+        return printable(text)
+    return printable(text[:limit]) + f"...[cut, {size} in all]"
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply to show>"
+
+
+def resolve_files(source, unreadable: list[tuple[str, str]] | None = None) -> list[Path]:
     """The local files of a file-based source (a file, every file under a directory, or a glob),
-    sorted. Raises ``FileNotFoundError`` naming the source and path when there are none."""
+    sorted; names starting with "." are left out. Raises ``FileNotFoundError`` naming the source
+    and path when there are none. A directory that cannot be listed is appended to
+    ``unreadable`` as ``(path, error)`` (a broken symlink is returned, so reading it reports it)."""
     path = Path(source.path)
     if path.is_file():
         return [path]
+    errors: list[OSError] = []
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files, seen = [], set()
+        for root, dirs, names in os.walk(path, onerror=errors.append, followlinks=True):
+            if os.path.realpath(root) in seen:  # a symlink loop: each directory is read once
+                dirs.clear()
+                continue
+            seen.add(os.path.realpath(root))
+            files.extend(Path(root, name) for name in names if not name.startswith("."))
+        files = sorted(f for f in files if _is_input(f))
+        if unreadable is not None:
+            unreadable.extend((str(e.filename), _error(e)) for e in errors)
     else:
-        files = sorted(Path(p) for p in glob.glob(source.path, recursive=True) if Path(p).is_file())
-    if not files:
+        files = sorted(Path(p) for p in glob.glob(source.path, recursive=True) if _is_input(Path(p)))
+    if not files and not errors:
         raise FileNotFoundError(
             f"data_processing source {source.name!r}: no input files at path {source.path!r} "
             f"(format {source.format}); check conf/base/parameters_data_processing.yml"
@@ -59,47 +127,105 @@ def resolve_files(source) -> list[Path]:
     return files
 
 
+def _is_input(path: Path) -> bool:
+    """A regular file, or a broken symlink (kept so that reading it quarantines it by name);
+    not a directory, FIFO, socket or device."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def check_source_paths(sources) -> None:
     """Fail before any work when a local source has no files (hf / stdlib are not checked)."""
     for source in sources:
         if source.format not in ("hf", "stdlib"):
-            resolve_files(source)
+            resolve_files(source, unreadable=[])
 
 
 def iter_records(source, max_record_bytes: int, stdlib_params=None) -> Iterator[RawRecord]:
-    """Every row of ``source`` as a :class:`RawRecord` (text extracted, or a reason)."""
+    """Every row of ``source`` as a :class:`RawRecord` (text extracted, or a reason).
+
+    A failure while extracting one row quarantines that row; a failure that stops a file's
+    reader quarantines the rest of that file (``unreadable_file``, naming the last row read),
+    and the next file is read."""
     if source.format == "stdlib":
         for rec in stdlib_corpus.iter_rows(source.path, stdlib_params):
-            yield _extract(source, rec.pop("_file"), rec.pop("_row"), rec, max_record_bytes)
+            file, row = rec.pop("_file"), rec.pop("_row")
+            if "_error" in rec:
+                yield _bad(file, row, UNREADABLE_FILE, f"file could not be read: {rec['_error']}", "")
+            else:
+                yield _extract(source, file, row, rec, max_record_bytes)
         return
     if source.format == "hf":
-        for i, row in enumerate(_iter_hf(source)):
-            yield _extract(source, source.path, i, row, max_record_bytes)
+        yield from _guarded(source, source.path, _iter_hf(source), max_record_bytes)
         return
     reader = {"jsonl": _iter_jsonl, "json": _iter_json, "parquet": _iter_parquet, "text": _iter_text}[source.format]
-    for path in resolve_files(source):
-        for item in reader(path, max_record_bytes):
+    unreadable: list[tuple[str, str]] = []
+    files = resolve_files(source, unreadable)
+    for directory, error in unreadable:
+        yield _bad(directory, None, UNREADABLE_FILE, f"directory not listed: {error}", "")
+    for path in files:
+        yield from _guarded(source, str(path), reader(path, max_record_bytes), max_record_bytes)
+
+
+def _guarded(source, file: str, items: Iterator[Any], max_record_bytes: int) -> Iterator[RawRecord]:
+    """Records of one file's reader (``(row, value)`` pairs or ready RawRecords): a row whose
+    extraction fails is quarantined as ``record_error``; an error that stops the reader is
+    quarantined as ``unreadable_file`` (row None when nothing was read, else the next row)."""
+    last = None
+    try:
+        for item in items:
             if isinstance(item, RawRecord):
+                last = item.row if item.row is not None else last
                 yield item
-            else:
-                row, value = item
-                yield _extract(source, str(path), row, value, max_record_bytes)
+                continue
+            last, value = item
+            try:
+                rec = _extract(source, file, last, value, max_record_bytes)
+            except Exception as exc:  # noqa: BLE001 -- one record's fault stays that record's
+                log.warning("source %s: %s row %s: %s", source.name, file, last, _error(exc))
+                rec = _bad(file, last, RECORD_ERROR, _error(exc), _raw_json(value))
+            yield rec
+    except Exception as exc:  # noqa: BLE001 -- a reader failure costs (the rest of) this file only
+        where = "file could not be read" if last is None else f"reading stopped after row {last}"
+        log.warning("source %s: %s: %s (%s)", source.name, file, where, _error(exc))
+        yield _bad(file, None if last is None else last + 1, UNREADABLE_FILE, f"{where}: {_error(exc)}", "")
 
 
-def _bad(file: str, row: int, reason: str, detail: str, raw: Any) -> RawRecord:
-    if isinstance(raw, bytes):
-        raw = raw[: RAW_SNIPPET * 4].decode("utf-8", errors="replace")
-    elif not isinstance(raw, str):
-        raw = repr(raw)
-    return RawRecord(file=file, row=row, reason=reason, detail=detail, raw=raw[:RAW_SNIPPET])
+def _error(exc: BaseException) -> str:
+    """``Type: message`` of an exception, printable and at most DETAIL_CHARS characters."""
+    return snippet(f"{type(exc).__name__}: {exc}", DETAIL_CHARS)
+
+
+def _bad(file: str, row: int | None, reason: str, detail: str, raw: Any, total_bytes: int | None = None) -> RawRecord:
+    """A quarantined record; ``detail`` and ``raw`` cut and made printable (:func:`snippet`)."""
+    detail, raw = snippet(detail, DETAIL_CHARS), snippet(raw, total_bytes=total_bytes)
+    return RawRecord(file=file, row=row, reason=reason, detail=detail, raw=raw)
+
+
+def _lines(fh, limit: int) -> Iterator[tuple[bytes, int]]:
+    """``(line, size)`` per line of a binary file; a line longer than ``limit`` bytes comes back
+    as its first ``limit + 1`` bytes with its full size, the rest skipped without holding it."""
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        size = len(line)
+        if size > limit and not line.endswith(b"\n"):
+            while True:
+                rest = fh.readline(_CHUNK)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line, size
 
 
 def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
     """(line number, object) per line, 1-based; bad lines come back as RawRecords."""
     with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if len(line) > max_record_bytes:
-                yield _bad(str(path), lineno, OVERSIZED, f"{len(line)} bytes > {max_record_bytes}", line)
+        for lineno, (line, size) in enumerate(_lines(fh, max_record_bytes), start=1):
+            if lineno == 1 and line.startswith(_BOM):
+                line, size = line[len(_BOM):], size - len(_BOM)
+            if size > max_record_bytes:
+                yield _bad(str(path), lineno, OVERSIZED, f"{size} bytes > {max_record_bytes}", line, size)
                 continue
             try:
                 decoded = line.decode("utf-8")
@@ -110,55 +236,104 @@ def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
                 yield lineno, {}  # a blank line: no field -> quarantined as missing_field
                 continue
             try:
-                yield lineno, json.loads(decoded)
-            except json.JSONDecodeError as exc:
-                yield _bad(str(path), lineno, MALFORMED_JSON, exc.msg, decoded)
+                value = json.loads(decoded)
+            except (ValueError, RecursionError) as exc:
+                yield _bad(str(path), lineno, MALFORMED_JSON, _json_error(exc), decoded)
+                continue
+            yield lineno, value
+
+
+def _json_error(exc: Exception) -> str:
+    """Why ``json.loads`` failed: bad JSON, nesting too deep for the parser (RecursionError), or
+    an integer literal over Python's digit limit (ValueError "Exceeds the limit ...")."""
+    return "nested too deeply to parse" if isinstance(exc, RecursionError) else str(exc)
 
 
 def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
-    """A JSON array of objects (or an object holding one under "data"); rows numbered from 0."""
+    """A JSON array of objects (or an object holding one under "data"); rows numbered from 0.
+    A fault of the whole document is one quarantined record (row None)."""
     raw = path.read_bytes()
     try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        yield _bad(str(path), 0, INVALID_UTF8, str(exc), raw)
+        value = json.loads(raw.removeprefix(_BOM).decode("utf-8"))
+    except UnicodeDecodeError as exc:  # a ValueError too: caught first
+        yield _bad(str(path), None, INVALID_UTF8, str(exc), raw)
         return
-    except json.JSONDecodeError as exc:
-        yield _bad(str(path), 0, MALFORMED_JSON, exc.msg, raw)
+    except (ValueError, RecursionError) as exc:
+        yield _bad(str(path), None, MALFORMED_JSON, _json_error(exc), raw)
         return
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
     if not isinstance(value, list):
-        yield _bad(str(path), 0, MALFORMED_JSON, "expected a JSON array of objects", raw)
+        yield _bad(str(path), None, MALFORMED_JSON, "expected a JSON array of objects", raw)
         return
     yield from enumerate(value)
 
 
 def _iter_parquet(path: Path, max_record_bytes: int) -> Iterator[Any]:
+    """(row, object) per row, 0-based across the file, read row group by row group; a row
+    group that cannot be read (from the row where it failed) is one quarantined record, and
+    the rows of the next group keep their numbers."""
     import pyarrow.parquet as pq
 
-    row = 0
-    for batch in pq.ParquetFile(str(path)).iter_batches(batch_size=1024):
-        for value in batch.to_pylist():
-            yield row, value
-            row += 1
+    with pq.ParquetFile(str(path)) as file:  # a file without a readable footer: unreadable_file
+        meta = file.metadata
+        start = 0
+        for group in range(meta.num_row_groups):
+            n = meta.row_group(group).num_rows
+            row = start
+            try:
+                for batch in file.iter_batches(batch_size=1024, row_groups=[group]):
+                    for value in _batch_rows(batch):
+                        if isinstance(value, Exception):
+                            yield _bad(str(path), row, RECORD_ERROR, f"row not convertible: {_error(value)}", "")
+                        else:
+                            yield row, value
+                        row += 1
+            except Exception as exc:  # noqa: BLE001 -- ArrowInvalid, OSError: this row group only
+                yield _bad(
+                    str(path), row, CORRUPT_ROW_GROUP,
+                    f"row group {group} (rows {start}-{start + n - 1}): rows {row}-{start + n - 1} unreadable: "
+                    f"{_error(exc)}",
+                    "",
+                )
+            start += n
+
+
+def _batch_rows(batch) -> list[Any]:
+    """The rows of an Arrow batch as dicts; a row whose values Python cannot hold (a timestamp
+    past year 9999, say) comes back as its exception, the other rows as usual."""
+    try:
+        return batch.to_pylist()
+    except Exception:  # noqa: BLE001 -- retried row by row to find the rows at fault
+        rows: list[Any] = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except Exception as exc:  # noqa: BLE001
+                rows.append(exc)
+        return rows
 
 
 def _iter_text(path: Path, max_record_bytes: int) -> Iterator[Any]:
-    """A plain-text file is one document (row 0)."""
-    raw = path.read_bytes()
-    if len(raw) > max_record_bytes:
-        yield _bad(str(path), 0, OVERSIZED, f"{len(raw)} bytes > {max_record_bytes}", raw)
-        return
+    """A plain-text file is one document (row 0); a leading byte order mark is skipped. Of an
+    oversized file only the first ``max_record_bytes + 1`` bytes are read."""
+    with path.open("rb") as fh:
+        raw = fh.read(max_record_bytes + len(_BOM) + 1).removeprefix(_BOM)
+        if len(raw) > max_record_bytes:
+            size = os.fstat(fh.fileno()).st_size
+            yield _bad(str(path), 0, OVERSIZED, f"{size} bytes > {max_record_bytes}", raw, size)
+            return
     try:
-        yield 0, {"text": raw.decode("utf-8")}
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         yield _bad(str(path), 0, INVALID_UTF8, str(exc), raw)
+        return
+    yield 0, {"text": text}
 
 
-def _iter_hf(source) -> Iterator[dict]:
-    """Rows of a Hugging Face dataset: a ``save_to_disk`` directory, or ``load_dataset``
-    (hub id or local builder, streaming allowed)."""
+def _iter_hf(source) -> Iterator[tuple[int, dict]]:
+    """(row, object) per row of a Hugging Face dataset, 0-based: a ``save_to_disk`` directory,
+    or ``load_dataset`` (hub id or local builder, streaming allowed)."""
     import datasets
 
     path = Path(source.path)
@@ -169,18 +344,20 @@ def _iter_hf(source) -> Iterator[dict]:
     else:
         ds = datasets.load_dataset(source.path, name=source.subset, split=source.split, streaming=source.streaming)
     if isinstance(ds, datasets.Dataset):
+        row = 0
         for batch in ds.iter(batch_size=1024):
             keys = list(batch)
             for values in zip(*(batch[k] for k in keys)):
-                yield dict(zip(keys, values))
+                yield row, dict(zip(keys, values))
+                row += 1
     else:
-        yield from ds
+        yield from enumerate(ds)
 
 
 def _extract(source, file: str, row: int, value: Any, max_record_bytes: int) -> RawRecord:
     """Text of one parsed row (messages first, then text_field / text_template)."""
     if not isinstance(value, dict):
-        return _bad(file, row, MALFORMED_JSON, f"row is a {type(value).__name__}, expected an object", value)
+        return _bad(file, row, NOT_AN_OBJECT, f"row is a {type(value).__name__}, expected an object", _raw_json(value))
     messages = value.get(source.messages_field) if source.messages_field else None
     if messages is not None:
         text, detail = _render_messages(messages)
@@ -199,10 +376,11 @@ def _extract(source, file: str, row: int, value: Any, max_record_bytes: int) -> 
 
 
 def _raw_json(value: Any) -> str:
+    """A parsed row as JSON for the quarantine file (repr when it is not JSON-serialisable)."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=repr)[:RAW_SNIPPET]
-    except (TypeError, ValueError):
-        return repr(value)[:RAW_SNIPPET]
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return _repr(value)
 
 
 def _field_text(value: dict, field: str) -> tuple[str | None, str | None, str]:
@@ -221,7 +399,10 @@ def _template_text(value: dict, template: str) -> tuple[str | None, str | None, 
             return None, MISSING_FIELD, f"template field {field!r} is missing or null"
         if not isinstance(value[field], (str, int, float)) or isinstance(value[field], bool):
             return None, NON_STRING_TEXT, f"template field {field!r} is a {type(value[field]).__name__}"
-    return template.format_map(value), None, ""
+    try:
+        return template.format_map(value), None, ""
+    except (ValueError, TypeError) as exc:  # a format spec the value does not take, e.g. {n:d} on "x"
+        return None, TEMPLATE_ERROR, f"text_template {template!r}: {_error(exc)}"
 
 
 def _render_messages(messages: Any) -> tuple[str | None, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import sysconfig
+import tokenize
 from pathlib import Path
 from typing import Iterator
 
@@ -70,19 +71,22 @@ def prose_blocks(source: str, min_chars: int) -> list[str]:
 
 
 def iter_rows(kind: str, params) -> Iterator[dict]:
-    """Rows ``{"text", "_file", "_row"}`` of the ``code`` or ``prose`` corpus, up to max_bytes."""
+    """Rows ``{"text", "_file", "_row"}`` of the ``code`` or ``prose`` corpus, up to max_bytes;
+    a file that cannot be read or decoded is a row ``{"_file", "_row": None, "_error"}``."""
     if kind not in ("code", "prose"):
         raise ValueError(f"stdlib corpus kind must be 'code' or 'prose', got {kind!r}")
     budget = params.max_bytes
     used = 0
     root = stdlib_root()
     for path in stdlib_files(params.include_tests):
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue  # a handful of stdlib test fixtures are deliberately not UTF-8
-        texts = [source] if kind == "code" else prose_blocks(source, params.min_prose_chars)
         rel = path.relative_to(root).as_posix()
+        try:
+            with tokenize.open(path) as fh:  # the encoding its coding cookie declares (PEP 263)
+                source = fh.read()
+        except (SyntaxError, UnicodeDecodeError, OSError) as exc:  # a few test fixtures are bad on purpose
+            yield {"_file": f"stdlib:{rel}", "_row": None, "_error": f"{type(exc).__name__}: {exc}"}
+            continue
+        texts = [source] if kind == "code" else prose_blocks(source, params.min_prose_chars)
         for i, text in enumerate(texts):
             size = len(text.encode("utf-8"))
             if budget is not None and used + size > budget:

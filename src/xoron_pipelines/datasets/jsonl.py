@@ -25,7 +25,8 @@ class JSONLinesDataset(AbstractDataset[Iterable[Mapping[str, Any]], list[dict[st
 
     ``save`` streams any iterable of dicts (or a pandas ``DataFrame``, row by row) into a
     temporary file in the target directory and then ``os.replace``-s it over the target, so a
-    reader never sees a half-written file. ``load`` returns the rows as a list of dicts.
+    reader never sees a half-written file. Any string can be saved: lone surrogates are written
+    as ``\\uXXXX`` escapes and load back unchanged. ``load`` returns the rows as a list of dicts.
     """
 
     def __init__(
@@ -61,7 +62,9 @@ class JSONLinesDataset(AbstractDataset[Iterable[Mapping[str, Any]], list[dict[st
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self._filepath.name}.", suffix=".tmp", dir=self._filepath.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            # A lone surrogate (a "\ud800" JSON escape, an undecodable file name) cannot be
+            # encoded as UTF-8: it is written as its JSON escape, which loads back to the same string.
+            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=self._ensure_ascii, default=_to_builtin))
                     fh.write("\n")
