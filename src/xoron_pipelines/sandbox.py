@@ -99,10 +99,15 @@ class SandboxLimits:
 
 @dataclass(frozen=True)
 class SandboxResult:
+    """What a program printed and how it ended. ``error``: the last traceback line ``"Type: message"``
+    of an uncaught error (``"SystemExit: 0"`` included), or, with ``returncode`` -9, ``"Timeout"``,
+    or, with ``returncode`` -1, ``"ProcessDied"`` (ended without answering), ``"SandboxError: ..."``,
+    ``"SandboxUnavailable: ..."``; None when the program ran to completion."""
+
     stdout: str
-    error: str | None  # last traceback line "Type: message" of an uncaught error, else None
+    error: str | None
     timed_out: bool = False
-    returncode: int = 0
+    returncode: int = 0  # 0 when the program's runner answered; negative when the sandbox did not
 
     @property
     def ok(self) -> bool:
@@ -352,6 +357,9 @@ def _isolation_probe() -> tuple[bool, str]:
         worker.close()
 
 
+_warned_weak: list[str] = []  # the weak-isolation warning is logged once per process
+
+
 def isolation_mode(limits: SandboxLimits) -> str:
     """``"namespaces"`` or (accepted weak isolation) ``"weak"``; raises SandboxUnavailableError
     when neither is possible. Call it before work starts to fail early."""
@@ -359,8 +367,10 @@ def isolation_mode(limits: SandboxLimits) -> str:
     if available:
         return "namespaces"
     if limits.allow_weak_isolation:
-        log.warning("sandbox: no OS-level isolation (%s); running generated code with weak isolation "
-                    "as sandbox.allow_weak_isolation is true", why)
+        if not _warned_weak:
+            _warned_weak.append(why)
+            log.warning("sandbox: no OS-level isolation (%s); running generated code with weak isolation "
+                        "as sandbox.allow_weak_isolation is true", why)
         return "weak"
     raise SandboxUnavailableError(f"refusing to run generated code: no OS-level isolation on this machine ({why}); "
                                   f"{WEAK_HINT}")
