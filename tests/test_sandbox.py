@@ -155,7 +155,9 @@ def test_fork_bomb_is_contained(max_processes):
             "except OSError as exc:\n"
             "    print(n, type(exc).__name__)\n")
     res = run_python(code, SandboxLimits(max_processes=max_processes))
-    assert res.stdout == f"{max_processes - 1} BlockingIOError\n"  # the sandbox's init counts too
+    forks, error = res.stdout.split()
+    # the sandbox's init counts too (and its launcher, when the pipeline does not run as root)
+    assert error == "BlockingIOError" and max_processes - 2 <= int(forks) <= max_processes - 1
 
 
 def test_a_real_fork_bomb_ends_with_the_timeout():
@@ -285,7 +287,7 @@ def test_evaluation_knobs_reach_the_sandbox_and_humaneval_refuses_before_generat
     assert (limits.max_processes, limits.tmp_mb, limits.allow_weak_isolation) == (7, 8, False)
     res = run_python("import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time\n"
                      "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    print(n)", limits)
-    assert res.stdout == "6\n"
+    assert res.stdout in ("5\n", "6\n")  # max_processes 7: the init (and launcher when not root) count
     _unavailable(monkeypatch)
     with pytest.raises(SandboxUnavailableError):
         nodes._humaneval(None, None, [HUMANEVAL], p)  # the model is never touched
