@@ -291,3 +291,23 @@ def test_evaluation_knobs_reach_the_sandbox_and_humaneval_refuses_before_generat
     _unavailable(monkeypatch)
     with pytest.raises(SandboxUnavailableError):
         nodes._humaneval(None, None, [HUMANEVAL], p)  # the model is never touched
+
+
+def test_killing_the_pipeline_leaves_no_sandbox_process(tmp_path):
+    marker = f"xoron-orphan-{uuid.uuid4().hex}"
+    program = ("import subprocess, sys, time\n"
+               f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'])\n"
+               "time.sleep(60)\n")
+    script = tmp_path / "pipeline.py"
+    script.write_text("import sys\nfrom xoron_pipelines.sandbox import SandboxLimits, run_python\n"
+                      f"run_python({program!r}, SandboxLimits(timeout_s=60))\n")
+    pipeline = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(PROJECT / "src")})
+    try:
+        deadline = time.monotonic() + 30
+        while not _alive_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive_with(marker), "the sandboxed program did not start"
+    finally:
+        pipeline.kill()  # kill -9
+        pipeline.wait()
+    assert _gone(marker), f"sandbox processes outlived the pipeline: {_alive_with(marker)}"

@@ -32,7 +32,8 @@ into it before running the program:
   new pid namespace; ``kill(0, ...)`` reaches only the sandbox's launcher).
 - On timeout (or close) the launcher's process group is killed; the sandbox's init dies with
   it (``PR_SET_PDEATHSIG``) and the kernel kills every process of its pid namespace, children
-  that called ``setsid()`` included.
+  that called ``setsid()`` included. The launcher dies with the thread that started it (the
+  pipeline killed with ``kill -9`` leaves no sandbox behind).
 
 **Results** travel over a private pipe on an inherited descriptor (not 0, 1 or 2: the
 program's stdin, stdout and stderr are ``/dev/null``; what it prints through ``sys.stdout`` is
@@ -294,6 +295,9 @@ def run_init():
         report("".join(traceback.format_exception_only(type(exc), exc)).strip())
 
 try:
+    ok(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")  # the pipeline dies: so do we
+    if os.getppid() != cfg["parent"]:
+        os._exit(71)
     if cfg["mode"] == "namespaces":
         ok(libc.unshare(CLONE_NEWUSER), "unshare(user)")
         os.write(RES, b'{"stage": "userns"}\n')
@@ -426,7 +430,7 @@ class SandboxWorker:
         if mode == "weak" and os.geteuid() == 0:
             rlimits.pop("RLIMIT_NPROC")  # the whole host user's count for root: meaningless, harmful
         home = "/tmp" if mode == "namespaces" else self._dir
-        config = {"mode": mode, "req_fd": req_r, "res_fd": res_w, "root": self._dir, "links": links,
+        config = {"mode": mode, "parent": os.getpid(), "req_fd": req_r, "res_fd": res_w, "root": self._dir, "links": links,
                   "ro_paths": ro_paths, "tmp_mb": lim.tmp_mb, "uid": uid, "rlimits": rlimits, "cwd": home,
                   "env": _env(home), "python": sys.executable,
                   "code": (_WEAK_PRELUDE if mode == "weak" else "") + _RUNNER}
