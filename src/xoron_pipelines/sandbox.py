@@ -349,6 +349,7 @@ def _isolation_probe() -> tuple[bool, str]:
     if not sys.platform.startswith("linux"):
         return False, f"namespaces need Linux (this is {sys.platform})"
     worker = SandboxWorker(SandboxLimits(timeout_s=START_TIMEOUT_S))
+    worker.isolation = "namespaces"  # never ask the probe (this function) again, even on a restart
     try:
         worker._spawn("namespaces")
         result = worker.run("print('ok')")
