@@ -301,7 +301,7 @@ def test_killing_the_pipeline_leaves_no_sandbox_process(tmp_path):
     script = tmp_path / "pipeline.py"
     script.write_text("import sys\nfrom xoron_pipelines.sandbox import SandboxLimits, run_python\n"
                       f"run_python({program!r}, SandboxLimits(timeout_s=60))\n")
-    pipeline = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(PROJECT / "src")})
+    pipeline = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(PROJECT / "src"), "TMPDIR": str(tmp_path)})
     try:
         deadline = time.monotonic() + 30
         while not _alive_with(marker) and time.monotonic() < deadline:
