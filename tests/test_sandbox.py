@@ -285,8 +285,9 @@ def test_evaluation_knobs_reach_the_sandbox_and_humaneval_refuses_before_generat
     p = Params.model_validate({"sandbox": {"max_processes": 7, "tmp_mb": 8, "allow_weak_isolation": False}})
     limits = nodes._limits(p)
     assert (limits.max_processes, limits.tmp_mb, limits.allow_weak_isolation) == (7, 8, False)
-    res = run_python("import os\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            import time\n"
-                     "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    print(n)", limits)
+    res = run_python("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                     "            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+                     "except OSError:\n    print(n)", limits)
     assert res.stdout in ("5\n", "6\n")  # max_processes 7: the init (and launcher when not root) count
     _unavailable(monkeypatch)
     with pytest.raises(SandboxUnavailableError):
@@ -301,7 +302,8 @@ def test_killing_the_pipeline_leaves_no_sandbox_process(tmp_path):
     script = tmp_path / "pipeline.py"
     script.write_text("import sys\nfrom xoron_pipelines.sandbox import SandboxLimits, run_python\n"
                       f"run_python({program!r}, SandboxLimits(timeout_s=60))\n")
-    pipeline = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(PROJECT / "src"), "TMPDIR": str(tmp_path)})
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "src"), "TMPDIR": str(tmp_path)}
+    pipeline = subprocess.Popen([sys.executable, str(script)], env=env)
     try:
         deadline = time.monotonic() + 30
         while not _alive_with(marker) and time.monotonic() < deadline:

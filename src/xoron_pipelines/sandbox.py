@@ -48,10 +48,11 @@ answer is read with a deadline, so a partial line cannot hold the caller past th
 **Without namespaces** (user namespaces disabled, not Linux) generated code is refused with
 :class:`SandboxUnavailableError`, unless ``limits.allow_weak_isolation`` is set (parameter
 ``sandbox.allow_weak_isolation`` of ``evaluation`` and ``synth``). Weak isolation is what this
-module did before: ``python -I`` in a temporary directory under the same rlimits, Python-level
-socket blocking, a launcher between the program and the pipeline. It does not stop a program
-from reading or writing the user's files, signalling the user's processes, reaching the
-network through ``_socket``, or leaving a ``setsid()`` child behind.
+module did before: ``python -I`` in a temporary directory under the same rlimits except the
+process count, Python-level socket blocking, a launcher between the program and the pipeline.
+It does not stop a program from reading or writing the user's files, signalling the user's
+processes, forking without limit, reaching the network through ``_socket``, or leaving a
+``setsid()`` child behind.
 """
 
 from __future__ import annotations
@@ -428,12 +429,12 @@ class SandboxWorker:
         links, ro_paths = _ro_paths()
         rlimits = {"RLIMIT_AS": lim.memory_mb << 20, "RLIMIT_CPU": lim.cpu_s, "RLIMIT_FSIZE": lim.file_mb << 20,
                    "RLIMIT_CORE": 0, "RLIMIT_NPROC": lim.max_processes}
-        if mode == "weak" and os.geteuid() == 0:
-            rlimits.pop("RLIMIT_NPROC")  # the whole host user's count for root: meaningless, harmful
+        if mode == "weak":  # outside a user namespace it would count all the user's processes
+            rlimits.pop("RLIMIT_NPROC")
         home = "/tmp" if mode == "namespaces" else self._dir
-        config = {"mode": mode, "parent": os.getpid(), "req_fd": req_r, "res_fd": res_w, "root": self._dir, "links": links,
-                  "ro_paths": ro_paths, "tmp_mb": lim.tmp_mb, "uid": uid, "rlimits": rlimits, "cwd": home,
-                  "env": _env(home), "python": sys.executable,
+        config = {"mode": mode, "parent": os.getpid(), "req_fd": req_r, "res_fd": res_w, "root": self._dir,
+                  "links": links, "ro_paths": ro_paths, "tmp_mb": lim.tmp_mb, "uid": uid, "rlimits": rlimits,
+                  "cwd": home, "env": _env(home), "python": sys.executable,
                   "code": (_WEAK_PRELUDE if mode == "weak" else "") + _RUNNER}
         try:
             self._proc = subprocess.Popen(
@@ -516,7 +517,8 @@ class SandboxWorker:
         self._start()
         request_id = secrets.token_hex(16)
         try:
-            self._write((json.dumps({"id": request_id, "cells": cells, "mode": mode}) + "\n").encode("utf-8", "surrogatepass"))
+            request = json.dumps({"id": request_id, "cells": cells, "mode": mode}) + "\n"
+            self._write(request.encode("utf-8", "surrogatepass"))
         except BrokenPipeError:
             self._discard()
             return None, "ProcessDied"
