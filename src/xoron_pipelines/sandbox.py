@@ -29,7 +29,7 @@ into it before running the program:
 - No network: its network namespace has only a loopback interface that is down (``_socket``
   included), and abstract Unix sockets are per namespace.
 - It sees only its own processes and cannot signal the pipeline (``os.getppid()`` is 0 in a
-  new pid namespace; ``kill(0, ...)`` reaches only the sandbox's launcher).
+  new pid namespace; ``kill(0, ...)`` reaches at most the sandbox's own launcher).
 - On timeout (or close) the launcher's process group is killed; the sandbox's init dies with
   it (``PR_SET_PDEATHSIG``) and the kernel kills every process of its pid namespace, children
   that called ``setsid()`` included. The launcher dies with the thread that started it (the
@@ -401,6 +401,7 @@ class SandboxWorker:
     ``"namespaces"`` or ``"weak"``) and raises SandboxUnavailableError when generated code must
     be refused. A program that exceeds the timeout, kills its process or breaks the protocol is
     reported as such, and the whole sandbox (every process in it) is replaced for the next one.
+    Processes a program leaves running (and files in ``/tmp``) stay until then or ``close()``.
     """
 
     def __init__(self, limits: SandboxLimits = SandboxLimits()) -> None:
