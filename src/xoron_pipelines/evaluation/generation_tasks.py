@@ -6,9 +6,11 @@
   Numbers are compared as decimals after removing ``$`` and thousands separators, so
   ``"1,234."`` equals ``"1234"`` and ``"2.50"`` equals ``"2.5"``.
 * humaneval: program = prompt + completion + test + ``check(entry_point)``, run in a fresh
-  sandboxed child (:func:`xoron_pipelines.sandbox.run_python`: timeout, memory limit, no
-  network, temporary directory), never in this process. ``pass@k`` is the unbiased estimator
-  of the Codex paper (Chen et al., 2021): ``1 - C(n-c, k) / C(n, k)``.
+  sandbox (:func:`xoron_pipelines.sandbox.run_python`: own user/pid/net/mount namespaces,
+  read-only root, private ``/tmp``, rlimits, timeout), never in this process. A completion
+  passes only when the whole program runs to completion: ``exit()``, ``os._exit(0)`` or a
+  forged result line are failures. ``pass@k`` is the unbiased estimator of the Codex paper
+  (Chen et al., 2021): ``1 - C(n-c, k) / C(n, k)``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from xoron_pipelines.evaluation import multiple_choice as mc
 from xoron_pipelines.evaluation import offline_tasks, perplexity, report
 from xoron_pipelines.evaluation import task_files as tf
 from xoron_pipelines.evaluation.lm import encode_pair, generate_texts, loglikelihoods
-from xoron_pipelines.sandbox import SandboxLimits
+from xoron_pipelines.sandbox import SandboxLimits, isolation_mode
 from xoron_pipelines.tokens import CHAT_ROLES, render_chat
 
 from .params import Params
@@ -33,8 +33,7 @@ GENERATED_DIR = "data/01_raw/eval/generated"  # catalog evaluation_generated_tas
 
 
 def _limits(p: Params) -> SandboxLimits:
-    s = p.sandbox
-    return SandboxLimits(timeout_s=s.timeout_s, memory_mb=s.memory_mb, cpu_s=s.cpu_s, file_mb=s.file_mb)
+    return SandboxLimits(**p.sandbox.model_dump())
 
 
 def generate_offline_tasks(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -179,10 +178,11 @@ def _gsm8k(model, tokenizer, rows, p: Params, chat: bool) -> tuple[dict[str, flo
 
 def _humaneval(model, tokenizer, rows, p: Params) -> tuple[dict[str, float], list[dict]]:
     h = p.humaneval
+    limits = _limits(p)
+    isolation_mode(limits)  # refuse (SandboxUnavailableError) before generating anything
     prompts = [r["prompt"] for r in rows for _ in range(h.n_samples)]
     outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=h.max_new_tokens, batch_size=p.eval_batch_size,
                              temperature=h.temperature, top_p=h.top_p, seed=p.seed, progress=p.progress)
-    limits = _limits(p)
     records, summary = [], {f"pass_at_{k}": 0.0 for k in h.ks}
     for i, row in enumerate(rows):
         completions = [gen.truncate_at(t, gen.HUMANEVAL_STOP) for t in outputs[i * h.n_samples:(i + 1) * h.n_samples]]

@@ -87,10 +87,15 @@ class HumanEval(StrictModel):
 
 
 class Sandbox(StrictModel):
+    """Limits of the sandbox generated code runs in (:class:`xoron_pipelines.sandbox.SandboxLimits`)."""
+
     timeout_s: float = Field(default=10.0, gt=0)
     memory_mb: int = Field(default=1024, ge=64)
     cpu_s: int = Field(default=10, ge=1)
     file_mb: int = Field(default=16, ge=1)
+    max_processes: int = Field(default=32, ge=2)   # the sandbox's init + the program's own processes
+    tmp_mb: int = Field(default=64, ge=1)
+    allow_weak_isolation: bool = False
 
 
 class Params(StrictModel):

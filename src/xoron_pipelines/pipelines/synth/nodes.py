@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from .generators import code, conversation, gitops, preference, reasoning, tools
+from xoron_pipelines.sandbox import isolation_mode
+
+from .generators import code, conversation, gitops, preference, programs, reasoning, tools
 from .params import SYNTH_TYPES, Params
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,9 @@ GENERATORS: dict[str, tuple[str, Generator]] = {
     "preference": ("conversation", preference.preference),
 }
 assert tuple(GENERATORS) == SYNTH_TYPES, "every synth type needs a generator"
+
+#: types whose generator runs Python programs in the sandbox
+SANDBOXED_TYPES: tuple[str, ...] = ("code_exec_python", "code_exec_jupyter", "preference")
 
 
 def generate_type(kind: str, count: int, seed: int, difficulty: dict[str, float]) -> list[dict[str, Any]]:
@@ -68,11 +74,12 @@ def generate_synthetic(params: dict[str, Any]) -> tuple[dict[str, list[dict[str,
     """All enabled types (count > 0) as partitions ``{type: rows}``, plus their manifest."""
     p = Params.model_validate(params)
     weights = p.difficulty.normalised()
-    partitions = {
-        kind: generate_type(kind, count, p.seed, weights)
-        for kind, count in p.counts.as_dict().items()
-        if count > 0
-    }
+    counts = p.counts.as_dict()
+    limits = replace(programs.LIMITS, allow_weak_isolation=p.sandbox.allow_weak_isolation)
+    if any(counts[kind] for kind in SANDBOXED_TYPES):
+        isolation_mode(limits)  # refuse (SandboxUnavailableError) before any row is generated
+    with programs.sandbox_session(limits):
+        partitions = {kind: generate_type(kind, count, p.seed, weights) for kind, count in counts.items() if count > 0}
     report = manifest(partitions, p.seed)
     log.info("synth: %d rows over %d types (seed %d)", report["total"], len(partitions), p.seed)
     return partitions, report

@@ -74,9 +74,17 @@ class Difficulty(StrictModel):
         return {level: getattr(self, level) / total for level in DIFFICULTIES}
 
 
+class Sandbox(StrictModel):
+    """Where the generated Python programs run (:mod:`xoron_pipelines.sandbox`)."""
+
+    # false: refuse to run them where the OS offers no namespace isolation
+    allow_weak_isolation: bool = False
+
+
 class Params(StrictModel):
-    """Synthetic data generation: seed, rows per type, difficulty mix."""
+    """Synthetic data generation: seed, rows per type, difficulty mix, sandbox."""
 
     seed: int = 42
     counts: Counts = Field(default_factory=Counts)
     difficulty: Difficulty = Field(default_factory=Difficulty)
+    sandbox: Sandbox = Field(default_factory=Sandbox)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import atexit
 import random
-from functools import lru_cache
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from xoron_pipelines.sandbox import SandboxLimits, SandboxWorker
 
@@ -103,19 +103,40 @@ def python_program(rng: random.Random, difficulty: str, allow_error: bool = True
     return "\n".join(parts)
 
 
-@lru_cache(maxsize=1)
+#: the sandbox's limits for our own templated programs (timeout: a template bug, not a slow program)
+LIMITS = SandboxLimits(timeout_s=10.0)
+
+_worker: SandboxWorker | None = None
+
+
+@contextmanager
+def sandbox_session(limits: SandboxLimits = LIMITS) -> Iterator[None]:
+    """Programs run inside the block share one sandbox with ``limits`` (started by the first
+    program, closed on exit; the first program raises SandboxUnavailableError when generated
+    code must be refused: call :func:`xoron_pipelines.sandbox.isolation_mode` first to fail early)."""
+    global _worker
+    previous, _worker = _worker, SandboxWorker(limits)
+    try:
+        yield
+    finally:
+        _worker.close()
+        _worker = previous
+
+
 def _sandbox() -> SandboxWorker:
-    """One sandboxed child process for all programs of a run (closed at interpreter exit)."""
-    worker = SandboxWorker(SandboxLimits(timeout_s=10.0))
-    atexit.register(worker.close)
-    return worker
+    """The session's sandbox, else one default sandbox for the interpreter (closed at exit)."""
+    global _worker
+    if _worker is None:
+        _worker = SandboxWorker(LIMITS)
+        atexit.register(_worker.close)
+    return _worker
 
 
 def run_python(code: str) -> tuple[str, str | None]:
     """Run ``code`` as a script in the sandbox: (stdout, last traceback line ``"Type: message"`` or None)."""
     result = _sandbox().run(code)
-    if result.timed_out:
-        raise RuntimeError(f"generated program timed out in the sandbox:\n{code}")
+    if result.returncode != 0:  # timed out, died, or the sandbox failed: a template bug, never data
+        raise RuntimeError(f"generated program failed in the sandbox ({result.error}):\n{code}")
     return result.stdout, result.error
 
 
