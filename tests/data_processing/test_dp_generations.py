@@ -4,7 +4,6 @@ saves, umask, and two overlapping publishes (with the data lock: consistent; wit
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import threading
@@ -18,6 +17,7 @@ from xoron_pipelines.data.ledger import build_ledger
 from xoron_pipelines.data.tokenizer_training import train_bpe, wrap
 from xoron_pipelines.datasets import generation as gen_mod
 from xoron_pipelines.datasets.generation import MARKER, read_marker
+from xoron_pipelines.datasets.json_file import AtomicJSONDataset
 from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ParquetShardsDataset, ShardSet
 from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
 from xoron_pipelines.pipelines.data_processing.nodes import pack
@@ -49,7 +49,7 @@ class Project:
         self.train = ParquetShardsDataset(str(root / "packed" / "train"))
         self.val = ParquetShardsDataset(str(root / "packed" / "val"))
         self.mixes = PackedMixesDataset(str(root / "packed_mixes"))
-        self.manifest = root / "packing_manifest.json"
+        self.manifest = AtomicJSONDataset(str(root / "packing_manifest.json"))
 
     def publish(self, tok, ledger, params, while_packing=lambda: None) -> None:
         """What a data_processing run does, in the runner's order: save the tokenizer, load it
@@ -61,14 +61,14 @@ class Project:
         self.train.save(train)
         self.val.save(val)
         self.mixes.save(mixes)
-        self.manifest.write_text(json.dumps(manifest))
+        self.manifest.save(manifest)
 
     def generations(self) -> dict[str, str | None]:
         out = {name: read_marker(self.root / name) for name in OUTPUTS}
         for mix in self.mixes.load().names():
             for split in ("train", "val"):
                 out[f"packed_mixes/{mix}/{split}"] = read_marker(self.root / "packed_mixes" / mix / split)
-        out["packing_manifest.json"] = json.loads(self.manifest.read_text())["generation"]
+        out["packing_manifest.json"] = self.manifest.load()["generation"]
         return out
 
     def check(self, shards=None) -> None:
@@ -169,6 +169,8 @@ def test_failed_saves_keep_the_previous_generation_and_leave_no_staging(tmp_path
     with pytest.raises(Exception, match="different data generations"):
         project.mixes.save({"only_a": {"train": ShardSet(project.train.load().path, generation="x"),
                                        "val": ShardSet(project.val.load().path, generation="y")}})
+    with pytest.raises(Exception, match="not JSON serializable"):
+        project.manifest.save({"generation": object()})
     assert project.generations() == before
     assert {p: p.read_bytes() for p in project.root.rglob("*") if p.is_file()} == files_before
     project.check()
@@ -183,6 +185,7 @@ def test_published_outputs_follow_the_umask(tmp_path, inputs, small_tokenizer, m
         project.publish(small_tokenizer, ledger, params)
     finally:
         os.umask(old)
+    assert (project.root / "packing_manifest.json").stat().st_mode & 0o777 == 0o666 & ~mask
     for name in OUTPUTS:
         directory = project.root / name
         assert directory.stat().st_mode & 0o777 == 0o777 & ~mask, name
