@@ -260,13 +260,16 @@ class _NoLock:
         return None
 
 
-def test_markers_are_not_parquet_shards(tmp_path):
+def test_the_marker_is_invisible_to_parquet_readers(tmp_path):
     import pyarrow as pa
 
     ds = ParquetShardsDataset(str(tmp_path / "d"))
     ds.save(ShardSet(_staged(tmp_path, pa.table({"x": [1, 2]})), staged=True, generation="g1"))
     assert (tmp_path / "d" / MARKER).is_file() and ds.load().generation == "g1"
     assert ds.load().read().num_rows == 2 and [f.name for f in ds.load().files] == ["part-00000.parquet"]
+    import pyarrow.dataset as pads
+
+    assert pads.dataset(str(tmp_path / "d"), format="parquet").to_table().num_rows == 2  # readers skip "_" files
 
 
 def _staged(tmp_path: Path, table) -> Path:

@@ -5,11 +5,12 @@ train / val shards, the stage mixes and the packing manifest). Each is swapped i
 own, so the id ties them together: :class:`~xoron_pipelines.datasets.tokenizer.HFTokenizerDataset`
 starts a new generation on every save and attaches it to the tokenizer it loads; the ``pack`` node
 copies it onto the shard sets it returns and into ``packing_manifest.json`` (``generation``); the
-shard datasets write it as ``generation.json`` inside each published directory. Training compares
+shard datasets write it as ``_generation.json`` inside each published directory. Training compares
 the ids before any step (``pipelines/training/data.py``).
 
 The id lives in a marker file beside the data, never inside the Parquet or tokenizer bytes: the
-same data packed twice stays byte-identical (the training fingerprint hashes those bytes).
+same data packed twice stays byte-identical (the training fingerprint hashes those bytes). Its
+name starts with ``_`` so that ``pyarrow.dataset.dataset(<dir>)`` skips it, as it skips ``_SUCCESS``.
 
 Publishing (:func:`publishing`) builds the new directory as a hidden sibling of its target (same
 filesystem, never the system temp dir), then swaps it in with one ``renameat2(RENAME_EXCHANGE)``:
@@ -38,7 +39,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 #: the marker file inside every published directory of a generation
-MARKER = "generation.json"
+MARKER = "_generation.json"
 #: attribute carrying the generation id on a loaded tokenizer
 _ATTR = "xoron_generation"
 #: where staged node outputs go (set per run by the project hook to ``data/.staging/<run>``)
@@ -51,7 +52,7 @@ def new_generation_id() -> str:
 
 
 def write_marker(directory: Path, generation: str) -> None:
-    """Write ``generation.json`` into ``directory`` (a staged directory, before it is published)."""
+    """Write ``_generation.json`` into ``directory`` (a staged directory, before it is published)."""
     record = {"generation": generation, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "host": socket.gethostname(), "pid": os.getpid()}
     (Path(directory) / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ sibling, exchanged with the old directory in one step, so the path never disappe
 half-written). Loading returns a :class:`ShardSet` too, which reads batches on demand.
 
 A shard set may carry a data *generation* id (:mod:`xoron_pipelines.datasets.generation`): saving
-it writes ``generation.json`` into the published directory, loading reads it back.
+it writes ``_generation.json`` into the published directory, loading reads it back.
 
 Catalog use::
 
@@ -56,7 +56,7 @@ class ShardSet:
     @property
     def generation(self) -> str | None:
         """The data generation: the one given (a staged set about to be published), else the
-        ``generation.json`` marker of the directory, else None (no marker)."""
+        ``_generation.json`` marker of the directory, else None (no marker)."""
         return self._generation if self._generation is not None else read_marker(self.path)
 
     @generation.setter
@@ -166,7 +166,7 @@ class ShardWriter:
 
 def replace_dir(src: Path, dst: Path, move: bool, generation: str | None = None) -> None:
     """Put directory ``src`` at ``dst`` atomically (moved when ``move``, else copied), with a
-    ``generation.json`` marker when ``generation`` is given; on failure ``dst`` is untouched and
+    ``_generation.json`` marker when ``generation`` is given; on failure ``dst`` is untouched and
     no staging directory is left."""
     with publishing(dst) as stage:
         fill_from(stage, Path(src), move)
@@ -223,7 +223,7 @@ class PackedMixes:
 
     @property
     def generation(self) -> str | None:
-        """The generation of the whole set of mixes (``<root>/generation.json``), None without one."""
+        """The generation of the whole set of mixes (``<root>/_generation.json``), None without one."""
         return read_marker(self.root) if self.root.is_dir() else None
 
     def names(self) -> list[str]:

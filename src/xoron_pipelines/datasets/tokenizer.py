@@ -2,7 +2,7 @@
 
 ``load`` -> ``transformers.AutoTokenizer.from_pretrained(path)`` (local files only), with the
 directory's data generation attached (:func:`~xoron_pipelines.datasets.generation.generation_of`);
-``save`` -> ``save_pretrained`` into a hidden sibling directory plus ``generation.json`` (every
+``save`` -> ``save_pretrained`` into a hidden sibling directory plus ``_generation.json`` (every
 save starts a new data generation: whatever is packed with this tokenizer carries its id), then
 exchanged with the old directory in one step, so a reader never sees a half-written or missing
 tokenizer.

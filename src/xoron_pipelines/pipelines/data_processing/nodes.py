@@ -105,7 +105,7 @@ def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[Shar
     (``{mix: {"train", "val"}}``, one packing per ``stage_mixes`` entry), manifest and MLflow metrics.
 
     Every output carries the tokenizer's data generation (shard sets: ``.generation``, written as
-    ``generation.json`` when published; manifest: ``generation``), so training can tell whether the
+    ``_generation.json`` when published; manifest: ``generation``), so training can tell whether the
     tokenizer and the packed data belong together. The manifest is the node's last output: once it
     names a generation, the shards of that generation are in place."""
     p = Params.model_validate(params)

@@ -56,7 +56,7 @@ def check_tokenizer_matches(stage: str, tokenizer, shards: Mapping[str, Any], so
 
     ``shards`` are the split's :class:`ShardSet` handles (``{"train": ..., "val": ...}``) and
     ``sources`` their batch sources (the ids in memory). Two conditions: the tokenizer and every
-    shard set carry the same data generation (``generation.json``, written by one
+    shard set carry the same data generation (``_generation.json``, written by one
     ``data_processing`` run; data without markers, from before generations, is checked by ids
     only), and the tokenizer covers every packed id (``len(tokenizer) > max id``). A mismatch is a
     ``ValueError`` naming both paths and generations."""
