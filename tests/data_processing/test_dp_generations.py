@@ -280,3 +280,17 @@ def _staged(tmp_path: Path, table) -> Path:
     path = staging_dir()
     pq.write_table(table, path / "part-00000.parquet")
     return path
+
+
+@pytest.mark.parametrize("move", [True, False])
+def test_a_mkdtemp_directory_is_published_with_the_umask_not_0700(tmp_path, move):
+    import tempfile
+
+    from xoron_pipelines.datasets.generation import umask
+    from xoron_pipelines.datasets.parquet_shards import replace_dir
+
+    src = Path(tempfile.mkdtemp(dir=tmp_path))  # 0700, as model / latent datasets stage
+    (src / "weights.safetensors").write_bytes(b"x")
+    replace_dir(src, tmp_path / "out", move=move)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask() != 0o700
+    assert (tmp_path / "out" / "weights.safetensors").read_bytes() == b"x" and src.exists() != move

@@ -162,14 +162,18 @@ def publishing(dst: str | os.PathLike) -> Iterator[Path]:
 
 def fill_from(stage: Path, src: Path, move: bool) -> None:
     """Put the contents of directory ``src`` into the empty ``stage`` dir: a rename when ``move``
-    and both are on one filesystem, else a copy (``src`` is then removed when ``move``)."""
+    and both are on one filesystem, else a copy (``src`` is then removed when ``move``). The
+    directory itself gets the user's umask whatever mode ``src`` had."""
+    renamed = False
     if move:
         try:
             os.rename(src, stage)  # replaces the empty stage directory
-            return
+            renamed = True
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    shutil.copytree(src, stage, dirs_exist_ok=True)
-    if move:
-        shutil.rmtree(src, ignore_errors=True)
+    if not renamed:
+        shutil.copytree(src, stage, dirs_exist_ok=True)
+        if move:
+            shutil.rmtree(src, ignore_errors=True)
+    stage.chmod(0o777 & ~umask())  # src may come from mkdtemp (0700)
