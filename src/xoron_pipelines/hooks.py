@@ -62,13 +62,18 @@ def lock_mode(pipeline) -> str | None:
     return None
 
 
+def staging_area_name() -> str:
+    """``<pid>@<host>.<hex>``: the staging area of this run (whose it is, for stale removal)."""
+    return f"{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+
+
 def _remove_stale_staging(root: Path) -> None:
-    """Remove the staging areas of dead runs on this host (``<host>-<pid>-<hex>``); called only
-    under the exclusive lock, so no publish can be using them."""
+    """Remove the staging areas of dead runs on this host; called only under the exclusive lock,
+    so no publish can be using them."""
     host = socket.gethostname()
-    for area in root.glob(f"{host}-*-*") if root.is_dir() else []:
-        pid = area.name[len(host) + 1:].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid():
+    for area in root.glob(f"*@{host}.*") if root.is_dir() else []:
+        pid, _, rest = area.name.partition("@")
+        if pid.isdigit() and rest.rpartition(".")[0] == host and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:
@@ -81,7 +86,7 @@ def _remove_stale_staging(root: Path) -> None:
 class DataLockHook:
     """Serialise ``data_processing`` with the runs that read its outputs
     (:mod:`xoron_pipelines.project_lock`: exclusive to write, shared to read), and give the run a
-    staging area ``data/.staging/<host>-<pid>-<hex>`` (same filesystem as the outputs, so
+    staging area ``data/.staging/<pid>@<host>.<hex>`` (same filesystem as the outputs, so
     publishing is a rename) that is removed when the run ends, failed or not. Runs first among the
     ``before_pipeline_run`` hooks, so a run that cannot get the lock starts nothing (no MLflow run)."""
 
@@ -113,7 +118,7 @@ class DataLockHook:
         root = self._project / STAGING_PATH
         if mode == "exclusive":
             _remove_stale_staging(root)
-        self._staging = root / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._staging = root / staging_area_name()
         self._staging.mkdir(parents=True, exist_ok=True)
         self._saved_env = os.environ.get(STAGING_ENV)
         os.environ[STAGING_ENV] = str(self._staging)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -119,14 +120,19 @@ def test_the_hook_holds_the_lock_and_a_staging_area_in_data_for_the_run(tmp_path
     from xoron_pipelines.hooks import DataLockHook
 
     pipeline = _pipelines()["data_processing"]
-    stale = tmp_path / "data" / ".staging" / f"{os.uname().nodename}-999999999-deadbeef"
-    stale.mkdir(parents=True)  # the staging area of a killed run (no such pid)
+    host = socket.gethostname()
+    stale = tmp_path / "data" / ".staging" / f"999999999@{host}.deadbeef"  # a killed run's (no such pid)
+    other_host = tmp_path / "data" / ".staging" / f"999999999@{host}-2.deadbeef"  # another host's: kept
+    stale.mkdir(parents=True)
+    other_host.mkdir()
     hook = DataLockHook()
     hook.after_context_created(_Context(tmp_path, 0))
     before = os.environ.get(STAGING_ENV)
     hook.before_pipeline_run({"pipeline_names": ["data_processing"]}, pipeline, None)
     staged = staging_dir("xoron-packed-train-")
-    assert staged.parent.parent == tmp_path / "data" / ".staging" and not stale.exists()
+    assert staged.parent.parent == tmp_path / "data" / ".staging" and not stale.exists() and other_host.exists()
+    assert staged.parent.name.startswith(f"{os.getpid()}@{host}.")
+    other_host.rmdir()
     with pytest.raises(ProjectLockTimeout, match=f"{tmp_path / LOCK_PATH}.*pid {os.getpid()} .*data_processing"):
         ProjectLock(tmp_path / LOCK_PATH, "shared", 0, "reader").acquire()
     hook.on_pipeline_error(RuntimeError("node failed"), {}, pipeline, None)  # a failed run
