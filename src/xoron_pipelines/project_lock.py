@@ -148,7 +148,8 @@ class ProjectLock:
 
 
 @contextlib.contextmanager
-def project_lock(project_path: str | os.PathLike, mode: Mode, timeout_s: float, what: str = "") -> Iterator[ProjectLock]:
+def project_lock(project_path: str | os.PathLike, mode: Mode, timeout_s: float,
+                 what: str = "") -> Iterator[ProjectLock]:
     """The data lock of the project at ``project_path`` (see the module doc)."""
     with ProjectLock(Path(project_path) / LOCK_PATH, mode, timeout_s, what) as lock:
         yield lock
