@@ -155,3 +155,16 @@ def test_kedro_run_waits_for_the_lock_then_stops_before_any_node(kedro_project: 
 
     with sqlite3.connect(kedro_project / "mlflow.db") as db:  # nor an MLflow run left RUNNING
         assert db.execute("select count(*) from runs").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1, True, "soon"])
+def test_a_bad_lock_timeout_is_rejected_naming_the_key(project_root, value):
+    import yaml
+
+    from xoron_pipelines.validation import ParameterError, validate_group
+
+    conf = project_root / "conf" / "base" / "parameters_data_processing.yml"
+    base = yaml.safe_load(conf.read_text())["data_processing"]
+    assert validate_group("data_processing", base).lock_timeout_s == 600
+    with pytest.raises(ParameterError, match="data_processing.lock_timeout_s"):
+        validate_group("data_processing", {**base, "lock_timeout_s": value})
