@@ -1,14 +1,22 @@
-"""Project hooks: parameter validation before any node, a short summary after a run."""
+"""Project hooks: parameter validation before any node, the data lock and staging area of a
+run, a short summary after a run."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from rich.console import Console
 from rich.table import Table
 
+from xoron_pipelines.datasets.generation import STAGING_ENV
+from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
 from xoron_pipelines.validation import validate_all
 
 log = logging.getLogger(__name__)
@@ -28,6 +36,112 @@ class ParameterValidationHook:
     def after_context_created(self, context) -> None:
         validated = validate_all(context.params)
         log.debug("validated parameter groups: %s", sorted(validated))
+
+
+#: per-run staging areas of node outputs, relative to the project root
+STAGING_PATH = Path("data") / ".staging"
+#: default of ``data_processing.lock_timeout_s`` (also in its schema)
+DEFAULT_LOCK_TIMEOUT_S = 600.0
+
+
+def data_processing_outputs() -> set[str]:
+    """The datasets the ``data_processing`` pipeline writes (what the data lock protects)."""
+    from xoron_pipelines.pipelines.data_processing.pipeline import create_pipeline
+
+    return set(create_pipeline().all_outputs())
+
+
+def lock_mode(pipeline) -> str | None:
+    """``exclusive`` when ``pipeline`` writes a data_processing output, ``shared`` when it only
+    reads one, None when it touches none."""
+    protected = data_processing_outputs()
+    if protected & set(pipeline.all_outputs()):
+        return "exclusive"
+    if protected & set(pipeline.inputs()):
+        return "shared"
+    return None
+
+
+def staging_area_name() -> str:
+    """``<pid>@<host>.<hex>``: the staging area of this run (whose it is, for stale removal)."""
+    return f"{os.getpid()}@{socket.gethostname()}.{uuid.uuid4().hex[:8]}"
+
+
+def _remove_stale_staging(root: Path) -> None:
+    """Remove the staging areas of dead runs on this host; called only under the exclusive lock,
+    so no publish can be using them."""
+    host = socket.gethostname()
+    for area in root.glob(f"*@{host}.*") if root.is_dir() else []:
+        pid, _, rest = area.name.partition("@")
+        if pid.isdigit() and rest.rpartition(".")[0] == host and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                log.info("removing the staging area of a dead run: %s", area)
+                shutil.rmtree(area, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
+class DataLockHook:
+    """Serialise ``data_processing`` with the runs that read its outputs
+    (:mod:`xoron_pipelines.project_lock`: exclusive to write, shared to read), and give the run a
+    staging area ``data/.staging/<pid>@<host>.<hex>`` (same filesystem as the outputs, so
+    publishing is a rename) that is removed when the run ends, failed or not. Runs first among the
+    ``before_pipeline_run`` hooks, so a run that cannot get the lock starts nothing (no MLflow run)."""
+
+    def __init__(self) -> None:
+        self._project: Path | None = None
+        self._timeout = DEFAULT_LOCK_TIMEOUT_S
+        self._lock: ProjectLock | None = None
+        self._staging: Path | None = None
+        self._saved_env: str | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project = Path(context.project_path)
+        group = context.params.get("data_processing") or {}
+        try:  # validated (and a bad value reported, naming the key) by ParameterValidationHook
+            self._timeout = float(group.get("lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S))
+        except (TypeError, ValueError):
+            self._timeout = DEFAULT_LOCK_TIMEOUT_S
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        if self._project is None:
+            return
+        mode = lock_mode(pipeline)
+        if mode is not None:
+            names = run_params.get("pipeline_names") or ["__default__"]
+            what = f"kedro run --pipelines {','.join(names)} (pid {os.getpid()})"
+            self._lock = ProjectLock(self._project / LOCK_PATH, mode, self._timeout, what).acquire()
+        root = self._project / STAGING_PATH
+        if mode == "exclusive":
+            _remove_stale_staging(root)
+        self._staging = root / staging_area_name()
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._saved_env = os.environ.get(STAGING_ENV)
+        os.environ[STAGING_ENV] = str(self._staging)
+
+    def _end(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+            if self._saved_env is None:
+                os.environ.pop(STAGING_ENV, None)
+            else:
+                os.environ[STAGING_ENV] = self._saved_env
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        self._end()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
+        self._end()
 
 
 def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:

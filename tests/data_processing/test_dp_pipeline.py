@@ -69,6 +69,12 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
         assert t.num_rows == manifest["splits"][split]["sequences"] > 0
         assert sum(t.column("length").to_pylist()) == manifest["splits"][split]["tokens"]
     assert set(manifest["sources"]) == {s["name"] for s in sources}
+    # one data generation in every published output; no staging left in data/
+    from xoron_pipelines.datasets.generation import read_marker
+
+    published = ["tokenizer", "packed/train", "packed/val", "packed_mixes", "packed_mixes/code/train"]
+    assert {read_marker(data / "05_model_input" / name) for name in published} == {manifest["generation"]} != {None}
+    assert not list(data.rglob(".*.stage-*")) and not any((data / ".staging").iterdir())
     # one packing per stage mix, with the mix's sources only
     stage_mixes = default_params(project_root)["stage_mixes"]
     assert set(manifest["stage_mixes"]) == set(stage_mixes) == {"language", "code"}

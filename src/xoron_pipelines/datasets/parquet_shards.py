@@ -4,8 +4,12 @@ A *shard set* is a directory of ``part-00000.parquet, part-00001.parquet, ...`` 
 optionally, side files such as ``tokens.npy``). Nodes never hold a whole corpus in memory: they
 write record batches through a :class:`ShardWriter` into a *staging* directory and return a
 :class:`ShardSet` handle; :class:`ParquetShardsDataset` then moves the staged directory into
-place atomically (the old directory is swapped out by renames, never left half-written).
-Loading returns a :class:`ShardSet` too, which reads batches on demand.
+place atomically (:func:`~xoron_pipelines.datasets.generation.publishing`: built as a hidden
+sibling, exchanged with the old directory in one step, so the path never disappears and is never
+half-written). Loading returns a :class:`ShardSet` too, which reads batches on demand.
+
+A shard set may carry a data *generation* id (:mod:`xoron_pipelines.datasets.generation`): saving
+it writes ``_generation.json`` into the published directory, loading reads it back.
 
 Catalog use::
 
@@ -20,9 +24,6 @@ Catalog use::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -31,16 +32,36 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
 
+from xoron_pipelines.datasets.generation import (
+    fill_from,
+    make_dir,
+    publishing,
+    read_marker,
+    staging_root,
+    write_marker,
+)
+
 PART_GLOB = "part-*.parquet"
 
 
 class ShardSet:
     """A lazy handle on a directory of Parquet shards (nothing is read until asked)."""
 
-    def __init__(self, path: str | os.PathLike, staged: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, staged: bool = False, generation: str | None = None) -> None:
         self.path = Path(path)
         #: True when the directory is a temporary staging area a dataset may move into place.
         self.staged = staged
+        self._generation = generation
+
+    @property
+    def generation(self) -> str | None:
+        """The data generation: the one given (a staged set about to be published), else the
+        ``_generation.json`` marker of the directory, else None (no marker)."""
+        return self._generation if self._generation is not None else read_marker(self.path)
+
+    @generation.setter
+    def generation(self, value: str | None) -> None:
+        self._generation = value
 
     @property
     def files(self) -> list[Path]:
@@ -77,8 +98,10 @@ class ShardSet:
 
 
 def staging_dir(prefix: str = "xoron-shards-") -> Path:
-    """A fresh temporary directory for a node to write shards into."""
-    return Path(tempfile.mkdtemp(prefix=prefix))
+    """A fresh directory for a node to write shards into, under
+    :func:`~xoron_pipelines.datasets.generation.staging_root` (``data/.staging/<run>`` during a
+    ``kedro run``: same filesystem as the outputs, removed when the run ends), with the user's umask."""
+    return make_dir(staging_root(), prefix)
 
 
 class ShardWriter:
@@ -141,19 +164,14 @@ class ShardWriter:
         self.close()
 
 
-def replace_dir(src: Path, dst: Path, move: bool) -> None:
-    """Put directory ``src`` at ``dst`` atomically: build a sibling temp dir, then swap by renames."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-    if move:
-        shutil.move(str(src), str(tmp))
-    else:
-        shutil.copytree(src, tmp)
-    old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    shutil.rmtree(old, ignore_errors=True)
+def replace_dir(src: Path, dst: Path, move: bool, generation: str | None = None) -> None:
+    """Put directory ``src`` at ``dst`` atomically (moved when ``move``, else copied), with a
+    ``_generation.json`` marker when ``generation`` is given; on failure ``dst`` is untouched and
+    no staging directory is left."""
+    with publishing(dst) as stage:
+        fill_from(stage, Path(src), move)
+        if generation is not None:
+            write_marker(stage, generation)
 
 
 class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
@@ -174,7 +192,7 @@ class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
     def save(self, data: Any) -> None:
         if isinstance(data, ShardSet):
             if data.path.resolve() != self._path.resolve():
-                replace_dir(data.path, self._path, move=data.staged)
+                replace_dir(data.path, self._path, move=data.staged, generation=data.generation)
             return
         if isinstance(data, (pa.Table, pa.RecordBatch)):
             data = [data]
@@ -182,12 +200,10 @@ class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
         first = next(batches, None)
         if first is None:
             raise DatasetError("ParquetShardsDataset.save got no batches (the schema is unknown)")
-        stage = staging_dir()
-        with ShardWriter(stage, first.schema, self._rows_per_shard) as writer:
+        with publishing(self._path) as stage, ShardWriter(stage, first.schema, self._rows_per_shard) as writer:
             writer.write(first)
             for batch in batches:
                 writer.write(batch)
-        replace_dir(stage, self._path, move=True)
 
     def _exists(self) -> bool:
         return self._path.is_dir() and any(self._path.glob(PART_GLOB))
@@ -204,6 +220,11 @@ class PackedMixes:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @property
+    def generation(self) -> str | None:
+        """The generation of the whole set of mixes (``<root>/_generation.json``), None without one."""
+        return read_marker(self.root) if self.root.is_dir() else None
 
     def names(self) -> list[str]:
         """The mixes that have both splits, sorted."""
@@ -223,7 +244,8 @@ class PackedMixes:
 
 class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
     """Named train / val shard sets under one root. ``save({mix: {"train": ShardSet, "val": ShardSet}})``
-    replaces the whole root atomically (mixes no longer configured disappear); ``load`` ->
+    replaces the whole root atomically (mixes no longer configured disappear), with the shard
+    sets' common generation marker at the root and in each split; ``load`` ->
     :class:`PackedMixes`, lazy, so a pipeline that uses no mix never needs one."""
 
     def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
@@ -234,17 +256,20 @@ class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
         return PackedMixes(self._path)
 
     def save(self, data: Mapping[str, Mapping[str, ShardSet]]) -> None:
-        stage = staging_dir("xoron-packed-mixes-")
-        try:
+        for name, splits in data.items():
+            if set(splits) != set(SPLITS):
+                raise DatasetError(f"packed mix {name!r} needs exactly the splits {SPLITS}, got {sorted(splits)}")
+        generations = {s.generation for splits in data.values() for s in splits.values()}
+        if len(generations) > 1:
+            raise DatasetError(f"packed mixes of different data generations {sorted(map(str, generations))}: "
+                               f"refusing to publish them together at {self._path}")
+        generation = next(iter(generations), None)
+        with publishing(self._path) as stage:
             for name, splits in data.items():
-                if set(splits) != set(SPLITS):
-                    raise DatasetError(f"packed mix {name!r} needs exactly the splits {SPLITS}, got {sorted(splits)}")
                 for split, shards in splits.items():
                     ParquetShardsDataset(str(stage / name / split)).save(shards)  # moved if staged, else copied
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        replace_dir(stage, self._path, move=True)
+            if generation is not None:
+                write_marker(stage, generation)
 
     def _exists(self) -> bool:
         return self._path.is_dir()

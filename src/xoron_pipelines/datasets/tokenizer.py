@@ -1,8 +1,11 @@
 """``HFTokenizerDataset``: a Hugging Face tokenizer directory.
 
-``load`` -> ``transformers.AutoTokenizer.from_pretrained(path)`` (local files only);
-``save`` -> ``save_pretrained`` into a temporary sibling directory, then swapped into place by
-renames so a reader never sees a half-written tokenizer.
+``load`` -> ``transformers.AutoTokenizer.from_pretrained(path)`` (local files only), with the
+directory's data generation attached (:func:`~xoron_pipelines.datasets.generation.generation_of`);
+``save`` -> ``save_pretrained`` into a hidden sibling directory plus ``_generation.json`` (every
+save starts a new data generation: whatever is packed with this tokenizer carries its id), then
+exchanged with the old directory in one step, so a reader never sees a half-written or missing
+tokenizer.
 
 Catalog use::
 
@@ -13,13 +16,18 @@ Catalog use::
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from xoron_pipelines.datasets.parquet_shards import replace_dir
+from xoron_pipelines.datasets.generation import (
+    attach_generation,
+    new_generation_id,
+    publishing,
+    read_marker,
+    write_marker,
+)
 
 
 class HFTokenizerDataset(AbstractDataset[Any, Any]):
@@ -34,15 +42,17 @@ class HFTokenizerDataset(AbstractDataset[Any, Any]):
 
         if not (self._path / "tokenizer.json").is_file():
             raise DatasetError(f"no tokenizer at {self._path} (tokenizer.json missing)")
-        return AutoTokenizer.from_pretrained(str(self._path), local_files_only=True)
+        generation = read_marker(self._path)
+        return attach_generation(AutoTokenizer.from_pretrained(str(self._path), local_files_only=True), generation)
 
     def save(self, data: Any) -> None:
         if not hasattr(data, "save_pretrained"):
             raise DatasetError(f"HFTokenizerDataset.save expects a transformers tokenizer, got {type(data).__name__}")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.", dir=self._path.parent))
-        data.save_pretrained(str(stage))
-        replace_dir(stage, self._path, move=True)
+        generation = new_generation_id()
+        with publishing(self._path) as stage:
+            data.save_pretrained(str(stage))
+            write_marker(stage, generation)
+        attach_generation(data, generation)
 
     def _exists(self) -> bool:
         return (self._path / "tokenizer.json").is_file()

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from xoron_pipelines.data import ledger as ledger_mod
 from xoron_pipelines.data import packing, tokenizer_training
+from xoron_pipelines.datasets.generation import generation_of
 from xoron_pipelines.datasets.parquet_shards import ShardSet, iter_rows
 
 from .params import Params
@@ -101,18 +102,26 @@ def train_tokenizer(ledger: ShardSet, params: dict[str, Any]) -> tuple[Any, dict
 
 def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[ShardSet, ShardSet, dict, dict, dict]:
     """Tokenize, mix, split and pack; returns train / val shards, the stage mixes
-    (``{mix: {"train", "val"}}``, one packing per ``stage_mixes`` entry), manifest and MLflow metrics."""
+    (``{mix: {"train", "val"}}``, one packing per ``stage_mixes`` entry), manifest and MLflow metrics.
+
+    Every output carries the tokenizer's data generation (shard sets: ``.generation``, written as
+    ``_generation.json`` when published; manifest: ``generation``), so training can tell whether the
+    tokenizer and the packed data belong together. The manifest is the node's last output: once it
+    names a generation, the shards of that generation are in place."""
     p = Params.model_validate(params)
+    generation = generation_of(tokenizer)
     cache: dict = {}  # tokenized passes of small sources, shared by all packings
     train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p, cache=cache)
     metrics = _pack_metrics("", manifest)
     metrics["tokenizer.chars_per_token"] = manifest["chars_per_token"]
     metrics["pack.tokens_per_second"] = manifest["tokens_per_second"]
+    manifest["generation"] = train.generation = val.generation = generation
     mixes: dict[str, dict[str, ShardSet]] = {}
     manifest["stage_mixes"] = {}
     for name, weights in p.stage_mixes.items():
         mix_train, mix_val, mix_manifest = packing.tokenize_and_pack(
             ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}")
+        mix_train.generation = mix_val.generation = generation
         mixes[name] = {"train": mix_train, "val": mix_val}
         manifest["stage_mixes"][name] = {k: mix_manifest[k] for k in ("splits", "sources")}
         metrics.update(_pack_metrics(f"stage_mix.{name}.", mix_manifest))

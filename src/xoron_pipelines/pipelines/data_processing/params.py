@@ -157,6 +157,10 @@ class Params(StrictModel):
     packing: Packing = Field(default_factory=Packing)
     mixing: Mixing = Field(default_factory=Mixing)
     progress: bool = True
+    lock_timeout_s: float = Field(
+        default=600.0, ge=0, allow_inf_nan=False, strict=True,
+        description="seconds a run waits for the project's data lock (data_processing vs the runs "
+                    "reading its outputs) before it stops naming the holder; 0 = do not wait")
 
     @model_validator(mode="after")
     def _check(self) -> "Params":

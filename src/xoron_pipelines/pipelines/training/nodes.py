@@ -84,6 +84,9 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
     cfg = params.train
     source = stage_data.packed_source(train_data.path, cfg.batch_size, cfg.seed, params.max_samples)
     val = stage_data.packed_source(val_data.path, params.eval.batch_size or cfg.batch_size, cfg.seed, shuffle=False)
+    if tokenizer is not None:
+        stage_data.check_tokenizer_matches(stage, tokenizer, {"train": train_data, "val": val_data},
+                                           {"train": source, "val": val})
     data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
                      fingerprint=_shards_fingerprint(train_data, val_data),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
