@@ -25,8 +25,6 @@ does not reach any of those modules is skipped. The decoder never trains.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -40,6 +38,8 @@ from xoron_pipelines.latent import losses
 from xoron_pipelines.latent.data import RowBatches
 from xoron_pipelines.latent.model import LatentModel, encoder_layers
 from xoron_pipelines.training import TrainConfig, train
+from xoron_pipelines.training.checkpoint import configuration_dir
+from xoron_pipelines.training.fingerprint import fingerprint, tensors_digest, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,25 @@ def train_config(spec: StageSpec, p: Any, batches: int, eval_steps: int) -> Trai
         async_checkpointing=p.async_checkpointing, logging_steps=min(p.logging_steps, steps), eval_steps=eval_steps)
 
 
-def checkpoint_dir(p: Any, spec: StageSpec, rows: int) -> Path:
-    """``<checkpoint_dir>/<stage>-<hash>``: a rerun with the same settings and data size resumes,
-    a changed one starts fresh."""
-    key = json.dumps({"params": p.model_dump(mode="json"), "rows": rows}, sort_keys=True)
-    return Path(p.checkpoint_dir) / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+#: latent parameters outside a stage's fingerprint: checkpoint / logging cadence, paths, inference,
+#: data-loader workers, and the durations (raising epochs continues from the newest checkpoint)
+RESULT_NEUTRAL_LATENT_FIELDS = frozenset({
+    "checkpoint_dir", "keep_configurations", "save_every", "async_checkpointing", "logging_steps", "progress",
+    "num_workers", "prefetch_factor", "pretrain_best_model_filename", "finetune_best_model_filename",
+    "handoff_best_model_filename", "temperature", "max_generation_length", "do_sample", "top_p", "top_k",
+    "inference_examples", "num_epochs", "pretrain_middle_epochs", "pretrain_adapter_epochs",
+    "finetune_middle_epochs", "finetune_adapter_epochs",
+})
+
+
+def checkpoint_dir(p: Any, spec: StageSpec, model: nn.Module, train_rows: RowBatches, val_rows: RowBatches) -> Path:
+    """``<checkpoint_dir>/<stage>/<fingerprint>`` (the function the pipeline stages use too): the
+    fingerprint hashes the settings that change the result, the model's weights and the rows'
+    content, so a rerun resumes and a change starts afresh; ``keep_configurations`` of a stage kept."""
+    settings = {k: v for k, v in p.model_dump(mode="json").items() if k not in RESULT_NEUTRAL_LATENT_FIELDS}
+    data = tensors_digest([t for rows in (train_rows, val_rows) for _, t in sorted(rows.tensors.items())])
+    fp = fingerprint(params=settings, stage=spec.name, weights=weights_digest(model), data=data)
+    return configuration_dir(p.checkpoint_dir, spec.name, fp, p.keep_configurations)
 
 
 def run_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], train_rows: RowBatches,
@@ -203,7 +217,8 @@ def run_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], trai
             best["loss"], best["state"] = metrics["eval_loss"], copy.deepcopy(view.state_dict())
         return metrics
 
-    result = train(view, train_rows, cfg, ckpt_dir=checkpoint_dir(p, spec, train_rows.rows), eval_fn=eval_fn,
+    ckpt_dir = checkpoint_dir(p, spec, model, train_rows, val_rows)
+    result = train(view, train_rows, cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn,
                    on_log=on_log, loss_fn=lambda m, b: m(b), desc=f"latent/{spec.name}", progress=p.progress)
     after = evaluate(model, spec, p, val_rows)
     if best["state"] is not None and best["loss"] < after["eval_loss"]:

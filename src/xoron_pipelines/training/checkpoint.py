@@ -18,6 +18,13 @@ directory are fsync'ed, and the directory is renamed to its final name: a crash 
 leaves either the complete checkpoint or a temporary directory that the next writer removes.
 :func:`latest_valid_checkpoint` verifies the manifest's checksums newest first and skips (and
 logs, by path) any checkpoint that is corrupt or truncated.
+
+A training configuration's checkpoints live in ``<root>/<name>/<fingerprint>/``
+(:func:`configuration_dir`, shared by the pipeline stages and the latent stages); the
+``keep_configurations`` most recently used configurations of ``<name>`` are kept, older ones are
+removed with a log line naming each. Checkpoints a run does not resume from (``never``, an
+explicit earlier checkpoint, a lowered ``max_steps``) are moved into
+``<fingerprint>/superseded-<time>/`` by :func:`set_aside`, never deleted.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -214,6 +222,48 @@ def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def set_aside(root: str | os.PathLike, after_step: int, reason: str) -> Path | None:
+    """Move the checkpoints of ``root`` newer than ``after_step`` into ``root/superseded-<time>/``
+    (ignored by resume and pruning, removed only with their configuration); returns that folder."""
+    moving = [p for s, p in list_checkpoints(root) if s > after_step]
+    if not moving:
+        return None
+    dest = Path(root) / f"superseded-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    dest.mkdir()
+    for p in moving:
+        os.replace(p, dest / p.name)
+    log.warning("%s: moved %s to %s (kept, not resumed from)", reason, [p.name for p in moving], dest)
+    return dest
+
+
+def configuration_dir(root: str | os.PathLike, name: str, fingerprint: str,
+                      keep_configurations: int | None) -> Path:
+    """``<root>/<name>/<fingerprint>`` (created, marked as the most recently used configuration).
+
+    With ``keep_configurations`` = N the N most recently used configuration directories of
+    ``name`` (this one included) are kept and the older ones removed; both lists are logged.
+    ``None`` removes nothing (e.g. a node other than node 0 of a multi-node stage)."""
+    parent = Path(root) / name
+    current = parent / fingerprint
+    current.mkdir(parents=True, exist_ok=True)
+    os.utime(current)  # recency = last use
+    if keep_configurations is None:
+        return current
+    others = sorted((p for p in parent.iterdir() if p.is_dir() and p != current),
+                    key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    kept, removed = others[:keep_configurations - 1], others[keep_configurations - 1:]
+    if removed:
+        log.warning("%s: keep_configurations=%d: keeping the checkpoints of %s (current first), removing those "
+                    "of earlier configurations %s", name, keep_configurations,
+                    [current.name, *(p.name for p in kept)], [str(p) for p in removed])
+        for p in removed:
+            shutil.rmtree(p, ignore_errors=True)
+    elif kept:
+        log.info("%s: checkpoints of earlier configurations kept (keep_configurations=%d): %s", name,
+                 keep_configurations, [p.name for p in kept])
+    return current
+
+
 # ------------------------------------------------------------------------------ verification / loading
 def verify_checkpoint(path: str | os.PathLike) -> str | None:
     """``None`` when every file matches the manifest, else the reason it does not."""
@@ -238,6 +288,11 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
         if _sha256(f) != meta["sha256"]:
             return f"{name} does not match its sha256 in the manifest"
     return None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step recorded in a checkpoint's manifest."""
+    return int(json.loads((Path(path) / MANIFEST).read_text())["step"])
 
 
 def latest_valid_checkpoint(root: str | os.PathLike) -> Path | None:

@@ -22,9 +22,10 @@ seed spelling                          field
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from xoron_pipelines.validation import StrictModel
 
@@ -80,6 +81,24 @@ class TrainConfig(StrictModel):
     keep_last_k: int = Field(3, gt=0)
     async_checkpointing: bool = False
     logging_steps: int = Field(10, gt=0)
+    resume_from_checkpoint: str = Field(
+        "auto", min_length=1,
+        description="auto: continue from the newest valid checkpoint of this configuration (null means the "
+                    "same); never: start afresh (earlier checkpoints are set aside, not deleted); or the path "
+                    "of a checkpoint-<step> directory to continue from")
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _resume_choice(cls, value: Any) -> Any:
+        """null (seed 002's default) = auto; a path must name an existing checkpoint directory."""
+        if value is None:
+            return "auto"
+        if isinstance(value, str) and value not in ("auto", "never"):
+            path = Path(value)
+            if not (path / "manifest.json").is_file():
+                what = "does not exist" if not path.exists() else "is not a checkpoint directory (no manifest.json)"
+                raise ValueError(f"{value!r} {what}; give auto, never or the path of a checkpoint-<step> directory")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,15 @@ Re-running ``train`` with the same ``ckpt_dir`` resumes from the newest valid ch
 optimizer, scheduler, grad scaler, all RNG states and the data position are restored, so on CPU
 in deterministic mode the final weights are bit-identical to an uninterrupted run. A finished
 run's directory makes ``train`` return at once with the final weights loaded.
+``cfg.resume_from_checkpoint`` chooses the starting point (:meth:`_Trainer.resume_point`):
+``auto`` (the newest valid checkpoint), ``never`` (start afresh; the directory's checkpoints are
+moved into ``superseded-<time>/``, nothing is deleted) or the path of a checkpoint.
+
+A longer run (``max_steps`` / ``num_epochs`` raised) continues from the checkpoint, finished or
+not: from the resumed step on, the learning rate follows the schedule of the new total (a cosine
+or linear decay is stretched to the new end, so the lr can rise again at the resume point). A
+shorter run than the newest checkpoint starts afresh (that checkpoint is set aside, with a
+warning); a checkpoint exactly at the new total is the result.
 
 With a data-parallel ``parallel`` context (:class:`~xoron_pipelines.training.parallel.DataParallel`,
 set up by :mod:`xoron_pipelines.training.distributed`) every rank runs this loop on its own shard of
@@ -46,7 +55,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xoron_pipelines.training.checkpoint import (
-    CheckpointWriter, LoadedCheckpoint, Snapshot, latest_valid_checkpoint, load_checkpoint, quarantine_after)
+    CheckpointWriter, CorruptCheckpointError, LoadedCheckpoint, Snapshot, checkpoint_step, latest_valid_checkpoint,
+    load_checkpoint, quarantine_after, set_aside, verify_checkpoint)
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
 from xoron_pipelines.training.optim import build_optimizer
@@ -195,7 +205,7 @@ class _Trainer:
             raise ValueError("eval_steps is set but no eval_fn was given")
         if len(source) < 1:
             raise ValueError("the batch source has no batches")
-        self.model, self.source, self.cfg = model, source, cfg
+        self.model, self.source, self.cfg, self.ckpt_dir = model, source, cfg, ckpt_dir
         self.par = parallel
         self.eval_fn, self.desc = eval_fn, desc
         self.on_log = on_log if parallel.is_writer else None
@@ -228,17 +238,57 @@ class _Trainer:
         self.forward_model = _compiled(wrapped, cfg) if cfg.compile else wrapped
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
+    def resume_point(self, resume: bool) -> Path | None:
+        """The checkpoint to continue from, per ``cfg.resume_from_checkpoint`` (the writer decides;
+        see the module docstring). Checkpoints not continued from are set aside, never deleted."""
+        choice, ckpt_dir, total = self.cfg.resume_from_checkpoint, self.ckpt_dir, self.state.total_steps
+        if choice == "never":
+            set_aside(ckpt_dir, -1, "resume_from_checkpoint=never")
+            return None
+        if choice != "auto":
+            path = Path(choice)
+            if (reason := verify_checkpoint(path)) is not None:
+                raise CorruptCheckpointError(f"resume_from_checkpoint {choice}: {reason}")
+            step = checkpoint_step(path)
+            if step > total:
+                raise ValueError(f"resume_from_checkpoint {choice} is at step {step}, beyond this run's {total} "
+                                 "steps (max_steps / num_epochs)")
+            set_aside(ckpt_dir, step, f"resume_from_checkpoint={choice} (step {step})")
+            return path
+        newest = latest_valid_checkpoint(ckpt_dir)
+        if newest is not None and not resume:
+            raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({newest.name}); pass resume=True "
+                                  "or use another ckpt_dir")
+        if newest is not None and (step := checkpoint_step(newest)) > total:
+            log.warning("the newest checkpoint %s is at step %d, beyond this run's %d steps: starting afresh",
+                        newest, step, total)
+            set_aside(ckpt_dir, -1, f"run shortened to {total} steps")
+            return None
+        quarantine_after(ckpt_dir, checkpoint_step(newest) if newest else -1)  # the corrupt ones newer than it
+        return newest
+
     def restore(self, ckpt: LoadedCheckpoint) -> None:
         trees = ckpt.trees
         saved = TrainState(**trees["trainer_state"]["state"])
         if saved.batches_per_epoch != len(self.source):
             raise ValueError(f"checkpoint {ckpt.path} was written for {saved.batches_per_epoch} batches per epoch, "
                              f"the data now has {len(self.source)}; use a new ckpt_dir for new data")
-        if saved.total_steps != self.state.total_steps:
-            log.warning("checkpoint %s plans %d steps, the config %d; keeping the checkpoint's schedule",
-                        ckpt.path, saved.total_steps, self.state.total_steps)
         self.par.load_full_state(self.model, self.optimizer, ckpt.model, trees["optimizer"])
+        fresh = [dict(vars(f)) for f in self.scheduler.lr_lambdas]  # the schedule of this run's total
         self.scheduler.load_state_dict(trees["trainer_state"]["scheduler"])
+        total = self.state.total_steps
+        if saved.total_steps != total:
+            log.warning("checkpoint %s belongs to a run of %d steps; continuing it to %d steps (from step %d the lr "
+                        "follows the schedule of %d steps)", ckpt.path, saved.total_steps, total, saved.step, total)
+            for f, state in zip(self.scheduler.lr_lambdas, fresh):
+                vars(f).update(state)
+            at = self.scheduler.last_epoch
+            lrs = [base * f(at) for base, f in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = lrs
+            saved.total_steps = total
+            saved.finished = saved.finished and saved.step >= total
         if trees["trainer_state"]["scaler"]:
             self.scaler.load_state_dict(trees["trainer_state"]["scaler"])
         self._restore_rng(trees)
@@ -446,8 +496,9 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     mode, no grad; lower is better). ``on_log(step, metrics)`` receives training metrics (loss, lr,
     grad_norm, tokens_per_s, nan_skips, epoch, tokens_seen) every ``cfg.logging_steps`` and eval
     metrics after each evaluation. ``loss_fn(model, batch) -> scalar`` replaces ``model(**batch).loss``.
-    With ``resume`` (default) the newest valid checkpoint in ``ckpt_dir`` is continued; ``resume=False``
-    refuses to start when ``ckpt_dir`` already holds checkpoints.
+    With ``resume`` (default) training continues from the checkpoint ``cfg.resume_from_checkpoint``
+    chooses (``auto``: the newest valid one in ``ckpt_dir``); ``resume=False`` with ``auto`` refuses
+    to start when ``ckpt_dir`` already holds checkpoints.
 
     ``parallel``: the data-parallel context of this rank (see :mod:`xoron_pipelines.training.parallel`);
     None for a single process. Under data parallelism ``train_batches`` is this rank's shard of every
@@ -465,14 +516,9 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
         trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par,
                            param_groups, stats_fn)
         try:
+            resumed = par.broadcast(trainer.resume_point(resume) if par.is_writer else None)
             trainer.build()
-            resumed = par.broadcast(latest_valid_checkpoint(ckpt_dir) if par.is_writer else None)
-            if resumed is not None and not resume:
-                raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({resumed.name}); pass resume=True "
-                                      "or use another ckpt_dir")
             ckpt = load_checkpoint(resumed, verify=False) if resumed is not None else None
-            if par.is_writer:
-                quarantine_after(ckpt_dir, ckpt.step if ckpt else -1)  # the corrupt ones newer than the resume point
             if ckpt is not None:
                 trainer.restore(ckpt)
             trainer.run()

@@ -78,6 +78,8 @@ class Params(StrictModel):
     rope_base: float = Field(10000, gt=1)
     # ---- checkpointing -------------------------------------------------------------------
     checkpoint_dir: str = Field("data/06_models/latent/checkpoints", min_length=1)
+    keep_configurations: int = Field(
+        3, ge=1, description="per stage, keep the checkpoints of this many most recently used configurations")
     save_every: int = Field(500, ge=1)
     pretrain_best_model_filename: str = Field("best_model_pretrain.safetensors", pattern=r"^[^/\\]+\.safetensors$")
     finetune_best_model_filename: str = Field("best_model_finetune.safetensors", pattern=r"^[^/\\]+\.safetensors$")

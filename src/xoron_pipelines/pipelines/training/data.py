@@ -48,7 +48,8 @@ def packed_source(path, batch_size: int, seed: int, max_samples: int | None = No
         return source
     rows = torch.from_numpy(_subset(source.num_rows, max_samples, seed))
     lengths = None if source.lengths is None else source.lengths[rows]
-    return TokenRowsSource(source.ids[rows], batch_size, seed, shuffle, lengths=lengths)
+    weights = None if source.loss_weights is None else source.loss_weights[rows]
+    return TokenRowsSource(source.ids[rows], batch_size, seed, shuffle, lengths=lengths, loss_weights=weights)
 
 
 def check_tokenizer_matches(stage: str, tokenizer, shards: Mapping[str, Any], sources: Mapping[str, Any]) -> None:

@@ -21,6 +21,7 @@ from kedro.io import DatasetError
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
+from xoron_pipelines.training.fingerprint import tensors_digest
 
 from . import data as stage_data
 from .schema import Kind, StageParams
@@ -42,15 +43,20 @@ def initialise_model(model_params: Mapping[str, Any], stage_params: Mapping[str,
     return model
 
 
-def _shards_fingerprint(*shard_sets) -> str:
-    """Identity of packed shard directories: file names, sizes and modification times."""
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for s in shard_sets for f in s.files]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+def _tokenizer_text(tokenizer) -> str:
+    return "" if tokenizer is None else tokenizer.backend_tokenizer.to_str()
+
+
+def _tokens_fingerprint(sources, tokenizer) -> str:
+    """Identity of packed data by content: the token ids, lengths and loss weights the stage reads
+    (never file names, sizes, modification times or generation markers) and the tokenizer."""
+    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
+    return tensors_digest([t for s in sources for t in (s.ids, s.lengths, getattr(s, "loss_weights", None))], h)
 
 
 def _rows_fingerprint(rows: list[dict], tokenizer) -> str:
     h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
-    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(_tokenizer_text(tokenizer).encode())
     return h.hexdigest()
 
 
@@ -88,7 +94,7 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
         stage_data.check_tokenizer_matches(stage, tokenizer, {"train": train_data, "val": val_data},
                                            {"train": source, "val": val})
     data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
-                     fingerprint=_shards_fingerprint(train_data, val_data),
+                     fingerprint=_tokens_fingerprint([source, val], tokenizer),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
                                     "train_rows": source.num_rows, "data_mix": params.data_mix})
     return _train(stage, "causal_lm", init_model, tokenizer, params, data)

@@ -69,6 +69,9 @@ class StageParams(StrictModel):
     checkpoint_dir: str = Field(
         "data/06_models/checkpoints", min_length=1,
         description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>)")
+    keep_configurations: int = Field(
+        3, ge=1, description="keep the checkpoints of this many most recently used configurations of the stage "
+                             "(the current one included); older ones are removed, each named in the log")
     eval: EvalParams = Field(default_factory=EvalParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     distributed: DistributedSettings = Field(

@@ -17,10 +17,20 @@ function, optional custom loss) and:
    expert-load PNGs, the tokenizer and the final model as artefacts;
 5. returns the plain trained model and a JSON-able summary.
 
-Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint hashes the stage
-parameters (except ``distributed``: a run may resume with another number of processes), the model
-config, the starting weights and the data, so re-running the same command resumes (or, when
-finished, returns at once) while any change starts afresh.
+Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint
+(:func:`stage_fingerprint`) hashes the content of what decides the trained result -- the stage
+parameters that change it, the model config (no path in it), the starting weights and the data --
+so re-running the same command resumes (or, when finished, returns at once), also after
+re-packing byte-identical data or moving the project, while a change of any of those starts
+afresh in a new directory. Left out (:data:`RESULT_NEUTRAL_STAGE_FIELDS`, and the engine's
+:data:`~xoron_pipelines.training.fingerprint.RESULT_NEUTRAL_TRAIN_FIELDS`): ``distributed`` (a run
+may resume with another number of processes), ``tracking``, ``checkpoint_dir``,
+``keep_configurations``, ``eval.max_batches`` / ``eval.batch_size`` (unless early stopping
+depends on evaluations), ``train.save_steps`` / ``keep_last_k`` / ``async_checkpointing`` /
+``logging_steps`` / ``resume_from_checkpoint``, and the duration ``max_steps`` / ``num_epochs``:
+raising it continues from the newest checkpoint (see :mod:`xoron_pipelines.training.engine`).
+The ``keep_configurations`` most recently used configurations of a stage keep their checkpoints;
+older ones are removed with a log line (:func:`checkpoint_dir`).
 
 Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
 saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
@@ -37,11 +47,8 @@ summary says which node it is.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,8 +65,9 @@ from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
-from xoron_pipelines.training.checkpoint import MODEL_FILE, latest_valid_checkpoint
+from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
 from xoron_pipelines.training.distributed import distributed_train
+from xoron_pipelines.training.fingerprint import fingerprint, model_config, train_settings, weights_digest
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
 from xoron_pipelines.training.reproducibility import seed_everything
 
@@ -107,31 +115,26 @@ def apply_freeze(model: nn.Module, freeze: list[str], unfreeze: list[str]) -> in
 
 
 # ------------------------------------------------------------------------------ fingerprints
-def weights_digest(model: nn.Module) -> str:
-    """sha256 over the names and bytes of the model's state dict."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+#: StageParams fields outside the fingerprint (``eval`` only without early stopping)
+RESULT_NEUTRAL_STAGE_FIELDS = frozenset({"distributed", "tracking", "checkpoint_dir", "keep_configurations"})
 
 
 def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: str) -> str:
-    blob = json.dumps({"params": params.model_dump(mode="json", exclude={"distributed"}),
-                       "config": model.config.to_dict(),
-                       "weights": weights_digest(model), "data": data_fingerprint}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """Content fingerprint of a stage run (see the module docstring): the settings that change the
+    result, the model config without paths, the starting weights, the data's content digest."""
+    settings = params.model_dump(mode="json", exclude=set(RESULT_NEUTRAL_STAGE_FIELDS))
+    settings["train"] = train_settings(settings["train"])
+    if params.train.early_stopping_patience is None:
+        settings["eval"] = {"val_fraction": params.eval.val_fraction}  # decides the sft / dpo split
+    return fingerprint(params=settings, config=model_config(model.config), weights=weights_digest(model),
+                       data=data_fingerprint)
 
 
-def checkpoint_dir(root: str | Path, stage: str, fingerprint: str) -> Path:
-    """``<root>/<stage>/<fingerprint>``; checkpoints of other fingerprints of the stage are removed."""
-    stage_dir = Path(root) / stage
-    if stage_dir.is_dir():
-        for old in stage_dir.iterdir():
-            if old.is_dir() and old.name != fingerprint:
-                log.info("removing checkpoints of an earlier configuration: %s", old)
-                shutil.rmtree(old, ignore_errors=True)
-    return stage_dir / fingerprint
+def checkpoint_dir(root: str | Path, stage: str, fingerprint: str, keep_configurations: int | None = 3) -> Path:
+    """``<root>/<stage>/<fingerprint>``, keeping the ``keep_configurations`` most recently used
+    configurations of the stage (logged); see
+    :func:`xoron_pipelines.training.checkpoint.configuration_dir`."""
+    return configuration_dir(root, stage, fingerprint, keep_configurations)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -224,7 +227,9 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
     """Train ``model`` for one stage; returns (plain trained model, summary). See the module doc."""
     cfg, dist = params.train, params.distributed
     fingerprint = stage_fingerprint(params, model, data.fingerprint)
-    ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint)
+    # node 0 alone prunes earlier configurations (the other nodes share its checkpoint_dir)
+    ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint,
+                              params.keep_configurations if dist.node_rank == 0 else None)
     base = model
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
