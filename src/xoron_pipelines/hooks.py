@@ -26,7 +26,9 @@ class ParameterValidationHook:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        validated = validate_all(context.params)
+        # the --params of `kedro run` (Kedro keeps them on the context) name the command line as
+        # the origin of a bad value
+        validated = validate_all(context.params, getattr(context, "_runtime_params", None))
         log.debug("validated parameter groups: %s", sorted(validated))
 
 
