@@ -1,8 +1,8 @@
 """Project settings (Kedro)."""
 
-from xoron_pipelines.hooks import ParameterValidationHook, RunSummaryHook
+from xoron_pipelines.hooks import ParameterValidationHook, RunSummaryHook, StaleRunsHook
 
-HOOKS = (ParameterValidationHook(), RunSummaryHook())
+HOOKS = (ParameterValidationHook(), StaleRunsHook(), RunSummaryHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
