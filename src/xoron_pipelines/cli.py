@@ -4,8 +4,8 @@ Kedro picks up a ``cli.py`` beside ``settings.py`` and lets its ``run`` replace 
 (also for ``python -m xoron_pipelines``). This ``run`` has exactly Kedro's options plus
 ``--traceback``; it only changes how errors caused by the user's input are shown: a bad parameter
 (:class:`~xoron_pipelines.validation.ParameterError`, raised before any node runs), a missing
-configuration file, or a dataset that cannot be loaded or saved (an input that does not exist yet,
-a file that cannot be read) print a few lines saying what is wrong and where, and the command
+configuration file, an unknown pipeline name, or a dataset that cannot be loaded or saved (an
+input that does not exist yet, a file that cannot be read) print a few lines saying what is wrong and where, and the command
 exits with status 1, instead of a traceback of some hundred lines. Any other exception is a bug
 and keeps its traceback; ``kedro run --traceback`` shows it for user errors too.
 """
@@ -31,6 +31,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, DatasetError, Mi
 MAX_LINES = 12
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """A bad parameter, configuration or dataset, or an unknown ``--pipelines`` name (Kedro raises
+    a plain ValueError for that one)."""
+    return isinstance(exc, USER_ERRORS) or (
+        type(exc) is ValueError and str(exc).startswith("Failed to find the pipeline named"))
+
+
 def _missing_file(exc: BaseException) -> FileNotFoundError | None:
     """The FileNotFoundError behind ``exc`` (its cause / context chain), if any."""
     seen: set[int] = set()
@@ -54,9 +61,11 @@ def describe(exc: BaseException) -> str:
                     "Run the pipeline that produces it first (see README.md: Pipelines), "
                     "or check its entry in conf/base/catalog.yml.")
         else:
-            text = f"Dataset error: {exc}"
-    else:
+            text = f"Dataset error: {exc}\n(kedro run --traceback shows where it was raised)"
+    elif isinstance(exc, MissingConfigException):
         text = f"Configuration error: {exc}"
+    else:
+        text = str(exc)
     lines = text.strip().splitlines()
     if len(lines) > MAX_LINES:
         lines = [*lines[:MAX_LINES - 1], f"... ({len(lines) - MAX_LINES + 1} more lines; --traceback shows all)"]
@@ -64,15 +73,15 @@ def describe(exc: BaseException) -> str:
 
 
 def short_user_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a click callback: a :data:`USER_ERRORS` exception becomes a :class:`click.ClickException`
+    """Wrap a click callback: a user error (:func:`is_user_error`) becomes a :class:`click.ClickException`
     (click prints ``Error: <message>`` and exits 1), unless ``traceback=True`` is passed."""
 
     @functools.wraps(callback)
     def wrapper(*args: Any, traceback: bool = False, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
-        except USER_ERRORS as exc:
-            if traceback:
+        except Exception as exc:
+            if traceback or not is_user_error(exc):
                 raise
             raise click.ClickException(describe(exc)) from None
 
