@@ -139,11 +139,23 @@ def test_user_errors_become_short_click_errors_unless_traceback_is_asked():
     with pytest.raises(ParameterError):
         short_user_errors(fails)(traceback=True)
 
-    def unknown_pipeline(**kwargs):
-        raise ValueError("Failed to find the pipeline named 'pretrian'. It needs to be generated ...")
+    def unknown_pipeline(**kwargs):  # what Kedro raises for `--pipelines pretrian`
+        raise ImportError("An error occurred while importing the 'xoron_pipelines.pipelines.pretrian' module.")
 
-    with pytest.raises(click.ClickException, match="pretrian"):
+    with pytest.raises(click.ClickException) as err:
         short_user_errors(unknown_pipeline)()
+    assert err.value.message.startswith("Unknown pipeline 'pretrian': choose among ")
+    assert {"synth", "data_processing", "pretrain", "latent"} <= set(err.value.message.split("choose among ")[1].split(", "))
+
+    def broken_pipeline(**kwargs):  # a pipeline that fails to import is a bug: traceback kept
+        try:
+            raise NameError("typo")
+        except NameError as exc:
+            raise ImportError("An error occurred while importing the 'xoron_pipelines.pipelines.synth' module.") \
+                from exc
+
+    with pytest.raises(ImportError):
+        short_user_errors(broken_pipeline)()
 
     def bug(**kwargs):
         raise KeyError("a bug keeps its traceback")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -31,11 +32,29 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, DatasetError, Mi
 MAX_LINES = 12
 
 
+_NO_PIPELINE_MODULE = "An error occurred while importing the 'xoron_pipelines.pipelines."
+
+
+def _unknown_pipeline(exc: BaseException) -> bool:
+    """Kedro's error for a ``--pipelines`` name that is not a pipeline: an ImportError naming a
+    module that does not exist (no cause; a pipeline that fails to import has one), or, for a name
+    missing from the registry, a plain ValueError."""
+    if type(exc) is ImportError:
+        return str(exc).startswith(_NO_PIPELINE_MODULE) and exc.__cause__ is None
+    return type(exc) is ValueError and str(exc).startswith("Failed to find the pipeline named")
+
+
+def pipeline_names() -> list[str]:
+    """The pipelines ``--pipelines`` accepts (one package per pipeline under ``pipelines/``)."""
+    from xoron_pipelines import pipelines
+
+    root = Path(pipelines.__file__).parent
+    return sorted(p.parent.name for p in root.glob("*/pipeline.py"))
+
+
 def is_user_error(exc: BaseException) -> bool:
-    """A bad parameter, configuration or dataset, or an unknown ``--pipelines`` name (Kedro raises
-    a plain ValueError for that one)."""
-    return isinstance(exc, USER_ERRORS) or (
-        type(exc) is ValueError and str(exc).startswith("Failed to find the pipeline named"))
+    """A bad parameter, configuration or dataset, or an unknown ``--pipelines`` name."""
+    return isinstance(exc, USER_ERRORS) or _unknown_pipeline(exc)
 
 
 def _missing_file(exc: BaseException) -> FileNotFoundError | None:
@@ -64,6 +83,9 @@ def describe(exc: BaseException) -> str:
             text = f"Dataset error: {exc}\n(kedro run --traceback shows where it was raised)"
     elif isinstance(exc, MissingConfigException):
         text = f"Configuration error: {exc}"
+    elif type(exc) is ImportError:
+        name = str(exc).removeprefix(_NO_PIPELINE_MODULE).split("'", 1)[0]
+        text = f"Unknown pipeline '{name}': choose among {', '.join(pipeline_names())}"
     else:
         text = str(exc)
     lines = text.strip().splitlines()
