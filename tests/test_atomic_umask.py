@@ -122,3 +122,29 @@ def test_model_export_directories_follow_the_umask(tmp_path, umask):
     assert _assert_tree(tmp_path / "xoron", umask) >= 2
     assert _assert_tree(tmp_path / "native", umask) >= 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native", "xoron"]
+
+
+def test_logged_model_artifacts_follow_the_umask(tmp_path, umask):
+    import shutil
+
+    import mlflow
+    from safetensors.torch import save_file
+
+    from tests.helpers import _mlflow_template_db
+    from xoron_pipelines.tracking import log_saved
+
+    class Saver:  # safetensors' save_file writes 0600 whatever the umask
+        def save_pretrained(self, path):
+            save_file({"w": torch.zeros(2)}, str(Path(path) / "model.safetensors"))
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db(), db)
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    experiment = mlflow.create_experiment("umask", artifact_location=(tmp_path / "artifacts").as_uri())
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            log_saved(Saver(), "model")
+    finally:
+        mlflow.set_tracking_uri(None)
+    [logged] = (tmp_path / "artifacts").rglob("model.safetensors")
+    assert run.info.run_id in str(logged) and _mode(logged) == 0o666 & ~umask

@@ -234,6 +234,9 @@ def log_saved(obj: Any, artifact_path: str) -> None:
     """``obj.save_pretrained(tmp)`` (a model or tokenizer) and log the directory as artefacts."""
     import mlflow
 
+    from xoron_pipelines.atomic import default_permissions
+
     with tempfile.TemporaryDirectory(prefix="xoron-artifact-") as tmp:
         obj.save_pretrained(str(Path(tmp)))
+        default_permissions(tmp, recursive=True)  # a local artifact store copies the modes (safetensors: 0600)
         mlflow.log_artifacts(tmp, artifact_path)
