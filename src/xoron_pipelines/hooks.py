@@ -1,5 +1,5 @@
 """Project hooks: parameter validation before any node, the data lock and staging area of a
-run, a short summary after a run."""
+run, MLflow runs of killed processes closed, a short summary after a run."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ class ParameterValidationHook:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        validated = validate_all(context.params)
+        # the --params of `kedro run` (Kedro keeps them on the context) name the command line as
+        # the origin of a bad value
+        validated = validate_all(context.params, getattr(context, "_runtime_params", None))
         log.debug("validated parameter groups: %s", sorted(validated))
 
 
@@ -142,6 +144,29 @@ class DataLockHook:
     @hook_impl
     def on_pipeline_error(self, error, run_params, pipeline, catalog) -> None:
         self._end()
+
+
+class StaleRunsHook:
+    """Tag the ``kedro run``'s MLflow run with its process, and end as KILLED the runs that a
+    killed earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
+
+    kedro-mlflow (a plugin, so its hooks run before the project's) has opened the run by then;
+    without an active run (tracking disabled) there is nothing to do."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from xoron_pipelines.tracking import mark_dead_runs, process_tags
+
+        try:
+            import mlflow
+
+            run = mlflow.active_run()
+            if run is None:
+                return
+            mlflow.set_tags(process_tags())
+            mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
+        except Exception as exc:  # bookkeeping of old runs must never stop this one
+            log.warning("could not check for MLflow runs left RUNNING by killed processes: %s", exc)
 
 
 def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:

@@ -1,8 +1,8 @@
 """Project settings (Kedro)."""
 
-from xoron_pipelines.hooks import DataLockHook, ParameterValidationHook, RunSummaryHook
+from xoron_pipelines.hooks import DataLockHook, ParameterValidationHook, RunSummaryHook, StaleRunsHook
 
-HOOKS = (ParameterValidationHook(), DataLockHook(), RunSummaryHook())
+HOOKS = (ParameterValidationHook(), DataLockHook(), StaleRunsHook(), RunSummaryHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -10,12 +10,20 @@ summary) and, when tracking is on, logs every record to MLflow with its step. Pl
 with matplotlib's non-interactive ``Agg`` backend: :func:`loss_curve_figure` (train loss and
 eval loss against the optimizer step) and :func:`expert_load_figure` (per MoE layer: the share
 of routed tokens of each expert; per PEER layer: the hot-expert count).
+
+Runs left RUNNING by a killed process: every run this project opens carries the process that
+owns it (:func:`process_tags`: pid, host, the pid's start time), and at the start of each
+``kedro run`` :func:`mark_dead_runs` ends as KILLED the RUNNING runs of the experiment whose
+process on this host is gone (or whose pid now belongs to another process). A run of a live
+process, of another host, or without these tags is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -50,7 +58,8 @@ def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None =
     import mlflow
 
     parent = mlflow.active_run()
-    run = mlflow.start_run(run_name=stage, nested=parent is not None, tags={"xoron.stage": stage, **(tags or {})})
+    run = mlflow.start_run(run_name=stage, nested=parent is not None,
+                           tags={"xoron.stage": stage, **process_tags(), **(tags or {})})
     status = "FINISHED"
     try:
         yield run
@@ -59,6 +68,60 @@ def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None =
         raise
     finally:
         mlflow.end_run(status)
+
+
+PID_TAG, HOST_TAG, PID_START_TAG = "xoron.pid", "xoron.host", "xoron.pid_start"
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+
+
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags naming the process that owns a run: pid, host, and the pid's start time (so a
+    reused pid is not mistaken for the owner)."""
+    pid = os.getpid() if pid is None else pid
+    return {PID_TAG: str(pid), HOST_TAG: socket.gethostname(), PID_START_TAG: _process_start(pid) or ""}
+
+
+def owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process recorded in a run's tags still runs: None when it cannot be told
+    (no pid tag, or another host), False when the pid is gone or now another process's."""
+    pid = tags.get(PID_TAG, "")
+    if not pid.isdigit() or tags.get(HOST_TAG) != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    started = tags.get(PID_START_TAG)
+    now = _process_start(int(pid))
+    return not (started and now and started != now)
+
+
+def mark_dead_runs(experiment_ids: list[str], keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """End as KILLED every RUNNING run of ``experiment_ids`` (but ``keep``) whose owning process
+    is gone (see :func:`owner_alive`); returns their run ids, each logged with its process."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    dead = []
+    for run in client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=10_000):
+        tags = run.data.tags
+        if run.info.run_id in keep or owner_alive(tags) is not False:
+            continue
+        client.set_terminated(run.info.run_id, status="KILLED")
+        dead.append(run.info.run_id)
+        log.warning("MLflow run %s (%s) was left RUNNING by process %s on %s, which is gone: marked KILLED",
+                    run.info.run_id, run.info.run_name, tags.get(PID_TAG), tags.get(HOST_TAG))
+    return dead
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -171,6 +234,9 @@ def log_saved(obj: Any, artifact_path: str) -> None:
     """``obj.save_pretrained(tmp)`` (a model or tokenizer) and log the directory as artefacts."""
     import mlflow
 
+    from xoron_pipelines.atomic import default_permissions
+
     with tempfile.TemporaryDirectory(prefix="xoron-artifact-") as tmp:
         obj.save_pretrained(str(Path(tmp)))
+        default_permissions(tmp, recursive=True)  # a local artifact store copies the modes (safetensors: 0600)
         mlflow.log_artifacts(tmp, artifact_path)

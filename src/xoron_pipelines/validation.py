@@ -7,18 +7,26 @@ validates all groups when the Kedro context is created, before any node runs, an
 ``Params.model_validate`` on their own group to get typed access.
 
 An unknown key, a wrong type or an impossible value raises :class:`ParameterError` naming the
-dotted key and the conf file it comes from. A schema may also define ``check_references(groups)``,
-called with all validated groups, for values that must name something in another group (a
-training stage's ``data_mix`` must be one of ``data_processing.stage_mixes``).
+dotted key and where it comes from: the conf file, or the command line for a value given with
+``kedro run --params``. A schema may also define ``check_references(groups)``, called with all
+validated groups, for values that must name something in another group (a training stage's
+``data_mix`` must be one of ``data_processing.stage_mixes``).
+
+Every schema derives from :class:`StrictModel`, whose types are strict: an ``int`` knob takes
+only an integer (not ``true``, ``2.0`` or ``"2"``), a ``float`` knob an integer or a float (not a
+boolean or a string), and no float anywhere may be ``inf`` or ``nan``. A field whose YAML value
+must be converted (a ``tuple`` from a YAML list, a ``Path`` from a string) opts out with
+``Field(strict=False)``. Seeds use :data:`Seed` (an integer in [0, 2**32 - 1], what numpy accepts).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 _EXTRA: dict[str, type[BaseModel]] = {}
 
@@ -26,14 +34,23 @@ _EXTRA: dict[str, type[BaseModel]] = {}
 _IGNORED_GROUPS: frozenset[str] = frozenset()
 
 
-class StrictModel(BaseModel):
-    """Base class of every parameter schema: unknown keys are errors, values are validated."""
+#: largest usable seed: numpy's legacy seeding (and so every seeded shuffle) takes a uint32
+MAX_SEED = 2**32 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+#: type of every seed knob: an integer in [0, 2**32 - 1] (strict: no bool, float or string)
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+class StrictModel(BaseModel):
+    """Base class of every parameter schema: unknown keys are errors, values are validated,
+    types are strict (no bool for a number, no float for an int) and floats are finite."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False, strict=True,
+                              allow_inf_nan=False)
 
 
 class ParameterError(ValueError):
-    """A parameter in conf/ is unknown, of the wrong type, or impossible."""
+    """A parameter (in conf/ or given on the command line) is unknown, of the wrong type, or impossible."""
 
 
 def register(group: str):
@@ -48,6 +65,29 @@ def register(group: str):
 
 def conf_file(group: str) -> str:
     return f"conf/base/parameters_{group}.yml"
+
+
+COMMAND_LINE = "the command line (--params)"
+
+
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves of a nested mapping: ``{"a": {"b": 1}}`` -> ``["a.b"]``."""
+    out: list[str] = []
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out.extend(_dotted(value, name) if isinstance(value, Mapping) and value else [name])
+    return out
+
+
+def _command_line_note(key: str, runtime_keys: list[str]) -> str:
+    """Where a bad value at ``key`` comes from when ``kedro run --params`` is involved: the key
+    itself (or a section above it) was given on the command line, or, for an error of a whole
+    section (two knobs that contradict each other), the command line set keys inside it."""
+    key = key.replace("[", ".").replace("]", "")
+    if any(k == key or key.startswith(k + ".") for k in runtime_keys):
+        return f" [from {COMMAND_LINE}]"
+    inside = [k for k in runtime_keys if k.startswith(key + ".")]
+    return f" [{COMMAND_LINE} sets {', '.join(inside)}]" if inside else ""
 
 
 def schemas() -> dict[str, type[BaseModel]]:
@@ -80,43 +120,52 @@ def _format_loc(group: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-def validate_group(group: str, values: Any, schema: type[BaseModel] | None = None) -> BaseModel:
-    """Validate one group; raise ParameterError naming key and conf file on failure."""
+def validate_group(group: str, values: Any, schema: type[BaseModel] | None = None,
+                   runtime_params: Mapping[str, Any] | None = None) -> BaseModel:
+    """Validate one group; raise ParameterError naming each bad key and where it comes from:
+    the group's conf file, or the command line for keys in ``runtime_params`` (``--params``)."""
     schema = schema or schemas().get(group)
     if schema is None:
         raise ParameterError(f"Unknown parameter group '{group}' (no schema for it); check {conf_file(group)}")
     try:
         return schema.model_validate(values if values is not None else {})
     except ValidationError as exc:
-        lines = []
+        runtime_keys = _dotted(runtime_params or {})
+        lines, cli = [], False
         for err in exc.errors():
             key = _format_loc(group, err["loc"])
             got = err.get("input")
-            got_s = "" if err["type"] == "missing" else f" (got {got!r:.80})"
-            lines.append(f"  - {key}: {err['msg']}{got_s}")
-        raise ParameterError(
-            f"Invalid parameters in {conf_file(group)}:\n" + "\n".join(lines)
-        ) from None
+            got_s = "" if err["type"] == "missing" or isinstance(got, Mapping) else f" (got {got!r:.80})"
+            note = _command_line_note(key, runtime_keys)
+            cli = cli or bool(note)
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {key}: {msg}{got_s}{note}")
+        origin = f"{conf_file(group)} or {COMMAND_LINE}" if cli else conf_file(group)
+        raise ParameterError(f"Invalid parameters in {origin}:\n" + "\n".join(lines)) from None
 
 
-def validate_all(params: dict[str, Any]) -> dict[str, BaseModel]:
-    """Validate every top-level group of ``params`` (Kedro's merged parameters)."""
+def validate_all(params: dict[str, Any], runtime_params: Mapping[str, Any] | None = None) -> dict[str, BaseModel]:
+    """Validate every top-level group of ``params`` (Kedro's merged parameters); ``runtime_params``
+    (the ``--params`` of ``kedro run``) only serve to say which bad values came from the command line."""
     known = schemas()
+    runtime_params = runtime_params or {}
     out: dict[str, BaseModel] = {}
     for group, values in params.items():
         if group in _IGNORED_GROUPS:
             continue
         if group not in known:
+            where = COMMAND_LINE if group in runtime_params else "conf/base/parameters_<name>.yml"
             raise ParameterError(
-                f"Unknown top-level parameter '{group}': expected one of {sorted(known)} "
+                f"Unknown top-level parameter '{group}' (from {where}): expected one of {sorted(known)} "
                 f"(each lives in conf/base/parameters_<name>.yml)"
             )
-        out[group] = validate_group(group, values, known[group])
+        out[group] = validate_group(group, values, known[group], runtime_params)
     for group, model in out.items():  # references between groups, e.g. a stage's data_mix
         check = getattr(model, "check_references", None)
         if callable(check):
             try:
                 check(out)
             except ValueError as exc:
-                raise ParameterError(f"Invalid parameters in {conf_file(group)}:\n  - {group}.{exc}") from None
+                origin = f"{conf_file(group)} or {COMMAND_LINE}" if group in runtime_params else conf_file(group)
+                raise ParameterError(f"Invalid parameters in {origin}:\n  - {group}.{exc}") from None
     return out

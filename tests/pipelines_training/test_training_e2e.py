@@ -25,6 +25,7 @@ SMALL = {
     "pretrain.stages.language.train.eval_steps": 75,
     "pretrain.stages.language.eval.max_batches": 4,
     "pretrain.stages.code.train.max_steps": 3,
+    "pretrain.stages.code.train.warmup_steps": 2,  # warm-up must be shorter than the run
     "pretrain.stages.code.eval.max_batches": 2,
     "finetune.stages.tools.train.max_steps": 2,
     "finetune.stages.tools.train.batch_size": 4,
@@ -32,6 +33,7 @@ SMALL = {
     "finetune.stages.tools.max_samples": 40,
     "finetune.stages.tools.eval.max_batches": 1,
     "finetune.stages.preference.train.max_steps": 2,
+    "finetune.stages.preference.train.warmup_steps": 1,
     "finetune.stages.preference.train.batch_size": 2,
     "finetune.stages.preference.train.gradient_accumulation_steps": 1,
     "finetune.stages.preference.eval.max_batches": 1,

@@ -12,12 +12,12 @@ It also works as the ``dataset`` of a ``partitions.PartitionedDataset`` (one fil
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping
 
 from kedro.io import AbstractDataset, DatasetError
+
+from xoron_pipelines.atomic import atomic_open
 
 
 class JSONLinesDataset(AbstractDataset[Iterable[Mapping[str, Any]], list[dict[str, Any]]]):
@@ -59,19 +59,12 @@ class JSONLinesDataset(AbstractDataset[Iterable[Mapping[str, Any]], list[dict[st
 
     def save(self, data: Iterable[Mapping[str, Any]]) -> None:
         rows = _iter_rows(data)
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self._filepath.name}.", suffix=".tmp", dir=self._filepath.parent)
-        try:
-            # A lone surrogate (a "\ud800" JSON escape, an undecodable file name) cannot be
-            # encoded as UTF-8: it is written as its JSON escape, which loads back to the same string.
-            with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=self._ensure_ascii, default=_to_builtin))
-                    fh.write("\n")
-            os.replace(tmp, self._filepath)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # A lone surrogate (a "\ud800" JSON escape, an undecodable file name) cannot be encoded as
+        # UTF-8: it is written as its JSON escape, which loads back to the same string.
+        with atomic_open(self._filepath, errors="backslashreplace") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=self._ensure_ascii, default=_to_builtin))
+                fh.write("\n")
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from xoron_pipelines.datasets.parquet_shards import replace_dir
+from xoron_pipelines.atomic import atomic_dir
 
 CONFIG_FILE = "config.json"
 
@@ -88,17 +86,9 @@ class LatentModelDataset(AbstractDataset[LatentArtifact, LatentArtifact]):
         name = data.config.get("weights_file")
         if not isinstance(data, LatentArtifact) or not name:
             raise DatasetError("LatentModelDataset.save expects a LatentArtifact whose config names weights_file")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.staging-", dir=self._path.parent))
-        try:
+        with atomic_dir(self._path) as stage:
             save_file(data.state, str(stage / name))
             (stage / CONFIG_FILE).write_text(json.dumps(data.config, indent=2, sort_keys=True, default=str))
-            (stage / name).chmod(0o644)
-            stage.chmod(0o755)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        replace_dir(stage, self._path, move=True)
 
     def load(self) -> LatentArtifact:
         from safetensors.torch import load_file

@@ -3,7 +3,7 @@ model.safetensors; never pickle).
 
 ``load`` -> ``XoronForCausalLM.from_pretrained(path)`` in eval mode, float32; ``save(model)``
 writes into a temporary sibling directory and then swaps it into place by renames
-(:func:`~xoron_pipelines.datasets.parquet_shards.replace_dir`), so a failing save leaves the
+(:func:`~xoron_pipelines.atomic.atomic_dir`), so a failing save leaves the
 previous directory intact and a reader never sees a half-written model.
 
 Catalog use (one directory per training stage, via a dataset factory)::
@@ -15,14 +15,12 @@ Catalog use (one directory per training stage, via a dataset factory)::
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from xoron_pipelines.datasets.parquet_shards import replace_dir
+from xoron_pipelines.atomic import atomic_dir
 
 CONFIG_FILE = "config.json"
 
@@ -47,14 +45,8 @@ class XoronModelDataset(AbstractDataset[Any, Any]):
     def save(self, data: Any) -> None:
         if not hasattr(data, "save_pretrained"):
             raise DatasetError(f"XoronModelDataset.save expects a model with save_pretrained, got {type(data).__name__}")
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{self._path.name}.staging-", dir=self._path.parent))
-        try:
+        with atomic_dir(self._path) as stage:
             data.save_pretrained(str(stage), safe_serialization=True)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        replace_dir(stage, self._path, move=True)
 
     def _exists(self) -> bool:
         return (self._path / CONFIG_FILE).is_file() and any(self._path.glob("*.safetensors"))

@@ -24,12 +24,12 @@ import json
 import os
 import re
 import string
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from xoron_pipelines.atomic import atomic_open
 from xoron_pipelines.evaluation.multiple_choice import MCItem
 
 TaskFormat = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"]
@@ -180,17 +180,9 @@ def load_task(path: str | os.PathLike, fmt: str, limit: int | None = None) -> li
 
 def write_task(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write rows as JSONL atomically (temporary file in the target directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- prompts

@@ -55,7 +55,7 @@ import torch
 from gguf.constants import MODEL_ARCH, MODEL_ARCH_NAMES, GGMLQuantizationType, LlamaFileType
 from tqdm.auto import tqdm
 
-from xoron_pipelines.export.atomic import atomic_file
+from xoron_pipelines.atomic import atomic_file
 from xoron_pipelines.model import interop
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import GenerationConfig
 
-from xoron_pipelines.export.atomic import atomic_dir
+from xoron_pipelines.atomic import atomic_dir
 from xoron_pipelines.model import count_parameters, interop
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 
 from peft import PeftModel
 
-from xoron_pipelines.export.atomic import atomic_dir
+from xoron_pipelines.atomic import atomic_dir
 from xoron_pipelines.export.hf import export_hf
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from xoron_pipelines import kernels
-from xoron_pipelines.export.atomic import atomic_file
+from xoron_pipelines.atomic import atomic_file
 from xoron_pipelines.model.moe import Experts, Router
 
 logger = logging.getLogger(__name__)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from xoron_pipelines.atomic import atomic_open
 
 OFFSETS_FILE = "offsets.npy"
 META_FILE = "meta.json"
@@ -44,12 +45,8 @@ def fingerprint(parts: dict[str, Any]) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file in the same directory, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         json.dump(data, fh, indent=2, sort_keys=True, default=str)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def embedding_fields(int8: bool, pooling: str) -> list[pa.Field]:

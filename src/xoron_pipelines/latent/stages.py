@@ -170,7 +170,7 @@ def train_config(spec: StageSpec, p: Any, batches: int, eval_steps: int) -> Trai
     """The engine config of a stage: its epochs and batch size, the global optimiser knobs."""
     steps = max(1, math.floor(p.stage_value(spec.name, "epochs") * batches / p.gradient_accumulation_steps))
     return TrainConfig(
-        learning_rate=p.learning_rate, weight_decay=p.weight_decay, warmup_steps=min(p.warmup_steps, steps),
+        learning_rate=p.learning_rate, weight_decay=p.weight_decay, warmup_steps=min(p.warmup_steps, steps - 1),
         max_steps=steps, batch_size=p.stage_value(spec.name, "batch_size"),
         gradient_accumulation_steps=p.gradient_accumulation_steps, max_grad_norm=p.max_grad_norm,
         precision=p.precision, gradient_checkpointing=p.use_gradient_checkpointing, compile=p.use_torch_compile,

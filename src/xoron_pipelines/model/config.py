@@ -352,6 +352,20 @@ class XoronConfig(PretrainedConfig):
 
 
 # ---------------------------------------------------------------------- conf/ schema
+def _check_numbers(values: dict[str, Any], where: str) -> None:
+    """The strict-number rules of the other parameter groups for the free-form overrides: no
+    inf / nan anywhere, no boolean for a field whose default is a number."""
+    for key, value in values.items():
+        name = f"{where}.{key}"
+        if isinstance(value, dict):
+            _check_numbers(value, name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number, got {value!r}")
+        default = DEFAULTS.get(_RENAMES.get(key, key))
+        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise ValueError(f"{name}: must be a number, got the boolean {value!r}")
+
+
 @register("model")
 class ModelParams(StrictModel):
     """``conf/base/parameters_model.yml``: ``model: {preset, overrides}``.
@@ -382,6 +396,7 @@ class ModelParams(StrictModel):
         for key in value:
             if key not in known:
                 raise ValueError(f"model.overrides.{key} is not an XoronConfig field")
+        _check_numbers(value, "model.overrides")
         preset = info.data.get("preset")
         if preset is None:  # preset already failed; its error is reported
             return value

@@ -45,14 +45,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from xoron_pipelines.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -492,27 +492,6 @@ def to_native_model(model, target: str | None = None):
 
 
 # --------------------------------------------------------------------------- saving
-def _atomic_dir_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp_dir)`` then move the result to ``path``; no partial directory remains."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
-
-
 def save_native(model, path: str | os.PathLike, tokenizer=None, target: str | None = None) -> Path:
     """Save ``model`` as a native transformers checkpoint (safetensors) at ``path``.
 
@@ -523,14 +502,12 @@ def save_native(model, path: str | os.PathLike, tokenizer=None, target: str | No
     target = _resolve_target(model, target)
     native = to_native_model(model, target)
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(path) as tmp:
         native.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-
-    out = _atomic_dir_write(path, write)
-    logger.info("saved %s checkpoint to %s", target, out)
-    return out
+    logger.info("saved %s checkpoint to %s", target, path)
+    return Path(path)
 
 
 _XORON_README = """# Xoron model checkpoint
@@ -559,13 +536,12 @@ def save_xoron(model, path: str | os.PathLike, tokenizer=None) -> Path:
         name=Path(path).name,
     )
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(text, encoding="utf-8")
-
-    return _atomic_dir_write(path, write)
+    return Path(path)
 
 
 def export(model, path: str | os.PathLike, tokenizer=None, prefer_native: bool = True) -> dict:

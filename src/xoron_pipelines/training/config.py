@@ -25,9 +25,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, StrictFloat, field_validator, model_validator
 
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 _FLAG_ALIASES = ("fp16", "bf16", "use_amp", "use_8bit_optimizer")
 
@@ -39,7 +39,8 @@ class TrainConfig(StrictModel):
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    # strict=False lets a YAML list become the tuple; the two numbers stay strict floats
+    betas: tuple[StrictFloat, StrictFloat] = Field((0.9, 0.999), strict=False)
     eps: float = Field(1e-8, gt=0)
     # ---- schedule ----------------------------------------------------------------------
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
@@ -67,7 +68,7 @@ class TrainConfig(StrictModel):
         "default", validation_alias=AliasChoices("compile_mode", "torch_compile_mode"))
     compile_backend: str = Field("inductor", min_length=1, description="torch.compile backend")
     # ---- reproducibility -----------------------------------------------------------------
-    seed: int = Field(42, ge=0)
+    seed: Seed = 42
     deterministic: bool = False
     # ---- evaluation / guards -------------------------------------------------------------
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (needs eval_fn)")
@@ -133,6 +134,9 @@ class TrainConfig(StrictModel):
             raise ValueError(f"betas must lie in [0, 1), got {self.betas}")
         if self.early_stopping_patience is not None and self.eval_steps is None:
             raise ValueError("early_stopping_patience needs eval_steps")
+        if self.warmup_steps is not None and self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be less than max_steps ({self.max_steps}): "
+                             "the learning rate would never reach its peak")
         return self
 
     # ---- derived values ----------------------------------------------------------------
@@ -148,8 +152,13 @@ class TrainConfig(StrictModel):
         return steps
 
     def warmup(self, total_steps: int) -> int:
-        """Warm-up steps: ``warmup_steps``, or ``ceil(warmup_ratio * total_steps)``, else 0."""
+        """Warm-up steps: ``warmup_steps``, or ``ceil(warmup_ratio * total_steps)``, else 0.
+        Raises ValueError when ``warmup_steps`` is not below ``total_steps`` (a ``num_epochs`` run,
+        whose length is known only once the data is)."""
         if self.warmup_steps is not None:
+            if self.warmup_steps >= total_steps:
+                raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be less than the run's "
+                                 f"{total_steps} optimizer steps (num_epochs={self.num_epochs})")
             return self.warmup_steps
         if self.warmup_ratio is not None:
             return math.ceil(self.warmup_ratio * total_steps)

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 FORMATS = ("jsonl", "json", "parquet", "text", "hf", "stdlib")
 
@@ -138,7 +138,7 @@ class Mixing(StrictModel):
 class Params(StrictModel):
     """Ingest, clean, deduplicate, train the tokenizer, tokenize, mix and pack."""
 
-    seed: int = 42
+    seed: Seed = 42
     sources: list[Source] = Field(default_factory=list)
     data_mixes: dict[str, DataMix] = Field(default_factory=dict)
     mix: str | None = None

@@ -24,7 +24,6 @@ import hashlib
 import heapq
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -33,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from xoron_pipelines.datasets.parquet_shards import replace_dir
+from xoron_pipelines.atomic import atomic_dir
 from xoron_pipelines.latent.cache import FORMAT_VERSION, CacheWriter, embedding_fields, fingerprint, write_json
 from xoron_pipelines.latent.encoder import Encoded, Encoder, directory_digest, resolve_encoder_dir
 
@@ -337,16 +336,13 @@ def build_subset(subset: str, rows: list[Row], tokenizer: Any, p: Params) -> tup
         "max_target_len": p.max_target_len,
         "cache_use_embeddings_for_training": p.cache_use_embeddings_for_training,
     }
-    root.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{subset}.tmp-", dir=root))
-    stage.chmod(0o755)
-    counts, quarantined = _encode_subset(subset, rows, encoder, tokenizer, p, stage, meta)
-    with (stage / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(q) + "\n" for q in quarantined)
-    manifest = {**meta, "splits": list(SPLITS), "quarantine": QUARANTINE_FILE, "counts": counts.as_dict(),
-                "params": p.model_dump()}
-    write_json(stage / MANIFEST_FILE, manifest)
-    replace_dir(stage, subset_dir, move=True)
+    with atomic_dir(subset_dir) as stage:  # a failed build leaves the previous cache (and no staging dir)
+        counts, quarantined = _encode_subset(subset, rows, encoder, tokenizer, p, stage, meta)
+        with (stage / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(q) + "\n" for q in quarantined)
+        manifest = {**meta, "splits": list(SPLITS), "quarantine": QUARANTINE_FILE, "counts": counts.as_dict(),
+                    "params": p.model_dump()}
+        write_json(stage / MANIFEST_FILE, manifest)
     _log_counts(subset, manifest["counts"])
     return {**manifest, "path": str(subset_dir), "cache_hit": False}, _metrics(manifest["counts"], hit=False)
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 
 class Params(StrictModel):
@@ -38,7 +38,7 @@ class Params(StrictModel):
     max_seq_len: int = Field(default=512, ge=2)
     max_target_len: int = Field(default=256, ge=2)
     # data selection
-    seed: int = 42
+    seed: Seed = 42
     source_field: str = Field(default="source", min_length=1)
     target_field: str = Field(default="target", min_length=1)
     max_train_samples: int | None = Field(default=None, ge=1)

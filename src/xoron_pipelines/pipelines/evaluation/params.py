@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from xoron_pipelines.pipelines.data_processing.params import Source, StdlibCorpus
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 #: Training stages, in order; one evaluation per stage model (catalog ``<stage>.model``).
 STAGES = ("language", "code", "tools", "preference")
@@ -38,7 +38,7 @@ class OfflineTasks(StrictModel):
     """Size of the generated task files (data/01_raw/eval/generated/<name>.jsonl); 0 disables one.
     Keep ``seed`` different from ``synth.seed`` so the items are held out."""
 
-    seed: int = 2024
+    seed: Seed = 2024
     hellaswag: int = Field(default=40, ge=0)
     mmlu: int = Field(default=40, ge=0)
     truthfulqa: int = Field(default=30, ge=0)
@@ -107,7 +107,7 @@ class Params(StrictModel):
     compare_stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     chat_prompts: list[Stage] = Field(default_factory=lambda: ["tools", "preference"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: Seed = 0
     progress: bool = True
     offline_tasks: OfflineTasks = Field(default_factory=OfflineTasks)
     perplexity: Perplexity = Field(default_factory=Perplexity)

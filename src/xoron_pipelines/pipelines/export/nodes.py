@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from xoron_pipelines.export import gguf_export, onnx_export
-from xoron_pipelines.export.atomic import atomic_dir
+from xoron_pipelines.atomic import atomic_dir
 from xoron_pipelines.export.hf import export_hf
 from xoron_pipelines.export.mlflow_registry import register_export
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 STAGES = ("pretrain_middle", "pretrain_adapter", "finetune_middle", "finetune_adapter")
 Stage = Literal["pretrain_middle", "pretrain_adapter", "finetune_middle", "finetune_adapter"]
@@ -58,7 +58,7 @@ class Params(StrictModel):
     warmup_steps: int = Field(200, ge=0)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = Field(42, ge=0)
+    seed: Seed = 42
     logging_steps: int = Field(10, ge=1)
     progress: bool = Field(True, validation_alias=AliasChoices("progress", "use_tui"))
     # ---- device / optimisation -----------------------------------------------------------
@@ -95,7 +95,7 @@ class Params(StrictModel):
     normalize_latent: bool = True
     use_stop_latent: bool = True
     stop_latent_init: Literal["random_normalized", "random"] = "random_normalized"
-    stop_latent_seed: int = 1337
+    stop_latent_seed: Seed = 1337
     stop_latent_cosine_threshold: float = Field(0.99, gt=-1, le=1)
     # ---- datasets ------------------------------------------------------------------------
     dataset_name: str = "synth/dialogue_summary"

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, create_model, model_validator
 
-from xoron_pipelines.validation import StrictModel
+from xoron_pipelines.validation import Seed, StrictModel
 
 #: Every synthetic data type, in generation order. Each becomes one partition
 #: ``data/01_raw/synth/<type>.jsonl``.
@@ -84,7 +84,7 @@ class Sandbox(StrictModel):
 class Params(StrictModel):
     """Synthetic data generation: seed, rows per type, difficulty mix, sandbox."""
 
-    seed: int = 42
+    seed: Seed = 42
     counts: Counts = Field(default_factory=Counts)
     difficulty: Difficulty = Field(default_factory=Difficulty)
     sandbox: Sandbox = Field(default_factory=Sandbox)

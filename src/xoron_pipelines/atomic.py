@@ -1,0 +1,104 @@
+"""Atomic writes: build in a temporary sibling, then rename into place; permissions follow the umask.
+
+A failed write never leaves a partial file or directory behind, and a previous file or directory
+at the same path stays intact until the new one is complete (then it is swapped out by renames).
+
+``tempfile.mkstemp`` / ``mkdtemp`` create their file 0600 and their directory 0700 whatever the
+umask, and so do some writers (safetensors' ``save_file``); every output passes through
+:func:`default_permissions` just before it is published, so a file is ``0o666 & ~umask`` (an
+executable one ``0o777 & ~umask``) and a directory ``0o777 & ~umask``, everything inside it
+included (0644 / 0755 under the usual umask 022, 0600 / 0700 under 077), as if it had been
+created with ``open`` / ``mkdir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``/proc/self/status``);
+    elsewhere by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path: str | os.PathLike, recursive: bool = False) -> Path:
+    """chmod ``path`` (with ``recursive``, also everything under it) to what ``open`` / ``mkdir``
+    would have given it under the current umask: ``0o777 & ~umask`` for a directory or a file
+    with an execute bit, ``0o666 & ~umask`` for any other file. Symlinks are left alone.
+    Returns the path."""
+    path = Path(path)
+    mask = current_umask()
+    paths = [path, *path.rglob("*")] if recursive and path.is_dir() else [path]
+    for item in paths:
+        if item.is_symlink():
+            continue
+        executable = item.is_dir() or item.stat().st_mode & 0o111
+        item.chmod((0o777 if executable else 0o666) & ~mask)
+    return path
+
+
+def staging_dir(target: str | os.PathLike, prefix: str | None = None) -> Path:
+    """A new empty directory beside ``target`` (same filesystem, so a rename publishes it),
+    with umask permissions. The caller removes it if it is not published."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = prefix or f".{target.name}."
+    return default_permissions(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=target.parent))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``path`` when the block succeeds."""
+    path = Path(path)
+    tmp = staging_dir(path)
+    try:
+        yield tmp
+        default_permissions(tmp, recursive=True)
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path that replaces ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        default_permissions(tmp)  # the writer may have replaced the file: chmod what is published
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                errors: str | None = None) -> Iterator[IO]:
+    """Open a temporary file for writing that replaces ``path`` when the block succeeds
+    (``mode`` "w" or "wb"; ``encoding`` and ``errors`` ignored for binary)."""
+    text = "b" not in mode
+    with atomic_file(path) as tmp, open(tmp, mode, encoding=encoding if text else None,
+                                        errors=errors if text else None) as fh:
+        yield fh
