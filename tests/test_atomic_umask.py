@@ -110,6 +110,19 @@ def test_dataset_and_cache_writers_follow_the_umask(tmp_path, umask):
         _no_leftovers(tmp_path, name)
 
 
+def test_checkpoints_and_shard_sets_follow_the_umask(tmp_path, umask):
+    import pyarrow as pa
+
+    from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
+    from xoron_pipelines.training.checkpoint import Snapshot, write_checkpoint
+
+    final = write_checkpoint(tmp_path / "ckpt", Snapshot.take(3, {"w": torch.ones(2)}, trainer={"lr": 0.1}))
+    assert _assert_tree(final, umask) >= 3  # model.safetensors (0600 from safetensors), trees, manifest
+    ParquetShardsDataset(str(tmp_path / "shards")).save(pa.table({"x": [1, 2]}))
+    assert _assert_tree(tmp_path / "shards", umask) == 1
+    _no_leftovers(tmp_path, "shards")
+
+
 def test_model_export_directories_follow_the_umask(tmp_path, umask):
     from xoron_pipelines.model import interop
     from xoron_pipelines.model.model import XoronForCausalLM

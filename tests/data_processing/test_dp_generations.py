@@ -15,7 +15,7 @@ from dp_helpers import jsonl_source, make_params, prose_docs, write_jsonl
 
 from xoron_pipelines.data.ledger import build_ledger
 from xoron_pipelines.data.tokenizer_training import train_bpe, wrap
-from xoron_pipelines.datasets import generation as gen_mod
+from xoron_pipelines import atomic as atomic_mod
 from xoron_pipelines.datasets.generation import MARKER, read_marker
 from xoron_pipelines.datasets.json_file import AtomicJSONDataset
 from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ParquetShardsDataset, ShardSet
@@ -119,9 +119,9 @@ def test_the_published_path_exists_at_every_step_of_a_republish(tmp_path, monkey
         return wrapped
 
     for name in ("rename", "replace"):
-        monkeypatch.setattr(gen_mod.os, name, spy(name, getattr(os, name)))
-    monkeypatch.setattr(gen_mod.shutil, "rmtree", spy("rmtree", shutil.rmtree))
-    monkeypatch.setattr(gen_mod, "_exchange", spy("exchange", gen_mod._exchange))
+        monkeypatch.setattr(atomic_mod.os, name, spy(name, getattr(os, name)))
+    monkeypatch.setattr(atomic_mod.shutil, "rmtree", spy("rmtree", shutil.rmtree))
+    monkeypatch.setattr(atomic_mod, "_exchange", spy("exchange", atomic_mod._exchange))
     for value in range(2, 5):
         ds.save(pa.table({"x": [value]}))
         assert ds.load().read().column("x").to_pylist() == [value]
@@ -131,10 +131,10 @@ def test_the_published_path_exists_at_every_step_of_a_republish(tmp_path, monkey
 def test_without_an_exchange_the_fallback_still_publishes(tmp_path, monkeypatch, caplog):
     import pyarrow as pa
 
-    monkeypatch.setattr(gen_mod, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)
     ds = ParquetShardsDataset(str(tmp_path / "d"))
     ds.save(pa.table({"x": [1]}))
-    with caplog.at_level("WARNING", logger=gen_mod.__name__):
+    with caplog.at_level("WARNING", logger=atomic_mod.__name__):
         ds.save(pa.table({"x": [2]}))
     assert ds.load().read().column("x").to_pylist() == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
@@ -286,7 +286,7 @@ def _staged(tmp_path: Path, table) -> Path:
 def test_a_mkdtemp_directory_is_published_with_the_umask_not_0700(tmp_path, move):
     import tempfile
 
-    from xoron_pipelines.datasets.generation import umask
+    from xoron_pipelines.atomic import current_umask as umask
     from xoron_pipelines.datasets.parquet_shards import replace_dir
 
     src = Path(tempfile.mkdtemp(dir=tmp_path))  # 0700, as model / latent datasets stage

@@ -12,32 +12,21 @@ The id lives in a marker file beside the data, never inside the Parquet or token
 same data packed twice stays byte-identical (the training fingerprint hashes those bytes). Its
 name starts with ``_`` so that ``pyarrow.dataset.dataset(<dir>)`` skips it, as it skips ``_SUCCESS``.
 
-Publishing (:func:`publishing`) builds the new directory as a hidden sibling of its target (same
-filesystem, never the system temp dir), then swaps it in with one ``renameat2(RENAME_EXCHANGE)``:
-the published path always exists and always holds a complete directory, old or new (two
-``rename`` calls, the old way, leave a moment with no directory at all). Where the kernel or the
-filesystem cannot exchange (not Linux, or e.g. some network filesystems) it falls back to
-rename-aside-then-in, logging that once.
+Each directory is published with :func:`xoron_pipelines.atomic.atomic_dir` (built as a hidden
+sibling of its target, then exchanged with it in one step: the published path never disappears).
+Nodes stage what they write under :func:`staging_root`, on the outputs' filesystem during a run.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
-import functools
 import json
-import logging
 import os
-import shutil
 import socket
 import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
-
-log = logging.getLogger(__name__)
+from typing import Any
 
 #: the marker file inside every published directory of a generation
 MARKER = "_generation.json"
@@ -81,104 +70,8 @@ def attach_generation(obj: Any, generation: str | None) -> Any:
     return obj
 
 
-def umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def make_dir(parent: Path, prefix: str) -> Path:
-    """A fresh uniquely named directory under ``parent`` with the user's umask applied
-    (``mkdtemp`` alone forces 0700, which would then be published)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o777 & ~umask())
-    return path
-
-
 def staging_root() -> Path:
     """Where nodes stage outputs before a dataset publishes them: ``$XORON_STAGING_DIR`` (a
     ``kedro run`` sets it to ``data/.staging/<run>``, same filesystem as the outputs), else the
     system temp dir (library use outside a run)."""
     return Path(os.environ.get(STAGING_ENV) or tempfile.gettempdir())
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_exchange_fallback_logged = False
-
-
-@functools.cache
-def _renameat2():
-    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
-    renameat2 = _renameat2()
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
-
-
-def swap_into_place(new: Path, dst: Path) -> None:
-    """Make the complete directory ``new`` (a sibling of ``dst``) the published ``dst``; the old
-    one is removed afterwards. ``dst`` never disappears where the exchange is supported."""
-    global _exchange_fallback_logged
-    if not dst.exists():
-        os.rename(new, dst)
-        return
-    if _exchange(new, dst):  # new now holds the old directory
-        shutil.rmtree(new, ignore_errors=True)
-        return
-    if not _exchange_fallback_logged:
-        log.warning("atomic directory exchange unsupported here: %s is replaced by two renames (briefly absent)",
-                    dst)
-        _exchange_fallback_logged = True
-    old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(dst, old)
-    os.replace(new, dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def publishing(dst: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging directory beside ``dst`` (``.<name>.stage-XXXX``, user's umask); when
-    the block succeeds it becomes ``dst`` (:func:`swap_into_place`); when it fails it is removed
-    and ``dst`` is untouched."""
-    dst = Path(dst)
-    stage = make_dir(dst.parent, f".{dst.name}.stage-")
-    try:
-        yield stage
-        swap_into_place(stage, dst)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def fill_from(stage: Path, src: Path, move: bool) -> None:
-    """Put the contents of directory ``src`` into the empty ``stage`` dir: a rename when ``move``
-    and both are on one filesystem, else a copy (``src`` is then removed when ``move``). The
-    directory itself gets the user's umask whatever mode ``src`` had."""
-    renamed = False
-    if move:
-        try:
-            os.rename(src, stage)  # replaces the empty stage directory
-            renamed = True
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-    if not renamed:
-        shutil.copytree(src, stage, dirs_exist_ok=True)
-        if move:
-            shutil.rmtree(src, ignore_errors=True)
-    stage.chmod(0o777 & ~umask())  # src may come from mkdtemp (0700)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
+
+from xoron_pipelines.atomic import atomic_open
 
 
 class AtomicJSONDataset(AbstractDataset[Any, Any]):
@@ -37,17 +38,11 @@ class AtomicJSONDataset(AbstractDataset[Any, Any]):
         return json.loads(self._path.read_text(encoding="utf-8"))
 
     def save(self, data: Any) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=self._indent)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(self._path) as fh:
+            json.dump(data, fh, indent=self._indent)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _exists(self) -> bool:
         return self._path.is_file()

@@ -4,7 +4,7 @@ A *shard set* is a directory of ``part-00000.parquet, part-00001.parquet, ...`` 
 optionally, side files such as ``tokens.npy``). Nodes never hold a whole corpus in memory: they
 write record batches through a :class:`ShardWriter` into a *staging* directory and return a
 :class:`ShardSet` handle; :class:`ParquetShardsDataset` then moves the staged directory into
-place atomically (:func:`~xoron_pipelines.datasets.generation.publishing`: built as a hidden
+place atomically (:func:`~xoron_pipelines.atomic.atomic_dir`: built as a hidden
 sibling, exchanged with the old directory in one step, so the path never disappears and is never
 half-written). Loading returns a :class:`ShardSet` too, which reads batches on demand.
 
@@ -23,7 +23,9 @@ Catalog use::
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -32,14 +34,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from kedro.io import AbstractDataset, DatasetError
 
-from xoron_pipelines.datasets.generation import (
-    fill_from,
-    make_dir,
-    publishing,
-    read_marker,
-    staging_root,
-    write_marker,
-)
+from xoron_pipelines.atomic import atomic_dir, default_permissions, fresh_dir
+from xoron_pipelines.datasets.generation import read_marker, staging_root, write_marker
 
 PART_GLOB = "part-*.parquet"
 
@@ -101,7 +97,7 @@ def staging_dir(prefix: str = "xoron-shards-") -> Path:
     """A fresh directory for a node to write shards into, under
     :func:`~xoron_pipelines.datasets.generation.staging_root` (``data/.staging/<run>`` during a
     ``kedro run``: same filesystem as the outputs, removed when the run ends), with the user's umask."""
-    return make_dir(staging_root(), prefix)
+    return fresh_dir(staging_root(), prefix)
 
 
 class ShardWriter:
@@ -164,11 +160,30 @@ class ShardWriter:
         self.close()
 
 
+def fill_from(stage: Path, src: Path, move: bool) -> None:
+    """Put the contents of directory ``src`` into the empty ``stage`` dir: a rename when ``move``
+    and both are on one filesystem, else a copy (``src`` is then removed when ``move``). The
+    directory itself gets the user's umask whatever mode ``src`` had."""
+    renamed = False
+    if move:
+        try:
+            os.rename(src, stage)  # replaces the empty stage directory
+            renamed = True
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    if not renamed:
+        shutil.copytree(src, stage, dirs_exist_ok=True)
+        if move:
+            shutil.rmtree(src, ignore_errors=True)
+    default_permissions(stage)  # src may come from mkdtemp (0700)
+
+
 def replace_dir(src: Path, dst: Path, move: bool, generation: str | None = None) -> None:
     """Put directory ``src`` at ``dst`` atomically (moved when ``move``, else copied), with a
     ``_generation.json`` marker when ``generation`` is given; on failure ``dst`` is untouched and
     no staging directory is left."""
-    with publishing(dst) as stage:
+    with atomic_dir(dst) as stage:
         fill_from(stage, Path(src), move)
         if generation is not None:
             write_marker(stage, generation)
@@ -200,7 +215,7 @@ class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
         first = next(batches, None)
         if first is None:
             raise DatasetError("ParquetShardsDataset.save got no batches (the schema is unknown)")
-        with publishing(self._path) as stage, ShardWriter(stage, first.schema, self._rows_per_shard) as writer:
+        with atomic_dir(self._path) as stage, ShardWriter(stage, first.schema, self._rows_per_shard) as writer:
             writer.write(first)
             for batch in batches:
                 writer.write(batch)
@@ -264,7 +279,7 @@ class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
             raise DatasetError(f"packed mixes of different data generations {sorted(map(str, generations))}: "
                                f"refusing to publish them together at {self._path}")
         generation = next(iter(generations), None)
-        with publishing(self._path) as stage:
+        with atomic_dir(self._path) as stage:
             for name, splits in data.items():
                 for split, shards in splits.items():
                     ParquetShardsDataset(str(stage / name / split)).save(shards)  # moved if staged, else copied

@@ -21,13 +21,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from xoron_pipelines.datasets.generation import (
-    attach_generation,
-    new_generation_id,
-    publishing,
-    read_marker,
-    write_marker,
-)
+from xoron_pipelines.atomic import atomic_dir
+from xoron_pipelines.datasets.generation import attach_generation, new_generation_id, read_marker, write_marker
 
 
 class HFTokenizerDataset(AbstractDataset[Any, Any]):
@@ -49,7 +44,7 @@ class HFTokenizerDataset(AbstractDataset[Any, Any]):
         if not hasattr(data, "save_pretrained"):
             raise DatasetError(f"HFTokenizerDataset.save expects a transformers tokenizer, got {type(data).__name__}")
         generation = new_generation_id()
-        with publishing(self._path) as stage:
+        with atomic_dir(self._path) as stage:
             data.save_pretrained(str(stage))
             write_marker(stage, generation)
         attach_generation(data, generation)

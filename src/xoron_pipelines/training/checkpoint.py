@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from xoron_pipelines.atomic import default_permissions
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -176,6 +178,7 @@ def write_checkpoint(root: str | os.PathLike, snap: Snapshot) -> Path:
             files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
         _write_json(tmp / MANIFEST, {"format_version": FORMAT_VERSION, "step": snap.step, "files": files})
         _fsync_file(tmp / MANIFEST)
+        default_permissions(tmp, recursive=True)  # safetensors writes 0600 whatever the umask
         _fsync_file(tmp)
         final = root / f"checkpoint-{snap.step}"
         trash = None
