@@ -157,6 +157,19 @@ def test_user_errors_become_short_click_errors_unless_traceback_is_asked():
     with pytest.raises(ImportError):
         short_user_errors(broken_pipeline)()
 
+    from xoron_pipelines.datasets.generation import GenerationMismatchError
+    from xoron_pipelines.project_lock import ProjectLockTimeout
+    from xoron_pipelines.sandbox import SandboxUnavailableError
+
+    for error in (GenerationMismatchError("tokenizer gen a, packed gen b"), ProjectLockTimeout("held by pid 7"),
+                  SandboxUnavailableError("no namespaces")):
+        def raises(error=error, **kwargs):
+            raise error
+
+        with pytest.raises(click.ClickException) as err:
+            short_user_errors(raises)()
+        assert err.value.message == str(error)
+
     def bug(**kwargs):
         raise KeyError("a bug keeps its traceback")
 
@@ -198,3 +211,15 @@ def test_missing_input_is_a_short_error_with_python_m(project):
     assert 1 <= len(lines) < 15, out.stderr
     assert "Input error: dataset 'synth_manifest' does not exist yet" in out.stderr
     assert "synth_manifest.json" in out.stderr
+
+
+def test_a_held_data_lock_is_a_short_error_naming_the_holder(project):
+    from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
+
+    with ProjectLock(project / LOCK_PATH, "exclusive", 0, "another data_processing run"):
+        out = _run(project, "-m", "kedro", "run", "--pipelines", "data_processing",
+                   "--params", "data_processing.lock_timeout_s=0.5")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stdout + out.stderr
+    assert 1 <= len(out.stderr.strip().splitlines()) < 15, out.stderr
+    assert str(LOCK_PATH) in out.stderr and f"pid {os.getpid()}" in out.stderr, out.stderr

@@ -36,6 +36,11 @@ _ATTR = "xoron_generation"
 STAGING_ENV = "XORON_STAGING_DIR"
 
 
+class GenerationMismatchError(ValueError):
+    """Outputs of different data_processing runs (or a tokenizer that does not cover the packed
+    ids) were given to one consumer."""
+
+
 def new_generation_id() -> str:
     """A fresh id, sortable by time: ``20261206T122800Z-<8 hex>``."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"

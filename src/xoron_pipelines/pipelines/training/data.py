@@ -60,20 +60,21 @@ def check_tokenizer_matches(stage: str, tokenizer, shards: Mapping[str, Any], so
     shard set carry the same data generation (``_generation.json``, written by one
     ``data_processing`` run; data without markers, from before generations, is checked by ids
     only), and the tokenizer covers every packed id (``len(tokenizer) > max id``). A mismatch is a
-    ``ValueError`` naming both paths and generations."""
-    from xoron_pipelines.datasets.generation import generation_of
+    :class:`~xoron_pipelines.datasets.generation.GenerationMismatchError` (a ``ValueError``) naming
+    both paths and generations."""
+    from xoron_pipelines.datasets.generation import GenerationMismatchError, generation_of
 
     tok_path, tok_gen = getattr(tokenizer, "name_or_path", "?"), generation_of(tokenizer)
     rerun = "run data_processing again (kedro run --pipeline data_processing) so they are made together"
     for split, shard_set in shards.items():
         gen = shard_set.generation
         if gen != tok_gen:
-            raise ValueError(f"stage {stage}: the tokenizer {tok_path} (generation {tok_gen}) and the packed "
+            raise GenerationMismatchError(f"stage {stage}: the tokenizer {tok_path} (generation {tok_gen}) and the packed "
                              f"{split} data {shard_set.path} (generation {gen}) come from different "
                              f"data_processing runs; {rerun}")
         max_id = int(sources[split].ids.max()) if sources[split].ids.numel() else -1
         if max_id >= len(tokenizer):
-            raise ValueError(f"stage {stage}: the packed {split} data {shard_set.path} (generation {gen}) holds "
+            raise GenerationMismatchError(f"stage {stage}: the packed {split} data {shard_set.path} (generation {gen}) holds "
                              f"token id {max_id} but the tokenizer {tok_path} (generation {tok_gen}) has only "
                              f"{len(tokenizer)} ids; {rerun}")
     if tok_gen is None:
