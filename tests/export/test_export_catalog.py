@@ -138,3 +138,38 @@ def test_max_new_tokens_is_the_exported_generation_default(tokenizer, tmp_path, 
     pyfunc.predict(None, ["def add"])
     pyfunc.predict(None, ["def add"], params={"max_new_tokens": 3})
     assert asked == [max_new_tokens, 3]
+
+
+def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
+    """``kedro run --pipeline export --params export.output_dir=...,export.source=code`` in a
+    project copy: the code stage's model goes to hf/ under that directory (nothing under the
+    default one), the manifest beside it names the published paths and the registered version."""
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+    import torch
+    import yaml
+
+    from tests.helpers import run_pipeline
+    from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
+
+    data = kedro_project / "data"
+    HFTokenizerDataset(str(data / "05_model_input/tokenizer")).save(tokenizer)
+    (data / "05_model_input/packed/val").mkdir(parents=True)
+    for seed, stage in enumerate(("code", "tools")):
+        XoronModelDataset(str(data / "06_models" / stage)).save(make_model("nano", tokenizer, seed=seed, num_layers=1))
+    (data / "08_reporting/training").mkdir(parents=True)
+    for stage in STAGES:
+        (data / "08_reporting/training" / f"{stage}.json").write_text(json.dumps({"stage": stage, "loss_of": stage}))
+    out = kedro_project / "elsewhere"
+    run_pipeline(kedro_project, "export", {"export.output_dir": str(out), "export.source": "code",
+                                           "export.formats": ["hf"], "export.registered_model_name": "xoron-e2e"})
+
+    assert not (data / "07_model_output/export").exists()
+    exported = load_file(str(out / "hf" / "model.safetensors"))["model.embed_tokens.weight"]
+    assert torch.equal(exported, load_file(str(data / "06_models/code/model.safetensors"))["model.embed_tokens.weight"])
+    assert "**loss_of**: code" in (out / "hf" / "README.md").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "code" and manifest["formats"]["hf"]["path"] == str(out / "hf")
+    uri = yaml.safe_load((kedro_project / "conf/local/mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]
+    versions = MlflowClient(uri).search_model_versions("name='xoron-e2e'")
+    assert [int(v.version) for v in versions] == [int(manifest["mlflow"]["version"])] == [1]
