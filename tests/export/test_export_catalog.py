@@ -173,3 +173,47 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     uri = yaml.safe_load((kedro_project / "conf/local/mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]
     versions = MlflowClient(uri).search_model_versions("name='xoron-e2e'")
     assert [int(v.version) for v in versions] == [int(manifest["mlflow"]["version"])] == [1]
+
+
+def test_onnx_format_is_staged_published_and_its_figures_reconcile(tokenizer, tmp_path, monkeypatch):
+    """formats: [onnx]: onnx/ holds model.onnx, model.int8.onnx and report.json; the MLflow
+    metrics are the report's figures; the staging directory is gone once published."""
+    import pyarrow as pa
+
+    from xoron_pipelines.datasets.generation import STAGING_ENV
+    from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setenv(STAGING_ENV, str(staging))
+    rows = [[(7 * i + j) % 300 + 5 for j in range(16)] for i in range(3)]
+    ParquetShardsDataset(str(tmp_path / "val")).save(pa.table({"input_ids": rows, "length": [16] * 3}))
+    packed_val = ParquetShardsDataset(str(tmp_path / "val")).load()
+    out = tmp_path / "export"
+    manifest, metrics = run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, packed_val, None,
+                                   {"output_dir": str(out), "formats": ["onnx"], "register_mlflow": False,
+                                    "onnx_eval_rows": 2, "onnx_eval_length": 16})
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.int8.onnx", "model.onnx", "report.json"]
+    report = json.loads((out / "onnx" / "report.json").read_text())
+    assert manifest["formats"]["onnx"] == report and report["int8"]["tokens"] == 2 * 16
+    assert metrics == {"onnx_max_abs_diff": {"value": report["fp32"]["max_abs_diff"], "step": 0},
+                       "onnx_int8_top1_agreement": {"value": report["int8"]["top1_agreement"], "step": 0},
+                       "onnx_int8_mean_kl": {"value": report["int8"]["mean_kl"], "step": 0}}
+    assert sorted(p.name for p in out.iterdir()) == ["onnx"]
+    assert [p for p in staging.rglob("*") if not p.is_dir()] == []
+
+
+def test_a_failing_format_publishes_nothing_and_leaves_no_staged_files(tokenizer, tmp_path, monkeypatch):
+    """hf/ is built, then the LoRA adapter is missing: the node fails, the staged hf/ is removed
+    and nothing reaches export.output_dir."""
+    from xoron_pipelines.datasets.generation import STAGING_ENV
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setenv(STAGING_ENV, str(staging))
+    out = tmp_path / "export"
+    with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
+        run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, None,
+                   {"lora_adapter": str(tmp_path / "gone")},
+                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"})
+    assert list(staging.iterdir()) == [] and not out.exists()
