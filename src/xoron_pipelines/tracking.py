@@ -16,6 +16,13 @@ owns it (:func:`process_tags`: pid, host, the pid's start time), and at the star
 ``kedro run`` :func:`mark_dead_runs` ends as KILLED the RUNNING runs of the experiment whose
 process on this host is gone (or whose pid now belongs to another process). A run of a live
 process, of another host, or without these tags is never touched.
+
+Every MLflow write of the project goes through this module (nodes and library code do not import
+mlflow to write): :func:`stage_run`, :func:`log_params`, :class:`StageRecorder`,
+:func:`log_figure`, :func:`log_saved`, :func:`log_dict` and :func:`tag_active_run` write to the
+active run; :func:`log_metrics_to_run` to a given earlier run (evaluation into a stage's training
+run); :func:`register_pyfunc_model` logs and registers a pyfunc model (export);
+:func:`mark_dead_runs` ends runs of killed processes.
 """
 
 from __future__ import annotations
@@ -240,3 +247,85 @@ def log_saved(obj: Any, artifact_path: str) -> None:
         obj.save_pretrained(str(Path(tmp)))
         default_permissions(tmp, recursive=True)  # a local artifact store copies the modes (safetensors: 0600)
         mlflow.log_artifacts(tmp, artifact_path)
+
+
+def active_run() -> Any:
+    """The active MLflow run (kedro-mlflow's during ``kedro run``, a stage's inside
+    :func:`stage_run`), or None."""
+    import mlflow
+
+    return mlflow.active_run()
+
+
+def tag_active_run(tags: Mapping[str, str]) -> bool:
+    """Set ``tags`` on the active run; False (nothing written) when no run is active."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return False
+    mlflow.set_tags(dict(tags))
+    return True
+
+
+def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
+    """Log ``data`` as a JSON (or YAML, by extension) artefact of the active run."""
+    import mlflow
+
+    mlflow.log_dict(dict(data), artifact_file)
+
+
+class RunNotFound(LookupError):
+    """The tracking store has no run of the given id; ``error_code`` is MLflow's reason."""
+
+    def __init__(self, run_id: str, error_code: str) -> None:
+        super().__init__(f"MLflow run {run_id} is not in the tracking store ({error_code})")
+        self.run_id, self.error_code = run_id, error_code
+
+
+#: MLflow accepts at most this many metrics per batch call
+_METRICS_PER_CALL = 1000
+
+
+def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], step: int = 0) -> int:
+    """Log ``metrics`` at ``step`` into the existing run ``run_id`` (not the active run), in
+    batches of MLflow's per-call limit; returns how many were logged. Raises :class:`RunNotFound`
+    (before writing anything) when the store has no such run."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise RunNotFound(run_id, err.error_code) from err
+    now = int(time.time() * 1000)
+    batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
+    for i in range(0, len(batch), _METRICS_PER_CALL):
+        client.log_batch(run_id, metrics=batch[i:i + _METRICS_PER_CALL])
+    return len(batch)
+
+
+def register_pyfunc_model(python_model: Any, artifacts: Mapping[str, str], registered_model_name: str,
+                          artifact_name: str = "model", pip_requirements: list[str] | None = None) -> dict[str, Any]:
+    """Log ``python_model`` (an ``mlflow.pyfunc.PythonModel``) with ``artifacts`` to the active run
+    (a new run, ended afterwards, when none is active) and register it as a new version of
+    ``registered_model_name``. Returns run_id, model_uri, registered_model_name and version."""
+    import mlflow
+    import mlflow.pyfunc
+
+    own_run = mlflow.active_run() is None
+    run = mlflow.start_run(tags=process_tags()) if own_run else mlflow.active_run()
+    try:
+        info = mlflow.pyfunc.log_model(name=artifact_name, python_model=python_model, artifacts=dict(artifacts),
+                                       registered_model_name=registered_model_name,
+                                       pip_requirements=pip_requirements)
+    finally:
+        if own_run:
+            mlflow.end_run()
+    log.info("registered %s (version %s) from run %s", registered_model_name, info.registered_model_version,
+             run.info.run_id)
+    return {"run_id": run.info.run_id, "model_uri": info.model_uri,
+            "registered_model_name": registered_model_name, "version": info.registered_model_version}

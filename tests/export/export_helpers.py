@@ -33,3 +33,36 @@ def make_model(preset: str, tokenizer, seed: int = 0, **overrides) -> XoronForCa
             if name.endswith("e_score_correction_bias") and cfg.router_scoring == "sigmoid":
                 buf.copy_(0.05 * torch.randn_like(buf))
     return model
+
+
+def publish(artefacts, out_dir) -> None:
+    """Save ``{directory name: ExportedArtifact}`` through ExportDirectoryDataset under ``out_dir``,
+    as the catalog's export_* entries do in a ``kedro run``."""
+    from pathlib import Path
+
+    from xoron_pipelines.datasets.export import ExportDirectoryDataset
+
+    for name, artefact in artefacts.items():
+        ExportDirectoryDataset(str(Path(out_dir) / name)).save(artefact)
+
+
+def run_export(model, tokenizer, packed_val, summary, params):
+    """The library export of ``model`` with ``params`` (validated), published under
+    ``params["output_dir"]``; returns (manifest, metrics)."""
+    from xoron_pipelines.export.bundle import export_model
+    from xoron_pipelines.pipelines.export.params import Params
+
+    p = Params.model_validate(params)
+    manifest, metrics, artefacts = export_model(model, tokenizer, packed_val, summary, p)
+    publish(artefacts, p.output_dir)
+    return manifest, metrics
+
+
+def run_export_node(*args):
+    """The export node ``export_stage(*args)``, its format outputs published under the params'
+    output_dir; returns {output name: value}."""
+    from xoron_pipelines.pipelines.export.nodes import OUTPUTS, export_stage
+
+    outputs = dict(zip(OUTPUTS, export_stage(*args)))
+    publish({name.removeprefix("export_"): outputs[name] for name in OUTPUTS[:4]}, args[3]["output_dir"])
+    return outputs

@@ -8,9 +8,8 @@ import pytest
 from kedro.io import DatasetError
 from pydantic import ValidationError
 
-from tests.export.export_helpers import make_model
+from tests.export.export_helpers import make_model, run_export as export_model, run_export_node as export_stage
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
-from xoron_pipelines.pipelines.export.nodes import export_model, export_stage
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import Params
 

@@ -7,5 +7,8 @@ rename) and refuses an architecture its format cannot represent before writing a
 * :mod:`.gguf_export` -- ``export_gguf``: f16 / q8_0, llama / deepseek2 / glm4moe.
 * :mod:`.onnx_export` -- ``export_onnx_all``: logits graph, onnxruntime parity, int8 + accuracy.
 * :mod:`.lora_export` -- ``export_lora``: peft adapter directory + merged HF directory.
-* :mod:`.mlflow_registry` -- ``register_export``: pyfunc model logged to the run and registered.
+* :mod:`.mlflow_registry` -- ``register_export``: pyfunc model logged to the run and registered
+  (through :mod:`xoron_pipelines.tracking`).
+* :mod:`.bundle` -- ``export_model``: every requested format of one model, staged for the
+  catalog's ``export_*`` datasets (:mod:`xoron_pipelines.datasets.export`).
 """

@@ -100,8 +100,11 @@ def generation_config(config, max_new_tokens: int = 256) -> GenerationConfig:
 
 
 def export_hf(model, path: str | os.PathLike, tokenizer, stage: str = "final",
-              summary: dict[str, Any] | None = None, prefer_native: bool = True) -> dict[str, Any]:
-    """Write the Hugging Face directory at ``path`` (atomic). Returns format/architecture/reasons."""
+              summary: dict[str, Any] | None = None, prefer_native: bool = True,
+              max_new_tokens: int = 256) -> dict[str, Any]:
+    """Write the Hugging Face directory at ``path`` (atomic). Returns format/architecture/reasons.
+    ``max_new_tokens`` is generation_config.json's default (what ``model.generate`` uses when the
+    caller gives none)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         inner = tmp / "model"
@@ -109,7 +112,7 @@ def export_hf(model, path: str | os.PathLike, tokenizer, stage: str = "final",
         for item in inner.iterdir():
             os.replace(item, tmp / item.name)
         inner.rmdir()
-        generation_config(model.config).save_pretrained(tmp)
+        generation_config(model.config, max_new_tokens).save_pretrained(tmp)
         if getattr(tokenizer, "chat_template", None) and not (tmp / "chat_template.jinja").exists():
             (tmp / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
         (tmp / "README.md").write_text(model_card(model, path.name, written, stage, summary), encoding="utf-8")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any, Callable, Mapping
 
 import torch
 
+from xoron_pipelines import tracking
 from xoron_pipelines.data import sources
 from xoron_pipelines.evaluation import generation_tasks as gen
 from xoron_pipelines.evaluation import multiple_choice as mc
@@ -237,27 +237,18 @@ def log_to_training_run(metrics: Mapping[str, float], train_summary: Mapping[str
     ``mlflow_run_id``, so a stage's training run carries its evaluation. A summary without a run
     id, or an id unknown to the current tracking store (a model trained elsewhere), only logs a
     warning. Returns whether the metrics were logged."""
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     run_id = (train_summary or {}).get("mlflow_run_id")
     if not run_id:
         log.warning("evaluation of %s: its training summary has no MLflow run id; "
                     "metrics are logged to the kedro run only", stage)
         return False
-    client = MlflowClient()
     try:
-        client.get_run(run_id)
-    except MlflowException as err:
+        count = tracking.log_metrics_to_run(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=0)
+    except tracking.RunNotFound as err:
         log.warning("evaluation of %s: training run %s is not in the tracking store (%s); "
                     "metrics are logged to the kedro run only", stage, run_id, err.error_code)
         return False
-    now = int(time.time() * 1000)
-    batch = [Metric(f"eval/{k}", float(v), now, 0) for k, v in metrics.items()]
-    for i in range(0, len(batch), 1000):  # MLflow's per-call limit
-        client.log_batch(run_id, metrics=batch[i:i + 1000])
-    log.info("evaluation of %s: %d metrics logged to training run %s", stage, len(batch), run_id)
+    log.info("evaluation of %s: %d metrics logged to training run %s", stage, count, run_id)
     return True
 
 

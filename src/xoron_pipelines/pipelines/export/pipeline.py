@@ -1,20 +1,23 @@
-"""``export`` pipeline: the source stage's model -> HF directory, GGUF, ONNX (+ MLflow registry).
+"""``export`` pipeline: the source stage's model -> HF directory, GGUF, ONNX, LoRA adapter (+ MLflow registry).
 
-The model is the ``data/06_models/<stage>`` directory of the stage named by ``export.source``
-(default ``preference``, the final stage), read through ``stage_models``, which loads a stage
-only when asked.
+Inputs: the stage models (``stage_models``, a lazy view of every ``<stage>.model`` directory
+that loads only the stage named by ``export.source``: the stage is chosen at run time, so the
+node cannot name one ``<stage>.model``, and loading all four would need all four trained and in
+memory), the tokenizer, ``packed_val`` (ONNX int8 figures) and every stage's
+``<stage>.train_summary``: training writes it after ``<stage>.model``, so it orders the node after
+training in the default ``kedro run``; the source stage's summary goes into the model card and
+says where its LoRA adapter is.
 
-Every stage's ``<stage>.train_summary`` is an input too: it puts the node after training in the
-DAG of the default ``kedro run`` (``stage_models`` is another name for the model directories
-that training writes, so Kedro could not see that dependency otherwise), and the source stage's
-summary goes into the model card.
+Outputs: ``export_hf``, ``export_gguf``, ``export_onnx``, ``export_lora_adapter``
+(:class:`~xoron_pipelines.datasets.export.ExportDirectoryDataset`, under ``export.output_dir``),
+then ``export_manifest`` and ``export_metrics``.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import export_stage
+from .nodes import OUTPUTS, export_stage
 from .params import STAGES
 
 
@@ -25,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 export_stage,
                 inputs=["stage_models", "tokenizer", "packed_val", "params:export",
                         *(f"{stage}.train_summary" for stage in STAGES)],
-                outputs=["export_manifest", "export_metrics"],
+                outputs=OUTPUTS,
                 name="export_model",
                 tags=["export"],
             )
