@@ -1,7 +1,11 @@
-"""Nodes of the ``embedding_cache`` pipeline: encode texts once with the frozen encoder and keep
-the result in a cache the latent trainer reads (seed 004, "Caching").
+"""Building the embedding cache (seed 004, "Caching"): encode texts once with the frozen encoder
+and keep the result in a cache the latent trainer reads. The ``embedding_cache`` pipeline's nodes
+make a :class:`CacheBuild` (rows, decoder tokenizer, parameters, fingerprint; nothing encoded
+yet); the catalog's :class:`~xoron_pipelines.datasets.embedding_cache.EmbeddingCacheDataset`
+saves it: it reuses the stored cache when the fingerprint is unchanged, else it calls
+:meth:`CacheBuild.write` into a temporary directory that is then swapped in atomically.
 
-Two caches ("subsets"), each under ``<preprocess_cache_dir>/<subset>/{train,val}``:
+Two caches ("subsets"), each a directory ``<subset>/{train,val[,test]}`` + ``manifest.json``:
 
 * ``pairs``    -- (source, target) pairs, e.g. dialogue -> summary (stages 3-4);
 * ``pretrain`` -- general text whose target is the text itself (identity, stages 1-2); for a
@@ -11,10 +15,16 @@ Rows with an empty source or target are not encoded: they go to the subset's
 ``quarantine.jsonl`` with a reason and are counted. Sources longer than the encoder's limit
 are truncated and counted, targets longer than ``max_target_len`` as well.
 
+A row's split is the split it came from when the source has named splits (``Row.split``), else
+a seeded hash draws ``preprocess_validation_fraction`` of the rows into ``val``.
+
 A subset is rebuilt only when its fingerprint -- encoder files, input rows, decoder tokenizer
 and the parameters that shape the cache -- differs from the stored one (or
 ``skip_preprocessing_if_cached`` is false); otherwise the stored cache is reused without loading
 the encoder.
+
+``p`` below is the validated ``embedding_cache`` parameter group
+(:class:`xoron_pipelines.pipelines.embedding_cache.params.Params`).
 """
 
 from __future__ import annotations
@@ -26,27 +36,23 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from xoron_pipelines.atomic import atomic_dir
-from xoron_pipelines.latent.cache import FORMAT_VERSION, CacheWriter, embedding_fields, fingerprint, write_json
+from xoron_pipelines.latent.cache import FORMAT_VERSION, MANIFEST_FILE, CacheWriter, embedding_fields, fingerprint, write_json
 from xoron_pipelines.latent.encoder import Encoded, Encoder, directory_digest, resolve_encoder_dir
-
-from .params import Params
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 ROW_GROUP_ROWS = 256
 # batches encoded per chunk (length-sorted together, then written in order); per-token states
 # are ~max_seq_len times larger than mean vectors, so their chunks are smaller
 CHUNK_BATCHES = {"mean": 32, "tokens": 4}
-SPLITS = ("train", "val")
+SPLITS = ("train", "val")  # always written; "test" too when a source has a test split
 # parameters that act through the selected rows (hashed as data) or not on the content at all
 _NOT_FINGERPRINTED = {
     "skip_preprocessing_if_cached", "preprocess_cache_dir", "progress", "source_field", "target_field",
@@ -61,6 +67,7 @@ class Row:
     index: int
     source: Any
     target: Any = None
+    split: str | None = None  # "train" / "val" / "test" from a source with named splits, else drawn
 
 
 @dataclass
@@ -75,6 +82,7 @@ class Counts:
     truncated_targets: int = 0
     rows_train: int = 0
     rows_val: int = 0
+    rows_test: int = 0
     embedding_bytes_int8: int = 0
     embedding_bytes_fp32: int = 0
     cos_sum: float = 0.0  # int8 -> fp32 cosine of every stored vector (per token for ``tokens``)
@@ -95,7 +103,7 @@ class Counts:
 
 
 # --------------------------------------------------------------------------- inputs
-def _records(data: Any, columns: list[str]) -> Iterator[dict[str, Any]]:
+def records(data: Any, columns: list[str]) -> Iterator[dict[str, Any]]:
     """Rows of a Parquet shard set (``iter_batches``), a DataFrame or an iterable of dicts."""
     if hasattr(data, "iter_batches"):
         names = set(data.dataset().schema.names)
@@ -107,18 +115,22 @@ def _records(data: Any, columns: list[str]) -> Iterator[dict[str, Any]]:
         yield from data
 
 
-def pair_rows(data: Any, p: Params) -> list[Row]:
+def pair_rows(data: Any, p: Any) -> list[Row]:
     """(source, target) rows from ``source_field`` / ``target_field``, the first
-    ``max_train_samples`` of them when set."""
-    rows = []
-    for i, rec in enumerate(_records(data, [p.source_field, p.target_field])):
-        if p.max_train_samples is not None and i >= p.max_train_samples:
-            break
-        rows.append(Row(i, rec.get(p.source_field), rec.get(p.target_field)))
+    ``max_train_samples`` of them when set. ``data``: rows (see :func:`records`), or a dict
+    split -> rows (``train`` / ``val`` / ``test``, from :func:`xoron_pipelines.latent.sources.pair_source`):
+    rows are then numbered across the splits in that order and keep their split."""
+    parts = data.items() if isinstance(data, dict) else [(None, data)]
+    rows: list[Row] = []
+    for split, part in parts:
+        for rec in records(part, [p.source_field, p.target_field]):
+            if p.max_train_samples is not None and len(rows) >= p.max_train_samples:
+                return rows
+            rows.append(Row(len(rows), rec.get(p.source_field), rec.get(p.target_field), split))
     return rows
 
 
-def pretrain_rows(data: Any, p: Params) -> list[Row]:
+def pretrain_rows(data: Any, p: Any) -> list[Row]:
     """``max_pretrain_samples`` texts drawn uniformly (by a seeded hash of the text, so the
     sample does not depend on the input order) from the kept rows (``status == "kept"`` where
     the input has a status column, as the data_processing ledger does); kept in input order."""
@@ -126,7 +138,7 @@ def pretrain_rows(data: Any, p: Params) -> list[Row]:
         return []
 
     def keyed() -> Iterator[tuple[bytes, int, Any]]:
-        for i, rec in enumerate(_records(data, [p.pretrain_text_field, "status"])):
+        for i, rec in enumerate(records(data, [p.pretrain_text_field, "status"])):
             if rec.get("status", "kept") == "kept":
                 text = rec.get(p.pretrain_text_field)
                 yield hashlib.blake2b(f"{p.seed}\x00{text}".encode(), digest_size=8).digest(), i, text
@@ -144,11 +156,11 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def subset_fingerprint(subset: str, rows: list[Row], tokenizer: Any, encoder_dir: Path, p: Params) -> str:
+def subset_fingerprint(subset: str, rows: list[Row], tokenizer: Any, encoder_dir: Path, p: Any) -> str:
     """Identity of a subset's cache: (encoder files, data rows, decoder tokenizer, parameters)."""
     data = hashlib.sha256()
     for r in rows:
-        data.update(json.dumps([r.index, r.source, r.target], default=str).encode())
+        data.update(json.dumps([r.index, r.source, r.target] + ([r.split] if r.split else []), default=str).encode())
     return fingerprint({
         "format_version": FORMAT_VERSION,
         "subset": subset,
@@ -160,7 +172,7 @@ def subset_fingerprint(subset: str, rows: list[Row], tokenizer: Any, encoder_dir
 
 
 # --------------------------------------------------------------------------- cache layout
-def cache_schema(p: Params) -> pa.Schema:
+def cache_schema(p: Any) -> pa.Schema:
     """Columns of a cache split; the ``cache_store_*`` controls decide the optional ones."""
     fields = [pa.field("index", pa.int64()), pa.field("num_tokens", pa.int32()), pa.field("truncated", pa.bool_())]
     if p.cache_store_text:
@@ -176,7 +188,7 @@ def cache_schema(p: Params) -> pa.Schema:
     return pa.schema(fields + embedding_fields(p.cache_store_embeddings_int8, p.pooling))
 
 
-def is_val(p: Params, subset: str, index: int) -> bool:
+def is_val(p: Any, subset: str, index: int) -> bool:
     """Seeded, order-independent train/val assignment with ``preprocess_validation_fraction``."""
     digest = hashlib.blake2b(f"{p.seed}\x00{subset}\x00{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < p.preprocess_validation_fraction
@@ -229,7 +241,7 @@ def _account_embeddings(enc: Encoded, counts: Counts) -> None:
             counts.add_cos(np.atleast_1d(num / np.maximum(den, 1e-12)))
 
 
-def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params, counts: Counts) -> dict[str, list]:
+def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, counts: Counts) -> dict[str, list]:
     """Encode one chunk of rows into the cache's column dict (every optional column; the
     writer keeps those of its schema)."""
     tok = encoder.tokenize([r.source for r in rows])
@@ -261,28 +273,40 @@ def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params,
     return cols
 
 
-def _write_chunk(cols: dict[str, list], val: list[bool], writers: dict[str, CacheWriter]) -> None:
+def _write_chunk(cols: dict[str, list], splits: list[str], writers: dict[str, CacheWriter]) -> None:
     for split, writer in writers.items():
-        keep = [i for i, v in enumerate(val) if v == (split == "val")]
+        keep = [i for i, s in enumerate(splits) if s == split]
         if keep:
             writer.write_rows({name: [cols[name][i] for i in keep] for name in writer.schema.names})
 
 
-def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Params, stage: Path, meta: dict) -> tuple[Counts, list[dict]]:
-    """Encode ``rows`` into ``stage/{train,val}``; returns counts and quarantine records."""
+def row_split(p: Any, subset: str, row: Row) -> str:
+    """The cache split of ``row``: its source's split when it has one, else drawn by :func:`is_val`."""
+    return row.split or ("val" if is_val(p, subset, row.index) else "train")
+
+
+def subset_splits(rows: list[Row]) -> list[str]:
+    """Splits of a subset's cache: train and val always, test when a row comes from a test split."""
+    return list(SPLITS) + (["test"] if any(r.split == "test" for r in rows) else [])
+
+
+def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, tmp_dir: Path,
+                   meta: dict) -> tuple[Counts, list[dict]]:
+    """Encode ``rows`` into ``tmp_dir/<split>``; returns counts and quarantine records."""
     counts, quarantined = Counts(rows_in=len(rows)), []
     good = _quarantine(rows, subset, counts, quarantined)
     schema = cache_schema(p)
     writers = {
-        s: CacheWriter(stage / s, schema, p.cache_rows_per_shard, ROW_GROUP_ROWS, p.cache_write_offsets_index)
-        for s in SPLITS
+        s: CacheWriter(tmp_dir / s, schema, p.cache_rows_per_shard, ROW_GROUP_ROWS, p.cache_write_offsets_index,
+                       fmt=p.preprocess_format)
+        for s in subset_splits(rows)
     }
     chunk = p.preprocess_batch_size * CHUNK_BATCHES[p.pooling]
     with tqdm(total=len(good), desc=f"embedding_cache/{subset}", unit="text", disable=not p.progress) as bar:
         for start in range(0, len(good), chunk):
             part = good[start : start + chunk]
-            val = [is_val(p, subset, r.index) for r in part]
-            _write_chunk(_chunk_columns(part, encoder, tokenizer, p, counts), val, writers)
+            splits = [row_split(p, subset, r) for r in part]
+            _write_chunk(_chunk_columns(part, encoder, tokenizer, p, counts), splits, writers)
             bar.update(len(part))
     for split, writer in writers.items():
         written = writer.close({**meta, "split": split})
@@ -298,72 +322,95 @@ def load_encoder(model: str, max_seq_len: int, pooling: str, normalize: Any, tru
     return Encoder(model, max_seq_len, pooling, normalize, trust_remote_code)
 
 
-def _read_manifest(subset_dir: Path) -> dict[str, Any] | None:
-    path = subset_dir / MANIFEST_FILE
+def read_manifest(subset_dir: Path) -> dict[str, Any] | None:
+    """The stored ``manifest.json`` of a subset directory, or None when there is none."""
+    path = Path(subset_dir) / MANIFEST_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _metrics(counts: dict[str, float], hit: bool) -> dict[str, dict[str, float]]:
-    values = {**counts, "cache_hit": float(hit), "cache_miss": float(not hit)}
+def cache_metrics(manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """MLflow metrics (``MlflowMetricsHistoryDataset`` format) of a subset: its counts, and
+    ``cache_hit`` / ``cache_miss`` of the last save (whether it reused the stored cache)."""
+    hit = bool(manifest.get("cache_hit", False))
+    values = {**manifest["counts"], "cache_hit": float(hit), "cache_miss": float(not hit)}
     return {k: {"value": v, "step": 0} for k, v in values.items()}
 
 
-def build_subset(subset: str, rows: list[Row], tokenizer: Any, p: Params) -> tuple[dict[str, Any], dict]:
-    """Reuse or (re)build one subset's cache; returns its manifest and MLflow metrics."""
-    encoder_dir = resolve_encoder_dir(p.encoder_model)  # a missing encoder fails before any work
-    fp = subset_fingerprint(subset, rows, tokenizer, encoder_dir, p)
-    root = Path(p.preprocess_cache_dir)
-    subset_dir = root / subset
-    stored = _read_manifest(subset_dir)
-    if p.skip_preprocessing_if_cached and stored is not None and stored["fingerprint"] == fp:
-        log.info("embedding_cache/%s: fingerprint unchanged, reusing %s", subset, subset_dir)
-        return {**stored, "path": str(subset_dir), "cache_hit": True}, _metrics(stored["counts"], hit=True)
-    reason = "disabled reuse" if not p.skip_preprocessing_if_cached else "no cache" if stored is None else "fingerprint changed"
-    log.info("embedding_cache/%s: building %d rows (%s)", subset, len(rows), reason)
-    encoder = load_encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code,
-                           directory_digest(encoder_dir))
-    meta = {
-        "subset": subset,
-        "fingerprint": fp,
-        "encoder": encoder.describe(),
-        "embedding": {
-            "dtype": "int8" if p.cache_store_embeddings_int8 else "float32",
-            "dim": encoder.hidden_size,
-            "pooling": p.pooling,
-            "normalize": encoder.normalize,
-        },
-        "decoder": {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)},
-        "max_target_len": p.max_target_len,
-        "cache_use_embeddings_for_training": p.cache_use_embeddings_for_training,
-    }
-    with atomic_dir(subset_dir) as stage:  # a failed build leaves the previous cache (and no staging dir)
-        counts, quarantined = _encode_subset(subset, rows, encoder, tokenizer, p, stage, meta)
-        with (stage / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
+@dataclass
+class CacheBuild:
+    """One subset's cache, not yet encoded: what the ``embedding_cache`` nodes return and
+    :class:`~xoron_pipelines.datasets.embedding_cache.EmbeddingCacheDataset` saves."""
+
+    subset: str
+    rows: list[Row]
+    tokenizer: Any
+    params: Any
+    fingerprint: str
+    encoder_dir: Path
+
+    def reuses(self, stored: dict[str, Any] | None) -> bool:
+        """Whether ``stored`` (a manifest, or None) can stand for this build."""
+        return bool(self.params.skip_preprocessing_if_cached and stored is not None
+                    and stored.get("fingerprint") == self.fingerprint)
+
+    def reason(self, stored: dict[str, Any] | None) -> str:
+        return ("disabled reuse" if not self.params.skip_preprocessing_if_cached else "no cache" if stored is None
+                else "fingerprint changed")
+
+    def write(self, directory: Path) -> dict[str, Any]:
+        """Encode the rows into ``directory`` (an empty temporary directory the caller publishes)
+        and return the manifest written there."""
+        p, tokenizer, subset = self.params, self.tokenizer, self.subset
+        encoder = load_encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code,
+                               directory_digest(self.encoder_dir))
+        meta = {
+            "subset": subset,
+            "fingerprint": self.fingerprint,
+            "encoder": encoder.describe(),
+            "embedding": {
+                "dtype": "int8" if p.cache_store_embeddings_int8 else "float32",
+                "dim": encoder.hidden_size,
+                "pooling": p.pooling,
+                "normalize": encoder.normalize,
+            },
+            "decoder": {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)},
+            "max_target_len": p.max_target_len,
+            "cache_use_embeddings_for_training": p.cache_use_embeddings_for_training,
+        }
+        counts, quarantined = _encode_subset(subset, self.rows, encoder, tokenizer, p, directory, meta)
+        with (directory / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(q) + "\n" for q in quarantined)
-        manifest = {**meta, "splits": list(SPLITS), "quarantine": QUARANTINE_FILE, "counts": counts.as_dict(),
-                    "params": p.model_dump()}
-        write_json(stage / MANIFEST_FILE, manifest)
-    _log_counts(subset, manifest["counts"])
-    return {**manifest, "path": str(subset_dir), "cache_hit": False}, _metrics(manifest["counts"], hit=False)
+        manifest = {**meta, "splits": subset_splits(self.rows), "quarantine": QUARANTINE_FILE,
+                    "counts": counts.as_dict(), "params": p.model_dump(), "cache_hit": False}
+        write_json(directory / MANIFEST_FILE, manifest)
+        _log_counts(subset, manifest["counts"])
+        return manifest
+
+
+def plan_subset(subset: str, rows: list[Row], tokenizer: Any, p: Any) -> CacheBuild:
+    """The :class:`CacheBuild` of one subset (a missing encoder fails here, before any work)."""
+    encoder_dir = resolve_encoder_dir(p.encoder_model)
+    return CacheBuild(subset, rows, tokenizer, p, subset_fingerprint(subset, rows, tokenizer, encoder_dir, p), encoder_dir)
 
 
 def _log_counts(subset: str, counts: dict[str, float]) -> None:
     log.info(
-        "embedding_cache/%s: %d encoded (%d train / %d val), %d empty source, %d empty target, "
+        "embedding_cache/%s: %d encoded (%d train / %d val / %d test), %d empty source, %d empty target, "
         "%d sources and %d targets truncated",
-        subset, counts["texts_encoded"], counts["rows_train"], counts["rows_val"], counts["empty_source"],
-        counts["empty_target"], counts["truncated_sources"], counts["truncated_targets"],
+        subset, counts["texts_encoded"], counts["rows_train"], counts["rows_val"], counts.get("rows_test", 0),
+        counts["empty_source"], counts["empty_target"], counts["truncated_sources"], counts["truncated_targets"],
     )
 
 
-# --------------------------------------------------------------------------- nodes
-def cache_pairs(latent_pairs: Iterable, tokenizer: Any, synth_manifest: Any, params: dict[str, Any]) -> tuple[dict, dict]:
-    """Cache the (source, target) pairs. ``synth_manifest`` only orders the run after ``synth``."""
-    p = Params.model_validate(params)
-    return build_subset("pairs", pair_rows(latent_pairs, p), tokenizer, p)
-
-
-def cache_pretrain_text(latent_pretrain_text: Any, tokenizer: Any, params: dict[str, Any]) -> tuple[dict, dict]:
-    """Cache a sample of general text with identity targets (latent pretraining, stage 1)."""
-    p = Params.model_validate(params)
-    return build_subset("pretrain", pretrain_rows(latent_pretrain_text, p), tokenizer, p)
+# --------------------------------------------------------------------------- reading back
+def raw_texts(data: Any, subset: str, p: Any, wanted: set[int] | None = None) -> dict[int, tuple]:
+    """Raw row index -> (source, target, ledger source) as the cache indexed ``data`` (the same
+    input the subset was built from); only the indices in ``wanted`` when given (the
+    pretraining ledger can be large)."""
+    if subset == "pairs":
+        rows = ((r.index, (r.source, r.target, None)) for r in pair_rows(data, p))
+    else:
+        field = p.pretrain_text_field
+        rows = ((i, (rec.get(field), rec.get(field), rec.get("source")))
+                for i, rec in enumerate(records(data, [field, "status", "source"])))
+    return {i: row for i, row in rows if wanted is None or i in wanted}

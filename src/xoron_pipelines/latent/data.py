@@ -121,26 +121,63 @@ def stage_tensors(model: Any, rows: Rows, *, kind: str, identity: bool, encoder_
     return out
 
 
+class _EpochBatches(torch.utils.data.Dataset):
+    """Batches ``start``, ``start + 1``, ... of one epoch, as a map-style dataset for a DataLoader."""
+
+    def __init__(self, source: "RowBatches", epoch: int, start: int) -> None:
+        self.source, self.epoch, self.start = source, epoch, start
+
+    def __len__(self) -> int:
+        return len(self.source) - self.start
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.source.make_batch(self.epoch, self.start + i)
+
+
 class RowBatches:
     """Training-engine batch source over row-aligned tensors: ``len`` = full batches per epoch
     (one smaller batch when there are fewer rows than ``batch_size``); the row order of epoch
-    ``e`` is the permutation of ``numpy.random.default_rng([seed, e])``."""
+    ``e`` is the permutation of ``numpy.random.default_rng([seed, e])``.
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> None:
+    With ``num_workers`` > 0 the batches of an epoch are made by a ``torch.utils.data.DataLoader``
+    with that many worker processes and ``prefetch_factor`` (seed 004's knobs), in order; a
+    request out of sequence (a resume) starts a new loader at that batch. Batches are the same
+    whatever the number of workers."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, num_workers: int = 0,
+                 prefetch_factor: int | None = None) -> None:
         self.tensors = tensors
         self.rows = len(next(iter(tensors.values())))
         if self.rows < 1:
             raise ValueError("a latent stage has no rows to train on")
         self.batch_size = min(batch_size, self.rows)
         self.seed = seed
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self._loader: Any = None
+        self._next: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.rows // self.batch_size
 
-    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def make_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        """Batch ``index`` of ``epoch``, made in this process."""
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
         pick = torch.as_tensor(order[index * self.batch_size: (index + 1) * self.batch_size])
         return {k: v[pick] for k, v in self.tensors.items()}
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        if self.num_workers == 0:
+            return self.make_batch(epoch, index)
+        if self._next != (epoch, index):
+            self._loader = iter(torch.utils.data.DataLoader(
+                _EpochBatches(self, epoch, index), batch_size=None, shuffle=False, num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor))
+        out = next(self._loader)
+        self._next = (epoch, index + 1)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loader": None, "_next": None}  # workers get the tensors, not the loader
 
     def all(self) -> list[dict[str, torch.Tensor]]:
         """Every row once, in order, in batches (evaluation)."""
