@@ -137,16 +137,21 @@ class Params(LatentArchitecture):
     @model_validator(mode="before")
     @classmethod
     def _seed_spellings(cls, data: Any) -> Any:
-        """One spelling per knob (ours or seed 004's, not both); seed 004's pipeline_mode value."""
+        """Seed 004's pipeline_mode value -> ours. Where both spellings of a knob are given, the
+        later one in the mapping wins: a ``--params`` override is merged after the conf file's
+        keys, so ``--params latent.arxiv_dataset=x`` overrides the YAML's ``code_dataset``."""
         if not isinstance(data, dict):
             return data
-        for name, field in cls.model_fields.items():
+        data = dict(data)
+        for field in cls.model_fields.values():
             if isinstance(field.validation_alias, AliasChoices):
-                given = [a for a in field.validation_alias.choices if a in data]
-                if len(given) > 1:
-                    raise ValueError(f"{' and '.join(given)} are two spellings of one knob: give only {name}")
+                given = [k for k in data if k in field.validation_alias.choices]
+                for k in given[:-1]:
+                    del data[k]
         mode = data.get("pipeline_mode")
-        return {**data, "pipeline_mode": PIPELINE_MODE_ALIASES[mode]} if mode in PIPELINE_MODE_ALIASES else data
+        if mode in PIPELINE_MODE_ALIASES:
+            data["pipeline_mode"] = PIPELINE_MODE_ALIASES[mode]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "Params":
