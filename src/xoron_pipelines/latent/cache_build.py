@@ -119,14 +119,16 @@ def pair_rows(data: Any, p: Any) -> list[Row]:
     """(source, target) rows from ``source_field`` / ``target_field``, the first
     ``max_train_samples`` of them when set. ``data``: rows (see :func:`records`), or a dict
     split -> rows (``train`` / ``val`` / ``test``, from :func:`xoron_pipelines.latent.sources.pair_source`):
-    rows are then numbered across the splits in that order and keep their split."""
+    rows are then numbered across the splits in that order and keep their split (train rows are
+    left to the seeded draw when there is no ``val``)."""
     parts = data.items() if isinstance(data, dict) else [(None, data)]
     rows: list[Row] = []
     for split, part in parts:
+        tag = None if split == "train" and "val" not in data else split
         for rec in records(part, [p.source_field, p.target_field]):
             if p.max_train_samples is not None and len(rows) >= p.max_train_samples:
                 return rows
-            rows.append(Row(len(rows), rec.get(p.source_field), rec.get(p.target_field), split))
+            rows.append(Row(len(rows), rec.get(p.source_field), rec.get(p.target_field), tag))
     return rows
 
 
