@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from xoron_pipelines.latent.encoder import resolve_encoder_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,35 @@ def cap_rows(rows: Rows, caps: dict[str, int], total: int | None) -> Rows:
         if total is not None and len(keep) >= total:
             break
     return rows.take(keep)
+
+
+def cache_indices(cache: Any) -> set[int]:
+    """Raw row indices held by a cache subset (both splits)."""
+    return {int(i) for split in cache.splits.values() for i in split.read(["index"]).column("index").to_pylist()}
+
+
+def cached_embeddings_usable(cache: Any, model: Any, p: Any, encoder_trains: bool) -> bool:
+    """The cached embeddings stand in for the encoder when preprocessing is on, the cache was
+    made for training by this encoder (same files, mean pooling, normalisation and length limit)
+    and the encoder has not been trained; otherwise the texts are encoded on the fly."""
+    meta = cache.manifest
+    enc = meta["encoder"]
+    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
+                    and meta["embedding"]["normalize"] == model.encoder.normalize
+                    and enc["max_length"] == model.encoder.max_len)
+    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
+                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
+
+
+def stage_rows(cache: Any, texts: dict, p: Any, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
+    """Train and validation rows of a stage, with the per-source and total caps applied."""
+    total = p.stage_value(stage, "max_samples")
+    if stage.startswith("finetune") and p.max_train_samples is not None:
+        total = min(total or p.max_train_samples, p.max_train_samples)
+    caps = p.dataset_caps(stage) if stage.startswith("pretrain") else {}
+    train = cap_rows(cache_rows(cache.train, texts, use_emb), caps, total)
+    val = cap_rows(cache_rows(cache.val, texts, use_emb), caps, total)
+    return train, val if len(val) else train
 
 
 def decoder_ids(tokenizer: Any, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from xoron_pipelines import tracking
 from xoron_pipelines.latent.cache_build import raw_texts
-from xoron_pipelines.latent.data import RowBatches, Rows, cache_rows, cap_rows, stage_tensors
-from xoron_pipelines.latent.encoder import resolve_encoder_dir
+from xoron_pipelines.latent.data import (RowBatches, Rows, cache_indices, cache_rows, cached_embeddings_usable,
+                                        stage_rows, stage_tensors)
 from xoron_pipelines.latent.inference import artifact, build_model, generate
 from xoron_pipelines.latent.model import LatentModel
 from xoron_pipelines.latent.sources import pair_source
@@ -45,35 +44,6 @@ def stage_data(data: Any, subset: str, p: Params) -> Any:
     """The input a subset was cached from: the pairs of ``dataset_name`` (``data`` is then the
     catalog's ``synth_raw``) or the pretraining text itself."""
     return pair_source(data, p.dataset_name, p.pair_splits()) if subset == "pairs" else data
-
-
-def cache_indices(cache: Any) -> set[int]:
-    """Raw row indices held by a cache subset (both splits)."""
-    return {int(i) for split in cache.splits.values() for i in split.read(["index"]).column("index").to_pylist()}
-
-
-def cached_embeddings_usable(cache: Any, model: LatentModel, p: Params, encoder_trains: bool) -> bool:
-    """The cached embeddings stand in for the encoder when preprocessing is on, the cache was
-    made for training by this encoder (same files, mean pooling, normalisation and length limit)
-    and the encoder has not been trained; otherwise the texts are encoded on the fly."""
-    meta = cache.manifest
-    enc = meta["encoder"]
-    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
-                    and meta["embedding"]["normalize"] == model.encoder.normalize
-                    and enc["max_length"] == model.encoder.max_len)
-    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
-                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
-
-
-def stage_rows(cache: Any, texts: dict, p: Params, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
-    """Train and validation rows of a stage, with the per-source and total caps applied."""
-    total = p.stage_value(stage, "max_samples")
-    if stage.startswith("finetune") and p.max_train_samples is not None:
-        total = min(total or p.max_train_samples, p.max_train_samples)
-    caps = p.dataset_caps(stage) if stage.startswith("pretrain") else {}
-    train = cap_rows(cache_rows(cache.train, texts, use_emb), caps, total)
-    val = cap_rows(cache_rows(cache.val, texts, use_emb), caps, total)
-    return train, val if len(val) else train
 
 
 def stage_batches(model: LatentModel, rows: Rows, spec: Any, p: Params, encoder_trains: bool) -> RowBatches:
