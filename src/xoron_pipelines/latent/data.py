@@ -2,8 +2,11 @@
 
 Rows come from an embedding-cache split (which rows were encoded, their cached mean embedding)
 joined by the cache's ``index`` column to the raw texts (the pairs' source / target, the
-pretraining text and its ledger ``source`` name). A stage then turns its rows into row-aligned
-tensors (:func:`stage_tensors`) and :class:`RowBatches` serves them to the training engine.
+pretraining text and its ledger ``source`` name); :func:`stage_rows` applies a stage's caps and
+:func:`cached_embeddings_usable` decides whether the cached embeddings stand in for the encoder.
+A stage then turns its rows into row-aligned tensors (:func:`stage_tensors`) and
+:class:`RowBatches` serves them to the training engine (in process, or through a DataLoader's
+workers).
 """
 
 from __future__ import annotations
