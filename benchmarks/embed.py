@@ -93,7 +93,8 @@ def main() -> None:
     import torch
 
     from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, Encoder, resolve_encoder_dir
-    from xoron_pipelines.pipelines.embedding_cache.nodes import Row, build_subset
+    from xoron_pipelines.datasets.embedding_cache import EmbeddingCacheDataset
+    from xoron_pipelines.latent.cache_build import Row, plan_subset
     from xoron_pipelines.pipelines.embedding_cache.params import Params
 
     rows = load_texts(args.texts)
@@ -109,6 +110,12 @@ def main() -> None:
         return Params(preprocess_cache_dir=str(work / tag), skip_preprocessing_if_cached=False, progress=False,
                       preprocess_batch_size=args.batch_size, cache_store_embeddings_int8=int8,
                       preprocess_validation_fraction=0.0)
+
+    def build_subset(subset: str, node_rows: list, tok, p: Params) -> tuple[dict, None]:
+        """The embedding_cache node + catalog dataset save (always a rebuild here)."""
+        ds = EmbeddingCacheDataset(str(Path(p.preprocess_cache_dir) / subset))
+        ds.save(plan_subset(subset, node_rows, tok, p))
+        return ds.load().manifest, None
 
     arms = {
         "sentence-transformers": lambda: st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True),

@@ -26,8 +26,8 @@ def encoder_cache():
 @pytest.fixture()
 def shared_encoder(monkeypatch, encoder_cache):
     """Make the nodes reuse encoders across builds; returns the list of constructions asked for."""
+    from xoron_pipelines.latent import cache_build
     from xoron_pipelines.latent.encoder import Encoder
-    from xoron_pipelines.pipelines.embedding_cache import nodes
 
     calls = []
 
@@ -37,11 +37,12 @@ def shared_encoder(monkeypatch, encoder_cache):
             encoder_cache[args] = Encoder(*args)
         return encoder_cache[args]
 
-    monkeypatch.setattr(nodes, "Encoder", make)
+    monkeypatch.setattr(cache_build, "Encoder", make)
     return calls
 
 
 @pytest.fixture()
 def params(tmp_path):
-    """Defaults with the cache in ``tmp_path`` and no progress bars."""
+    """Defaults with the cache in ``tmp_path`` (the tests' catalog saves each subset under
+    ``preprocess_cache_dir``, as the check asks) and no progress bars."""
     return {"preprocess_cache_dir": str(tmp_path / "cache"), "progress": False}

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ec_helpers import TEXTS
+from ec_helpers import TEXTS, save_cache
 
-from xoron_pipelines.datasets.embedding_cache import CacheSubset, EmbeddingCacheDataset
+from kedro.io import DatasetError
+
+from xoron_pipelines.datasets.embedding_cache import EmbeddingCacheDataset
+from xoron_pipelines.latent import cache_build
 from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, Encoder, resolve_encoder_dir
 from xoron_pipelines.pipelines.embedding_cache import nodes
 from xoron_pipelines.pipelines.embedding_cache.params import Params
@@ -29,8 +32,10 @@ ALWAYS = {"index", "num_tokens", "truncated", "embedding"}
 
 
 def run_pairs(pairs, tok, params, **overrides):
-    manifest, metrics = nodes.cache_pairs(pairs, tok, None, {**params, **overrides})
-    return CacheSubset(manifest), {k: v["value"] for k, v in metrics.items()}
+    """The pair node on ``pairs`` (as synth's dialogue_summary partition), saved through the
+    catalog dataset under ``preprocess_cache_dir``."""
+    p = {**params, **overrides}
+    return save_cache(nodes.cache_pairs({"dialogue_summary": pairs}, tok, p, {}), p["preprocess_cache_dir"])
 
 
 @pytest.mark.parametrize("knob", sorted(FIELDS))
@@ -83,7 +88,7 @@ def test_fingerprint_reuse_and_invalidation(decoder_tokenizer, params, shared_en
     _, m = run_pairs(PAIRS, decoder_tokenizer, params)
     assert m["cache_miss"] == 1 and encodes
     encodes.clear()
-    nodes.load_encoder.cache_clear()
+    cache_build.load_encoder.cache_clear()
     built = len(shared_encoder)
     sub, m = run_pairs(PAIRS, decoder_tokenizer, params)  # unchanged: reused, no encoder at all
     assert m["cache_hit"] == 1 and m["texts_encoded"] == 4 and len(shared_encoder) == built and not encodes
@@ -141,20 +146,20 @@ def test_pretrain_identity_targets_and_sampling(decoder_tokenizer, params, share
     ledger = [{"text": t, "status": "kept"} for t in TEXTS] + [{"text": "dropped record text", "status": "filtered"}]
     ledger.insert(1, {"text": "word " * 40, "status": "kept"})
     p = Params.model_validate({**params, "max_pretrain_samples": 3})
-    picked = nodes.pretrain_rows(ledger, p)
+    picked = cache_build.pretrain_rows(ledger, p)
     assert len(picked) == 3 and [r.index for r in picked] == sorted(r.index for r in picked)
     assert all(ledger[r.index]["status"] == "kept" and ledger[r.index]["text"] == r.source for r in picked)
     # the sample depends on the texts and the seed, not on the input order
-    assert {r.source for r in nodes.pretrain_rows(ledger[::-1], p)} == {r.source for r in picked}
-    assert {r.source for r in nodes.pretrain_rows(ledger, p.model_copy(update={"seed": 7}))} != {r.source for r in picked}
-    assert nodes.pretrain_rows(ledger, p.model_copy(update={"max_pretrain_samples": 0})) == []
+    assert {r.source for r in cache_build.pretrain_rows(ledger[::-1], p)} == {r.source for r in picked}
+    assert {r.source for r in cache_build.pretrain_rows(ledger, p.model_copy(update={"seed": 7}))} != {r.source for r in picked}
+    assert cache_build.pretrain_rows(ledger, p.model_copy(update={"max_pretrain_samples": 0})) == []
 
-    manifest, metrics = nodes.cache_pretrain_text(ledger, decoder_tokenizer, {
+    sub, metrics = save_cache(nodes.cache_pretrain_text(ledger, decoder_tokenizer, {
         **params, "max_pretrain_samples": 10, "max_seq_len": 12, "cache_store_text": True,
-        "preprocess_validation_fraction": 0.0})
-    rows = {r["index"]: r for r in CacheSubset(manifest).train}
+        "preprocess_validation_fraction": 0.0}), params["preprocess_cache_dir"])
+    rows = {r["index"]: r for r in sub.train}
     assert sorted(rows) == [0, 1, 2, 3, 4]
-    assert metrics["truncated_sources"]["value"] == sum(r["truncated"] for r in rows.values()) >= 2
+    assert metrics["truncated_sources"] == sum(r["truncated"] for r in rows.values()) >= 2
     assert rows[1]["target_text"] == "word " * 9 + "word"  # what the encoder saw: 10 words + [CLS] [SEP]
     for r in rows.values():
         assert r["target_text"] == r["text"] if not r["truncated"] else r["text"].startswith(r["target_text"])
@@ -184,7 +189,7 @@ def test_split_shards_and_batch_size(decoder_tokenizer, params, shared_encoder, 
 def test_pair_fields_and_limits(params):
     samsum = [{"id": str(i), "dialogue": f"d{i}", "summary": f"s{i}"} for i in range(5)]
     p = Params.model_validate({**params, "source_field": "dialogue", "target_field": "summary", "max_train_samples": 3})
-    assert [(r.index, r.source, r.target) for r in nodes.pair_rows(samsum, p)] == [(0, "d0", "s0"), (1, "d1", "s1"), (2, "d2", "s2")]
+    assert [(r.index, r.source, r.target) for r in cache_build.pair_rows(samsum, p)] == [(0, "d0", "s0"), (1, "d1", "s1"), (2, "d2", "s2")]
 
 
 def test_parameter_validation(project_root: Path):
@@ -193,7 +198,7 @@ def test_parameter_validation(project_root: Path):
     base = yaml.safe_load((project_root / "conf/base/parameters_embedding_cache.yml").read_text())["embedding_cache"]
     assert validate_group("embedding_cache", base).encoder_model == PACKAGED_ENCODER
     for key, value, msg in (
-        ("preprocess_format", "jsonl", "preprocess_format"),
+        ("preprocess_format", "csv", "preprocess_format"),
         ("pooling", "cls", "pooling"),
         ("preprocess_validation_fraction", 1.0, "preprocess_validation_fraction"),
         ("preprocess_batch_size", 0, "preprocess_batch_size"),
@@ -208,14 +213,25 @@ def test_parameter_validation(project_root: Path):
 
 def test_missing_encoder_fails_before_any_work(decoder_tokenizer, params, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
-        nodes.cache_pairs(PAIRS, decoder_tokenizer, None, {**params, "encoder_model": str(tmp_path / "nope")})
+        run_pairs(PAIRS, decoder_tokenizer, {**params, "encoder_model": str(tmp_path / "nope")})
     assert not Path(params["preprocess_cache_dir"]).exists()
 
 
-def test_manifest_dataset_round_trip(decoder_tokenizer, params, shared_encoder, tmp_path):
-    manifest, _ = nodes.cache_pairs(PAIRS, decoder_tokenizer, None, params)
-    ds = EmbeddingCacheDataset(str(tmp_path / "m.json"))
-    ds.save(manifest)
-    loaded = ds.load()
-    assert json.loads((tmp_path / "m.json").read_text())["fingerprint"] == manifest["fingerprint"]
-    assert len(loaded.train) + len(loaded.val) == 4
+def test_preprocess_cache_dir_must_match_the_catalog(decoder_tokenizer, params, shared_encoder, tmp_path, monkeypatch):
+    """Set (seed 004), preprocess_cache_dir must be the catalog path's parent: a mismatch is an
+    error naming both, raised before anything is encoded or written; null leaves it to the catalog."""
+    monkeypatch.setattr(Encoder, "encode_ids", lambda *a, **k: pytest.fail("encoded before the check"))
+    build = nodes.cache_pairs({"dialogue_summary": PAIRS}, decoder_tokenizer, params, {})
+    with pytest.raises(DatasetError, match=r"preprocess_cache_dir is .*/cache but the catalog writes the pairs cache to .*/a/pairs"):
+        EmbeddingCacheDataset(str(tmp_path / "a" / "pairs")).save(build)
+    assert not (tmp_path / "a").exists()
+
+
+def test_dataset_round_trip_and_moved_project(decoder_tokenizer, params, shared_encoder, tmp_path):
+    build = nodes.cache_pairs({"dialogue_summary": PAIRS}, decoder_tokenizer, {**params, "preprocess_cache_dir": None}, {})
+    ds = EmbeddingCacheDataset(str(tmp_path / "a" / "pairs"))
+    ds.save(build)
+    assert json.loads((tmp_path / "a" / "pairs" / "manifest.json").read_text())["fingerprint"] == build.fingerprint
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the cache holds no absolute path
+    loaded = EmbeddingCacheDataset(str(tmp_path / "b" / "pairs")).load()
+    assert len(loaded.train) + len(loaded.val) == 4 and loaded.train[0]["embedding"].shape == (384,)

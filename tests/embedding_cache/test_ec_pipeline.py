@@ -32,8 +32,8 @@ def test_kedro_run_embedding_cache(kedro_project: Path, decoder_tokenizer):
 
     params = {"embedding_cache": {"max_pretrain_samples": 5, "progress": False, "preprocess_validation_fraction": 0.2}}
     run_pipeline(kedro_project, "embedding_cache", params)
-    pairs = EmbeddingCacheDataset(str(data / "04_feature" / "latent_pair_cache.json")).load()
-    pretrain = EmbeddingCacheDataset(str(data / "04_feature" / "latent_pretrain_cache.json")).load()
+    pairs = EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pairs")).load()
+    pretrain = EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pretrain")).load()
     assert pairs.path.resolve() == (data / "04_feature" / "embedding_cache" / "pairs").resolve()
     assert len(pairs.train) + len(pairs.val) == 6 and len(pretrain.train) + len(pretrain.val) == 5
     row = pairs.train[0]

@@ -3,8 +3,6 @@ attention backends, RoPE / norm switches and parameter validation."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -18,7 +16,7 @@ BASE = LatentConfig(encoder_model="x", encoder_hidden=12, decoder_hidden=8, late
 
 
 def cfg(**kw) -> LatentConfig:
-    return dataclasses.replace(BASE, **kw)
+    return BASE.model_copy(update=kw)
 
 
 @pytest.mark.parametrize("L,D", [(3, 8), (5, 4)])
@@ -124,7 +122,6 @@ def test_gradient_checkpointing_keeps_outputs_and_grads():
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"num_workers": 2}, "num_workers"),
     ({"prefetch_factor": 4}, "prefetch_factor"),
     ({"attn_implementation": "flash_attention_2"}, "flash_attn"),
     ({"latent_dim": 10, "middle_num_heads": 4}, "divisible"),

@@ -41,10 +41,10 @@ def prepare(project: Path) -> dict:
           "preprocess_validation_fraction": 0.25, "max_pretrain_samples": 10,
           "max_seq_len": TINY["max_seq_len"]}
     with contextlib.chdir(project):
-        pair_manifest, _ = cache_pairs(pairs, tokenizer(), None, ec)
-        pre_manifest, _ = cache_pretrain_text(pq.read_table(ledger).to_pylist(), tokenizer(), ec)
-    EmbeddingCacheDataset(str(data / "04_feature" / "latent_pair_cache.json")).save(pair_manifest)
-    EmbeddingCacheDataset(str(data / "04_feature" / "latent_pretrain_cache.json")).save(pre_manifest)
+        EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pairs")).save(
+            cache_pairs({"dialogue_summary": pairs}, tokenizer(), ec, {}))
+        EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pretrain")).save(
+            cache_pretrain_text(pq.read_table(ledger).to_pylist(), tokenizer(), ec))
     return {"embedding_cache": ec}
 
 
@@ -64,8 +64,8 @@ def test_kedro_run_latent(kedro_project: Path, capsys):
     data = kedro_project / "data"
     summaries = {s: json.loads((data / "08_reporting" / "latent" / f"{s}.json").read_text()) for s in STAGES}
     rows = {s: summaries[s]["rows"] for s in STAGES}
-    pretrain_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "latent_pretrain_cache.json")).load().train)
-    pairs_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "latent_pair_cache.json")).load().train)
+    pretrain_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pretrain")).load().train)
+    pairs_train = len(EmbeddingCacheDataset(str(data / "04_feature" / "embedding_cache" / "pairs")).load().train)
     # per-stage caps: every pretrain row in stage 1, no arxiv (stdlib_code) rows in stage 2, 2 rows in stage 3
     assert rows["pretrain_middle"] == pretrain_train and rows["finetune_adapter"] == pairs_train > 2
     assert rows["finetune_middle"] == 2

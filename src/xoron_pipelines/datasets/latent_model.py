@@ -86,9 +86,9 @@ class LatentModelDataset(AbstractDataset[LatentArtifact, LatentArtifact]):
         name = data.config.get("weights_file")
         if not isinstance(data, LatentArtifact) or not name:
             raise DatasetError("LatentModelDataset.save expects a LatentArtifact whose config names weights_file")
-        with atomic_dir(self._path) as stage:
-            save_file(data.state, str(stage / name))
-            (stage / CONFIG_FILE).write_text(json.dumps(data.config, indent=2, sort_keys=True, default=str))
+        with atomic_dir(self._path) as tmp_dir:
+            save_file(data.state, str(tmp_dir / name))
+            (tmp_dir / CONFIG_FILE).write_text(json.dumps(data.config, indent=2, sort_keys=True, default=str))
 
     def load(self) -> LatentArtifact:
         from safetensors.torch import load_file

@@ -1,10 +1,13 @@
-"""Latent-space model support: the frozen encoder and the embedding cache it fills."""
+"""Latent-space model (seed 004): the frozen encoder, the embedding cache it fills (``cache``: on
+disk; ``cache_build``: building it; ``sources``: where the pairs come from), the model, its data,
+stages and inference."""
 
-from .cache import CacheWriter, EmbeddingCache, fingerprint
+from .cache import CacheSubset, CacheWriter, EmbeddingCache, fingerprint
 from .encoder import PACKAGED_ENCODER, Encoder, EncoderNotFoundError, resolve_encoder_dir
 
 __all__ = [
     "PACKAGED_ENCODER",
+    "CacheSubset",
     "CacheWriter",
     "EmbeddingCache",
     "Encoder",

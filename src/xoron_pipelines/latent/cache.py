@@ -1,18 +1,23 @@
-"""The embedding cache on disk: Parquet shards + an offsets index, written and read here.
+"""The embedding cache on disk: shards + an offsets index, written and read here.
 
 One cache *split* is a directory::
 
-    part-00000.parquet, part-00001.parquet, ...   rows, in input order (zstd; row groups of
-                                                    ``row_group_rows`` rows)
-    offsets.npy                                     int64 (num_rows, 3): shard, row_group, row
+    part-00000.parquet, part-00001.parquet, ...   rows, in input order (``format: parquet``: zstd,
+                                                    row groups of ``row_group_rows`` rows;
+    part-00000.jsonl, ...                           ``format: jsonl``: one JSON object per row)
+    offsets.npy                                     int64 (num_rows, 3): parquet: shard, row_group,
+                                                    row; jsonl: shard, byte offset, byte length
                                                     (only with cache_write_offsets_index)
-    meta.json                                       num_rows, shards, columns, embedding facts,
-                                                    plus whatever the writer was given
+    meta.json                                       num_rows, shards, format, columns, schema,
+                                                    embedding facts, plus whatever the writer was given
+
+A *subset* (:class:`CacheSubset`) is a directory of splits plus ``manifest.json``.
 
 Random access (:meth:`EmbeddingCache.__getitem__`) looks the row up in ``offsets.npy``
-(memory-mapped) and reads the one row group that holds it from the one shard, never a whole
-shard. Without the index the same triples are rebuilt from the shards' Parquet footers when the
-cache is opened (one footer read per shard).
+(memory-mapped) and reads only what holds it: the one Parquet row group, or the one JSON line.
+Without the index the same triples are rebuilt when the cache is opened (Parquet footers, or a
+scan of the JSON lines). Both formats read back through the stored Arrow schema, so a row is the
+same whichever format holds it.
 
 Embedding columns: ``embedding`` is ``list<int8>`` with ``embedding_scale`` (``float32`` per
 row for mean pooling, ``list<float32>`` per token for per-token states) when int8, else
@@ -21,7 +26,9 @@ row for mean pooling, ``list<float32>`` per token for per-token states) when int
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -29,13 +36,16 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from xoron_pipelines.atomic import atomic_open
 
 OFFSETS_FILE = "offsets.npy"
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+FORMATS = ("parquet", "jsonl")
 
 
 def fingerprint(parts: dict[str, Any]) -> str:
@@ -68,9 +78,13 @@ class CacheWriter:
         rows_per_shard: int = 8192,
         row_group_rows: int = 256,
         write_offsets: bool = True,
+        fmt: str = "parquet",
     ) -> None:
         if rows_per_shard < 1 or row_group_rows < 1:
             raise ValueError("rows_per_shard and row_group_rows must be >= 1")
+        if fmt not in FORMATS:
+            raise ValueError(f"cache format {fmt!r}: expected one of {FORMATS}")
+        self.fmt = fmt
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.schema = schema
@@ -79,7 +93,8 @@ class CacheWriter:
         self.write_offsets = write_offsets
         self.num_rows = 0
         self.shards: list[str] = []
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: pq.ParquetWriter | io.BufferedWriter | None = None
+        self._jsonl_offsets: list[tuple[int, int, int]] = []
         self._in_shard = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -101,10 +116,18 @@ class CacheWriter:
         group, rest = table.slice(0, n), table.slice(n)
         self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
         if self._writer is None:
-            name = f"part-{len(self.shards):05d}.parquet"
-            self._writer = pq.ParquetWriter(str(self.directory / name), self.schema, compression="zstd")
+            name = f"part-{len(self.shards):05d}.{self.fmt}"
+            path = str(self.directory / name)
+            self._writer = (pq.ParquetWriter(path, self.schema, compression="zstd") if self.fmt == "parquet"
+                            else open(path, "wb"))
             self.shards.append(name)
-        self._writer.write_table(group, row_group_size=n)
+        if self.fmt == "parquet":
+            self._writer.write_table(group, row_group_size=n)
+        else:
+            for record in group.to_pylist():
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+                self._jsonl_offsets.append((len(self.shards) - 1, self._writer.tell(), len(line)))
+                self._writer.write(line)
         self._in_shard += n
         self.num_rows += n
         if self._in_shard >= self.rows_per_shard:
@@ -121,17 +144,24 @@ class CacheWriter:
             self._flush(min(self._pending_rows, self._group_size()))
         self._close_shard()
         if not self.shards:  # an empty split still records its schema
-            self.shards.append("part-00000.parquet")
-            pq.write_table(self.schema.empty_table(), str(self.directory / self.shards[0]))
+            self.shards.append(f"part-00000.{self.fmt}")
+            if self.fmt == "parquet":
+                pq.write_table(self.schema.empty_table(), str(self.directory / self.shards[0]))
+            else:
+                (self.directory / self.shards[0]).write_bytes(b"")
         files = [self.directory / s for s in self.shards]
         if self.write_offsets:
-            np.save(self.directory / OFFSETS_FILE, offsets_from_footers(files))
+            offsets = (offsets_from_footers(files) if self.fmt == "parquet"
+                       else np.asarray(self._jsonl_offsets, dtype=np.int64).reshape(-1, 3))
+            np.save(self.directory / OFFSETS_FILE, offsets)
         full = {
             **meta,
             "format_version": FORMAT_VERSION,
+            "format": self.fmt,
             "num_rows": self.num_rows,
             "shards": self.shards,
             "columns": self.schema.names,
+            "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode(),
             "row_group_rows": self.row_group_rows,
             "offsets_index": OFFSETS_FILE if self.write_offsets else None,
         }
@@ -143,6 +173,18 @@ class CacheWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._close_shard()
+
+
+def offsets_from_lines(files: list[Path]) -> np.ndarray:
+    """(num_rows, 3) int64 triples shard, byte offset, byte length of every JSON line."""
+    triples = []
+    for s, file in enumerate(files):
+        pos = 0
+        with open(file, "rb") as fh:
+            for line in fh:
+                triples.append((s, pos, len(line)))
+                pos += len(line)
+    return np.asarray(triples, dtype=np.int64).reshape(-1, 3)
 
 
 def offsets_from_footers(files: list[Path]) -> np.ndarray:
@@ -172,8 +214,12 @@ class EmbeddingCache:
             raise FileNotFoundError(f"no embedding cache at {self.path} ({META_FILE} missing)")
         self.meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
         self.files = [self.path / s for s in self.meta["shards"]]
+        self.format = self.meta.get("format", "parquet")
+        self.schema = (pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.meta["schema"])))
+                       if "schema" in self.meta else None)
         index = self.path / OFFSETS_FILE
-        self.offsets = np.load(index, mmap_mode="r") if index.is_file() else offsets_from_footers(self.files)
+        rebuild = offsets_from_footers if self.format == "parquet" else offsets_from_lines
+        self.offsets = np.load(index, mmap_mode="r") if index.is_file() else rebuild(self.files)
         self.dim = int(self.meta["embedding"]["dim"])
         self._group_key: tuple[int, int] | None = None
         self._group: pa.Table | None = None
@@ -186,6 +232,10 @@ class EmbeddingCache:
         if not -n <= i < n:
             raise IndexError(f"row {i} out of range for a cache of {n} rows")
         shard, group, row = (int(x) for x in self.offsets[i % n])
+        if self.format == "jsonl":  # group = byte offset, row = byte length of the line
+            with open(self.files[shard], "rb") as fh:
+                fh.seek(group)
+                return self.decode(self._json_table(fh.read(row)).to_pylist()[0])
         if self._group_key != (shard, group):
             self._group = pq.ParquetFile(str(self.files[shard])).read_row_group(group)
             self._group_key = (shard, group)
@@ -205,13 +255,29 @@ class EmbeddingCache:
         out["embedding"] = emb
         return out
 
+    def _json_table(self, data: bytes) -> pa.Table:
+        """JSON lines -> a table of the stored schema (the same types the Parquet shards hold)."""
+        if not data:
+            return self.schema.empty_table()
+        opts = pa_json.ParseOptions(explicit_schema=self.schema, unexpected_field_behavior="error")
+        return pa_json.read_json(io.BytesIO(data), parse_options=opts).select(self.schema.names).cast(self.schema)
+
+    def _tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Each shard as a table, in order."""
+        for f in self.files:
+            if self.format == "parquet":
+                yield pq.read_table(str(f), columns=columns)
+            else:
+                table = self._json_table(f.read_bytes())
+                yield table.select(columns) if columns is not None else table
+
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The whole split as one table, rows in order (small caches and tests)."""
-        return pa.concat_tables(pq.read_table(str(f), columns=columns) for f in self.files)
+        return pa.concat_tables(self._tables(columns))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for file in self.files:
-            for batch in pq.ParquetFile(str(file)).iter_batches():
+        for table in self._tables():
+            for batch in table.to_batches():
                 for record in batch.to_pylist():
                     yield self.decode(record)
 
@@ -229,3 +295,38 @@ class EmbeddingCache:
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.path)!r}, rows={len(self)})"
+
+
+class CacheSubset:
+    """One subset (``pairs`` / ``pretrain``): its manifest and a reader per split (a lazy handle:
+    nothing but the manifest and ``meta.json`` files is read until rows are asked for)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        manifest = self.path / MANIFEST_FILE
+        if not manifest.is_file():
+            raise FileNotFoundError(f"no embedding cache at {self.path} ({MANIFEST_FILE} missing); "
+                                    "run `kedro run --pipeline embedding_cache`")
+        self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        self.splits = {s: EmbeddingCache(self.path / s) for s in self.manifest["splits"]}
+
+    @property
+    def train(self) -> EmbeddingCache:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> EmbeddingCache:
+        return self.splits["val"]
+
+    @property
+    def test(self) -> EmbeddingCache | None:
+        """The test split when the source had one, else None."""
+        return self.splits.get("test")
+
+    def quarantine(self) -> list[dict[str, Any]]:
+        """Rows that were not encoded, with their reason."""
+        path = self.path / self.manifest["quarantine"]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    def __repr__(self) -> str:
+        return f"CacheSubset({str(self.path)!r}, {', '.join(f'{k}={len(v)}' for k, v in self.splits.items())})"

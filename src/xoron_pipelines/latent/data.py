@@ -2,18 +2,24 @@
 
 Rows come from an embedding-cache split (which rows were encoded, their cached mean embedding)
 joined by the cache's ``index`` column to the raw texts (the pairs' source / target, the
-pretraining text and its ledger ``source`` name). A stage then turns its rows into row-aligned
-tensors (:func:`stage_tensors`) and :class:`RowBatches` serves them to the training engine.
+pretraining text and its ledger ``source`` name); :func:`stage_rows` applies a stage's caps and
+:func:`cached_embeddings_usable` decides whether the cached embeddings stand in for the encoder.
+A stage then turns its rows into row-aligned tensors (:func:`stage_tensors`) and
+:class:`RowBatches` serves them to the training engine (in process, or through a DataLoader's
+workers).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from xoron_pipelines.latent.encoder import resolve_encoder_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,35 @@ def cap_rows(rows: Rows, caps: dict[str, int], total: int | None) -> Rows:
         if total is not None and len(keep) >= total:
             break
     return rows.take(keep)
+
+
+def cache_indices(cache: Any) -> set[int]:
+    """Raw row indices held by a cache subset (both splits)."""
+    return {int(i) for split in cache.splits.values() for i in split.read(["index"]).column("index").to_pylist()}
+
+
+def cached_embeddings_usable(cache: Any, model: Any, p: Any, encoder_trains: bool) -> bool:
+    """The cached embeddings stand in for the encoder when preprocessing is on, the cache was
+    made for training by this encoder (same files, mean pooling, normalisation and length limit)
+    and the encoder has not been trained; otherwise the texts are encoded on the fly."""
+    meta = cache.manifest
+    enc = meta["encoder"]
+    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
+                    and meta["embedding"]["normalize"] == model.encoder.normalize
+                    and enc["max_length"] == model.encoder.max_len)
+    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
+                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
+
+
+def stage_rows(cache: Any, texts: dict, p: Any, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
+    """Train and validation rows of a stage, with the per-source and total caps applied."""
+    total = p.stage_value(stage, "max_samples")
+    if stage.startswith("finetune") and p.max_train_samples is not None:
+        total = min(total or p.max_train_samples, p.max_train_samples)
+    caps = p.dataset_caps(stage) if stage.startswith("pretrain") else {}
+    train = cap_rows(cache_rows(cache.train, texts, use_emb), caps, total)
+    val = cap_rows(cache_rows(cache.val, texts, use_emb), caps, total)
+    return train, val if len(val) else train
 
 
 def decoder_ids(tokenizer: Any, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,26 +156,63 @@ def stage_tensors(model: Any, rows: Rows, *, kind: str, identity: bool, encoder_
     return out
 
 
+class _EpochBatches(torch.utils.data.Dataset):
+    """Batches ``start``, ``start + 1``, ... of one epoch, as a map-style dataset for a DataLoader."""
+
+    def __init__(self, source: "RowBatches", epoch: int, start: int) -> None:
+        self.source, self.epoch, self.start = source, epoch, start
+
+    def __len__(self) -> int:
+        return len(self.source) - self.start
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.source.make_batch(self.epoch, self.start + i)
+
+
 class RowBatches:
     """Training-engine batch source over row-aligned tensors: ``len`` = full batches per epoch
     (one smaller batch when there are fewer rows than ``batch_size``); the row order of epoch
-    ``e`` is the permutation of ``numpy.random.default_rng([seed, e])``."""
+    ``e`` is the permutation of ``numpy.random.default_rng([seed, e])``.
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> None:
+    With ``num_workers`` > 0 the batches of an epoch are made by a ``torch.utils.data.DataLoader``
+    with that many worker processes and ``prefetch_factor`` (seed 004's knobs), in order; a
+    request out of sequence (a resume) starts a new loader at that batch. Batches are the same
+    whatever the number of workers."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, num_workers: int = 0,
+                 prefetch_factor: int | None = None) -> None:
         self.tensors = tensors
         self.rows = len(next(iter(tensors.values())))
         if self.rows < 1:
             raise ValueError("a latent stage has no rows to train on")
         self.batch_size = min(batch_size, self.rows)
         self.seed = seed
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        self._loader: Any = None
+        self._next: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return self.rows // self.batch_size
 
-    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def make_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        """Batch ``index`` of ``epoch``, made in this process."""
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
         pick = torch.as_tensor(order[index * self.batch_size: (index + 1) * self.batch_size])
         return {k: v[pick] for k, v in self.tensors.items()}
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        if self.num_workers == 0:
+            return self.make_batch(epoch, index)
+        if self._next != (epoch, index):
+            self._loader = iter(torch.utils.data.DataLoader(
+                _EpochBatches(self, epoch, index), batch_size=None, shuffle=False, num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor))
+        out = next(self._loader)
+        self._next = (epoch, index + 1)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_loader": None, "_next": None}  # workers get the tensors, not the loader
 
     def all(self) -> list[dict[str, torch.Tensor]]:
         """Every row once, in order, in batches (evaluation)."""

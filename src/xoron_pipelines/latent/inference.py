@@ -7,18 +7,16 @@ seed's parameters (temperature, top_p, top_k, do_sample), using its KV cache.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from xoron_pipelines.datasets.latent_model import DecoderBundle, LatentArtifact, load_decoder
-from xoron_pipelines.latent.model import LatentConfig, LatentModel, TrainableEncoder
+from xoron_pipelines.latent.model import LatentArchitecture, LatentConfig, LatentModel, TrainableEncoder
 from xoron_pipelines.model.generation import next_tokens
 
-_FROM_PARAMS = [f.name for f in dataclasses.fields(LatentConfig)
-                if f.name not in {"encoder_model", "encoder_hidden", "decoder_hidden", "encoder_max_len"}]
+
 
 
 def decoder_hidden(decoder: Any) -> int:
@@ -26,18 +24,21 @@ def decoder_hidden(decoder: Any) -> int:
 
 
 def build_model(p: Any, encoder_model: str, decoder: Any) -> LatentModel:
-    """A fresh latent model from the ``latent`` params around ``decoder``; ``modernbert_hidden_dim``
-    / ``gpt2_hidden_dim``, when set, must equal the encoder's / decoder's hidden size."""
+    """A fresh latent model from the ``latent`` params around ``decoder``; ``encoder_hidden_dim``
+    / ``decoder_hidden_dim`` (seed: ``modernbert_hidden_dim`` / ``gpt2_hidden_dim``), when set,
+    must equal the encoder's / decoder's hidden size."""
     encoder = TrainableEncoder(encoder_model, p.max_seq_len, p.trust_remote_code)
     dec = decoder_hidden(decoder)
-    for knob, given, actual in (("modernbert_hidden_dim", p.modernbert_hidden_dim, encoder.hidden_size),
-                                ("gpt2_hidden_dim", p.gpt2_hidden_dim, dec)):
+    for knob, seed, given, actual in (
+            ("encoder_hidden_dim", "modernbert_hidden_dim", p.encoder_hidden_dim, encoder.hidden_size),
+            ("decoder_hidden_dim", "gpt2_hidden_dim", p.decoder_hidden_dim, dec)):
         if given is not None and given != actual:
-            raise ValueError(f"latent.{knob}={given} but the model has hidden size {actual}; set it to {actual} or null")
+            raise ValueError(f"latent.{knob}/{seed}={given} but the model has hidden size {actual}; "
+                             f"set it to {actual} or null")
     if dec % p.adapter_num_heads:
         raise ValueError(f"latent.adapter_num_heads={p.adapter_num_heads} must divide the decoder hidden size {dec}")
     cfg = LatentConfig(encoder_model=encoder_model, encoder_hidden=encoder.hidden_size, decoder_hidden=dec,
-                       encoder_max_len=encoder.max_len, **{k: getattr(p, k) for k in _FROM_PARAMS})
+                       encoder_max_len=encoder.max_len, **{k: getattr(p, k) for k in LatentArchitecture.model_fields})
     torch.manual_seed(p.seed)
     return LatentModel(cfg, encoder, decoder)
 
@@ -50,7 +51,7 @@ def _portable(path: str) -> str:
 
 def artifact(model: LatentModel, weights_file: str, decoder: DecoderBundle | None, extra: dict) -> LatentArtifact:
     """The model's latent weights and the config that rebuilds it (decoder paths included)."""
-    config = {**dataclasses.asdict(model.cfg), "weights_file": weights_file, **extra}
+    config = {**model.cfg.model_dump(), "weights_file": weights_file, **extra}
     if decoder is not None:
         config["decoder"] = {"path": _portable(decoder.path), "tokenizer_path": _portable(decoder.tokenizer_path)}
     return LatentArtifact(config, model.latent_state())
@@ -58,8 +59,7 @@ def artifact(model: LatentModel, weights_file: str, decoder: DecoderBundle | Non
 
 def from_artifact(art: LatentArtifact, decoder: DecoderBundle | None = None) -> tuple[LatentModel, Any]:
     """Rebuild the model saved in ``art`` (decoder: given, or the one recorded in its config)."""
-    fields = {f.name for f in dataclasses.fields(LatentConfig)}
-    cfg = LatentConfig(**{k: v for k, v in art.config.items() if k in fields})
+    cfg = LatentConfig(**{k: v for k, v in art.config.items() if k in LatentConfig.model_fields})
     if decoder is None:
         decoder = load_decoder(art.config["decoder"]["path"], art.config["decoder"]["tokenizer_path"])
     encoder = TrainableEncoder(cfg.encoder_model, cfg.encoder_max_len, cfg.trust_remote_code)

@@ -17,52 +17,60 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pydantic import Field
 from torch.utils.checkpoint import checkpoint
 
 from xoron_pipelines.latent.encoder import _sentence_transformers_normalizes, resolve_encoder_dir
+from xoron_pipelines.validation import Seed, StrictModel
 
 
-@dataclass
-class LatentConfig:
+class LatentArchitecture(StrictModel):
+    """The knobs that shape the latent modules, declared once: the ``latent`` parameter schema
+    (:class:`xoron_pipelines.pipelines.latent.params.Params`) extends it, and :class:`LatentConfig`
+    adds what the encoder and decoder determine."""
+
+    latent_dim: int = Field(256, ge=1)
+    latent_seq_len: int = Field(8, ge=1)
+    prefix_len: int = Field(50, ge=1)
+    middle_hidden_dim: int = Field(512, ge=1, description="hidden width of the compression MLP")
+    middle_layers: int = Field(4, ge=1, description="layers of the compression MLP (legacy 'middle MLP layers')")
+    middle_transformer_layers: int = Field(4, ge=0)
+    middle_num_heads: int = Field(4, ge=1)
+    middle_ffn_multiplier: float = Field(4.0, gt=0)
+    middle_dropout: float = Field(0.1, ge=0, lt=1)
+    middle_use_rope: bool = True
+    adapter_num_heads: int = Field(4, ge=1)
+    adapter_dropout: float = Field(0.1, ge=0, lt=1)
+    adapter_use_rope: bool = True
+    use_prefix_rope: bool = True
+    num_encoder_unfrozen_layers: int = Field(2, ge=0)
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    use_rmsnorm: bool = True
+    rmsnorm_eps: float = Field(1e-6, gt=0)
+    rope_base: float = Field(10000.0, gt=1)
+    normalize_latent: bool = True
+    use_stop_latent: bool = True
+    stop_latent_init: Literal["random_normalized", "random"] = "random_normalized"
+    stop_latent_seed: Seed = 1337
+    stop_latent_cosine_threshold: float = Field(0.99, gt=-1, le=1)
+
+
+class LatentConfig(LatentArchitecture):
     """Everything needed to rebuild the latent modules (saved as ``config.json``)."""
 
     encoder_model: str
-    encoder_hidden: int
-    decoder_hidden: int
-    latent_dim: int = 256
-    latent_seq_len: int = 8
-    prefix_len: int = 50
-    middle_hidden_dim: int = 512
-    middle_layers: int = 4
-    middle_transformer_layers: int = 4
-    middle_num_heads: int = 4
-    middle_ffn_multiplier: float = 4.0
-    middle_dropout: float = 0.1
-    middle_use_rope: bool = True
-    adapter_num_heads: int = 4
-    adapter_dropout: float = 0.1
-    adapter_use_rope: bool = True
-    use_prefix_rope: bool = True
-    num_encoder_unfrozen_layers: int = 2
-    attn_implementation: str = "sdpa"
-    use_rmsnorm: bool = True
-    rmsnorm_eps: float = 1e-6
-    rope_base: float = 10000.0
-    normalize_latent: bool = True
-    use_stop_latent: bool = True
-    stop_latent_init: str = "random_normalized"
-    stop_latent_seed: int = 1337
-    stop_latent_cosine_threshold: float = 0.99
-    encoder_max_len: int = 512
-    trust_remote_code: bool = False
+    encoder_hidden: int = Field(ge=1)
+    decoder_hidden: int = Field(ge=1)
+    encoder_max_len: int = Field(512, ge=2)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.model_dump(), indent=2, sort_keys=True)
 
 
 # ------------------------------------------------------------------------------ building blocks

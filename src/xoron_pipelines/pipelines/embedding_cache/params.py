@@ -1,7 +1,7 @@
 """Schema of ``conf/base/parameters_embedding_cache.yml`` (top-level key ``embedding_cache``).
 
-The Caching section of the latent-space model's configuration (seed 004): where and how the
-preprocessing cache is written, which fields it stores, and the encoder / length limits it uses.
+The Caching section of the latent-space model's configuration (seed 004): how the
+preprocessing cache is written (where: the catalog), which fields it stores, and the encoder / length limits it uses.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from xoron_pipelines.validation import Seed, StrictModel
 
 class Params(StrictModel):
     # where / how
-    preprocess_cache_dir: str = Field(default="data/04_feature/embedding_cache", min_length=1)
-    preprocess_format: Literal["parquet"] = "parquet"
+    # null = where the catalog puts latent_pair_cache / latent_pretrain_cache; set (seed 004), it
+    # must be their parent directory (EmbeddingCacheDataset checks before encoding anything)
+    preprocess_cache_dir: str | None = Field(default=None, min_length=1)
+    preprocess_format: Literal["parquet", "jsonl"] = "parquet"
     skip_preprocessing_if_cached: bool = True
     preprocess_batch_size: int = Field(default=32, ge=1)
     preprocess_validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from xoron_pipelines import tracking
-from xoron_pipelines.latent.data import RowBatches, Rows, cache_rows, cap_rows, stage_tensors
-from xoron_pipelines.latent.encoder import resolve_encoder_dir
+from xoron_pipelines.latent.cache_build import raw_texts
+from xoron_pipelines.latent.data import (RowBatches, Rows, cache_indices, cache_rows, cached_embeddings_usable,
+                                        stage_rows, stage_tensors)
 from xoron_pipelines.latent.inference import artifact, build_model, generate
 from xoron_pipelines.latent.model import LatentModel
+from xoron_pipelines.latent.sources import pair_source
 from xoron_pipelines.latent.stages import run_stage, stage_spec, trainable_parts
-from xoron_pipelines.pipelines.embedding_cache.nodes import _records, pair_rows
 from xoron_pipelines.pipelines.embedding_cache.params import Params as CacheParams
 
 from .params import Params
@@ -40,52 +40,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device if device != "auto" else "cpu")
 
 
-def raw_texts(data: Any, subset: str, ec: CacheParams, wanted: set[int] | None = None) -> dict[int, tuple]:
-    """Raw row index -> (source, target, ledger source) as the embedding cache indexed them
-    (only the indices in ``wanted`` when given: the pretraining ledger can be large)."""
-    if subset == "pairs":
-        rows = ((r.index, (r.source, r.target, None)) for r in pair_rows(data, ec))
-    else:
-        field = ec.pretrain_text_field
-        rows = ((i, (rec.get(field), rec.get(field), rec.get("source")))
-                for i, rec in enumerate(_records(data, [field, "status", "source"])))
-    return {i: row for i, row in rows if wanted is None or i in wanted}
-
-
-def cache_indices(cache: Any) -> set[int]:
-    """Raw row indices held by a cache subset (both splits)."""
-    return {int(i) for split in cache.splits.values() for i in split.read(["index"]).column("index").to_pylist()}
-
-
-def cached_embeddings_usable(cache: Any, model: LatentModel, p: Params, encoder_trains: bool) -> bool:
-    """The cached embeddings stand in for the encoder when preprocessing is on, the cache was
-    made for training by this encoder (same files, mean pooling, normalisation and length limit)
-    and the encoder has not been trained; otherwise the texts are encoded on the fly."""
-    meta = cache.manifest
-    enc = meta["encoder"]
-    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
-                    and meta["embedding"]["normalize"] == model.encoder.normalize
-                    and enc["max_length"] == model.encoder.max_len)
-    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
-                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
-
-
-def stage_rows(cache: Any, texts: dict, p: Params, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
-    """Train and validation rows of a stage, with the per-source and total caps applied."""
-    total = p.stage_value(stage, "max_samples")
-    if stage.startswith("finetune") and p.max_train_samples is not None:
-        total = min(total or p.max_train_samples, p.max_train_samples)
-    caps = p.dataset_caps(stage) if stage.startswith("pretrain") else {}
-    train = cap_rows(cache_rows(cache.train, texts, use_emb), caps, total)
-    val = cap_rows(cache_rows(cache.val, texts, use_emb), caps, total)
-    return train, val if len(val) else train
+def stage_data(data: Any, subset: str, p: Params) -> Any:
+    """The input a subset was cached from: the pairs of ``dataset_name`` (``data`` is then the
+    catalog's ``synth_raw``) or the pretraining text itself."""
+    return pair_source(data, p.dataset_name, p.pair_splits()) if subset == "pairs" else data
 
 
 def stage_batches(model: LatentModel, rows: Rows, spec: Any, p: Params, encoder_trains: bool) -> RowBatches:
     """The stage's batch source over ``rows`` (its own batch size, seeded order)."""
     tensors = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=encoder_trains,
                             tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
-    return RowBatches(tensors, p.stage_value(spec.name, "batch_size"), p.seed)
+    return RowBatches(tensors, p.stage_value(spec.name, "batch_size"), p.seed, p.num_workers, p.prefetch_factor)
 
 
 def _skip(model: LatentModel, stage: str, p: Params, reason: str):
@@ -111,7 +76,8 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
     if not parts:
         return _skip(model, stage, p, f"training_phase={p.training_phase} trains nothing this stage uses")
     use_emb = cached_embeddings_usable(cache, model, p, "encoder" in parts)
-    train_rows, val_rows = stage_rows(cache, raw_texts(data, spec.data, ec, cache_indices(cache)), p, stage, use_emb)
+    texts = raw_texts(stage_data(data, spec.data, p), spec.data, ec, cache_indices(cache))
+    train_rows, val_rows = stage_rows(cache, texts, p, stage, use_emb)
     train_b, val_b = (stage_batches(model, rows, spec, p, "encoder" in parts) for rows in (train_rows, val_rows))
     with tracking.stage_run(f"latent.{stage}", tags={"xoron.pipeline": "latent"}) as run:
         tracking.log_params({"stage": stage, "trains": ",".join(sorted(parts)), "rows": len(train_rows),
@@ -135,11 +101,13 @@ def handoff(model: LatentModel, params: dict, *summaries: dict):
 
 
 def generate_examples(model: LatentModel, cache: Any, data: Any, cache_params: dict, params: dict) -> list[dict]:
-    """Text -> latents -> text for the first ``inference_examples`` validation sources."""
+    """Text -> latents -> text for the first ``inference_examples`` sources of the test split
+    (when the pairs' source has one), else of the validation split (else of train)."""
     p, ec = Params.model_validate(params), CacheParams.model_validate(cache_params)
     if p.inference_examples == 0:
         return []
-    rows = cache_rows(cache.val if len(cache.val) else cache.train, raw_texts(data, "pairs", ec), False)
+    split = next((s for s in (cache.test, cache.val) if s is not None and len(s)), cache.train)
+    rows = cache_rows(split, raw_texts(stage_data(data, "pairs", p), "pairs", ec), False)
     rows = rows.take(list(range(min(p.inference_examples, len(rows)))))
     if not len(rows):
         return []

@@ -15,7 +15,8 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import build_latent_model, generate_examples, handoff, train_latent_stage
 from .params import STAGES
 
-_DATA = {"pretrain": ("latent_pretrain_cache", "latent_pretrain_text"), "finetune": ("latent_pair_cache", "latent_pairs")}
+#: per stage group: its cache and the input the cache was built from (raw texts joined by index)
+_DATA = {"pretrain": ("latent_pretrain_cache", "latent_pretrain_text"), "finetune": ("latent_pair_cache", "synth_raw")}
 
 
 def _stage_node(stage: str, previous: str) -> Node:
@@ -34,6 +35,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         previous = f"latent_live_{stage}"
     nodes.append(Node(handoff, [previous, "params:latent", *[f"latent_summary_{s}" for s in STAGES]],
                       ["latent_model", "latent_stage_summaries"], name="latent_handoff"))
-    nodes.append(Node(generate_examples, [previous, "latent_pair_cache", "latent_pairs", "params:embedding_cache",
+    nodes.append(Node(generate_examples, [previous, "latent_pair_cache", "synth_raw", "params:embedding_cache",
                                           "params:latent"], "latent_samples", name="latent_generate"))
     return Pipeline(nodes, tags=["latent"])
