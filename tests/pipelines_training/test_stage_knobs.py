@@ -44,7 +44,7 @@ def test_steps_batch_accumulation_and_max_samples_reach_the_engine(tmp_path, sha
 
 def test_learning_rate_schedule_and_warmup_are_the_stage_params(tmp_path, shards, monkeypatch):
     seen = []
-    from xoron_pipelines.pipelines.training import stage as stage_mod
+    from xoron_pipelines.training import stage as stage_mod
     real_on = stage_mod.tracking.StageRecorder.log
     monkeypatch.setattr(stage_mod.tracking.StageRecorder, "log",
                         lambda self, step, m: (seen.append((step, m.get("lr"))), real_on(self, step, m))[1])

@@ -22,10 +22,10 @@ from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
 from xoron_pipelines.training.fingerprint import tensors_digest
+from xoron_pipelines.training.schema import Kind, StageParams
+from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
 
 from . import data as stage_data
-from .schema import Kind, StageParams
-from .stage import StageData, passthrough_summary, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: 
     if not params.enabled:
         log.info("stage %s is disabled: passing its starting model through", stage)
         return model, passthrough_summary(stage, kind)
-    return run_stage(stage, kind, model, data, params, tokenizer=tokenizer, checkpoint_root=params.checkpoint_dir)
+    return run_stage(stage, kind, model, data, params, tokenizer=tokenizer)
 
 
 def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any], *,

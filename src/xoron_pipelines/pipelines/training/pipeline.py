@@ -25,7 +25,7 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
-from .schema import Kind
+from xoron_pipelines.training.schema import Kind
 
 #: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF)
 STAGES: dict[str, dict[str, Kind]] = {

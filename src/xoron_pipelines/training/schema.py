@@ -5,8 +5,9 @@ preference optimisation) has the same knobs; a kind ignores none of them silentl
 only make sense for one kind (``loss_weights`` for SFT, ``beta`` for DPO, ``sources`` for the
 chat kinds) are rejected by :meth:`StageParams.check_kind` when set on another kind.
 
-The schema module is not called ``params.py`` on purpose: ``training`` is the template, not a
-parameter group of its own (see :mod:`xoron_pipelines.validation`).
+It lives in the library (not in ``pipelines/training``): the stage orchestrator
+(:mod:`xoron_pipelines.training.stage`) and the latent stages build on it; the ``pretrain`` /
+``finetune`` parameter groups (``pipelines/<group>/params.py``) are :class:`StagesGroup` subclasses.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class StageParams(StrictModel):
                                 "null = the model's max_position_embeddings")
     loss_weights: LossWeights | None = Field(
         None, description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
-                          "code-exec 1.2); null = those defaults")
+                          "code-exec 1.2) and modality weights (the stage loss is llm_loss_weight x the LM "
+                          "loss); null = those defaults")
     beta: float | None = Field(None, gt=0, description="dpo: strength of the KL anchor to the reference")
 
     @model_validator(mode="after")
