@@ -191,7 +191,7 @@ RESULT_NEUTRAL_LATENT_FIELDS = frozenset({
 
 def latent_fingerprint(p: Any, spec: StageSpec, model: nn.Module, train_rows: RowBatches, val_rows: RowBatches) -> str:
     """Content fingerprint of a latent stage (its checkpoints: ``<checkpoint_dir>/<stage>/<fingerprint>``,
-    see :func:`xoron_pipelines.training.stage.checkpoint_dir`): the settings that change the result,
+    see :func:`xoron_pipelines.training.checkpoint.configuration_dir`): the settings that change the result,
     the model's weights and the rows' content, so a rerun resumes and a change starts afresh."""
     settings = {k: v for k, v in p.model_dump(mode="json").items() if k not in RESULT_NEUTRAL_LATENT_FIELDS}
     data = tensors_digest([t for rows in (train_rows, val_rows) for _, t in sorted(rows.tensors.items())])
@@ -222,7 +222,7 @@ def train_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], tr
     params = StageParams(train=cfg, checkpoint_dir=p.checkpoint_dir, keep_configurations=p.keep_configurations,
                          tracking=TrackingParams(enabled=False))
     data = StageData(train_rows, eval_fn, loss_fn=lambda m, b: m(b))
-    _, summary = run_stage(spec.name, "latent", view, data, params,
+    _, summary, _ = run_stage(spec.name, "latent", view, data, params,
                            fingerprint=latent_fingerprint(p, spec, model, train_rows, val_rows),
                            on_log=on_log, desc=f"latent/{spec.name}", progress=p.progress)
     after = best["last"]  # the orchestrator's final evaluation

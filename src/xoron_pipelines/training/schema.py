@@ -67,9 +67,11 @@ class StageParams(StrictModel):
         default_factory=list, description="patterns that stay trainable although a freeze pattern matches them")
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(enabled=False),
                                description="LoRA adapters: applied, trained, merged at the end of the stage")
-    checkpoint_dir: str = Field(
-        "data/06_models/checkpoints", min_length=1,
-        description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>)")
+    checkpoint_dir: str | None = Field(
+        None, min_length=1,
+        description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>); null = the "
+                    "catalog's <stage>.checkpoints store (data/06_models/checkpoints); a path replaces it "
+                    "(several nodes: storage they all share)")
     keep_configurations: int = Field(
         3, ge=1, description="keep the checkpoints of this many most recently used configurations of the stage "
                              "(the current one included); older ones are removed, each named in the log")

@@ -37,7 +37,8 @@ depends on evaluations), ``train.save_steps`` / ``keep_last_k`` / ``async_checkp
 ``logging_steps`` / ``resume_from_checkpoint``, and the duration ``max_steps`` / ``num_epochs``:
 raising it continues from the newest checkpoint (see :mod:`xoron_pipelines.training.engine`).
 The ``keep_configurations`` most recently used configurations of a stage keep their checkpoints;
-older ones are removed with a log line (:func:`checkpoint_dir`).
+older ones are removed with a log line
+(:func:`~xoron_pipelines.training.checkpoint.configuration_dir`).
 
 Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
 saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
@@ -69,6 +70,7 @@ from torch import nn
 
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
@@ -168,13 +170,6 @@ def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: s
         settings["eval"] = {"val_fraction": params.eval.val_fraction}  # decides the sft / dpo split
     return fingerprint(params=settings, config=model_config(model.config), weights=weights_digest(model),
                        data=data_fingerprint)
-
-
-def checkpoint_dir(root: str | Path, stage: str, fingerprint: str, keep_configurations: int | None = 3) -> Path:
-    """``<root>/<stage>/<fingerprint>``, keeping the ``keep_configurations`` most recently used
-    configurations of the stage (logged); see
-    :func:`xoron_pipelines.training.checkpoint.configuration_dir`."""
-    return configuration_dir(root, stage, fingerprint, keep_configurations)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -295,13 +290,31 @@ def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, 
     return trained, None
 
 
-def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: StageParams, *,
-              tokenizer=None, checkpoint_root: str | Path | None = None, fingerprint: str | None = None,
-              extra_params: dict[str, Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
-              desc: str | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``model`` for one stage; returns (plain trained model, summary). See the module doc.
+def checkpoint_root(stage: str, params: StageParams, store: CheckpointStore | None) -> Path:
+    """Root of the stage's checkpoints (``<root>/<stage>/<fingerprint>``): the catalog's
+    ``<stage>.checkpoints`` store, unless ``params.checkpoint_dir`` is set (the seed knob), which
+    replaces it (logged). One of the two must be given."""
+    if store is not None and store.stage != stage:
+        raise ValueError(f"stage {stage}: the checkpoint store given is stage {store.stage!r}'s ({store.path})")
+    if params.checkpoint_dir is not None:
+        if store is not None and Path(params.checkpoint_dir) != store.root:
+            log.info("stage %s: checkpoint_dir %s replaces the catalog's %s.checkpoints (%s)", stage,
+                     params.checkpoint_dir, stage, store.root)
+        return Path(params.checkpoint_dir)
+    if store is None:
+        raise ValueError(f"stage {stage}: no checkpoint location: give the {stage}.checkpoints store or set "
+                         "checkpoint_dir")
+    return store.root
 
-    ``checkpoint_root``: the root of the stage checkpoints (None = ``params.checkpoint_dir``);
+
+def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: StageParams, *,
+              checkpoints: CheckpointStore | None = None, tokenizer=None, fingerprint: str | None = None,
+              extra_params: dict[str, Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
+              desc: str | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any], LoraAdapter]:
+    """Train ``model`` for one stage; returns (plain trained model, summary, LoRA adapter: empty
+    when the stage trained none or on a node other than node 0). See the module doc.
+
+    ``checkpoints``: the stage's checkpoint store (see :func:`checkpoint_root`);
     ``fingerprint``: the stage's identity when the caller computes it (the latent stages), else
     :func:`stage_fingerprint`. ``on_log(step, metrics)`` receives the metrics too (with or without
     tracking); ``desc`` names the progress bar (default: ``stage``).
@@ -309,8 +322,8 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
     cfg, dist = params.train, params.distributed
     fingerprint = fingerprint or stage_fingerprint(params, model, data.fingerprint)
     # node 0 alone prunes earlier configurations (the other nodes share its checkpoint_dir)
-    ckpt_dir = checkpoint_dir(checkpoint_root or params.checkpoint_dir, stage, fingerprint,
-                              params.keep_configurations if dist.node_rank == 0 else None)
+    ckpt_dir = configuration_dir(checkpoint_root(stage, params, checkpoints), stage, fingerprint,
+                                 params.keep_configurations if dist.node_rank == 0 else None)
     base = model
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
@@ -354,12 +367,13 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
         wall = time.perf_counter() - start
         writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone writes into the shared dir
         adapter = str(save_adapter(model, ckpt_dir / "lora_adapter")) if writes else None
+        adapter_files = LoraAdapter.of(model) if writes else LoraAdapter()
         model = merge_lora(model)
         model.eval()
         if result is None:
             return model, {"stage": stage, "kind": kind, "enabled": True, "node_rank": dist.node_rank,
                            "note": "trained on several nodes; node 0 logs the metrics", "fingerprint": fingerprint,
-                           "lora_adapter": adapter}
+                           "lora_adapter": adapter}, adapter_files
         with torch.no_grad():
             final_eval = data.eval_fn(model)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
@@ -372,7 +386,7 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
             import mlflow
 
             mlflow.log_dict(summary, "summary.json")
-    return model, summary
+    return model, summary, adapter_files
 
 
 def _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run) -> dict[str, Any]:

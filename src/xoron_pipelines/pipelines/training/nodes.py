@@ -1,9 +1,13 @@
 """Nodes of the stage template: initialise, train (one per kind), summarise.
 
 Each ``train_*`` node takes the stage's starting model (``init_model``: the previous stage's
-``<prev>.model``, or a fresh seeded model for the first pretrain stage), the tokenizer, its data
-and ``params:stage`` (the stage's entry of ``pretrain.stages`` / ``finetune.stages``), and returns
-``(model, summary)``: the trained plain model (LoRA merged) and a JSON-able summary. A stage with
+``<prev>.model``, or a fresh seeded model for the first pretrain stage), the tokenizer, its data,
+``params:stage`` (the stage's entry of ``pretrain.stages`` / ``finetune.stages``) and the stage's
+checkpoint store (``checkpoints``: ``<stage>.checkpoints``; None when called directly with
+``checkpoint_dir`` set), prepares the data and hands over to the library's stage orchestrator
+(:func:`xoron_pipelines.training.stage.run_stage`). It returns ``(model, summary)``: the trained
+plain model (LoRA merged) and a JSON-able summary, and with ``with_adapter=True`` (the Kedro
+node) also the stage's LoRA adapter (``<stage>.lora_adapter``; empty without LoRA). A stage with
 ``enabled: false`` returns its starting model unchanged, so the stages after it still work.
 """
 
@@ -23,6 +27,7 @@ from xoron_pipelines.model.config import ModelParams
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
 from xoron_pipelines.training.fingerprint import tensors_digest
 from xoron_pipelines.training.schema import Kind, StageParams
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
 
 from . import data as stage_data
@@ -64,23 +69,26 @@ def _max_len(params: StageParams, model) -> int:
     return params.max_seq_len or int(model.config.max_position_embeddings)
 
 
-def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData):
+def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData | None,
+           checkpoints: CheckpointStore | None, with_adapter: bool):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"stage {stage}: the tokenizer has {len(tokenizer)} ids but the model only "
                          f"{model.config.vocab_size} (set model.overrides.vocab_size >= {len(tokenizer)})")
     if not params.enabled:
         log.info("stage %s is disabled: passing its starting model through", stage)
-        return model, passthrough_summary(stage, kind)
-    return run_stage(stage, kind, model, data, params, tokenizer=tokenizer)
+        out = model, passthrough_summary(stage, kind), LoraAdapter()
+    else:
+        out = run_stage(stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer)
+    return out if with_adapter else out[:2]
 
 
-def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any], *,
-                    stage: str) -> tuple[Any, dict[str, Any]]:
+def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any],
+                    checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
     ``packed_mixes[data_mix]`` when the stage names one."""
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
-        return _train(stage, "causal_lm", init_model, tokenizer, params, None)
+        return _train(stage, "causal_lm", init_model, tokenizer, params, None, checkpoints, with_adapter)
     if params.data_mix is not None:
         try:
             mix = packed_mixes[params.data_mix]
@@ -97,7 +105,7 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
                      fingerprint=_tokens_fingerprint([source, val], tokenizer),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
                                     "train_rows": source.num_rows, "data_mix": params.data_mix})
-    return _train(stage, "causal_lm", init_model, tokenizer, params, data)
+    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
 def _example_sources(train: list, val: list, params, pad_id: int):
@@ -108,12 +116,12 @@ def _example_sources(train: list, val: list, params, pad_id: int):
     return source, stage_data.example_source(val, val_batch, pad_id, cfg.seed, shuffle=False)
 
 
-def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
-              stage: str) -> tuple[Any, dict[str, Any]]:
+def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
+              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
     params = _params(stage_params, "sft")
     if not params.enabled:
-        return _train(stage, "sft", init_model, tokenizer, params, None)
+        return _train(stage, "sft", init_model, tokenizer, params, None, checkpoints, with_adapter)
     cfg = params.train
     rows = stage_data.partition_rows(synth_raw, params.sources)
     examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
@@ -122,15 +130,15 @@ def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
                      fingerprint=_rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_examples": len(train), "val_examples": len(val)})
-    return _train(stage, "sft", init_model, tokenizer, params, data)
+    return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
-def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
-              stage: str) -> tuple[Any, dict[str, Any]]:
+def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
+              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """DPO stage against a frozen copy of the starting model on chosen / rejected pairs."""
     params = _params(stage_params, "dpo")
     if not params.enabled:
-        return _train(stage, "dpo", init_model, tokenizer, params, None)
+        return _train(stage, "dpo", init_model, tokenizer, params, None, checkpoints, with_adapter)
     cfg = params.train
     rows = stage_data.partition_rows(synth_raw, params.sources)
     examples = stage_data.preference_examples(rows, tokenizer, _max_len(params, init_model))
@@ -141,7 +149,7 @@ def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
                      loss_fn=make_dpo_loss_fn(reference, params.beta),
                      fingerprint=_rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_pairs": len(train), "val_pairs": len(val)})
-    return _train(stage, "dpo", init_model, tokenizer, params, data)
+    return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
 SUMMARY_COLUMNS = ["stage", "kind", "enabled", "steps", "tokens_seen", "train_loss", "eval_loss",

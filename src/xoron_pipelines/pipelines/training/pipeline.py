@@ -3,8 +3,9 @@
 :func:`stage_pipeline` builds the template of one stage of kind ``causal_lm`` (packed shards),
 ``sft`` (chat conversations from synth) or ``dpo`` (preference pairs) and wraps it with
 ``pipeline(..., namespace=stage)``: kedro viz shows one collapsible box per stage, ``kedro run
---namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model`` and
-``<stage>.train_summary``. The starting model comes from ``init_from``: the previous stage's
+--namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model``,
+``<stage>.train_summary`` and ``<stage>.lora_adapter`` (outputs) and ``<stage>.checkpoints`` (the
+checkpoint store the stage writes into while it trains and resumes from). The starting model comes from ``init_from``: the previous stage's
 ``<prev>.model``, or ``None`` for a freshly initialised model of ``params:model`` (an
 ``initialise`` node inside the namespace). ``params:stage`` is mapped to
 ``params:<group>.stages.<stage>``.
@@ -43,16 +44,17 @@ DATA_INPUTS: dict[str, list[str]] = {
 _TRAIN = {"causal_lm": train_causal_lm, "sft": train_sft, "dpo": train_dpo}
 
 
-def _for_stage(func, stage: str):
-    """``func`` with ``stage=`` bound, keeping its name for kedro viz."""
-    return update_wrapper(partial(func, stage=stage), func)
+def _for_stage(func, stage: str, **kwargs):
+    """``func`` with ``stage=`` (and ``kwargs``) bound, keeping its name for kedro viz."""
+    return update_wrapper(partial(func, stage=stage, **kwargs), func)
 
 
 def stage_pipeline(kind: Kind, stage: str, group: str, init_from: str | None) -> Pipeline:
     """Stage ``stage`` of kind ``kind`` under namespace ``stage`` (see the module doc)."""
     data = DATA_INPUTS[kind]
-    nodes = [Node(_for_stage(_TRAIN[kind], stage), ["init_model", "tokenizer", *data, "params:stage"],
-                  ["model", "train_summary"], name="train")]
+    nodes = [Node(_for_stage(_TRAIN[kind], stage, with_adapter=True),
+                  ["init_model", "tokenizer", *data, "params:stage", "checkpoints"],
+                  ["model", "train_summary", "lora_adapter"], name="train")]
     inputs = {"tokenizer": "tokenizer", **{d: d for d in data}}
     parameters = {"params:stage": f"params:{group}.stages.{stage}"}
     if init_from is None:
