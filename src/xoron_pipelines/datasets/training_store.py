@@ -1,9 +1,9 @@
 """Catalog datasets of a training stage's side outputs: its checkpoint store and its LoRA adapter.
 
 ``CheckpointStoreDataset`` (``<stage>.checkpoints``, an input of the stage's train node):
-``load()`` gives a :class:`CheckpointStore`, a handle on ``<path>/<stage>``; the stage
+``load()`` gives a :class:`CheckpointStore`, a handle on ``<root>/<stage>``; the stage
 orchestrator (:func:`xoron_pipelines.training.stage.run_stage`) writes the checkpoints of each
-configuration into ``<path>/<stage>/<fingerprint>/checkpoint-<step>`` while it trains (and, for a
+configuration into ``<root>/<stage>/<fingerprint>/checkpoint-<step>`` while it trains (and, for a
 multi-process stage, the start model its workers load: ``<fingerprint>/start_model.node<rank>``),
 and resumes from them. Nothing is read at load time; the store is written during the node, not
 by ``save`` (a store is never a node output: ``save`` is refused).
@@ -19,7 +19,7 @@ Catalog use::
 
     "{stage}.checkpoints":
       type: xoron_pipelines.datasets.training_store.CheckpointStoreDataset
-      path: data/06_models/checkpoints
+      root: data/06_models/checkpoints     # relative to the working directory, like checkpoint_dir
       stage: "{stage}"
 
     "{stage}.lora_adapter":
@@ -54,10 +54,10 @@ class CheckpointStore:
 class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
     """Handle on ``<path>/<stage>``: see the module docstring."""
 
-    def __init__(self, path: str, stage: str, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: str, stage: str, metadata: dict[str, Any] | None = None) -> None:
         if not stage or "/" in stage:
             raise DatasetError(f"CheckpointStoreDataset: stage must be one directory name, got {stage!r}")
-        self._root = Path(str(path).removeprefix("file://"))
+        self._root = Path(str(root).removeprefix("file://"))
         self._stage = stage
         self.metadata = metadata
 
@@ -72,7 +72,7 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
         return True  # a store always exists: an empty one means "no checkpoint yet"
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(PurePosixPath(self._root)), "stage": self._stage}
+        return {"root": str(PurePosixPath(self._root)), "stage": self._stage}
 
 
 @dataclass

@@ -24,7 +24,11 @@ losses by modality: today the language-model term alone (``llm_loss_weight`` x t
 loss; :func:`stage_objective`). PEER expert usage (``peer_log_expert_usage``, every
 ``peer_log_freq`` steps of the model config, seed 002) is logged by :class:`ModelStats`.
 
-Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint
+Checkpoints go to ``<root>/<stage>/<fingerprint>/`` (``<root>``: the stage's checkpoint store from
+the catalog, ``<stage>.checkpoints``, or ``checkpoint_dir`` when set: :func:`checkpoint_root`); the
+LoRA adapter is returned (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`, the
+node's ``<stage>.lora_adapter``) and also kept in ``<fingerprint>/lora_adapter`` (the summary's
+``lora_adapter``, which export reads). The fingerprint
 (:func:`stage_fingerprint`) hashes the content of what decides the trained result -- the stage
 parameters that change it, the model config (no path in it), the starting weights and the data --
 so re-running the same command resumes (or, when finished, returns at once), also after
