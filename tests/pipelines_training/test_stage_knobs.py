@@ -14,7 +14,7 @@ from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.pipelines.training.data import packed_source, unigram_entropy
+from xoron_pipelines.training.stage_data import packed_source, unigram_entropy
 
 
 @pytest.fixture()

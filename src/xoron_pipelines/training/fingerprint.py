@@ -79,3 +79,21 @@ def fingerprint(**parts: Any) -> str:
     """16 hex digits of sha256 over the JSON of ``parts`` (keys sorted)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tokenizer_text(tokenizer) -> str:
+    return "" if tokenizer is None else tokenizer.backend_tokenizer.to_str()
+
+
+def tokens_fingerprint(sources, tokenizer) -> str:
+    """Identity of packed data by content: the token ids, lengths and loss weights the stage reads
+    (never file names, sizes, modification times or generation markers) and the tokenizer."""
+    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
+    return tensors_digest([t for s in sources for t in (s.ids, s.lengths, getattr(s, "loss_weights", None))], h)
+
+
+def rows_fingerprint(rows: list[dict], tokenizer) -> str:
+    """Identity of chat rows (sft / dpo stages) by content, and the tokenizer."""
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
+    h.update(_tokenizer_text(tokenizer).encode())
+    return h.hexdigest()

@@ -13,8 +13,6 @@ node) also the stage's LoRA adapter (``<stage>.lora_adapter``; empty without LoR
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any, Mapping
 
@@ -25,12 +23,11 @@ from kedro.io import DatasetError
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
-from xoron_pipelines.training.fingerprint import tensors_digest
+from xoron_pipelines.training import stage_data
+from xoron_pipelines.training.fingerprint import rows_fingerprint, tokens_fingerprint
 from xoron_pipelines.training.schema import Kind, StageParams
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
-
-from . import data as stage_data
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +43,6 @@ def initialise_model(model_params: Mapping[str, Any], stage_params: Mapping[str,
     model = XoronForCausalLM(config)
     log.info("initialised a %s model: %s", model_params.get("preset"), model.num_parameters())
     return model
-
-
-def _tokenizer_text(tokenizer) -> str:
-    return "" if tokenizer is None else tokenizer.backend_tokenizer.to_str()
-
-
-def _tokens_fingerprint(sources, tokenizer) -> str:
-    """Identity of packed data by content: the token ids, lengths and loss weights the stage reads
-    (never file names, sizes, modification times or generation markers) and the tokenizer."""
-    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
-    return tensors_digest([t for s in sources for t in (s.ids, s.lengths, getattr(s, "loss_weights", None))], h)
-
-
-def _rows_fingerprint(rows: list[dict], tokenizer) -> str:
-    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
-    h.update(_tokenizer_text(tokenizer).encode())
-    return h.hexdigest()
 
 
 def _max_len(params: StageParams, model) -> int:
@@ -102,7 +82,7 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
         stage_data.check_tokenizer_matches(stage, tokenizer, {"train": train_data, "val": val_data},
                                            {"train": source, "val": val})
     data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
-                     fingerprint=_tokens_fingerprint([source, val], tokenizer),
+                     fingerprint=tokens_fingerprint([source, val], tokenizer),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
                                     "train_rows": source.num_rows, "data_mix": params.data_mix})
     return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
@@ -128,7 +108,7 @@ def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
-                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     fingerprint=rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_examples": len(train), "val_examples": len(val)})
     return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
@@ -147,7 +127,7 @@ def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
                      loss_fn=make_dpo_loss_fn(reference, params.beta),
-                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     fingerprint=rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_pairs": len(train), "val_pairs": len(val)})
     return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
