@@ -24,6 +24,13 @@ from xoron_pipelines.validation import StrictModel
 
 Kind = Literal["causal_lm", "sft", "dpo"]
 
+#: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF); the
+#: Kedro DAG (``pipelines/training/pipeline.py``) and the groups' schemas are built from it
+STAGES: dict[str, dict[str, Kind]] = {
+    "pretrain": {"language": "causal_lm", "code": "causal_lm"},
+    "finetune": {"tools": "sft", "preference": "dpo"},
+}
+
 #: assumed peak of the default CPU run for the MFU estimate: 2 cores x 2.5 GHz x 32 fp32 FLOP/cycle
 #: (AVX2: two 8-wide FMA units, 2 FLOP per FMA)
 CPU_PEAK_FLOPS = 1.6e11

@@ -10,7 +10,7 @@ checkpoint store the stage writes into while it trains and resumes from). The st
 ``initialise`` node inside the namespace). ``params:stage`` is mapped to
 ``params:<group>.stages.<stage>``.
 
-Why the stage list lives in code (:data:`STAGES`): a Kedro pipeline is built before the
+Why the stage list lives in code (:data:`~xoron_pipelines.training.schema.STAGES`): a Kedro pipeline is built before the
 configuration is loaded (``create_pipeline`` receives no parameters), so the DAG cannot follow a
 list read from ``parameters_*.yml``. The schema of each group requires exactly these stages,
 and ``enabled: false`` skips one (its model passes through unchanged).
@@ -26,13 +26,8 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
-from xoron_pipelines.training.schema import Kind
+from xoron_pipelines.training.schema import STAGES, Kind
 
-#: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF)
-STAGES: dict[str, dict[str, Kind]] = {
-    "pretrain": {"language": "causal_lm", "code": "causal_lm"},
-    "finetune": {"tools": "sft", "preference": "dpo"},
-}
 
 #: the data inputs of each kind (shared, un-namespaced datasets)
 DATA_INPUTS: dict[str, list[str]] = {
