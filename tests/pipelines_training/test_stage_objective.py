@@ -91,3 +91,10 @@ def test_model_stats_cadence_reaches_the_first_logging_step_after_each_multiple(
     stats = ModelStats(model.config)
     logged = [step for step in range(2, 21, 2) if any(k.startswith("peer/") for k in stats(model, step=step))]
     assert logged == [6, 10, 16, 20]  # logging every 2 steps, usage every 5: 6 (>= 5), 10, 16 (>= 15), 20
+
+
+def test_seed_002_logging_knobs_are_validated():
+    with pytest.raises(ValueError, match="peer_log_freq=0 must be a positive integer"):
+        nano_model("nano-peer", num_layers=3, peer_config={"log_freq": 0})
+    with pytest.raises(ValueError, match="peer_log_expert_usage='yes' must be true or false"):
+        nano_model("nano-peer", num_layers=3, peer_config={"log_expert_usage": "yes"})

@@ -333,6 +333,8 @@ class XoronConfig(PretrainedConfig):
             return
         self._positive("peer_num_experts", "peer_num_experts_per_tok", "peer_num_heads", "peer_query_dim",
                        "peer_expert_hidden_size", "peer_log_freq")
+        if not isinstance(self.peer_log_expert_usage, bool):
+            self._fail(f"peer_log_expert_usage={self.peer_log_expert_usage!r} must be true or false")
         dims = self.peer_product_key_dim
         if not (isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims)):
             self._fail(f"peer_product_key_dim={dims!r} must be two positive integers [n0, n1]")
