@@ -18,11 +18,11 @@ from tests.pipelines_training.stage_helpers import packed_shards, stage
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.training.stage_data import packed_source
-from xoron_pipelines.training.schema import StageParams
-from xoron_pipelines.training.fingerprint import tokens_fingerprint
-from xoron_pipelines.training.stage import stage_fingerprint
 from xoron_pipelines.training.checkpoint import CorruptCheckpointError
+from xoron_pipelines.training.fingerprint import tokens_fingerprint
+from xoron_pipelines.training.schema import StageParams
+from xoron_pipelines.training.stage import stage_fingerprint
+from xoron_pipelines.training.stage_data import packed_source
 
 
 @pytest.fixture()

@@ -20,13 +20,13 @@ import pandas as pd
 import torch
 from kedro.io import DatasetError
 
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
-from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
 from xoron_pipelines.training import stage_data
+from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
 from xoron_pipelines.training.fingerprint import rows_fingerprint, tokens_fingerprint
 from xoron_pipelines.training.schema import Kind, StageParams
-from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
 
 log = logging.getLogger(__name__)
