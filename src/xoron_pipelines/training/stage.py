@@ -212,11 +212,6 @@ def peer_stats(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def model_stats(model: nn.Module) -> dict[str, float]:
-    """MoE expert load and PEER usage of ``model`` now (:func:`moe_stats` + :func:`peer_stats`)."""
-    return {**moe_stats(model), **peer_stats(model)}
-
-
 class ModelStats:
     """The engine's ``stats_fn``: MoE expert load at every logging step; PEER usage (seed 002's
     ``log_expert_usage`` / ``log_freq``, the model config's ``peer_log_expert_usage`` /
