@@ -176,7 +176,7 @@ def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:
 
 def run_summary(outputs: set[str], load) -> list[Table]:
     """Tables for what this run produced: training stages, stage comparison, export formats."""
-    from xoron_pipelines.pipelines.training.pipeline import STAGES
+    from xoron_pipelines.training.schema import STAGES
 
     tables = []
     order = [stage for group in STAGES.values() for stage in group]

@@ -21,7 +21,7 @@ from xoron_pipelines.datasets.json_file import AtomicJSONDataset
 from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ParquetShardsDataset, ShardSet
 from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
 from xoron_pipelines.pipelines.data_processing.nodes import pack
-from xoron_pipelines.pipelines.training.data import check_tokenizer_matches, packed_source
+from xoron_pipelines.training.stage_data import check_tokenizer_matches, packed_source
 from xoron_pipelines.project_lock import ProjectLock
 
 OUTPUTS = ("tokenizer", "packed/train", "packed/val", "packed_mixes")

@@ -10,7 +10,7 @@ import logging
 from latent_helpers import SUMMARIES, TEXTS, latent_model, tiny_params
 
 from xoron_pipelines.latent.data import RowBatches, Rows, stage_tensors
-from xoron_pipelines.latent.stages import run_stage, stage_spec
+from xoron_pipelines.latent.stages import stage_spec, train_stage
 
 
 def _run(tmp_path, texts=TEXTS, **overrides):
@@ -21,7 +21,7 @@ def _run(tmp_path, texts=TEXTS, **overrides):
     t = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=False,
                       tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
     src = RowBatches(t, p.stage_value(spec.name, "batch_size"), p.seed)
-    return run_stage(model, spec, p, {"adapter"}, src, src)
+    return train_stage(model, spec, p, {"adapter"}, src, src)
 
 
 def _configs(tmp_path):

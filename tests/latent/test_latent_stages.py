@@ -11,7 +11,7 @@ from latent_helpers import SUMMARIES, TEXTS, bundle, latent_model, tiny_params
 from xoron_pipelines.latent.data import RowBatches, Rows, cap_rows, stage_tensors
 from xoron_pipelines.latent.model import encoder_layers
 from xoron_pipelines.latent.stages import (
-    run_stage, set_trainable, stage_loss, stage_spec, train_config, trainable_parts)
+    set_trainable, stage_loss, stage_spec, train_config, train_stage, trainable_parts)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_pretrain_middle_trains_the_compression(model, tmp_path):
     parts = trainable_parts(spec, p, True)
     src = batches(model, p, "pretrain_middle", encoder_trains=True)
     snap = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = run_stage(model, spec, p, parts, src, src)
+    summary = train_stage(model, spec, p, parts, src, src)
     after = model.state_dict()
     changed = lambda prefix: any(not torch.equal(snap[k], after[k]) for k in snap if k.startswith(prefix))  # noqa: E731
     assert changed("compression.") and changed("middle.") and changed("encoder.model.encoder.layer.5.")
@@ -126,7 +126,7 @@ def test_adapter_stage_lowers_lm_loss_and_generation(model, tmp_path):
     spec = stage_spec("pretrain_adapter", p)
     src = batches(model, p, "pretrain_adapter", encoder_trains=False)
     assert "src_emb" in src.tensors and "src_ids" not in src.tensors  # frozen encoder: encoded once
-    summary = run_stage(model, spec, p, {"adapter"}, src, src)
+    summary = train_stage(model, spec, p, {"adapter"}, src, src)
     assert summary["after"]["lm_loss"] < summary["before"]["lm_loss"]
     tok = model.decoder_bundle.tokenizer
     greedy = generate(model, tok, TEXTS[:2], max_generation_length=3, do_sample=False)

@@ -12,7 +12,7 @@ from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.generation import attach_generation, write_marker
 from xoron_pipelines.datasets.parquet_shards import PackedMixes, ShardSet
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.pipelines.training.data import check_tokenizer_matches, packed_source
+from xoron_pipelines.training.stage_data import check_tokenizer_matches, packed_source
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from tests.pipelines_training.stage_helpers import chat_rows, packed_shards, sta
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.pipelines.training import stage as stage_mod
-from xoron_pipelines.pipelines.training.schema import StageParams
+from xoron_pipelines.training import stage as stage_mod
+from xoron_pipelines.training.schema import StageParams
 
 TOLERANCE = 2e-6
 

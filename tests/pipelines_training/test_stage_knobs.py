@@ -14,7 +14,7 @@ from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.pipelines.training.data import packed_source, unigram_entropy
+from xoron_pipelines.training.stage_data import packed_source, unigram_entropy
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def test_steps_batch_accumulation_and_max_samples_reach_the_engine(tmp_path, sha
 
 def test_learning_rate_schedule_and_warmup_are_the_stage_params(tmp_path, shards, monkeypatch):
     seen = []
-    from xoron_pipelines.pipelines.training import stage as stage_mod
+    from xoron_pipelines.training import stage as stage_mod
     real_on = stage_mod.tracking.StageRecorder.log
     monkeypatch.setattr(stage_mod.tracking.StageRecorder, "log",
                         lambda self, step, m: (seen.append((step, m.get("lr"))), real_on(self, step, m))[1])

@@ -49,7 +49,9 @@ def test_stages_are_namespaced_and_chained():
     assert {"language.model", "params:pretrain.stages.code", "packed_train"} <= inputs["code.train"]
     assert {"code.model", "synth_raw", "params:finetune.stages.tools"} <= inputs["tools.train"]
     assert "tools.model" in inputs["preference.train"]
-    assert pre.outputs() == {"code.model", "pretrain_summary"}
+    # side outputs through the catalog: every stage's LoRA adapter, and its checkpoint store as an input
+    assert pre.outputs() == {"code.model", "pretrain_summary", "language.lora_adapter", "code.lora_adapter"}
+    assert {"language.checkpoints", "code.checkpoints"} <= set(pre.inputs())
     assert set(pre.only_nodes_with_namespaces(["code"]).inputs()) >= {"language.model"}
 
 

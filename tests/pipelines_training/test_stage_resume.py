@@ -18,10 +18,11 @@ from tests.pipelines_training.stage_helpers import packed_shards, stage
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.pipelines.training import nodes
-from xoron_pipelines.pipelines.training.data import packed_source
-from xoron_pipelines.pipelines.training.schema import StageParams
-from xoron_pipelines.pipelines.training.stage import stage_fingerprint
 from xoron_pipelines.training.checkpoint import CorruptCheckpointError
+from xoron_pipelines.training.fingerprint import tokens_fingerprint
+from xoron_pipelines.training.schema import StageParams
+from xoron_pipelines.training.stage import stage_fingerprint
+from xoron_pipelines.training.stage_data import packed_source
 
 
 @pytest.fixture()
@@ -37,7 +38,7 @@ def _lm(model, shards, params):
 def _fp(shards, params, model=None, tokenizer=None) -> str:
     p = StageParams.model_validate(params).check_kind("causal_lm")
     sources = [packed_source(s.path, 4, p.train.seed, p.max_samples) for s in shards]
-    return stage_fingerprint(p, model or nano_model(), nodes._tokens_fingerprint(sources, tokenizer))
+    return stage_fingerprint(p, model or nano_model(), tokens_fingerprint(sources, tokenizer))
 
 
 def _equal(a, b) -> bool:

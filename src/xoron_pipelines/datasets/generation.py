@@ -6,7 +6,7 @@ own, so the id ties them together: :class:`~xoron_pipelines.datasets.tokenizer.H
 starts a new generation on every save and attaches it to the tokenizer it loads; the ``pack`` node
 copies it onto the shard sets it returns and into ``packing_manifest.json`` (``generation``); the
 shard datasets write it as ``_generation.json`` inside each published directory. Training compares
-the ids before any step (``pipelines/training/data.py``).
+the ids before any step (``training/stage_data.py``).
 
 The id lives in a marker file beside the data, never inside the Parquet or tokenizer bytes: the
 same data packed twice stays byte-identical (the training fingerprint hashes those bytes). Its

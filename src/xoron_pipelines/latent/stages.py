@@ -28,7 +28,6 @@ import copy
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -37,9 +36,10 @@ from torch import nn
 from xoron_pipelines.latent import losses
 from xoron_pipelines.latent.data import RowBatches
 from xoron_pipelines.latent.model import LatentModel, encoder_layers
-from xoron_pipelines.training import TrainConfig, train
-from xoron_pipelines.training.checkpoint import configuration_dir
+from xoron_pipelines.training import TrainConfig
 from xoron_pipelines.training.fingerprint import fingerprint, tensors_digest, weights_digest
+from xoron_pipelines.training.schema import StageParams, TrackingParams
+from xoron_pipelines.training.stage import StageData, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -189,44 +189,49 @@ RESULT_NEUTRAL_LATENT_FIELDS = frozenset({
 })
 
 
-def checkpoint_dir(p: Any, spec: StageSpec, model: nn.Module, train_rows: RowBatches, val_rows: RowBatches) -> Path:
-    """``<checkpoint_dir>/<stage>/<fingerprint>`` (the function the pipeline stages use too): the
-    fingerprint hashes the settings that change the result, the model's weights and the rows'
-    content, so a rerun resumes and a change starts afresh; ``keep_configurations`` of a stage kept."""
+def latent_fingerprint(p: Any, spec: StageSpec, model: nn.Module, train_rows: RowBatches, val_rows: RowBatches) -> str:
+    """Content fingerprint of a latent stage (its checkpoints: ``<checkpoint_dir>/<stage>/<fingerprint>``,
+    see :func:`xoron_pipelines.training.checkpoint.configuration_dir`): the settings that change the result,
+    the model's weights and the rows' content, so a rerun resumes and a change starts afresh."""
     settings = {k: v for k, v in p.model_dump(mode="json").items() if k not in RESULT_NEUTRAL_LATENT_FIELDS}
     data = tensors_digest([t for rows in (train_rows, val_rows) for _, t in sorted(rows.tensors.items())])
-    fp = fingerprint(params=settings, stage=spec.name, weights=weights_digest(model), data=data)
-    return configuration_dir(p.checkpoint_dir, spec.name, fp, p.keep_configurations)
+    return fingerprint(params=settings, stage=spec.name, weights=weights_digest(model), data=data)
 
 
-def run_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], train_rows: RowBatches,
-              val_rows: RowBatches, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Train one stage in place; keeps the weights of the best evaluation. Returns a summary
-    with the loss (and its parts) on the validation rows before and after."""
+def train_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], train_rows: RowBatches,
+                val_rows: RowBatches, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Train one latent stage in place through the stage orchestrator
+    (:func:`xoron_pipelines.training.stage.run_stage`, kind ``latent``); keeps the weights of the
+    best evaluation. Returns a summary with the loss (and its parts) on the validation rows before
+    and after."""
     set_trainable(model, parts, model.cfg.num_encoder_unfrozen_layers)
     model.eval()
     view = StageModule(model, spec, p, parts)
     before = evaluate(model, spec, p, val_rows)
     per_epoch = max(1, len(train_rows) // p.gradient_accumulation_steps)
     cfg = train_config(spec, p, len(train_rows), per_epoch)
-    best: dict[str, Any] = {"loss": math.inf, "state": None}
+    best: dict[str, Any] = {"loss": math.inf, "state": None, "last": before}
 
     def eval_fn(_: nn.Module) -> dict[str, float]:
         metrics = evaluate(model, spec, p, val_rows)
         if metrics["eval_loss"] < best["loss"]:
             best["loss"], best["state"] = metrics["eval_loss"], copy.deepcopy(view.state_dict())
+        best["last"] = metrics
         return metrics
 
-    ckpt_dir = checkpoint_dir(p, spec, model, train_rows, val_rows)
-    result = train(view, train_rows, cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn,
-                   on_log=on_log, loss_fn=lambda m, b: m(b), desc=f"latent/{spec.name}", progress=p.progress)
-    after = evaluate(model, spec, p, val_rows)
+    params = StageParams(train=cfg, checkpoint_dir=p.checkpoint_dir, keep_configurations=p.keep_configurations,
+                         tracking=TrackingParams(enabled=False))
+    data = StageData(train_rows, eval_fn, loss_fn=lambda m, b: m(b))
+    _, summary, _ = run_stage(spec.name, "latent", view, data, params,
+                           fingerprint=latent_fingerprint(p, spec, model, train_rows, val_rows),
+                           on_log=on_log, desc=f"latent/{spec.name}", progress=p.progress)
+    after = best["last"]  # the orchestrator's final evaluation
     if best["state"] is not None and best["loss"] < after["eval_loss"]:
         view.load_state_dict(best["state"])
         after = evaluate(model, spec, p, val_rows)
     if "encoder" in parts:
         model.encoder_trained = True
     model.requires_grad_(False)
-    return {"stage": spec.name, "trained": sorted(parts), "steps": result.global_step, "rows": train_rows.rows,
+    return {"stage": spec.name, "trained": sorted(parts), "steps": summary["steps"], "rows": train_rows.rows,
             "batch_size": train_rows.batch_size, "before": before, "after": after,
-            "train_loss": result.state.last_loss}
+            "train_loss": summary["train_loss"]}

@@ -90,6 +90,8 @@ DEFAULTS: dict[str, Any] = {
     "peer_batch_norm_query": True,
     "peer_start_layer": 2,
     "peer_usage_threshold": 5.0,
+    "peer_log_expert_usage": True,  # the trainer logs PEER usage (seed 002's log_expert_usage) ...
+    "peer_log_freq": 1,  # ... every this many steps (at logging steps; seed 002's log_freq)
     # runtime
     "kernels": "auto",
     "bos_token_id": None,
@@ -130,8 +132,8 @@ _PEER_KEYS = {  # seed 002 peer_config keys -> fields
     "num_heads": "peer_num_heads", "expert_hidden_size": "peer_expert_hidden_size",
     "product_key_dim": "peer_product_key_dim", "query_dim": "peer_query_dim",
     "batch_norm_query": "peer_batch_norm_query", "usage_threshold": "peer_usage_threshold",
+    "log_expert_usage": "peer_log_expert_usage", "log_freq": "peer_log_freq",
 }
-_PEER_IGNORED = {"log_expert_usage", "log_freq"}  # logging knobs belong to the trainer
 
 
 def normalise_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -162,8 +164,6 @@ def normalise_aliases(kwargs: dict[str, Any]) -> dict[str, Any]:
         out["position_type"] = "rope" if out.pop("use_rope") else "learned"
     if isinstance(out.get("peer_config"), dict):
         for key, value in out.pop("peer_config").items():
-            if key in _PEER_IGNORED:
-                continue
             if key not in _PEER_KEYS:
                 raise ValueError(f"XoronConfig.peer_config.{key} is not a known PEER setting ({sorted(_PEER_KEYS)})")
             out[_PEER_KEYS[key]] = value
@@ -332,7 +332,9 @@ class XoronConfig(PretrainedConfig):
         if not self.use_peer:
             return
         self._positive("peer_num_experts", "peer_num_experts_per_tok", "peer_num_heads", "peer_query_dim",
-                       "peer_expert_hidden_size")
+                       "peer_expert_hidden_size", "peer_log_freq")
+        if not isinstance(self.peer_log_expert_usage, bool):
+            self._fail(f"peer_log_expert_usage={self.peer_log_expert_usage!r} must be true or false")
         dims = self.peer_product_key_dim
         if not (isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) and d > 0 for d in dims)):
             self._fail(f"peer_product_key_dim={dims!r} must be two positive integers [n0, n1]")

@@ -19,7 +19,8 @@ Only the selected rows are gathered; the up side is an ``embedding_bag`` weighte
 (tokens x experts x hidden) tensor is formed for it and N = 2^20 fits in memory for small hidden.
 
 Usage tracking: ``usage_counts`` (N,) counts how often each expert was selected, while
-training or whenever ``track_usage`` is set (the trainer's ``log_expert_usage``);
+training when ``peer_log_expert_usage`` (seed 002's ``log_expert_usage``; the trainer logs
+:meth:`PEER.usage_stats` every ``peer_log_freq`` steps) or whenever ``track_usage`` is set;
 :meth:`PEER.hot_experts` counts experts used more than ``threshold x`` the mean.
 """
 
@@ -60,6 +61,7 @@ class PEER(nn.Module):
         self.up_embed = nn.Embedding(self.num_experts, width)
         self.register_buffer("usage_counts", torch.zeros(self.num_experts, dtype=torch.long), persistent=False)
         self.track_usage = False
+        self.count_in_training = bool(getattr(config, "peer_log_expert_usage", True))
         for module in (self.query_proj, self.down_embed, self.up_embed):
             nn.init.normal_(module.weight, mean=0.0, std=self.initializer_range)
         self.reset_parameters()
@@ -104,7 +106,7 @@ class PEER(nn.Module):
         batch, seq_len, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)
         scores, indices = self.retrieve(flat)
-        if (self.training or self.track_usage) and not recomputing():
+        if ((self.training and self.count_in_training) or self.track_usage) and not recomputing():
             self._count_usage(indices)
         weights = scores.softmax(dim=-1)  # (M, heads, k)
         eh = self.expert_hidden_size

@@ -70,7 +70,7 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
 LogFn = Callable[[int, dict[str, float]], None]
-StatsFn = Callable[[nn.Module], dict[str, float]]
+StatsFn = Callable[..., dict[str, float]]  # stats_fn(model, step=step)
 ParamGroups = list[dict] | Callable[[nn.Module], list[dict]]
 
 
@@ -124,7 +124,9 @@ def lm_loss_without_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch, return_logits=False).loss
 
 
-def _default_loss(model: nn.Module) -> LossFn:
+def default_loss(model: nn.Module) -> LossFn:
+    """The default objective of ``model``: :func:`lm_loss_without_logits` when its forward takes
+    ``return_logits``, else :func:`lm_loss`."""
     params = inspect.signature(model.forward).parameters
     return lm_loss_without_logits if "return_logits" in params else lm_loss
 
@@ -210,10 +212,11 @@ class _Trainer:
         self.eval_fn, self.desc = eval_fn, desc
         self.on_log = on_log if parallel.is_writer else None
         self.progress = progress and parallel.is_writer
-        self.custom_loss = loss_fn is not None
+        # a loss_fn that is a weighted sum of the default LM loss (``token_weighted``) keeps the token weighting
+        self.custom_loss = loss_fn is not None and not getattr(loss_fn, "token_weighted", False)
         self.param_groups = param_groups  # optimizer groups replacing the default ones (LoRA+)
         self.stats_fn = stats_fn if parallel.is_writer else None
-        self.loss_fn = loss_fn or _default_loss(model)
+        self.loss_fn = loss_fn or default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
         self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing) \
@@ -409,7 +412,7 @@ class _Trainer:
                    "tokens_per_s": iv["tokens"] / elapsed, "nan_skips": float(st.nan_skips),
                    "epoch": st.micro_step / st.batches_per_epoch, "tokens_seen": float(st.tokens_seen)}
         if self.stats_fn is not None:
-            metrics.update(self.stats_fn(self.model))
+            metrics.update(self.stats_fn(self.model, step=st.step))
         metrics.update(getattr(self.loss_fn, "last_metrics", None) or {})  # e.g. DPO's rewards/* of the last call
         self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
         self._emit(metrics)
@@ -495,7 +498,9 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
     mode, no grad; lower is better). ``on_log(step, metrics)`` receives training metrics (loss, lr,
     grad_norm, tokens_per_s, nan_skips, epoch, tokens_seen) every ``cfg.logging_steps`` and eval
-    metrics after each evaluation. ``loss_fn(model, batch) -> scalar`` replaces ``model(**batch).loss``.
+    metrics after each evaluation. ``loss_fn(model, batch) -> scalar`` replaces ``model(**batch).loss``;
+    micro-batches are then weighted equally, unless the ``loss_fn`` has ``token_weighted = True`` (a
+    weighted default LM loss: :class:`~xoron_pipelines.training.stage.StageObjective`).
     With ``resume`` (default) training continues from the checkpoint ``cfg.resume_from_checkpoint``
     chooses (``auto``: the newest valid one in ``ckpt_dir``); ``resume=False`` with ``auto`` refuses
     to start when ``ckpt_dir`` already holds checkpoints.
@@ -506,7 +511,7 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     the returned result of ranks other than 0 has no checkpoint path. ``param_groups`` replaces the
     optimizer's default parameter groups (LoRA+: :func:`~xoron_pipelines.training.lora.lora_plus_param_groups`):
     a list, or a function of the model called once it is wrapped for data parallelism (FSDP2 replaces
-    the parameters, so a list taken before would hold stale ones). ``stats_fn(model) -> {name: value}``
+    the parameters, so a list taken before would hold stale ones). ``stats_fn(model, step=step) -> {name: value}``
     adds model statistics (e.g. per-layer expert load) to every training log entry (rank 0's model); a
     ``loss_fn`` with a ``last_metrics`` dict (DPO's rewards) adds those of its latest call too.
     """

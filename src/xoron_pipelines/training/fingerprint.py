@@ -9,7 +9,8 @@ for two runs that train the same thing and differ otherwise. It hashes *content*
   modification times, generation ids or manifests, so a byte-identical re-packing matches;
 * the starting weights (:func:`weights_digest`: names and bytes of the state dict);
 * the model config without the keys that name where it was loaded from (:data:`CONFIG_KEYS_IGNORED`:
-  ``_name_or_path`` holds an absolute path) -- a moved or cloned project resumes;
+  ``_name_or_path`` holds an absolute path) -- a moved or cloned project resumes -- and without
+  the PEER usage-logging knobs;
 * the settings that change the result. :data:`RESULT_NEUTRAL_TRAIN_FIELDS` lists the
   ``TrainConfig`` fields left out: checkpoint / logging cadence and the resume choice do not
   change a single weight (resume is bit-identical), and the duration (``max_steps`` /
@@ -33,7 +34,8 @@ RESULT_NEUTRAL_TRAIN_FIELDS = frozenset({
     "max_steps", "num_epochs",
 })
 #: model-config keys outside the fingerprint: where the config was read from, library versions
-CONFIG_KEYS_IGNORED = frozenset({"_name_or_path", "_commit_hash", "transformers_version"})
+CONFIG_KEYS_IGNORED = frozenset({"_name_or_path", "_commit_hash", "transformers_version",
+                                 "peer_log_expert_usage", "peer_log_freq"})  # logging knobs: no weight changes
 
 
 def tensors_digest(tensors: Iterable[torch.Tensor | None], h: Any = None) -> str:
@@ -77,3 +79,21 @@ def fingerprint(**parts: Any) -> str:
     """16 hex digits of sha256 over the JSON of ``parts`` (keys sorted)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _tokenizer_text(tokenizer) -> str:
+    return "" if tokenizer is None else tokenizer.backend_tokenizer.to_str()
+
+
+def tokens_fingerprint(sources, tokenizer) -> str:
+    """Identity of packed data by content: the token ids, lengths and loss weights the stage reads
+    (never file names, sizes, modification times or generation markers) and the tokenizer."""
+    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
+    return tensors_digest([t for s in sources for t in (s.ids, s.lengths, getattr(s, "loss_weights", None))], h)
+
+
+def rows_fingerprint(rows: list[dict], tokenizer) -> str:
+    """Identity of chat rows (sft / dpo stages) by content, and the tokenizer."""
+    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
+    h.update(_tokenizer_text(tokenizer).encode())
+    return h.hexdigest()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from xoron_pipelines.pipelines.training.pipeline import STAGES
-from xoron_pipelines.pipelines.training.schema import Kind, StagesGroup
+from xoron_pipelines.training.schema import STAGES, Kind, StagesGroup
 
 
 class Params(StagesGroup):

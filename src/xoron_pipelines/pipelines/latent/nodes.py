@@ -16,7 +16,7 @@ from xoron_pipelines.latent.data import (RowBatches, Rows, cache_indices, cache_
 from xoron_pipelines.latent.inference import artifact, build_model, generate
 from xoron_pipelines.latent.model import LatentModel
 from xoron_pipelines.latent.sources import pair_source
-from xoron_pipelines.latent.stages import run_stage, stage_spec, trainable_parts
+from xoron_pipelines.latent.stages import stage_spec, train_stage, trainable_parts
 from xoron_pipelines.pipelines.embedding_cache.params import Params as CacheParams
 
 from .params import Params
@@ -83,7 +83,7 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
         tracking.log_params({"stage": stage, "trains": ",".join(sorted(parts)), "rows": len(train_rows),
                              "cached_embeddings": use_emb, **p.model_dump()})
         recorder = tracking.StageRecorder(enabled=run is not None)
-        summary = run_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log)
+        summary = train_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log)
         recorder.log(summary["steps"], {**{f"before_{k}": v for k, v in summary["before"].items()},
                                         **{f"after_{k}": v for k, v in summary["after"].items()}})
         summary.update(cached_embeddings=use_emb, val_rows=len(val_rows), mlflow_run_id=run.info.run_id if run else None,

@@ -1,16 +1,18 @@
 """Nodes of the stage template: initialise, train (one per kind), summarise.
 
 Each ``train_*`` node takes the stage's starting model (``init_model``: the previous stage's
-``<prev>.model``, or a fresh seeded model for the first pretrain stage), the tokenizer, its data
-and ``params:stage`` (the stage's entry of ``pretrain.stages`` / ``finetune.stages``), and returns
-``(model, summary)``: the trained plain model (LoRA merged) and a JSON-able summary. A stage with
+``<prev>.model``, or a fresh seeded model for the first pretrain stage), the tokenizer, its data,
+``params:stage`` (the stage's entry of ``pretrain.stages`` / ``finetune.stages``) and the stage's
+checkpoint store (``checkpoints``: ``<stage>.checkpoints``; None when called directly with
+``checkpoint_dir`` set), prepares the data and hands over to the library's stage orchestrator
+(:func:`xoron_pipelines.training.stage.run_stage`). It returns ``(model, summary)``: the trained
+plain model (LoRA merged) and a JSON-able summary, and with ``with_adapter=True`` (the Kedro
+node) also the stage's LoRA adapter (``<stage>.lora_adapter``; empty without LoRA). A stage with
 ``enabled: false`` returns its starting model unchanged, so the stages after it still work.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any, Mapping
 
@@ -18,14 +20,14 @@ import pandas as pd
 import torch
 from kedro.io import DatasetError
 
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
+from xoron_pipelines.training import stage_data
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
-from xoron_pipelines.training.fingerprint import tensors_digest
-
-from . import data as stage_data
-from .schema import Kind, StageParams
-from .stage import StageData, passthrough_summary, run_stage
+from xoron_pipelines.training.fingerprint import rows_fingerprint, tokens_fingerprint
+from xoron_pipelines.training.schema import Kind, StageParams
+from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,44 +45,30 @@ def initialise_model(model_params: Mapping[str, Any], stage_params: Mapping[str,
     return model
 
 
-def _tokenizer_text(tokenizer) -> str:
-    return "" if tokenizer is None else tokenizer.backend_tokenizer.to_str()
-
-
-def _tokens_fingerprint(sources, tokenizer) -> str:
-    """Identity of packed data by content: the token ids, lengths and loss weights the stage reads
-    (never file names, sizes, modification times or generation markers) and the tokenizer."""
-    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
-    return tensors_digest([t for s in sources for t in (s.ids, s.lengths, getattr(s, "loss_weights", None))], h)
-
-
-def _rows_fingerprint(rows: list[dict], tokenizer) -> str:
-    h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
-    h.update(_tokenizer_text(tokenizer).encode())
-    return h.hexdigest()
-
-
 def _max_len(params: StageParams, model) -> int:
     return params.max_seq_len or int(model.config.max_position_embeddings)
 
 
-def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData):
+def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData | None,
+           checkpoints: CheckpointStore | None, with_adapter: bool):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"stage {stage}: the tokenizer has {len(tokenizer)} ids but the model only "
                          f"{model.config.vocab_size} (set model.overrides.vocab_size >= {len(tokenizer)})")
     if not params.enabled:
         log.info("stage %s is disabled: passing its starting model through", stage)
-        return model, passthrough_summary(stage, kind)
-    return run_stage(stage, kind, model, data, params, tokenizer=tokenizer, checkpoint_root=params.checkpoint_dir)
+        out = model, passthrough_summary(stage, kind), LoraAdapter()
+    else:
+        out = run_stage(stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer)
+    return out if with_adapter else out[:2]
 
 
-def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any], *,
-                    stage: str) -> tuple[Any, dict[str, Any]]:
+def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any],
+                    checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
     ``packed_mixes[data_mix]`` when the stage names one."""
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
-        return _train(stage, "causal_lm", init_model, tokenizer, params, None)
+        return _train(stage, "causal_lm", init_model, tokenizer, params, None, checkpoints, with_adapter)
     if params.data_mix is not None:
         try:
             mix = packed_mixes[params.data_mix]
@@ -94,10 +82,10 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
         stage_data.check_tokenizer_matches(stage, tokenizer, {"train": train_data, "val": val_data},
                                            {"train": source, "val": val})
     data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
-                     fingerprint=_tokens_fingerprint([source, val], tokenizer),
+                     fingerprint=tokens_fingerprint([source, val], tokenizer),
                      extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
                                     "train_rows": source.num_rows, "data_mix": params.data_mix})
-    return _train(stage, "causal_lm", init_model, tokenizer, params, data)
+    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
 def _example_sources(train: list, val: list, params, pad_id: int):
@@ -108,29 +96,29 @@ def _example_sources(train: list, val: list, params, pad_id: int):
     return source, stage_data.example_source(val, val_batch, pad_id, cfg.seed, shuffle=False)
 
 
-def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
-              stage: str) -> tuple[Any, dict[str, Any]]:
+def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
+              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
     params = _params(stage_params, "sft")
     if not params.enabled:
-        return _train(stage, "sft", init_model, tokenizer, params, None)
+        return _train(stage, "sft", init_model, tokenizer, params, None, checkpoints, with_adapter)
     cfg = params.train
     rows = stage_data.partition_rows(synth_raw, params.sources)
     examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
-                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     fingerprint=rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_examples": len(train), "val_examples": len(val)})
-    return _train(stage, "sft", init_model, tokenizer, params, data)
+    return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
-def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any], *,
-              stage: str) -> tuple[Any, dict[str, Any]]:
+def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
+              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
     """DPO stage against a frozen copy of the starting model on chosen / rejected pairs."""
     params = _params(stage_params, "dpo")
     if not params.enabled:
-        return _train(stage, "dpo", init_model, tokenizer, params, None)
+        return _train(stage, "dpo", init_model, tokenizer, params, None, checkpoints, with_adapter)
     cfg = params.train
     rows = stage_data.partition_rows(synth_raw, params.sources)
     examples = stage_data.preference_examples(rows, tokenizer, _max_len(params, init_model))
@@ -139,9 +127,9 @@ def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(source, stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
                      loss_fn=make_dpo_loss_fn(reference, params.beta),
-                     fingerprint=_rows_fingerprint(rows, tokenizer),
+                     fingerprint=rows_fingerprint(rows, tokenizer),
                      extra_summary={"train_pairs": len(train), "val_pairs": len(val)})
-    return _train(stage, "dpo", init_model, tokenizer, params, data)
+    return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
 SUMMARY_COLUMNS = ["stage", "kind", "enabled", "steps", "tokens_seen", "train_loss", "eval_loss",

@@ -3,13 +3,14 @@
 :func:`stage_pipeline` builds the template of one stage of kind ``causal_lm`` (packed shards),
 ``sft`` (chat conversations from synth) or ``dpo`` (preference pairs) and wraps it with
 ``pipeline(..., namespace=stage)``: kedro viz shows one collapsible box per stage, ``kedro run
---namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model`` and
-``<stage>.train_summary``. The starting model comes from ``init_from``: the previous stage's
+--namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model``,
+``<stage>.train_summary`` and ``<stage>.lora_adapter`` (outputs) and ``<stage>.checkpoints`` (the
+checkpoint store the stage writes into while it trains and resumes from). The starting model comes from ``init_from``: the previous stage's
 ``<prev>.model``, or ``None`` for a freshly initialised model of ``params:model`` (an
 ``initialise`` node inside the namespace). ``params:stage`` is mapped to
 ``params:<group>.stages.<stage>``.
 
-Why the stage list lives in code (:data:`STAGES`): a Kedro pipeline is built before the
+Why the stage list lives in code (:data:`~xoron_pipelines.training.schema.STAGES`): a Kedro pipeline is built before the
 configuration is loaded (``create_pipeline`` receives no parameters), so the DAG cannot follow a
 list read from ``parameters_*.yml``. The schema of each group requires exactly these stages,
 and ``enabled: false`` skips one (its model passes through unchanged).
@@ -25,13 +26,8 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Node, Pipeline, pipeline
 
 from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
-from .schema import Kind
+from xoron_pipelines.training.schema import STAGES, Kind
 
-#: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF)
-STAGES: dict[str, dict[str, Kind]] = {
-    "pretrain": {"language": "causal_lm", "code": "causal_lm"},
-    "finetune": {"tools": "sft", "preference": "dpo"},
-}
 
 #: the data inputs of each kind (shared, un-namespaced datasets)
 DATA_INPUTS: dict[str, list[str]] = {
@@ -43,16 +39,17 @@ DATA_INPUTS: dict[str, list[str]] = {
 _TRAIN = {"causal_lm": train_causal_lm, "sft": train_sft, "dpo": train_dpo}
 
 
-def _for_stage(func, stage: str):
-    """``func`` with ``stage=`` bound, keeping its name for kedro viz."""
-    return update_wrapper(partial(func, stage=stage), func)
+def _for_stage(func, stage: str, **kwargs):
+    """``func`` with ``stage=`` (and ``kwargs``) bound, keeping its name for kedro viz."""
+    return update_wrapper(partial(func, stage=stage, **kwargs), func)
 
 
 def stage_pipeline(kind: Kind, stage: str, group: str, init_from: str | None) -> Pipeline:
     """Stage ``stage`` of kind ``kind`` under namespace ``stage`` (see the module doc)."""
     data = DATA_INPUTS[kind]
-    nodes = [Node(_for_stage(_TRAIN[kind], stage), ["init_model", "tokenizer", *data, "params:stage"],
-                  ["model", "train_summary"], name="train")]
+    nodes = [Node(_for_stage(_TRAIN[kind], stage, with_adapter=True),
+                  ["init_model", "tokenizer", *data, "params:stage", "checkpoints"],
+                  ["model", "train_summary", "lora_adapter"], name="train")]
     inputs = {"tokenizer": "tokenizer", **{d: d for d in data}}
     parameters = {"params:stage": f"params:{group}.stages.{stage}"}
     if init_from is None:

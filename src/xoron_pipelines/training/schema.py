@@ -5,8 +5,9 @@ preference optimisation) has the same knobs; a kind ignores none of them silentl
 only make sense for one kind (``loss_weights`` for SFT, ``beta`` for DPO, ``sources`` for the
 chat kinds) are rejected by :meth:`StageParams.check_kind` when set on another kind.
 
-The schema module is not called ``params.py`` on purpose: ``training`` is the template, not a
-parameter group of its own (see :mod:`xoron_pipelines.validation`).
+It lives in the library (not in ``pipelines/training``): the stage orchestrator
+(:mod:`xoron_pipelines.training.stage`) and the latent stages build on it; the ``pretrain`` /
+``finetune`` parameter groups (``pipelines/<group>/params.py``) are :class:`StagesGroup` subclasses.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.validation import StrictModel
 
 Kind = Literal["causal_lm", "sft", "dpo"]
+
+#: stages per group, in order, and their kinds (seed 001: language -> code -> tools -> RLHF); the
+#: Kedro DAG (``pipelines/training/pipeline.py``) and the groups' schemas are built from it
+STAGES: dict[str, dict[str, Kind]] = {
+    "pretrain": {"language": "causal_lm", "code": "causal_lm"},
+    "finetune": {"tools": "sft", "preference": "dpo"},
+}
 
 #: assumed peak of the default CPU run for the MFU estimate: 2 cores x 2.5 GHz x 32 fp32 FLOP/cycle
 #: (AVX2: two 8-wide FMA units, 2 FLOP per FMA)
@@ -66,9 +74,11 @@ class StageParams(StrictModel):
         default_factory=list, description="patterns that stay trainable although a freeze pattern matches them")
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(enabled=False),
                                description="LoRA adapters: applied, trained, merged at the end of the stage")
-    checkpoint_dir: str = Field(
-        "data/06_models/checkpoints", min_length=1,
-        description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>)")
+    checkpoint_dir: str | None = Field(
+        None, min_length=1,
+        description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>); null = the "
+                    "catalog's <stage>.checkpoints store (data/06_models/checkpoints); a path replaces it "
+                    "(several nodes: storage they all share)")
     keep_configurations: int = Field(
         3, ge=1, description="keep the checkpoints of this many most recently used configurations of the stage "
                              "(the current one included); older ones are removed, each named in the log")
@@ -91,7 +101,8 @@ class StageParams(StrictModel):
                                 "null = the model's max_position_embeddings")
     loss_weights: LossWeights | None = Field(
         None, description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
-                          "code-exec 1.2); null = those defaults")
+                          "code-exec 1.2) and modality weights (the stage loss is llm_loss_weight x the LM "
+                          "loss); null = those defaults")
     beta: float | None = Field(None, gt=0, description="dpo: strength of the KL anchor to the reference")
 
     @model_validator(mode="after")

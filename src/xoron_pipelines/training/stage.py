@@ -1,7 +1,9 @@
-"""Running one stage: freeze / LoRA, the engine, tracking, merge, summary (shared by all kinds).
+"""The one stage orchestrator: freeze / LoRA, the engine, tracking, merge, summary.
 
-:func:`run_stage` takes the stage's starting model and its prepared data (batch source, eval
-function, optional custom loss) and:
+Every training stage goes through :func:`run_stage`: the Kedro ``pretrain`` / ``finetune`` nodes
+(kinds ``causal_lm``, ``sft``, ``dpo``) and the four ``latent`` stages
+(:func:`xoron_pipelines.latent.stages.train_stage`, kind ``latent``). It takes the stage's
+starting model and its prepared data (batch source, eval function, optional custom loss) and:
 
 1. applies LoRA (``lora.enabled``, adapters drawn with ``train.seed``) and the freeze / unfreeze
    patterns;
@@ -17,7 +19,16 @@ function, optional custom loss) and:
    expert-load PNGs, the tokenizer and the final model as artefacts;
 5. returns the plain trained model and a JSON-able summary.
 
-Checkpoints go to ``<checkpoint_root>/<stage>/<fingerprint>/``: the fingerprint
+The stage loss is :meth:`~xoron_pipelines.training.losses.LossWeights.combine` of the stage's
+losses by modality: today the language-model term alone (``llm_loss_weight`` x the LM / SFT / DPO
+loss; :func:`stage_objective`). PEER expert usage (``peer_log_expert_usage``, every
+``peer_log_freq`` steps of the model config, seed 002) is logged by :class:`ModelStats`.
+
+Checkpoints go to ``<root>/<stage>/<fingerprint>/`` (``<root>``: the stage's checkpoint store from
+the catalog, ``<stage>.checkpoints``, or ``checkpoint_dir`` when set: :func:`checkpoint_root`); the
+LoRA adapter is returned (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`, the
+node's ``<stage>.lora_adapter``) and also kept in ``<fingerprint>/lora_adapter`` (the summary's
+``lora_adapter``, which export reads). The fingerprint
 (:func:`stage_fingerprint`) hashes the content of what decides the trained result -- the stage
 parameters that change it, the model config (no path in it), the starting weights and the data --
 so re-running the same command resumes (or, when finished, returns at once), also after
@@ -30,7 +41,8 @@ depends on evaluations), ``train.save_steps`` / ``keep_last_k`` / ``async_checkp
 ``logging_steps`` / ``resume_from_checkpoint``, and the duration ``max_steps`` / ``num_epochs``:
 raising it continues from the newest checkpoint (see :mod:`xoron_pipelines.training.engine`).
 The ``keep_configurations`` most recently used configurations of a stage keep their checkpoints;
-older ones are removed with a log line (:func:`checkpoint_dir`).
+older ones are removed with a log line
+(:func:`~xoron_pipelines.training.checkpoint.configuration_dir`).
 
 Scale-out (``distributed.nproc_per_node`` x ``distributed.nnodes`` > 1): the starting model is
 saved (safetensors) as ``<fingerprint>/start_model.node<node_rank>`` (one per node: no two nodes
@@ -62,16 +74,18 @@ from torch import nn
 
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
 from xoron_pipelines.training.distributed import distributed_train
+from xoron_pipelines.training.engine import LossFn, default_loss
 from xoron_pipelines.training.fingerprint import fingerprint, model_config, train_settings, weights_digest
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
+from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.training.reproducibility import seed_everything
-
-from .schema import Kind, StageParams
+from xoron_pipelines.training.schema import Kind, StageParams
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +102,38 @@ class StageData:
     loss_fn: Callable | None = None
     fingerprint: str = ""                         # identity of the data (for the checkpoint dir)
     extra_summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ the objective
+@dataclass(frozen=True)
+class StageObjective:
+    """The engine's ``loss_fn`` of a stage: seed 000's modality-weighted sum
+    (:meth:`LossWeights.combine`) of the stage's losses. Today one term exists, ``llm``: the
+    language-model loss (the model's own next-token loss, or the kind's ``lm`` loss such as DPO's);
+    the multimodal stages add theirs to :meth:`terms`. ``token_weighted``: the language loss is the
+    engine's default, so micro-batches keep their token weighting (see
+    :func:`xoron_pipelines.training.train`)."""
+
+    weights: LossWeights
+    lm: LossFn
+    token_weighted: bool
+
+    def terms(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The unweighted loss of each modality on ``batch``."""
+        return {"llm": self.lm(model, batch)}
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.weights.combine(self.terms(model, batch))
+
+    @property
+    def last_metrics(self) -> dict[str, float] | None:
+        return getattr(self.lm, "last_metrics", None)
+
+
+def stage_objective(model: nn.Module, weights: LossWeights | None, lm: LossFn | None = None) -> StageObjective:
+    """The stage loss ``combine({"llm": lm})`` with ``weights`` (seed 000's defaults when None);
+    ``lm`` None = the model's default LM loss."""
+    return StageObjective(weights or LossWeights(), lm or default_loss(model), token_weighted=lm is None)
 
 
 # ------------------------------------------------------------------------------ freezing
@@ -130,21 +176,15 @@ def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: s
                        data=data_fingerprint)
 
 
-def checkpoint_dir(root: str | Path, stage: str, fingerprint: str, keep_configurations: int | None = 3) -> Path:
-    """``<root>/<stage>/<fingerprint>``, keeping the ``keep_configurations`` most recently used
-    configurations of the stage (logged); see
-    :func:`xoron_pipelines.training.checkpoint.configuration_dir`."""
-    return configuration_dir(root, stage, fingerprint, keep_configurations)
-
-
 # ------------------------------------------------------------------------------ metrics
-def model_stats(model: nn.Module) -> dict[str, float]:
-    """Per MoE layer the routed-token share of each expert (or max/min share for many experts),
-    per PEER layer the hot-expert count and the fraction of experts ever used."""
+def _plain(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def moe_stats(model: nn.Module) -> dict[str, float]:
+    """Per MoE layer the routed-token share of each expert (or max/min share for many experts)."""
     out: dict[str, float] = {}
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-    expert_load = getattr(model, "expert_load", None)
+    expert_load = getattr(_plain(model), "expert_load", None)
     if callable(expert_load):
         for layer, load in expert_load().items():
             load = load.detach().float().cpu()
@@ -154,6 +194,13 @@ def model_stats(model: nn.Module) -> dict[str, float]:
                 out.update({f"moe/layer{layer}/expert{j}": float(v) for j, v in enumerate(load)})
             out[f"moe/layer{layer}/max_over_mean"] = float(load.max() / load.mean())
             out[f"moe/layer{layer}/min_share"] = float(load.min())
+    return out
+
+
+def peer_stats(model: nn.Module) -> dict[str, float]:
+    """Per PEER layer the hot-expert count and the fraction of experts ever used."""
+    out: dict[str, float] = {}
+    model = _plain(model)
     hot = getattr(model, "peer_hot_experts", None)
     if callable(hot):
         for layer, count in hot().items():
@@ -163,6 +210,27 @@ def model_stats(model: nn.Module) -> dict[str, float]:
             if callable(stats):
                 out[f"peer/layer{i}/active_fraction"] = float(stats()["active_fraction"])
     return out
+
+
+class ModelStats:
+    """The engine's ``stats_fn``: MoE expert load at every logging step; PEER usage (seed 002's
+    ``log_expert_usage`` / ``log_freq``, the model config's ``peer_log_expert_usage`` /
+    ``peer_log_freq``) only when enabled, at the first logging step at or after each multiple of
+    ``peer_log_freq`` (exactly every ``peer_log_freq`` steps when that is a multiple of
+    ``logging_steps``). Models without such a config log PEER usage at every logging step."""
+
+    def __init__(self, config: Any = None) -> None:
+        self.peer = bool(getattr(config, "peer_log_expert_usage", True))
+        self.freq = int(getattr(config, "peer_log_freq", 1) or 1)
+        self._next = self.freq
+
+    def __call__(self, model: nn.Module, step: int | None = None) -> dict[str, float]:
+        out = moe_stats(model)
+        if self.peer and (step is None or step >= self._next):
+            out.update(peer_stats(model))
+            if step is not None:
+                self._next = (step // self.freq + 1) * self.freq
+        return out
 
 
 def _trainable(model: nn.Module) -> tuple[int, int]:
@@ -207,9 +275,9 @@ def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, 
     ``(trained model, TrainResult or None)``: None on a node other than node 0."""
     dist = params.distributed
     if not dist.launches:
-        return model, train(model, data.source, params.train, ckpt_dir=ckpt_dir, desc=stage, **engine)
+        return model, train(model, data.source, params.train, ckpt_dir=ckpt_dir, **engine)
     factory = StageModelFactory(str(start_model_dir(ckpt_dir, dist.node_rank)), params)
-    out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, desc=stage, **engine)
+    out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, **engine)
     if out is not None:
         return out
     last = latest_valid_checkpoint(ckpt_dir)  # node_rank > 0: node 0's workers wrote it (shared storage)
@@ -221,15 +289,40 @@ def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, 
     return trained, None
 
 
-def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params: StageParams, *,
-              tokenizer=None, checkpoint_root: str | Path = "data/06_models/checkpoints",
-              extra_params: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``model`` for one stage; returns (plain trained model, summary). See the module doc."""
+def checkpoint_root(stage: str, params: StageParams, store: CheckpointStore | None) -> Path:
+    """Root of the stage's checkpoints (``<root>/<stage>/<fingerprint>``): the catalog's
+    ``<stage>.checkpoints`` store, unless ``params.checkpoint_dir`` is set (the seed knob), which
+    replaces it (logged). One of the two must be given."""
+    if store is not None and store.stage != stage:
+        raise ValueError(f"stage {stage}: the checkpoint store given is stage {store.stage!r}'s ({store.path})")
+    if params.checkpoint_dir is not None:
+        if store is not None and Path(params.checkpoint_dir) != store.root:
+            log.info("stage %s: checkpoint_dir %s replaces the catalog's %s.checkpoints (%s)", stage,
+                     params.checkpoint_dir, stage, store.root)
+        return Path(params.checkpoint_dir)
+    if store is None:
+        raise ValueError(f"stage {stage}: no checkpoint location: give the {stage}.checkpoints store or set "
+                         "checkpoint_dir")
+    return store.root
+
+
+def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: StageParams, *,
+              checkpoints: CheckpointStore | None = None, tokenizer=None, fingerprint: str | None = None,
+              extra_params: dict[str, Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
+              desc: str | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any], LoraAdapter]:
+    """Train ``model`` for one stage; returns (plain trained model, summary, LoRA adapter: empty
+    when the stage trained none or on a node other than node 0). See the module doc.
+
+    ``checkpoints``: the stage's checkpoint store (see :func:`checkpoint_root`);
+    ``fingerprint``: the stage's identity when the caller computes it (the latent stages), else
+    :func:`stage_fingerprint`. ``on_log(step, metrics)`` receives the metrics too (with or without
+    tracking); ``desc`` names the progress bar (default: ``stage``).
+    """
     cfg, dist = params.train, params.distributed
-    fingerprint = stage_fingerprint(params, model, data.fingerprint)
+    fingerprint = fingerprint or stage_fingerprint(params, model, data.fingerprint)
     # node 0 alone prunes earlier configurations (the other nodes share its checkpoint_dir)
-    ckpt_dir = checkpoint_dir(checkpoint_root, stage, fingerprint,
-                              params.keep_configurations if dist.node_rank == 0 else None)
+    ckpt_dir = configuration_dir(checkpoint_root(stage, params, checkpoints), stage, fingerprint,
+                                 params.keep_configurations if dist.node_rank == 0 else None)
     base = model
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
@@ -241,38 +334,45 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
     if params.lora.enabled and params.lora.use_lora_plus:
         groups = partial(lora_plus_param_groups, lr=cfg.learning_rate, ratio=params.lora.lora_plus_lr_ratio,
                          weight_decay=cfg.weight_decay)
-    counts = count_parameters(base.config)
-    active = counts["active_per_token"]
+    config = getattr(base, "config", None)
+    counts = count_parameters(config) if hasattr(config, "to_dict") else None
+    active = counts["active_per_token"] if counts else None
     track = params.tracking.model_copy(update={"enabled": params.tracking.enabled and dist.node_rank == 0})
     recorder = tracking.StageRecorder(track.enabled)
 
-    def on_log(step: int, metrics: dict[str, float]) -> None:
+    def log_metrics(step: int, metrics: dict[str, float]) -> None:
         metrics = {k.replace("rewards/", "train_reward_"): v for k, v in metrics.items()}
-        if "tokens_per_s" in metrics:  # tokens of all processes, on world_size devices
+        if "tokens_per_s" in metrics and active:  # tokens of all processes, on world_size devices
             metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / (track.peak_flops * dist.world_size)
         recorder.log(step, metrics)
+        if on_log is not None:
+            on_log(step, metrics)
 
     with tracking.stage_run(stage, track.enabled, tags={"xoron.kind": kind, "xoron.fingerprint": fingerprint}) as run:
         if track.enabled:
-            tracking.log_params({**params.model_dump(mode="json"), "kind": kind,
-                                 "model": {"active_params": active, "total_params": counts["total"],
-                                           "trainable_params": trainable, "frozen_tensors": frozen,
-                                           "preset_config": base.config.to_dict()}, **(extra_params or {})})
+            model_info = {"trainable_params": trainable, "frozen_tensors": frozen}
+            if counts:
+                model_info.update(active_params=active, total_params=counts["total"], preset_config=config.to_dict())
+            tracking.log_params({**params.model_dump(mode="json"), "kind": kind, "model": model_info,
+                                 **(extra_params or {})})
         log.info("stage %s (%s): %d of %d parameters train in %d process(es), checkpoints in %s", stage, kind,
                  trainable, total, dist.world_size, ckpt_dir)
         start = time.perf_counter()
+        objective = stage_objective(model, params.loss_weights, data.loss_fn)
         model, result = _train_in_processes(
-            model, data, params, ckpt_dir, stage, eval_fn=data.eval_fn if cfg.eval_steps else None, on_log=on_log,
-            loss_fn=data.loss_fn, param_groups=groups, stats_fn=model_stats)
+            model, data, params, ckpt_dir, stage, eval_fn=data.eval_fn if cfg.eval_steps else None,
+            on_log=log_metrics, loss_fn=objective, param_groups=groups, stats_fn=ModelStats(config),
+            desc=desc or stage, progress=progress)
         wall = time.perf_counter() - start
         writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone writes into the shared dir
         adapter = str(save_adapter(model, ckpt_dir / "lora_adapter")) if writes else None
+        adapter_files = LoraAdapter.of(model) if writes else LoraAdapter()
         model = merge_lora(model)
         model.eval()
         if result is None:
             return model, {"stage": stage, "kind": kind, "enabled": True, "node_rank": dist.node_rank,
                            "note": "trained on several nodes; node 0 logs the metrics", "fingerprint": fingerprint,
-                           "lora_adapter": adapter}
+                           "lora_adapter": adapter}, adapter_files
         with torch.no_grad():
             final_eval = data.eval_fn(model)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
@@ -285,7 +385,7 @@ def run_stage(stage: str, kind: Kind, model: nn.Module, data: StageData, params:
             import mlflow
 
             mlflow.log_dict(summary, "summary.json")
-    return model, summary
+    return model, summary, adapter_files
 
 
 def _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run) -> dict[str, Any]:

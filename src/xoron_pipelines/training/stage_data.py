@@ -1,4 +1,4 @@
-"""Batch sources and evaluation functions of the three stage kinds.
+"""Batch sources and evaluation functions of the three stage kinds (prepared by the Kedro stage nodes).
 
 * ``causal_lm``: packed Parquet shards (``packed_train`` / ``packed_val``) through
   :class:`~xoron_pipelines.training.data.ParquetBatchSource`; eval = mean next-token loss per
