@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import pipelines
 from rich.console import Console
 from rich.table import Table
 
 from xoron_pipelines.datasets.generation import STAGING_ENV
+from xoron_pipelines.pipeline_registry import TRAINING_STAGES
 from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
 from xoron_pipelines.validation import validate_all
 
@@ -47,10 +49,9 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
 def data_processing_outputs() -> set[str]:
-    """The datasets the ``data_processing`` pipeline writes (what the data lock protects)."""
-    from xoron_pipelines.pipelines.data_processing.pipeline import create_pipeline
-
-    return set(create_pipeline().all_outputs())
+    """The datasets the ``data_processing`` pipeline writes (what the data lock protects), read
+    from the project's pipeline registry."""
+    return set(pipelines["data_processing"].all_outputs())
 
 
 def lock_mode(pipeline) -> str | None:
@@ -176,10 +177,8 @@ def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:
 
 def run_summary(outputs: set[str], load) -> list[Table]:
     """Tables for what this run produced: training stages, stage comparison, export formats."""
-    from xoron_pipelines.pipelines.training.pipeline import STAGES
-
     tables = []
-    order = [stage for group in STAGES.values() for stage in group]
+    order = [stage for group in TRAINING_STAGES.values() for stage in group]
     stages = [f"{stage}.train_summary" for stage in order if f"{stage}.train_summary" in outputs]
     if stages:
         table = Table(title="training stages")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+from xoron_pipelines.pipelines.training.pipeline import STAGES as TRAINING_STAGES
+
 # The default `kedro run`: every stage from raw corpus to exported model, in this order.
 # Pipelines that do not exist yet are skipped, so the list is the roadmap too.
 DEFAULT_ORDER = ("synth", "data_processing", "pretrain", "finetune", "evaluation", "export")
+
+__all__ = ["DEFAULT_ORDER", "TRAINING_STAGES", "register_pipelines"]  # TRAINING_STAGES: group -> stages, in order
 
 
 def register_pipelines() -> dict[str, Pipeline]:
