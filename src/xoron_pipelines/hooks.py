@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.table import Table
 
 from xoron_pipelines.datasets.generation import STAGING_ENV
-from xoron_pipelines.pipeline_registry import TRAINING_STAGES, data_processing_outputs
 from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
 from xoron_pipelines.validation import validate_all
 
@@ -32,6 +31,11 @@ _TRAIN_COLUMNS = (("stage", "stage", "{}"), ("mix", "data_mix", "{}"), ("procs",
                   ("val ppl", "eval_perplexity", "{:.1f}"), ("unigram H", "unigram_entropy", "{:.3f}"),
                   ("tok/s", "tokens_per_s", "{:.0f}"), ("wall s", "wall_s", "{:.0f}"))
 
+
+# _registry_note: the hooks take what they need to know about the pipelines (the datasets
+# data_processing writes, the training stage order) from xoron_pipelines.pipeline_registry, imported
+# when a run starts rather than when Kedro loads settings.py: the pipelines import torch, and every
+# `kedro` command (--help, viz) loads the settings.
 
 #: what :func:`validated_input` returns for an input that is not a validated parameter
 _NOT_VALIDATED = object()
@@ -91,6 +95,8 @@ DEFAULT_LOCK_TIMEOUT_S = 600.0
 def lock_mode(pipeline) -> str | None:
     """``exclusive`` when ``pipeline`` writes a data_processing output, ``shared`` when it only
     reads one, None when it touches none."""
+    from xoron_pipelines.pipeline_registry import data_processing_outputs  # see _registry_note
+
     protected = data_processing_outputs()
     if protected & set(pipeline.all_outputs()):
         return "exclusive"
@@ -211,6 +217,8 @@ def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:
 
 def run_summary(outputs: set[str], load) -> list[Table]:
     """Tables for what this run produced: training stages, stage comparison, export formats."""
+    from xoron_pipelines.pipeline_registry import TRAINING_STAGES  # see _registry_note
+
     tables = []
     order = [stage for group in TRAINING_STAGES.values() for stage in group]
     stages = [f"{stage}.train_summary" for stage in order if f"{stage}.train_summary" in outputs]
