@@ -58,11 +58,11 @@ def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048
     src_mod.check_source_paths(sources, synth)
     d = params.dedup
     dedup = Deduplicator(d.exact, d.near_dup, d.near_dup_threshold, d.num_perm, d.shingle_size)
-    stage = staging_dir("xoron-ledger-")
-    with ShardWriter(stage, LEDGER_SCHEMA, rows_per_shard=10_000) as writer:
+    out_dir = staging_dir("xoron-ledger-")
+    with ShardWriter(out_dir, LEDGER_SCHEMA, rows_per_shard=10_000) as writer:
         for source in sources:
             _ingest_source(source, params, dedup, writer, batch_rows, synth)
-    return ShardSet(stage, staged=True)
+    return ShardSet(out_dir, staged=True)
 
 
 def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, batch_rows: int,
