@@ -20,7 +20,7 @@ import logging
 import os
 import string
 from dataclasses import dataclass
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -134,7 +134,7 @@ def _is_input(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def check_source_paths(sources, synth: Mapping[str, Callable[[], Any]] | None = None) -> None:
+def check_source_paths(sources, synth: Mapping[str, Any] | None = None) -> None:
     """Fail before any work when a local source has no files, or a ``synth`` source no partition
     in ``synth`` (the loaded ``synth_raw`` dataset); hf / stdlib sources are not checked."""
     for source in sources:
@@ -149,25 +149,29 @@ def check_source_paths(sources, synth: Mapping[str, Callable[[], Any]] | None = 
             resolve_files(source, unreadable=[])
 
 
-def synth_label(kind: str) -> str:
-    """The ``file`` of the records of a ``synth`` source: the catalog dataset and partition."""
-    return f"synth_raw/{kind}"
+def synth_label(kind: str, partition: Any) -> str:
+    """The ``file`` of the records of a ``synth`` source: the partition's path as configured in
+    the catalog (``data/01_raw/synth/<type>.jsonl``, what a ``jsonl`` source of that file names,
+    so records, their train/val assignment and the packed data are the same either way), or
+    ``synth_raw/<type>`` for a partition without one (rows handed over in memory)."""
+    return getattr(partition, "file", None) or f"synth_raw/{kind}"
 
 
 def iter_records(source, max_record_bytes: int, stdlib_params=None,
-                 synth: Mapping[str, Callable[[], Any]] | None = None) -> Iterator[RawRecord]:
+                 synth: Mapping[str, Any] | None = None) -> Iterator[RawRecord]:
     """Every row of ``source`` as a :class:`RawRecord` (text extracted, or a reason).
 
     A failure while extracting one row quarantines that row; a failure that stops a file's
     reader quarantines the rest of that file (``unreadable_file``, naming the last row read),
     and the next file is read. A ``synth`` source reads its partition through ``synth`` (the
-    loaded ``synth_raw`` dataset: type -> load function), rows numbered from 1 like JSONL lines;
+    loaded ``synth_raw`` dataset: type -> partition), rows numbered from 1 like JSONL lines;
     a partition the dataset cannot load is one ``unreadable_file`` record."""
     if source.format == "synth":
         if source.path not in (synth or {}):
             raise ValueError(f"source {source.name!r}: a synth source is read from the synth_raw dataset's "
                              f"partition {source.path!r}, which is not given here (only data_processing reads them)")
-        yield from _guarded(source, synth_label(source.path), _iter_partition(synth[source.path]), max_record_bytes)
+        partition = synth[source.path]
+        yield from _guarded(source, synth_label(source.path, partition), _iter_partition(partition), max_record_bytes)
         return
     if source.format == "stdlib":
         for rec in stdlib_corpus.iter_rows(source.path, stdlib_params):
@@ -241,10 +245,10 @@ def _lines(fh, limit: int) -> Iterator[tuple[bytes, int]]:
         yield line, size
 
 
-def _iter_partition(load: Callable[[], Any]) -> Iterator[tuple[int, Any]]:
-    """(row, object) per row of a loaded dataset partition, 1-based (the JSONL line number of a
-    file without blank lines, as the synth pipeline writes them)."""
-    yield from enumerate(load(), start=1)
+def _iter_partition(partition: Any) -> Iterator[tuple[int, Any]]:
+    """(row, object) per row of a dataset partition (its load function, or its rows), 1-based:
+    the JSONL line number of a file without blank lines, as the synth pipeline writes them."""
+    yield from enumerate(partition() if callable(partition) else partition, start=1)
 
 
 def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
