@@ -18,9 +18,11 @@ the project lies), absolute otherwise.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any, Callable
 
+from kedro.io import DatasetError
 from kedro_datasets.partitions import PartitionedDataset
 
 
@@ -42,8 +44,17 @@ class LabelledPartitionedDataset(PartitionedDataset):
     """:class:`PartitionedDataset` whose ``load`` gives each partition its configured path."""
 
     def load(self) -> dict[str, Partition]:
+        """The partitions; raises ``DatasetError`` caused by ``FileNotFoundError`` (naming the
+        folder) when there are none, like a single-file dataset whose file is missing."""
         root = _relative_to_cwd(str(self._path).rstrip("/"))
+        if not self._list_partitions_fresh():
+            missing = FileNotFoundError(errno.ENOENT, "no partitions", root)
+            raise DatasetError(f"No partitions found in '{root}'") from missing
         return {pid: Partition(load, f"{root}/{pid}{self._filename_suffix}") for pid, load in super().load().items()}
+
+    def _list_partitions_fresh(self) -> list[str]:
+        self._invalidate_caches()
+        return self._list_partitions()
 
 
 def _relative_to_cwd(path: str) -> str:
