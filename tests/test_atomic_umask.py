@@ -126,7 +126,7 @@ def test_checkpoints_and_shard_sets_follow_the_umask(tmp_path, umask):
 def test_model_export_directories_follow_the_umask(tmp_path, umask):
     from xoron_pipelines.model import interop
     from xoron_pipelines.model.model import XoronForCausalLM
-    from xoron_pipelines.model.presets import get_config
+    from xoron_pipelines.model.config import get_config
 
     torch.manual_seed(0)
     model = XoronForCausalLM(get_config("nano")).float().eval()

@@ -203,14 +203,14 @@ def test_kedro_run_with_a_bad_command_line_value_prints_a_short_error(project):
 
 
 def test_missing_input_is_a_short_error_with_python_m(project):
-    # data_processing reads the synth manifest, which a fresh project does not have yet
+    # data_processing reads the synth partitions (synth_raw), which a fresh project does not have yet
     out = _run(project, "-m", "xoron_pipelines", "--pipelines", "data_processing")
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert 1 <= len(lines) < 15, out.stderr
-    assert "Input error: dataset 'synth_manifest' does not exist yet" in out.stderr
-    assert "synth_manifest.json" in out.stderr
+    assert "Input error: dataset 'synth_raw' does not exist yet" in out.stderr
+    assert "data/01_raw/synth" in out.stderr
 
 
 def test_a_held_data_lock_is_a_short_error_naming_the_holder(project):

@@ -1,17 +1,20 @@
-"""Project hooks: parameter validation before any node, the data lock and staging area of a
+"""Project hooks: parameter validation before any node (nodes receive the validated objects), the data lock and staging area of a
 run, MLflow runs of killed processes closed, a short summary after a run."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
 import socket
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -29,15 +32,58 @@ _TRAIN_COLUMNS = (("stage", "stage", "{}"), ("mix", "data_mix", "{}"), ("procs",
                   ("tok/s", "tokens_per_s", "{:.0f}"), ("wall s", "wall_s", "{:.0f}"))
 
 
+# _registry_note: the hooks take what they need to know about the pipelines (the datasets
+# data_processing writes) from xoron_pipelines.pipeline_registry, imported
+# when a run starts rather than when Kedro loads settings.py: the pipelines import torch, and every
+# `kedro` command (--help, viz) loads the settings.
+
+#: what :func:`validated_input` returns for an input that is not a validated parameter
+_NOT_VALIDATED = object()
+
+
+def validated_input(validated: Mapping[str, BaseModel], name: str) -> Any:
+    """The validated value of the node input ``name`` (``params:<group>`` or a nested
+    ``params:<group>.<key>...`` that Kedro creates), found in ``validated`` (group -> schema
+    object), or :data:`_NOT_VALIDATED` when it is not a parameter of a validated group. A deep
+    copy: like Kedro's parameter datasets, each node gets its own."""
+    group, *path = name.removeprefix("params:").split(".")
+    if not name.startswith("params:") or group not in validated:
+        return _NOT_VALIDATED
+    value: Any = validated[group]
+    for key in path:
+        if isinstance(value, BaseModel) and key in type(value).model_fields:
+            value = getattr(value, key)
+        elif isinstance(value, Mapping) and key in value:
+            value = value[key]
+        else:
+            return _NOT_VALIDATED
+    return value.model_copy(deep=True) if isinstance(value, BaseModel) else copy.deepcopy(value)
+
+
 class ParameterValidationHook:
-    """Validate all parameters as soon as the context exists, before any node runs."""
+    """Validate all parameters once, as soon as the context exists and before any node runs, and
+    hand each node the validated objects of its ``params:`` inputs (``params:<group>`` -> the
+    group's schema object, ``params:<group>.<key>`` -> that field's value, e.g.
+    ``params:pretrain.stages.language`` -> a ``StageParams``). A node's
+    ``Params.model_validate(params)`` on such an object returns it unchanged (pydantic v2 does not
+    revalidate instances), so nodes stay callable with plain dicts and nothing is validated twice.
+    kedro-mlflow still logs the flat parameter keys: every ``before_node_run`` hook sees the
+    catalog's plain values; Kedro applies the replacements after all of them ran."""
+
+    def __init__(self) -> None:
+        self._validated: dict[str, BaseModel] = {}
 
     @hook_impl
     def after_context_created(self, context) -> None:
         # the --params of `kedro run` (Kedro keeps them on the context) name the command line as
         # the origin of a bad value
-        validated = validate_all(context.params, getattr(context, "_runtime_params", None))
-        log.debug("validated parameter groups: %s", sorted(validated))
+        self._validated = validate_all(context.params, getattr(context, "_runtime_params", None))
+        log.debug("validated parameter groups: %s", sorted(self._validated))
+
+    @hook_impl
+    def before_node_run(self, node, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        replaced = {name: validated_input(self._validated, name) for name in inputs if name.startswith("params:")}
+        return {name: value for name, value in replaced.items() if value is not _NOT_VALIDATED} or None
 
 
 #: per-run staging areas of node outputs, relative to the project root
@@ -46,16 +92,11 @@ STAGING_PATH = Path("data") / ".staging"
 DEFAULT_LOCK_TIMEOUT_S = 600.0
 
 
-def data_processing_outputs() -> set[str]:
-    """The datasets the ``data_processing`` pipeline writes (what the data lock protects)."""
-    from xoron_pipelines.pipelines.data_processing.pipeline import create_pipeline
-
-    return set(create_pipeline().all_outputs())
-
-
 def lock_mode(pipeline) -> str | None:
     """``exclusive`` when ``pipeline`` writes a data_processing output, ``shared`` when it only
     reads one, None when it touches none."""
+    from xoron_pipelines.pipeline_registry import data_processing_outputs  # see _registry_note
+
     protected = data_processing_outputs()
     if protected & set(pipeline.all_outputs()):
         return "exclusive"
@@ -176,7 +217,7 @@ def _cell(summary: dict[str, Any], key: str, fmt: str) -> str:
 
 def run_summary(outputs: set[str], load) -> list[Table]:
     """Tables for what this run produced: training stages, stage comparison, export formats."""
-    from xoron_pipelines.training.schema import STAGES
+    from xoron_pipelines.training.schema import STAGES  # library data, no pipeline import
 
     tables = []
     order = [stage for group in STAGES.values() for stage in group]

@@ -1,10 +1,12 @@
 """Parameter validation: every top-level parameter group has a pydantic schema.
 
 Each ``conf/base/parameters_<group>.yml`` holds one top-level key ``<group>`` whose schema is
-the ``Params`` class of ``xoron_pipelines.pipelines.<group>.params`` (or, for groups that are
-not a pipeline, a class registered with :func:`register`). :class:`ParameterValidationHook`
-validates all groups when the Kedro context is created, before any node runs, and nodes call
-``Params.model_validate`` on their own group to get typed access.
+listed in :data:`xoron_pipelines.schemas.SCHEMAS` (the ``Params`` class of
+``pipelines/<group>/params.py``, or a library schema such as ``model``'s).
+:class:`~xoron_pipelines.hooks.ParameterValidationHook` validates all groups once, when the Kedro
+context is created, before any node runs, and hands each node the validated objects of its
+``params:`` inputs; a node's ``Params.model_validate(params)`` on such an object returns it as
+is (pydantic does not revalidate instances), so validation runs once per run.
 
 An unknown key, a wrong type or an impossible value raises :class:`ParameterError` naming the
 dotted key and where it comes from: the conf file, or the command line for a value given with
@@ -21,14 +23,10 @@ must be converted (a ``tuple`` from a YAML list, a ``Path`` from a string) opts 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-_EXTRA: dict[str, type[BaseModel]] = {}
 
 # Top-level keys that Kedro or its plugins may inject and that are not ours to validate.
 _IGNORED_GROUPS: frozenset[str] = frozenset()
@@ -51,16 +49,6 @@ class StrictModel(BaseModel):
 
 class ParameterError(ValueError):
     """A parameter (in conf/ or given on the command line) is unknown, of the wrong type, or impossible."""
-
-
-def register(group: str):
-    """Register a schema for a parameter group that is not a pipeline (e.g. ``model``)."""
-
-    def deco(cls: type[BaseModel]) -> type[BaseModel]:
-        _EXTRA[group] = cls
-        return cls
-
-    return deco
 
 
 def conf_file(group: str) -> str:
@@ -91,26 +79,11 @@ def _command_line_note(key: str, runtime_keys: list[str]) -> str:
 
 
 def schemas() -> dict[str, type[BaseModel]]:
-    """All known parameter groups -> schema, discovered from the pipelines' ``params`` modules."""
-    from xoron_pipelines import pipelines as pipelines_pkg
+    """All known parameter groups -> schema: :data:`xoron_pipelines.schemas.SCHEMAS`."""
+    # imported here, not at the top: every schema module imports StrictModel from this module
+    from xoron_pipelines.schemas import SCHEMAS
 
-    found: dict[str, type[BaseModel]] = {}
-    for mod in pkgutil.iter_modules(pipelines_pkg.__path__):
-        try:
-            params_mod = importlib.import_module(f"{pipelines_pkg.__name__}.{mod.name}.params")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(f"{mod.name}.params"):
-                continue
-            raise
-        found[mod.name] = params_mod.Params
-    # groups registered outside the pipelines (model library, ...)
-    for extra in ("xoron_pipelines.model.config",):
-        try:
-            importlib.import_module(extra)
-        except ModuleNotFoundError:
-            pass
-    found.update(_EXTRA)
-    return found
+    return dict(SCHEMAS)
 
 
 def _format_loc(group: str, loc: tuple[Any, ...]) -> str:

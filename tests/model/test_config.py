@@ -8,7 +8,7 @@ from transformers import AutoConfig
 
 import xoron_pipelines.model  # noqa: F401  (registers model_type "xoron")
 from xoron_pipelines.model.config import XoronConfig
-from xoron_pipelines.model.presets import get_config
+from xoron_pipelines.model.config import get_config
 from xoron_pipelines.validation import ParameterError, validate_group
 
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from xoron_pipelines.model import interop
 from xoron_pipelines.model.model import XoronForCausalLM
-from xoron_pipelines.model.presets import get_config
+from xoron_pipelines.model.config import get_config
 
 TOL = 1e-4
 SEQ = 40  # longer than nano-gqa-moe's sliding window (32) and nano-moe-mla's attention chunk (16)

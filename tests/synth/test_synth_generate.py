@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from xoron_pipelines.categories import DATASET_CATEGORIES
-from xoron_pipelines.pipelines.synth.generators.gitops import detokenize_diff
-from xoron_pipelines.pipelines.synth.generators.tools import RATES
+from xoron_pipelines.synth.generators.gitops import detokenize_diff
+from xoron_pipelines.synth.generators.tools import RATES
 from xoron_pipelines.pipelines.synth.nodes import generate_synthetic
 from xoron_pipelines.pipelines.synth.params import SYNTH_TYPES
 from xoron_pipelines.tokens import SPECIAL_TOKENS, render_chat, strip_hidden_tokens

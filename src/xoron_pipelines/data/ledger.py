@@ -15,7 +15,8 @@ dedup state.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Callable, Mapping
+from typing import Any, Iterable
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -49,20 +50,23 @@ class BadRecordError(ValueError):
     """Raised on the first bad record when ``on_bad_record: fail``."""
 
 
-def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048) -> ShardSet:
-    """Ingest, clean and deduplicate every selected source into a staged ledger shard set."""
+def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048,
+                 synth: Mapping[str, Callable[[], Any]] | None = None) -> ShardSet:
+    """Ingest, clean and deduplicate every selected source into a staged ledger shard set;
+    ``synth`` (the loaded ``synth_raw`` dataset: type -> load function) feeds the ``synth`` sources."""
     sources = list(params.selected_sources() if sources is None else sources)
-    src_mod.check_source_paths(sources)
+    src_mod.check_source_paths(sources, synth)
     d = params.dedup
     dedup = Deduplicator(d.exact, d.near_dup, d.near_dup_threshold, d.num_perm, d.shingle_size)
-    stage = staging_dir("xoron-ledger-")
-    with ShardWriter(stage, LEDGER_SCHEMA, rows_per_shard=10_000) as writer:
+    out_dir = staging_dir("xoron-ledger-")
+    with ShardWriter(out_dir, LEDGER_SCHEMA, rows_per_shard=10_000) as writer:
         for source in sources:
-            _ingest_source(source, params, dedup, writer, batch_rows)
-    return ShardSet(stage, staged=True)
+            _ingest_source(source, params, dedup, writer, batch_rows, synth)
+    return ShardSet(out_dir, staged=True)
 
 
-def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, batch_rows: int) -> None:
+def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, batch_rows: int,
+                   synth: Mapping[str, Callable[[], Any]] | None = None) -> None:
     c = params.cleaning
     cols: dict[str, list] = {name: [] for name in LEDGER_SCHEMA.names}
     counts = {KEPT: 0, QUARANTINED: 0, FILTERED: 0}
@@ -83,7 +87,7 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
             for values in cols.values():
                 values.clear()
 
-    records = src_mod.iter_records(source, c.max_record_bytes, params.stdlib_corpus)
+    records = src_mod.iter_records(source, c.max_record_bytes, params.stdlib_corpus, synth)
     for rec in tqdm(records, desc=f"ingest {source.name}", unit="rec", disable=not params.progress, leave=False):
         if rec.reason is None:
             rec.text = clean_text(rec.text, c.normalization, c.strip_control)

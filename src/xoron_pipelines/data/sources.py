@@ -20,6 +20,7 @@ import logging
 import os
 import string
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,19 +134,45 @@ def _is_input(path: Path) -> bool:
     return path.is_file() or (path.is_symlink() and not path.exists())
 
 
-def check_source_paths(sources) -> None:
-    """Fail before any work when a local source has no files (hf / stdlib are not checked)."""
+def check_source_paths(sources, synth: Mapping[str, Any] | None = None) -> None:
+    """Fail before any work when a local source has no files, or a ``synth`` source no partition
+    in ``synth`` (the loaded ``synth_raw`` dataset); hf / stdlib sources are not checked."""
     for source in sources:
-        if source.format not in ("hf", "stdlib"):
+        if source.format == "synth":
+            if source.path not in (synth or {}):
+                raise FileNotFoundError(
+                    f"data_processing source {source.name!r}: the synth_raw dataset has no partition "
+                    f"{source.path!r}; run the synth pipeline with synth.counts.{source.path} > 0 "
+                    f"(conf/base/parameters_synth.yml), or drop the source from conf/base/parameters_data_processing.yml"
+                )
+        elif source.format not in ("hf", "stdlib"):
             resolve_files(source, unreadable=[])
 
 
-def iter_records(source, max_record_bytes: int, stdlib_params=None) -> Iterator[RawRecord]:
+def synth_label(kind: str, partition: Any) -> str:
+    """The ``file`` of the records of a ``synth`` source: the partition's path as configured in
+    the catalog (``data/01_raw/synth/<type>.jsonl``, what a ``jsonl`` source of that file names,
+    so records, their train/val assignment and the packed data are the same either way), or
+    ``synth_raw/<type>`` for a partition without one (rows handed over in memory)."""
+    return getattr(partition, "file", None) or f"synth_raw/{kind}"
+
+
+def iter_records(source, max_record_bytes: int, stdlib_params=None,
+                 synth: Mapping[str, Any] | None = None) -> Iterator[RawRecord]:
     """Every row of ``source`` as a :class:`RawRecord` (text extracted, or a reason).
 
     A failure while extracting one row quarantines that row; a failure that stops a file's
     reader quarantines the rest of that file (``unreadable_file``, naming the last row read),
-    and the next file is read."""
+    and the next file is read. A ``synth`` source reads its partition through ``synth`` (the
+    loaded ``synth_raw`` dataset: type -> partition), rows numbered from 1 like JSONL lines;
+    a partition the dataset cannot load is one ``unreadable_file`` record."""
+    if source.format == "synth":
+        if source.path not in (synth or {}):
+            raise ValueError(f"source {source.name!r}: a synth source is read from the synth_raw dataset's "
+                             f"partition {source.path!r}, which is not given here (only data_processing reads them)")
+        partition = synth[source.path]
+        yield from _guarded(source, synth_label(source.path, partition), _iter_partition(partition), max_record_bytes)
+        return
     if source.format == "stdlib":
         for rec in stdlib_corpus.iter_rows(source.path, stdlib_params):
             file, row = rec.pop("_file"), rec.pop("_row")
@@ -216,6 +243,12 @@ def _lines(fh, limit: int) -> Iterator[tuple[bytes, int]]:
                 if not rest or rest.endswith(b"\n"):
                     break
         yield line, size
+
+
+def _iter_partition(partition: Any) -> Iterator[tuple[int, Any]]:
+    """(row, object) per row of a dataset partition (its load function, or its rows), 1-based:
+    the JSONL line number of a file without blank lines, as the synth pipeline writes them."""
+    yield from enumerate(partition() if callable(partition) else partition, start=1)
 
 
 def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:

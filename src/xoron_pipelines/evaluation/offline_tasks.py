@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from xoron_pipelines.data import stdlib_corpus
-from xoron_pipelines.pipelines.synth.generators.common import FIRST_NAMES, WORDS, num, pick
-from xoron_pipelines.pipelines.synth.generators.programs import python_program
-from xoron_pipelines.pipelines.synth.generators.reasoning import SYMBOL, cot_problem, idk_question
 from xoron_pipelines.sandbox import SandboxLimits, SandboxWorker
+from xoron_pipelines.synth import generate_type
+from xoron_pipelines.synth.generators.common import FIRST_NAMES, WORDS, num, pick
+from xoron_pipelines.synth.generators.programs import python_program
+from xoron_pipelines.synth.generators.reasoning import SYMBOL, cot_problem, idk_question
 from xoron_pipelines.tokens import block, render_chat
 
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -287,8 +288,6 @@ HELDOUT_TYPES = ("chain_of_thought", "anti_hallucination", "tool_call", "chat", 
 
 
 def heldout_text(seed: int, count: int) -> list[dict[str, Any]]:
-    from xoron_pipelines.pipelines.synth.nodes import generate_type
-
     per_type = -(-count // len(HELDOUT_TYPES))
     difficulty = {"easy": 0.3, "medium": 0.5, "hard": 0.2}
     rows = []

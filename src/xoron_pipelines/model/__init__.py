@@ -8,11 +8,11 @@ directories without ``trust_remote_code``.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from xoron_pipelines.model.attention import KVCache, cache_bytes_per_token
-from xoron_pipelines.model.config import XoronConfig
+from xoron_pipelines.model.config import XoronConfig, get_config
 from xoron_pipelines.model.generation import generate
 from xoron_pipelines.model.model import XoronForCausalLM, XoronModel
 from xoron_pipelines.model.params_count import count_parameters
-from xoron_pipelines.model.presets import PRESETS, get_config
+from xoron_pipelines.model.presets import PRESETS
 
 AutoConfig.register("xoron", XoronConfig, exist_ok=True)
 AutoModel.register(XoronConfig, XoronModel, exist_ok=True)

@@ -27,7 +27,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from transformers import PretrainedConfig
 
-from xoron_pipelines.validation import StrictModel, register
+from xoron_pipelines.model.presets import PRESETS
+from xoron_pipelines.validation import StrictModel
 
 # Field -> default. Order is the order used in docs and in ``to_dict``.
 DEFAULTS: dict[str, Any] = {
@@ -368,7 +369,14 @@ def _check_numbers(values: dict[str, Any], where: str) -> None:
             raise ValueError(f"{name}: must be a number, got the boolean {value!r}")
 
 
-@register("model")
+def get_config(name: str, **overrides: Any) -> XoronConfig:
+    """Build the XoronConfig of preset ``name`` (:data:`~xoron_pipelines.model.presets.PRESETS`)
+    with ``overrides`` applied on top (fields or aliases)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+    return XoronConfig(**{**PRESETS[name], **normalise_aliases(overrides)})
+
+
 class ModelParams(StrictModel):
     """``conf/base/parameters_model.yml``: ``model: {preset, overrides}``.
 
@@ -382,8 +390,6 @@ class ModelParams(StrictModel):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from xoron_pipelines.model.presets import PRESETS
-
         if value not in PRESETS:
             raise ValueError(f"unknown preset {value!r}; choose one of {sorted(PRESETS)}")
         return value
@@ -391,8 +397,6 @@ class ModelParams(StrictModel):
     @field_validator("overrides")
     @classmethod
     def _buildable(cls, value: dict[str, Any], info) -> dict[str, Any]:
-        from xoron_pipelines.model.presets import get_config
-
         known = set(DEFAULTS) | set(_RENAMES) | {"use_ring_attention", "use_shared_expert", "use_aux_lossless",
                                                  "use_rmsnorm", "use_rope", "peer_config", "mla_config"}
         for key in value:
@@ -412,6 +416,4 @@ class ModelParams(StrictModel):
 
     def build(self) -> XoronConfig:
         """The XoronConfig these parameters describe."""
-        from xoron_pipelines.model.presets import get_config
-
         return get_config(self.preset, **self.overrides)

@@ -1,5 +1,8 @@
 """Named model presets: the seeds' documented sizes plus CPU-sized ``nano`` variants.
 
+Plain data (XoronConfig fields per preset name, no imports from the model library);
+:func:`xoron_pipelines.model.config.get_config` builds a config from them.
+
 Seed 001 (llm-from-scratch) size table, with the parameter counts our
 :func:`~xoron_pipelines.model.params_count.count_parameters` gives for it (SwiGLU FFN of width
 ``d_ff``, tied embeddings, RoPE, no biases) next to the plain GPT-style FFN (two matrices) count::
@@ -26,8 +29,6 @@ batch_norm_query) and MLA (q_lora 1536, kv_lora 512, rope 64, nope 128, v 128).
 from __future__ import annotations
 
 from typing import Any
-
-from xoron_pipelines.model.config import XoronConfig, normalise_aliases
 
 # Plain decoder: overrides the seed-000 defaults (MLA + MoE + YaRN + chunking) back to Llama-like.
 _DENSE: dict[str, Any] = {
@@ -96,9 +97,3 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-
-def get_config(name: str, **overrides: Any) -> XoronConfig:
-    """Build the XoronConfig of preset ``name`` with ``overrides`` applied on top (fields or aliases)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
-    return XoronConfig(**{**PRESETS[name], **normalise_aliases(overrides)})

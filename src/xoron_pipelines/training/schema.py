@@ -30,6 +30,11 @@ STAGES: dict[str, dict[str, Kind]] = {
     "pretrain": {"language": "causal_lm", "code": "causal_lm"},
     "finetune": {"tools": "sft", "preference": "dpo"},
 }
+#: every stage, in training order (the last is the final model)
+STAGE_ORDER: tuple[str, ...] = tuple(stage for group in STAGES.values() for stage in group)
+#: the type of a parameter naming a stage
+StageName = Literal["language", "code", "tools", "preference"]
+assert STAGE_ORDER == StageName.__args__, "StageName must list STAGES' stages in order"
 
 #: assumed peak of the default CPU run for the MFU estimate: 2 cores x 2.5 GHz x 32 fp32 FLOP/cycle
 #: (AVX2: two 8-wide FMA units, 2 FLOP per FMA)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any, Iterator
 
 import pandas as pd
@@ -26,14 +27,15 @@ log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "detail", "raw"]
 
 
-def build_ledger(params: dict[str, Any], synth_manifest: Any = None) -> ShardSet:
+def build_ledger(params: Params | dict[str, Any], synth_raw: Mapping[str, Callable[[], Any]] | None = None) -> ShardSet:
     """Ingest, clean and deduplicate every selected source into the record ledger.
 
-    ``synth_manifest`` is taken only so that Kedro runs ``synth`` first; missing source
-    paths fail here, naming the source and path, before any record is read."""
+    ``synth_raw`` is the synth pipeline's output as the catalog loads it (type -> load function,
+    read lazily): the rows of the ``format: synth`` sources. A missing source path or synth
+    partition fails here, naming the source, before any record is read."""
     p = Params.model_validate(params)
     log.info("data_processing sources: %s", [s.name for s in p.selected_sources()])
-    return ledger_mod.build_ledger(p)
+    return ledger_mod.build_ledger(p, synth=synth_raw)
 
 
 def count_records(ledger: ShardSet) -> pd.DataFrame:

@@ -15,9 +15,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
+from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
 
-FORMATS = ("jsonl", "json", "parquet", "text", "hf", "stdlib")
+FORMATS = ("jsonl", "json", "parquet", "text", "hf", "stdlib", "synth")
 
 
 class Source(StrictModel):
@@ -26,14 +27,15 @@ class Source(StrictModel):
     ``path`` is a local file, directory (every file in it, sorted) or glob for jsonl / json /
     parquet / text; a Hugging Face dataset id or a ``save_to_disk`` directory for ``hf``; and
     ``code`` or ``prose`` for ``stdlib`` (the Python standard library's sources / docstrings and
-    comments, built on the fly). Text comes from ``text_field`` or ``text_template`` (exactly one
+    comments, built on the fly); a synthetic type for ``synth`` (its partition of the catalog
+    dataset ``synth_raw``, the output of the ``synth`` pipeline, read through the catalog). Text comes from ``text_field`` or ``text_template`` (exactly one
     of them), and/or from ``messages_field`` (a chat, rendered with the chat template); a row may
     carry either, messages win when present.
     """
 
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
-    format: Literal["jsonl", "json", "parquet", "text", "hf", "stdlib"] = "jsonl"
+    format: Literal["jsonl", "json", "parquet", "text", "hf", "stdlib", "synth"] = "jsonl"
     split: str = "train"
     subset: str | None = None
     streaming: bool = False
@@ -74,6 +76,9 @@ class Source(StrictModel):
             )
         if self.format == "stdlib" and self.path not in ("code", "prose"):
             raise ValueError(f"source {self.name!r}: a stdlib source's path is 'code' or 'prose'")
+        if self.format == "synth" and self.path not in SYNTH_TYPES:
+            raise ValueError(f"source {self.name!r}: a synth source's path is a synthetic type, one of "
+                             f"{list(SYNTH_TYPES)}; got {self.path!r}")
         return self
 
 

@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 build_ledger,
-                inputs=["params:data_processing", "synth_manifest"],
+                inputs=["params:data_processing", "synth_raw"],
                 outputs="record_ledger",
                 name="build_record_ledger",
             ),

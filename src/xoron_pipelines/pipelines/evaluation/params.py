@@ -12,12 +12,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from xoron_pipelines.pipelines.data_processing.params import Source, StdlibCorpus
+from xoron_pipelines.training.schema import STAGE_ORDER as STAGES  # one evaluation per stage model
+from xoron_pipelines.training.schema import StageName as Stage
 from xoron_pipelines.validation import Seed, StrictModel
 
-#: Training stages, in order; one evaluation per stage model (catalog ``<stage>.model``).
-STAGES = ("language", "code", "tools", "preference")
 EVAL_NAMES = ("hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval")
-Stage = Literal["language", "code", "tools", "preference"]
 EvalName = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"]
 
 

@@ -6,11 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xoron_pipelines.pipelines.training.pipeline import STAGES as TRAINING_STAGES
+from xoron_pipelines.training.schema import STAGE_ORDER as STAGES  # exportable stages, in training order
 from xoron_pipelines.validation import StrictModel
-
-#: the training stages whose model can be exported, in training order (the last is the final model)
-STAGES: tuple[str, ...] = tuple(stage for group in TRAINING_STAGES.values() for stage in group)
 
 Format = Literal["hf", "gguf", "onnx", "lora"]
 GGUFType = Literal["f16", "q8_0"]

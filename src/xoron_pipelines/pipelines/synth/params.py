@@ -6,26 +6,8 @@ from typing import Any
 
 from pydantic import Field, create_model, model_validator
 
+from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
-
-#: Every synthetic data type, in generation order. Each becomes one partition
-#: ``data/01_raw/synth/<type>.jsonl``.
-SYNTH_TYPES: tuple[str, ...] = (
-    "chain_of_thought",
-    "tool_call",
-    "tool_call_multi_turn",
-    "anti_hallucination",
-    "code_exec_shell",
-    "code_exec_python",
-    "code_exec_jupyter",
-    "fim",
-    "git_diff",
-    "git_commit",
-    "file_ops",
-    "chat",
-    "dialogue_summary",
-    "preference",
-)
 
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 

@@ -38,10 +38,11 @@ def _params(stage_params: Mapping[str, Any], kind: Kind) -> StageParams:
 
 def initialise_model(model_params: Mapping[str, Any], stage_params: Mapping[str, Any]) -> XoronForCausalLM:
     """A freshly initialised model of ``params:model``, seeded with the stage's ``train.seed``."""
-    config = ModelParams.model_validate(model_params).build()
+    model_p = ModelParams.model_validate(model_params)
+    config = model_p.build()
     torch.manual_seed(StageParams.model_validate(stage_params).train.seed)
     model = XoronForCausalLM(config)
-    log.info("initialised a %s model: %s", model_params.get("preset"), model.num_parameters())
+    log.info("initialised a %s model: %s", model_p.preset, model.num_parameters())
     return model
 
 

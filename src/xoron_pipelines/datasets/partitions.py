@@ -1,0 +1,66 @@
+"""``LabelledPartitionedDataset``: a ``partitions.PartitionedDataset`` whose partitions also say
+which file they are.
+
+``load`` returns ``{partition id: Partition}``; a :class:`Partition` is called like the plain
+dataset's load function (``partition()`` -> the partition's data, read lazily) and carries
+``file``: the partition's path, relative to the working directory when it lies below it (Kedro
+runs in the project root, so ``data/01_raw/synth/chat.jsonl``: the label does not depend on where
+the project lies), absolute otherwise.
+``data_processing`` names the records of a ``format: synth`` source by it::
+
+    synth_raw:
+      type: xoron_pipelines.datasets.partitions.LabelledPartitionedDataset
+      path: data/01_raw/synth
+      dataset:
+        type: xoron_pipelines.datasets.jsonl.JSONLinesDataset
+      filename_suffix: ".jsonl"
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any, Callable
+
+from kedro.io import DatasetError
+from kedro_datasets.partitions import PartitionedDataset
+
+
+class Partition:
+    """One partition: ``partition()`` loads it; ``file`` names it (path as configured)."""
+
+    def __init__(self, load: Callable[[], Any], file: str) -> None:
+        self._load = load
+        self.file = file
+
+    def __call__(self) -> Any:
+        return self._load()
+
+    def __repr__(self) -> str:
+        return f"Partition({self.file!r})"
+
+
+class LabelledPartitionedDataset(PartitionedDataset):
+    """:class:`PartitionedDataset` whose ``load`` gives each partition its configured path."""
+
+    def load(self) -> dict[str, Partition]:
+        """The partitions; raises ``DatasetError`` caused by ``FileNotFoundError`` (naming the
+        folder) when there are none, like a single-file dataset whose file is missing."""
+        root = _relative_to_cwd(str(self._path).rstrip("/"))
+        if not self._list_partitions_fresh():
+            missing = FileNotFoundError(errno.ENOENT, "no partitions", root)
+            raise DatasetError(f"No partitions found in '{root}'") from missing
+        return {pid: Partition(load, f"{root}/{pid}{self._filename_suffix}") for pid, load in super().load().items()}
+
+    def _list_partitions_fresh(self) -> list[str]:
+        self._invalidate_caches()
+        return self._list_partitions()
+
+
+def _relative_to_cwd(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (Kedro's catalog makes
+    the configured relative paths absolute), else unchanged."""
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path
