@@ -72,3 +72,17 @@ def test_a_missing_partition_or_type_is_refused_before_any_work(tmp_path):
 def test_the_ledger_node_takes_the_synth_partitions_from_the_catalog():
     [ledger_node] = [n for n in create_pipeline().nodes if n.name == "build_record_ledger"]
     assert ledger_node.inputs == ["params:data_processing", "synth_raw"]
+
+
+def test_a_bad_line_in_a_synth_partition_quarantines_that_line_only(tmp_path):
+    synth_raw = _synth_raw(tmp_path)
+    chat = tmp_path / "synth" / "chat.jsonl"
+    lines = chat.read_text(encoding="utf-8").splitlines()
+    lines.insert(4, '{"messages": [truncated')
+    chat.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ledger = build_ledger(make_params([_source("chat", path="chat", format="synth")], cleaning={"min_chars": 1}),
+                          synth=synth_raw)
+    records = _records(ledger)
+    bad = [r for r in records if r["status"] == "quarantined"]
+    assert [(r["row"], r["reason"]) for r in bad] == [(5, "malformed_json")]
+    assert len(records) == len(lines) and sum(r["status"] == "kept" for r in records) == 12

@@ -164,14 +164,19 @@ def iter_records(source, max_record_bytes: int, stdlib_params=None,
     A failure while extracting one row quarantines that row; a failure that stops a file's
     reader quarantines the rest of that file (``unreadable_file``, naming the last row read),
     and the next file is read. A ``synth`` source reads its partition through ``synth`` (the
-    loaded ``synth_raw`` dataset: type -> partition), rows numbered from 1 like JSONL lines;
-    a partition the dataset cannot load is one ``unreadable_file`` record."""
+    loaded ``synth_raw`` dataset: type -> partition), rows numbered from 1 like JSONL lines: a
+    JSONL partition on disk line by line, like a ``jsonl`` source (a bad line is that line's
+    record), one handed over in memory through its load function (a partition the dataset cannot
+    load is one ``unreadable_file`` record)."""
     if source.format == "synth":
         if source.path not in (synth or {}):
             raise ValueError(f"source {source.name!r}: a synth source is read from the synth_raw dataset's "
                              f"partition {source.path!r}, which is not given here (only data_processing reads them)")
         partition = synth[source.path]
-        yield from _guarded(source, synth_label(source.path, partition), _iter_partition(partition), max_record_bytes)
+        path = getattr(partition, "path", None)
+        rows = (_iter_jsonl(path, max_record_bytes) if path is not None and path.suffix == ".jsonl" and path.is_file()
+                else _iter_partition(partition))
+        yield from _guarded(source, synth_label(source.path, partition), rows, max_record_bytes)
         return
     if source.format == "stdlib":
         for rec in stdlib_corpus.iter_rows(source.path, stdlib_params):

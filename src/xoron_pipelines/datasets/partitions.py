@@ -27,11 +27,13 @@ from kedro_datasets.partitions import PartitionedDataset
 
 
 class Partition:
-    """One partition: ``partition()`` loads it; ``file`` names it (path as configured)."""
+    """One partition: ``partition()`` loads it; ``file`` names it (path as configured); ``path``
+    is where it lies (absolute), for a reader that goes line by line."""
 
-    def __init__(self, load: Callable[[], Any], file: str) -> None:
+    def __init__(self, load: Callable[[], Any], file: str, path: Path | None = None) -> None:
         self._load = load
         self.file = file
+        self.path = path
 
     def __call__(self) -> Any:
         return self._load()
@@ -50,7 +52,9 @@ class LabelledPartitionedDataset(PartitionedDataset):
         if not self._list_partitions_fresh():
             missing = FileNotFoundError(errno.ENOENT, "no partitions", root)
             raise DatasetError(f"No partitions found in '{root}'") from missing
-        return {pid: Partition(load, f"{root}/{pid}{self._filename_suffix}") for pid, load in super().load().items()}
+        base = Path(str(self._path).rstrip("/")).absolute()
+        return {pid: Partition(load, f"{root}/{pid}{self._filename_suffix}", base / f"{pid}{self._filename_suffix}")
+                for pid, load in super().load().items()}
 
     def _list_partitions_fresh(self) -> list[str]:
         self._invalidate_caches()
