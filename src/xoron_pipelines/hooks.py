@@ -196,15 +196,13 @@ class StaleRunsHook:
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        from xoron_pipelines.tracking import mark_dead_runs, process_tags
+        from xoron_pipelines.tracking import active_run, mark_dead_runs, process_tags, tag_active_run
 
         try:
-            import mlflow
-
-            run = mlflow.active_run()
+            run = active_run()
             if run is None:
                 return
-            mlflow.set_tags(process_tags())
+            tag_active_run(process_tags())
             mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
         except Exception as exc:  # bookkeeping of old runs must never stop this one
             log.warning("could not check for MLflow runs left RUNNING by killed processes: %s", exc)
