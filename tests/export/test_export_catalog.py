@@ -16,6 +16,7 @@ from kedro.runner import SequentialRunner
 from tests.export.export_helpers import make_model, run_export
 from xoron_pipelines.datasets.export import ExportDirectoryDataset, ExportedArtifact
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
+from xoron_pipelines.datasets.training_store import LoraAdapter, LoraAdapterDataset
 from xoron_pipelines.pipelines.export.nodes import OUTPUTS
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import STAGES
@@ -58,7 +59,8 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     old_adapter = out / "lora_adapter"
     old_adapter.mkdir(parents=True)
     (old_adapter / "adapter_config.json").write_text("{}")
-    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest")})
+    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
+                                                                     "{stage}.lora_adapter")})
     catalog["stage_models"] = StageModelsDataset(str(models))
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
@@ -67,6 +69,7 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
                                               "gguf_types": ["q8_0"], "register_mlflow": False})
     for stage in STAGES:
         catalog[f"{stage}.train_summary"] = MemoryDataset({"stage": stage, "lora_adapter": None})
+        catalog.save(f"{stage}.lora_adapter", LoraAdapter())  # what a stage without LoRA writes
     SequentialRunner().run(create_pipeline(), catalog)
 
     assert (out / "hf" / "config.json").is_file() and (out / "gguf" / "model-q8_0.gguf").is_file()
@@ -160,6 +163,7 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     (data / "08_reporting/training").mkdir(parents=True)
     for stage in STAGES:
         (data / "08_reporting/training" / f"{stage}.json").write_text(json.dumps({"stage": stage, "loss_of": stage}))
+        LoraAdapterDataset(str(data / "06_models/lora_adapters" / stage)).save(LoraAdapter())  # trained without LoRA
     out = kedro_project / "elsewhere"
     run_pipeline(kedro_project, "export", {"export.output_dir": str(out), "export.source": "code",
                                            "export.formats": ["hf"], "export.registered_model_name": "xoron-e2e"})
@@ -214,6 +218,7 @@ def test_a_failing_format_publishes_nothing_and_leaves_no_staged_files(tokenizer
     out = tmp_path / "export"
     with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
         run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, None,
-                   {"lora_adapter": str(tmp_path / "gone")},
-                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"})
+                   {"lora_adapter": "tools.lora_adapter"},
+                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"},
+                   LoraAdapter(path=tmp_path / "gone"))
     assert list(staging.iterdir()) == [] and not out.exists()
