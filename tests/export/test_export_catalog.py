@@ -82,6 +82,42 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     assert manifest["formats"]["lora"]["path"] is None
 
 
+def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(project_root, tokenizer, tmp_path,
+                                                                             monkeypatch):
+    """The project's ``{stage}.lora_adapter`` entries feed the export node: the source stage's
+    adapter (as training saved it) is published byte for byte as lora_adapter/, not another stage's."""
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "exports"
+    conf, params = _config(project_root, {"export": {"output_dir": str(out)}})
+    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
+                                                                     "{stage}.lora_adapter")})
+    model = make_model("nano", tokenizer, num_layers=1)
+    adapters = {stage: LoraAdapter() for stage in STAGES}
+    for seed, stage in enumerate(("code", "tools")):
+        config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+        adapters[stage] = LoraAdapter.of(get_peft_model(make_model("nano", tokenizer, seed=seed, num_layers=1), config))
+    assert adapters["code"].files != adapters["tools"].files
+    for stage in STAGES:
+        catalog.save(f"{stage}.lora_adapter", adapters[stage])
+        catalog[f"{stage}.train_summary"] = MemoryDataset(
+            {"stage": stage, "lora_adapter": f"{stage}.lora_adapter" if adapters[stage] else None})
+    catalog["stage_models"] = MemoryDataset({"code": model}, copy_mode="assign")
+    catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
+    catalog["packed_val"] = MemoryDataset(None)
+    catalog["export_metrics"] = MemoryDataset()
+    catalog["params:export"] = MemoryDataset({**params["export"], "source": "code", "formats": ["lora"],
+                                              "register_mlflow": False})
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    published = {p.relative_to(out / "lora_adapter").as_posix(): p.read_bytes()
+                 for p in (out / "lora_adapter").rglob("*") if p.is_file()}
+    assert published == adapters["code"].files
+    assert (tmp_path / "data/06_models/lora_adapters/code/adapter_config.json").is_file()  # the catalog's copy
+    assert json.loads((out / "manifest.json").read_text())["formats"]["lora"]["path"] == str(out / "lora_adapter")
+
+
 def test_dataset_refuses_an_export_built_for_another_directory(tmp_path):
     target = tmp_path / "export" / "hf"
     target.mkdir(parents=True)
