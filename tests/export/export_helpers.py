@@ -46,14 +46,14 @@ def publish(artefacts, out_dir) -> None:
         ExportDirectoryDataset(str(Path(out_dir) / name)).save(artefact)
 
 
-def run_export(model, tokenizer, packed_val, summary, params):
-    """The library export of ``model`` with ``params`` (validated), published under
-    ``params["output_dir"]``; returns (manifest, metrics)."""
+def run_export(model, tokenizer, packed_val, summary, params, adapter=None):
+    """The library export of ``model`` with ``params`` (validated) and the stage's LoRA
+    ``adapter``, published under ``params["output_dir"]``; returns (manifest, metrics)."""
     from xoron_pipelines.export.bundle import export_model
     from xoron_pipelines.pipelines.export.params import Params
 
     p = Params.model_validate(params)
-    manifest, metrics, artefacts = export_model(model, tokenizer, packed_val, summary, p)
+    manifest, metrics, artefacts = export_model(model, tokenizer, packed_val, summary, p, adapter)
     publish(artefacts, p.output_dir)
     return manifest, metrics
 

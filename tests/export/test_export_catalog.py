@@ -16,6 +16,7 @@ from kedro.runner import SequentialRunner
 from tests.export.export_helpers import make_model, run_export
 from xoron_pipelines.datasets.export import ExportDirectoryDataset, ExportedArtifact
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
+from xoron_pipelines.datasets.training_store import LoraAdapter, LoraAdapterDataset
 from xoron_pipelines.pipelines.export.nodes import OUTPUTS
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import STAGES
@@ -58,7 +59,8 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     old_adapter = out / "lora_adapter"
     old_adapter.mkdir(parents=True)
     (old_adapter / "adapter_config.json").write_text("{}")
-    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest")})
+    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
+                                                                     "{stage}.lora_adapter")})
     catalog["stage_models"] = StageModelsDataset(str(models))
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
@@ -67,6 +69,7 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
                                               "gguf_types": ["q8_0"], "register_mlflow": False})
     for stage in STAGES:
         catalog[f"{stage}.train_summary"] = MemoryDataset({"stage": stage, "lora_adapter": None})
+        catalog.save(f"{stage}.lora_adapter", LoraAdapter())  # what a stage without LoRA writes
     SequentialRunner().run(create_pipeline(), catalog)
 
     assert (out / "hf" / "config.json").is_file() and (out / "gguf" / "model-q8_0.gguf").is_file()
@@ -77,6 +80,42 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     assert manifest["formats"]["hf"]["path"] == str(out / "hf")
     assert manifest["formats"]["gguf"][0]["path"] == str(out / "gguf" / "model-q8_0.gguf")
     assert manifest["formats"]["lora"]["path"] is None
+
+
+def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(project_root, tokenizer, tmp_path,
+                                                                             monkeypatch):
+    """The project's ``{stage}.lora_adapter`` entries feed the export node: the source stage's
+    adapter (as training saved it) is published byte for byte as lora_adapter/, not another stage's."""
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "exports"
+    conf, params = _config(project_root, {"export": {"output_dir": str(out)}})
+    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
+                                                                     "{stage}.lora_adapter")})
+    model = make_model("nano", tokenizer, num_layers=1)
+    adapters = {stage: LoraAdapter() for stage in STAGES}
+    for seed, stage in enumerate(("code", "tools")):
+        config = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+        adapters[stage] = LoraAdapter.of(get_peft_model(make_model("nano", tokenizer, seed=seed, num_layers=1), config))
+    assert adapters["code"].files != adapters["tools"].files
+    for stage in STAGES:
+        catalog.save(f"{stage}.lora_adapter", adapters[stage])
+        catalog[f"{stage}.train_summary"] = MemoryDataset(
+            {"stage": stage, "lora_adapter": f"{stage}.lora_adapter" if adapters[stage] else None})
+    catalog["stage_models"] = MemoryDataset({"code": model}, copy_mode="assign")
+    catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
+    catalog["packed_val"] = MemoryDataset(None)
+    catalog["export_metrics"] = MemoryDataset()
+    catalog["params:export"] = MemoryDataset({**params["export"], "source": "code", "formats": ["lora"],
+                                              "register_mlflow": False})
+    SequentialRunner().run(create_pipeline(), catalog)
+
+    published = {p.relative_to(out / "lora_adapter").as_posix(): p.read_bytes()
+                 for p in (out / "lora_adapter").rglob("*") if p.is_file()}
+    assert published == adapters["code"].files
+    assert (tmp_path / "data/06_models/lora_adapters/code/adapter_config.json").is_file()  # the catalog's copy
+    assert json.loads((out / "manifest.json").read_text())["formats"]["lora"]["path"] == str(out / "lora_adapter")
 
 
 def test_dataset_refuses_an_export_built_for_another_directory(tmp_path):
@@ -160,6 +199,7 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     (data / "08_reporting/training").mkdir(parents=True)
     for stage in STAGES:
         (data / "08_reporting/training" / f"{stage}.json").write_text(json.dumps({"stage": stage, "loss_of": stage}))
+        LoraAdapterDataset(str(data / "06_models/lora_adapters" / stage)).save(LoraAdapter())  # trained without LoRA
     out = kedro_project / "elsewhere"
     run_pipeline(kedro_project, "export", {"export.output_dir": str(out), "export.source": "code",
                                            "export.formats": ["hf"], "export.registered_model_name": "xoron-e2e"})
@@ -214,6 +254,7 @@ def test_a_failing_format_publishes_nothing_and_leaves_no_staged_files(tokenizer
     out = tmp_path / "export"
     with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
         run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, None,
-                   {"lora_adapter": str(tmp_path / "gone")},
-                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"})
+                   {"lora_adapter": "tools.lora_adapter"},
+                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"},
+                   LoraAdapter(path=tmp_path / "gone"))
     assert list(staging.iterdir()) == [] and not out.exists()

@@ -10,8 +10,11 @@ from pydantic import ValidationError
 
 from tests.export.export_helpers import make_model, run_export as export_model, run_export_node as export_stage
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
+from xoron_pipelines.datasets.training_store import LoraAdapter
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
-from xoron_pipelines.pipelines.export.params import Params
+from xoron_pipelines.pipelines.export.params import STAGES, Params
+
+NO_ADAPTERS = [LoraAdapter()] * len(STAGES)
 
 
 
@@ -29,7 +32,7 @@ def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
         models["language"]
     out = tmp_path / "export"
     export_stage(models, tokenizer, None, {"output_dir": str(out), "formats": ["hf"], "register_mlflow": False,
-                                           "source": "tools"}, *[{}] * 4)
+                                           "source": "tools"}, *[{}] * 4, *NO_ADAPTERS)
     exported = load_file(str(out / "hf" / "model.safetensors"))
     chosen = load_file(str(root / "tools" / "model.safetensors"))
     other = load_file(str(root / "code" / "model.safetensors"))
@@ -71,37 +74,50 @@ def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokeni
 
     node = create_pipeline().nodes[0]
     produced = {out for n in training().nodes for out in n.outputs}
-    assert {"language.train_summary", "code.train_summary", "tools.train_summary",
-            "preference.train_summary"} <= set(node.inputs) & produced
+    assert {f"{s}.{name}" for s in STAGES for name in ("train_summary", "lora_adapter")} <= set(node.inputs) & produced
     model = make_model("nano", tokenizer, num_layers=1)
     summaries = [{"stage": s, "loss_of": s} for s in ("language", "code", "tools", "preference")]
     export_stage({"code": model}, tokenizer, None, {"output_dir": str(tmp_path), "formats": ["hf"],
-                                                    "register_mlflow": False, "source": "code"}, *summaries)
+                                                    "register_mlflow": False, "source": "code"}, *summaries, *NO_ADAPTERS)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "**loss_of**: code" in card and "**loss_of**: tools" not in card
 
 
 def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_path):
-    """formats: [lora] copies the adapter training kept (summary["lora_adapter"]) to lora_adapter/;
-    a stage without LoRA writes nothing and says why; a missing adapter dir is an error."""
+    """formats: [lora] publishes the source stage's <stage>.lora_adapter (the node takes every
+    stage's) to lora_adapter/ in peft format; a stage without LoRA writes nothing and says why; an
+    adapter the summary records but that is empty or lacks its config is an error."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from xoron_pipelines.export.lora_export import save_adapter
+    from xoron_pipelines.datasets.training_store import LoraAdapterDataset
 
     base = make_model("nano", tokenizer, num_layers=1)
     peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
-    saved = save_adapter(peft_model, tmp_path / "ckpt" / "lora_adapter")
+    LoraAdapterDataset(str(tmp_path / "adapters" / "tools")).save(LoraAdapter.of(peft_model))
+    adapter = LoraAdapterDataset(str(tmp_path / "adapters" / "tools")).load()   # as the catalog gives it
+    other = LoraAdapter({"adapter_config.json": b"{}", "adapter_model.safetensors": b"another stage's"})
+    adapters = {"language": LoraAdapter(), "code": other, "tools": adapter, "preference": other}
+    summaries = [{"lora_adapter": f"{s}.lora_adapter" if adapters[s] else None} for s in STAGES]
     params = {"output_dir": str(tmp_path / "out"), "formats": ["lora"], "register_mlflow": False, "source": "tools"}
-    manifest, _ = export_model(peft_model.merge_and_unload(), tokenizer, None, {"lora_adapter": str(saved)}, params)
+    outputs = export_stage({"tools": peft_model.merge_and_unload()}, tokenizer, None, params, *summaries,
+                           *(adapters[s] for s in STAGES))
     exported = tmp_path / "out" / "lora_adapter"
-    assert manifest["formats"]["lora"]["path"] == str(exported)
+    assert outputs["export_manifest"]["formats"]["lora"]["path"] == str(exported)
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == adapter.files   # the source stage's, as saved
     reloaded = PeftModel.from_pretrained(make_model("nano", tokenizer, num_layers=1), str(exported)).eval()
     ids = torch.randint(0, 100, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, peft_model.eval()(input_ids=ids).logits)
+    with pytest.raises(ValueError, match="train summary and a LoRA adapter per stage"):
+        export_stage({"tools": base}, tokenizer, None, params, *summaries)
 
-    manifest, _ = export_model(base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")})
+    manifest, _ = export_model(base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")},
+                               LoraAdapter())
     assert manifest["formats"]["lora"]["path"] is None and not (tmp_path / "o2" / "lora_adapter").exists()
     with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
-        export_model(base, tokenizer, None, {"lora_adapter": str(tmp_path / "gone")}, params)
+        export_model(base, tokenizer, None, {"lora_adapter": "tools.lora_adapter"}, params,
+                     LoraAdapter(path=tmp_path / "gone"))
+    with pytest.raises(ValueError, match=f"stage tools at {tmp_path / 'bad'} has no adapter_config.json"):
+        export_model(base, tokenizer, None, {"lora_adapter": "tools.lora_adapter"}, params,
+                     LoraAdapter({"adapter_model.safetensors": b"x"}, tmp_path / "bad"))

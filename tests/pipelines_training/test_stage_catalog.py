@@ -73,7 +73,8 @@ def test_the_lora_adapter_is_a_node_output_in_peft_format(tmp_path, shards):
     ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits)
-    assert summary["lora_adapter"] is not None  # the copy export reads today (summary path)
+    assert summary["lora_adapter"] == "s.lora_adapter"  # the summary names the dataset; no second copy
+    assert not any(p.name == "lora_adapter" for p in (tmp_path / "ck").rglob("*"))
 
 
 def test_a_stage_without_lora_saves_an_empty_adapter_and_a_missing_one_is_an_error(tmp_path):

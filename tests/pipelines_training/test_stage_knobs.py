@@ -80,7 +80,8 @@ def test_lora_is_trained_and_merged(tmp_path, shards):
     params = stage(tmp_path / "ck", lora={"enabled": True, "r": 4, "alpha": 8, "train_lora_only": True,
                                           "target_modules": ["q_proj", "v_proj"]},
                    train={"learning_rate": 0.01})
-    trained, summary = _lm(model, shards, params)
+    trained, summary, adapter_out = nodes.train_causal_lm(model, None, *shards, PackedMixes(tmp_path / "no-mixes"),
+                                                          params, stage="s", with_adapter=True)
     assert type(trained) is XoronForCausalLM                  # merged back into a plain model
     changed = _changed(before, trained)
     assert changed["model.layers.0.self_attn.q_proj.weight"] and changed["model.layers.1.self_attn.v_proj.weight"]
@@ -90,7 +91,11 @@ def test_lora_is_trained_and_merged(tmp_path, shards):
     # the adapter is kept in peft's format: base weights + adapter == the merged stage model
     from peft import PeftModel
 
-    adapter = Path(summary["lora_adapter"])
+    from xoron_pipelines.datasets.training_store import LoraAdapterDataset
+
+    assert summary["lora_adapter"] == "s.lora_adapter"      # the node's output names where it is
+    LoraAdapterDataset(str(tmp_path / "adapter")).save(adapter_out)
+    adapter = LoraAdapterDataset(str(tmp_path / "adapter")).load().path
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     reloaded = PeftModel.from_pretrained(before, str(adapter)).eval()
     ids = torch.randint(0, trained.config.vocab_size, (2, 12))

@@ -13,7 +13,8 @@ adapter in peft's format (``adapter_config.json`` + ``adapter_model.safetensors`
 ``peft.PeftModel.from_pretrained(base, path)``), written atomically. The node's value is a
 :class:`LoraAdapter` (the files peft wrote); a stage without LoRA gives an empty one, saved as an
 empty directory, and ``load()`` returns the directory's :class:`LoraAdapter` (``.path`` set, empty
-when the stage trained none).
+when the stage trained none). The export node takes every stage's ``<stage>.lora_adapter`` and
+publishes the ``export.source`` stage's one (:func:`xoron_pipelines.export.bundle.export_adapter`).
 
 Catalog use::
 
@@ -94,6 +95,13 @@ class LoraAdapter:
             return cls({p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*"))
                         if p.is_file()})
 
+    def write_to(self, directory: Path) -> None:
+        """Write the files into ``directory`` (an existing, normally fresh one: the caller makes it atomic)."""
+        for name, blob in self.files.items():
+            target = directory / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+
 
 class LoraAdapterDataset(AbstractDataset[LoraAdapter, LoraAdapter]):
     """A stage's LoRA adapter directory in peft format: see the module docstring."""
@@ -113,10 +121,7 @@ class LoraAdapterDataset(AbstractDataset[LoraAdapter, LoraAdapter]):
         if not isinstance(data, LoraAdapter):
             raise DatasetError(f"LoraAdapterDataset.save expects a LoraAdapter, got {type(data).__name__}")
         with atomic_dir(self._path) as tmp:
-            for name, blob in data.files.items():
-                target = tmp / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(blob)
+            data.write_to(tmp)
 
     def _exists(self) -> bool:
         return self._path.is_dir()

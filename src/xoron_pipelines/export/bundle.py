@@ -8,6 +8,9 @@ catalog's ``export_hf`` / ``export_gguf`` / ``export_onnx`` / ``export_lora_adap
 (:class:`~xoron_pipelines.datasets.export.ExportDirectoryDataset`), which publish them
 atomically. If anything fails, the staged files are removed and nothing is published.
 
+The LoRA format publishes the source stage's ``<stage>.lora_adapter`` (a
+:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`, loaded by the catalog) as it is.
+
 ``settings`` is the validated ``export`` parameter group (``pipelines/export/params.py``):
 source, output_dir, formats, gguf_types, onnx_opset, onnx_int8, onnx_eval_rows,
 onnx_eval_length, register_mlflow, registered_model_name, prefer_native, max_new_tokens.
@@ -25,6 +28,7 @@ import torch
 from xoron_pipelines.atomic import atomic_dir, fresh_dir
 from xoron_pipelines.datasets.export import ExportedArtifact
 from xoron_pipelines.datasets.generation import staging_root
+from xoron_pipelines.datasets.training_store import LoraAdapter
 from xoron_pipelines.export import gguf_export, onnx_export
 from xoron_pipelines.export.hf import export_hf
 from xoron_pipelines.export.mlflow_registry import register_export
@@ -54,35 +58,42 @@ def eval_ids(packed_val, rows: int, length: int, vocab: int) -> torch.Tensor:
     return torch.tensor(seqs, dtype=torch.long).clamp(max=vocab - 1)
 
 
-def lora_adapter_dir(train_summary: Mapping[str, Any] | None) -> str | None:
-    """Where the stage's peft adapter is: the ``lora_adapter`` path training records in its
-    summary (None: the stage trained without LoRA). The one place that knows how the adapter is found."""
-    return (train_summary or {}).get("lora_adapter")
-
-
-def export_adapter(adapter_dir: str | None, dest: Path, stage: str) -> dict[str, Any]:
-    """Copy the stage's peft adapter (saved by training before merging) to ``dest``, atomically."""
-    if not adapter_dir:
+def export_adapter(adapter: LoraAdapter | None, dest: Path, stage: str, recorded: str | None = None
+                   ) -> dict[str, Any]:
+    """Write the stage's peft adapter (its ``<stage>.lora_adapter``, saved by training before
+    merging) to ``dest``, atomically. An empty adapter: the stage trained without LoRA, nothing is
+    written -- unless its summary records one (``recorded``, the summary's ``lora_adapter``), then
+    the adapter is missing (e.g. deleted since) and that is an error, as is one without
+    ``adapter_config.json``."""
+    adapter = adapter or LoraAdapter()
+    where = adapter.path or f"{stage}.lora_adapter"
+    if not adapter:
+        if recorded:
+            raise ValueError(f"the LoRA adapter of stage {stage} is missing: its summary records one ({recorded}) "
+                             f"but {where} is empty (re-run the stage)")
         logger.info("stage %s trained without LoRA: no adapter to export", stage)
         return {"path": None, "reason": f"stage {stage} trained without LoRA"}
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise ValueError(f"the LoRA adapter of stage {stage} is missing at {adapter_dir} (re-run the stage)")
+    if "adapter_config.json" not in adapter.files:
+        raise ValueError(f"the LoRA adapter of stage {stage} at {where} has no adapter_config.json "
+                         f"(files: {sorted(adapter.files)}; re-run the stage)")
     with atomic_dir(dest) as new:
-        shutil.copytree(adapter_dir, new, dirs_exist_ok=True)
+        adapter.write_to(new)
     return {"path": str(dest), "merged": "hf"}
 
 
-def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None, settings
+def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None, settings,
+                 adapter: LoraAdapter | None = None
                  ) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, ExportedArtifact]]:
     """Build the requested formats; returns (manifest, MLflow metrics as {name: {value, step}},
     {directory name: artefact} for every entry of :data:`FORMAT_DIRS`). Paths in the manifest
-    are the published ones, ``<settings.output_dir>/<directory>``."""
+    are the published ones, ``<settings.output_dir>/<directory>``. ``adapter``: the source
+    stage's ``<stage>.lora_adapter`` (None or empty: it trained without LoRA), for ``lora``."""
     p = settings
     preflight(model, p)
     out = Path(p.output_dir)
     built = fresh_dir(staging_root(), "xoron-export-")
     try:
-        manifest, metrics = _build(model, tokenizer, packed_val, dict(train_summary or {}), p, built, out)
+        manifest, metrics = _build(model, tokenizer, packed_val, dict(train_summary or {}), adapter, p, built, out)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
@@ -96,8 +107,8 @@ def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] 
     return manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}, artefacts
 
 
-def _build(model, tokenizer, packed_val, summary: dict[str, Any], p, built: Path, out: Path
-           ) -> tuple[dict[str, Any], dict[str, float]]:
+def _build(model, tokenizer, packed_val, summary: dict[str, Any], adapter: LoraAdapter | None, p, built: Path,
+           out: Path) -> tuple[dict[str, Any], dict[str, float]]:
     manifest: dict[str, Any] = {"source": p.source, "formats": {}}
     metrics: dict[str, float] = {}
     if "hf" in p.formats:
@@ -117,11 +128,11 @@ def _build(model, tokenizer, packed_val, summary: dict[str, Any], p, built: Path
             metrics["onnx_int8_top1_agreement"] = report["int8"]["top1_agreement"]
             metrics["onnx_int8_mean_kl"] = report["int8"]["mean_kl"]
     if "lora" in p.formats:
-        info = export_adapter(lora_adapter_dir(summary), built / "lora_adapter", p.source)
+        info = export_adapter(adapter, built / "lora_adapter", p.source, summary.get("lora_adapter"))
         manifest["formats"]["lora"] = {**info, "path": str(out / "lora_adapter")} if info["path"] else info
     if p.register_mlflow:  # the staged directory holds exactly what export_hf publishes
         manifest["mlflow"] = register_export(built / "hf", p.registered_model_name)
     return manifest, metrics
 
 
-__all__ = ["FORMAT_DIRS", "eval_ids", "export_adapter", "export_model", "lora_adapter_dir", "preflight"]
+__all__ = ["FORMAT_DIRS", "eval_ids", "export_adapter", "export_model", "preflight"]

@@ -27,8 +27,8 @@ loss; :func:`stage_objective`). PEER expert usage (``peer_log_expert_usage``, ev
 Checkpoints go to ``<root>/<stage>/<fingerprint>/`` (``<root>``: the stage's checkpoint store from
 the catalog, ``<stage>.checkpoints``, or ``checkpoint_dir`` when set: :func:`checkpoint_root`); the
 LoRA adapter is returned (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`, the
-node's ``<stage>.lora_adapter``) and also kept in ``<fingerprint>/lora_adapter`` (the summary's
-``lora_adapter``, which export reads). The fingerprint
+node's ``<stage>.lora_adapter``, which export reads; the summary's ``lora_adapter`` names that
+dataset, None when the stage trained no adapter or on a node other than node 0). The fingerprint
 (:func:`stage_fingerprint`) hashes the content of what decides the trained result -- the stage
 parameters that change it, the model config (no path in it), the starting weights and the data --
 so re-running the same command resumes (or, when finished, returns at once), also after
@@ -75,7 +75,6 @@ from torch import nn
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
-from xoron_pipelines.export.lora_export import save_adapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
@@ -364,8 +363,8 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
             on_log=log_metrics, loss_fn=objective, param_groups=groups, stats_fn=ModelStats(config),
             desc=desc or stage, progress=progress)
         wall = time.perf_counter() - start
-        writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone writes into the shared dir
-        adapter = str(save_adapter(model, ckpt_dir / "lora_adapter")) if writes else None
+        writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone publishes the adapter
+        adapter = f"{stage}.lora_adapter" if writes else None
         adapter_files = LoraAdapter.of(model) if writes else LoraAdapter()
         model = merge_lora(model)
         model.eval()
