@@ -381,9 +381,7 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
         summary["processes"] = dist.world_size
         if track.enabled:
             _log_artifacts(stage, model, tokenizer, recorder, track)
-            import mlflow
-
-            mlflow.log_dict(summary, "summary.json")
+            tracking.log_dict(summary, "summary.json")
     return model, summary, adapter_files
 
 
