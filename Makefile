@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine:
 #   make run   -> creates .venv, installs, runs the default `kedro run` on the embedded corpus
 #   make test  -> creates .venv, installs, runs the test suite
+#   make lint  -> ruff check + format check (CI runs it before the tests)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
@@ -10,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install lock run test viz mlflow-ui clean-data
+.PHONY: install lock lint format run test viz mlflow-ui clean-data
 
 PIP_VERSION := 26.3
 
@@ -49,6 +50,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
+
+# ruff (configured in pyproject.toml): lint and formatting check; `make format` applies both fixes
+LINT_PATHS := src tests benchmarks
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 viz: $(STAMP)
 	$(VENV)/bin/kedro viz run

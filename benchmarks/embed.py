@@ -92,9 +92,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, Encoder, resolve_encoder_dir
     from xoron_pipelines.datasets.embedding_cache import EmbeddingCacheDataset
     from xoron_pipelines.latent.cache_build import Row, plan_subset
+    from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, Encoder, resolve_encoder_dir
     from xoron_pipelines.pipelines.embedding_cache.params import Params
 
     rows = load_texts(args.texts)
@@ -107,9 +107,14 @@ def main() -> None:
     node_rows = [Row(i, r["source"], r["target"]) for i, r in enumerate(rows)]
 
     def node_params(int8: bool, tag: str) -> Params:
-        return Params(preprocess_cache_dir=str(work / tag), skip_preprocessing_if_cached=False, progress=False,
-                      preprocess_batch_size=args.batch_size, cache_store_embeddings_int8=int8,
-                      preprocess_validation_fraction=0.0)
+        return Params(
+            preprocess_cache_dir=str(work / tag),
+            skip_preprocessing_if_cached=False,
+            progress=False,
+            preprocess_batch_size=args.batch_size,
+            cache_store_embeddings_int8=int8,
+            preprocess_validation_fraction=0.0,
+        )
 
     def build_subset(subset: str, node_rows: list, tok, p: Params) -> tuple[dict, None]:
         """The embedding_cache node + catalog dataset save (always a rebuild here)."""
@@ -142,8 +147,10 @@ def main() -> None:
     counts = manifest_int8["counts"]
 
     st_rate = args.texts / statistics.median(times["sentence-transformers"])
-    print(f"texts={args.texts} batch_size={args.batch_size} torch_threads={torch.get_num_threads()} "
-          f"repeats={args.repeats} load_avg={os.getloadavg()[0]:.1f}")
+    print(
+        f"texts={args.texts} batch_size={args.batch_size} torch_threads={torch.get_num_threads()} "
+        f"repeats={args.repeats} load_avg={os.getloadavg()[0]:.1f}"
+    )
     print("| arm | median s | sentences/s | x sentence-transformers |")
     print("| --- | ---: | ---: | ---: |")
     for name, ts in times.items():
@@ -152,13 +159,19 @@ def main() -> None:
     print(f"all timings (s): {json.dumps({k: [round(t, 3) for t in v] for k, v in times.items()})}")
     print(f"max |ours - sentence-transformers| over 64 vectors (fp32): {max_diff:.2e}")
     print(f"int8 fidelity: cos mean {counts['fidelity_cos_mean']:.6f}, min {counts['fidelity_cos_min']:.6f}")
-    print(f"embedding bytes raw: fp32 {counts['embedding_bytes_fp32']:.0f}, int8 {counts['embedding_bytes_int8']:.0f} "
-          f"-> {counts['embedding_bytes_fp32'] / counts['embedding_bytes_int8']:.2f}x smaller")
-    print(f"embedding columns on disk (Parquet, zstd): fp32 {disk_fp32}, int8 {disk_int8} "
-          f"-> {disk_fp32 / disk_int8:.2f}x smaller")
+    print(
+        f"embedding bytes raw: fp32 {counts['embedding_bytes_fp32']:.0f}, int8 {counts['embedding_bytes_int8']:.0f} "
+        f"-> {counts['embedding_bytes_fp32'] / counts['embedding_bytes_int8']:.2f}x smaller"
+    )
+    print(
+        f"embedding columns on disk (Parquet, zstd): fp32 {disk_fp32}, int8 {disk_int8} "
+        f"-> {disk_fp32 / disk_int8:.2f}x smaller"
+    )
     whole = {t: sum(f.stat().st_size for f in (work / t).rglob("*") if f.is_file()) for t in ("int8", "fp32")}
-    print(f"whole cache dir (with target ids/masks): fp32 {whole['fp32']}, int8 {whole['int8']} "
-          f"-> {whole['fp32'] / whole['int8']:.2f}x smaller")
+    print(
+        f"whole cache dir (with target ids/masks): fp32 {whole['fp32']}, int8 {whole['int8']} "
+        f"-> {whole['fp32'] / whole['int8']:.2f}x smaller"
+    )
 
 
 if __name__ == "__main__":

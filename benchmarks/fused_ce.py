@@ -64,8 +64,9 @@ def child(args: argparse.Namespace) -> dict:
     weight = (0.02 * torch.randn(args.vocab, args.hidden, generator=gen)).to(device, dtype).requires_grad_()
     labels = torch.randint(0, args.vocab, (args.tokens,), generator=gen).to(device)
     # warm up kernels, thread pools and lazy initialisation on a tiny problem
-    _run_step(args.child, hidden[:8].detach().requires_grad_(), weight[:64].detach().requires_grad_(),
-              labels[:8] % 64, 4)
+    _run_step(
+        args.child, hidden[:8].detach().requires_grad_(), weight[:64].detach().requires_grad_(), labels[:8] % 64, 4
+    )
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -81,13 +82,24 @@ def child(args: argparse.Namespace) -> dict:
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = _status_kib("VmHWM") * 1024
-    return {"variant": args.child, "device": device, "peak_bytes": peak - base,
-            "seconds": time.perf_counter() - start}
+    return {"variant": args.child, "device": device, "peak_bytes": peak - base, "seconds": time.perf_counter() - start}
 
 
 def _measure(variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--vocab", str(args.vocab), "--tokens", str(args.tokens),
-           "--hidden", str(args.hidden), "--dtype", args.dtype]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--vocab",
+        str(args.vocab),
+        "--tokens",
+        str(args.tokens),
+        "--hidden",
+        str(args.hidden),
+        "--dtype",
+        args.dtype,
+    ]
     if args.chunk_size:
         cmd += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
@@ -113,7 +125,8 @@ def main() -> None:
     rows = [_measure(v, args) for v in variants]
     naive = rows[0]["peak_bytes"]
     chunk = args.chunk_size or auto_chunk_size(
-        args.tokens, args.vocab, args.hidden, "cuda" if torch.cuda.is_available() else "cpu")
+        args.tokens, args.vocab, args.hidden, "cuda" if torch.cuda.is_available() else "cpu"
+    )
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
     print(f"fused linear CE, V={args.vocab} N={args.tokens} H={args.hidden} {args.dtype}, chunk={chunk} rows, {where}")
     print(f"{'variant':<14}{'peak MiB':>10}{'x naive':>9}{'fwd+bwd s':>11}")

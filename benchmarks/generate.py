@@ -39,15 +39,38 @@ from xoron_pipelines.export.hf import export_hf  # noqa: E402
 from xoron_pipelines.model import XoronForCausalLM, cache_bytes_per_token  # noqa: E402
 from xoron_pipelines.model.config import XoronConfig  # noqa: E402
 
-BASE = dict(hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024, vocab_size=4096,
-            max_position_embeddings=1024, rope_scaling=None, attention_chunk_size=None, dropout=0.0,
-            initializer_range=0.2)
+BASE = dict(
+    hidden_size=256,
+    num_layers=4,
+    num_heads=8,
+    intermediate_size=1024,
+    vocab_size=4096,
+    max_position_embeddings=1024,
+    rope_scaling=None,
+    attention_chunk_size=None,
+    dropout=0.0,
+    initializer_range=0.2,
+)
 ARCHS = {
     "dense-mha": dict(BASE, attention_type="mha", use_moe=False, tie_word_embeddings=True),
-    "mla-moe": dict(BASE, attention_type="mla", q_lora_rank=128, kv_lora_rank=64, qk_rope_head_dim=16,
-                    qk_nope_head_dim=16, v_head_dim=32, tie_word_embeddings=False, use_moe=True, num_experts=8,
-                    num_experts_per_tok=2, moe_layer_freq=1, first_k_dense_replace=1, num_shared_experts=1,
-                    moe_intermediate_size=256, router_scoring="sigmoid"),
+    "mla-moe": dict(
+        BASE,
+        attention_type="mla",
+        q_lora_rank=128,
+        kv_lora_rank=64,
+        qk_rope_head_dim=16,
+        qk_nope_head_dim=16,
+        v_head_dim=32,
+        tie_word_embeddings=False,
+        use_moe=True,
+        num_experts=8,
+        num_experts_per_tok=2,
+        moe_layer_freq=1,
+        first_k_dense_replace=1,
+        num_shared_experts=1,
+        moe_intermediate_size=256,
+        router_scoring="sigmoid",
+    ),
 }
 
 
@@ -64,19 +87,25 @@ def _time(fn) -> float:
 def throughput(name: str, args) -> dict:
     torch.manual_seed(0)
     tok = _tokenizer()
-    ours = XoronForCausalLM(XoronConfig(**ARCHS[name], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id)).eval()
+    ours = XoronForCausalLM(
+        XoronConfig(
+            **ARCHS[name], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
+    ).eval()
     with tempfile.TemporaryDirectory() as tmp:
         info = export_hf(ours, f"{tmp}/hf", tok)
         native = AutoModelForCausalLM.from_pretrained(f"{tmp}/hf").eval()
-    prompt = torch.randint(10, ours.config.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(
+        10, ours.config.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(1)
+    )
 
     def run_ours():
         return ours.generate(prompt, max_new_tokens=args.new, eos_token_id=-1)
 
     def run_native():
-        return native.generate(prompt, max_new_tokens=args.new, do_sample=False, eos_token_id=None,
-                               pad_token_id=tok.pad_token_id)
+        return native.generate(
+            prompt, max_new_tokens=args.new, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id
+        )
 
     with torch.no_grad():
         same = run_ours().tolist() == run_native().tolist()
@@ -86,19 +115,41 @@ def throughput(name: str, args) -> dict:
                 times[side].append(_time(run_ours if side == "ours" else run_native))
     tokens = args.batch * args.new
     tps = {side: tokens / statistics.median(t) for side, t in times.items()}
-    return {"arch": name, "native_class": info["architecture"], "same_tokens": same,
-            "ours_tok_s": tps["ours"], "native_tok_s": tps["native"], "ratio": tps["ours"] / tps["native"]}
+    return {
+        "arch": name,
+        "native_class": info["architecture"],
+        "same_tokens": same,
+        "ours_tok_s": tps["ours"],
+        "native_tok_s": tps["native"],
+        "ratio": tps["ours"] / tps["native"],
+    }
 
 
 def cache_sizes(tokens: int = 64) -> dict:
     """Bytes/token (fp32) for MHA, GQA, MLA at hidden 1024, 16 heads x 64, 8 layers."""
-    dims = dict(hidden_size=1024, num_layers=8, num_heads=16, intermediate_size=2048, vocab_size=512,
-                max_position_embeddings=256, rope_scaling=None, attention_chunk_size=None, use_moe=False)
+    dims = dict(
+        hidden_size=1024,
+        num_layers=8,
+        num_heads=16,
+        intermediate_size=2048,
+        vocab_size=512,
+        max_position_embeddings=256,
+        rope_scaling=None,
+        attention_chunk_size=None,
+        use_moe=False,
+    )
     configs = {
         "mha": XoronConfig(**dims, attention_type="mha"),
         "gqa": XoronConfig(**dims, attention_type="gqa", num_kv_heads=4),
-        "mla": XoronConfig(**dims, attention_type="mla", q_lora_rank=None, kv_lora_rank=128, qk_rope_head_dim=32,
-                           qk_nope_head_dim=32, v_head_dim=64),
+        "mla": XoronConfig(
+            **dims,
+            attention_type="mla",
+            q_lora_rank=None,
+            kv_lora_rank=128,
+            qk_rope_head_dim=32,
+            qk_nope_head_dim=32,
+            v_head_dim=64,
+        ),
     }
     out = {}
     ids = torch.randint(0, 512, (1, tokens))
@@ -124,13 +175,19 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = {"machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-              "settings": vars(args), "throughput": [], "kv_cache": cache_sizes()}
+    result = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+        "settings": vars(args),
+        "throughput": [],
+        "kv_cache": cache_sizes(),
+    }
     for name in [args.only] if args.only else ARCHS:
         row = throughput(name, args)
         result["throughput"].append(row)
-        print(f"{name:10s} vs {row['native_class']:24s} ours {row['ours_tok_s']:7.1f} tok/s  native "
-              f"{row['native_tok_s']:7.1f} tok/s  ratio {row['ratio']:.2f}x  same tokens: {row['same_tokens']}")
+        print(
+            f"{name:10s} vs {row['native_class']:24s} ours {row['ours_tok_s']:7.1f} tok/s  native "
+            f"{row['native_tok_s']:7.1f} tok/s  ratio {row['ratio']:.2f}x  same tokens: {row['same_tokens']}"
+        )
     kv = result["kv_cache"]
     for name in ("mha", "gqa", "mla"):
         print(f"KV cache {name}: {kv[name]['measured']:.0f} B/token (formula {kv[name]['formula']})")

@@ -34,10 +34,21 @@ from xoron_pipelines import kernels  # noqa: E402
 
 # name -> full-size shape parameters / tiny smoke-test ones
 SHAPES = {
-    "full": dict(tokens=8192, hidden=4096, inter=11008, heads=32, seq=2048, head_dim=128, vocab=32000,
-                 experts=256, topk=8, ce_tokens=8192),
-    "smoke": dict(tokens=37, hidden=48, inter=80, heads=2, seq=9, head_dim=16, vocab=300,
-                  experts=13, topk=3, ce_tokens=21),
+    "full": dict(
+        tokens=8192,
+        hidden=4096,
+        inter=11008,
+        heads=32,
+        seq=2048,
+        head_dim=128,
+        vocab=32000,
+        experts=256,
+        topk=8,
+        ce_tokens=8192,
+    ),
+    "smoke": dict(
+        tokens=37, hidden=48, inter=80, heads=2, seq=9, head_dim=16, vocab=300, experts=13, topk=3, ce_tokens=21
+    ),
 }
 
 
@@ -69,18 +80,37 @@ def _cases(s: dict, device: str, dtype: torch.dtype) -> list[Case]:
     ce = per_impl(lambda h, w, impl: kernels.fused_linear_cross_entropy(h, w, labels, impl=impl))
     ce["naive"] = lambda h, w: kernels.linear_cross_entropy_naive(h, w, labels)
     return [
-        Case("rms_norm", lambda: [rand(s["tokens"], s["hidden"]), rand(s["hidden"])],
-             per_impl(lambda x, w, impl: kernels.rms_norm(x, w, 1e-6, impl=impl))),
-        Case("apply_rope", lambda: [rand(b, s["heads"], s["seq"], s["head_dim"])],
-             per_impl(lambda x, impl: kernels.apply_rope(x, cos, sin, impl=impl))),
-        Case("swiglu", lambda: [rand(s["tokens"], s["inter"]), rand(s["tokens"], s["inter"])],
-             per_impl(lambda g, u, impl: kernels.swiglu(g, u, impl=impl))),
-        Case("fused_linear_ce", lambda: [rand(s["ce_tokens"], s["hidden"]), rand(s["vocab"], s["hidden"], scale=0.02)],
-             ce),
-        Case("router_topk", lambda: [rand(s["tokens"], s["experts"]).sigmoid().detach().requires_grad_()],
-             per_impl(lambda x, impl: kernels.router_topk(x, bias, s["topk"], impl=impl)[0])),
-        Case("quantize_int8", lambda: [rand(s["tokens"], s["hidden"], grad=False)],
-             per_impl(lambda x, impl: kernels.quantize_int8_rows(x, impl=impl)[0]), backward=False),
+        Case(
+            "rms_norm",
+            lambda: [rand(s["tokens"], s["hidden"]), rand(s["hidden"])],
+            per_impl(lambda x, w, impl: kernels.rms_norm(x, w, 1e-6, impl=impl)),
+        ),
+        Case(
+            "apply_rope",
+            lambda: [rand(b, s["heads"], s["seq"], s["head_dim"])],
+            per_impl(lambda x, impl: kernels.apply_rope(x, cos, sin, impl=impl)),
+        ),
+        Case(
+            "swiglu",
+            lambda: [rand(s["tokens"], s["inter"]), rand(s["tokens"], s["inter"])],
+            per_impl(lambda g, u, impl: kernels.swiglu(g, u, impl=impl)),
+        ),
+        Case(
+            "fused_linear_ce",
+            lambda: [rand(s["ce_tokens"], s["hidden"]), rand(s["vocab"], s["hidden"], scale=0.02)],
+            ce,
+        ),
+        Case(
+            "router_topk",
+            lambda: [rand(s["tokens"], s["experts"]).sigmoid().detach().requires_grad_()],
+            per_impl(lambda x, impl: kernels.router_topk(x, bias, s["topk"], impl=impl)[0]),
+        ),
+        Case(
+            "quantize_int8",
+            lambda: [rand(s["tokens"], s["hidden"], grad=False)],
+            per_impl(lambda x, impl: kernels.quantize_int8_rows(x, impl=impl)[0]),
+            backward=False,
+        ),
     ]
 
 
@@ -98,13 +128,17 @@ def run(case: Case, smoke: bool) -> list[dict]:
     rows = []
     for impl, call in case.calls.items():
         inputs = case.make_inputs()
-        row = {"kernel": case.name, "impl": impl, "fwd_ms": _bench_ms(lambda: call(*inputs), [], smoke)}
+        row = {
+            "kernel": case.name,
+            "impl": impl,
+            "fwd_ms": _bench_ms(lambda call=call, inputs=inputs: call(*inputs), [], smoke),
+        }
         if case.backward:
             out = call(*inputs)
             cot = torch.randn_like(out, dtype=torch.float32).to(out.dtype)
             leaves = [t for t in inputs if t.requires_grad]
 
-            def fwd_bwd():
+            def fwd_bwd(call=call, inputs=inputs, cot=cot):
                 call(*inputs).backward(cot)
 
             row["fwd_bwd_ms"] = _bench_ms(fwd_bwd, leaves, smoke)
@@ -120,13 +154,18 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if not args.smoke and not torch.cuda.is_available():
-        sys.exit("benchmarks/kernel_timings.py times Triton kernels against torch eager and needs a CUDA GPU; "
-                 "none is visible here. (Use --smoke to check the script on CPU via TRITON_INTERPRET=1.)")
+        sys.exit(
+            "benchmarks/kernel_timings.py times Triton kernels against torch eager and needs a CUDA GPU; "
+            "none is visible here. (Use --smoke to check the script on CPU via TRITON_INTERPRET=1.)"
+        )
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float32 if args.smoke else getattr(torch, args.dtype)
     torch.manual_seed(0)
-    cases = [c for c in _cases(SHAPES["smoke" if args.smoke else "full"], device, dtype)
-             if not args.only or c.name in args.only]
+    cases = [
+        c
+        for c in _cases(SHAPES["smoke" if args.smoke else "full"], device, dtype)
+        if not args.only or c.name in args.only
+    ]
     where = "CPU interpreter (smoke: timings meaningless)" if args.smoke else torch.cuda.get_device_name()
     print(f"Triton kernels vs torch eager, {dtype}, {where}")
     print(f"{'kernel':<17}{'impl':<8}{'fwd ms':>10}{'fwd+bwd ms':>12}{'fwd speedup':>13}{'f+b speedup':>13}")

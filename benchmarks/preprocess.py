@@ -68,7 +68,9 @@ def params_for(corpus: Path, near_dup: bool = True):
 
     return Params.model_validate(
         {
-            "sources": [{"name": "corpus", "path": str(corpus), "format": "jsonl", "text_field": "text", "category": "code"}],
+            "sources": [
+                {"name": "corpus", "path": str(corpus), "format": "jsonl", "text_field": "text", "category": "code"}
+            ],
             "cleaning": {"min_chars": 1, "max_chars": 2_000_000, "max_record_bytes": 8_000_000},
             "dedup": {"exact": True, "near_dup": near_dup},
             "tokenizer": {"vocab_size": VOCAB, "max_train_chars": TRAIN_CHARS},
@@ -113,8 +115,9 @@ def run_child(corpus: Path, work: Path) -> dict:
 
 def throughput(corpus: Path, work: Path, repeats: int) -> dict:
     """Tokens/s of ours, run_clm and raw encode_batch on the same corpus and tokenizer."""
-    import datasets
     from itertools import chain
+
+    import datasets
 
     from xoron_pipelines.data.ledger import build_ledger
     from xoron_pipelines.data.packing import tokenize_and_pack
@@ -155,10 +158,21 @@ def throughput(corpus: Path, work: Path, repeats: int) -> dict:
 
     def run_clm(rep: int) -> float:
         t0 = time.perf_counter()
-        tokenized = ds.map(tokenize_function, batched=True, num_proc=WORKERS, remove_columns=["text"],
-                           load_from_cache_file=False, cache_file_name=str(cache / f"tok{rep}.arrow"))
-        tokenized.map(group_texts, batched=True, num_proc=WORKERS, load_from_cache_file=False,
-                      cache_file_name=str(cache / f"grouped{rep}.arrow"))
+        tokenized = ds.map(
+            tokenize_function,
+            batched=True,
+            num_proc=WORKERS,
+            remove_columns=["text"],
+            load_from_cache_file=False,
+            cache_file_name=str(cache / f"tok{rep}.arrow"),
+        )
+        tokenized.map(
+            group_texts,
+            batched=True,
+            num_proc=WORKERS,
+            load_from_cache_file=False,
+            cache_file_name=str(cache / f"grouped{rep}.arrow"),
+        )
         return time.perf_counter() - t0
 
     # The machine is shared: each arm runs `repeats` times, interleaved; the best time counts.
@@ -169,8 +183,11 @@ def throughput(corpus: Path, work: Path, repeats: int) -> dict:
         times["raw_fast"].append(raw(True))
         times["run_clm"].append(run_clm(rep))
         print(f"  repeat {rep}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
-    tokens = sum(len(e.ids) for i in range(0, len(texts), 1000)
-                 for e in backend.encode_batch_fast(texts[i : i + 1000], add_special_tokens=False))
+    tokens = sum(
+        len(e.ids)
+        for i in range(0, len(texts), 1000)
+        for e in backend.encode_batch_fast(texts[i : i + 1000], add_special_tokens=False)
+    )
     best = {k: min(v) for k, v in times.items()}
     return {
         "raw_encode_batch_tok_s": tokens / best["raw"],

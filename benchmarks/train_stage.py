@@ -46,8 +46,15 @@ def _shards(path: Path, rows: int, seq_len: int, vocab: int):
 
     ids = np.random.default_rng(0).integers(3, vocab, size=(rows, seq_len), dtype=np.int32)
     path.mkdir(parents=True)
-    pq.write_table(pa.table({"input_ids": pa.array(ids.tolist(), pa.list_(pa.int32())),
-                             "length": pa.array(np.full(rows, seq_len, dtype=np.int32))}), path / "part-00000.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "input_ids": pa.array(ids.tolist(), pa.list_(pa.int32())),
+                "length": pa.array(np.full(rows, seq_len, dtype=np.int32)),
+            }
+        ),
+        path / "part-00000.parquet",
+    )
     return ShardSet(path)
 
 
@@ -90,9 +97,18 @@ def run_one(size: str, steps: int, rounds: int) -> dict:
         rows = cfg["batch_size"] * (steps + 2)
         train = _shards(tmp / "train", rows, cfg["seq_len"], config.vocab_size)
         val = _shards(tmp / "val", cfg["batch_size"], cfg["seq_len"], config.vocab_size)
-        params = {"train": {"learning_rate": 1e-4, "max_steps": steps, "batch_size": cfg["batch_size"],
-                            "logging_steps": 5, "save_steps": 10_000, "seed": 0}, "eval": {"max_batches": 1},
-                  "tracking": {"enabled": True, "log_model": False, "log_tokenizer": False, "plots": False}}
+        params = {
+            "train": {
+                "learning_rate": 1e-4,
+                "max_steps": steps,
+                "batch_size": cfg["batch_size"],
+                "logging_steps": 5,
+                "save_steps": 10_000,
+                "seed": 0,
+            },
+            "eval": {"max_batches": 1},
+            "tracking": {"enabled": True, "log_model": False, "log_tokenizer": False, "plots": False},
+        }
         torch.manual_seed(0)
         model = XoronForCausalLM(config)
         init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -102,17 +118,25 @@ def run_one(size: str, steps: int, rounds: int) -> dict:
             model.load_state_dict(init)
             params["checkpoint_dir"] = str(tmp / f"ck{round_}")
             with mlflow.start_run(run_name="bench"):
-                _, summary = train_causal_lm(model, None, train, val, PackedMixes(tmp / "no-mixes"), params,
-                                             stage=f"bench-{size}")
+                _, summary = train_causal_lm(
+                    model, None, train, val, PackedMixes(tmp / "no-mixes"), params, stage=f"bench-{size}"
+                )
             stage_runs.append(summary["tokens_seen"] / summary["wall_s"])
             model.load_state_dict(init)
             bare_runs.append(_bare(model, source, steps, 1e-4))
         stage_tps, bare_tps = max(stage_runs), max(bare_runs)
-    return {"size": size, "params": sum(p.numel() for p in model.parameters()), "steps": steps, "rounds": rounds,
-            "batch": f"{cfg['batch_size']}x{cfg['seq_len']}", "stage_tokens_per_s": round(stage_tps, 1),
-            "bare_tokens_per_s": round(bare_tps, 1), "overhead_pct": round(100 * (1 - stage_tps / bare_tps), 2),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "threads": torch.get_num_threads()}
+    return {
+        "size": size,
+        "params": sum(p.numel() for p in model.parameters()),
+        "steps": steps,
+        "rounds": rounds,
+        "batch": f"{cfg['batch_size']}x{cfg['seq_len']}",
+        "stage_tokens_per_s": round(stage_tps, 1),
+        "bare_tokens_per_s": round(bare_tps, 1),
+        "overhead_pct": round(100 * (1 - stage_tps / bare_tps), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -127,9 +151,12 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", size, "--steps", str(args.steps),
-                              "--rounds", str(args.rounds)],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", size, "--steps", str(args.steps), "--rounds", str(args.rounds)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = list(rows[0])
     print(" | ".join(keys))

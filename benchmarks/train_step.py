@@ -39,18 +39,46 @@ from xoron_pipelines.model.model import XoronForCausalLM  # noqa: E402
 
 # Dense: the "tiny" size of seed 001 (hidden 256, 4 layers) with a Llama-like layout.
 DENSE = dict(
-    hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, vocab_size=32000,
-    max_position_embeddings=512, attention_type="mha", use_moe=False, rope_scaling=None,
-    attention_chunk_size=None, tie_word_embeddings=True, dropout=0.0,
+    hidden_size=256,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=1024,
+    vocab_size=32000,
+    max_position_embeddings=512,
+    attention_type="mha",
+    use_moe=False,
+    rope_scaling=None,
+    attention_chunk_size=None,
+    tie_word_embeddings=True,
+    dropout=0.0,
 )
 # MoE + MLA at the same width: DeepSeek-V3 layout (first layer dense, then MoE everywhere).
 MOE_MLA = dict(
-    hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, vocab_size=32000,
-    max_position_embeddings=512, tie_word_embeddings=False, dropout=0.0,
-    attention_type="mla", q_lora_rank=128, kv_lora_rank=64, qk_rope_head_dim=32, qk_nope_head_dim=32,
-    v_head_dim=64, attention_chunk_size=None, rope_scaling=None,
-    use_moe=True, num_experts=8, num_experts_per_tok=2, moe_layer_freq=1, first_k_dense_replace=1,
-    num_shared_experts=1, moe_intermediate_size=256, router_scoring="sigmoid", bias_update_rate=1e-3,
+    hidden_size=256,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=1024,
+    vocab_size=32000,
+    max_position_embeddings=512,
+    tie_word_embeddings=False,
+    dropout=0.0,
+    attention_type="mla",
+    q_lora_rank=128,
+    kv_lora_rank=64,
+    qk_rope_head_dim=32,
+    qk_nope_head_dim=32,
+    v_head_dim=64,
+    attention_chunk_size=None,
+    rope_scaling=None,
+    use_moe=True,
+    num_experts=8,
+    num_experts_per_tok=2,
+    moe_layer_freq=1,
+    first_k_dense_replace=1,
+    num_shared_experts=1,
+    moe_intermediate_size=256,
+    router_scoring="sigmoid",
+    bias_update_rate=1e-3,
     aux_loss_coef=0.0,
 )
 PAIRS = {"dense": (DENSE, 1.0), "moe_mla": (MOE_MLA, 1.3)}
@@ -93,8 +121,7 @@ def bench_pair(name: str, fields: dict, args) -> dict:
     torch.manual_seed(0)
     ours = XoronForCausalLM(XoronConfig(**fields)).float()
     native = to_native_model(ours)
-    runners = {"xoron": Runner(ours, True, args.adamw),
-               type(native).__name__: Runner(native, False, args.adamw)}
+    runners = {"xoron": Runner(ours, True, args.adamw), type(native).__name__: Runner(native, False, args.adamw)}
     batches = make_batches(fields["vocab_size"], args.batch, args.seq, args.steps, seed=1)
     tokens = args.batch * args.seq * args.steps
     for runner in runners.values():  # warm-up (allocator, first-call paths)
@@ -131,13 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4, help="A/B runs per model (interleaved)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused",
-                        help="AdamW implementation, the same on both sides (fused = what the trainer runs)")
+    parser.add_argument(
+        "--adamw",
+        choices=("fused", "foreach"),
+        default="fused",
+        help="AdamW implementation, the same on both sides (fused = what the trainer runs)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-          f"batch {args.batch} x seq {args.seq}, {args.steps} steps/run, {args.rounds} rounds, {args.adamw} AdamW")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+        f"batch {args.batch} x seq {args.seq}, {args.steps} steps/run, {args.rounds} rounds, {args.adamw} AdamW"
+    )
     results = []
     for name in args.only or list(PAIRS):
         fields, target = PAIRS[name]
@@ -146,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         res["meets_target"] = res["ratio"] >= target
         results.append(res)
         native = res["native"]
-        print(f"{name:8s} params {res['params'] / 1e6:6.2f}M  xoron {res['tokens_per_s']['xoron']:8.1f} tok/s  "
-              f"{native} {res['tokens_per_s'][native]:8.1f} tok/s  ratio {res['ratio']:.2f}x "
-              f"(paired per-round median {res['ratio_paired']:.2f}x, best-of-rounds {res['ratio_best']:.2f}x; "
-              f"target >= {target}x: "
-              f"{'met' if res['meets_target'] else 'MISSED'})")
+        print(
+            f"{name:8s} params {res['params'] / 1e6:6.2f}M  xoron {res['tokens_per_s']['xoron']:8.1f} tok/s  "
+            f"{native} {res['tokens_per_s'][native]:8.1f} tok/s  ratio {res['ratio']:.2f}x "
+            f"(paired per-round median {res['ratio_paired']:.2f}x, best-of-rounds {res['ratio_best']:.2f}x; "
+            f"target >= {target}x: "
+            f"{'met' if res['meets_target'] else 'MISSED'})"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)

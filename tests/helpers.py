@@ -114,9 +114,7 @@ def run_pipeline(
     bootstrap_project(project_path)
     try:
         with contextlib.chdir(project_path):
-            with KedroSession.create(
-                project_path=project_path, env=env, runtime_params=nest(params or {})
-            ) as session:
+            with KedroSession.create(project_path=project_path, env=env, runtime_params=nest(params or {})) as session:
                 return session.run(pipeline_name=pipeline_name)
     finally:
         _end_mlflow_runs()

@@ -93,7 +93,8 @@ def test_dataset_and_cache_writers_follow_the_umask(tmp_path, umask):
     write_task(tmp_path / "task.jsonl", [{"q": 1}])
     write_json(tmp_path / "cache" / "meta.json", {"k": 1})
     LatentModelDataset(str(tmp_path / "latent")).save(
-        LatentArtifact({"weights_file": "w.safetensors"}, {"w": torch.zeros(2)}))
+        LatentArtifact({"weights_file": "w.safetensors"}, {"w": torch.zeros(2)})
+    )
 
     class Saver:  # what XoronModelDataset.save needs of a model
         def save_pretrained(self, path, safe_serialization=True):
@@ -125,8 +126,8 @@ def test_checkpoints_and_shard_sets_follow_the_umask(tmp_path, umask):
 
 def test_model_export_directories_follow_the_umask(tmp_path, umask):
     from xoron_pipelines.model import interop
-    from xoron_pipelines.model.model import XoronForCausalLM
     from xoron_pipelines.model.config import get_config
+    from xoron_pipelines.model.model import XoronForCausalLM
 
     torch.manual_seed(0)
     model = XoronForCausalLM(get_config("nano")).float().eval()

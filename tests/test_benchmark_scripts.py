@@ -25,8 +25,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def _run(script: str, *args: str, cwd: Path) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -57,8 +58,24 @@ def _positive(x) -> bool:
 @pytest.mark.parametrize("adamw", ["fused", "foreach"])
 def test_train_step_reports_both_pairs(tmp_path, adamw):
     out = tmp_path / "ts.json"
-    text = _run("train_step.py", "--batch", "1", "--seq", "16", "--steps", "1", "--rounds", "2",
-                "--threads", "1", "--adamw", adamw, "--json", str(out), cwd=tmp_path)
+    text = _run(
+        "train_step.py",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--steps",
+        "1",
+        "--rounds",
+        "2",
+        "--threads",
+        "1",
+        "--adamw",
+        adamw,
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert f"{adamw} AdamW" in text
     rows = {r["pair"]: r for r in json.loads(out.read_text())}
     assert set(rows) == {"dense", "moe_mla"}
@@ -105,8 +122,19 @@ def test_preprocess_compares_against_run_clm(tmp_path):
     # manager puts a Unix socket under it (paths over 107 bytes fail to bind).
     work = Path(tempfile.mkdtemp(prefix="xb-"))
     try:
-        text = _run("preprocess.py", "--copies", "1", "--scale", "1", "--skip-rss", "--repeats", "1",
-                    "--workdir", str(work), cwd=tmp_path)
+        text = _run(
+            "preprocess.py",
+            "--copies",
+            "1",
+            "--scale",
+            "1",
+            "--skip-rss",
+            "--repeats",
+            "1",
+            "--workdir",
+            str(work),
+            cwd=tmp_path,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert "ratio ours / run_clm" in text

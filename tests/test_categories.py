@@ -13,9 +13,22 @@ from xoron_pipelines.categories import (
 )
 
 SEED_CATEGORIES = {
-    "code", "conversation", "tool_use", "agentic", "chain_of_thought", "anti_hallucination", "document",
-    "fim", "git_operations", "code_execution", "vision", "video", "generation", "video_generation",
-    "voice_asr", "voice_tts",
+    "code",
+    "conversation",
+    "tool_use",
+    "agentic",
+    "chain_of_thought",
+    "anti_hallucination",
+    "document",
+    "fim",
+    "git_operations",
+    "code_execution",
+    "vision",
+    "video",
+    "generation",
+    "video_generation",
+    "voice_asr",
+    "voice_tts",
 }
 
 

@@ -22,6 +22,10 @@ def _imports(path: Path) -> list[str]:
 def test_library_packages_do_not_import_pipelines():
     files = [f for name in LIBRARY for f in [*(PACKAGE / name).rglob("*.py"), PACKAGE / f"{name}.py"] if f.is_file()]
     assert len(files) > 50
-    upward = {f"{f.relative_to(PACKAGE)}: {m}" for f in files for m in _imports(f)
-              if m == "xoron_pipelines.pipelines" or m.startswith("xoron_pipelines.pipelines.")}
+    upward = {
+        f"{f.relative_to(PACKAGE)}: {m}"
+        for f in files
+        for m in _imports(f)
+        if m == "xoron_pipelines.pipelines" or m.startswith("xoron_pipelines.pipelines.")
+    }
     assert not upward

@@ -52,16 +52,18 @@ def test_next_kedro_run_marks_runs_of_killed_processes(tmp_path):
     project = copy_project(tmp_path / "project")
     uri = yaml.safe_load((project / "conf/local/mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, uri, EXPERIMENT], capture_output=True, text=True,
-                            env=env, timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, uri, EXPERIMENT], capture_output=True, text=True, env=env, timeout=120
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     killed_id = killed.stdout.split()[0]
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
     live = client.create_run(experiment, tags=process_tags(), run_name="live").info.run_id
-    remote = client.create_run(experiment, tags={**process_tags(_dead_pid()), HOST_TAG: "another-node"},
-                               run_name="remote").info.run_id
+    remote = client.create_run(
+        experiment, tags={**process_tags(_dead_pid()), HOST_TAG: "another-node"}, run_name="remote"
+    ).info.run_id
     untagged = client.create_run(experiment, run_name="untagged").info.run_id
     assert client.get_run(killed_id).info.status == "RUNNING"
 

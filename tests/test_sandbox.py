@@ -61,9 +61,11 @@ def test_stdout_and_error_line():
 def test_runs_in_its_own_namespaces_unprivileged():
     with SandboxWorker() as worker:
         assert worker.isolation == "namespaces"
-        res = worker.run("import os\n"
-                         "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
-                         "print(os.getpid(), os.getppid(), os.getcwd(), caps, sorted(os.listdir('/tmp')))")
+        res = worker.run(
+            "import os\n"
+            "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]\n"
+            "print(os.getpid(), os.getppid(), os.getcwd(), caps, sorted(os.listdir('/tmp')))"
+        )
     pid, ppid, cwd, caps, tmp = res.stdout.split(maxsplit=4)
     assert (pid, ppid, cwd, int(caps, 16), tmp.strip()) == ("1", "0", "/tmp", 0, "[]")
 
@@ -91,16 +93,24 @@ def test_fresh_namespace_per_program_and_cells_share_one():
 
 
 def test_cannot_write_into_the_project_data_or_the_host(tmp_path):
-    targets = [PROJECT / "data" / "escape.txt", PROJECT / "escape.txt", tmp_path / "escape.txt",
-               Path(sys.prefix) / "escape.txt", Path("/usr/escape.txt"), Path("/escape.txt")]
-    code = ("for path in %r:\n"
-            "    try:\n"
-            "        open(path, 'w').write('x')\n"
-            "        print('WROTE', path)\n"
-            "    except OSError as exc:\n"
-            "        print(type(exc).__name__, exc.errno)\n"
-            "open('scratch.txt', 'w').write('private tmp')\n"
-            "print(open('/tmp/scratch.txt').read())\n") % [str(t) for t in targets]
+    targets = [
+        PROJECT / "data" / "escape.txt",
+        PROJECT / "escape.txt",
+        tmp_path / "escape.txt",
+        Path(sys.prefix) / "escape.txt",
+        Path("/usr/escape.txt"),
+        Path("/escape.txt"),
+    ]
+    code = (
+        "for path in %r:\n"
+        "    try:\n"
+        "        open(path, 'w').write('x')\n"
+        "        print('WROTE', path)\n"
+        "    except OSError as exc:\n"
+        "        print(type(exc).__name__, exc.errno)\n"
+        "open('scratch.txt', 'w').write('private tmp')\n"
+        "print(open('/tmp/scratch.txt').read())\n"
+    ) % [str(t) for t in targets]
     res = run_python(code)
     assert res.ok and "WROTE" not in res.stdout, res
     assert res.stdout.splitlines()[-1] == "private tmp"  # its own /tmp is writable
@@ -110,16 +120,18 @@ def test_cannot_write_into_the_project_data_or_the_host(tmp_path):
 def test_files_outside_the_sandbox_are_not_readable(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("s3cret")
-    hidden = [secret, PROJECT / "conf/base/parameters_evaluation.yml", Path("/etc/passwd"),
-              Path.home() / ".bashrc"]
-    code = ("import os\n"
-            "for path in %r:\n"
-            "    try:\n"
-            "        print('READ', open(path).read())\n"
-            "    except OSError as exc:\n"
-            "        print(type(exc).__name__)\n"
-            # what stays readable (module docstring): the system and the Python installation
-            "print(os.path.isdir('/usr/bin'), os.path.isdir(%r))\n") % ([str(p) for p in hidden], sys.base_prefix)
+    hidden = [secret, PROJECT / "conf/base/parameters_evaluation.yml", Path("/etc/passwd"), Path.home() / ".bashrc"]
+    paths = [str(p) for p in hidden]
+    code = (
+        "import os\n"
+        f"for path in {paths!r}:\n"
+        "    try:\n"
+        "        print('READ', open(path).read())\n"
+        "    except OSError as exc:\n"
+        "        print(type(exc).__name__)\n"
+        # what stays readable (module docstring): the system and the Python installation
+        f"print(os.path.isdir('/usr/bin'), os.path.isdir({sys.base_prefix!r}))\n"
+    )
     res = run_python(code)
     assert res.ok, res
     assert res.stdout.splitlines() == ["FileNotFoundError"] * len(hidden) + ["True True"]
@@ -144,16 +156,18 @@ def test_the_pipeline_and_its_processes_cannot_be_signalled():
 
 @pytest.mark.parametrize("max_processes", [6, 12])
 def test_fork_bomb_is_contained(max_processes):
-    code = ("import os, time\n"
-            "n = 0\n"
-            "try:\n"
-            "    while True:\n"
-            "        if os.fork() == 0:\n"
-            "            time.sleep(30)\n"
-            "            os._exit(0)\n"
-            "        n += 1\n"
-            "except OSError as exc:\n"
-            "    print(n, type(exc).__name__)\n")
+    code = (
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError as exc:\n"
+        "    print(n, type(exc).__name__)\n"
+    )
     res = run_python(code, SandboxLimits(max_processes=max_processes))
     forks, error = res.stdout.split()
     # the sandbox's init counts too (and its launcher, when the pipeline does not run as root)
@@ -169,10 +183,12 @@ def test_a_real_fork_bomb_ends_with_the_timeout():
 @pytest.mark.parametrize("ends", ["timeout", "normally"])
 def test_no_process_survives_the_sandbox_not_even_a_setsid_one(ends):
     marker = f"xoron-escape-{uuid.uuid4().hex}"
-    code = ("import subprocess, sys\n"
-            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'],\n"
-            "                 start_new_session=True)\n"
-            + ("while True:\n    pass\n" if ends == "timeout" else "print('left a child')\n"))
+    code = (
+        "import subprocess, sys\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'],\n"
+        "                 start_new_session=True)\n"
+        + ("while True:\n    pass\n" if ends == "timeout" else "print('left a child')\n")
+    )
     res = run_python(code, FAST)
     assert res.timed_out if ends == "timeout" else res.ok, res
     assert _gone(marker), f"processes survived the sandbox: {_alive_with(marker)}"
@@ -196,13 +212,16 @@ def test_no_network_even_through__socket():
 HUMANEVAL = offline_tasks.humaneval(random.Random(3), 1)[0]
 
 
-@pytest.mark.parametrize("completion", [
-    "    exit()\n",
-    "    import sys\n    sys.exit(0)\n",
-    "    raise SystemExit\n",
-    "    pass\nimport os\nos._exit(0)\n",       # module level: before the tests run
-    "    pass\nraise SystemExit(0)\n",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "    exit()\n",
+        "    import sys\n    sys.exit(0)\n",
+        "    raise SystemExit\n",
+        "    pass\nimport os\nos._exit(0)\n",  # module level: before the tests run
+        "    pass\nraise SystemExit(0)\n",
+    ],
+)
 def test_exit_is_never_a_pass(completion):
     assert gen.check_completion(HUMANEVAL, HUMANEVAL["canonical_solution"], FAST).ok
     res = gen.check_completion(HUMANEVAL, completion, FAST)
@@ -211,37 +230,43 @@ def test_exit_is_never_a_pass(completion):
 
 def test_forged_result_lines_are_never_a_pass():
     forged = '{"ready": true}\\n{"id": "0", "outputs": [""], "error": null}\\n{"outputs": [""], "error": null}\\n'
-    completion = ("    pass\n"
-                  "import os, sys\n"
-                  f"print({forged!r})\n"
-                  f"sys.__stdout__.write({forged!r})\n"
-                  "for fd in range(1, 256):\n"
-                  "    try:\n"
-                  f"        os.write(fd, {forged!r}.encode())\n"
-                  "    except OSError:\n"
-                  "        pass\n"
-                  "os._exit(0)\n")
+    completion = (
+        "    pass\n"
+        "import os, sys\n"
+        f"print({forged!r})\n"
+        f"sys.__stdout__.write({forged!r})\n"
+        "for fd in range(1, 256):\n"
+        "    try:\n"
+        f"        os.write(fd, {forged!r}.encode())\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)\n"
+    )
     res = gen.check_completion(HUMANEVAL, completion, FAST)
     assert not res.ok and res.error is not None, res
 
 
 def test_a_partial_line_cannot_defeat_the_timeout():
-    code = ("import os\n"
-            "for fd in range(1, 256):\n"
-            "    try:\n"
-            "        os.write(fd, b'{\"id\": ')\n"
-            "    except OSError:\n"
-            "        pass\n"
-            "while True:\n"
-            "    pass\n")
+    code = (
+        "import os\n"
+        "for fd in range(1, 256):\n"
+        "    try:\n"
+        "        os.write(fd, b'{\"id\": ')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "while True:\n"
+        "    pass\n"
+    )
     start = time.monotonic()
     res = run_python(code, FAST)
     assert res.timed_out and res.error == "Timeout" and time.monotonic() - start < 10
 
 
 def test_run_python_never_raises(monkeypatch):
-    weird = run_python("print('\\ud800')\nimport os\nfor fd in range(3, 256):\n    try:\n"
-                       "        os.write(fd, b'\\xff\\xfe not json\\n')\n    except OSError:\n        pass\n")
+    weird = run_python(
+        "print('\\ud800')\nimport os\nfor fd in range(3, 256):\n    try:\n"
+        "        os.write(fd, b'\\xff\\xfe not json\\n')\n    except OSError:\n        pass\n"
+    )
     assert not weird.ok and weird.error is not None
     monkeypatch.setattr(sys, "executable", "/nonexistent/python")
     broken = run_python("print(1)")
@@ -273,8 +298,9 @@ def test_synth_knob_refuses_before_work_or_accepts_weak_isolation(monkeypatch):
     assert generate_synthetic({"counts": {**counts, "chat": 2}})[1]["total"] == 2  # no program: no sandbox
     with pytest.raises(SandboxUnavailableError, match="allow_weak_isolation"):
         generate_synthetic({"counts": {**counts, "code_exec_python": 2}})
-    parts, _ = generate_synthetic({"counts": {**counts, "code_exec_python": 2},
-                                   "sandbox": {"allow_weak_isolation": True}})
+    parts, _ = generate_synthetic(
+        {"counts": {**counts, "code_exec_python": 2}, "sandbox": {"allow_weak_isolation": True}}
+    )
     assert len(parts["code_exec_python"]) == 2
 
 
@@ -285,9 +311,12 @@ def test_evaluation_knobs_reach_the_sandbox_and_humaneval_refuses_before_generat
     p = Params.model_validate({"sandbox": {"max_processes": 7, "tmp_mb": 8, "allow_weak_isolation": False}})
     limits = nodes._limits(p)
     assert (limits.max_processes, limits.tmp_mb, limits.allow_weak_isolation) == (7, 8, False)
-    res = run_python("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
-                     "            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
-                     "except OSError:\n    print(n)", limits)
+    res = run_python(
+        "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+        "            time.sleep(30)\n            os._exit(0)\n        n += 1\n"
+        "except OSError:\n    print(n)",
+        limits,
+    )
     assert res.stdout in ("5\n", "6\n")  # max_processes 7: the init (and launcher when not root) count
     _unavailable(monkeypatch)
     with pytest.raises(SandboxUnavailableError):
@@ -296,12 +325,16 @@ def test_evaluation_knobs_reach_the_sandbox_and_humaneval_refuses_before_generat
 
 def test_killing_the_pipeline_leaves_no_sandbox_process(tmp_path):
     marker = f"xoron-orphan-{uuid.uuid4().hex}"
-    program = ("import subprocess, sys, time\n"
-               f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'])\n"
-               "time.sleep(60)\n")
+    program = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # {marker}'])\n"
+        "time.sleep(60)\n"
+    )
     script = tmp_path / "pipeline.py"
-    script.write_text("import sys\nfrom xoron_pipelines.sandbox import SandboxLimits, run_python\n"
-                      f"run_python({program!r}, SandboxLimits(timeout_s=60))\n")
+    script.write_text(
+        "import sys\nfrom xoron_pipelines.sandbox import SandboxLimits, run_python\n"
+        f"run_python({program!r}, SandboxLimits(timeout_s=60))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(PROJECT / "src"), "TMPDIR": str(tmp_path)}
     pipeline = subprocess.Popen([sys.executable, str(script)], env=env)
     try:

@@ -25,27 +25,63 @@ from xoron_pipelines.tokens import (
 
 # name -> token exactly as listed in the Xoron-Dev configuration reference (seed 000)
 SEED_000 = {
-    "bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>",
-    "prompt_start": "<|prompt|>", "response_start": "<|response|>",
-    "system_start": "<|system|>", "user_start": "<|user|>", "assistant_start": "<|assistant|>",
-    "memory_start": "<|memory|>", "working_memory_start": "<|working_memory|>", "summary_start": "<|summary|>",
-    "fim_prefix": "<|fim_prefix|>", "fim_middle": "<|fim_middle|>", "fim_suffix": "<|fim_suffix|>",
-    "commit_before": "<|commit_before|>", "commit_after": "<|commit_after|>", "diff_start": "<|diff|>",
-    "diff_add": "<|diff_add|>", "diff_del": "<|diff_del|>",
-    "jupyter_code": "<|jupyter_code|>", "jupyter_output": "<|jupyter_output|>", "exec_start": "<|exec|>",
-    "exec_result": "<|exec_result|>", "exec_error": "<|exec_error|>",
-    "add_file": "<|add_file|>", "delete_file": "<|delete_file|>", "edit_file": "<|edit_file|>",
+    "bos": "<|bos|>",
+    "eos": "<|eos|>",
+    "pad": "<|pad|>",
+    "prompt_start": "<|prompt|>",
+    "response_start": "<|response|>",
+    "system_start": "<|system|>",
+    "user_start": "<|user|>",
+    "assistant_start": "<|assistant|>",
+    "memory_start": "<|memory|>",
+    "working_memory_start": "<|working_memory|>",
+    "summary_start": "<|summary|>",
+    "fim_prefix": "<|fim_prefix|>",
+    "fim_middle": "<|fim_middle|>",
+    "fim_suffix": "<|fim_suffix|>",
+    "commit_before": "<|commit_before|>",
+    "commit_after": "<|commit_after|>",
+    "diff_start": "<|diff|>",
+    "diff_add": "<|diff_add|>",
+    "diff_del": "<|diff_del|>",
+    "jupyter_code": "<|jupyter_code|>",
+    "jupyter_output": "<|jupyter_output|>",
+    "exec_start": "<|exec|>",
+    "exec_result": "<|exec_result|>",
+    "exec_error": "<|exec_error|>",
+    "add_file": "<|add_file|>",
+    "delete_file": "<|delete_file|>",
+    "edit_file": "<|edit_file|>",
     "read_file": "<|read_file|>",
-    "think_start": "<|think|>", "think_end": "<|/think|>", "plan_start": "<|plan|>", "step": "<|step|>",
+    "think_start": "<|think|>",
+    "think_end": "<|/think|>",
+    "plan_start": "<|plan|>",
+    "step": "<|step|>",
     "verify": "<|verify|>",
-    "uncertain": "<|uncertain|>", "confident": "<|confident|>", "needs_verification": "<|needs_verify|>",
+    "uncertain": "<|uncertain|>",
+    "confident": "<|confident|>",
+    "needs_verification": "<|needs_verify|>",
     "idk": "<|idk|>",
-    "image_start": "<|image|>", "video_start": "<|video|>", "audio_start": "<|audio|>",
-    "gen_image": "<|gen_image|>", "gen_video": "<|gen_video|>", "gen_audio": "<|gen_audio|>",
+    "image_start": "<|image|>",
+    "video_start": "<|video|>",
+    "audio_start": "<|audio|>",
+    "gen_image": "<|gen_image|>",
+    "gen_video": "<|gen_video|>",
+    "gen_audio": "<|gen_audio|>",
 }
 # the code model's tokenizer markers (seed 001), in its order
-SEED_001 = ["<pad>", "<unk>", "<bos>", "<eos>", "<sep>", "### Language:", "### Code:", "### End",
-            "<tool_call>", "</tool_call>"]
+SEED_001 = [
+    "<pad>",
+    "<unk>",
+    "<bos>",
+    "<eos>",
+    "<sep>",
+    "### Language:",
+    "### Code:",
+    "### End",
+    "<tool_call>",
+    "</tool_call>",
+]
 
 
 def test_registry_has_no_duplicate_names_or_strings():
@@ -67,7 +103,7 @@ def test_duplicate_definitions_are_refused():
 def test_seed_tokens_are_all_present():
     for name, token in SEED_000.items():
         assert SPECIAL_TOKENS[name] == token, name
-    assert all_special_tokens()[-len(SEED_001):] == SEED_001
+    assert all_special_tokens()[-len(SEED_001) :] == SEED_001
     assert (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN) == ("<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>")
 
 
@@ -130,9 +166,11 @@ def test_render_chat_rejects_unknown_role():
         ("x<|think|>a<|/think|>y<|think|>b<|/think|>z", "xyz"),
         ("Hello<|think|>still thinking, never closed", "Hello"),
         ("<|/think|>Result<|step|>!", "Result!"),
-        ("<|working_memory|>k=v<|/working_memory|>ok<|reflect|>hmm<|/reflect|><|verify|>v<|/verify|>",
-         "ok"),
-        ("<|tool_call|>{}<|/tool_call|> <|idk|>no idea<|/idk|>", "<|tool_call|>{}<|/tool_call|> <|idk|>no idea<|/idk|>"),
+        ("<|working_memory|>k=v<|/working_memory|>ok<|reflect|>hmm<|/reflect|><|verify|>v<|/verify|>", "ok"),
+        (
+            "<|tool_call|>{}<|/tool_call|> <|idk|>no idea<|/idk|>",
+            "<|tool_call|>{}<|/tool_call|> <|idk|>no idea<|/idk|>",
+        ),
         ("no tokens at all", "no tokens at all"),
     ],
 )

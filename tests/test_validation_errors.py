@@ -64,7 +64,7 @@ def test_every_number_in_conf_rejects_non_finite_and_boolean_values(conf):
                 continue
             key = _format_loc(group, path)
             kind = "float" if isinstance(value, float) else "int"
-            for bad in ([float("inf"), float("-inf"), float("nan"), True] if kind == "float" else [True, False]):
+            for bad in [float("inf"), float("-inf"), float("nan"), True] if kind == "float" else [True, False]:
                 message = _rejected(group, _with(values, path, bad), key)
                 assert f"conf/base/parameters_{group}.yml" in message
             checked[kind] += 1
@@ -72,8 +72,12 @@ def test_every_number_in_conf_rejects_non_finite_and_boolean_values(conf):
 
 
 def test_seeds_must_be_usable(conf):
-    seeds = [(group, path) for group, values in conf.items() for path, _ in _leaves(values)
-             if isinstance(path[-1], str) and path[-1].endswith("seed")]
+    seeds = [
+        (group, path)
+        for group, values in conf.items()
+        for path, _ in _leaves(values)
+        if isinstance(path[-1], str) and path[-1].endswith("seed")
+    ]
     assert len(seeds) >= 7  # synth, data_processing, evaluation x2, embedding_cache, latent x2, stages ...
     for group, path in seeds:
         key = _format_loc(group, path)
@@ -90,9 +94,11 @@ def test_ints_are_strict(conf):
 
 
 def test_model_overrides_follow_the_same_number_rules(conf):
-    for override, key in (({"rms_norm_eps": float("inf")}, "model.overrides.rms_norm_eps"),
-                          ({"hidden_size": True}, "model.overrides.hidden_size"),
-                          ({"initializer_range": True}, "model.overrides.initializer_range")):
+    for override, key in (
+        ({"rms_norm_eps": float("inf")}, "model.overrides.rms_norm_eps"),
+        ({"hidden_size": True}, "model.overrides.hidden_size"),
+        ({"initializer_range": True}, "model.overrides.initializer_range"),
+    ):
         _rejected("model", {**conf["model"], "overrides": override}, key)
 
 
@@ -145,14 +151,17 @@ def test_user_errors_become_short_click_errors_unless_traceback_is_asked():
     with pytest.raises(click.ClickException) as err:
         short_user_errors(unknown_pipeline)()
     assert err.value.message.startswith("Unknown pipeline 'pretrian': choose among ")
-    assert {"synth", "data_processing", "pretrain", "latent"} <= set(err.value.message.split("choose among ")[1].split(", "))
+    assert {"synth", "data_processing", "pretrain", "latent"} <= set(
+        err.value.message.split("choose among ")[1].split(", ")
+    )
 
     def broken_pipeline(**kwargs):  # a pipeline that fails to import is a bug: traceback kept
         try:
             raise NameError("typo")
         except NameError as exc:
-            raise ImportError("An error occurred while importing the 'xoron_pipelines.pipelines.synth' module.") \
-                from exc
+            raise ImportError(
+                "An error occurred while importing the 'xoron_pipelines.pipelines.synth' module."
+            ) from exc
 
     with pytest.raises(ImportError):
         short_user_errors(broken_pipeline)()
@@ -161,8 +170,12 @@ def test_user_errors_become_short_click_errors_unless_traceback_is_asked():
     from xoron_pipelines.project_lock import ProjectLockTimeout
     from xoron_pipelines.sandbox import SandboxUnavailableError
 
-    for error in (GenerationMismatchError("tokenizer gen a, packed gen b"), ProjectLockTimeout("held by pid 7"),
-                  SandboxUnavailableError("no namespaces")):
+    for error in (
+        GenerationMismatchError("tokenizer gen a, packed gen b"),
+        ProjectLockTimeout("held by pid 7"),
+        SandboxUnavailableError("no namespaces"),
+    ):
+
         def raises(error=error, **kwargs):
             raise error
 
@@ -180,8 +193,13 @@ def test_user_errors_become_short_click_errors_unless_traceback_is_asked():
 
 
 def _run(project, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     return subprocess.run([sys.executable, *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -191,8 +209,16 @@ def project(tmp_path_factory):
 
 
 def test_kedro_run_with_a_bad_command_line_value_prints_a_short_error(project):
-    out = _run(project, "-m", "kedro", "run", "--pipelines", "synth",
-               "--params", "pretrain.stages.language.train.learning_rate=.inf")
+    out = _run(
+        project,
+        "-m",
+        "kedro",
+        "run",
+        "--pipelines",
+        "synth",
+        "--params",
+        "pretrain.stages.language.train.learning_rate=.inf",
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
@@ -217,8 +243,16 @@ def test_a_held_data_lock_is_a_short_error_naming_the_holder(project):
     from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
 
     with ProjectLock(project / LOCK_PATH, "exclusive", 0, "another data_processing run"):
-        out = _run(project, "-m", "kedro", "run", "--pipelines", "data_processing",
-                   "--params", "data_processing.lock_timeout_s=0.5")
+        out = _run(
+            project,
+            "-m",
+            "kedro",
+            "run",
+            "--pipelines",
+            "data_processing",
+            "--params",
+            "data_processing.lock_timeout_s=0.5",
+        )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stdout + out.stderr
     assert 1 <= len(out.stderr.strip().splitlines()) < 15, out.stderr

@@ -46,8 +46,8 @@ def test_a_kedro_run_validates_once_and_the_node_gets_the_validated_object(kedro
 
     [params] = received
     assert isinstance(params, SynthParams) and params.seed == 7 and params.counts.chat == 2
-    assert SynthParams.model_validate(params) is params   # the node's own model_validate: a pass-through
-    assert counter.raw == 1                               # the hook's, and no other
+    assert SynthParams.model_validate(params) is params  # the node's own model_validate: a pass-through
+    assert counter.raw == 1  # the hook's, and no other
 
     # kedro-mlflow still logs the flat keys of the plain parameters
     uri = yaml.safe_load((kedro_project / "conf" / "local" / "mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]
@@ -58,16 +58,22 @@ def test_a_kedro_run_validates_once_and_the_node_gets_the_validated_object(kedro
 
 def test_nested_parameter_inputs_get_their_validated_sub_objects(project_root):
     conf = project_root / "conf" / "base"
-    params = {g: yaml.safe_load((conf / f"parameters_{g}.yml").read_text())[g]
-              for g in ("pretrain", "data_processing", "model")}
+    params = {
+        g: yaml.safe_load((conf / f"parameters_{g}.yml").read_text())[g]
+        for g in ("pretrain", "data_processing", "model")
+    }
     hook = ParameterValidationHook()
     hook._validated = validate_all(params)
-    inputs = {"params:pretrain.stages.language": params["pretrain"]["stages"]["language"],
-              "params:model": params["model"], "params:model.preset": "nano",
-              "params:unknown_group": {"a": 1}, "tokenizer": object()}
+    inputs = {
+        "params:pretrain.stages.language": params["pretrain"]["stages"]["language"],
+        "params:model": params["model"],
+        "params:model.preset": "nano",
+        "params:unknown_group": {"a": 1},
+        "tokenizer": object(),
+    }
     out = hook.before_node_run(node=None, inputs=inputs)
     assert set(out) == {"params:pretrain.stages.language", "params:model", "params:model.preset"}
     stage = out["params:pretrain.stages.language"]
     assert isinstance(stage, StageParams) and stage == hook._validated["pretrain"].stages["language"]
-    assert stage is not hook._validated["pretrain"].stages["language"]   # each node gets its own copy
+    assert stage is not hook._validated["pretrain"].stages["language"]  # each node gets its own copy
     assert out["params:model.preset"] == params["model"]["preset"]

@@ -112,8 +112,7 @@ def swap_into_place(new: Path, dst: Path) -> None:
         shutil.rmtree(new, ignore_errors=True)
         return
     if not _exchange_fallback_logged:
-        log.warning("atomic directory exchange unsupported here: %s is replaced by two renames (briefly absent)",
-                    dst)
+        log.warning("atomic directory exchange unsupported here: %s is replaced by two renames (briefly absent)", dst)
         _exchange_fallback_logged = True
     old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
     os.replace(dst, old)
@@ -153,11 +152,14 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
-                errors: str | None = None) -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", errors: str | None = None
+) -> Iterator[IO]:
     """Open a temporary file for writing that replaces ``path`` when the block succeeds
     (``mode`` "w" or "wb"; ``encoding`` and ``errors`` ignored for binary)."""
     text = "b" not in mode
-    with atomic_file(path) as tmp, open(tmp, mode, encoding=encoding if text else None,
-                                        errors=errors if text else None) as fh:
+    with (
+        atomic_file(path) as tmp,
+        open(tmp, mode, encoding=encoding if text else None, errors=errors if text else None) as fh,
+    ):
         yield fh

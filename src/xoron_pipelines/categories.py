@@ -7,7 +7,8 @@ by category or modality with :func:`categories_for` / :func:`filter_by`.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 MODALITY_GROUPS: dict[str, tuple[str, ...]] = {
     "text": (
@@ -48,9 +49,7 @@ assert set(CATEGORY_TO_MODALITY) == set(DATASET_CATEGORIES), "every category nee
 assert len(CATEGORY_TO_MODALITY) == sum(map(len, MODALITY_GROUPS.values())), "a category is in two modalities"
 
 
-def categories_for(
-    modalities: Iterable[str] | None = None, categories: Iterable[str] | None = None
-) -> list[str]:
+def categories_for(modalities: Iterable[str] | None = None, categories: Iterable[str] | None = None) -> list[str]:
     """Categories selected by a modality list and/or a category list (intersection when both).
 
     ``None`` means "no restriction"; ``"all"`` in either list also means no restriction.

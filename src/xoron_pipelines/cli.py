@@ -33,9 +33,14 @@ from xoron_pipelines.validation import ParameterError
 #: exceptions that report a problem of the user's input or setting, not of the code: a bad
 #: parameter, configuration or dataset, data of two data_processing runs mixed, the project's data
 #: lock held by another run for too long, no sandbox for generated code on this machine
-USER_ERRORS: tuple[type[BaseException], ...] = (ParameterError, DatasetError, MissingConfigException,
-                                                GenerationMismatchError, ProjectLockTimeout,
-                                                SandboxUnavailableError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ParameterError,
+    DatasetError,
+    MissingConfigException,
+    GenerationMismatchError,
+    ProjectLockTimeout,
+    SandboxUnavailableError,
+)
 
 #: most lines of a user error's message that are shown
 MAX_LINES = 12
@@ -85,9 +90,11 @@ def describe(exc: BaseException) -> str:
         dataset = str(exc).split(":", 1)[0]
         missing = _missing_file(exc)
         if missing is not None:
-            text = (f"Input error: dataset '{dataset}' does not exist yet ({missing.filename or missing}).\n"
-                    "Run the pipeline that produces it first (see README.md: Pipelines), "
-                    "or check its entry in conf/base/catalog.yml.")
+            text = (
+                f"Input error: dataset '{dataset}' does not exist yet ({missing.filename or missing}).\n"
+                "Run the pipeline that produces it first (see README.md: Pipelines), "
+                "or check its entry in conf/base/catalog.yml."
+            )
         else:
             text = f"Dataset error: {exc}\n(kedro run --traceback shows where it was raised)"
     elif isinstance(exc, MissingConfigException):
@@ -99,7 +106,7 @@ def describe(exc: BaseException) -> str:
         text = str(exc)
     lines = text.strip().splitlines()
     if len(lines) > MAX_LINES:
-        lines = [*lines[:MAX_LINES - 1], f"... ({len(lines) - MAX_LINES + 1} more lines; --traceback shows all)"]
+        lines = [*lines[: MAX_LINES - 1], f"... ({len(lines) - MAX_LINES + 1} more lines; --traceback shows all)"]
     return "\n".join(lines)
 
 
@@ -125,8 +132,14 @@ def cli() -> None:
 
 
 run = copy.copy(_kedro_run)
-run.params = [*_kedro_run.params,
-              click.Option(["--traceback"], is_flag=True, default=False,
-                           help="Show the full traceback of a parameter, configuration or dataset error.")]
+run.params = [
+    *_kedro_run.params,
+    click.Option(
+        ["--traceback"],
+        is_flag=True,
+        default=False,
+        help="Show the full traceback of a parameter, configuration or dataset error.",
+    ),
+]
 run.callback = short_user_errors(_kedro_run.callback)
 cli.add_command(run, "run")

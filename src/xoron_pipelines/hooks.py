@@ -25,11 +25,19 @@ from xoron_pipelines.validation import validate_all
 log = logging.getLogger(__name__)
 
 #: columns of the training summary: (header, key in ``<stage>.train_summary``, format)
-_TRAIN_COLUMNS = (("stage", "stage", "{}"), ("mix", "data_mix", "{}"), ("procs", "processes", "{}"),
-                  ("steps", "steps", "{}"), ("tokens", "tokens_seen", "{:,}"),
-                  ("train loss", "train_loss", "{:.3f}"), ("val loss", "eval_loss", "{:.3f}"),
-                  ("val ppl", "eval_perplexity", "{:.1f}"), ("unigram H", "unigram_entropy", "{:.3f}"),
-                  ("tok/s", "tokens_per_s", "{:.0f}"), ("wall s", "wall_s", "{:.0f}"))
+_TRAIN_COLUMNS = (
+    ("stage", "stage", "{}"),
+    ("mix", "data_mix", "{}"),
+    ("procs", "processes", "{}"),
+    ("steps", "steps", "{}"),
+    ("tokens", "tokens_seen", "{:,}"),
+    ("train loss", "train_loss", "{:.3f}"),
+    ("val loss", "eval_loss", "{:.3f}"),
+    ("val ppl", "eval_perplexity", "{:.1f}"),
+    ("unigram H", "unigram_entropy", "{:.3f}"),
+    ("tok/s", "tokens_per_s", "{:.0f}"),
+    ("wall s", "wall_s", "{:.0f}"),
+)
 
 
 # _registry_note: the hooks take what they need to know about the pipelines (the datasets

@@ -24,7 +24,5 @@ def data_processing_outputs() -> set[str]:
 
 def register_pipelines() -> dict[str, Pipeline]:
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(
-        (pipelines[name] for name in DEFAULT_ORDER if name in pipelines), Pipeline([])
-    )
+    pipelines["__default__"] = sum((pipelines[name] for name in DEFAULT_ORDER if name in pipelines), Pipeline([]))
     return pipelines

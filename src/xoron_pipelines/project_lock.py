@@ -26,9 +26,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +91,11 @@ class ProjectLock:
         holders = self.holders()
         if not holders:
             return "a process that left no record"
-        return "; ".join(f"pid {h['pid']} on {h['host']} ({h['mode']}, {h['what']}, since {h['since']})"
-                         for h in holders)
+        return "; ".join(
+            f"pid {h['pid']} on {h['host']} ({h['mode']}, {h['what']}, since {h['since']})" for h in holders
+        )
 
-    def acquire(self) -> "ProjectLock":
+    def acquire(self) -> ProjectLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         op = fcntl.LOCK_EX if self.mode == "exclusive" else fcntl.LOCK_SH
@@ -110,10 +112,17 @@ class ProjectLock:
                         f"{self.what}: the data lock {self.path} is held by {self._describe_holders()}; "
                         f"waited {self.timeout_s:g} s (data_processing.lock_timeout_s). A data_processing run "
                         "and the runs that read its outputs (tokenizer, packed data) exclude each other; "
-                        "retry when it has finished, or raise the timeout") from None
+                        "retry when it has finished, or raise the timeout"
+                    ) from None
                 if not waited:
-                    log.warning("%s: waiting up to %g s for the data lock %s (%s), held by %s", self.what,
-                                self.timeout_s, self.path, self.mode, self._describe_holders())
+                    log.warning(
+                        "%s: waiting up to %g s for the data lock %s (%s), held by %s",
+                        self.what,
+                        self.timeout_s,
+                        self.path,
+                        self.mode,
+                        self._describe_holders(),
+                    )
                     waited = True
                 time.sleep(self.poll_s)
         self._fd = fd
@@ -128,8 +137,13 @@ class ProjectLock:
             if self.mode == "exclusive":  # nobody else can hold it now: every other record is stale
                 for record in self.holders_dir.glob("*"):
                     record.unlink(missing_ok=True)
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "mode": self.mode, "what": self.what,
-                    "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "mode": self.mode,
+                "what": self.what,
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             self._record.write_text(json.dumps(info))
 
     def release(self) -> None:
@@ -140,7 +154,7 @@ class ProjectLock:
         os.close(self._fd)
         self._fd = None
 
-    def __enter__(self) -> "ProjectLock":
+    def __enter__(self) -> ProjectLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
@@ -148,8 +162,9 @@ class ProjectLock:
 
 
 @contextlib.contextmanager
-def project_lock(project_path: str | os.PathLike, mode: Mode, timeout_s: float,
-                 what: str = "") -> Iterator[ProjectLock]:
+def project_lock(
+    project_path: str | os.PathLike, mode: Mode, timeout_s: float, what: str = ""
+) -> Iterator[ProjectLock]:
     """The data lock of the project at ``project_path`` (see the module doc)."""
     with ProjectLock(Path(project_path) / LOCK_PATH, mode, timeout_s, what) as lock:
         yield lock

@@ -76,8 +76,10 @@ log = logging.getLogger(__name__)
 #: host uid/gid the sandbox runs as when the pipeline runs as root (``nobody`` on most systems)
 SANDBOX_HOST_ID = 65534
 START_TIMEOUT_S = 30.0
-WEAK_HINT = ("set sandbox.allow_weak_isolation: true (evaluation / synth parameters) to run it with weak "
-             "isolation: the program could then read and write your files and reach the network")
+WEAK_HINT = (
+    "set sandbox.allow_weak_isolation: true (evaluation / synth parameters) to run it with weak "
+    "isolation: the program could then read and write your files and reach the network"
+)
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -90,12 +92,12 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    timeout_s: float = 10.0           # wall clock per program
-    memory_mb: int = 1024             # RLIMIT_AS
-    cpu_s: int = 30                   # RLIMIT_CPU
-    file_mb: int = 16                 # RLIMIT_FSIZE
-    max_processes: int = 32           # RLIMIT_NPROC (the sandbox's processes, its init included)
-    tmp_mb: int = 64                  # size of the private writable /tmp
+    timeout_s: float = 10.0  # wall clock per program
+    memory_mb: int = 1024  # RLIMIT_AS
+    cpu_s: int = 30  # RLIMIT_CPU
+    file_mb: int = 16  # RLIMIT_FSIZE
+    max_processes: int = 32  # RLIMIT_NPROC (the sandbox's processes, its init included)
+    tmp_mb: int = 64  # size of the private writable /tmp
     allow_weak_isolation: bool = False
 
 
@@ -326,8 +328,13 @@ def _ro_paths() -> tuple[list[str], list[str]]:
         elif os.path.isdir(top):
             paths.append(top)
     candidates = ["/etc/ld.so.cache", "/etc/localtime"]
-    for p in (sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix,
-              os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))):
+    for p in (
+        sys.base_prefix,
+        sys.base_exec_prefix,
+        sys.prefix,
+        sys.exec_prefix,
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+    ):
         candidates += [os.path.abspath(p), os.path.realpath(p)]
     real = [os.path.realpath(p) for p in paths]
     for p in candidates:
@@ -340,8 +347,14 @@ def _ro_paths() -> tuple[list[str], list[str]]:
 
 
 def _env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
-            "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": home,
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONIOENCODING": "utf-8",
+    }
 
 
 @lru_cache(maxsize=1)
@@ -375,11 +388,15 @@ def isolation_mode(limits: SandboxLimits) -> str:
     if limits.allow_weak_isolation:
         if not _warned_weak:
             _warned_weak.append(why)
-            log.warning("sandbox: no OS-level isolation (%s); running generated code with weak isolation "
-                        "as sandbox.allow_weak_isolation is true", why)
+            log.warning(
+                "sandbox: no OS-level isolation (%s); running generated code with weak isolation "
+                "as sandbox.allow_weak_isolation is true",
+                why,
+            )
         return "weak"
-    raise SandboxUnavailableError(f"refusing to run generated code: no OS-level isolation on this machine ({why}); "
-                                  f"{WEAK_HINT}")
+    raise SandboxUnavailableError(
+        f"refusing to run generated code: no OS-level isolation on this machine ({why}); {WEAK_HINT}"
+    )
 
 
 def run_python(code: str, limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
@@ -412,7 +429,7 @@ class SandboxWorker:
         self._req = self._res = -1
         self._buffer = b""
 
-    def __enter__(self) -> "SandboxWorker":
+    def __enter__(self) -> SandboxWorker:
         self.isolation = self.isolation or isolation_mode(self.limits)
         return self
 
@@ -428,20 +445,43 @@ class SandboxWorker:
         self._res, res_w = os.pipe()
         uid = 1 if (mode == "namespaces" and os.geteuid() == 0) else 0
         links, ro_paths = _ro_paths()
-        rlimits = {"RLIMIT_AS": lim.memory_mb << 20, "RLIMIT_CPU": lim.cpu_s, "RLIMIT_FSIZE": lim.file_mb << 20,
-                   "RLIMIT_CORE": 0, "RLIMIT_NPROC": lim.max_processes}
+        rlimits = {
+            "RLIMIT_AS": lim.memory_mb << 20,
+            "RLIMIT_CPU": lim.cpu_s,
+            "RLIMIT_FSIZE": lim.file_mb << 20,
+            "RLIMIT_CORE": 0,
+            "RLIMIT_NPROC": lim.max_processes,
+        }
         if mode == "weak":  # outside a user namespace it would count all the user's processes
             rlimits.pop("RLIMIT_NPROC")
         home = "/tmp" if mode == "namespaces" else self._dir
-        config = {"mode": mode, "parent": os.getpid(), "req_fd": req_r, "res_fd": res_w, "root": self._dir,
-                  "links": links, "ro_paths": ro_paths, "tmp_mb": lim.tmp_mb, "uid": uid, "rlimits": rlimits,
-                  "cwd": home, "env": _env(home), "python": sys.executable,
-                  "code": (_WEAK_PRELUDE if mode == "weak" else "") + _RUNNER}
+        config = {
+            "mode": mode,
+            "parent": os.getpid(),
+            "req_fd": req_r,
+            "res_fd": res_w,
+            "root": self._dir,
+            "links": links,
+            "ro_paths": ro_paths,
+            "tmp_mb": lim.tmp_mb,
+            "uid": uid,
+            "rlimits": rlimits,
+            "cwd": home,
+            "env": _env(home),
+            "python": sys.executable,
+            "code": (_WEAK_PRELUDE if mode == "weak" else "") + _RUNNER,
+        }
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(config)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                pass_fds=(req_r, res_w), start_new_session=True, cwd="/", env=_env("/"))
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(req_r, res_w),
+                start_new_session=True,
+                cwd="/",
+                env=_env("/"),
+            )
         finally:
             os.close(req_r)
             os.close(res_w)
@@ -469,9 +509,11 @@ class SandboxWorker:
     def _expect(self, key: str, deadline: float) -> dict:
         message = self._read_line(deadline)
         if message is None:
-            raise SandboxError("the sandbox did not start within "
-                               f"{START_TIMEOUT_S:.0f} s" if time.monotonic() >= deadline else
-                               f"the sandbox exited while starting (status {self._proc.poll()})")
+            raise SandboxError(
+                f"the sandbox did not start within {START_TIMEOUT_S:.0f} s"
+                if time.monotonic() >= deadline
+                else f"the sandbox exited while starting (status {self._proc.poll()})"
+            )
         if "setup_error" in message:
             raise SandboxError(f"the sandbox could not be set up: {message['setup_error']}")
         if key not in message:
@@ -491,7 +533,7 @@ class SandboxWorker:
 
     def _write(self, data: bytes) -> None:
         while data:
-            data = data[os.write(self._req, data):]
+            data = data[os.write(self._req, data) :]
 
     def _read_line(self, deadline: float) -> dict | None:
         """The next line on the result pipe as JSON; None on timeout or end of file. Reads with a

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Any, Iterable, Mapping
-
+from typing import Any
 
 #: paired block name -> (opening, closing) token, filled by :func:`_pair`
 BLOCKS: dict[str, tuple[str, str]] = {}
@@ -209,9 +209,7 @@ HIDDEN_BLOCKS: tuple[tuple[str, str], ...] = (
 #: Single internal tokens: removed where they appear outside a hidden block.
 HIDDEN_SINGLE_TOKENS: tuple[str, ...] = (SPECIAL_TOKENS["step"],)
 #: Every hidden token string (both ends of each hidden block, plus the single ones).
-HIDDEN_TOKENS: frozenset[str] = frozenset(
-    [tok for pair in HIDDEN_BLOCKS for tok in pair] + list(HIDDEN_SINGLE_TOKENS)
-)
+HIDDEN_TOKENS: frozenset[str] = frozenset([tok for pair in HIDDEN_BLOCKS for tok in pair] + list(HIDDEN_SINGLE_TOKENS))
 
 _HIDDEN_BLOCK_RE = re.compile(
     "|".join(
@@ -266,9 +264,7 @@ def _build_chat_template() -> str:
         )
     open_assistant = CHAT_ROLES["assistant"][0]
     return (
-        "{%- for message in messages -%}\n"
-        + "".join(branches)
-        + "{%- else -%}\n"
+        "{%- for message in messages -%}\n" + "".join(branches) + "{%- else -%}\n"
         "{{- raise_exception('Unknown chat role: ' + message['role']) -}}\n"
         "{%- endif -%}\n"
         "{%- endfor -%}\n"
@@ -311,9 +307,7 @@ def render_chat(
     add_generation_prompt=...)`` for a tokenizer carrying :data:`CHAT_TEMPLATE`, without
     needing a tokenizer. An unknown role raises ``jinja2.TemplateError``.
     """
-    return _compile(template).render(
-        messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt
-    )
+    return _compile(template).render(messages=[dict(m) for m in messages], add_generation_prompt=add_generation_prompt)
 
 
 __all__ = [

@@ -65,8 +65,9 @@ def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None =
     import mlflow
 
     parent = mlflow.active_run()
-    run = mlflow.start_run(run_name=stage, nested=parent is not None,
-                           tags={"xoron.stage": stage, **process_tags(), **(tags or {})})
+    run = mlflow.start_run(
+        run_name=stage, nested=parent is not None, tags={"xoron.stage": stage, **process_tags(), **(tags or {})}
+    )
     status = "FINISHED"
     try:
         yield run
@@ -126,8 +127,13 @@ def mark_dead_runs(experiment_ids: list[str], keep: set[str] | frozenset[str] = 
             continue
         client.set_terminated(run.info.run_id, status="KILLED")
         dead.append(run.info.run_id)
-        log.warning("MLflow run %s (%s) was left RUNNING by process %s on %s, which is gone: marked KILLED",
-                    run.info.run_id, run.info.run_name, tags.get(PID_TAG), tags.get(HOST_TAG))
+        log.warning(
+            "MLflow run %s (%s) was left RUNNING by process %s on %s, which is gone: marked KILLED",
+            run.info.run_id,
+            run.info.run_name,
+            tags.get(PID_TAG),
+            tags.get(HOST_TAG),
+        )
     return dead
 
 
@@ -137,7 +143,7 @@ def log_params(params: Mapping[str, Any]) -> None:
 
     items = [(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
     for i in range(0, len(items), _PARAMS_PER_CALL):
-        mlflow.log_params(dict(items[i:i + _PARAMS_PER_CALL]))
+        mlflow.log_params(dict(items[i : i + _PARAMS_PER_CALL]))
 
 
 class StageRecorder:
@@ -304,12 +310,17 @@ def log_metrics_to_run(run_id: str, metrics: Mapping[str, float], step: int = 0)
     now = int(time.time() * 1000)
     batch = [Metric(name, float(value), now, step) for name, value in metrics.items()]
     for i in range(0, len(batch), _METRICS_PER_CALL):
-        client.log_batch(run_id, metrics=batch[i:i + _METRICS_PER_CALL])
+        client.log_batch(run_id, metrics=batch[i : i + _METRICS_PER_CALL])
     return len(batch)
 
 
-def register_pyfunc_model(python_model: Any, artifacts: Mapping[str, str], registered_model_name: str,
-                          artifact_name: str = "model", pip_requirements: list[str] | None = None) -> dict[str, Any]:
+def register_pyfunc_model(
+    python_model: Any,
+    artifacts: Mapping[str, str],
+    registered_model_name: str,
+    artifact_name: str = "model",
+    pip_requirements: list[str] | None = None,
+) -> dict[str, Any]:
     """Log ``python_model`` (an ``mlflow.pyfunc.PythonModel``) with ``artifacts`` to the active run
     (a new run, ended afterwards, when none is active) and register it as a new version of
     ``registered_model_name``. Returns run_id, model_uri, registered_model_name and version."""
@@ -319,13 +330,22 @@ def register_pyfunc_model(python_model: Any, artifacts: Mapping[str, str], regis
     own_run = mlflow.active_run() is None
     run = mlflow.start_run(tags=process_tags()) if own_run else mlflow.active_run()
     try:
-        info = mlflow.pyfunc.log_model(name=artifact_name, python_model=python_model, artifacts=dict(artifacts),
-                                       registered_model_name=registered_model_name,
-                                       pip_requirements=pip_requirements)
+        info = mlflow.pyfunc.log_model(
+            name=artifact_name,
+            python_model=python_model,
+            artifacts=dict(artifacts),
+            registered_model_name=registered_model_name,
+            pip_requirements=pip_requirements,
+        )
     finally:
         if own_run:
             mlflow.end_run()
-    log.info("registered %s (version %s) from run %s", registered_model_name, info.registered_model_version,
-             run.info.run_id)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri,
-            "registered_model_name": registered_model_name, "version": info.registered_model_version}
+    log.info(
+        "registered %s (version %s) from run %s", registered_model_name, info.registered_model_version, run.info.run_id
+    )
+    return {
+        "run_id": run.info.run_id,
+        "model_uri": info.model_uri,
+        "registered_model_name": registered_model_name,
+        "version": info.registered_model_version,
+    }

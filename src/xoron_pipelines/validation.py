@@ -43,8 +43,7 @@ class StrictModel(BaseModel):
     """Base class of every parameter schema: unknown keys are errors, values are validated,
     types are strict (no bool for a number, no float for an int) and floats are finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False, strict=True,
-                              allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False, strict=True, allow_inf_nan=False)
 
 
 class ParameterError(ValueError):
@@ -93,8 +92,9 @@ def _format_loc(group: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-def validate_group(group: str, values: Any, schema: type[BaseModel] | None = None,
-                   runtime_params: Mapping[str, Any] | None = None) -> BaseModel:
+def validate_group(
+    group: str, values: Any, schema: type[BaseModel] | None = None, runtime_params: Mapping[str, Any] | None = None
+) -> BaseModel:
     """Validate one group; raise ParameterError naming each bad key and where it comes from:
     the group's conf file, or the command line for keys in ``runtime_params`` (``--params``)."""
     schema = schema or schemas().get(group)

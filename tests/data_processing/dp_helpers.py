@@ -38,9 +38,4 @@ def prose_docs(n: int, seed: int = 0) -> list[str]:
         "number object class method module import file line text write read open close system "
         "process thread memory cache index query result buffer stream batch shard parquet arrow"
     ).split()
-    return [
-        f"Document {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) + "."
-        for i in range(n)
-    ]
-
-
+    return [f"Document {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) + "." for i in range(n)]

@@ -16,13 +16,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dp_helpers import jsonl_source, prose_docs
 
 from xoron_pipelines.data.ledger import BadRecordError
 from xoron_pipelines.data.sources import RAW_SNIPPET
 from xoron_pipelines.datasets.jsonl import JSONLinesDataset
 from xoron_pipelines.pipelines.data_processing import nodes
-
-from dp_helpers import jsonl_source, prose_docs
 
 NO_DEDUP = {"exact": False, "near_dup": False}
 
@@ -85,13 +84,19 @@ def test_json_past_the_parser_limits_is_quarantined_and_the_run_goes_on(tmp_path
     (tmp_path / "j" / "b_ok.json").write_text(json.dumps([{"text": DOCS[2]}]))
     run = run_nodes(
         tmp_path,
-        [jsonl_source(jl, name="jl"),
-         {"name": "js", "path": str(tmp_path / "j"), "format": "json", "text_field": "text", "category": "document"}],
+        [
+            jsonl_source(jl, name="jl"),
+            {"name": "js", "path": str(tmp_path / "j"), "format": "json", "text_field": "text", "category": "document"},
+        ],
         cleaning={"max_record_bytes": 1_000_000},
     )
     deep_json = str(tmp_path / "j" / "a_deep.json")
-    assert run.quarantined() == [(str(jl), 2, "malformed_json"), (str(jl), 3, "malformed_json"),
-                                 (str(jl), 5, "malformed_json"), (deep_json, None, "malformed_json")]
+    assert run.quarantined() == [
+        (str(jl), 2, "malformed_json"),
+        (str(jl), 3, "malformed_json"),
+        (str(jl), 5, "malformed_json"),
+        (deep_json, None, "malformed_json"),
+    ]
     assert [run.detail(row) for row in (2, 3, None)] == ["nested too deeply to parse"] * 3
     assert "Exceeds the limit (4300 digits)" in run.detail(5)
     assert run.raw(2).startswith('{"text": [[[') and run.raw(2).endswith(f"[cut, {len(deep_list)} characters in all]")
@@ -115,8 +120,12 @@ def test_invalid_utf8_lone_surrogates_and_nul_never_break_the_ledger_or_quaranti
         fh.write(line({"text": DOCS[1]}))  # 7
     run = run_nodes(tmp_path, [jsonl_source(folder, messages_field="messages")])
     file = str(folder / "caf\\udce9.jsonl")  # the file name spelled printably
-    assert run.quarantined() == [(file, 2, "invalid_utf8"), (file, 3, "non_string_text"),
-                                 (file, 5, "bad_messages"), (file, 6, "malformed_json")]
+    assert run.quarantined() == [
+        (file, 2, "invalid_utf8"),
+        (file, 3, "non_string_text"),
+        (file, 5, "bad_messages"),
+        (file, 6, "malformed_json"),
+    ]
     assert "\\xff\\xfe" in run.raw(2) and "0xff" in run.detail(2)
     assert "\\ud800 lone" in run.raw(3)
     assert "\\udcff" in run.raw(5)
@@ -132,13 +141,26 @@ def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path: Path):
     js.write_bytes(bom + json.dumps([{"text": DOCS[3]}]).encode())
     (tmp_path / "txt").mkdir()
     (tmp_path / "txt" / "a.txt").write_bytes(bom + DOCS[4].encode())
-    run = run_nodes(tmp_path, [
-        jsonl_source(jl, name="jl"),
-        {"name": "js", "path": str(js), "format": "json", "text_field": "text", "category": "document"},
-        {"name": "tx", "path": str(tmp_path / "txt"), "format": "text", "text_field": "text", "category": "document"},
-    ])
-    assert run.kept() == [(str(jl), 1, DOCS[0]), (str(jl), 2, DOCS[1]), (str(js), 0, DOCS[3]),
-                          (str(tmp_path / "txt" / "a.txt"), 0, DOCS[4])]
+    run = run_nodes(
+        tmp_path,
+        [
+            jsonl_source(jl, name="jl"),
+            {"name": "js", "path": str(js), "format": "json", "text_field": "text", "category": "document"},
+            {
+                "name": "tx",
+                "path": str(tmp_path / "txt"),
+                "format": "text",
+                "text_field": "text",
+                "category": "document",
+            },
+        ],
+    )
+    assert run.kept() == [
+        (str(jl), 1, DOCS[0]),
+        (str(jl), 2, DOCS[1]),
+        (str(js), 0, DOCS[3]),
+        (str(tmp_path / "txt" / "a.txt"), 0, DOCS[4]),
+    ]
     # only a file's first bytes are a byte order mark (as utf-8-sig reads it); one mid-file is bad JSON
     assert run.quarantined() == [(str(jl), 3, "malformed_json")]
     assert "BOM" in run.detail(3)
@@ -146,20 +168,42 @@ def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path: Path):
 
 def test_non_objects_wrong_types_and_templates_that_do_not_apply(tmp_path: Path):
     jl = tmp_path / "types.jsonl"
-    values = [{"text": DOCS[0]}, [1, 2], "a string", 42, None, {"text": ["a"]}, {"text": {"a": 1}}, {"text": True},
-              {"text": [[[["nested"]]]]}, {"messages": "hi"}, {"text": DOCS[1]}]
+    values = [
+        {"text": DOCS[0]},
+        [1, 2],
+        "a string",
+        42,
+        None,
+        {"text": ["a"]},
+        {"text": {"a": 1}},
+        {"text": True},
+        {"text": [[[["nested"]]]]},
+        {"messages": "hi"},
+        {"text": DOCS[1]},
+    ]
     jl.write_bytes(b"".join(line(v) for v in values))
     tp = tmp_path / "template.jsonl"
     rows = [{"n": 3, "name": DOCS[2]}, {"n": "x", "name": DOCS[3]}, {"n": [1], "name": DOCS[4]}, {"name": DOCS[5]}]
     tp.write_bytes(b"".join(line(v) for v in rows))
-    run = run_nodes(tmp_path, [
-        jsonl_source(jl, name="jl", messages_field="messages"),
-        {"name": "tp", "path": str(tp), "format": "jsonl", "text_template": "Item {n:d}: {name}",
-         "category": "document"},
-    ])
+    run = run_nodes(
+        tmp_path,
+        [
+            jsonl_source(jl, name="jl", messages_field="messages"),
+            {
+                "name": "tp",
+                "path": str(tp),
+                "format": "jsonl",
+                "text_template": "Item {n:d}: {name}",
+                "category": "document",
+            },
+        ],
+    )
     reasons = ["not_an_object"] * 4 + ["non_string_text"] * 4 + ["bad_messages"]
     assert run.quarantined() == [(str(jl), i, r) for i, r in enumerate(reasons, start=2)] + [
-        (str(tp), 2, "template_error"), (str(tp), 3, "non_string_text"), (str(tp), 4, "missing_field")]
+        (str(tp), 2, "template_error"),
+        (str(tp), 3, "non_string_text"),
+        (str(tp), 4, "missing_field"),
+    ]
     assert "row is a list" in run.detail(2, "not_an_object") and run.raw(2, "not_an_object") == "[1, 2]"
     assert "{n:d}" in run.detail(2, "template_error") and "ValueError" in run.detail(2, "template_error")
     assert run.kept() == [(str(jl), 1, DOCS[0]), (str(jl), 11, DOCS[1]), (str(tp), 1, f"Item 3: {DOCS[2]}")]
@@ -171,8 +215,10 @@ def test_any_other_extraction_error_costs_only_its_record(tmp_path: Path):
     row lacks raises KeyError while formatting; that row is quarantined as ``record_error``."""
     path = tmp_path / "t.jsonl"
     path.write_bytes(line({"name": DOCS[0], "w": 3}) + line({"name": DOCS[1]}) + line({"name": DOCS[2], "w": 1}))
-    run = run_nodes(tmp_path, [{"name": "t", "path": str(path), "format": "jsonl", "text_template": "{name:>{w}}",
-                                "category": "document"}])
+    run = run_nodes(
+        tmp_path,
+        [{"name": "t", "path": str(path), "format": "jsonl", "text_template": "{name:>{w}}", "category": "document"}],
+    )
     assert run.quarantined() == [(str(path), 2, "record_error")]
     assert run.detail(2) == "KeyError: 'w'" and run.raw(2).startswith(json.dumps({"name": DOCS[1]})[:100])
     assert run.kept() == [(str(path), 1, DOCS[0]), (str(path), 3, DOCS[2])]
@@ -184,13 +230,23 @@ def test_huge_lines_are_cut_in_the_quarantine_and_reading_resumes(tmp_path: Path
     jl = tmp_path / "huge.jsonl"
     jl.write_bytes(line({"text": DOCS[0]}) + huge + line({"text": DOCS[1]}) + tail)
     (tmp_path / "txt").mkdir()
-    big_text = (tmp_path / "txt" / "a_big.txt")
+    big_text = tmp_path / "txt" / "a_big.txt"
     big_text.write_bytes(b"z" * 300_000)
     (tmp_path / "txt" / "b.txt").write_text(DOCS[2])
-    run = run_nodes(tmp_path, [
-        jsonl_source(jl),
-        {"name": "tx", "path": str(tmp_path / "txt"), "format": "text", "text_field": "text", "category": "document"},
-    ], cleaning={"max_record_bytes": 1000})
+    run = run_nodes(
+        tmp_path,
+        [
+            jsonl_source(jl),
+            {
+                "name": "tx",
+                "path": str(tmp_path / "txt"),
+                "format": "text",
+                "text_field": "text",
+                "category": "document",
+            },
+        ],
+        cleaning={"max_record_bytes": 1000},
+    )
     assert run.quarantined() == [(str(jl), 2, "oversized"), (str(jl), 4, "oversized"), (str(big_text), 0, "oversized")]
     assert run.detail(0) == "300000 bytes > 1000" and run.raw(0).endswith("...[cut, 300000 bytes in all]")
     assert run.detail(2) == f"{len(huge)} bytes > 1000" and run.detail(4) == f"{len(tail)} bytes > 1000"
@@ -254,8 +310,11 @@ def test_a_read_error_mid_file_quarantines_the_rest_and_the_next_file_is_read(tm
     run = run_nodes(tmp_path, [jsonl_source(root)])
     assert run.quarantined() == [(str(root / "a.jsonl"), 3, "unreadable_file")]
     assert run.detail(3).startswith("reading stopped after row 2: OSError")
-    assert run.kept() == [(str(root / "a.jsonl"), 1, DOCS[0]), (str(root / "a.jsonl"), 2, DOCS[1]),
-                          (str(root / "b.jsonl"), 1, DOCS[3])]
+    assert run.kept() == [
+        (str(root / "a.jsonl"), 1, DOCS[0]),
+        (str(root / "a.jsonl"), 2, DOCS[1]),
+        (str(root / "b.jsonl"), 1, DOCS[3]),
+    ]
 
 
 def parquet_docs(path: Path, n: int, row_group_size: int) -> list[str]:
@@ -272,10 +331,13 @@ def test_truncated_and_empty_parquet_files_are_quarantined_per_file(tmp_path: Pa
     whole = (tmp_path / "full.parquet").read_bytes()
     (root / "b_truncated.parquet").write_bytes(whole[: len(whole) // 2])
     (root / "c_empty.parquet").write_bytes(b"")
-    run = run_nodes(tmp_path, [{"name": "p", "path": str(root), "format": "parquet", "text_field": "text",
-                                "category": "document"}])
-    assert run.quarantined() == [(str(root / "b_truncated.parquet"), None, "unreadable_file"),
-                                 (str(root / "c_empty.parquet"), None, "unreadable_file")]
+    run = run_nodes(
+        tmp_path, [{"name": "p", "path": str(root), "format": "parquet", "text_field": "text", "category": "document"}]
+    )
+    assert run.quarantined() == [
+        (str(root / "b_truncated.parquet"), None, "unreadable_file"),
+        (str(root / "c_empty.parquet"), None, "unreadable_file"),
+    ]
     assert all("file could not be read: ArrowInvalid" in r["detail"] for r in run.quarantine)
     assert run.kept() == [(str(root / "a_good.parquet"), i, t) for i, t in enumerate(texts)]
 
@@ -286,10 +348,11 @@ def test_a_corrupt_row_group_is_quarantined_and_later_groups_keep_their_rows(tmp
     column = pq.ParquetFile(path).metadata.row_group(2).column(0)
     offset = column.dictionary_page_offset or column.data_page_offset
     data = bytearray(path.read_bytes())
-    data[offset: offset + 16] = b"\xff" * 16  # the first page header of row group 2
+    data[offset : offset + 16] = b"\xff" * 16  # the first page header of row group 2
     path.write_bytes(bytes(data))
-    run = run_nodes(tmp_path, [{"name": "p", "path": str(path), "format": "parquet", "text_field": "text",
-                                "category": "document"}])
+    run = run_nodes(
+        tmp_path, [{"name": "p", "path": str(path), "format": "parquet", "text_field": "text", "category": "document"}]
+    )
     assert run.quarantined() == [(str(path), 20, "corrupt_row_group")]
     assert run.detail(20).startswith("row group 2 (rows 20-29): rows 20-29 unreadable: OSError")
     assert run.kept() == [(str(path), i, texts[i]) for i in [*range(20), *range(30, 50)]]
@@ -301,8 +364,9 @@ def test_a_parquet_row_python_cannot_hold_is_quarantined_alone(tmp_path: Path):
     texts = [f"Parquet row {i}: " + DOCS[i] for i in range(6)]
     stamps = pa.array([0, 1, 2, 10**12, 4, 5], pa.timestamp("s"))  # row 3 is past year 9999
     pq.write_table(pa.table({"text": texts, "when": stamps}), path)
-    run = run_nodes(tmp_path, [{"name": "p", "path": str(path), "format": "parquet", "text_field": "text",
-                                "category": "document"}])
+    run = run_nodes(
+        tmp_path, [{"name": "p", "path": str(path), "format": "parquet", "text_field": "text", "category": "document"}]
+    )
     assert run.quarantined() == [(str(path), 3, "record_error")]
     assert run.detail(3).startswith("row not convertible: OverflowError")
     assert run.kept() == [(str(path), i, texts[i]) for i in (0, 1, 2, 4, 5)]
@@ -316,18 +380,26 @@ def test_a_corrupt_hf_dataset_is_quarantined_and_other_sources_kept(tmp_path: Pa
     arrow.write_bytes(arrow.read_bytes()[:200])
     jl = tmp_path / "ok.jsonl"
     jl.write_bytes(line({"text": DOCS[4]}))
-    run = run_nodes(tmp_path, [
-        {"name": "h", "path": str(tmp_path / "disk"), "format": "hf", "text_field": "text", "category": "document"},
-        jsonl_source(jl, name="ok"),
-    ])
+    run = run_nodes(
+        tmp_path,
+        [
+            {"name": "h", "path": str(tmp_path / "disk"), "format": "hf", "text_field": "text", "category": "document"},
+            jsonl_source(jl, name="ok"),
+        ],
+    )
     assert run.quarantined() == [(str(tmp_path / "disk"), None, "unreadable_file")]
     assert run.kept() == [(str(jl), 1, DOCS[4])]
 
 
 def test_on_bad_record_fail_names_the_unreadable_file(tmp_path: Path):
     (tmp_path / "t.parquet").write_bytes(b"PAR1 not really")
-    src = {"name": "p", "path": str(tmp_path / "t.parquet"), "format": "parquet", "text_field": "text",
-           "category": "document"}
+    src = {
+        "name": "p",
+        "path": str(tmp_path / "t.parquet"),
+        "format": "parquet",
+        "text_field": "text",
+        "category": "document",
+    }
     with pytest.raises(BadRecordError, match=r"'p' at .*t\.parquet: unreadable_file \(file could not be read"):
         nodes.build_ledger({"sources": [src], "progress": False, "on_bad_record": "fail"})
 
@@ -348,8 +420,16 @@ def test_every_fault_in_one_run_through_tokenizer_and_packing(tmp_path: Path):
     corpus.mkdir()
     jl = corpus / "mixed.jsonl"
     good_lines = b"".join(line({"text": t}) for t in good[:100])
-    bad_lines = (b"[" * 50_000 + b"\n" + b'{"text": "\xff"}\n' + b'{"text": 1, "s": "\\ud800"}\n' + b"[]\n"
-                 + b'{"text": "' + b"y" * 70_000 + b'"}\n')
+    bad_lines = (
+        b"[" * 50_000
+        + b"\n"
+        + b'{"text": "\xff"}\n'
+        + b'{"text": 1, "s": "\\ud800"}\n'
+        + b"[]\n"
+        + b'{"text": "'
+        + b"y" * 70_000
+        + b'"}\n'
+    )
     jl.write_bytes(b"\xef\xbb\xbf" + good_lines + bad_lines)
     parquet_docs(corpus / "p.parquet", 30, 10)
     (corpus / "q.parquet").write_bytes(b"garbage")
@@ -357,13 +437,23 @@ def test_every_fault_in_one_run_through_tokenizer_and_packing(tmp_path: Path):
         (corpus / f"t{i:03d}.txt").write_text(t)
     sources = [
         jsonl_source(corpus / "*.jsonl", name="jl"),
-        {"name": "pq", "path": str(corpus / "*.parquet"), "format": "parquet", "text_field": "text",
-         "category": "code"},
+        {
+            "name": "pq",
+            "path": str(corpus / "*.parquet"),
+            "format": "parquet",
+            "text_field": "text",
+            "category": "code",
+        },
         {"name": "tx", "path": str(corpus / "*.txt"), "format": "text", "text_field": "text", "category": "document"},
     ]
     cleaning = {"max_record_bytes": 60_000}
-    params = {"sources": sources, "progress": False, "dedup": NO_DEDUP, "cleaning": cleaning,
-              "packing": {"max_seq_len": 64, "preprocess_validation_fraction": 0.2}}
+    params = {
+        "sources": sources,
+        "progress": False,
+        "dedup": NO_DEDUP,
+        "cleaning": cleaning,
+        "packing": {"max_seq_len": 64, "preprocess_validation_fraction": 0.2},
+    }
 
     def all_nodes():
         ledger = nodes.build_ledger(params)
@@ -389,13 +479,20 @@ def test_stdlib_files_are_read_in_their_declared_encoding_and_bad_ones_quarantin
     from xoron_pipelines.data import stdlib_corpus
 
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "a_latin.py").write_bytes(b"# -*- coding: iso-8859-1 -*-\nname = 'caf\xe9 au lait, long enough'\n")
+    (tmp_path / "lib" / "a_latin.py").write_bytes(
+        b"# -*- coding: iso-8859-1 -*-\nname = 'caf\xe9 au lait, long enough'\n"
+    )
     (tmp_path / "lib" / "b_bad.py").write_bytes(b"name = 'caf\xe9'\n")  # no cookie: must be UTF-8
     (tmp_path / "lib" / "c_ok.py").write_text("value = 'plain utf-8 module text'\n")
     monkeypatch.setattr(stdlib_corpus, "stdlib_root", lambda: tmp_path / "lib")
-    run = run_nodes(tmp_path, [{"name": "code", "path": "code", "format": "stdlib", "text_field": "text",
-                                "category": "code"}], cleaning={"min_chars": 0})
+    run = run_nodes(
+        tmp_path,
+        [{"name": "code", "path": "code", "format": "stdlib", "text_field": "text", "category": "code"}],
+        cleaning={"min_chars": 0},
+    )
     assert run.quarantined() == [("stdlib:b_bad.py", None, "unreadable_file")]
     assert run.detail(None).startswith("file could not be read: SyntaxError: invalid or missing encoding declaration")
-    assert run.kept() == [("stdlib:a_latin.py", 0, "# -*- coding: iso-8859-1 -*-\nname = 'café au lait, long enough'\n"),
-                          ("stdlib:c_ok.py", 0, "value = 'plain utf-8 module text'\n")]
+    assert run.kept() == [
+        ("stdlib:a_latin.py", 0, "# -*- coding: iso-8859-1 -*-\nname = 'café au lait, long enough'\n"),
+        ("stdlib:c_ok.py", 0, "value = 'plain utf-8 module text'\n"),
+    ]

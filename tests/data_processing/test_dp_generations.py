@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from dp_helpers import jsonl_source, make_params, prose_docs, write_jsonl
 
+from xoron_pipelines import atomic as atomic_mod
 from xoron_pipelines.data.ledger import build_ledger
 from xoron_pipelines.data.tokenizer_training import train_bpe, wrap
-from xoron_pipelines import atomic as atomic_mod
 from xoron_pipelines.datasets.generation import MARKER, read_marker
 from xoron_pipelines.datasets.json_file import AtomicJSONDataset
 from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ParquetShardsDataset, ShardSet
 from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
 from xoron_pipelines.pipelines.data_processing.nodes import pack
-from xoron_pipelines.training.stage_data import check_tokenizer_matches, packed_source
 from xoron_pipelines.project_lock import ProjectLock
+from xoron_pipelines.training.stage_data import check_tokenizer_matches, packed_source
 
 OUTPUTS = ("tokenizer", "packed/train", "packed/val", "packed_mixes")
 
@@ -37,8 +37,12 @@ def inputs(tmp_path):
     src = write_jsonl(tmp_path / "raw" / "a.jsonl", [{"text": t} for t in prose_docs(40)])
     # the split hashes the file path (tmp_path): at 5% a 40-document val split is empty ~13% of
     # the time, at 25% about once in 10^5
-    params = make_params([jsonl_source(src, name="a")], packing={"max_seq_len": 64, "preprocess_validation_fraction": 0.25},
-                         dedup={"exact": True, "near_dup": False}, stage_mixes={"only_a": {"a": 1.0}})
+    params = make_params(
+        [jsonl_source(src, name="a")],
+        packing={"max_seq_len": 64, "preprocess_validation_fraction": 0.25},
+        dedup={"exact": True, "near_dup": False},
+        stage_mixes={"only_a": {"a": 1.0}},
+    )
     return build_ledger(params), params
 
 
@@ -118,6 +122,7 @@ def test_the_published_path_exists_at_every_step_of_a_republish(tmp_path, monkey
             result = func(*args, **kwargs)
             seen.append((name, (dst / "part-00000.parquet").is_file()))
             return result
+
         return wrapped
 
     for name in ("rename", "replace"):
@@ -169,8 +174,14 @@ def test_failed_saves_keep_the_previous_generation_and_leave_no_staging(tmp_path
     with pytest.raises(Exception, match="gone"):
         project.mixes.save({"only_a": {"train": staged, "val": staged}})
     with pytest.raises(Exception, match="different data generations"):
-        project.mixes.save({"only_a": {"train": ShardSet(project.train.load().path, generation="x"),
-                                       "val": ShardSet(project.val.load().path, generation="y")}})
+        project.mixes.save(
+            {
+                "only_a": {
+                    "train": ShardSet(project.train.load().path, generation="x"),
+                    "val": ShardSet(project.val.load().path, generation="y"),
+                }
+            }
+        )
     with pytest.raises(Exception, match="not JSON serializable"):
         project.manifest.save({"generation": object()})
     assert project.generations() == before
@@ -217,6 +228,7 @@ def test_overlapping_publishes(tmp_path, inputs, small_tokenizer, locked, caplog
                 time.sleep(0.5)  # B is now blocked on the lock
             else:
                 b_done.wait(30)
+
         try:
             with guarded("A"):
                 project.publish(small_tokenizer, ledger, params, while_packing=pause)
@@ -249,8 +261,12 @@ def test_overlapping_publishes(tmp_path, inputs, small_tokenizer, locked, caplog
         with pytest.raises(ValueError) as info:
             project.check()
         message = str(info.value)
-        for part in (str(project.root / "tokenizer"), str(project.root / "packed" / "train"),
-                     generations["tokenizer"], generations["packed/train"]):
+        for part in (
+            str(project.root / "tokenizer"),
+            str(project.root / "packed" / "train"),
+            generations["tokenizer"],
+            generations["packed/train"],
+        ):
             assert part in message
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dp_helpers import jsonl_source, make_params, prose_docs, write_jsonl
 
 from xoron_pipelines.data.ledger import BadRecordError, build_ledger
 from xoron_pipelines.pipelines.data_processing.nodes import count_records, quarantine_rows
 from xoron_pipelines.tokens import render_chat
-
-from dp_helpers import jsonl_source, make_params, prose_docs, write_jsonl
 
 NO_DEDUP = {"exact": False, "near_dup": False}
 
@@ -80,7 +79,9 @@ def test_fuzzed_corpus_reconciles(tmp_path: Path):
     assert {r["row"]: r["reason"] for r in q} == injected
     assert Counter(r["reason"] for r in q) == Counter(injected.values())
     assert all(r["source"] == "src" and r["file"] == str(path) and r["raw"] is not None for r in q)
-    reasons = dict(zip(table.loc[table.status == "quarantined", "reason"], table.loc[table.status == "quarantined", "count"]))
+    reasons = dict(
+        zip(table.loc[table.status == "quarantined", "reason"], table.loc[table.status == "quarantined", "count"])
+    )
     assert reasons == dict(Counter(injected.values()))
 
 
@@ -96,9 +97,7 @@ def test_on_bad_record_fail_names_source_and_line(tmp_path: Path):
 
 def test_missing_path_fails_before_work(tmp_path: Path):
     good = write_jsonl(tmp_path / "ok.jsonl", [{"text": "present and fine"}])
-    params = make_params(
-        [jsonl_source(good, name="ok"), jsonl_source(tmp_path / "nope" / "*.jsonl", name="ghost")]
-    )
+    params = make_params([jsonl_source(good, name="ok"), jsonl_source(tmp_path / "nope" / "*.jsonl", name="ghost")])
     with pytest.raises(FileNotFoundError, match=r"'ghost'.*nope/\*\.jsonl"):
         build_ledger(params)
 
@@ -114,17 +113,42 @@ def test_formats_json_parquet_text_dir_and_glob(tmp_path: Path):
         write_jsonl(tmp_path / "glob" / f"part{i}.jsonl", [{"text": f"{docs[i]} glob {i}"}])
     params = make_params(
         [
-            {"name": "j", "path": str(tmp_path / "j.json"), "format": "json", "text_field": "text", "category": "document"},
-            {"name": "p", "path": str(tmp_path / "p.parquet"), "format": "parquet", "text_field": "body", "category": "code"},
-            {"name": "t", "path": str(tmp_path / "txt"), "format": "text", "text_field": "text", "category": "document"},
+            {
+                "name": "j",
+                "path": str(tmp_path / "j.json"),
+                "format": "json",
+                "text_field": "text",
+                "category": "document",
+            },
+            {
+                "name": "p",
+                "path": str(tmp_path / "p.parquet"),
+                "format": "parquet",
+                "text_field": "body",
+                "category": "code",
+            },
+            {
+                "name": "t",
+                "path": str(tmp_path / "txt"),
+                "format": "text",
+                "text_field": "text",
+                "category": "document",
+            },
             jsonl_source(tmp_path / "glob" / "*.jsonl", name="g"),
         ],
         dedup=NO_DEDUP,
     )
     rows = ledger_rows(params)
     assert [(r["source"], r["text"]) for r in rows] == [
-        ("j", docs[0]), ("j", docs[1]), ("p", docs[2]), ("p", docs[3]), ("t", docs[4]), ("t", docs[5]),
-        ("g", f"{docs[0]} glob 0"), ("g", f"{docs[1]} glob 1"), ("g", f"{docs[2]} glob 2"),
+        ("j", docs[0]),
+        ("j", docs[1]),
+        ("p", docs[2]),
+        ("p", docs[3]),
+        ("t", docs[4]),
+        ("t", docs[5]),
+        ("g", f"{docs[0]} glob 0"),
+        ("g", f"{docs[1]} glob 1"),
+        ("g", f"{docs[2]} glob 2"),
     ]
     assert [r["category"] for r in rows[:4]] == ["document", "document", "code", "code"]
     assert all(r["modality"] == "text" for r in rows)
@@ -140,7 +164,13 @@ def test_hf_format_offline(tmp_path: Path):
     template = "Instruction:\n{instruction}\n\nInput:\n{input}\n\nOutput:\n{output}"
     params = make_params(
         [
-            {"name": "disk", "path": str(tmp_path / "disk"), "format": "hf", "text_template": template, "category": "conversation"},
+            {
+                "name": "disk",
+                "path": str(tmp_path / "disk"),
+                "format": "hf",
+                "text_template": template,
+                "category": "conversation",
+            },
         ],
         dedup=NO_DEDUP,
     )
@@ -181,7 +211,15 @@ def test_text_template_and_messages(tmp_path: Path):
     assert rows[1]["text"] == "a plain text row next to a chat row"
     assert (rows[2]["status"], rows[2]["reason"]) == ("quarantined", "missing_field")
     tmpl = make_params(
-        [{"name": "t", "path": str(path), "format": "jsonl", "text_template": "Q: {q}\nA: {a}", "category": "conversation"}],
+        [
+            {
+                "name": "t",
+                "path": str(path),
+                "format": "jsonl",
+                "text_template": "Q: {q}\nA: {a}",
+                "category": "conversation",
+            }
+        ],
         dedup=NO_DEDUP,
     )
     assert [r["reason"] for r in ledger_rows(tmpl)] == ["missing_field"] * 3

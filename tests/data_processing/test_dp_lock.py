@@ -28,8 +28,9 @@ time.sleep(float(sys.argv[3]))
 
 def _holder(lock_path: Path, mode: str = "exclusive", hold_s: float = 60) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_path), mode, str(hold_s)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock_path), mode, str(hold_s)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 

@@ -48,7 +48,9 @@ def test_mix_first_exhausted_hits_weights_without_repeats():
 
 
 def test_mix_all_exhausted_cycles_small_sources():
-    out, rep = run_mix([fake_source("a", 10, 10, 0.5), fake_source("b", 100, 10, 0.5)], stopping_strategy="all_exhausted")
+    out, rep = run_mix(
+        [fake_source("a", 10, 10, 0.5), fake_source("b", 100, 10, 0.5)], stopping_strategy="all_exhausted"
+    )
     assert rep["b"]["documents"] == 100 and rep["b"]["passes_completed"] == 1
     assert rep["a"]["documents"] == 100 and rep["a"]["passes_completed"] == 10  # a re-read 10 times
     assert rep["a"]["achieved_share"] == pytest.approx(0.5)
@@ -141,8 +143,13 @@ def corpus(tmp_path_factory):
 def pack(corpus, tokenizer, **packing):
     mixing = packing.pop("mixing", {"stopping_strategy": "first_exhausted"})
     seed = packing.pop("seed", 1)
-    params = make_params(corpus, packing={"max_seq_len": 64} | packing, mixing=mixing, seed=seed,
-                         dedup={"exact": True, "near_dup": False})
+    params = make_params(
+        corpus,
+        packing={"max_seq_len": 64} | packing,
+        mixing=mixing,
+        seed=seed,
+        dedup={"exact": True, "near_dup": False},
+    )
     ledger = build_ledger(params)
     train, val, manifest = tokenize_and_pack(ledger, tokenizer, params)
     return ledger, train, val, manifest, params
@@ -179,9 +186,7 @@ def test_every_kept_token_exactly_once(corpus, trained_tokenizer, mode):
     one = [jsonl_source(Path(corpus[0]["path"]).parent / "*.jsonl", name="all")]
     ledger, train, val, manifest, _ = pack(one, tok, packing=mode, preprocess_validation_fraction=0.2)
     kept = [r["text"] for r in ledger.read().to_pylist() if r["status"] == "kept"]
-    expected = Counter(
-        (tok.bos_token_id, *tok.encode(t, add_special_tokens=False), tok.eos_token_id) for t in kept
-    )
+    expected = Counter((tok.bos_token_id, *tok.encode(t, add_special_tokens=False), tok.eos_token_id) for t in kept)
     rows = real_rows(train) + real_rows(val)
     # every id of every kept document (with its BOS/EOS) once across train + val
     assert Counter(i for r in rows for i in r) == Counter(i for d in expected.elements() for i in d)
@@ -247,7 +252,11 @@ def test_seq_len_shards_npy_and_batch_size(corpus, trained_tokenizer, tmp_path: 
         def __init__(self, inner):
             self.inner, self.calls = inner, 0
             self.backend_tokenizer = self
-            self.bos_token_id, self.eos_token_id, self.pad_token_id = inner.bos_token_id, inner.eos_token_id, inner.pad_token_id
+            self.bos_token_id, self.eos_token_id, self.pad_token_id = (
+                inner.bos_token_id,
+                inner.eos_token_id,
+                inner.pad_token_id,
+            )
 
         def encode_batch_fast(self, texts, add_special_tokens):
             self.calls += 1
@@ -287,16 +296,21 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
     from xoron_pipelines.datasets.parquet_shards import PackedMixesDataset, ShardSet
 
     tok = trained_tokenizer
-    params = make_params(corpus, packing={"max_seq_len": 64, "packing": "concat", "preprocess_validation_fraction": 0.3},
-                         mixing={"stopping_strategy": "all_exhausted"}, seed=1, dedup={"exact": True, "near_dup": False},
-                         stage_mixes={"only_b": {"b": 1.0}, "flipped": {"a": 0.3, "b": 0.7}})
+    params = make_params(
+        corpus,
+        packing={"max_seq_len": 64, "packing": "concat", "preprocess_validation_fraction": 0.3},
+        mixing={"stopping_strategy": "all_exhausted"},
+        seed=1,
+        dedup={"exact": True, "near_dup": False},
+        stage_mixes={"only_b": {"b": 1.0}, "flipped": {"a": 0.3, "b": 0.7}},
+    )
     ledger = build_ledger(params)
     cache: dict = {}
     main_train, main_val, main = tokenize_and_pack(ledger, tok, params, cache=cache)
     b_train, b_val, only_b = tokenize_and_pack(ledger, tok, params, weights={"b": 1.0}, cache=cache)
     f_train, f_val, flipped = tokenize_and_pack(ledger, tok, params, weights={"a": 0.3, "b": 0.7}, cache=cache)
     assert list(only_b["sources"]) == ["b"] and only_b["sources"]["b"]["passes_completed"] == 1
-    for name, target in (("a", 0.3), ("b", 0.7)):   # the mix's weights, not the sources' own 0.6 / 0.4
+    for name, target in (("a", 0.3), ("b", 0.7)):  # the mix's weights, not the sources' own 0.6 / 0.4
         assert flipped["sources"][name]["target_share"] == pytest.approx(target)
         assert flipped["sources"][name]["achieved_share"] == pytest.approx(target, abs=0.02)
     assert main["sources"]["a"]["target_share"] == pytest.approx(0.6)
@@ -312,7 +326,7 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
     loaded = ds.load()
     assert loaded.names() == ["flipped", "only_b"]
     assert loaded["only_b"]["train"].num_rows == only_b["splits"]["train"]["sequences"]
-    kept = {"train": ShardSet(main_train.path), "val": ShardSet(main_val.path)}   # not staged: copied
+    kept = {"train": ShardSet(main_train.path), "val": ShardSet(main_val.path)}  # not staged: copied
     ds.save({"only_b": kept})
     assert ds.load().names() == ["only_b"] and main_train.path.exists()
     assert ds.load()["only_b"]["train"].read().equals(main_train.read())
@@ -320,25 +334,31 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
         ds.load()["flipped"]
 
 
-@pytest.mark.parametrize("mixes, message", [
-    ({"m": {"nope": 1.0}}, r"\['nope'\] are not selected sources"),
-    ({"m": {}}, "at least one source"),
-    ({"m": {"a": 0.0}}, "weights must be > 0"),
-    ({"../m": {"a": 1.0}}, "folder name"),
-])
+@pytest.mark.parametrize(
+    "mixes, message",
+    [
+        ({"m": {"nope": 1.0}}, r"\['nope'\] are not selected sources"),
+        ({"m": {}}, "at least one source"),
+        ({"m": {"a": 0.0}}, "weights must be > 0"),
+        ({"../m": {"a": 1.0}}, "folder name"),
+    ],
+)
 def test_bad_stage_mixes_are_rejected_naming_the_mix(corpus, mixes, message):
     with pytest.raises(Exception, match=message):
         make_params(corpus, stage_mixes=mixes)
 
 
 def test_a_weight_far_above_the_natural_share_warns_naming_the_source(corpus, trained_tokenizer, caplog):
-    params = make_params(corpus, packing={"max_seq_len": 64}, mixing={"stopping_strategy": "all_exhausted"},
-                         dedup={"exact": True, "near_dup": False})
+    params = make_params(
+        corpus,
+        packing={"max_seq_len": 64},
+        mixing={"stopping_strategy": "all_exhausted"},
+        dedup={"exact": True, "near_dup": False},
+    )
     ledger = build_ledger(params)
     with caplog.at_level("WARNING", logger="xoron_pipelines.data.packing"):
         *_, fair = tokenize_and_pack(ledger, trained_tokenizer, params, desc="fair")
-        *_, skewed = tokenize_and_pack(ledger, trained_tokenizer, params, weights={"a": 0.97, "b": 0.03},
-                                       desc="skewed")
+        *_, skewed = tokenize_and_pack(ledger, trained_tokenizer, params, weights={"a": 0.97, "b": 0.03}, desc="skewed")
     assert max(r["passes_completed"] for r in fair["sources"].values()) <= 3
     assert skewed["sources"]["a"]["passes_completed"] > 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -22,7 +22,6 @@ def default_params(project_root: Path) -> dict:
 
 def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     from tests.helpers import run_pipeline
-
     from xoron_pipelines.pipelines.synth.params import SYNTH_TYPES
 
     run_pipeline(kedro_project, "synth", {"synth.counts": {k: 15 for k in SYNTH_TYPES}})
@@ -32,11 +31,20 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     bad = kedro_project / "data" / "01_raw" / "extra.jsonl"
     # a byte order mark before the good first record; then malformed JSON, a wrong type, nesting
     # past the parser's limit and a lone surrogate: each quarantined, the run goes on
-    bad.write_bytes(b'\xef\xbb\xbf{"text": "a good extra record, long enough"}\n{not json\n{"text": 5}\n'
-                    + b"[" * 100_000 + b'\n{"text": 6, "s": "\\ud800"}\n')
+    bad.write_bytes(
+        b'\xef\xbb\xbf{"text": "a good extra record, long enough"}\n{not json\n{"text": 5}\n'
+        + b"[" * 100_000
+        + b'\n{"text": 6, "s": "\\ud800"}\n'
+    )
     sources = default_params(project_root)["sources"] + [
-        {"name": "extra", "path": "data/01_raw/extra.jsonl", "format": "jsonl", "text_field": "text", "category": "document",
-         "weight": 0.01}
+        {
+            "name": "extra",
+            "path": "data/01_raw/extra.jsonl",
+            "format": "jsonl",
+            "text_field": "text",
+            "category": "document",
+            "weight": 0.01,
+        }
     ]
     run_pipeline(
         kedro_project,
@@ -98,7 +106,9 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     m = runs[0].data.metrics
     assert m["data_processing.records.in"] == table["count"].sum()
     assert m["data_processing.records.in"] == (
-        m["data_processing.records.kept"] + m["data_processing.records.quarantined"] + m["data_processing.records.filtered"]
+        m["data_processing.records.kept"]
+        + m["data_processing.records.quarantined"]
+        + m["data_processing.records.filtered"]
     )
     assert m["data_processing.quarantined.malformed_json"] >= 1
     assert m["data_processing.tokenizer.vocab_size"] == len(tok)
@@ -107,7 +117,8 @@ def test_kedro_run_data_processing(kedro_project: Path, project_root: Path):
     code = manifest["stage_mixes"]["code"]
     assert m["data_processing.stage_mix.code.pack.train.tokens"] == code["splits"]["train"]["tokens"]
     assert m["data_processing.stage_mix.code.mix.stdlib_code.achieved_share"] == pytest.approx(
-        code["sources"]["stdlib_code"]["achieved_share"])
+        code["sources"]["stdlib_code"]["achieved_share"]
+    )
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
     assert "data_processing_record_counts.csv" in artifacts
 

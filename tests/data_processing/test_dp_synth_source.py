@@ -19,8 +19,12 @@ COLUMNS = ["source", "file", "row", "status", "reason", "detail", "raw", "text"]
 
 def _synth_raw(tmp_path):
     """The synth_raw catalog entry (conf/base/catalog.yml) at tmp_path: saved, then loaded."""
-    dataset = LabelledPartitionedDataset(path=str(tmp_path / "synth"), dataset="xoron_pipelines.datasets.jsonl.JSONLinesDataset",
-                                 filename_suffix=".jsonl", overwrite=True)
+    dataset = LabelledPartitionedDataset(
+        path=str(tmp_path / "synth"),
+        dataset="xoron_pipelines.datasets.jsonl.JSONLinesDataset",
+        filename_suffix=".jsonl",
+        overwrite=True,
+    )
     rows = {kind: generate_type(kind, 12, 3, {"easy": 1.0, "hard": 1.0}) for kind in ("chat", "fim")}
     rows["chat"] += rows["chat"][:3]  # exact duplicates: deduplicated the same way
     dataset.save(rows)
@@ -28,8 +32,13 @@ def _synth_raw(tmp_path):
 
 
 def _source(kind: str, **fields):
-    return {"name": f"synth_{kind}", "text_field": "text", "messages_field": "messages", "category": "conversation",
-            **fields}
+    return {
+        "name": f"synth_{kind}",
+        "text_field": "text",
+        "messages_field": "messages",
+        "category": "conversation",
+        **fields,
+    }
 
 
 def _records(ledger) -> list[dict]:
@@ -51,7 +60,10 @@ def test_synth_sources_read_through_the_dataset_match_reading_the_files(tmp_path
 
     # in the project root (as Kedro runs), files are named relative to it, like a jsonl source's path
     monkeypatch.chdir(tmp_path)
-    assert {k: p.file for k, p in _synth_raw(tmp_path).items()} == {"chat": "synth/chat.jsonl", "fim": "synth/fim.jsonl"}
+    assert {k: p.file for k, p in _synth_raw(tmp_path).items()} == {
+        "chat": "synth/chat.jsonl",
+        "fim": "synth/fim.jsonl",
+    }
 
     # rows handed over in memory (synth_raw as a MemoryDataset): same records, labelled by type
     in_memory = build_ledger(make_params(by_dataset, **params), synth={k: load() for k, load in synth_raw.items()})
@@ -63,10 +75,16 @@ def test_synth_sources_read_through_the_dataset_match_reading_the_files(tmp_path
 def test_a_missing_partition_or_type_is_refused_before_any_work(tmp_path):
     synth_raw = _synth_raw(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"'synth_git_diff'.*no partition 'git_diff'.*synth.counts.git_diff"):
-        build_ledger(make_params([_source("chat", path="chat", format="synth"),
-                                  _source("git_diff", path="git_diff", format="synth")]), synth=synth_raw)
+        build_ledger(
+            make_params(
+                [_source("chat", path="chat", format="synth"), _source("git_diff", path="git_diff", format="synth")]
+            ),
+            synth=synth_raw,
+        )
     with pytest.raises(ParameterError, match="a synth source's path is a synthetic type"):
-        validate_group("data_processing", {"sources": [_source("x", path="data/01_raw/synth/chat.jsonl", format="synth")]})
+        validate_group(
+            "data_processing", {"sources": [_source("x", path="data/01_raw/synth/chat.jsonl", format="synth")]}
+        )
 
 
 def test_the_ledger_node_takes_the_synth_partitions_from_the_catalog():
@@ -80,8 +98,9 @@ def test_a_bad_line_in_a_synth_partition_quarantines_that_line_only(tmp_path):
     lines = chat.read_text(encoding="utf-8").splitlines()
     lines.insert(4, '{"messages": [truncated')
     chat.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    ledger = build_ledger(make_params([_source("chat", path="chat", format="synth")], cleaning={"min_chars": 1}),
-                          synth=synth_raw)
+    ledger = build_ledger(
+        make_params([_source("chat", path="chat", format="synth")], cleaning={"min_chars": 1}), synth=synth_raw
+    )
     records = _records(ledger)
     bad = [r for r in records if r["status"] == "quarantined"]
     assert [(r["row"], r["reason"]) for r in bad] == [(5, "malformed_json")]

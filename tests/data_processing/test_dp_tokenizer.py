@@ -21,7 +21,7 @@ SAMPLES = [
     "def f(x):\n    return x ** 2  # square\n",
     "Unicode: café, naïve, 東京, emoji 🎉, tabs\tand\nnewlines",
     "   leading and trailing spaces   ",
-    "### Code: <tool_call>{\"name\": \"ls\"}</tool_call> ### End",
+    '### Code: <tool_call>{"name": "ls"}</tool_call> ### End',
 ]
 
 
@@ -80,7 +80,9 @@ def test_autotokenizer_loads_offline(trained_tokenizer, tmp_path):
 
     trained_tokenizer.save_pretrained(str(tmp_path))
     again = AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
-    assert again.encode(SAMPLES[0], add_special_tokens=False) == trained_tokenizer.encode(SAMPLES[0], add_special_tokens=False)
+    assert again.encode(SAMPLES[0], add_special_tokens=False) == trained_tokenizer.encode(
+        SAMPLES[0], add_special_tokens=False
+    )
     assert len(again) == len(trained_tokenizer) <= 8000
     assert again.get_vocab() == trained_tokenizer.get_vocab()
 

@@ -7,7 +7,6 @@ import pytest
 from ec_helpers import TEXTS
 
 
-
 @pytest.fixture(scope="session")
 def decoder_tokenizer():
     """A small byte-level BPE decoder tokenizer with the project's special tokens (EOS, PAD)."""

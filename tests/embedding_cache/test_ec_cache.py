@@ -26,8 +26,13 @@ def _write(path, n=23, rows_per_shard=10, row_group_rows=4, offsets=True, poolin
         vectors += vec
         scale = [np.abs(v).max(-1) / 127 for v in vec]
         q = [np.round(v / (s[..., None] if v.ndim == 2 else s)).astype(np.int8) for v, s in zip(vec, scale)]
-        writer.write_rows({"index": idx, "embedding": [x.reshape(-1) for x in q],
-                           "embedding_scale": [s.tolist() if v.ndim == 2 else float(s) for v, s in zip(vec, scale)]})
+        writer.write_rows(
+            {
+                "index": idx,
+                "embedding": [x.reshape(-1) for x in q],
+                "embedding_scale": [s.tolist() if v.ndim == 2 else float(s) for v, s in zip(vec, scale)],
+            }
+        )
     writer.close({"embedding": {"dim": DIM, "pooling": pooling, "dtype": "int8"}})
     return vectors
 

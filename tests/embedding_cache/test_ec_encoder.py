@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from ec_helpers import TEXTS
 
 from xoron_pipelines.latent.encoder import PACKAGED_ENCODER, Encoder, EncoderNotFoundError, resolve_encoder_dir
-
-from ec_helpers import TEXTS
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ec_helpers import TEXTS, save_cache
-
 from kedro.io import DatasetError
 
 from xoron_pipelines.datasets.embedding_cache import EmbeddingCacheDataset
@@ -41,25 +40,31 @@ def run_pairs(pairs, tok, params, **overrides):
 @pytest.mark.parametrize("knob", sorted(FIELDS))
 def test_each_field_control_toggles_its_columns(knob, decoder_tokenizer, params, shared_encoder):
     none = {k: False for k in FIELDS}
-    off, _ = run_pairs(PAIRS, decoder_tokenizer, params, **none, preprocess_cache_dir=params["preprocess_cache_dir"] + "/off")
+    off, _ = run_pairs(
+        PAIRS, decoder_tokenizer, params, **none, preprocess_cache_dir=params["preprocess_cache_dir"] + "/off"
+    )
     on, _ = run_pairs(PAIRS, decoder_tokenizer, params, **{k: k == knob for k in FIELDS})
     assert set(off.train.meta["columns"]) == ALWAYS | {"embedding_scale"}
     assert set(on.train.meta["columns"]) == ALWAYS | {"embedding_scale"} | FIELDS[knob]
 
 
 def test_column_contents(decoder_tokenizer, params, shared_encoder):
-    sub, m = run_pairs(PAIRS, decoder_tokenizer, params, **{k: True for k in FIELDS}, preprocess_validation_fraction=0.0)
+    sub, m = run_pairs(
+        PAIRS, decoder_tokenizer, params, **{k: True for k in FIELDS}, preprocess_validation_fraction=0.0
+    )
     enc = Encoder(PACKAGED_ENCODER)
     rows = [sub.train[i] for i in range(len(sub.train))]
     assert [r["index"] for r in rows] == [0, 1, 2, 3] and len(sub.val) == 0
     for r, pair in zip(rows, PAIRS):
         ids = enc.tokenizer(pair["source"])["input_ids"]
         assert r["num_tokens"] == len(ids) and r["input_ids"].shape == (256,)
-        assert r["input_ids"][: len(ids)].tolist() == ids and set(r["input_ids"][len(ids):]) <= {0}
+        assert r["input_ids"][: len(ids)].tolist() == ids and set(r["input_ids"][len(ids) :]) <= {0}
         assert r["attention_mask"].sum() == len(ids)
-        dec = decoder_tokenizer(pair["target"], add_special_tokens=False)["input_ids"] + [decoder_tokenizer.eos_token_id]
+        dec = decoder_tokenizer(pair["target"], add_special_tokens=False)["input_ids"] + [
+            decoder_tokenizer.eos_token_id
+        ]
         assert r["target_ids"][: len(dec)].tolist() == dec and r["target_ids"].shape == (256,)
-        assert set(r["target_ids"][len(dec):]) <= {decoder_tokenizer.pad_token_id}
+        assert set(r["target_ids"][len(dec) :]) <= {decoder_tokenizer.pad_token_id}
         assert r["target_attention_mask"].tolist() == [1] * len(dec) + [0] * (256 - len(dec))
         assert r["text"] == pair["source"] and r["target_text"] == pair["target"]
     # int8 embeddings against fp32 from the encoder itself
@@ -72,11 +77,19 @@ def test_column_contents(decoder_tokenizer, params, shared_encoder):
 
 
 def test_fp32_and_token_states(decoder_tokenizer, params, shared_encoder):
-    fp32, m = run_pairs(PAIRS, decoder_tokenizer, params, cache_store_embeddings_int8=False, preprocess_validation_fraction=0.0)
+    fp32, m = run_pairs(
+        PAIRS, decoder_tokenizer, params, cache_store_embeddings_int8=False, preprocess_validation_fraction=0.0
+    )
     assert "embedding_scale" not in fp32.train.meta["columns"] and fp32.train.meta["embedding"]["dtype"] == "float32"
     assert fp32.train[0]["embedding"].dtype == np.float32 and "fidelity_cos_mean" not in m
-    tokens, m = run_pairs(PAIRS, decoder_tokenizer, params, pooling="tokens", preprocess_validation_fraction=0.0,
-                          preprocess_cache_dir=params["preprocess_cache_dir"] + "/tok")
+    tokens, m = run_pairs(
+        PAIRS,
+        decoder_tokenizer,
+        params,
+        pooling="tokens",
+        preprocess_validation_fraction=0.0,
+        preprocess_cache_dir=params["preprocess_cache_dir"] + "/tok",
+    )
     row = tokens.train[1]
     assert row["embedding"].shape == (row["num_tokens"], 384) and m["fidelity_cos_min"] >= 0.99
 
@@ -109,8 +122,14 @@ def test_fingerprint_reuse_and_invalidation(decoder_tokenizer, params, shared_en
         encodes.clear()
         _, m = run_pairs(pairs, decoder_tokenizer, params, **extra)
         assert m["cache_hit"] == 1 and not encodes, label
-    _, m = run_pairs(changed, decoder_tokenizer, params, max_target_len=64, encoder_model=str(copy),
-                     skip_preprocessing_if_cached=False)
+    _, m = run_pairs(
+        changed,
+        decoder_tokenizer,
+        params,
+        max_target_len=64,
+        encoder_model=str(copy),
+        skip_preprocessing_if_cached=False,
+    )
     assert m["cache_miss"] == 1 and encodes
 
 
@@ -126,8 +145,15 @@ def test_bad_input_counts_and_quarantine(decoder_tokenizer, params, shared_encod
         {"source": "fine", "target": long_target},
         {"source": "fine too", "target": "ok"},
     ]
-    sub, m = run_pairs(pairs, decoder_tokenizer, params, max_seq_len=16, max_target_len=8,
-                       preprocess_validation_fraction=0.0, cache_store_text=True)
+    sub, m = run_pairs(
+        pairs,
+        decoder_tokenizer,
+        params,
+        max_seq_len=16,
+        max_target_len=8,
+        preprocess_validation_fraction=0.0,
+        cache_store_text=True,
+    )
     assert (m["rows_in"], m["empty_source"], m["empty_target"], m["texts_encoded"]) == (7, 3, 1, 3)
     assert (m["truncated_sources"], m["truncated_targets"]) == (1, 1)
     assert sub.quarantine() == [
@@ -139,7 +165,9 @@ def test_bad_input_counts_and_quarantine(decoder_tokenizer, params, shared_encod
     rows = {r["index"]: r for r in sub.train}
     assert sorted(rows) == [4, 5, 6]
     assert rows[4]["truncated"] and rows[4]["num_tokens"] == 16 and not rows[6]["truncated"]
-    assert rows[5]["target_ids"].tolist()[-1] == decoder_tokenizer.eos_token_id and rows[5]["target_attention_mask"].all()
+    assert (
+        rows[5]["target_ids"].tolist()[-1] == decoder_tokenizer.eos_token_id and rows[5]["target_attention_mask"].all()
+    )
 
 
 def test_pretrain_identity_targets_and_sampling(decoder_tokenizer, params, shared_encoder):
@@ -151,12 +179,25 @@ def test_pretrain_identity_targets_and_sampling(decoder_tokenizer, params, share
     assert all(ledger[r.index]["status"] == "kept" and ledger[r.index]["text"] == r.source for r in picked)
     # the sample depends on the texts and the seed, not on the input order
     assert {r.source for r in cache_build.pretrain_rows(ledger[::-1], p)} == {r.source for r in picked}
-    assert {r.source for r in cache_build.pretrain_rows(ledger, p.model_copy(update={"seed": 7}))} != {r.source for r in picked}
+    assert {r.source for r in cache_build.pretrain_rows(ledger, p.model_copy(update={"seed": 7}))} != {
+        r.source for r in picked
+    }
     assert cache_build.pretrain_rows(ledger, p.model_copy(update={"max_pretrain_samples": 0})) == []
 
-    sub, metrics = save_cache(nodes.cache_pretrain_text(ledger, decoder_tokenizer, {
-        **params, "max_pretrain_samples": 10, "max_seq_len": 12, "cache_store_text": True,
-        "preprocess_validation_fraction": 0.0}), params["preprocess_cache_dir"])
+    sub, metrics = save_cache(
+        nodes.cache_pretrain_text(
+            ledger,
+            decoder_tokenizer,
+            {
+                **params,
+                "max_pretrain_samples": 10,
+                "max_seq_len": 12,
+                "cache_store_text": True,
+                "preprocess_validation_fraction": 0.0,
+            },
+        ),
+        params["preprocess_cache_dir"],
+    )
     rows = {r["index"]: r for r in sub.train}
     assert sorted(rows) == [0, 1, 2, 3, 4]
     assert metrics["truncated_sources"] == sum(r["truncated"] for r in rows.values()) >= 2
@@ -171,15 +212,27 @@ def test_split_shards_and_batch_size(decoder_tokenizer, params, shared_encoder, 
     calls = []
     real_forward = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", lambda self, ids: calls.append(len(ids)) or real_forward(self, ids))
-    a, m = run_pairs(pairs, decoder_tokenizer, params, preprocess_validation_fraction=0.3, cache_rows_per_shard=5,
-                     preprocess_batch_size=7)
+    a, m = run_pairs(
+        pairs,
+        decoder_tokenizer,
+        params,
+        preprocess_validation_fraction=0.3,
+        cache_rows_per_shard=5,
+        preprocess_batch_size=7,
+    )
     assert calls == [7, 7, 7, 3]
     train, val = [r["index"] for r in a.train], [r["index"] for r in a.val]
     assert sorted(train + val) == list(range(24)) and 0 < len(val) < 12 and m["rows_val"] == len(val)
     assert train == sorted(train) and len(a.train.meta["shards"]) == -(-len(train) // 5)
     calls.clear()
-    b, _ = run_pairs(pairs, decoder_tokenizer, params, preprocess_validation_fraction=0.3, seed=1,
-                     preprocess_cache_dir=params["preprocess_cache_dir"] + "/b")
+    b, _ = run_pairs(
+        pairs,
+        decoder_tokenizer,
+        params,
+        preprocess_validation_fraction=0.3,
+        seed=1,
+        preprocess_cache_dir=params["preprocess_cache_dir"] + "/b",
+    )
     assert calls == [24] and [r["index"] for r in b.val] != val
     by_index = {r["index"]: r["embedding"] for r in list(a.train) + list(a.val)}
     for r in list(b.train) + list(b.val):  # batch size does not change the vectors
@@ -189,7 +242,11 @@ def test_split_shards_and_batch_size(decoder_tokenizer, params, shared_encoder, 
 def test_pair_fields_and_limits(params):
     samsum = [{"id": str(i), "dialogue": f"d{i}", "summary": f"s{i}"} for i in range(5)]
     p = Params.model_validate({**params, "source_field": "dialogue", "target_field": "summary", "max_train_samples": 3})
-    assert [(r.index, r.source, r.target) for r in cache_build.pair_rows(samsum, p)] == [(0, "d0", "s0"), (1, "d1", "s1"), (2, "d2", "s2")]
+    assert [(r.index, r.source, r.target) for r in cache_build.pair_rows(samsum, p)] == [
+        (0, "d0", "s0"),
+        (1, "d1", "s1"),
+        (2, "d2", "s2"),
+    ]
 
 
 def test_parameter_validation(project_root: Path):
@@ -207,8 +264,9 @@ def test_parameter_validation(project_root: Path):
     ):
         with pytest.raises(ParameterError, match=msg):
             validate_group("embedding_cache", {**base, key: value})
-    assert validate_group("embedding_cache", {**base, "cache_use_embeddings_for_training": False,
-                                              "cache_store_input_ids": True})
+    assert validate_group(
+        "embedding_cache", {**base, "cache_use_embeddings_for_training": False, "cache_store_input_ids": True}
+    )
 
 
 def test_missing_encoder_fails_before_any_work(decoder_tokenizer, params, tmp_path):
@@ -222,13 +280,17 @@ def test_preprocess_cache_dir_must_match_the_catalog(decoder_tokenizer, params, 
     error naming both, raised before anything is encoded or written; null leaves it to the catalog."""
     monkeypatch.setattr(Encoder, "encode_ids", lambda *a, **k: pytest.fail("encoded before the check"))
     build = nodes.cache_pairs({"dialogue_summary": PAIRS}, decoder_tokenizer, params, {})
-    with pytest.raises(DatasetError, match=r"preprocess_cache_dir is .*/cache but the catalog writes the pairs cache to .*/a/pairs"):
+    with pytest.raises(
+        DatasetError, match=r"preprocess_cache_dir is .*/cache but the catalog writes the pairs cache to .*/a/pairs"
+    ):
         EmbeddingCacheDataset(str(tmp_path / "a" / "pairs")).save(build)
     assert not (tmp_path / "a").exists()
 
 
 def test_dataset_round_trip_and_moved_project(decoder_tokenizer, params, shared_encoder, tmp_path):
-    build = nodes.cache_pairs({"dialogue_summary": PAIRS}, decoder_tokenizer, {**params, "preprocess_cache_dir": None}, {})
+    build = nodes.cache_pairs(
+        {"dialogue_summary": PAIRS}, decoder_tokenizer, {**params, "preprocess_cache_dir": None}, {}
+    )
     ds = EmbeddingCacheDataset(str(tmp_path / "a" / "pairs"))
     ds.save(build)
     assert json.loads((tmp_path / "a" / "pairs" / "manifest.json").read_text())["fingerprint"] == build.fingerprint

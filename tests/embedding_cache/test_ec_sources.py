@@ -21,7 +21,9 @@ SPLITS = ("train", "validation", "test")
 
 
 def pairs(tag: str, n: int) -> list[dict]:
-    return [{"source": f"{tag} dialogue {i}: {TEXTS[i % len(TEXTS)]}", "target": f"{tag} summary {i}"} for i in range(n)]
+    return [
+        {"source": f"{tag} dialogue {i}: {TEXTS[i % len(TEXTS)]}", "target": f"{tag} summary {i}"} for i in range(n)
+    ]
 
 
 def write_jsonl(path, rows):
@@ -67,14 +69,23 @@ def test_hf_save_to_disk_and_single_file_sources(tmp_path):
     d.save_to_disk(str(tmp_path / "hf"))
     got = pair_source({}, str(tmp_path / "hf"), SPLITS)
     assert {k: [r["target"] for r in v] for k, v in got.items()} == {
-        "train": [r["target"] for r in pairs("train", 2)], "val": [r["target"] for r in pairs("validation", 3)],
-        "test": [r["target"] for r in pairs("test", 4)]}
-    with pytest.raises(ValueError, match=r"latent.train_split='nope' is not a split of .*hf \(it has \['test', 'train', 'validation'\]\)"):
+        "train": [r["target"] for r in pairs("train", 2)],
+        "val": [r["target"] for r in pairs("validation", 3)],
+        "test": [r["target"] for r in pairs("test", 4)],
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"latent.train_split='nope' is not a split of .*hf \(it has \['test', 'train', 'validation'\]\)",
+    ):
         pair_source({}, str(tmp_path / "hf"), ("nope", "validation", "test"))
     # one file (jsonl or parquet): one source, no splits; the default is synth's own partition
     write_jsonl(tmp_path / "p.jsonl", pairs("f", 3))
     pq.write_table(pa.Table.from_pylist(pairs("f", 3)), tmp_path / "p.parquet")
-    assert pair_source({}, str(tmp_path / "p.jsonl"), SPLITS) == pair_source({}, str(tmp_path / "p.parquet"), SPLITS) == pairs("f", 3)
+    assert (
+        pair_source({}, str(tmp_path / "p.jsonl"), SPLITS)
+        == pair_source({}, str(tmp_path / "p.parquet"), SPLITS)
+        == pairs("f", 3)
+    )
     assert pair_source({"dialogue_summary": lambda: pairs("s", 2)}, "synth/dialogue_summary", SPLITS) == pairs("s", 2)
     with pytest.raises(ValueError, match="synth_raw has no partition 'chat'"):
         pair_source({"dialogue_summary": list}, "synth/chat", SPLITS)
@@ -94,9 +105,18 @@ def test_jsonl_and_parquet_formats_read_back_the_same(decoder_tokenizer, params,
     subs = {}
     for fmt in ("parquet", "jsonl"):
         for offsets in (True, False):
-            p = {**params, **every, "preprocess_format": fmt, "cache_write_offsets_index": offsets,
-                 "cache_rows_per_shard": 5, "preprocess_validation_fraction": 0.3, "preprocess_cache_dir": f"{params['preprocess_cache_dir']}/{fmt}{offsets}"}
-            subs[fmt, offsets], _ = save_cache(nodes.cache_pairs(data, decoder_tokenizer, p, {}), p["preprocess_cache_dir"])
+            p = {
+                **params,
+                **every,
+                "preprocess_format": fmt,
+                "cache_write_offsets_index": offsets,
+                "cache_rows_per_shard": 5,
+                "preprocess_validation_fraction": 0.3,
+                "preprocess_cache_dir": f"{params['preprocess_cache_dir']}/{fmt}{offsets}",
+            }
+            subs[fmt, offsets], _ = save_cache(
+                nodes.cache_pairs(data, decoder_tokenizer, p, {}), p["preprocess_cache_dir"]
+            )
     ref = subs["parquet", True]
     assert all(f.suffix == ".jsonl" for f in subs["jsonl", True].train.files)
     assert len(subs["jsonl", True].train.files) == len(ref.train.files) == -(-len(ref.train) // 5)

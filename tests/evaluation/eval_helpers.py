@@ -10,6 +10,13 @@ def make_model(vocab_size: int, seed: int = 0, preset: str = "nano", max_positio
     from xoron_pipelines.model import XoronForCausalLM, get_config
 
     torch.manual_seed(seed)
-    config = get_config(preset, vocab_size=vocab_size, num_layers=1, hidden_size=32, num_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_positions)
+    config = get_config(
+        preset,
+        vocab_size=vocab_size,
+        num_layers=1,
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+    )
     return XoronForCausalLM(config).eval()

@@ -13,16 +13,19 @@ from xoron_pipelines.evaluation import offline_tasks
 from xoron_pipelines.sandbox import SandboxLimits
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Natalia sold 48 / 2 = 24 clips.\n#### 72", "72"),
-    ("so 3 + 4 = 7 apples. The answer is 1,234.", "1234"),
-    ("The temperature fell to -15 degrees.", "-15"),
-    ("Each costs $2.50, so the total is $12.50.", "12.5"),
-    ("#### -3.0", "-3"),
-    ("<|think|>\n<|step|> 5 × 7 = 35\n<|/think|>\nThe result is 35.", "35"),
-    ("#### 1,000 and then 7", "1000"),
-    ("no numbers here", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Natalia sold 48 / 2 = 24 clips.\n#### 72", "72"),
+        ("so 3 + 4 = 7 apples. The answer is 1,234.", "1234"),
+        ("The temperature fell to -15 degrees.", "-15"),
+        ("Each costs $2.50, so the total is $12.50.", "12.5"),
+        ("#### -3.0", "-3"),
+        ("<|think|>\n<|step|> 5 × 7 = 35\n<|/think|>\nThe result is 35.", "35"),
+        ("#### 1,000 and then 7", "1000"),
+        ("no numbers here", None),
+    ],
+)
 def test_extract_final_number(text, expected):
     assert gen.extract_final_number(text) == expected
 
@@ -69,8 +72,12 @@ def test_humaneval_correct_wrong_and_infinite_loop_in_the_sandbox():
 
 
 def test_completions_cannot_reach_the_pipeline_process():
-    problem = {"prompt": "def f():\n", "test": "def check(candidate):\n    assert candidate() == 1\n",
-               "entry_point": "f"}
-    res = gen.check_completion(problem, "    import socket\n    socket.create_connection(('1.1.1.1', 80))\n",
-                               SandboxLimits(timeout_s=5.0))
+    problem = {
+        "prompt": "def f():\n",
+        "test": "def check(candidate):\n    assert candidate() == 1\n",
+        "entry_point": "f",
+    }
+    res = gen.check_completion(
+        problem, "    import socket\n    socket.create_connection(('1.1.1.1', 80))\n", SandboxLimits(timeout_s=5.0)
+    )
     assert not res.ok and "Network is unreachable" in res.error  # its own network namespace

@@ -38,8 +38,9 @@ def test_metrics_go_to_the_summary_run(tracking):
     assert [(m.step, m.value) for m in history] == [(0, 0.25)]
 
 
-@pytest.mark.parametrize("summary", [{"mlflow_run_id": "0123456789abcdef0123456789abcdef"},
-                                     {"mlflow_run_id": None}, None])
+@pytest.mark.parametrize(
+    "summary", [{"mlflow_run_id": "0123456789abcdef0123456789abcdef"}, {"mlflow_run_id": None}, None]
+)
 def test_unknown_or_missing_run_only_warns(tracking, caplog, summary):
     other = tracking.create_run("0", run_name="other")
     with caplog.at_level(logging.WARNING, logger=NODES_LOG):

@@ -15,7 +15,9 @@ def test_round_trip_gives_equal_logits(tmp_path):
     assert not ds.exists()
     ds.save(model)
     assert ds.exists() and sorted(p.name for p in (tmp_path / "language").iterdir()) == [
-        "config.json", "model.safetensors"]
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = ds.load()
     assert not loaded.training and next(loaded.parameters()).dtype == torch.float32
     ids = torch.randint(0, 300, (2, 12))

@@ -47,7 +47,7 @@ def test_encode_pair_moves_trailing_spaces_to_the_continuation(tiny_tokenizer):
     req = encode_pair(tok, "Question: what is 2 plus 2? Answer: ", "4.", bos_id=tok.bos_token_id)
     whole = tok.encode("Question: what is 2 plus 2? Answer: 4.", add_special_tokens=False)
     ctx = tok.encode("Question: what is 2 plus 2? Answer:", add_special_tokens=False)
-    assert req.context == (tok.bos_token_id, *ctx) and req.continuation == tuple(whole[len(ctx):])
+    assert req.context == (tok.bos_token_id, *ctx) and req.continuation == tuple(whole[len(ctx) :])
 
 
 def test_loglikelihoods_sum_the_continuation_token_logprobs(tiny_model):
@@ -64,7 +64,7 @@ def test_loglikelihoods_sum_the_continuation_token_logprobs(tiny_model):
 
 def test_long_inputs_keep_their_last_tokens_like_the_harness(tiny_model):
     req = LoglikelihoodRequest(tuple(range(3, 23)), (30, 31))
-    (ll, _), = loglikelihoods(tiny_model, [req], batch_size=1, max_length=8)
+    ((ll, _),) = loglikelihoods(tiny_model, [req], batch_size=1, max_length=8)
     seq = list(req.context + req.continuation)[-9:]  # max_length + 1 tokens, the last one not fed
     with torch.no_grad():
         logp = torch.log_softmax(tiny_model(torch.tensor([seq[:-1]])).logits[0].double(), -1)

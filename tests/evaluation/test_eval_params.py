@@ -20,16 +20,19 @@ def test_conf_file_validates(project_root):
     assert p.evals == ["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"] and p.eval_batch_size == 8
 
 
-@pytest.mark.parametrize("values, phrase", [
-    ({"humaneval": {"n_samples": 2, "ks": [3], "temperature": 0.8}}, "ks"),
-    ({"humaneval": {"n_samples": 4, "ks": [1], "temperature": 0.0}}, "temperature"),
-    ({"evals": ["mmlu", "mmlu"]}, "twice"),
-    ({"evals": ["arc"]}, "evals"),
-    ({"compare_stages": ["language", "rlhf"]}, "compare_stages"),
-    ({"offline_tasks": {"gsm8k": 0}}, "no task file"),
-    ({"eval_batch_size": 0}, "eval_batch_size"),
-    ({"multiple_choice": {"acc_norm_unit": "tokens"}}, "acc_norm_unit"),
-])
+@pytest.mark.parametrize(
+    "values, phrase",
+    [
+        ({"humaneval": {"n_samples": 2, "ks": [3], "temperature": 0.8}}, "ks"),
+        ({"humaneval": {"n_samples": 4, "ks": [1], "temperature": 0.0}}, "temperature"),
+        ({"evals": ["mmlu", "mmlu"]}, "twice"),
+        ({"evals": ["arc"]}, "evals"),
+        ({"compare_stages": ["language", "rlhf"]}, "compare_stages"),
+        ({"offline_tasks": {"gsm8k": 0}}, "no task file"),
+        ({"eval_batch_size": 0}, "eval_batch_size"),
+        ({"multiple_choice": {"acc_norm_unit": "tokens"}}, "acc_norm_unit"),
+    ],
+)
 def test_impossible_values_fail_naming_the_key(values, phrase):
     with pytest.raises(ParameterError, match=phrase):
         validate_group("evaluation", values)
@@ -44,8 +47,9 @@ def test_task_source_order_path_then_registry_then_generated(tmp_path):
     assert len(nodes.task_rows("gsm8k", Params.model_validate({"max_samples": 2}), generated)) == 2
     reg = Params.model_validate({"evals_registry_path": str(registry), "max_samples": None})
     assert [r["question"] for r in nodes.task_rows("gsm8k", reg, generated)] == ["from registry"] * 5
-    own = Params.model_validate({"evals_registry_path": str(registry),
-                                 "tasks": {"gsm8k": {"path": str(tmp_path / "own.jsonl")}}})
+    own = Params.model_validate(
+        {"evals_registry_path": str(registry), "tasks": {"gsm8k": {"path": str(tmp_path / "own.jsonl")}}}
+    )
     assert [r["question"] for r in nodes.task_rows("gsm8k", own, generated)] == ["own file"]
     limited = Params.model_validate({"evals_registry_path": str(registry), "tasks": {"gsm8k": {"max_samples": 4}}})
     assert len(nodes.task_rows("gsm8k", limited, generated)) == 4

@@ -30,7 +30,7 @@ def test_perplexity_equals_exp_mean_nll_of_the_logits(tiny_model):
 def test_bits_per_byte_on_a_hand_case():
     vocab = 8
     table = torch.zeros(vocab, vocab)  # uniform: every token costs ln 8 nats = 3 bits
-    table[1, 2] = math.log(3.0)        # after token 1: p(2) = 3 / 10
+    table[1, 2] = math.log(3.0)  # after token 1: p(2) = 3 / 10
     model = TableLM(table)
     result = perplexity.score(model, [([1, 2, 5], 4)], batch_size=1)
     expected_nll = -math.log(3 / 10) + math.log(8)
@@ -54,8 +54,14 @@ def test_packed_rows_score_real_tokens_with_their_decoded_bytes(tmp_path, tiny_t
     ids = [tok.bos_token_id, *body, tok.eos_token_id]
     row = ids + [tok.pad_token_id] * (16 - len(ids))
     ds = ParquetShardsDataset(str(tmp_path / "val"))
-    ds.save(pa.table({"input_ids": pa.array([row, row], pa.list_(pa.int32())),
-                      "length": pa.array([len(ids), len(ids)], pa.int32())}))
+    ds.save(
+        pa.table(
+            {
+                "input_ids": pa.array([row, row], pa.list_(pa.int32())),
+                "length": pa.array([len(ids), len(ids)], pa.int32()),
+            }
+        )
+    )
     pieces = list(perplexity.packed_pieces(perplexity.iter_packed_rows(ds.load(), max_rows=1), tok))
     assert pieces == [(ids, len("return x + 1"))]
 

@@ -32,7 +32,8 @@ def _prepare(root, tok):
         rows.append(ids + [tok.pad_token_id] * (48 - len(ids)))
         lengths.append(len(ids))
     ParquetShardsDataset(str(root / "data/05_model_input/packed/val")).save(
-        pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())}))
+        pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())})
+    )
     return rows, lengths
 
 
@@ -47,8 +48,9 @@ def _training_summaries(root) -> dict[str, str | None]:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     parent = client.create_run("0", run_name="training")
-    child = client.create_run("0", run_name=STAGES[0], tags={"mlflow.parentRunId": parent.info.run_id,
-                                                            "xoron.stage": STAGES[0]})
+    child = client.create_run(
+        "0", run_name=STAGES[0], tags={"mlflow.parentRunId": parent.info.run_id, "xoron.stage": STAGES[0]}
+    )
     for run in (child, parent):
         client.set_terminated(run.info.run_id)
     ids = {stage: None for stage in STAGES}
@@ -80,12 +82,19 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
         "evaluation.max_samples": 3,
         "evaluation.progress": False,
         "evaluation.compare_stages": ["language", "tools"],
-        "evaluation.offline_tasks": {"hellaswag": 3, "mmlu": 4, "truthfulqa": 3, "gsm8k": 3, "humaneval": 2,
-                                     "heldout_text": 2},
+        "evaluation.offline_tasks": {
+            "hellaswag": 3,
+            "mmlu": 4,
+            "truthfulqa": 3,
+            "gsm8k": 3,
+            "humaneval": 2,
+            "heldout_text": 2,
+        },
         "evaluation.gsm8k.max_new_tokens": 6,
         "evaluation.humaneval": {"n_samples": 2, "ks": [1, 2], "temperature": 0.8, "max_new_tokens": 6},
-        "evaluation.perplexity.text_sources": [{"name": "my_docs", "path": str(docs), "format": "jsonl",
-                                                "text_field": "text", "category": "document"}],
+        "evaluation.perplexity.text_sources": [
+            {"name": "my_docs", "path": str(docs), "format": "jsonl", "text_field": "text", "category": "document"}
+        ],
     }
     run_ids = _training_summaries(root)
     # a spy on the nodes' logger (Kedro's logging config resets handlers of existing loggers)
@@ -102,8 +111,10 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
         assert set(tasks) == {"hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"}
         assert all(t["n"] == (2 if name == "humaneval" else 3) for name, t in tasks.items())
         assert set(tasks["humaneval"]) == {"pass_at_1", "pass_at_2", "n"}
-        samples = [json.loads(line) for line in
-                   (root / f"data/07_model_output/evaluation/{stage}/samples.jsonl").read_text().splitlines()]
+        samples = [
+            json.loads(line)
+            for line in (root / f"data/07_model_output/evaluation/{stage}/samples.jsonl").read_text().splitlines()
+        ]
         assert sum(s["task"] == "humaneval" for s in samples) == 2
         assert all(len(s["completions"]) == 2 for s in samples if s["task"] == "humaneval")
 
@@ -137,7 +148,8 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     assert real["eval/ppl_packed_val.perplexity"] == first["perplexity"]["packed_val"]["perplexity"]
     assert real["eval/mmlu.acc"] == first["tasks"]["mmlu"]["acc"]
     assert all(key.startswith("eval/") for key in real)
-    assert not any(key.startswith("eval/") for run in runs if run.info.run_id != run_ids[STAGES[0]]
-                   for key in run.data.metrics)
+    assert not any(
+        key.startswith("eval/") for run in runs if run.info.run_id != run_ids[STAGES[0]] for key in run.data.metrics
+    )
     assert sum(BOGUS_RUN_ID in m and STAGES[1] in m for m in warned) == 1, warned
     assert sum("no MLflow run id" in m for m in warned) == len(STAGES) - 2

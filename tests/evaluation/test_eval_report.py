@@ -33,6 +33,10 @@ def test_figure_has_one_bar_trace_per_stage_and_panel():
     table = report.comparison_table(by_stage, ["language", "code"])
     fig = report.comparison_figure(table, ["language", "code"])
     names = [(t.name, tuple(t.x)) for t in fig.data]
-    assert names == [("language", ("mmlu.acc",)), ("language", ("ppl_x.perplexity",)),
-                     ("code", ("mmlu.acc",)), ("code", ("ppl_x.perplexity",))]
+    assert names == [
+        ("language", ("mmlu.acc",)),
+        ("language", ("ppl_x.perplexity",)),
+        ("code", ("mmlu.acc",)),
+        ("code", ("ppl_x.perplexity",)),
+    ]
     assert fig.to_json()  # serialisable for plotly.JSONDataset

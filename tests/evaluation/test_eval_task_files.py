@@ -15,17 +15,30 @@ from xoron_pipelines.sandbox import SandboxLimits
 GOOD = {
     "hellaswag": {"ctx": "A man", "endings": ["a", "b"], "label": "1"},
     "mmlu": {"question": "q", "choices": ["1", "2", "3", "4"], "answer": "C"},
-    "truthfulqa": {"question": "q", "mc1_targets": {"choices": ["t", "f"], "labels": [1, 0]},
-                   "mc2_targets": {"choices": ["t", "f"], "labels": [1, 0]}},
+    "truthfulqa": {
+        "question": "q",
+        "mc1_targets": {"choices": ["t", "f"], "labels": [1, 0]},
+        "mc2_targets": {"choices": ["t", "f"], "labels": [1, 0]},
+    },
     "gsm8k": {"question": "q", "answer": "2 + 2 = 4\n#### 4"},
-    "humaneval": {"task_id": "t/0", "prompt": "def f():\n", "test": "def check(candidate):\n    pass\n",
-                  "entry_point": "f"},
+    "humaneval": {
+        "task_id": "t/0",
+        "prompt": "def f():\n",
+        "test": "def check(candidate):\n    pass\n",
+        "entry_point": "f",
+    },
 }
 BAD = {
     "hellaswag": ({"ctx": "A man", "endings": ["a", "b"], "label": 2}, "label 2"),
     "mmlu": ({"question": "q", "choices": ["1", "2"], "answer": "E"}, "answer"),
-    "truthfulqa": ({"question": "q", "mc1_targets": {"choices": ["t", "f"], "labels": [1, 1]},
-                    "mc2_targets": {"choices": ["t", "f"], "labels": [1, 0]}}, "mc1_targets"),
+    "truthfulqa": (
+        {
+            "question": "q",
+            "mc1_targets": {"choices": ["t", "f"], "labels": [1, 1]},
+            "mc2_targets": {"choices": ["t", "f"], "labels": [1, 0]},
+        },
+        "mc1_targets",
+    ),
     "gsm8k": ({"question": "q", "answer": "four"}, "####"),
     "humaneval": ({"task_id": "t/0", "prompt": "p", "test": "assert True", "entry_point": "f"}, "check"),
 }
@@ -66,11 +79,24 @@ def test_write_then_load_round_trip(tmp_path):
 def test_prompts_follow_the_harness_templates():
     row = tf.validate_rows([{**GOOD["mmlu"], "subject": "college_math"}], "mmlu", "x")[0]
     item = tf.mmlu_items([row])[0]
-    assert item.context == ("The following are multiple choice questions (with answers) about college math.\n\n"
-                            "q\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:")
+    assert item.context == (
+        "The following are multiple choice questions (with answers) about college math.\n\n"
+        "q\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"
+    )
     assert item.choices == ("A", "B", "C", "D") and item.gold == 2
-    hs = tf.validate_rows([{"activity_label": "Baking", "ctx_a": "She mixes flour [title]", "ctx_b": "then",
-                            "endings": ["bakes it.", "sings."], "label": 0}], "hellaswag", "x")
+    hs = tf.validate_rows(
+        [
+            {
+                "activity_label": "Baking",
+                "ctx_a": "She mixes flour [title]",
+                "ctx_b": "then",
+                "endings": ["bakes it.", "sings."],
+                "label": 0,
+            }
+        ],
+        "hellaswag",
+        "x",
+    )
     assert tf.hellaswag_items(hs)[0].context == "Baking: She mixes flour. Then"
     mc1, mc2 = tf.truthfulqa_items(tf.validate_rows([GOOD["truthfulqa"]], "truthfulqa", "x"))
     assert mc1[0].context.endswith("\n\nQ: q\nA:") and mc2[0].labels == (1, 0)

@@ -7,8 +7,12 @@ import torch
 from xoron_pipelines.data.tokenizer_training import train_bpe, wrap
 from xoron_pipelines.model import XoronForCausalLM, get_config
 
-TEXTS = ["def add(x, y):\n    return x + y\n", "The quick brown fox jumps over the lazy dog.",
-         "hello world, hello export", "for i in range(10):\n    print(i * i)\n"] * 50
+TEXTS = [
+    "def add(x, y):\n    return x + y\n",
+    "The quick brown fox jumps over the lazy dog.",
+    "hello world, hello export",
+    "for i in range(10):\n    print(i * i)\n",
+] * 50
 VOCAB = 512
 
 
@@ -22,8 +26,15 @@ def make_model(preset: str, tokenizer, seed: int = 0, **overrides) -> XoronForCa
     """A randomly initialised ``preset`` model with the tokenizer's special ids (larger init so
     greedy decoding does not repeat one token)."""
     torch.manual_seed(seed)
-    cfg = get_config(preset, vocab_size=VOCAB, initializer_range=0.2, bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **overrides)
+    cfg = get_config(
+        preset,
+        vocab_size=VOCAB,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
     model = XoronForCausalLM(cfg).eval()
     with torch.no_grad():  # non-trivial norms and selection bias, so mapping mistakes show
         for name, param in model.named_parameters():

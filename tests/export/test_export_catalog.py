@@ -18,15 +18,16 @@ from xoron_pipelines.datasets.export import ExportDirectoryDataset, ExportedArti
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
 from xoron_pipelines.datasets.training_store import LoraAdapter, LoraAdapterDataset
 from xoron_pipelines.pipelines.export.nodes import OUTPUTS
-from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import STAGES
+from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 
 FORMAT_ENTRIES = ("export_hf", "export_gguf", "export_onnx", "export_lora_adapter")
 
 
 def _config(project_root: Path, runtime_params=None):
-    loader = OmegaConfigLoader(str(project_root / "conf"), base_env="base", default_run_env="local",
-                               runtime_params=runtime_params)
+    loader = OmegaConfigLoader(
+        str(project_root / "conf"), base_env="base", default_run_env="local", runtime_params=runtime_params
+    )
     return loader["catalog"], loader["parameters"]
 
 
@@ -36,8 +37,11 @@ def test_output_dir_sets_every_export_entry_and_the_parameter(project_root, runt
     root = params["export"]["output_dir"]
     assert root == ("elsewhere/exports" if runtime else "data/07_model_output/export")
     assert {name: catalog[name]["path"] for name in FORMAT_ENTRIES} == {
-        "export_hf": f"{root}/hf", "export_gguf": f"{root}/gguf", "export_onnx": f"{root}/onnx",
-        "export_lora_adapter": f"{root}/lora_adapter"}
+        "export_hf": f"{root}/hf",
+        "export_gguf": f"{root}/gguf",
+        "export_onnx": f"{root}/onnx",
+        "export_lora_adapter": f"{root}/lora_adapter",
+    }
     assert catalog["export_manifest"]["filepath"] == f"{root}/manifest.json"
 
 
@@ -59,14 +63,22 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     old_adapter = out / "lora_adapter"
     old_adapter.mkdir(parents=True)
     (old_adapter / "adapter_config.json").write_text("{}")
-    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
-                                                                     "{stage}.lora_adapter")})
+    catalog = DataCatalog.from_config(
+        {name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest", "{stage}.lora_adapter")}
+    )
     catalog["stage_models"] = StageModelsDataset(str(models))
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
     catalog["export_metrics"] = MemoryDataset()
-    catalog["params:export"] = MemoryDataset({**params["export"], "source": "code", "formats": ["hf", "gguf", "lora"],
-                                              "gguf_types": ["q8_0"], "register_mlflow": False})
+    catalog["params:export"] = MemoryDataset(
+        {
+            **params["export"],
+            "source": "code",
+            "formats": ["hf", "gguf", "lora"],
+            "gguf_types": ["q8_0"],
+            "register_mlflow": False,
+        }
+    )
     for stage in STAGES:
         catalog[f"{stage}.train_summary"] = MemoryDataset({"stage": stage, "lora_adapter": None})
         catalog.save(f"{stage}.lora_adapter", LoraAdapter())  # what a stage without LoRA writes
@@ -82,8 +94,9 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     assert manifest["formats"]["lora"]["path"] is None
 
 
-def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(project_root, tokenizer, tmp_path,
-                                                                             monkeypatch):
+def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(
+    project_root, tokenizer, tmp_path, monkeypatch
+):
     """The project's ``{stage}.lora_adapter`` entries feed the export node: the source stage's
     adapter (as training saved it) is published byte for byte as lora_adapter/, not another stage's."""
     from peft import LoraConfig, get_peft_model
@@ -91,8 +104,9 @@ def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(pro
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "exports"
     conf, params = _config(project_root, {"export": {"output_dir": str(out)}})
-    catalog = DataCatalog.from_config({name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest",
-                                                                     "{stage}.lora_adapter")})
+    catalog = DataCatalog.from_config(
+        {name: conf[name] for name in (*FORMAT_ENTRIES, "export_manifest", "{stage}.lora_adapter")}
+    )
     model = make_model("nano", tokenizer, num_layers=1)
     adapters = {stage: LoraAdapter() for stage in STAGES}
     for seed, stage in enumerate(("code", "tools")):
@@ -102,17 +116,22 @@ def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(pro
     for stage in STAGES:
         catalog.save(f"{stage}.lora_adapter", adapters[stage])
         catalog[f"{stage}.train_summary"] = MemoryDataset(
-            {"stage": stage, "lora_adapter": f"{stage}.lora_adapter" if adapters[stage] else None})
+            {"stage": stage, "lora_adapter": f"{stage}.lora_adapter" if adapters[stage] else None}
+        )
     catalog["stage_models"] = MemoryDataset({"code": model}, copy_mode="assign")
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
     catalog["export_metrics"] = MemoryDataset()
-    catalog["params:export"] = MemoryDataset({**params["export"], "source": "code", "formats": ["lora"],
-                                              "register_mlflow": False})
+    catalog["params:export"] = MemoryDataset(
+        {**params["export"], "source": "code", "formats": ["lora"], "register_mlflow": False}
+    )
     SequentialRunner().run(create_pipeline(), catalog)
 
-    published = {p.relative_to(out / "lora_adapter").as_posix(): p.read_bytes()
-                 for p in (out / "lora_adapter").rglob("*") if p.is_file()}
+    published = {
+        p.relative_to(out / "lora_adapter").as_posix(): p.read_bytes()
+        for p in (out / "lora_adapter").rglob("*")
+        if p.is_file()
+    }
     assert published == adapters["code"].files
     assert (tmp_path / "data/06_models/lora_adapters/code/adapter_config.json").is_file()  # the catalog's copy
     assert json.loads((out / "manifest.json").read_text())["formats"]["lora"]["path"] == str(out / "lora_adapter")
@@ -158,9 +177,13 @@ def test_max_new_tokens_is_the_exported_generation_default(tokenizer, tmp_path, 
 
     from xoron_pipelines.export.mlflow_registry import HFTextGenerator
 
-    run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, None, None,
-               {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False,
-                "max_new_tokens": max_new_tokens})
+    run_export(
+        make_model("nano", tokenizer, num_layers=1),
+        tokenizer,
+        None,
+        None,
+        {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False, "max_new_tokens": max_new_tokens},
+    )
     hf = tmp_path / "hf"
     assert json.loads((hf / "generation_config.json").read_text())["max_new_tokens"] == max_new_tokens
     model = AutoModelForCausalLM.from_pretrained(hf).eval()
@@ -183,10 +206,10 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     """``kedro run --pipeline export --params export.output_dir=...,export.source=code`` in a
     project copy: the code stage's model goes to hf/ under that directory (nothing under the
     default one), the manifest beside it names the published paths and the registered version."""
-    from mlflow.tracking import MlflowClient
-    from safetensors.torch import load_file
     import torch
     import yaml
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
 
     from tests.helpers import run_pipeline
     from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
@@ -201,8 +224,16 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
         (data / "08_reporting/training" / f"{stage}.json").write_text(json.dumps({"stage": stage, "loss_of": stage}))
         LoraAdapterDataset(str(data / "06_models/lora_adapters" / stage)).save(LoraAdapter())  # trained without LoRA
     out = kedro_project / "elsewhere"
-    run_pipeline(kedro_project, "export", {"export.output_dir": str(out), "export.source": "code",
-                                           "export.formats": ["hf"], "export.registered_model_name": "xoron-e2e"})
+    run_pipeline(
+        kedro_project,
+        "export",
+        {
+            "export.output_dir": str(out),
+            "export.source": "code",
+            "export.formats": ["hf"],
+            "export.registered_model_name": "xoron-e2e",
+        },
+    )
 
     assert not (data / "07_model_output/export").exists()
     exported = load_file(str(out / "hf" / "model.safetensors"))["model.embed_tokens.weight"]
@@ -230,15 +261,27 @@ def test_onnx_format_is_staged_published_and_its_figures_reconcile(tokenizer, tm
     ParquetShardsDataset(str(tmp_path / "val")).save(pa.table({"input_ids": rows, "length": [16] * 3}))
     packed_val = ParquetShardsDataset(str(tmp_path / "val")).load()
     out = tmp_path / "export"
-    manifest, metrics = run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, packed_val, None,
-                                   {"output_dir": str(out), "formats": ["onnx"], "register_mlflow": False,
-                                    "onnx_eval_rows": 2, "onnx_eval_length": 16})
+    manifest, metrics = run_export(
+        make_model("nano", tokenizer, num_layers=1),
+        tokenizer,
+        packed_val,
+        None,
+        {
+            "output_dir": str(out),
+            "formats": ["onnx"],
+            "register_mlflow": False,
+            "onnx_eval_rows": 2,
+            "onnx_eval_length": 16,
+        },
+    )
     assert sorted(p.name for p in (out / "onnx").iterdir()) == ["model.int8.onnx", "model.onnx", "report.json"]
     report = json.loads((out / "onnx" / "report.json").read_text())
     assert manifest["formats"]["onnx"] == report and report["int8"]["tokens"] == 2 * 16
-    assert metrics == {"onnx_max_abs_diff": {"value": report["fp32"]["max_abs_diff"], "step": 0},
-                       "onnx_int8_top1_agreement": {"value": report["int8"]["top1_agreement"], "step": 0},
-                       "onnx_int8_mean_kl": {"value": report["int8"]["mean_kl"], "step": 0}}
+    assert metrics == {
+        "onnx_max_abs_diff": {"value": report["fp32"]["max_abs_diff"], "step": 0},
+        "onnx_int8_top1_agreement": {"value": report["int8"]["top1_agreement"], "step": 0},
+        "onnx_int8_mean_kl": {"value": report["int8"]["mean_kl"], "step": 0},
+    }
     assert sorted(p.name for p in out.iterdir()) == ["onnx"]
     assert [p for p in staging.rglob("*") if not p.is_dir()] == []
 
@@ -253,8 +296,12 @@ def test_a_failing_format_publishes_nothing_and_leaves_no_staged_files(tokenizer
     monkeypatch.setenv(STAGING_ENV, str(staging))
     out = tmp_path / "export"
     with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
-        run_export(make_model("nano", tokenizer, num_layers=1), tokenizer, None,
-                   {"lora_adapter": "tools.lora_adapter"},
-                   {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"},
-                   LoraAdapter(path=tmp_path / "gone"))
+        run_export(
+            make_model("nano", tokenizer, num_layers=1),
+            tokenizer,
+            None,
+            {"lora_adapter": "tools.lora_adapter"},
+            {"output_dir": str(out), "formats": ["hf", "lora"], "register_mlflow": False, "source": "tools"},
+            LoraAdapter(path=tmp_path / "gone"),
+        )
     assert list(staging.iterdir()) == [] and not out.exists()

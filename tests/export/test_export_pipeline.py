@@ -8,14 +8,15 @@ import pytest
 from kedro.io import DatasetError
 from pydantic import ValidationError
 
-from tests.export.export_helpers import make_model, run_export as export_model, run_export_node as export_stage
+from tests.export.export_helpers import make_model
+from tests.export.export_helpers import run_export as export_model
+from tests.export.export_helpers import run_export_node as export_stage
 from xoron_pipelines.datasets.model import StageModelsDataset, XoronModelDataset
 from xoron_pipelines.datasets.training_store import LoraAdapter
-from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 from xoron_pipelines.pipelines.export.params import STAGES, Params
+from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 
 NO_ADAPTERS = [LoraAdapter()] * len(STAGES)
-
 
 
 def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
@@ -31,8 +32,14 @@ def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
     with pytest.raises(DatasetError, match="no model for stage 'language'.*saved stages: \\['code', 'tools'\\]"):
         models["language"]
     out = tmp_path / "export"
-    export_stage(models, tokenizer, None, {"output_dir": str(out), "formats": ["hf"], "register_mlflow": False,
-                                           "source": "tools"}, *[{}] * 4, *NO_ADAPTERS)
+    export_stage(
+        models,
+        tokenizer,
+        None,
+        {"output_dir": str(out), "formats": ["hf"], "register_mlflow": False, "source": "tools"},
+        *[{}] * 4,
+        *NO_ADAPTERS,
+    )
     exported = load_file(str(out / "hf" / "model.safetensors"))
     chosen = load_file(str(root / "tools" / "model.safetensors"))
     other = load_file(str(root / "code" / "model.safetensors"))
@@ -42,8 +49,15 @@ def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
 
 def test_params_reject_impossible_values():
     Params.model_validate({})
-    for bad in ({"source": "nope"}, {"formats": ["hf", "hf"]}, {"gguf_types": ["q4"]}, {"formats": []},
-                {"formats": ["gguf"], "register_mlflow": True}, {"onnx_opset": 9}, {"unknown": 1}):
+    for bad in (
+        {"source": "nope"},
+        {"formats": ["hf", "hf"]},
+        {"gguf_types": ["q4"]},
+        {"formats": []},
+        {"formats": ["gguf"], "register_mlflow": True},
+        {"onnx_opset": 9},
+        {"unknown": 1},
+    ):
         with pytest.raises(ValidationError):
             Params.model_validate(bad)
 
@@ -58,8 +72,13 @@ def test_peer_export_refused_before_anything_is_written(tokenizer, tmp_path):
 
 def test_export_node_writes_hf_and_gguf_with_manifest(tokenizer, tmp_path):
     model = make_model("nano", tokenizer, num_layers=1)
-    params = {"output_dir": str(tmp_path), "formats": ["hf", "gguf"], "gguf_types": ["q8_0"], "register_mlflow": False,
-              "source": "tools"}
+    params = {
+        "output_dir": str(tmp_path),
+        "formats": ["hf", "gguf"],
+        "gguf_types": ["q8_0"],
+        "register_mlflow": False,
+        "source": "tools",
+    }
     manifest, metrics = export_model(model, tokenizer, None, {"final_eval_loss": 2.5}, params)
     assert manifest["source"] == "tools" and metrics == {}
     assert manifest["formats"]["hf"]["architecture"] == "LlamaForCausalLM"
@@ -77,8 +96,14 @@ def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokeni
     assert {f"{s}.{name}" for s in STAGES for name in ("train_summary", "lora_adapter")} <= set(node.inputs) & produced
     model = make_model("nano", tokenizer, num_layers=1)
     summaries = [{"stage": s, "loss_of": s} for s in ("language", "code", "tools", "preference")]
-    export_stage({"code": model}, tokenizer, None, {"output_dir": str(tmp_path), "formats": ["hf"],
-                                                    "register_mlflow": False, "source": "code"}, *summaries, *NO_ADAPTERS)
+    export_stage(
+        {"code": model},
+        tokenizer,
+        None,
+        {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False, "source": "code"},
+        *summaries,
+        *NO_ADAPTERS,
+    )
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "**loss_of**: code" in card and "**loss_of**: tools" not in card
 
@@ -95,16 +120,17 @@ def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_pat
     base = make_model("nano", tokenizer, num_layers=1)
     peft_model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False))
     LoraAdapterDataset(str(tmp_path / "adapters" / "tools")).save(LoraAdapter.of(peft_model))
-    adapter = LoraAdapterDataset(str(tmp_path / "adapters" / "tools")).load()   # as the catalog gives it
+    adapter = LoraAdapterDataset(str(tmp_path / "adapters" / "tools")).load()  # as the catalog gives it
     other = LoraAdapter({"adapter_config.json": b"{}", "adapter_model.safetensors": b"another stage's"})
     adapters = {"language": LoraAdapter(), "code": other, "tools": adapter, "preference": other}
     summaries = [{"lora_adapter": f"{s}.lora_adapter" if adapters[s] else None} for s in STAGES]
     params = {"output_dir": str(tmp_path / "out"), "formats": ["lora"], "register_mlflow": False, "source": "tools"}
-    outputs = export_stage({"tools": peft_model.merge_and_unload()}, tokenizer, None, params, *summaries,
-                           *(adapters[s] for s in STAGES))
+    outputs = export_stage(
+        {"tools": peft_model.merge_and_unload()}, tokenizer, None, params, *summaries, *(adapters[s] for s in STAGES)
+    )
     exported = tmp_path / "out" / "lora_adapter"
     assert outputs["export_manifest"]["formats"]["lora"]["path"] == str(exported)
-    assert {p.name: p.read_bytes() for p in exported.iterdir()} == adapter.files   # the source stage's, as saved
+    assert {p.name: p.read_bytes() for p in exported.iterdir()} == adapter.files  # the source stage's, as saved
     reloaded = PeftModel.from_pretrained(make_model("nano", tokenizer, num_layers=1), str(exported)).eval()
     ids = torch.randint(0, 100, (1, 9))
     with torch.no_grad():
@@ -112,12 +138,20 @@ def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_pat
     with pytest.raises(ValueError, match="train summary and a LoRA adapter per stage"):
         export_stage({"tools": base}, tokenizer, None, params, *summaries)
 
-    manifest, _ = export_model(base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")},
-                               LoraAdapter())
+    manifest, _ = export_model(
+        base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")}, LoraAdapter()
+    )
     assert manifest["formats"]["lora"]["path"] is None and not (tmp_path / "o2" / "lora_adapter").exists()
     with pytest.raises(ValueError, match="LoRA adapter of stage tools is missing"):
-        export_model(base, tokenizer, None, {"lora_adapter": "tools.lora_adapter"}, params,
-                     LoraAdapter(path=tmp_path / "gone"))
+        export_model(
+            base, tokenizer, None, {"lora_adapter": "tools.lora_adapter"}, params, LoraAdapter(path=tmp_path / "gone")
+        )
     with pytest.raises(ValueError, match=f"stage tools at {tmp_path / 'bad'} has no adapter_config.json"):
-        export_model(base, tokenizer, None, {"lora_adapter": "tools.lora_adapter"}, params,
-                     LoraAdapter({"adapter_model.safetensors": b"x"}, tmp_path / "bad"))
+        export_model(
+            base,
+            tokenizer,
+            None,
+            {"lora_adapter": "tools.lora_adapter"},
+            params,
+            LoraAdapter({"adapter_model.safetensors": b"x"}, tmp_path / "bad"),
+        )

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, MODEL_TENSOR, TENSOR_NAMES, TokenType
+from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFReader, TokenType
 from gguf.quants import dequantize
 
 from tests.export.export_helpers import make_model
@@ -16,12 +16,29 @@ from xoron_pipelines.export.gguf_export import export_gguf
 T = MODEL_TENSOR
 # llama.cpp's loaders (src/models/{llama,deepseek2,glm4-moe}.cpp) per layer kind
 LLAMA_BLOCK = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.FFN_NORM, T.FFN_GATE, T.FFN_UP, T.FFN_DOWN]
-MLA_ATTN = [T.ATTN_NORM, T.ATTN_Q_A, T.ATTN_Q_A_NORM, T.ATTN_Q_B, T.ATTN_KV_A_MQA, T.ATTN_KV_A_NORM, T.ATTN_K_B,
-            T.ATTN_V_B, T.ATTN_OUT, T.FFN_NORM]
+MLA_ATTN = [
+    T.ATTN_NORM,
+    T.ATTN_Q_A,
+    T.ATTN_Q_A_NORM,
+    T.ATTN_Q_B,
+    T.ATTN_KV_A_MQA,
+    T.ATTN_KV_A_NORM,
+    T.ATTN_K_B,
+    T.ATTN_V_B,
+    T.ATTN_OUT,
+    T.FFN_NORM,
+]
 GQA_ATTN = [T.ATTN_NORM, T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_POST_NORM]
 DENSE_FFN = [T.FFN_GATE, T.FFN_UP, T.FFN_DOWN]
-MOE_FFN = [T.FFN_GATE_INP, T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP, T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP,
-           T.FFN_DOWN_SHEXP]
+MOE_FFN = [
+    T.FFN_GATE_INP,
+    T.FFN_GATE_EXP,
+    T.FFN_UP_EXP,
+    T.FFN_DOWN_EXP,
+    T.FFN_GATE_SHEXP,
+    T.FFN_UP_SHEXP,
+    T.FFN_DOWN_SHEXP,
+]
 
 CASES = {
     # preset, overrides, arch, expected per-layer tensor kinds, whether lm_head is separate
@@ -57,8 +74,8 @@ def _tensor(reader: GGUFReader, name: str) -> np.ndarray:
 def _interleave(w: torch.Tensor, blocks: int, offset: int, dim: int) -> torch.Tensor:
     """Test-side copy of llama.cpp's expectation: rotate-half rows -> interleaved pairs."""
     w = w.reshape(blocks, -1, w.shape[-1]).clone()
-    part = w[:, offset:offset + dim]
-    w[:, offset:offset + dim] = part.reshape(blocks, 2, dim // 2, -1).transpose(1, 2).reshape(blocks, dim, -1)
+    part = w[:, offset : offset + dim]
+    w[:, offset : offset + dim] = part.reshape(blocks, 2, dim // 2, -1).transpose(1, 2).reshape(blocks, dim, -1)
     return w.reshape(-1, w.shape[-1])
 
 
@@ -66,16 +83,22 @@ def reference_values(model, arch: str) -> dict[str, torch.Tensor]:
     """What llama.cpp expects for a few tensors of layer 1 (independent of the exporter)."""
     cfg, sd = model.config, model.state_dict()
     p = "model.layers.1."
-    ref = {"token_embd.weight": sd["model.embed_tokens.weight"], "blk.1.attn_norm.weight": sd[p + "input_layernorm.weight"]}
+    ref = {
+        "token_embd.weight": sd["model.embed_tokens.weight"],
+        "blk.1.attn_norm.weight": sd[p + "input_layernorm.weight"],
+    }
     if arch == "llama":
         ref["blk.1.attn_q.weight"] = _interleave(sd[p + "self_attn.q_proj.weight"], cfg.num_heads, 0, cfg.attn_head_dim)
-        ref["blk.1.attn_k.weight"] = _interleave(sd[p + "self_attn.k_proj.weight"], cfg.num_kv_heads, 0, cfg.attn_head_dim)
+        ref["blk.1.attn_k.weight"] = _interleave(
+            sd[p + "self_attn.k_proj.weight"], cfg.num_kv_heads, 0, cfg.attn_head_dim
+        )
         ref["blk.1.ffn_down.weight"] = sd[p + "mlp.down_proj.weight"]
     if arch == "deepseek2":
         nope, rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
         ref["blk.1.attn_q_b.weight"] = _interleave(sd[p + "self_attn.q_b_proj.weight"], cfg.num_heads, nope, rope)
-        ref["blk.1.attn_kv_a_mqa.weight"] = _interleave(sd[p + "self_attn.kv_a_proj_with_mqa.weight"], 1,
-                                                        cfg.kv_lora_rank, rope)
+        ref["blk.1.attn_kv_a_mqa.weight"] = _interleave(
+            sd[p + "self_attn.kv_a_proj_with_mqa.weight"], 1, cfg.kv_lora_rank, rope
+        )
         kv_b = sd[p + "self_attn.kv_b_proj.weight"].view(cfg.num_heads, nope + cfg.v_head_dim, cfg.kv_lora_rank)
         ref["blk.1.attn_k_b.weight"] = kv_b[:, :nope].transpose(1, 2)
         ref["blk.1.attn_v_b.weight"] = kv_b[:, nope:]
@@ -99,47 +122,73 @@ def reference_values(model, arch: str) -> dict[str, torch.Tensor]:
 def expected_keys(cfg, arch: str, tokenizer) -> dict:
     """Every key llama.cpp reads for ``arch``, with the value it must have."""
     keys = {
-        "general.architecture": arch, "general.type": "model", "general.quantization_version": 2,
-        f"{arch}.block_count": cfg.num_layers, f"{arch}.context_length": cfg.max_position_embeddings,
-        f"{arch}.embedding_length": cfg.hidden_size, f"{arch}.feed_forward_length": cfg.intermediate_size,
-        f"{arch}.attention.head_count": cfg.num_heads, f"{arch}.vocab_size": cfg.vocab_size,
-        f"{arch}.rope.freq_base": cfg.rope_theta, f"{arch}.attention.layer_norm_rms_epsilon": cfg.norm_eps,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
-        "tokenizer.ggml.bos_token_id": tokenizer.bos_token_id, "tokenizer.ggml.eos_token_id": tokenizer.eos_token_id,
+        "general.architecture": arch,
+        "general.type": "model",
+        "general.quantization_version": 2,
+        f"{arch}.block_count": cfg.num_layers,
+        f"{arch}.context_length": cfg.max_position_embeddings,
+        f"{arch}.embedding_length": cfg.hidden_size,
+        f"{arch}.feed_forward_length": cfg.intermediate_size,
+        f"{arch}.attention.head_count": cfg.num_heads,
+        f"{arch}.vocab_size": cfg.vocab_size,
+        f"{arch}.rope.freq_base": cfg.rope_theta,
+        f"{arch}.attention.layer_norm_rms_epsilon": cfg.norm_eps,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
+        "tokenizer.ggml.bos_token_id": tokenizer.bos_token_id,
+        "tokenizer.ggml.eos_token_id": tokenizer.eos_token_id,
         "tokenizer.ggml.padding_token_id": tokenizer.pad_token_id,
         "tokenizer.ggml.unknown_token_id": tokenizer.unk_token_id,
-        "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False,
+        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_eos_token": False,
         "tokenizer.chat_template": tokenizer.chat_template,
     }
     if arch == "deepseek2":
-        keys.update({f"{arch}.attention.head_count_kv": 1, f"{arch}.attention.q_lora_rank": cfg.q_lora_rank,
-                     f"{arch}.attention.kv_lora_rank": cfg.kv_lora_rank,
-                     f"{arch}.attention.key_length": cfg.kv_lora_rank + cfg.qk_rope_head_dim,
-                     f"{arch}.attention.value_length": cfg.kv_lora_rank,
-                     f"{arch}.attention.key_length_mla": cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
-                     f"{arch}.attention.value_length_mla": cfg.v_head_dim,
-                     f"{arch}.rope.dimension_count": cfg.qk_rope_head_dim,
-                     f"{arch}.rope.scaling.type": "yarn", f"{arch}.rope.scaling.factor": 4.0,
-                     f"{arch}.rope.scaling.original_context_length": 64,
-                     f"{arch}.rope.scaling.yarn_beta_fast": 32.0, f"{arch}.rope.scaling.yarn_beta_slow": 1.0,
-                     f"{arch}.rope.scaling.yarn_log_multiplier": 0.1})
+        keys.update(
+            {
+                f"{arch}.attention.head_count_kv": 1,
+                f"{arch}.attention.q_lora_rank": cfg.q_lora_rank,
+                f"{arch}.attention.kv_lora_rank": cfg.kv_lora_rank,
+                f"{arch}.attention.key_length": cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                f"{arch}.attention.value_length": cfg.kv_lora_rank,
+                f"{arch}.attention.key_length_mla": cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
+                f"{arch}.attention.value_length_mla": cfg.v_head_dim,
+                f"{arch}.rope.dimension_count": cfg.qk_rope_head_dim,
+                f"{arch}.rope.scaling.type": "yarn",
+                f"{arch}.rope.scaling.factor": 4.0,
+                f"{arch}.rope.scaling.original_context_length": 64,
+                f"{arch}.rope.scaling.yarn_beta_fast": 32.0,
+                f"{arch}.rope.scaling.yarn_beta_slow": 1.0,
+                f"{arch}.rope.scaling.yarn_log_multiplier": 0.1,
+            }
+        )
     else:
-        keys.update({f"{arch}.attention.head_count_kv": cfg.num_kv_heads,
-                     f"{arch}.attention.key_length": cfg.attn_head_dim,
-                     f"{arch}.attention.value_length": cfg.attn_head_dim,
-                     f"{arch}.rope.dimension_count": cfg.attn_head_dim})
+        keys.update(
+            {
+                f"{arch}.attention.head_count_kv": cfg.num_kv_heads,
+                f"{arch}.attention.key_length": cfg.attn_head_dim,
+                f"{arch}.attention.value_length": cfg.attn_head_dim,
+                f"{arch}.rope.dimension_count": cfg.attn_head_dim,
+            }
+        )
     if arch == "glm4moe":
         keys.update({f"{arch}.rope.scaling.type": "linear", f"{arch}.rope.scaling.factor": 2.0})
     if arch != "llama":
         moe = [i for i in range(cfg.num_layers) if cfg.ffn_type(i) == "moe"]
-        keys.update({f"{arch}.leading_dense_block_count": moe[0], f"{arch}.expert_count": cfg.num_experts,
-                     f"{arch}.expert_used_count": cfg.num_experts_per_tok,
-                     f"{arch}.expert_feed_forward_length": cfg.expert_intermediate_size,
-                     f"{arch}.expert_shared_count": {"deepseek2": 1, "glm4moe": 4}[arch],
-                     f"{arch}.expert_group_count": 1, f"{arch}.expert_group_used_count": 1,
-                     f"{arch}.expert_weights_scale": cfg.routed_scaling_factor,
-                     f"{arch}.expert_weights_norm": cfg.norm_topk_prob,
-                     f"{arch}.expert_gating_func": 2 if cfg.router_scoring == "sigmoid" else 1})
+        keys.update(
+            {
+                f"{arch}.leading_dense_block_count": moe[0],
+                f"{arch}.expert_count": cfg.num_experts,
+                f"{arch}.expert_used_count": cfg.num_experts_per_tok,
+                f"{arch}.expert_feed_forward_length": cfg.expert_intermediate_size,
+                f"{arch}.expert_shared_count": {"deepseek2": 1, "glm4moe": 4}[arch],
+                f"{arch}.expert_group_count": 1,
+                f"{arch}.expert_group_used_count": 1,
+                f"{arch}.expert_weights_scale": cfg.routed_scaling_factor,
+                f"{arch}.expert_weights_norm": cfg.norm_topk_prob,
+                f"{arch}.expert_gating_func": 2 if cfg.router_scoring == "sigmoid" else 1,
+            }
+        )
     return keys
 
 
@@ -157,8 +206,15 @@ def test_gguf_read_back(case, tokenizer, tmp_path):
         assert {t.name for t in reader.tensors} == want_names
         fields = _fields(reader)
         keys = {**expected_keys(cfg, arch, tokenizer), "general.file_type": ftype}
-        meta = {"general.name", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
+        meta = {
+            "general.name",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+            "GGUF.version",
+            "GGUF.tensor_count",
+            "GGUF.kv_count",
+        }
         assert set(fields) - meta == set(keys), set(fields) ^ (set(keys) | meta)
         for key, value in keys.items():
             got = fields[key]
@@ -169,7 +225,7 @@ def test_gguf_read_back(case, tokenizer, tmp_path):
         assert len(tokens) == cfg.vocab_size and tokens[: len(vocab)] == [vocab[i] for i in range(len(vocab))]
         special = set(tokenizer.all_special_ids)
         assert {i for i, t in enumerate(types) if t == TokenType.CONTROL} == special
-        assert all(t == TokenType.UNUSED for t in types[len(vocab):])
+        assert all(t == TokenType.UNUSED for t in types[len(vocab) :])
         merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
         assert fields["tokenizer.ggml.merges"] == [" ".join(m) if isinstance(m, list) else m for m in merges]
         # shapes (ggml order = reversed torch order) and values
@@ -213,7 +269,7 @@ def _llama_cpp_greedy(model, path, qtype: str, tokenizer) -> None:
     else:
         assert agree >= 0.8 and np.abs(theirs - ours).mean() < 0.05 * scale  # 8-bit weights and activations
     short = tokenizer.encode("def add(x, y):\n    return")
-    want = model.generate(torch.tensor([short]), max_new_tokens=8, eos_token_id=-1)[0, len(short):].tolist()
+    want = model.generate(torch.tensor([short]), max_new_tokens=8, eos_token_id=-1)[0, len(short) :].tolist()
     got = [t for _, t in zip(range(8), llm.generate(short, top_k=1, temp=0.0, reset=True))]
     assert got == want if qtype == "f16" else got[0] == want[0]
 

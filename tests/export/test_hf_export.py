@@ -28,7 +28,7 @@ def test_native_dir_loads_offline_and_generates_the_same(preset, tokenizer, tmp_
     ours = model.generate(prompt, max_new_tokens=12, eos_token_id=-1)
     theirs = native.eval().generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
     assert theirs.tolist() == ours.tolist()
-    assert len(set(ours[0, prompt.shape[1]:].tolist())) > 1  # a real sequence, not one repeated token
+    assert len(set(ours[0, prompt.shape[1] :].tolist())) > 1  # a real sequence, not one repeated token
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tokenizer.eos_token_id and gen["do_sample"] is False
     card = (tmp_path / "hf" / "README.md").read_text()

@@ -41,6 +41,7 @@ def test_triton_and_chunked_torch_match_naive(device, check_parity, monkeypatch,
         return linear_cross_entropy_naive(h, w, labels, lw, reduction=reduction)
 
     for fn in (fused_linear_cross_entropy_triton, fused_linear_cross_entropy_torch):
+
         def fused(h, w, fn=fn):
             return fn(h, w, labels, lw, chunk_size=8, reduction=reduction)
 

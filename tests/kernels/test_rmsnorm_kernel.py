@@ -16,9 +16,7 @@ def test_triton_matches_reference_on_odd_shape(device, check_parity):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 123, 123, generator=gen).to(device).requires_grad_()
     w = (1 + 0.1 * torch.randn(123, generator=gen)).to(device).requires_grad_()
-    check_parity(
-        lambda a, b: rms_norm_triton(a, b, 1e-5), lambda a, b: rms_norm_torch(a, b, 1e-5), [x, w], ATOL, RTOL
-    )
+    check_parity(lambda a, b: rms_norm_triton(a, b, 1e-5), lambda a, b: rms_norm_torch(a, b, 1e-5), [x, w], ATOL, RTOL)
 
 
 def test_more_row_blocks_than_backward_programs(device, check_parity, monkeypatch):
@@ -48,19 +46,21 @@ def test_eps_takes_effect(device):
     torch.testing.assert_close(large, x / (1e-6 + 1e-2) ** 0.5, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("x_dtype", "w_dtype", "tol"), [
-    (torch.float32, torch.float32, 1e-5),
-    (torch.float64, torch.float64, 1e-6),  # statistic in fp32, as HF does
-    (torch.bfloat16, torch.float32, 1e-2),
-    (torch.bfloat16, torch.bfloat16, 1e-2),
-])
+@pytest.mark.parametrize(
+    ("x_dtype", "w_dtype", "tol"),
+    [
+        (torch.float32, torch.float32, 1e-5),
+        (torch.float64, torch.float64, 1e-6),  # statistic in fp32, as HF does
+        (torch.bfloat16, torch.float32, 1e-2),
+        (torch.bfloat16, torch.bfloat16, 1e-2),
+    ],
+)
 def test_torch_backward_matches_autograd_of_reference(check_parity, x_dtype, w_dtype, tol):
     """The hand-written backward against autograd through the plain expression, odd shapes."""
     gen = torch.Generator().manual_seed(1)
     x = (3 * torch.randn(3, 5, 37, generator=gen)).to(x_dtype).requires_grad_()
     w = (1 + 0.3 * torch.randn(37, generator=gen)).to(w_dtype).requires_grad_()
-    check_parity(lambda a, b: rms_norm_torch(a, b, 1e-5), lambda a, b: rms_norm_reference(a, b, 1e-5),
-                 [x, w], tol, tol)
+    check_parity(lambda a, b: rms_norm_torch(a, b, 1e-5), lambda a, b: rms_norm_reference(a, b, 1e-5), [x, w], tol, tol)
     assert torch.equal(rms_norm_torch(x, w, 1e-5), rms_norm_reference(x, w, 1e-5))  # same forward ops
 
 

@@ -19,17 +19,46 @@ TEXTS = [
     "The library opens at nine and closes at five on weekdays.",
     "Eve bought apples, pears and a loaf of bread at the market.",
 ]
-SUMMARIES = ["Alice and Bob meet Monday.", "A fox jumps.", "Dan fixes the crash.", "Rain tonight.",
-             "Library hours.", "Eve went shopping."]
+SUMMARIES = [
+    "Alice and Bob meet Monday.",
+    "A fox jumps.",
+    "Dan fixes the crash.",
+    "Rain tonight.",
+    "Library hours.",
+    "Eve went shopping.",
+]
 
 #: a small, fast model and short training (every test starts from these)
-TINY = dict(latent_dim=16, latent_seq_len=4, prefix_len=3, middle_hidden_dim=32, middle_layers=2,
-            middle_transformer_layers=1, middle_num_heads=2, adapter_num_heads=2, middle_dropout=0.0,
-            adapter_dropout=0.0, num_encoder_unfrozen_layers=1, batch_size=3, gradient_accumulation_steps=1,
-            max_seq_len=32, max_target_len=16, warmup_steps=0, use_fp16=False, use_bf16=False,
-            use_gradient_checkpointing=False, async_checkpointing=False, progress=False, learning_rate=3e-3,
-            pretrain_middle_epochs=1, pretrain_adapter_epochs=1, finetune_middle_epochs=1,
-            finetune_adapter_epochs=1, max_generation_length=4, inference_examples=2)
+TINY = dict(
+    latent_dim=16,
+    latent_seq_len=4,
+    prefix_len=3,
+    middle_hidden_dim=32,
+    middle_layers=2,
+    middle_transformer_layers=1,
+    middle_num_heads=2,
+    adapter_num_heads=2,
+    middle_dropout=0.0,
+    adapter_dropout=0.0,
+    num_encoder_unfrozen_layers=1,
+    batch_size=3,
+    gradient_accumulation_steps=1,
+    max_seq_len=32,
+    max_target_len=16,
+    warmup_steps=0,
+    use_fp16=False,
+    use_bf16=False,
+    use_gradient_checkpointing=False,
+    async_checkpointing=False,
+    progress=False,
+    learning_rate=3e-3,
+    pretrain_middle_epochs=1,
+    pretrain_adapter_epochs=1,
+    finetune_middle_epochs=1,
+    finetune_adapter_epochs=1,
+    max_generation_length=4,
+    inference_examples=2,
+)
 
 
 def tiny_params(**overrides) -> Params:

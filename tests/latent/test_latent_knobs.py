@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 from latent_helpers import SUMMARIES, TEXTS, latent_model, tiny_params
+from pydantic import ValidationError
 
 from xoron_pipelines.latent.data import RowBatches, Rows
 from xoron_pipelines.latent.model import LatentArchitecture, LatentConfig
@@ -29,7 +29,10 @@ def test_worker_processes_give_the_batches_of_the_training_process(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
-    plain, workers = RowBatches(_tensors(), 3, seed=5), RowBatches(_tensors(), 3, seed=5, num_workers=2, prefetch_factor=3)
+    plain, workers = (
+        RowBatches(_tensors(), 3, seed=5),
+        RowBatches(_tensors(), 3, seed=5, num_workers=2, prefetch_factor=3),
+    )
     # two epochs in order, then out of sequence (a resume mid-epoch) and back
     order = [(e, i) for e in range(2) for i in range(len(plain))] + [(1, 2), (0, 1), (0, 2)]
     for e, i in order:
@@ -55,14 +58,34 @@ def test_prefetch_factor_needs_workers():
 
 
 def test_seed_spellings_map_to_the_true_names():
-    seed = Params.model_validate({
-        "modernbert_hidden_dim": 384, "gpt2_hidden_dim": 64, "pipeline_mode": "two_stage_scientific",
-        "wikitext_dataset": "prose_src", "arxiv_dataset": "code_src", "pretrain_adapter_max_samples_wikitext": 7,
-        "pretrain_middle_max_samples_arxiv": 2})
-    ours = Params.model_validate({
-        "encoder_hidden_dim": 384, "decoder_hidden_dim": 64, "pipeline_mode": "four_stage", "prose_dataset": "prose_src",
-        "code_dataset": "code_src", "pretrain_adapter_max_samples_prose": 7, "pretrain_middle_max_samples_code": 2})
-    assert seed == ours and seed.stages() == ["pretrain_middle", "pretrain_adapter", "finetune_middle", "finetune_adapter"]
+    seed = Params.model_validate(
+        {
+            "modernbert_hidden_dim": 384,
+            "gpt2_hidden_dim": 64,
+            "pipeline_mode": "two_stage_scientific",
+            "wikitext_dataset": "prose_src",
+            "arxiv_dataset": "code_src",
+            "pretrain_adapter_max_samples_wikitext": 7,
+            "pretrain_middle_max_samples_arxiv": 2,
+        }
+    )
+    ours = Params.model_validate(
+        {
+            "encoder_hidden_dim": 384,
+            "decoder_hidden_dim": 64,
+            "pipeline_mode": "four_stage",
+            "prose_dataset": "prose_src",
+            "code_dataset": "code_src",
+            "pretrain_adapter_max_samples_prose": 7,
+            "pretrain_middle_max_samples_code": 2,
+        }
+    )
+    assert seed == ours and seed.stages() == [
+        "pretrain_middle",
+        "pretrain_adapter",
+        "finetune_middle",
+        "finetune_adapter",
+    ]
     assert seed.dataset_caps("pretrain_adapter") == {"prose_src": 7, "code_src": 150000}
     assert seed.dataset_caps("pretrain_middle") == {"code_src": 2}
     assert "modernbert_hidden_dim" not in seed.model_dump() and seed.model_dump()["encoder_hidden_dim"] == 384

@@ -8,11 +8,29 @@ import torch
 
 from xoron_pipelines.latent import losses
 from xoron_pipelines.latent.model import (
-    Attention, Compression, LatentConfig, MiddleTransformer, PrefixAdapter, make_stop_latent)
+    Attention,
+    Compression,
+    LatentConfig,
+    MiddleTransformer,
+    PrefixAdapter,
+    make_stop_latent,
+)
 
-BASE = LatentConfig(encoder_model="x", encoder_hidden=12, decoder_hidden=8, latent_dim=8, latent_seq_len=3,
-                    prefix_len=5, middle_hidden_dim=10, middle_layers=3, middle_transformer_layers=2,
-                    middle_num_heads=2, adapter_num_heads=2, middle_dropout=0.0, adapter_dropout=0.0)
+BASE = LatentConfig(
+    encoder_model="x",
+    encoder_hidden=12,
+    decoder_hidden=8,
+    latent_dim=8,
+    latent_seq_len=3,
+    prefix_len=5,
+    middle_hidden_dim=10,
+    middle_layers=3,
+    middle_transformer_layers=2,
+    middle_num_heads=2,
+    adapter_num_heads=2,
+    middle_dropout=0.0,
+    adapter_dropout=0.0,
+)
 
 
 def cfg(**kw) -> LatentConfig:
@@ -68,9 +86,16 @@ def test_attention_eager_matches_sdpa_with_key_mask():
     assert torch.allclose(sdpa(x, ctx, mask)[0], sdpa(x, ctx2, mask)[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("knob,module", [("middle_use_rope", "middle"), ("adapter_use_rope", "adapter"),
-                                         ("use_prefix_rope", "adapter"), ("use_rmsnorm", "middle"),
-                                         ("use_rmsnorm", "adapter")])
+@pytest.mark.parametrize(
+    "knob,module",
+    [
+        ("middle_use_rope", "middle"),
+        ("adapter_use_rope", "adapter"),
+        ("use_prefix_rope", "adapter"),
+        ("use_rmsnorm", "middle"),
+        ("use_rmsnorm", "adapter"),
+    ],
+)
 def test_switches_change_the_output(knob, module):
     torch.manual_seed(0)
     z = torch.nn.functional.normalize(torch.randn(2, 3, 8), dim=-1)
@@ -103,7 +128,9 @@ def test_losses_reference_values():
     a = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
     # perfect pairs: logits diag 1/t, off-diag 0 -> CE = log(1 + e^{-1/t})
     t = 0.5
-    assert float(losses.info_nce(a, a, temperature=t)) == pytest.approx(float(torch.log1p(torch.exp(torch.tensor(-1 / t)))), rel=1e-5)
+    assert float(losses.info_nce(a, a, temperature=t)) == pytest.approx(
+        float(torch.log1p(torch.exp(torch.tensor(-1 / t)))), rel=1e-5
+    )
     assert float(losses.info_nce(a[:1], a[:1])) == 0.0
 
 
@@ -121,14 +148,17 @@ def test_gradient_checkpointing_keeps_outputs_and_grads():
     assert torch.allclose(plain.blocks[0].attn.q.weight.grad, ckpt.blocks[0].attn.q.weight.grad, atol=1e-6)
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"prefetch_factor": 4}, "prefetch_factor"),
-    ({"attn_implementation": "flash_attention_2"}, "flash_attn"),
-    ({"latent_dim": 10, "middle_num_heads": 4}, "divisible"),
-    ({"pretrain_best_model_filename": "best_model.safetensors"}, "must differ"),
-    ({"pretrain_best_model_filename": "x.pt"}, "safetensors"),
-    ({"training_phase": "phase4"}, "training_phase"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"prefetch_factor": 4}, "prefetch_factor"),
+        ({"attn_implementation": "flash_attention_2"}, "flash_attn"),
+        ({"latent_dim": 10, "middle_num_heads": 4}, "divisible"),
+        ({"pretrain_best_model_filename": "best_model.safetensors"}, "must differ"),
+        ({"pretrain_best_model_filename": "x.pt"}, "safetensors"),
+        ({"training_phase": "phase4"}, "training_phase"),
+    ],
+)
 def test_impossible_params_fail(override, message):
     from pydantic import ValidationError
 
@@ -151,8 +181,14 @@ def test_device_knob():
 
 
 def test_structure_follows_the_dimension_knobs():
-    c = cfg(middle_transformer_layers=3, middle_ffn_multiplier=2.5, middle_num_heads=4, prefix_len=7,
-            adapter_num_heads=4, rmsnorm_eps=1e-3)
+    c = cfg(
+        middle_transformer_layers=3,
+        middle_ffn_multiplier=2.5,
+        middle_num_heads=4,
+        prefix_len=7,
+        adapter_num_heads=4,
+        rmsnorm_eps=1e-3,
+    )
     mid, ad = MiddleTransformer(c), PrefixAdapter(c)
     assert len(mid.blocks) == 3 and mid.blocks[0].ffn.net[0].out_features == 20  # 8 x 2.5
     assert mid.blocks[0].attn.heads == 4 and ad.cross.attn.heads == 4 and ad.queries.shape == (7, 8)

@@ -18,8 +18,15 @@ def _run(tmp_path, texts=TEXTS, **overrides):
     model = latent_model(p)
     spec = stage_spec("pretrain_adapter", p)
     rows = Rows(texts, texts, [None] * len(texts))
-    t = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=False,
-                      tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
+    t = stage_tensors(
+        model,
+        rows,
+        kind=spec.kind,
+        identity=spec.identity,
+        encoder_trains=False,
+        tokenizer=model.decoder_bundle.tokenizer,
+        max_target_len=p.max_target_len,
+    )
     src = RowBatches(t, p.stage_value(spec.name, "batch_size"), p.seed)
     return train_stage(model, spec, p, {"adapter"}, src, src)
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from latent_helpers import SUMMARIES, TEXTS, bundle, latent_model, tiny_params
 
 from xoron_pipelines.latent.data import RowBatches, Rows, cap_rows, stage_tensors
 from xoron_pipelines.latent.model import encoder_layers
 from xoron_pipelines.latent.stages import (
-    set_trainable, stage_loss, stage_spec, train_config, train_stage, trainable_parts)
+    set_trainable,
+    stage_loss,
+    stage_spec,
+    train_config,
+    train_stage,
+    trainable_parts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +27,15 @@ def model():
 def batches(model, p, stage, encoder_trains, rows=None):
     spec = stage_spec(stage, p)
     rows = rows or Rows(TEXTS, TEXTS if spec.identity else SUMMARIES, [None] * len(TEXTS))
-    t = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=encoder_trains,
-                      tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
+    t = stage_tensors(
+        model,
+        rows,
+        kind=spec.kind,
+        identity=spec.identity,
+        encoder_trains=encoder_trains,
+        tokenizer=model.decoder_bundle.tokenizer,
+        max_target_len=p.max_target_len,
+    )
     return RowBatches(t, p.stage_value(stage, "batch_size"), p.seed)
 
 
@@ -58,9 +70,19 @@ def test_pipeline_switches_select_stages():
 
 
 def test_stage_knobs_reach_the_engine_config():
-    p = tiny_params(finetune_adapter_batch_size=2, finetune_adapter_epochs=3, gradient_accumulation_steps=2,
-                    use_bf16=True, use_torch_compile=True, torch_compile_mode="max-autotune", save_every=7,
-                    async_checkpointing=True, use_gradient_checkpointing=True, warmup_steps=100, weight_decay=0.5)
+    p = tiny_params(
+        finetune_adapter_batch_size=2,
+        finetune_adapter_epochs=3,
+        gradient_accumulation_steps=2,
+        use_bf16=True,
+        use_torch_compile=True,
+        torch_compile_mode="max-autotune",
+        save_every=7,
+        async_checkpointing=True,
+        use_gradient_checkpointing=True,
+        warmup_steps=100,
+        weight_decay=0.5,
+    )
     cfg = train_config(stage_spec("finetune_adapter", p), p, batches=5, eval_steps=2)
     assert (cfg.batch_size, cfg.max_steps, cfg.gradient_accumulation_steps) == (2, 7, 2)  # floor(3 * 5 / 2)
     assert (cfg.precision, cfg.compile, cfg.compile_mode, cfg.save_steps) == ("bf16", True, "max-autotune", 7)
@@ -103,8 +125,12 @@ def test_encoder_unfreezes_exactly_the_top_layers(model):
 
 
 def test_pretrain_middle_trains_the_compression(model, tmp_path):
-    p = tiny_params(num_encoder_unfrozen_layers=2, pretrain_middle_epochs=6, checkpoint_dir=str(tmp_path),
-                    freeze_encoder_compression_in_pipeline=False)
+    p = tiny_params(
+        num_encoder_unfrozen_layers=2,
+        pretrain_middle_epochs=6,
+        checkpoint_dir=str(tmp_path),
+        freeze_encoder_compression_in_pipeline=False,
+    )
     spec = stage_spec("pretrain_middle", p)
     parts = trainable_parts(spec, p, True)
     src = batches(model, p, "pretrain_middle", encoder_trains=True)
@@ -131,8 +157,10 @@ def test_adapter_stage_lowers_lm_loss_and_generation(model, tmp_path):
     tok = model.decoder_bundle.tokenizer
     greedy = generate(model, tok, TEXTS[:2], max_generation_length=3, do_sample=False)
     assert greedy == generate(model, tok, TEXTS[:2], max_generation_length=3, do_sample=False)
-    sampled = [generate(model, tok, TEXTS[:2], max_generation_length=3, temperature=1.5, top_k=0, top_p=1.0, seed=s)
-               for s in (1, 1, 2)]
+    sampled = [
+        generate(model, tok, TEXTS[:2], max_generation_length=3, temperature=1.5, top_k=0, top_p=1.0, seed=s)
+        for s in (1, 1, 2)
+    ]
     assert sampled[0] == sampled[1]
     ids = generate_ids(model, tok, TEXTS[:2], max_generation_length=3, do_sample=False)
     assert ids.shape[0] == 2 and 1 <= ids.shape[1] <= 3
@@ -148,7 +176,7 @@ def test_stop_latent_marks_unused_slots_and_cuts_generation(model):
     n_tok = mask.sum(1).tolist()
     expect = [min(4, max(1, -(-n * 4 // model.cfg.encoder_max_len))) for n in n_tok]
     assert valid.sum(1).tolist() == expect and expect[0] < expect[1]
-    assert torch.allclose(stopped[0, expect[0]:], model.stop_latent.expand(4 - expect[0], -1))
+    assert torch.allclose(stopped[0, expect[0] :], model.stop_latent.expand(4 - expect[0], -1))
     assert model.valid_until_stop(stopped).tolist() == valid.tolist()
     assert p.stop_latent_cosine_threshold == 0.99
 
@@ -217,8 +245,9 @@ def test_stage_rows_apply_max_samples():
     texts = {i: (f"s{i}", f"t{i}", "stdlib_prose" if i < 4 else "stdlib_code") for i in range(6)}
     train, val = stage_rows(cache, texts, tiny_params(max_train_samples=4), "finetune_middle", True)
     assert len(train) == 4 and val is train and train.emb[:, 0].tolist() == [0, 1, 2, 3]
-    train, _ = stage_rows(cache, texts, tiny_params(max_train_samples=4, finetune_middle_max_samples=2),
-                          "finetune_middle", False)
+    train, _ = stage_rows(
+        cache, texts, tiny_params(max_train_samples=4, finetune_middle_max_samples=2), "finetune_middle", False
+    )
     assert train.sources == ["s0", "s1"] and train.emb is None
     train, _ = stage_rows(cache, texts, tiny_params(pretrain_middle_max_samples_wikitext=1), "pretrain_middle", False)
     assert train.sources == ["s0", "s4", "s5"]

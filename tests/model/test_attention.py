@@ -23,8 +23,13 @@ def _naive(q, k, v, scale, key_valid, window):
     for bi in range(b):
         for i in range(tq):
             qi = off + i
-            keys = [j for j in range(tk) if j <= qi and (window is None or qi - j < window)
-                    and (key_valid is None or key_valid[bi, j] or j == qi)]
+            keys = [
+                j
+                for j in range(tk)
+                if j <= qi
+                and (window is None or qi - j < window)
+                and (key_valid is None or key_valid[bi, j] or j == qi)
+            ]
             s = (q[bi, :, i, None] @ k[bi][:, keys].transpose(-1, -2))[:, 0] * scale
             out[bi, :, i] = torch.einsum("hn,hnd->hd", s.softmax(-1), v[bi][:, keys])
     return out
@@ -74,16 +79,30 @@ def _ds_config(config):
     rs = config.rope_scaling
     rope = {"rope_type": "default", "rope_theta": config.rope_theta}
     if rs is not None:
-        rope = {"rope_type": "yarn", "rope_theta": config.rope_theta, "factor": rs["factor"],
-                "original_max_position_embeddings": rs["original_max_position_embeddings"],
-                "beta_fast": rs["beta_fast"], "beta_slow": rs["beta_slow"], "mscale": rs["mscale"],
-                "mscale_all_dim": rs["mscale_all_dim"]}
-    ds = DeepseekV3Config(hidden_size=config.hidden_size, num_attention_heads=config.num_heads,
-                          num_key_value_heads=config.num_heads, q_lora_rank=config.q_lora_rank,
-                          kv_lora_rank=config.kv_lora_rank, qk_rope_head_dim=config.qk_rope_head_dim,
-                          qk_nope_head_dim=config.qk_nope_head_dim, v_head_dim=config.v_head_dim,
-                          max_position_embeddings=config.max_position_embeddings, rope_parameters=rope,
-                          rope_interleave=False, attention_bias=False)
+        rope = {
+            "rope_type": "yarn",
+            "rope_theta": config.rope_theta,
+            "factor": rs["factor"],
+            "original_max_position_embeddings": rs["original_max_position_embeddings"],
+            "beta_fast": rs["beta_fast"],
+            "beta_slow": rs["beta_slow"],
+            "mscale": rs["mscale"],
+            "mscale_all_dim": rs["mscale_all_dim"],
+        }
+    ds = DeepseekV3Config(
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        q_lora_rank=config.q_lora_rank,
+        kv_lora_rank=config.kv_lora_rank,
+        qk_rope_head_dim=config.qk_rope_head_dim,
+        qk_nope_head_dim=config.qk_nope_head_dim,
+        v_head_dim=config.v_head_dim,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_parameters=rope,
+        rope_interleave=False,
+        attention_bias=False,
+    )
     ds._attn_implementation = "eager"
     return ds
 
@@ -120,8 +139,12 @@ def test_mla_absorbed_equals_expanded_and_caches_only_the_latent(monkeypatch):
     c_kv = attn.kv_a_layernorm(c_kv)
     q_pe = apply_rotary(q_pe, *cos_sin, "torch")
     k_pe = apply_rotary(k_pe[:, None], *cos_sin, "torch")[:, 0]
-    torch.testing.assert_close(attn._absorbed(q_nope, q_pe, c_kv, k_pe, None),
-                               attn._expanded(q_nope, q_pe, c_kv, k_pe, None), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        attn._absorbed(q_nope, q_pe, c_kv, k_pe, None),
+        attn._expanded(q_nope, q_pe, c_kv, k_pe, None),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # prefill expands, decoding (non-empty cache) absorbs; the cache holds only latent + rope key
     used = []
     for form in ("_absorbed", "_expanded"):

@@ -7,8 +7,7 @@ import yaml
 from transformers import AutoConfig
 
 import xoron_pipelines.model  # noqa: F401  (registers model_type "xoron")
-from xoron_pipelines.model.config import XoronConfig
-from xoron_pipelines.model.config import get_config
+from xoron_pipelines.model.config import XoronConfig, get_config
 from xoron_pipelines.validation import ParameterError, validate_group
 
 
@@ -25,8 +24,18 @@ def test_defaults_are_seed_000_llm():
 
 
 def test_seed_aliases():
-    c = XoronConfig(d_model=256, n_layers=3, n_heads=4, d_ff=512, max_seq_len=128, use_rmsnorm=False,
-                    use_rope=False, use_moe=False, attention_type="mha", rope_scaling=None)
+    c = XoronConfig(
+        d_model=256,
+        n_layers=3,
+        n_heads=4,
+        d_ff=512,
+        max_seq_len=128,
+        use_rmsnorm=False,
+        use_rope=False,
+        use_moe=False,
+        attention_type="mha",
+        rope_scaling=None,
+    )
     assert (c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) == (256, 3, 4, 512)
     assert c.max_position_embeddings == 128 and c.norm_type == "layernorm" and c.position_type == "learned"
     # transformers names read and write our fields
@@ -35,11 +44,28 @@ def test_seed_aliases():
     assert c2.num_layers == 5 and c2.attention_chunk_size is None and c2.num_shared_experts == 0
     assert c2.bias_update_rate == 0 and c2.aux_loss_coef > 0
     # seed 002 nested blocks
-    c3 = XoronConfig(hidden_size=768, num_attention_heads=12, use_moe=False, use_peer=True,
-                     peer_config={"num_experts": 4096, "product_key_dim": [64, 64], "num_experts_per_tok": 8,
-                                  "num_heads": 4, "query_dim": 64, "log_freq": 10},
-                     mla_config={"q_lora_rank": 96, "kv_lora_rank": 64, "qk_rope_head_dim": 16,
-                                 "v_head_dim": 32, "qk_nope_head_dim": 32, "rope_theta": 5e5})
+    c3 = XoronConfig(
+        hidden_size=768,
+        num_attention_heads=12,
+        use_moe=False,
+        use_peer=True,
+        peer_config={
+            "num_experts": 4096,
+            "product_key_dim": [64, 64],
+            "num_experts_per_tok": 8,
+            "num_heads": 4,
+            "query_dim": 64,
+            "log_freq": 10,
+        },
+        mla_config={
+            "q_lora_rank": 96,
+            "kv_lora_rank": 64,
+            "qk_rope_head_dim": 16,
+            "v_head_dim": 32,
+            "qk_nope_head_dim": 32,
+            "rope_theta": 5e5,
+        },
+    )
     assert (c3.peer_num_experts, c3.peer_product_key_dim, c3.peer_num_heads) == (4096, [64, 64], 4)
     assert (c3.q_lora_rank, c3.kv_lora_rank, c3.rope_theta, c3.attention_type) == (96, 64, 5e5, "mla")
 
@@ -56,16 +82,29 @@ def test_ffn_type_rule():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"hidden_size": 1000, "num_heads": 12, "attention_type": "mha"},
-         "XoronConfig.num_heads=12 does not divide hidden_size=1000"),
-        ({"attention_type": "gqa", "num_heads": 8, "num_kv_heads": 3, "hidden_size": 256},
-         "num_kv_heads=3 does not divide num_heads=8"),
+        (
+            {"hidden_size": 1000, "num_heads": 12, "attention_type": "mha"},
+            "XoronConfig.num_heads=12 does not divide hidden_size=1000",
+        ),
+        (
+            {"attention_type": "gqa", "num_heads": 8, "num_kv_heads": 3, "hidden_size": 256},
+            "num_kv_heads=3 does not divide num_heads=8",
+        ),
         ({"kv_lora_rank": 1024}, "kv_lora_rank=1024 must be smaller than hidden_size=1024"),
         ({"num_experts_per_tok": 9}, "num_experts_per_tok=9 exceeds num_experts=8"),
-        ({"use_peer": True, "peer_num_experts": 1000, "peer_product_key_dim": [32, 32]},
-         "peer_product_key_dim=[32, 32] multiplies to 1024, not peer_num_experts=1000"),
-        ({"use_peer": True, "peer_num_experts": 1024, "peer_product_key_dim": [32, 32],
-          "peer_num_experts_per_tok": 33}, "peer_num_experts_per_tok=33"),
+        (
+            {"use_peer": True, "peer_num_experts": 1000, "peer_product_key_dim": [32, 32]},
+            "peer_product_key_dim=[32, 32] multiplies to 1024, not peer_num_experts=1000",
+        ),
+        (
+            {
+                "use_peer": True,
+                "peer_num_experts": 1024,
+                "peer_product_key_dim": [32, 32],
+                "peer_num_experts_per_tok": 33,
+            },
+            "peer_num_experts_per_tok=33",
+        ),
         ({"attention_chunk_size": 0}, "attention_chunk_size=0 must be a positive integer"),
         ({"attention_chunk_size": -4}, "attention_chunk_size=-4"),
         ({"sliding_window": 0}, "sliding_window=0"),
@@ -73,8 +112,18 @@ def test_ffn_type_rule():
         ({"kernels": "cuda"}, "kernels='cuda' must be one of"),
         ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope_scaling.original_max_position_embeddings"),
         ({"rope_scaling": {"type": "ntk", "factor": 4.0}}, "rope_scaling.type='ntk'"),
-        ({"rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                           "beta_fast": 1.0, "beta_slow": 32.0}}, "rope_scaling.beta_fast=1.0"),
+        (
+            {
+                "rope_scaling": {
+                    "type": "yarn",
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                    "beta_fast": 1.0,
+                    "beta_slow": 32.0,
+                }
+            },
+            "rope_scaling.beta_fast=1.0",
+        ),
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"qk_rope_head_dim": 7}, "qk_rope_head_dim=7 must be even"),
         ({"use_peer": True, "peer_start_layer": 12}, "peer_start_layer=12"),
@@ -96,8 +145,17 @@ def test_save_load_roundtrip_and_autoconfig(tmp_path):
     c.save_pretrained(tmp_path)
     back = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(back, XoronConfig)
-    for key in ("hidden_size", "num_layers", "attention_type", "kv_lora_rank", "rope_scaling",
-                "num_experts", "first_k_dense_replace", "attention_chunk_size", "eos_token_id"):
+    for key in (
+        "hidden_size",
+        "num_layers",
+        "attention_type",
+        "kv_lora_rank",
+        "rope_scaling",
+        "num_experts",
+        "first_k_dense_replace",
+        "attention_chunk_size",
+        "eos_token_id",
+    ):
         assert getattr(back, key) == getattr(c, key), key
 
 

@@ -19,8 +19,14 @@ def _prompt(batch=2, length=9, seed=1):
 
 
 # mha, learned positions, gqa+window+chunked+MoE, mla+chunked+yarn+MoE (latent cache), PEER, mla unchunked
-CASES = [("nano", {}), ("nano-learned", {}), ("nano-gqa-moe", {}), ("nano-moe-mla", {}), ("nano-peer", {}),
-         ("nano-moe-mla", {"attention_chunk_size": None})]
+CASES = [
+    ("nano", {}),
+    ("nano-learned", {}),
+    ("nano-gqa-moe", {}),
+    ("nano-moe-mla", {}),
+    ("nano-peer", {}),
+    ("nano-moe-mla", {"attention_chunk_size": None}),
+]
 
 
 @pytest.mark.parametrize(("name", "overrides"), CASES)
@@ -34,8 +40,9 @@ def test_cached_logits_equal_uncached(name, overrides):
         out = model(ids[:, :12], attention_mask=mask[:, :12], use_cache=True)
         steps = [out.logits]
         for t in range(12, 20):  # one token at a time through the cache
-            out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], past_key_values=out.past_key_values,
-                        use_cache=True)
+            out = model(
+                ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=out.past_key_values, use_cache=True
+            )
             steps.append(out.logits)
     cached = torch.cat(steps, dim=1)
     keep = mask.bool()
@@ -99,8 +106,9 @@ def test_seeded_generation_is_deterministic():
     a = model.generate(ids, seed=7, **kwargs)
     assert torch.equal(a, model.generate(ids, seed=7, **kwargs))
     assert not torch.equal(a, model.generate(ids, seed=8, **kwargs))
-    assert torch.equal(model.generate(ids, do_sample=True, top_k=1, max_new_tokens=5, seed=3),
-                       model.generate(ids, max_new_tokens=5))
+    assert torch.equal(
+        model.generate(ids, do_sample=True, top_k=1, max_new_tokens=5, seed=3), model.generate(ids, max_new_tokens=5)
+    )
 
 
 def test_eos_stops_and_pads():
@@ -109,9 +117,9 @@ def test_eos_stops_and_pads():
     free = model.generate(ids, max_new_tokens=6)
     eos = int(free[0, ids.shape[1] + 1])  # row 0's second new token
     out = model.generate(ids, max_new_tokens=6, eos_token_id=eos, pad_token_id=0)
-    row0 = out[0, ids.shape[1]:].tolist()
+    row0 = out[0, ids.shape[1] :].tolist()
     stop = row0.index(eos)
-    assert stop <= 1 and all(t == 0 for t in row0[stop + 1:])
+    assert stop <= 1 and all(t == 0 for t in row0[stop + 1 :])
     # every row finished -> decoding ends before max_new_tokens
     both = model.generate(ids, max_new_tokens=6, eos_token_id=[int(free[0, 9]), int(free[1, 9])])
     assert both.shape[1] == ids.shape[1] + 1

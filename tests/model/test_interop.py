@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from xoron_pipelines.model import interop
-from xoron_pipelines.model.model import XoronForCausalLM
 from xoron_pipelines.model.config import get_config
+from xoron_pipelines.model.model import XoronForCausalLM
 
 TOL = 1e-4
 SEQ = 40  # longer than nano-gqa-moe's sliding window (32) and nano-moe-mla's attention chunk (16)
@@ -28,7 +28,7 @@ def _build(preset: str, seed: int = 0, bias: bool = False, **overrides) -> Xoron
     model = XoronForCausalLM(get_config(preset, **overrides)).float().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for _name, param in model.named_parameters():
             if param.dim() == 1:  # norm weights start at 1: make them distinguishable
                 param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=gen))
         if bias:
@@ -73,33 +73,64 @@ CASES = {
     "dense_llama": ("nano", {}, False, interop.LLAMA),
     "dense_gqa_yarn_llama": (
         "nano",
-        {"attention_type": "gqa", "num_kv_heads": 2, "tie_word_embeddings": False, "max_position_embeddings": 64,
-         "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}},
-        False, interop.LLAMA,
+        {
+            "attention_type": "gqa",
+            "num_kv_heads": 2,
+            "tie_word_embeddings": False,
+            "max_position_embeddings": 64,
+            "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+        },
+        False,
+        interop.LLAMA,
     ),
     "dense_sliding_mistral": ("nano", {"sliding_window": 8}, False, interop.MISTRAL),
     "mla_moe_deepseek_v3": ("nano-moe-mla", {}, True, interop.DEEPSEEK_V3),
     "mla_moe_no_shared_full_q_deepseek_v3": (
-        "nano-moe-mla", {"num_shared_experts": 0, "q_lora_rank": None, "norm_topk_prob": False,
-                         "routed_scaling_factor": 2.5, "first_k_dense_replace": 2},
-        True, interop.DEEPSEEK_V3,
+        "nano-moe-mla",
+        {
+            "num_shared_experts": 0,
+            "q_lora_rank": None,
+            "norm_topk_prob": False,
+            "routed_scaling_factor": 2.5,
+            "first_k_dense_replace": 2,
+        },
+        True,
+        interop.DEEPSEEK_V3,
     ),
     "mla_moe_every_2nd_layer_deepseek_v3": (  # seed 000's layout: dense layers between MoE layers
-        "nano-moe-mla", {"moe_layer_freq": 2, "first_k_dense_replace": 0}, True, interop.DEEPSEEK_V3,
+        "nano-moe-mla",
+        {"moe_layer_freq": 2, "first_k_dense_replace": 0},
+        True,
+        interop.DEEPSEEK_V3,
     ),
     "gqa_moe_softmax_qwen2_moe": ("nano-gqa-moe", {}, False, interop.QWEN2_MOE),
     "gqa_moe_softmax_shared_qwen2_moe": (  # exercises the 0.5-gate / doubled down_proj mapping
-        "nano-gqa-moe", {"num_shared_experts": 2, "norm_topk_prob": False, "first_k_dense_replace": 1},
-        False, interop.QWEN2_MOE,
+        "nano-gqa-moe",
+        {"num_shared_experts": 2, "norm_topk_prob": False, "first_k_dense_replace": 1},
+        False,
+        interop.QWEN2_MOE,
     ),
     "gqa_moe_sigmoid_glm4_moe": (
         "nano-gqa-moe",
-        {"router_scoring": "sigmoid", "moe_layer_freq": 1, "first_k_dense_replace": 1, "sliding_window": None,
-         "num_shared_experts": 1, "routed_scaling_factor": 2.5, "bias_update_rate": 1e-3,
-         "max_position_embeddings": 64,
-         "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
-                          "mscale": 1.0, "mscale_all_dim": 0.0}},
-        True, interop.GLM4_MOE,
+        {
+            "router_scoring": "sigmoid",
+            "moe_layer_freq": 1,
+            "first_k_dense_replace": 1,
+            "sliding_window": None,
+            "num_shared_experts": 1,
+            "routed_scaling_factor": 2.5,
+            "bias_update_rate": 1e-3,
+            "max_position_embeddings": 64,
+            "rope_scaling": {
+                "type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.0,
+            },
+        },
+        True,
+        interop.GLM4_MOE,
     ),
 }
 
@@ -202,8 +233,9 @@ def test_export_falls_back_to_xoron_format_for_peer(tmp_path):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("preset, overrides, bias", [("nano", {"tie_word_embeddings": False}, False),
-                                                      ("nano-moe-mla", {}, True)])
+@pytest.mark.parametrize(
+    "preset, overrides, bias", [("nano", {"tie_word_embeddings": False}, False), ("nano-moe-mla", {}, True)]
+)
 def test_from_native_roundtrip(preset, overrides, bias, tmp_path):
     model = _build(preset, bias=bias, **overrides)
     out = interop.save_native(model, tmp_path / "native")

@@ -29,8 +29,9 @@ def test_loss_is_weighted_shifted_cross_entropy():
     labels[0, 5] = -100
     weights = torch.rand(ids.shape, generator=torch.Generator().manual_seed(2))
     out = model(ids, labels=labels, loss_weights=weights)
-    ce = F.cross_entropy(out.logits[:, :-1].reshape(-1, 8000), labels[:, 1:].reshape(-1), reduction="none",
-                         ignore_index=-100)
+    ce = F.cross_entropy(
+        out.logits[:, :-1].reshape(-1, 8000), labels[:, 1:].reshape(-1), reduction="none", ignore_index=-100
+    )
     w = weights[:, 1:].reshape(-1) * (labels[:, 1:].reshape(-1) != -100)
     torch.testing.assert_close(out.loss, (w * ce).sum() / w.sum(), rtol=1e-5, atol=1e-6)
     plain = model(ids, labels=labels)
@@ -70,8 +71,9 @@ def test_padding_is_ignored():
     padded = torch.cat([torch.full((1, 4), 7), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], dim=1)
     with torch.no_grad():
-        torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 4:], model(ids).logits,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(padded, attention_mask=mask).logits[:, 4:], model(ids).logits, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_sliding_window_limits_context():

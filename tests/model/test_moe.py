@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xoron_pipelines.model.config import XoronConfig
 from xoron_pipelines.model import moe as moe_module
+from xoron_pipelines.model.config import XoronConfig
 from xoron_pipelines.model.moe import MoE, sequence_balance_loss
 
 HIDDEN = 16
@@ -18,10 +18,23 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 def make_config(**overrides) -> XoronConfig:
     """A tiny dense-attention config whose MoE knobs are set by ``overrides``."""
     base = dict(
-        hidden_size=HIDDEN, num_heads=2, attention_type="mha", rope_scaling=None, num_layers=2,
-        intermediate_size=32, vocab_size=64, num_experts=8, num_experts_per_tok=2, num_shared_experts=1,
-        moe_intermediate_size=8, router_scoring="sigmoid", norm_topk_prob=True, routed_scaling_factor=1.0,
-        bias_update_rate=0.01, aux_loss_coef=0.0, kernels="torch",
+        hidden_size=HIDDEN,
+        num_heads=2,
+        attention_type="mha",
+        rope_scaling=None,
+        num_layers=2,
+        intermediate_size=32,
+        vocab_size=64,
+        num_experts=8,
+        num_experts_per_tok=2,
+        num_shared_experts=1,
+        moe_intermediate_size=8,
+        router_scoring="sigmoid",
+        norm_topk_prob=True,
+        routed_scaling_factor=1.0,
+        bias_update_rate=0.01,
+        aux_loss_coef=0.0,
+        kernels="torch",
     )
     base.update(overrides)
     return XoronConfig(**base)
@@ -114,8 +127,15 @@ def test_parity_with_transformers_deepseek_v3_moe():
 
     moe = make_moe(random_bias=True, num_shared_experts=2, routed_scaling_factor=2.5, num_experts_per_tok=3)
     hf_config = DeepseekV3Config(
-        hidden_size=HIDDEN, moe_intermediate_size=8, n_routed_experts=8, num_experts_per_tok=3,
-        n_shared_experts=2, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        hidden_size=HIDDEN,
+        moe_intermediate_size=8,
+        n_routed_experts=8,
+        num_experts_per_tok=3,
+        n_shared_experts=2,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
         hidden_act="silu",
     )
     hf_config._experts_implementation = "eager"
@@ -135,8 +155,14 @@ def test_softmax_routing_matches_qwen2_moe_router_and_experts():
 
     for norm in (False, True):
         moe = make_moe(router_scoring="softmax", num_shared_experts=0, norm_topk_prob=norm)
-        qc = Qwen2MoeConfig(hidden_size=HIDDEN, moe_intermediate_size=8, num_experts=8, num_experts_per_tok=2,
-                            norm_topk_prob=norm, shared_expert_intermediate_size=8)
+        qc = Qwen2MoeConfig(
+            hidden_size=HIDDEN,
+            moe_intermediate_size=8,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=norm,
+            shared_expert_intermediate_size=8,
+        )
         qc._experts_implementation = "eager"
         qwen = Qwen2MoeSparseMoeBlock(qc)
         qwen.load_state_dict(moe.state_dict(), strict=False)  # gate + experts; Qwen's gated shared expert unused
@@ -259,8 +285,9 @@ def test_aux_loss_zero_when_coef_zero_and_scaled_and_differentiable_otherwise():
     assert off.aux_loss.item() == 0.0
     on = make_moe(aux_loss_coef=0.5)
     on(x)
-    raw = sequence_balance_loss(on.gate.scores(x.view(-1, HIDDEN)).view(2, 8, -1),
-                                on.gate(x.view(-1, HIDDEN))[2].reshape(2, 8, -1), 8)
+    raw = sequence_balance_loss(
+        on.gate.scores(x.view(-1, HIDDEN)).view(2, 8, -1), on.gate(x.view(-1, HIDDEN))[2].reshape(2, 8, -1), 8
+    )
     assert on.aux_loss.item() > 0
     torch.testing.assert_close(on.aux_loss, 0.5 * raw)
     on.aux_loss.backward()
@@ -360,7 +387,9 @@ def test_grouped_mm_dispatch_is_two_calls_with_expert_offsets(monkeypatch):
     moe = make_moe(num_shared_experts=0)
     calls = []
     real = moe_module._GROUPED_MM
-    monkeypatch.setattr(moe_module, "_GROUPED_MM", lambda a, b, offs: calls.append(offs.tolist()) or real(a, b, offs=offs))
+    monkeypatch.setattr(
+        moe_module, "_GROUPED_MM", lambda a, b, offs: calls.append(offs.tolist()) or real(a, b, offs=offs)
+    )
     monkeypatch.setattr(moe.experts, "expert_forward", lambda e, x: pytest.fail("per-expert loop used"))
     x = torch.randn(4, 256, HIDDEN)
     with torch.no_grad():

@@ -16,10 +16,24 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def make_config(**overrides) -> XoronConfig:
     base = dict(
-        hidden_size=16, num_heads=2, attention_type="mha", rope_scaling=None, num_layers=2, intermediate_size=32,
-        vocab_size=64, use_moe=False, use_peer=True, peer_start_layer=0, peer_num_experts=64,
-        peer_product_key_dim=[8, 8], peer_num_experts_per_tok=3, peer_num_heads=2, peer_query_dim=8,
-        peer_expert_hidden_size=1, peer_batch_norm_query=True, peer_usage_threshold=5.0,
+        hidden_size=16,
+        num_heads=2,
+        attention_type="mha",
+        rope_scaling=None,
+        num_layers=2,
+        intermediate_size=32,
+        vocab_size=64,
+        use_moe=False,
+        use_peer=True,
+        peer_start_layer=0,
+        peer_num_experts=64,
+        peer_product_key_dim=[8, 8],
+        peer_num_experts_per_tok=3,
+        peer_num_heads=2,
+        peer_query_dim=8,
+        peer_expert_hidden_size=1,
+        peer_batch_norm_query=True,
+        peer_usage_threshold=5.0,
     )
     base.update(overrides)
     return XoronConfig(**base)
@@ -47,9 +61,17 @@ def crafted_peer(n0: int, n1: int, hidden: int = 4) -> PEER:
 
     The input ``concat(dir_a, dir_b, 0...)`` selects exactly the expert pair (a, b).
     """
-    peer = PEER(make_config(hidden_size=hidden, peer_num_experts=n0 * n1, peer_product_key_dim=[n0, n1],
-                            peer_num_experts_per_tok=1, peer_num_heads=1, peer_query_dim=4,
-                            peer_batch_norm_query=False))
+    peer = PEER(
+        make_config(
+            hidden_size=hidden,
+            peer_num_experts=n0 * n1,
+            peer_product_key_dim=[n0, n1],
+            peer_num_experts_per_tok=1,
+            peer_num_heads=1,
+            peer_query_dim=4,
+            peer_batch_norm_query=False,
+        )
+    )
     with torch.no_grad():
         peer.query_proj.weight.copy_(torch.eye(4, hidden))
         peer.sub_keys_0.copy_(directions(n0)[None])
@@ -110,8 +132,9 @@ def reference_forward(peer: PEER, x: torch.Tensor) -> torch.Tensor:
         for h in range(peer.num_heads):
             q = q_all[h]
             if peer.query_norm is not None:
-                q = F.layer_norm(q, (peer.query_dim,), peer.query_norm.weight, peer.query_norm.bias,
-                                 peer.query_norm.eps)
+                q = F.layer_norm(
+                    q, (peer.query_dim,), peer.query_norm.weight, peer.query_norm.bias, peer.query_norm.eps
+                )
             half = peer.query_dim // 2
             s0 = peer.sub_keys_0[h] @ q[:half]
             s1 = peer.sub_keys_1[h] @ q[half:]
@@ -242,9 +265,9 @@ def test_heads_sum_and_top_k_shapes():
     for h in range(2):
         one = make_peer(peer_num_heads=1)
         with torch.no_grad():
-            one.query_proj.weight.copy_(two.query_proj.weight[h * 8:(h + 1) * 8])
-            one.sub_keys_0.copy_(two.sub_keys_0[h:h + 1])
-            one.sub_keys_1.copy_(two.sub_keys_1[h:h + 1])
+            one.query_proj.weight.copy_(two.query_proj.weight[h * 8 : (h + 1) * 8])
+            one.sub_keys_0.copy_(two.sub_keys_0[h : h + 1])
+            one.sub_keys_1.copy_(two.sub_keys_1[h : h + 1])
             one.down_embed.weight.copy_(two.down_embed.weight)
             one.up_embed.weight.copy_(two.up_embed.weight)
         total = total + one(x)

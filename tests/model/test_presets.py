@@ -53,7 +53,12 @@ def test_seed_000_and_002_presets():
     assert (p.peer_num_experts, p.peer_product_key_dim, p.peer_num_experts_per_tok) == (1048576, [1024, 1024], 16)
     assert (p.peer_num_heads, p.peer_query_dim, p.peer_batch_norm_query, p.peer_start_layer) == (8, 256, True, 2)
     assert (p.q_lora_rank, p.kv_lora_rank, p.qk_rope_head_dim, p.v_head_dim, p.qk_nope_head_dim) == (
-        1536, 512, 64, 128, 128)
+        1536,
+        512,
+        64,
+        128,
+        128,
+    )
     counts = count_parameters(p)
     # 10 PEER layers x 1M experts x (down + up) x 768 dominate; a token touches 8 heads x 16 experts
     assert counts["total"] > 10 * 2**20 * 2 * 768

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from xoron_pipelines.model import XoronForCausalLM
+from xoron_pipelines.model.config import get_config
 from xoron_pipelines.model.moe import MoE
 from xoron_pipelines.model.peer import PEER
-from xoron_pipelines.model.config import get_config
 
 
 def _counts(model: XoronForCausalLM) -> int:

@@ -31,8 +31,9 @@ def _shards(root: Path, generation: str | None, vocab: int) -> tuple[ShardSet, S
 
 
 def _run(tmp_path, tokenizer, shards):
-    return nodes.train_causal_lm(nano_model(), tokenizer, *shards, PackedMixes(tmp_path / "none"),
-                                 stage(tmp_path / "ckpt"), stage="language")
+    return nodes.train_causal_lm(
+        nano_model(), tokenizer, *shards, PackedMixes(tmp_path / "none"), stage(tmp_path / "ckpt"), stage="language"
+    )
 
 
 def test_another_generation_is_refused_naming_both_paths_and_ids(tmp_path, tokenizer):
@@ -41,8 +42,13 @@ def test_another_generation_is_refused_naming_both_paths_and_ids(tmp_path, token
     with pytest.raises(ValueError) as info:
         _run(tmp_path, tok, shards)
     message = str(info.value)
-    for part in (tok.name_or_path, str(shards[0].path), "20261206T120000Z-aaaaaaaa", "20261206T110000Z-bbbbbbbb",
-                 "kedro run --pipeline data_processing"):
+    for part in (
+        tok.name_or_path,
+        str(shards[0].path),
+        "20261206T120000Z-aaaaaaaa",
+        "20261206T110000Z-bbbbbbbb",
+        "kedro run --pipeline data_processing",
+    ):
         assert part in message
     assert not (tmp_path / "ckpt").exists()  # refused before any step (nothing checkpointed)
     unmarked = _shards(tmp_path / "old", None, vocab=300)  # packed before generations: also another generation

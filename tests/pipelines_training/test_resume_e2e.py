@@ -30,16 +30,26 @@ KILLER = Path(__file__).with_name("kill_kedro.py")
 KILL_AFTER_STEP = 4
 SETTINGS = {
     "parameters_data_processing.yml": {
-        "data_processing.mix": "stdlib_only", "data_processing.stage_mixes": {},
-        "data_processing.stdlib_corpus.max_bytes": 12_000, "data_processing.packing.max_seq_len": 32,
-        "data_processing.dedup.near_dup": False, "data_processing.progress": False},
+        "data_processing.mix": "stdlib_only",
+        "data_processing.stage_mixes": {},
+        "data_processing.stdlib_corpus.max_bytes": 12_000,
+        "data_processing.packing.max_seq_len": 32,
+        "data_processing.dedup.near_dup": False,
+        "data_processing.progress": False,
+    },
     "parameters_pretrain.yml": {
-        "pretrain.stages.language.data_mix": None, "pretrain.stages.language.train.max_steps": 6,
-        "pretrain.stages.language.train.warmup_steps": 1, "pretrain.stages.language.train.batch_size": 4,
-        "pretrain.stages.language.train.save_steps": 2, "pretrain.stages.language.train.eval_steps": None,
-        "pretrain.stages.language.train.deterministic": True, "pretrain.stages.language.eval.max_batches": 1,
+        "pretrain.stages.language.data_mix": None,
+        "pretrain.stages.language.train.max_steps": 6,
+        "pretrain.stages.language.train.warmup_steps": 1,
+        "pretrain.stages.language.train.batch_size": 4,
+        "pretrain.stages.language.train.save_steps": 2,
+        "pretrain.stages.language.train.eval_steps": None,
+        "pretrain.stages.language.train.deterministic": True,
+        "pretrain.stages.language.eval.max_batches": 1,
         "pretrain.stages.language.eval.batch_size": 2,
-        "pretrain.stages.language.tracking.enabled": False, "pretrain.stages.code.enabled": False},
+        "pretrain.stages.language.tracking.enabled": False,
+        "pretrain.stages.code.enabled": False,
+    },
     "parameters_model.yml": {"model.overrides": {"num_layers": 1}},
 }
 
@@ -65,8 +75,14 @@ def _project(path: Path) -> Path:
 def _start(project: Path, kill: bool) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)])}
     args = [str(KILLER), str(KILL_AFTER_STEP)] if kill else ["-m", "kedro"]
-    return subprocess.Popen([sys.executable, *args, *COMMAND], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, *args, *COMMAND],
+        cwd=project,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -88,8 +104,11 @@ def _move(src: Path, dst: Path) -> Path:
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("resume_e2e")
     projects = {name: _project(root / name) for name in ("reference", "in_place", "moved")}
-    first = {"reference": _start(projects["reference"], kill=False),
-             "in_place": _start(projects["in_place"], kill=True), "moved": _start(projects["moved"], kill=True)}
+    first = {
+        "reference": _start(projects["reference"], kill=False),
+        "in_place": _start(projects["in_place"], kill=True),
+        "moved": _start(projects["moved"], kill=True),
+    }
     first = {name: _finish(proc) for name, proc in first.items()}
     projects["moved"] = _move(projects["moved"], root / "elsewhere" / "project")
     again = {name: _start(projects[name], kill=False) for name in ("in_place", "moved")}

@@ -12,13 +12,23 @@ from tests.pipelines_training.stage_helpers import packed_shards, stage
 from tests.training.finetune_helpers import nano_model
 from xoron_pipelines.datasets.parquet_shards import PackedMixes
 from xoron_pipelines.datasets.training_store import (
-    CheckpointStore, CheckpointStoreDataset, LoraAdapter, LoraAdapterDataset)
+    CheckpointStore,
+    CheckpointStoreDataset,
+    LoraAdapter,
+    LoraAdapterDataset,
+)
 from xoron_pipelines.pipelines.training import nodes
 from xoron_pipelines.training.schema import StageParams
 from xoron_pipelines.training.stage import checkpoint_root
 
-LORA = {"enabled": True, "r": 4, "alpha": 8, "train_lora_only": True, "target_modules": ["q_proj", "v_proj"],
-        "use_lora_plus": False}
+LORA = {
+    "enabled": True,
+    "r": 4,
+    "alpha": 8,
+    "train_lora_only": True,
+    "target_modules": ["q_proj", "v_proj"],
+    "use_lora_plus": False,
+}
 
 
 @pytest.fixture()
@@ -27,8 +37,9 @@ def shards(tmp_path):
 
 
 def _lm(model, shards, params, store=None):
-    return nodes.train_causal_lm(model, None, *shards, PackedMixes(shards[0].path.parent / "none"), params, store,
-                                 stage="s", with_adapter=True)
+    return nodes.train_causal_lm(
+        model, None, *shards, PackedMixes(shards[0].path.parent / "none"), params, store, stage="s", with_adapter=True
+    )
 
 
 def test_the_stage_writes_its_checkpoints_into_the_catalog_store(tmp_path, shards):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,33 +32,42 @@ def _changed(before: XoronForCausalLM, after: XoronForCausalLM) -> dict[str, boo
 
 
 def test_steps_batch_accumulation_and_max_samples_reach_the_engine(tmp_path, shards):
-    params = stage(tmp_path / "ck", max_samples=24, train={"max_steps": 2, "batch_size": 3,
-                                                          "gradient_accumulation_steps": 2})
+    params = stage(
+        tmp_path / "ck", max_samples=24, train={"max_steps": 2, "batch_size": 3, "gradient_accumulation_steps": 2}
+    )
     _, summary = _lm(nano_model(), shards, params)
     assert summary["steps"] == 2
-    assert summary["tokens_seen"] == 2 * 2 * 3 * 32          # steps x accumulation x batch x seq_len
-    assert summary["train_rows"] == 24                       # max_samples
+    assert summary["tokens_seen"] == 2 * 2 * 3 * 32  # steps x accumulation x batch x seq_len
+    assert summary["train_rows"] == 24  # max_samples
     assert packed_source(shards[0].path, 3, 0, 24).num_rows == 24
 
 
 def test_learning_rate_schedule_and_warmup_are_the_stage_params(tmp_path, shards, monkeypatch):
     seen = []
     from xoron_pipelines.training import stage as stage_mod
+
     real_on = stage_mod.tracking.StageRecorder.log
-    monkeypatch.setattr(stage_mod.tracking.StageRecorder, "log",
-                        lambda self, step, m: (seen.append((step, m.get("lr"))), real_on(self, step, m))[1])
-    params = stage(tmp_path / "ck", train={"learning_rate": 0.01, "max_steps": 4, "warmup_steps": 2,
-                                           "lr_scheduler": "linear"})
+    monkeypatch.setattr(
+        stage_mod.tracking.StageRecorder,
+        "log",
+        lambda self, step, m: (seen.append((step, m.get("lr"))), real_on(self, step, m))[1],
+    )
+    params = stage(
+        tmp_path / "ck", train={"learning_rate": 0.01, "max_steps": 4, "warmup_steps": 2, "lr_scheduler": "linear"}
+    )
     _lm(nano_model(), shards, params)
     lrs = [lr for _, lr in seen if lr is not None]
-    assert lrs == pytest.approx([0.0, 0.005, 0.01, 0.005])   # linear warm-up over 2 steps, then linear decay
+    assert lrs == pytest.approx([0.0, 0.005, 0.01, 0.005])  # linear warm-up over 2 steps, then linear decay
 
 
 def test_freeze_and_unfreeze_patterns(tmp_path, shards):
     model = nano_model()
     before = copy.deepcopy(model)
-    params = stage(tmp_path / "ck", freeze=["model.layers.*", "model.embed_tokens.*"],
-                   unfreeze=["re:model\\.layers\\.1\\.mlp\\..*"])
+    params = stage(
+        tmp_path / "ck",
+        freeze=["model.layers.*", "model.embed_tokens.*"],
+        unfreeze=["re:model\\.layers\\.1\\.mlp\\..*"],
+    )
     trained, _ = _lm(model, shards, params)
     changed = _changed(before, trained)
     assert not any(v for k, v in changed.items() if k.startswith("model.layers.0."))
@@ -77,31 +85,35 @@ def test_a_pattern_matching_nothing_is_an_error(tmp_path, shards):
 def test_lora_is_trained_and_merged(tmp_path, shards):
     model = nano_model()
     before = copy.deepcopy(model)
-    params = stage(tmp_path / "ck", lora={"enabled": True, "r": 4, "alpha": 8, "train_lora_only": True,
-                                          "target_modules": ["q_proj", "v_proj"]},
-                   train={"learning_rate": 0.01})
-    trained, summary, adapter_out = nodes.train_causal_lm(model, None, *shards, PackedMixes(tmp_path / "no-mixes"),
-                                                          params, stage="s", with_adapter=True)
-    assert type(trained) is XoronForCausalLM                  # merged back into a plain model
+    params = stage(
+        tmp_path / "ck",
+        lora={"enabled": True, "r": 4, "alpha": 8, "train_lora_only": True, "target_modules": ["q_proj", "v_proj"]},
+        train={"learning_rate": 0.01},
+    )
+    trained, summary, adapter_out = nodes.train_causal_lm(
+        model, None, *shards, PackedMixes(tmp_path / "no-mixes"), params, stage="s", with_adapter=True
+    )
+    assert type(trained) is XoronForCausalLM  # merged back into a plain model
     changed = _changed(before, trained)
     assert changed["model.layers.0.self_attn.q_proj.weight"] and changed["model.layers.1.self_attn.v_proj.weight"]
     assert not changed["model.layers.0.self_attn.k_proj.weight"]
-    assert not changed["model.embed_tokens.weight"]           # train_lora_only: base weights frozen
+    assert not changed["model.embed_tokens.weight"]  # train_lora_only: base weights frozen
     assert summary["trainable_params"] < summary["total_params"] / 5
     # the adapter is kept in peft's format: base weights + adapter == the merged stage model
     from peft import PeftModel
 
     from xoron_pipelines.datasets.training_store import LoraAdapterDataset
 
-    assert summary["lora_adapter"] == "s.lora_adapter"      # the node's output names where it is
+    assert summary["lora_adapter"] == "s.lora_adapter"  # the node's output names where it is
     LoraAdapterDataset(str(tmp_path / "adapter")).save(adapter_out)
     adapter = LoraAdapterDataset(str(tmp_path / "adapter")).load().path
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     reloaded = PeftModel.from_pretrained(before, str(adapter)).eval()
     ids = torch.randint(0, trained.config.vocab_size, (2, 12))
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            reloaded(input_ids=ids).logits, trained.eval()(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_seed_decides_the_result(tmp_path, shards):
@@ -158,7 +170,7 @@ def test_sft_loss_weights_and_assistant_only_labels(tmp_path):
     _, plain = nodes.train_sft(nano_model(vocab_size=len(tok)), tok, synth, base, stage="t")
     _, weighted = nodes.train_sft(nano_model(vocab_size=len(tok)), tok, synth, heavy, stage="t")
     assert plain["train_examples"] == 16 and plain["val_examples"] == 4
-    assert weighted["train_loss"] != pytest.approx(plain["train_loss"])   # tool tokens weigh 3x
+    assert weighted["train_loss"] != pytest.approx(plain["train_loss"])  # tool tokens weigh 3x
 
 
 def test_dpo_beta_scales_the_first_gradient(tmp_path):
@@ -166,8 +178,13 @@ def test_dpo_beta_scales_the_first_gradient(tmp_path):
     synth = {"preference": lambda: preference_rows(12)}
     norms = {}
     for beta in (0.1, 1.0):
-        params = stage(tmp_path / f"ck{beta}", sources=["preference"], beta=beta, max_seq_len=64,
-                       train={"max_steps": 1, "max_grad_norm": None, "batch_size": 4})
+        params = stage(
+            tmp_path / f"ck{beta}",
+            sources=["preference"],
+            beta=beta,
+            max_seq_len=64,
+            train={"max_steps": 1, "max_grad_norm": None, "batch_size": 4},
+        )
         _, summary = nodes.train_dpo(nano_model(vocab_size=len(tok)), tok, synth, params, stage="p")
         assert summary["train_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 1
         norms[beta] = summary["grad_norm"]
@@ -186,8 +203,11 @@ def test_compile_flag_reaches_the_engine(tmp_path, shards, monkeypatch):
 
     calls = []
     monkeypatch.setattr(engine.torch, "compile", lambda model, **kw: calls.append(kw) or model)
-    _lm(nano_model(), shards, stage(tmp_path / "ck", train={"compile": True, "compile_backend": "eager",
-                                                            "max_steps": 1}))
+    _lm(
+        nano_model(),
+        shards,
+        stage(tmp_path / "ck", train={"compile": True, "compile_backend": "eager", "max_steps": 1}),
+    )
     assert calls == [{"backend": "eager"}]
 
 
@@ -197,10 +217,10 @@ def test_data_mix_trains_and_validates_on_the_named_stage_mix(tmp_path, shards):
     mix_val = packed_shards(root / "code" / "val", rows=8, seed=8)
     mixes = PackedMixes(root)
     model, summary = _lm(nano_model(), shards, stage(tmp_path / "ck", data_mix="code"), mixes)
-    assert summary["data_mix"] == "code" and summary["train_rows"] == 24      # the mix's rows, not the 40 main ones
+    assert summary["data_mix"] == "code" and summary["train_rows"] == 24  # the mix's rows, not the 40 main ones
     assert summary["unigram_entropy"] == pytest.approx(unigram_entropy(packed_source(mix_train.path, 4, 0)))
     held_out = nodes.stage_data.lm_eval_fn(packed_source(mix_val.path, 4, 0, shuffle=False), 2)(model.eval())
-    assert summary["eval_loss"] == pytest.approx(held_out["eval_loss"], rel=1e-6)   # validated on the mix's val
+    assert summary["eval_loss"] == pytest.approx(held_out["eval_loss"], rel=1e-6)  # validated on the mix's val
     _, default = _lm(nano_model(), shards, stage(tmp_path / "ck-main"), mixes)
     assert default["data_mix"] is None and default["train_rows"] == 40
     with pytest.raises(ValueError, match="data_mix 'prose'.*stage_mixes"):

@@ -22,8 +22,13 @@ def test_llm_loss_weight_scales_the_stage_loss_and_its_gradient(tmp_path):
     synth = {"chat": lambda: chat_rows(20)}
     out = {}
     for w in (1.0, 2.5):
-        params = stage(tmp_path / f"ck{w}", sources=["chat"], max_seq_len=64, loss_weights={"llm_loss_weight": w},
-                       train={"max_steps": 1, "max_grad_norm": None})
+        params = stage(
+            tmp_path / f"ck{w}",
+            sources=["chat"],
+            max_seq_len=64,
+            loss_weights={"llm_loss_weight": w},
+            train={"max_steps": 1, "max_grad_norm": None},
+        )
         _, out[w] = nodes.train_sft(nano_model(vocab_size=len(tok)), tok, synth, params, stage="t")
     assert out[2.5]["train_loss"] == pytest.approx(2.5 * out[1.0]["train_loss"], rel=1e-5)
     assert out[2.5]["grad_norm"] == pytest.approx(2.5 * out[1.0]["grad_norm"], rel=1e-4)
@@ -34,19 +39,38 @@ def test_the_objective_keeps_the_token_weighting_bit_exactly(tmp_path):
     micro-batches of different token counts stay weighted by their tokens (not 1/k each)."""
     ids = torch.randint(0, 512, (8, 16), generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([16, 3, 16, 5, 9, 16, 2, 12])
-    cfg = TrainConfig(learning_rate=1e-2, max_steps=2, batch_size=2, gradient_accumulation_steps=2, seed=0,
-                      save_steps=100, logging_steps=1)
+    cfg = TrainConfig(
+        learning_rate=1e-2,
+        max_steps=2,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        seed=0,
+        save_steps=100,
+        logging_steps=1,
+    )
     plain, weighted = nano_model(), nano_model()
     train(plain, TensorBatchSource(ids, 2, 0, lengths=lengths), cfg, ckpt_dir=tmp_path / "a", progress=False)
     objective = stage_objective(weighted, LossWeights())
     assert objective.token_weighted
-    train(weighted, TensorBatchSource(ids, 2, 0, lengths=lengths), cfg, ckpt_dir=tmp_path / "b", progress=False,
-          loss_fn=objective)
+    train(
+        weighted,
+        TensorBatchSource(ids, 2, 0, lengths=lengths),
+        cfg,
+        ckpt_dir=tmp_path / "b",
+        progress=False,
+        loss_fn=objective,
+    )
     a, b = plain.state_dict(), weighted.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     equal_weights = nano_model()  # a plain custom loss_fn weighs micro-batches equally: another result
-    train(equal_weights, TensorBatchSource(ids, 2, 0, lengths=lengths), cfg, ckpt_dir=tmp_path / "c", progress=False,
-          loss_fn=lambda m, batch: m(**batch).loss)
+    train(
+        equal_weights,
+        TensorBatchSource(ids, 2, 0, lengths=lengths),
+        cfg,
+        ckpt_dir=tmp_path / "c",
+        progress=False,
+        loss_fn=lambda m, batch: m(**batch).loss,
+    )
     assert not all(torch.equal(a[k], v) for k, v in equal_weights.state_dict().items())
 
 
@@ -63,8 +87,11 @@ def test_objective_terms_are_combined_with_the_modality_weights():
 def _peer_metrics(tmp_path, monkeypatch, **peer_config):
     seen: list[tuple[int, set[str]]] = []
     real = stage_mod.tracking.StageRecorder.log
-    monkeypatch.setattr(stage_mod.tracking.StageRecorder, "log",
-                        lambda self, step, m: (seen.append((step, set(m))), real(self, step, m))[1])
+    monkeypatch.setattr(
+        stage_mod.tracking.StageRecorder,
+        "log",
+        lambda self, step, m: (seen.append((step, set(m))), real(self, step, m))[1],
+    )
     shards = packed_shards(tmp_path / "train", rows=24), packed_shards(tmp_path / "val", rows=8, seed=1)
     model = nano_model("nano-peer", num_layers=3, peer_config=peer_config)
     params = stage(tmp_path / "ck", train={"max_steps": 6, "logging_steps": 1})

@@ -31,8 +31,9 @@ def shards(tmp_path):
 
 
 def _lm(model, shards, params):
-    return nodes.train_causal_lm(model, None, *shards, PackedMixes(shards[0].path.parent / "no-mixes"), params,
-                                 stage="s")
+    return nodes.train_causal_lm(
+        model, None, *shards, PackedMixes(shards[0].path.parent / "no-mixes"), params, stage="s"
+    )
 
 
 def _fp(shards, params, model=None, tokenizer=None) -> str:
@@ -60,11 +61,25 @@ def test_fingerprint_is_content_not_files_paths_or_cadence(tmp_path, shards):
     moved.config._name_or_path = "/somewhere/else/data/06_models/language"  # an absolute path in the config
     same = [
         _fp(repacked, base, model=moved),
-        _fp(shards, stage(tmp_path / "elsewhere", keep_configurations=1, tracking={"enabled": True, "plots": False},
-                          distributed={"nproc_per_node": 2}, eval={"max_batches": 1, "batch_size": 2, "val_fraction": 0.2},
-                          train={"save_steps": 1, "logging_steps": 2, "eval_steps": 1, "keep_last_k": 1,
-                                 "async_checkpointing": True, "resume_from_checkpoint": "never",
-                                 "max_steps": 9})),
+        _fp(
+            shards,
+            stage(
+                tmp_path / "elsewhere",
+                keep_configurations=1,
+                tracking={"enabled": True, "plots": False},
+                distributed={"nproc_per_node": 2},
+                eval={"max_batches": 1, "batch_size": 2, "val_fraction": 0.2},
+                train={
+                    "save_steps": 1,
+                    "logging_steps": 2,
+                    "eval_steps": 1,
+                    "keep_last_k": 1,
+                    "async_checkpointing": True,
+                    "resume_from_checkpoint": "never",
+                    "max_steps": 9,
+                },
+            ),
+        ),
     ]
     assert same == [reference, reference]
     changed_data = packed_shards(tmp_path / "changed", rows=40, seed=5)
@@ -83,7 +98,8 @@ def test_fingerprint_is_content_not_files_paths_or_cadence(tmp_path, shards):
     assert len(set(different.values())) == len(different)
     # with early stopping the evaluation cadence decides when the run stops
     assert _fp(shards, stage(tmp_path / "ck", train={"eval_steps": 1, "early_stopping_patience": 2})) != _fp(
-        shards, stage(tmp_path / "ck", train={"eval_steps": 2, "early_stopping_patience": 2}))
+        shards, stage(tmp_path / "ck", train={"eval_steps": 2, "early_stopping_patience": 2})
+    )
 
 
 def test_repacked_data_and_changed_cadence_resume(tmp_path, shards):
@@ -120,17 +136,28 @@ def test_keep_configurations_keeps_the_most_recent_ones_and_names_the_removed(tm
     fps = []
     for lr in (1e-3, 2e-3, 3e-3):
         with caplog.at_level(logging.INFO):
-            fps.append(_lm(nano_model(), shards, stage(tmp_path / "ck", keep_configurations=2,
-                                                       train={"learning_rate": lr, "max_steps": 1}))[1]["fingerprint"])
+            fps.append(
+                _lm(
+                    nano_model(),
+                    shards,
+                    stage(tmp_path / "ck", keep_configurations=2, train={"learning_rate": lr, "max_steps": 1}),
+                )[1]["fingerprint"]
+            )
         if lr == 2e-3:
             assert _configs(tmp_path / "ck") == sorted(fps)  # an earlier configuration is not deleted
     assert _configs(tmp_path / "ck") == sorted(fps[1:])
     assert "keep_configurations=2" in caplog.text and str(tmp_path / "ck" / "s" / fps[0]) in caplog.text
     # re-using a kept configuration makes it the most recent one
-    _lm(nano_model(), shards, stage(tmp_path / "ck", keep_configurations=2, train={"learning_rate": 2e-3,
-                                                                                  "max_steps": 1}))
-    _lm(nano_model(), shards, stage(tmp_path / "ck", keep_configurations=2, train={"learning_rate": 4e-3,
-                                                                                  "max_steps": 1}))
+    _lm(
+        nano_model(),
+        shards,
+        stage(tmp_path / "ck", keep_configurations=2, train={"learning_rate": 2e-3, "max_steps": 1}),
+    )
+    _lm(
+        nano_model(),
+        shards,
+        stage(tmp_path / "ck", keep_configurations=2, train={"learning_rate": 4e-3, "max_steps": 1}),
+    )
     assert fps[1] in _configs(tmp_path / "ck") and fps[2] not in _configs(tmp_path / "ck")
 
 
@@ -150,8 +177,11 @@ def test_resume_from_checkpoint_path(tmp_path, shards):
     run_dir = tmp_path / "ck" / "s" / s1["fingerprint"]
     saved = tmp_path / "saved-checkpoint-1"
     shutil.copytree(run_dir / "checkpoint-1", saved)  # anywhere, e.g. a backup
-    again, s2 = _lm(nano_model(), shards, stage(tmp_path / "ck", train={"save_steps": 1, "keep_last_k": 3,
-                                                                        "resume_from_checkpoint": str(saved)}))
+    again, s2 = _lm(
+        nano_model(),
+        shards,
+        stage(tmp_path / "ck", train={"save_steps": 1, "keep_last_k": 3, "resume_from_checkpoint": str(saved)}),
+    )
     assert s2["resumed_from"] == str(saved) and s2["steps"] == 3
     assert _equal(first, again)  # continued from step 1 exactly as the uninterrupted run
     assert sorted(p.name for p in run_dir.glob("superseded-*/checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
@@ -162,8 +192,10 @@ def test_resume_from_checkpoint_is_validated_before_any_step(tmp_path, shards):
         StageParams.model_validate(stage(tmp_path, train={"resume_from_checkpoint": str(tmp_path / "nope")}))
     with pytest.raises(ValidationError, match="not a checkpoint directory"):
         StageParams.model_validate(stage(tmp_path, train={"resume_from_checkpoint": str(tmp_path)}))
-    assert StageParams.model_validate(stage(tmp_path, train={"resume_from_checkpoint": None})).train \
-        .resume_from_checkpoint == "auto"  # seed 002's null
+    assert (
+        StageParams.model_validate(stage(tmp_path, train={"resume_from_checkpoint": None})).train.resume_from_checkpoint
+        == "auto"
+    )  # seed 002's null
     _, s1 = _lm(nano_model(), shards, stage(tmp_path / "ck", train={"save_steps": 1}))
     ckpt = tmp_path / "ck" / "s" / s1["fingerprint"] / "checkpoint-2"
     model_file = ckpt / "model.safetensors"

@@ -17,8 +17,12 @@ from tests.helpers import copy_project, run_pipeline
 pytestmark = pytest.mark.slow
 
 STAGES = ["language", "code", "tools", "preference"]
-MODEL = {"model": {"preset": "nano-gqa-moe",
-                   "overrides": {"num_layers": 2, "attention_chunk_size": None, "sliding_window": None}}}
+MODEL = {
+    "model": {
+        "preset": "nano-gqa-moe",
+        "overrides": {"num_layers": 2, "attention_chunk_size": None, "sliding_window": None},
+    }
+}
 SMALL = {
     "pretrain.stages.language.train.max_steps": 150,
     "pretrain.stages.language.train.batch_size": 16,
@@ -46,9 +50,15 @@ def trained(tmp_path_factory) -> Path:
 
     project = copy_project(tmp_path_factory.mktemp("training") / "project")
     run_pipeline(project, "synth", {"synth.counts": {k: 15 for k in SYNTH_TYPES}})
-    run_pipeline(project, "data_processing", {"data_processing.stdlib_corpus.max_bytes": 150_000,
-                                              "data_processing.packing.max_seq_len": 64,
-                                              "data_processing.progress": False})
+    run_pipeline(
+        project,
+        "data_processing",
+        {
+            "data_processing.stdlib_corpus.max_bytes": 150_000,
+            "data_processing.packing.max_seq_len": 64,
+            "data_processing.progress": False,
+        },
+    )
     run_pipeline(project, "training", {**MODEL, **SMALL})
     return project
 
@@ -97,15 +107,24 @@ def test_stage_runs_are_nested_under_the_kedro_run(trained):
     exp = client.get_experiment_by_name("xoron_pipelines")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.info.run_name == "training")
-    children = {r.data.tags["xoron.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.data.tags["xoron.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert sorted(children) == sorted(STAGES)
     lang = children["language"]
     assert lang.data.params["train.learning_rate"] == "0.003" and lang.data.params["train.max_steps"] == "150"
     assert children["preference"].data.params["beta"] == "0.1"
     history = client.get_metric_history(lang.info.run_id, "loss")
     assert len(history) > 1 and history[-1].value < history[0].value
-    for name in ("lr", "grad_norm", "tokens_per_s", "mfu", "eval_loss", "moe/layer0/expert0",
-                 "moe/layer0/max_over_mean"):
+    for name in (
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "mfu",
+        "eval_loss",
+        "moe/layer0/expert0",
+        "moe/layer0/max_over_mean",
+    ):
         assert client.get_metric_history(lang.info.run_id, name), name
     assert client.get_metric_history(children["preference"].info.run_id, "train_reward_margins")
     artifacts = {a.path for a in client.list_artifacts(lang.info.run_id)}

@@ -52,14 +52,16 @@ def test_rejects_non_rows_and_reports_bad_lines(tmp_path):
 
 
 def test_inside_partitioned_dataset_and_catalog(tmp_path):
-    catalog = DataCatalog.from_config({
-        "parts": {
-            "type": "partitions.PartitionedDataset",
-            "path": str(tmp_path / "parts"),
-            "dataset": {"type": "xoron_pipelines.datasets.jsonl.JSONLinesDataset"},
-            "filename_suffix": ".jsonl",
+    catalog = DataCatalog.from_config(
+        {
+            "parts": {
+                "type": "partitions.PartitionedDataset",
+                "path": str(tmp_path / "parts"),
+                "dataset": {"type": "xoron_pipelines.datasets.jsonl.JSONLinesDataset"},
+                "filename_suffix": ".jsonl",
+            }
         }
-    })
+    )
     catalog.save("parts", {"a": ROWS, "b": ROWS[:1]})
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["a.jsonl", "b.jsonl"]
     loaded = catalog.load("parts")

@@ -13,10 +13,10 @@ import sys
 import pytest
 
 from xoron_pipelines.categories import DATASET_CATEGORIES
-from xoron_pipelines.synth.generators.gitops import detokenize_diff
-from xoron_pipelines.synth.generators.tools import RATES
 from xoron_pipelines.pipelines.synth.nodes import generate_synthetic
 from xoron_pipelines.pipelines.synth.params import SYNTH_TYPES
+from xoron_pipelines.synth.generators.gitops import detokenize_diff
+from xoron_pipelines.synth.generators.tools import RATES
 from xoron_pipelines.tokens import SPECIAL_TOKENS, render_chat, strip_hidden_tokens
 
 N = 60
@@ -139,8 +139,14 @@ def test_shell_outputs_are_what_bash_prints(corpus, tmp_path):
         workdir.mkdir()
         meta = row["metadata"]
         for command, expected in zip(meta["commands"], meta["outputs"]):
-            proc = subprocess.run(["bash", "-c", command], cwd=workdir, capture_output=True, text=True,
-                                  env={**os.environ, "LC_ALL": "C"}, timeout=30)
+            proc = subprocess.run(
+                ["bash", "-c", command],
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "LC_ALL": "C"},
+                timeout=30,
+            )
             assert proc.stdout.rstrip("\n") == expected, command
             programs.add(command.split()[0])
     assert {"printf", "grep", "sort", "echo", "python3", "ls"} <= programs
@@ -181,8 +187,14 @@ def test_fim_rows_reassemble(corpus):
 def test_git_diffs_are_real(corpus):
     for row in corpus[0]["git_diff"]:
         meta = row["metadata"]
-        expected = "".join(difflib.unified_diff(meta["before"].splitlines(True), meta["after"].splitlines(True),
-                                                f"a/{meta['path']}", f"b/{meta['path']}"))
+        expected = "".join(
+            difflib.unified_diff(
+                meta["before"].splitlines(True),
+                meta["after"].splitlines(True),
+                f"a/{meta['path']}",
+                f"b/{meta['path']}",
+            )
+        )
         assert meta["diff"] == expected and meta["before"] != meta["after"]
         convo = render_chat(row["messages"])
         (diff_block,) = _between(convo, "<|diff|>", "<|/diff|>")
@@ -249,8 +261,12 @@ def test_file_operations_track_the_files(corpus):
     for row in corpus[0]["file_ops"]:
         meta, text = row["metadata"], render_chat(row["messages"])
         for op in meta["operations"]:
-            token = {"read": "<|read_file|>", "edit": "<|edit_file|>", "add": "<|add_file|>",
-                     "delete": "<|delete_file|>"}[op["op"]]
+            token = {
+                "read": "<|read_file|>",
+                "edit": "<|edit_file|>",
+                "add": "<|add_file|>",
+                "delete": "<|delete_file|>",
+            }[op["op"]]
             assert f"{token}{op['path']}" in text or f"{token}\n{op['path']}" in text
         if meta["operations"][-1]["op"] != "read":
             listing = ", ".join(f"`{p}`" for p in sorted(meta["files_after"])) or "none"

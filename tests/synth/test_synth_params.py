@@ -35,8 +35,11 @@ def test_unknown_type_is_rejected_with_valid_names():
 
 @pytest.mark.parametrize(
     ("difficulty", "key"),
-    [({"easy": 0, "medium": 0, "hard": 0}, "synth.difficulty"), ({"hard": -0.5}, "synth.difficulty.hard"),
-     ({"extreme": 1.0}, "synth.difficulty.extreme")],
+    [
+        ({"easy": 0, "medium": 0, "hard": 0}, "synth.difficulty"),
+        ({"hard": -0.5}, "synth.difficulty.hard"),
+        ({"extreme": 1.0}, "synth.difficulty.extreme"),
+    ],
 )
 def test_bad_difficulty_weights(difficulty, key):
     with pytest.raises(ParameterError) as err:

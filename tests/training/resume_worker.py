@@ -25,9 +25,21 @@ from tiny_lm import TinyLM  # noqa: E402
 
 from xoron_pipelines.training import TensorBatchSource, TrainConfig, checkpoint, train  # noqa: E402
 
-CFG = dict(max_steps=10, batch_size=4, gradient_accumulation_steps=2, learning_rate=3e-2, warmup_steps=2,
-           lr_scheduler="cosine", max_grad_norm=0.5, save_steps=2, keep_last_k=2, eval_steps=3,
-           deterministic=True, seed=123, logging_steps=1)
+CFG = dict(
+    max_steps=10,
+    batch_size=4,
+    gradient_accumulation_steps=2,
+    learning_rate=3e-2,
+    warmup_steps=2,
+    lr_scheduler="cosine",
+    max_grad_norm=0.5,
+    save_steps=2,
+    keep_last_k=2,
+    eval_steps=3,
+    deterministic=True,
+    seed=123,
+    logging_steps=1,
+)
 
 
 def _die() -> None:

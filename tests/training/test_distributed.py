@@ -30,8 +30,17 @@ from xoron_pipelines.training.parallel import DataParallel
 
 ROWS = torch.randint(0, 31, (32, 8), generator=torch.Generator().manual_seed(0))
 LENGTHS = torch.tensor([8, 3, 8, 5, 8, 8, 2, 8, 6, 8, 8, 4, 8, 8, 7, 8] * 2)
-CFG = dict(max_steps=6, learning_rate=1e-2, warmup_steps=1, max_grad_norm=0.5, save_steps=2, keep_last_k=2,
-           logging_steps=1, eval_steps=3, seed=3)
+CFG = dict(
+    max_steps=6,
+    learning_rate=1e-2,
+    warmup_steps=1,
+    max_grad_norm=0.5,
+    save_steps=2,
+    keep_last_k=2,
+    logging_steps=1,
+    eval_steps=3,
+    seed=3,
+)
 TOLERANCE = 1e-6
 LMOutput = collections.namedtuple("LMOutput", "loss logits")
 
@@ -84,12 +93,23 @@ def _run(root: Path, name: str, batch_size: int, accumulation: int, **settings) 
     cfg = TrainConfig(**CFG, batch_size=batch_size, gradient_accumulation_steps=accumulation)
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     model, result = distributed_train(
-        make_model, functools.partial(make_source, batch_size, str(spy) if settings else None), cfg,
-        DistributedSettings(**settings), ckpt_dir=root / name, eval_fn=held_out_loss,
-        on_log=lambda step, metrics: logs.append((step, metrics)), progress=False)
+        make_model,
+        functools.partial(make_source, batch_size, str(spy) if settings else None),
+        cfg,
+        DistributedSettings(**settings),
+        ckpt_dir=root / name,
+        eval_fn=held_out_loss,
+        on_log=lambda step, metrics: logs.append((step, metrics)),
+        progress=False,
+    )
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # Ctrl-C works as before
-    return {"model": model, "result": result, "logs": logs, "writes": sorted(p.name for p in spy.iterdir()),
-            "ckpts": sorted(p.name for p in (root / name).iterdir())}
+    return {
+        "model": model,
+        "result": result,
+        "logs": logs,
+        "writes": sorted(p.name for p in spy.iterdir()),
+        "ckpts": sorted(p.name for p in (root / name).iterdir()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +118,16 @@ def runs(tmp_path_factory) -> dict:
     with mock.patch.object(distributed, "elastic_launch", side_effect=AssertionError("must not launch")):
         out = {"single": _run(root, "single", 2, 4)}  # nproc_per_node=1: trains in this process
     for strategy in ("ddp", "fsdp2"):
-        out[strategy] = _run(root, strategy, 4, 2, nproc_per_node=2, strategy=strategy, backend="gloo",
-                             rdzv_endpoint=f"127.0.0.1:{free_port()}")
+        out[strategy] = _run(
+            root,
+            strategy,
+            4,
+            2,
+            nproc_per_node=2,
+            strategy=strategy,
+            backend="gloo",
+            rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        )
     return out
 
 
@@ -152,17 +180,28 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        settings = DistributedSettings(nproc_per_node=2, backend="gloo",
-                                       rdzv_endpoint=f"127.0.0.1:{busy.getsockname()[1]}")
+        settings = DistributedSettings(
+            nproc_per_node=2, backend="gloo", rdzv_endpoint=f"127.0.0.1:{busy.getsockname()[1]}"
+        )
         with pytest.raises(RendezvousPortInUseError, match="already in use"):
-            distributed_train(make_model, functools.partial(make_source, 4), TrainConfig(**CFG), settings,
-                              ckpt_dir=tmp_path)
+            distributed_train(
+                make_model, functools.partial(make_source, 4), TrainConfig(**CFG), settings, ckpt_dir=tmp_path
+            )
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("bad", [dict(nproc_per_node=0), dict(nnodes=2, node_rank=2), dict(rdzv_endpoint="host"),
-                                 dict(rdzv_endpoint="127.0.0.1:70000"), dict(strategy="zero3"),
-                                 dict(backend="mpi"), dict(surprise=1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(nproc_per_node=0),
+        dict(nnodes=2, node_rank=2),
+        dict(rdzv_endpoint="host"),
+        dict(rdzv_endpoint="127.0.0.1:70000"),
+        dict(strategy="zero3"),
+        dict(backend="mpi"),
+        dict(surprise=1),
+    ],
+)
 def test_bad_settings_are_rejected(bad):
     with pytest.raises(ValidationError):
         DistributedSettings(**bad)
@@ -171,19 +210,30 @@ def test_bad_settings_are_rejected(bad):
 def test_impossible_combinations_fail_before_launch(tmp_path):
     fsdp_fp16 = DistributedSettings(nproc_per_node=2, strategy="fsdp2", backend="gloo")
     with pytest.raises(ValueError, match="fp16"):
-        distributed_train(make_model, functools.partial(make_source, 4), TrainConfig(**CFG, precision="fp16"),
-                          fsdp_fp16, ckpt_dir=tmp_path)
+        distributed_train(
+            make_model,
+            functools.partial(make_source, 4),
+            TrainConfig(**CFG, precision="fp16"),
+            fsdp_fp16,
+            ckpt_dir=tmp_path,
+        )
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="nccl"):
-            distributed_train(make_model, functools.partial(make_source, 4), TrainConfig(**CFG),
-                              DistributedSettings(nproc_per_node=2, backend="nccl"), ckpt_dir=tmp_path)
+            distributed_train(
+                make_model,
+                functools.partial(make_source, 4),
+                TrainConfig(**CFG),
+                DistributedSettings(nproc_per_node=2, backend="nccl"),
+                ckpt_dir=tmp_path,
+            )
 
 
 @pytest.fixture
 def one_rank_group(tmp_path):
     """A gloo process group of one rank in this process (torn down after the test)."""
-    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1),
-                                         rank=0, world_size=1)
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
     try:
         yield
     finally:
@@ -198,13 +248,21 @@ def _interrupt_at(step):
     def on_log(s, metrics):
         if s == step:
             raise _Interrupt
+
     return on_log
 
 
 def _train_fsdp2(model, ckpt_dir, on_log=None):
     cfg = TrainConfig(**{**CFG, "eval_steps": None}, batch_size=4, gradient_accumulation_steps=2)
-    return train(model, make_source(4), cfg, ckpt_dir=ckpt_dir, progress=False, on_log=on_log,
-                 parallel=DataParallel("fsdp2", torch.device("cpu")))
+    return train(
+        model,
+        make_source(4),
+        cfg,
+        ckpt_dir=ckpt_dir,
+        progress=False,
+        on_log=on_log,
+        parallel=DataParallel("fsdp2", torch.device("cpu")),
+    )
 
 
 def test_fsdp2_checkpoints_resume_to_the_same_weights(one_rank_group, tmp_path):

@@ -13,11 +13,21 @@ import torch.nn.functional as F
 from tests.training.finetune_helpers import chat_tokenizer, nano_model
 from xoron_pipelines.training import TrainConfig, train
 from xoron_pipelines.training.dpo import (
-    DPOSettings, build_preference_example, dpo_loss, dpo_step_loss, make_dpo_loss_fn, make_reference, sequence_logps)
+    DPOSettings,
+    build_preference_example,
+    dpo_loss,
+    dpo_step_loss,
+    make_dpo_loss_fn,
+    make_reference,
+    sequence_logps,
+)
 from xoron_pipelines.training.sft import ExampleBatchSource, collate
 
-PAIRS = [("two plus two?", "four", "five"), ("is it hello?", "hello world", "not sure"),
-         ("three?", "add(a, b)", "think step")]
+PAIRS = [
+    ("two plus two?", "four", "five"),
+    ("is it hello?", "hello world", "not sure"),
+    ("three?", "add(a, b)", "think step"),
+]
 
 
 def _batch(tok, pairs=PAIRS):
@@ -31,8 +41,9 @@ def test_dpo_loss_hand_computed():
     # pair 1: rewards 0.5 / -0.5, margin 1 -> log(1 + e^-1); pair 2: rewards 0 / 0.5, margin -0.5 -> log(1 + e^0.5)
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5))) / 2
     assert float(loss) == pytest.approx(expected, rel=1e-6)
-    assert m == pytest.approx({"rewards/chosen": 0.25, "rewards/rejected": 0.0, "rewards/margins": 0.25,
-                               "rewards/accuracies": 0.5})
+    assert m == pytest.approx(
+        {"rewards/chosen": 0.25, "rewards/rejected": 0.0, "rewards/margins": 0.25, "rewards/accuracies": 0.5}
+    )
 
 
 def test_beta_scales_the_implicit_rewards():
@@ -55,7 +66,8 @@ def test_preference_example_labels_the_answer_only():
     for side, answer in (("chosen", "four"), ("rejected", "five")):
         ids, labels = ex[f"{side}_input_ids"], ex[f"{side}_labels"]
         assert tok.decode(ids[1:]) == tok.apply_chat_template(
-            [{"role": "user", "content": "two plus two?"}, {"role": "assistant", "content": answer}], tokenize=False)
+            [{"role": "user", "content": "two plus two?"}, {"role": "assistant", "content": answer}], tokenize=False
+        )
         assert tok.decode(labels[labels != -100]) == f"{answer}\n<|/assistant|>"
 
 

@@ -10,8 +10,7 @@ from peft.tuners.lora import LoraLayer
 
 from tests.training.finetune_helpers import nano_model
 from xoron_pipelines.model import XoronForCausalLM
-from xoron_pipelines.training.lora import (
-    LoraSettings, apply_lora, lora_plus_param_groups, merge_lora, resolve_targets)
+from xoron_pipelines.training.lora import LoraSettings, apply_lora, lora_plus_param_groups, merge_lora, resolve_targets
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
 SEED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -21,12 +20,15 @@ def _settings(**kw) -> LoraSettings:
     return LoraSettings(**{"r": 4, "alpha": 8, "dropout": 0.0, **kw})
 
 
-@pytest.mark.parametrize(("preset", "overrides", "expected"), [
-    ("nano", {}, ["q_proj", "k_proj", "v_proj", "o_proj", *MLP]),
-    ("nano-gqa-moe", {}, ["q_proj", "k_proj", "v_proj", "o_proj", *MLP]),
-    ("nano-moe-mla", {}, ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *MLP]),
-    ("nano-moe-mla", {"q_lora_rank": None}, ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *MLP]),
-])
+@pytest.mark.parametrize(
+    ("preset", "overrides", "expected"),
+    [
+        ("nano", {}, ["q_proj", "k_proj", "v_proj", "o_proj", *MLP]),
+        ("nano-gqa-moe", {}, ["q_proj", "k_proj", "v_proj", "o_proj", *MLP]),
+        ("nano-moe-mla", {}, ["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *MLP]),
+        ("nano-moe-mla", {"q_lora_rank": None}, ["q_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", *MLP]),
+    ],
+)
 def test_default_targets_are_the_projections_the_attention_type_has(preset, overrides, expected):
     assert resolve_targets(nano_model(preset, **overrides)) == expected
 
@@ -108,8 +110,16 @@ def test_lora_plus_groups_give_b_ratio_times_lr():
 
 
 def test_settings_accept_seed_names_and_reject_nonsense():
-    s = LoraSettings.model_validate({"use_lora": True, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
-                                     "lora_target_modules": ["q_proj"], "use_lora_plus": False})
+    s = LoraSettings.model_validate(
+        {
+            "use_lora": True,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.1,
+            "lora_target_modules": ["q_proj"],
+            "use_lora_plus": False,
+        }
+    )
     assert (s.r, s.alpha, s.dropout, s.target_modules, s.b_lr_ratio) == (8, 16, 0.1, ["q_proj"], 1.0)
     assert LoraSettings().b_lr_ratio == 4.0 and LoraSettings().use_rslora and not LoraSettings().use_dora
     for bad in ({"r": 0}, {"dropout": 1.0}, {"lora_plus_lr_ratio": 0}, {"rank": 4}, {"target_modules": []}):

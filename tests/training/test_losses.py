@@ -15,11 +15,9 @@ from xoron_pipelines.training.losses import BlockWeighter, LossWeights, block_lo
 PAIRS = {"cot": [(10, 11)], "tool": [(20, 21), (22, 23)], "anti_hallucination": [(30, 31)], "code_exec": [(40, 41)]}
 
 #          plain  <cot   x     <tool  x     tool>  x     cot>  plain <anti  x    <tool  x    tool>  x    anti>
-ROW = [1, 10, 2, 20, 3, 21, 4, 11, 5, 30, 6, 22, 7, 23, 8, 31,
-       9, 11, 9, 40, 5]
+ROW = [1, 10, 2, 20, 3, 21, 4, 11, 5, 30, 6, 22, 7, 23, 8, 31, 9, 11, 9, 40, 5]
 #      plain, stray cot>, plain, <code (never closed), x
-EXPECTED = [1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0, 1.2, 1.2, 1.3, 1.3, 1.3, 1.2, 1.2,
-            1.0, 1.0, 1.0, 1.2, 1.2]
+EXPECTED = [1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0, 1.2, 1.2, 1.3, 1.3, 1.3, 1.2, 1.2, 1.0, 1.0, 1.0, 1.2, 1.2]
 
 
 def test_block_weights_hand_computed_with_nesting_stray_close_and_open_end():

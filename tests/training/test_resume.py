@@ -34,8 +34,13 @@ def _start(ckpt: Path, out: Path, kill: str | None = None, asynchronous: str = "
     env["XORON_TEST_ASYNC"] = asynchronous
     if kill:
         env["XORON_TEST_KILL"] = kill
-    return subprocess.Popen([sys.executable, str(WORKER), str(ckpt), str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(ckpt), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:

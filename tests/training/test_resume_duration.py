@@ -18,8 +18,18 @@ def _source():
 def _run(ckpt, **kw):
     torch.manual_seed(0)
     model = TinyLM(dropout=0.0)
-    cfg = TrainConfig(**{"learning_rate": 1e-2, "lr_scheduler": "cosine", "warmup_steps": 1, "save_steps": 1000,
-                         "logging_steps": 1, "deterministic": True, "seed": 3, **kw})
+    cfg = TrainConfig(
+        **{
+            "learning_rate": 1e-2,
+            "lr_scheduler": "cosine",
+            "warmup_steps": 1,
+            "save_steps": 1000,
+            "logging_steps": 1,
+            "deterministic": True,
+            "seed": 3,
+            **kw,
+        }
+    )
     logs = []
     result = train(model, _source(), cfg, ckpt_dir=ckpt, on_log=lambda s, m: logs.append((s, m)), progress=False)
     return model, result, {s: m["lr"] for s, m in logs if "lr" in m}

@@ -53,11 +53,11 @@ def test_sft_loss_weights_follow_the_think_block():
     ids = ex["input_ids"].tolist()
     a, b = ids.index(tok.convert_tokens_to_ids(THINK_OPEN)), ids.index(tok.convert_tokens_to_ids(THINK_CLOSE))
     expected = torch.ones(len(ids))
-    expected[a:b + 1] = 1.5
+    expected[a : b + 1] = 1.5
     assert torch.equal(ex["loss_weights"], expected)
     weighter = BlockWeighter.from_tokenizer(tok, LossWeights(cot_loss_weight=3.0))
     heavier = build_sft_example(CONVERSATION, tok, 256, weighter)["loss_weights"]
-    assert heavier[a:b + 1].eq(3.0).all() and heavier.sum() == len(ids) + 2 * (b - a + 1)
+    assert heavier[a : b + 1].eq(3.0).all() and heavier.sum() == len(ids) + 2 * (b - a + 1)
 
 
 def test_truncation_and_dropping_conversations_without_targets():
@@ -75,8 +75,11 @@ def test_truncation_and_dropping_conversations_without_targets():
 
 
 def test_collate_pads_right_with_ignored_labels_and_zero_weights():
-    a = {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7]),
-         "loss_weights": torch.tensor([1.0, 1.5, 1.0])}
+    a = {
+        "input_ids": torch.tensor([5, 6, 7]),
+        "labels": torch.tensor([-100, 6, 7]),
+        "loss_weights": torch.tensor([1.0, 1.5, 1.0]),
+    }
     b = {"input_ids": torch.tensor([8]), "labels": torch.tensor([8]), "loss_weights": torch.tensor([1.2])}
     batch = collate([a, b], pad_token_id=2)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
@@ -102,17 +105,20 @@ def test_example_batch_source_is_deterministic_and_covers_an_epoch():
 def test_model_loss_is_the_block_weighted_mean_over_assistant_tokens():
     tok = chat_tokenizer()
     model = nano_model().eval()
-    batch = collate([build_sft_example(CONVERSATION, tok, 64), build_sft_example(CONVERSATION[:3], tok, 64)],
-                    tok.pad_token_id)
+    batch = collate(
+        [build_sft_example(CONVERSATION, tok, 64), build_sft_example(CONVERSATION[:3], tok, 64)], tok.pad_token_id
+    )
     with torch.no_grad():
         out = model(**batch)
         logits, labels, w = out.logits[:, :-1], batch["labels"][:, 1:], batch["loss_weights"][:, 1:]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none",
-                             ignore_index=-100).view_as(labels)
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none", ignore_index=-100
+        ).view_as(labels)
         valid = (labels != -100).float()
         expected = (ce * w * valid).sum() / (w * valid).sum()
-        unweighted = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           labels=batch["labels"]).loss
+        unweighted = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
     assert torch.allclose(out.loss, expected, atol=1e-5)
     assert not torch.allclose(out.loss, unweighted, atol=1e-4)  # the 1.5 on the think block changes the loss
 

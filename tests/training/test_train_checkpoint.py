@@ -15,17 +15,33 @@ import torch
 
 from tests.training.tiny_lm import TinyLM
 from xoron_pipelines.training import (
-    TensorBatchSource, TrainConfig, latest_valid_checkpoint, load_checkpoint, train, verify_checkpoint)
+    TensorBatchSource,
+    TrainConfig,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    train,
+    verify_checkpoint,
+)
 from xoron_pipelines.training import checkpoint as ckpt_mod
 from xoron_pipelines.training.checkpoint import CorruptCheckpointError, Snapshot, decode_tree, encode_tree
 
-SOURCE = TensorBatchSource(torch.randint(0, 31, (16, 8), generator=torch.Generator().manual_seed(0)),
-                           batch_size=2, seed=1)
+SOURCE = TensorBatchSource(
+    torch.randint(0, 31, (16, 8), generator=torch.Generator().manual_seed(0)), batch_size=2, seed=1
+)
 
 
 def _cfg(**kw):
-    base = dict(max_steps=8, gradient_accumulation_steps=2, learning_rate=1e-2, warmup_steps=2, save_steps=2,
-                keep_last_k=3, deterministic=True, seed=3, logging_steps=1)
+    base = dict(
+        max_steps=8,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        save_steps=2,
+        keep_last_k=3,
+        deterministic=True,
+        seed=3,
+        logging_steps=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -41,10 +57,13 @@ def _equal(a, b):
 
 
 def test_state_tree_round_trip():
-    tree = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
-            "groups": [{"betas": (0.9, 0.95), "params": [0, 1], "lr": 1e-3, "name": None}],
-            "numpy": ("MT19937", np.arange(4, dtype=np.uint32), 2, 0, 0.0),
-            "floats": [math.inf, -0.0, 1 / 3], "flag": True}
+    tree = {
+        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+        "groups": [{"betas": (0.9, 0.95), "params": [0, 1], "lr": 1e-3, "name": None}],
+        "numpy": ("MT19937", np.arange(4, dtype=np.uint32), 2, 0, 0.0),
+        "floats": [math.inf, -0.0, 1 / 3],
+        "flag": True,
+    }
     tensors = {}
     encoded = encode_tree(tree, tensors)
     json.dumps(encoded)  # plain JSON
@@ -134,8 +153,15 @@ def test_checkpoint_contents(tmp_path):
     model, result = _train(tmp_path, _cfg(max_steps=4, keep_last_k=1))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-4"]
     files = sorted(p.name for p in (tmp_path / "checkpoint-4").iterdir())
-    assert files == ["manifest.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.json",
-                     "rng.safetensors", "trainer_state.json"]
+    assert files == [
+        "manifest.json",
+        "model.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng.json",
+        "rng.safetensors",
+        "trainer_state.json",
+    ]
     manifest = json.loads((tmp_path / "checkpoint-4" / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
         assert hashlib.sha256((tmp_path / "checkpoint-4" / name).read_bytes()).hexdigest() == meta["sha256"]

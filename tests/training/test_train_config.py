@@ -20,9 +20,19 @@ def test_exactly_one_duration():
         TrainConfig(max_steps=10, num_epochs=1)
 
 
-@pytest.mark.parametrize("bad", [{"learning_rate": 0}, {"betas": (0.9, 1.0)}, {"lr_scheduler": "step"},
-                                 {"precision": "fp8"}, {"warmup_ratio": 1.0}, {"unknown_knob": 1},
-                                 {"early_stopping_patience": 2}, {"fp16": True, "bf16": True}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"learning_rate": 0},
+        {"betas": (0.9, 1.0)},
+        {"lr_scheduler": "step"},
+        {"precision": "fp8"},
+        {"warmup_ratio": 1.0},
+        {"unknown_knob": 1},
+        {"early_stopping_patience": 2},
+        {"fp16": True, "bf16": True},
+    ],
+)
 def test_impossible_values_fail(bad):
     with pytest.raises(ValidationError):
         TrainConfig(max_steps=10, **bad)
@@ -37,11 +47,19 @@ def test_total_steps_from_epochs():
 
 
 def test_seed_document_spellings():
-    cfg = TrainConfig.model_validate({
-        "num_train_epochs": 3, "lr_scheduler_type": "linear", "grad_clip": 0.5, "save_every": 50,
-        "use_compile": True, "torch_compile_mode": "reduce-overhead", "use_gradient_checkpointing": True,
-        "bf16": True, "use_8bit_optimizer": True,
-    })
+    cfg = TrainConfig.model_validate(
+        {
+            "num_train_epochs": 3,
+            "lr_scheduler_type": "linear",
+            "grad_clip": 0.5,
+            "save_every": 50,
+            "use_compile": True,
+            "torch_compile_mode": "reduce-overhead",
+            "use_gradient_checkpointing": True,
+            "bf16": True,
+            "use_8bit_optimizer": True,
+        }
+    )
     assert (cfg.num_epochs, cfg.lr_scheduler, cfg.max_grad_norm, cfg.save_steps) == (3, "linear", 0.5, 50)
     assert (cfg.compile, cfg.compile_mode, cfg.gradient_checkpointing) == (True, "reduce-overhead", True)
     assert (cfg.precision, cfg.optimizer) == ("bf16", "adamw_8bit")

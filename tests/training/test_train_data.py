@@ -18,8 +18,10 @@ def _write_shards(directory, rows, lengths):
     directory.mkdir()
     for i, sl in enumerate((slice(0, 4), slice(4, None))):  # two shards
         ids = pa.array([r.tolist() for r in rows[sl]], type=pa.list_(pa.int32()))
-        pq.write_table(pa.table({"input_ids": ids, "length": pa.array(lengths[sl], type=pa.int32())}),
-                       directory / f"part-{i:05d}.parquet")
+        pq.write_table(
+            pa.table({"input_ids": ids, "length": pa.array(lengths[sl], type=pa.int32())}),
+            directory / f"part-{i:05d}.parquet",
+        )
 
 
 def test_epoch_is_a_permutation_and_deterministic():
@@ -61,12 +63,14 @@ def test_parquet_matches_tensor_source(tmp_path):
 
 
 def test_parquet_single_file_and_bad_rows(tmp_path):
-    pq.write_table(pa.table({"input_ids": pa.array([[1, 2, 3], [4, 5, 6]], type=pa.list_(pa.int32()))}),
-                   tmp_path / "one.parquet")
+    pq.write_table(
+        pa.table({"input_ids": pa.array([[1, 2, 3], [4, 5, 6]], type=pa.list_(pa.int32()))}), tmp_path / "one.parquet"
+    )
     src = ParquetBatchSource(tmp_path / "one.parquet", batch_size=1, shuffle=False)
     assert src.batch(0, 1)["input_ids"].tolist() == [[4, 5, 6]]
-    pq.write_table(pa.table({"input_ids": pa.array([[1, 2, 3], [4, 5]], type=pa.list_(pa.int32()))}),
-                   tmp_path / "ragged.parquet")
+    pq.write_table(
+        pa.table({"input_ids": pa.array([[1, 2, 3], [4, 5]], type=pa.list_(pa.int32()))}), tmp_path / "ragged.parquet"
+    )
     with pytest.raises(ValueError, match="rows of one length"):
         ParquetBatchSource(tmp_path / "ragged.parquet", batch_size=1)
     with pytest.raises(ValueError, match="cannot fill one batch"):

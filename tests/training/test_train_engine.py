@@ -57,10 +57,13 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
         torch.manual_seed(0)
         source = TensorBatchSource(rows, batch_size=bs, seed=1, lengths=lengths)
         with StepSpy() as spy:
-            model, result, logs = _run(tmp_path / name, _cfg(batch_size=bs, gradient_accumulation_steps=acc,
-                                                              max_grad_norm=None, max_steps=3), source)
+            model, result, logs = _run(
+                tmp_path / name,
+                _cfg(batch_size=bs, gradient_accumulation_steps=acc, max_grad_norm=None, max_steps=3),
+                source,
+            )
         outs[name] = (spy.grads, [m["loss"] for _, m in logs], model)
-    (g1, l1, m1), (g2, l2, m2) = outs["b4x1"], outs["b2x2"]
+    (g1, l1, _), (g2, l2, _) = outs["b4x1"], outs["b2x2"]
     assert l1 == pytest.approx(l2, rel=1e-5)
     for s1, s2 in zip(g1, g2, strict=True):
         for k in s1:
@@ -106,8 +109,13 @@ def test_nan_guard_skips_and_counts(tmp_path):
     assert skipped >= 1
     model = TinyLM(dropout=0.0)
     with StepSpy() as spy:
-        _, result, logs = _run(tmp_path, _cfg(max_steps=5, batch_size=2, gradient_accumulation_steps=2,
-                                              max_nan_skips=10), source, model=model, loss_fn=_poison_loss)
+        _, result, logs = _run(
+            tmp_path,
+            _cfg(max_steps=5, batch_size=2, gradient_accumulation_steps=2, max_nan_skips=10),
+            source,
+            model=model,
+            loss_fn=_poison_loss,
+        )
     assert result.state.nan_skips == skipped and len(spy.grads) == 5
     assert result.state.micro_step == 2 * (5 + skipped) == micro
     assert logs[-1][1]["nan_skips"] == skipped
@@ -127,8 +135,7 @@ def test_non_finite_gradient_is_caught(tmp_path):
         return model(**batch).loss + torch.sqrt((model.head.bias * 0).sum())
 
     with pytest.raises(NonFiniteLossError, match="non-finite gradient norm.*max_nan_skips=0"):
-        _run(tmp_path, _cfg(max_nan_skips=0), TensorBatchSource(_rows(), batch_size=2, seed=1),
-             loss_fn=nan_grad_loss)
+        _run(tmp_path, _cfg(max_nan_skips=0), TensorBatchSource(_rows(), batch_size=2, seed=1), loss_fn=nan_grad_loss)
 
 
 def test_bf16_autocast_on_cpu(tmp_path):
@@ -154,8 +161,12 @@ def test_fp16_grad_scaler_absorbs_overflows(tmp_path):
         calls.append(1)
         return model(**batch).loss * (1e6 if len(calls) <= 2 else 1.0)
 
-    _, result, _ = _run(tmp_path, _cfg(precision="fp16", max_steps=2, save_steps=1, max_nan_skips=0),
-                        TensorBatchSource(_rows(), batch_size=4, seed=1), loss_fn=huge_first_loss)
+    _, result, _ = _run(
+        tmp_path,
+        _cfg(precision="fp16", max_steps=2, save_steps=1, max_nan_skips=0),
+        TensorBatchSource(_rows(), batch_size=4, seed=1),
+        loss_fn=huge_first_loss,
+    )
     scaler = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())["scaler"]
     assert result.state.step == 2 and result.state.nan_skips == 0
     assert result.state.overflow_skips == 2 and scaler["scale"] == 65536.0 / 4  # halved per overflow
@@ -166,8 +177,12 @@ def test_fp16_gives_up_when_no_scale_helps(tmp_path):
         return model(**batch).loss + torch.sqrt((model.head.bias * 0).sum())
 
     with pytest.raises(NonFiniteLossError, match="gradient norm"):
-        _run(tmp_path, _cfg(precision="fp16", max_nan_skips=0), TensorBatchSource(_rows(), batch_size=4, seed=1),
-             loss_fn=nan_grad_loss)
+        _run(
+            tmp_path,
+            _cfg(precision="fp16", max_nan_skips=0),
+            TensorBatchSource(_rows(), batch_size=4, seed=1),
+            loss_fn=nan_grad_loss,
+        )
 
 
 def test_early_stopping(tmp_path):
@@ -180,8 +195,9 @@ def test_early_stopping(tmp_path):
         return {"eval_loss": next(values), "accuracy": 0.5}
 
     source = TensorBatchSource(_rows(), batch_size=4, seed=1)
-    model, result, logs = _run(tmp_path, _cfg(max_steps=10, eval_steps=1, early_stopping_patience=2), source,
-                               eval_fn=eval_fn)
+    model, result, logs = _run(
+        tmp_path, _cfg(max_steps=10, eval_steps=1, early_stopping_patience=2), source, eval_fn=eval_fn
+    )
     assert result.state.stopped_early and result.state.step == 4 and len(calls) == 4
     assert result.state.best_eval_loss == 2.0
     assert [m["eval_loss"] for _, m in logs if "eval_loss" in m] == [3.0, 2.0, 2.5, 2.1]
@@ -189,17 +205,26 @@ def test_early_stopping(tmp_path):
     assert result.last_checkpoint == tmp_path / "checkpoint-4"
     # re-running the finished run does nothing more and loads the final weights
     again = TinyLM(dropout=0.0)
-    rerun = train(again, source, _cfg(max_steps=10, eval_steps=1, early_stopping_patience=2), ckpt_dir=tmp_path,
-                  eval_fn=eval_fn, progress=False)
+    rerun = train(
+        again,
+        source,
+        _cfg(max_steps=10, eval_steps=1, early_stopping_patience=2),
+        ckpt_dir=tmp_path,
+        eval_fn=eval_fn,
+        progress=False,
+    )
     assert len(calls) == 4 and rerun.state.step == 4 and rerun.resumed_from == tmp_path / "checkpoint-4"
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
 
 
 def test_early_stopping_min_delta(tmp_path):
     values = iter([3.0, 2.0, 1.9, 0.1])
-    _, result, _ = _run(tmp_path, _cfg(max_steps=10, eval_steps=2, early_stopping_patience=2,
-                                       early_stopping_min_delta=1.5),
-                        TensorBatchSource(_rows(), batch_size=4, seed=1), eval_fn=lambda m: next(values))
+    _, result, _ = _run(
+        tmp_path,
+        _cfg(max_steps=10, eval_steps=2, early_stopping_patience=2, early_stopping_min_delta=1.5),
+        TensorBatchSource(_rows(), batch_size=4, seed=1),
+        eval_fn=lambda m: next(values),
+    )
     assert result.state.stopped_early and result.state.step == 6 and result.state.best_eval_loss == 3.0
 
 
@@ -215,8 +240,13 @@ def test_logging_deterministic_mode_and_seed(tmp_path):
     runs = {}
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         torch.manual_seed(0)
-        model, result, logs = _run(tmp_path / name, _cfg(max_steps=6, logging_steps=2, seed=seed, warmup_steps=2),
-                                   source, model=TinyLM(dropout=0.3), loss_fn=loss_fn)
+        model, result, logs = _run(
+            tmp_path / name,
+            _cfg(max_steps=6, logging_steps=2, seed=seed, warmup_steps=2),
+            source,
+            model=TinyLM(dropout=0.3),
+            loss_fn=loss_fn,
+        )
         runs[name] = model
     assert set(flags) == {True} and torch.are_deterministic_algorithms_enabled() == before
     assert [s for s, _ in logs] == [2, 4, 6]
@@ -247,9 +277,18 @@ def test_compile_option_wraps_the_forward(tmp_path, monkeypatch):
         return seen["wrapper"]
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    model, result, _ = _run(tmp_path, _cfg(compile=True, compile_mode="reduce-overhead", max_steps=2, save_steps=1,
-                                           gradient_accumulation_steps=2, batch_size=2),
-                            TensorBatchSource(_rows(), batch_size=2, seed=1))
+    model, result, _ = _run(
+        tmp_path,
+        _cfg(
+            compile=True,
+            compile_mode="reduce-overhead",
+            max_steps=2,
+            save_steps=1,
+            gradient_accumulation_steps=2,
+            batch_size=2,
+        ),
+        TensorBatchSource(_rows(), batch_size=2, seed=1),
+    )
     assert seen["kwargs"] == {"backend": "inductor", "mode": "reduce-overhead"}
     assert seen["wrapper"].calls == 4  # every micro-batch went through the compiled module
     from safetensors.torch import load_file
@@ -282,8 +321,14 @@ def test_bad_arguments(tmp_path):
 
 
 def test_progress_bar_shows_stage_tokens_per_second_and_eta(tmp_path, capsys):
-    train(TinyLM(dropout=0.0), TensorBatchSource(_rows(), batch_size=4, seed=1), _cfg(max_steps=3),
-          ckpt_dir=tmp_path, desc="pretrain", progress=True)
+    train(
+        TinyLM(dropout=0.0),
+        TensorBatchSource(_rows(), batch_size=4, seed=1),
+        _cfg(max_steps=3),
+        ckpt_dir=tmp_path,
+        desc="pretrain",
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "pretrain" in err and "3/3" in err and "tok_s=" in err and "<00:00" in err  # ETA column
 
@@ -292,6 +337,9 @@ def test_batch_tokens_counts_lm_and_preference_batches():
     from xoron_pipelines.training.engine import batch_tokens
 
     assert batch_tokens({"input_ids": torch.zeros(2, 5), "labels": torch.zeros(2, 5)}) == 10
-    pair = {"chosen_input_ids": torch.zeros(2, 7), "rejected_input_ids": torch.zeros(2, 4),
-            "chosen_labels": torch.zeros(2, 7)}
+    pair = {
+        "chosen_input_ids": torch.zeros(2, 7),
+        "rejected_input_ids": torch.zeros(2, 4),
+        "chosen_labels": torch.zeros(2, 7),
+    }
     assert batch_tokens(pair) == 22

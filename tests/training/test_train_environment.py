@@ -10,27 +10,34 @@ from xoron_pipelines.training import detect_environment, environment_paths, get_
 SEED_TABLE = {
     "kaggle": ("/kaggle/tmp/xoron", "/kaggle/tmp/xoron/checkpoints", "/kaggle/working/xoron-final"),
     "colab": ("/content/tmp", "/content/xoron-checkpoints", "/content/xoron-final"),
-    "lightning": ("/tmp/xoron", "/teamspace/studios/this_studio/xoron-checkpoints",
-                  "/teamspace/studios/this_studio/xoron-final"),
+    "lightning": (
+        "/tmp/xoron",
+        "/teamspace/studios/this_studio/xoron-checkpoints",
+        "/teamspace/studios/this_studio/xoron-final",
+    ),
     "local": ("./tmp", "./xoron-checkpoints", "./xoron-final"),
 }
 
 
 def _detect(env=(), paths=(), colab=False):
-    return detect_environment(environ=dict.fromkeys(env, "1"), exists=lambda p: p in paths,
-                              colab_importable=lambda: colab)
+    return detect_environment(
+        environ=dict.fromkeys(env, "1"), exists=lambda p: p in paths, colab_importable=lambda: colab
+    )
 
 
-@pytest.mark.parametrize("probe,expected", [
-    ({"paths": ["/kaggle"]}, "kaggle"),
-    ({"env": ["KAGGLE_KERNEL_RUN_TYPE"]}, "kaggle"),
-    ({"colab": True}, "colab"),
-    ({"env": ["COLAB_RELEASE_TAG"]}, "colab"),
-    ({"paths": ["/teamspace"]}, "lightning"),
-    ({"env": ["LIGHTNING_CLOUDSPACE_HOST"]}, "lightning"),
-    ({}, "local"),
-    ({"paths": ["/kaggle", "/teamspace"]}, "kaggle"),  # first match wins
-])
+@pytest.mark.parametrize(
+    "probe,expected",
+    [
+        ({"paths": ["/kaggle"]}, "kaggle"),
+        ({"env": ["KAGGLE_KERNEL_RUN_TYPE"]}, "kaggle"),
+        ({"colab": True}, "colab"),
+        ({"env": ["COLAB_RELEASE_TAG"]}, "colab"),
+        ({"paths": ["/teamspace"]}, "lightning"),
+        ({"env": ["LIGHTNING_CLOUDSPACE_HOST"]}, "lightning"),
+        ({}, "local"),
+        ({"paths": ["/kaggle", "/teamspace"]}, "kaggle"),  # first match wins
+    ],
+)
 def test_detect_environment(probe, expected):
     assert _detect(**probe) == expected
 
@@ -56,8 +63,16 @@ def test_unknown_environment():
 
 
 def test_two_gpu_layout_is_seed_000():
-    gpu0 = ["vision_encoder", "video_encoder", "audio_encoder", "audio_decoder", "waveform_decoder",
-            "projector", "generator", "video_generator"]
+    gpu0 = [
+        "vision_encoder",
+        "video_encoder",
+        "audio_encoder",
+        "audio_decoder",
+        "waveform_decoder",
+        "projector",
+        "generator",
+        "video_generator",
+    ]
     gpu1 = ["llm", "cross_attention", "modality_markers"]
     assert get_device_map(2) == {**dict.fromkeys(gpu0, "cuda:0"), **dict.fromkeys(gpu1, "cuda:1")}
 

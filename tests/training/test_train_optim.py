@@ -55,7 +55,9 @@ def test_frozen_parameters_are_left_out():
 
 def test_8bit_without_bitsandbytes_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     for cfg in (TrainConfig(max_steps=1, optimizer="adamw_8bit"), TrainConfig(max_steps=1, use_8bit_optimizer=True)):
         with pytest.raises(OptimizerUnavailableError, match="needs the bitsandbytes package.*optimizer: adamw"):
             build_optimizer(_model(), cfg)
@@ -68,9 +70,16 @@ def test_fused_adamw_on_cpu_matches_multi_tensor_adamw():
     fused_model, ref_model = _model(), _model()
     opt = build_optimizer(fused_model, cfg)
     assert opt.defaults["fused"] is True
-    ref = torch.optim.AdamW([{"params": [ref_model[0].weight], "weight_decay": 0.1},
-                             {"params": [ref_model[0].bias, *ref_model[1].parameters()], "weight_decay": 0.0}],
-                            lr=1e-2, betas=(0.8, 0.9), eps=1e-6, foreach=True)
+    ref = torch.optim.AdamW(
+        [
+            {"params": [ref_model[0].weight], "weight_decay": 0.1},
+            {"params": [ref_model[0].bias, *ref_model[1].parameters()], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(0.8, 0.9),
+        eps=1e-6,
+        foreach=True,
+    )
     gen = torch.Generator().manual_seed(1)
     for _ in range(5):
         x = torch.randn(8, 3, generator=gen)

@@ -37,9 +37,10 @@ def test_linear_and_constant():
     assert [const(s) for s in (0, 1, 3, 11, 50)] == pytest.approx([0.0, 1 / 3, 1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("kind,reference", [("cosine", get_cosine_schedule_with_warmup),
-                                            ("linear", get_linear_schedule_with_warmup),
-                                            ("constant", None)])
+@pytest.mark.parametrize(
+    "kind,reference",
+    [("cosine", get_cosine_schedule_with_warmup), ("linear", get_linear_schedule_with_warmup), ("constant", None)],
+)
 def test_parity_with_transformers(kind, reference):
     total, warmup = 17, 5
     ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -60,8 +61,9 @@ def test_scheduler_drives_optimizer_lr():
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert seen == pytest.approx([0.0, 0.1, 0.2, 0.2 * (0.5 + 0.5 * math.cos(math.pi / 4)), 0.1,
-                                  0.2 * (0.5 + 0.5 * math.cos(3 * math.pi / 4))])
+    assert seen == pytest.approx(
+        [0.0, 0.1, 0.2, 0.2 * (0.5 + 0.5 * math.cos(math.pi / 4)), 0.1, 0.2 * (0.5 + 0.5 * math.cos(3 * math.pi / 4))]
+    )
 
 
 def test_warmup_ratio_and_steps_from_config():

@@ -13,21 +13,45 @@ ROWS = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))
 
 
 def _model():
-    cfg = model_lib.get_config("nano-moe-mla", num_layers=2, hidden_size=64, vocab_size=64, num_heads=2,
-                               intermediate_size=64, kv_lora_rank=16, q_lora_rank=32, max_position_embeddings=64,
-                               dropout=0.0, tie_word_embeddings=True)
+    cfg = model_lib.get_config(
+        "nano-moe-mla",
+        num_layers=2,
+        hidden_size=64,
+        vocab_size=64,
+        num_heads=2,
+        intermediate_size=64,
+        kv_lora_rank=16,
+        q_lora_rank=32,
+        max_position_embeddings=64,
+        dropout=0.0,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     return model_lib.XoronForCausalLM(cfg)
 
 
 def _cfg(**kw):
-    return TrainConfig(**{**dict(max_steps=4, batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-2,
-                                 save_steps=2, deterministic=True, seed=1, logging_steps=1), **kw})
+    return TrainConfig(
+        **{
+            **dict(
+                max_steps=4,
+                batch_size=2,
+                gradient_accumulation_steps=2,
+                learning_rate=1e-2,
+                save_steps=2,
+                deterministic=True,
+                seed=1,
+                logging_steps=1,
+            ),
+            **kw,
+        }
+    )
 
 
 def _train(model, ckpt_dir, cfg=None, **kw):
-    return train(model, TensorBatchSource(ROWS, batch_size=2, seed=0), cfg or _cfg(), ckpt_dir=ckpt_dir,
-                 progress=False, **kw)
+    return train(
+        model, TensorBatchSource(ROWS, batch_size=2, seed=0), cfg or _cfg(), ckpt_dir=ckpt_dir, progress=False, **kw
+    )
 
 
 def test_xoron_resume_is_exact_and_moe_bias_moves(tmp_path):
@@ -55,7 +79,9 @@ def test_xoron_gradient_checkpointing_recomputes_and_matches(tmp_path):
     for gc in (False, True):
         model = _model()
         count = [0]
-        model.model.layers[0].self_attn.register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        model.model.layers[0].self_attn.register_forward_hook(
+            lambda *a, count=count: count.__setitem__(0, count[0] + 1)
+        )
         _train(model, tmp_path / str(gc), _cfg(max_steps=1, gradient_checkpointing=gc))
         weights[gc], calls[gc] = model.state_dict(), count[0]
     assert calls == {False: 2, True: 4}  # 2 micro-batches; checkpointing runs each forward again in backward

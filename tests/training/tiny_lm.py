@@ -34,8 +34,9 @@ class TinyLM(nn.Module):
         loss = None
         if labels is not None:
             tgt = labels[:, 1:].reshape(-1)
-            ce = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt,
-                                             reduction="none", ignore_index=-100)
+            ce = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), tgt, reduction="none", ignore_index=-100
+            )
             w = (tgt != -100).float()
             if loss_weights is not None:
                 w = w * loss_weights[:, 1:].reshape(-1)

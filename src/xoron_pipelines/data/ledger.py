@@ -15,8 +15,8 @@ dedup state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import pyarrow as pa
 from tqdm.auto import tqdm
@@ -50,8 +50,12 @@ class BadRecordError(ValueError):
     """Raised on the first bad record when ``on_bad_record: fail``."""
 
 
-def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048,
-                 synth: Mapping[str, Callable[[], Any]] | None = None) -> ShardSet:
+def build_ledger(
+    params,
+    sources: Iterable | None = None,
+    batch_rows: int = 2048,
+    synth: Mapping[str, Callable[[], Any]] | None = None,
+) -> ShardSet:
     """Ingest, clean and deduplicate every selected source into a staged ledger shard set;
     ``synth`` (the loaded ``synth_raw`` dataset: type -> load function) feeds the ``synth`` sources."""
     sources = list(params.selected_sources() if sources is None else sources)
@@ -65,8 +69,14 @@ def build_ledger(params, sources: Iterable | None = None, batch_rows: int = 2048
     return ShardSet(out_dir, staged=True)
 
 
-def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, batch_rows: int,
-                   synth: Mapping[str, Callable[[], Any]] | None = None) -> None:
+def _ingest_source(
+    source,
+    params,
+    dedup: Deduplicator,
+    writer: ShardWriter,
+    batch_rows: int,
+    synth: Mapping[str, Callable[[], Any]] | None = None,
+) -> None:
     c = params.cleaning
     cols: dict[str, list] = {name: [] for name in LEDGER_SCHEMA.names}
     counts = {KEPT: 0, QUARANTINED: 0, FILTERED: 0}
@@ -76,10 +86,16 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
         # printable() makes them writable; a kept text is clean (clean_text drops surrogates).
         counts[status] += 1
         for name, value in (
-            ("source", source.name), ("category", source.category), ("modality", source.modality),
-            ("file", src_mod.printable(rec.file)), ("row", rec.row), ("status", status), ("reason", reason or ""),
+            ("source", source.name),
+            ("category", source.category),
+            ("modality", source.modality),
+            ("file", src_mod.printable(rec.file)),
+            ("row", rec.row),
+            ("status", status),
+            ("reason", reason or ""),
             ("detail", src_mod.printable(rec.detail)),
-            ("raw", src_mod.printable(rec.raw) if status == QUARANTINED else None), ("text", text),
+            ("raw", src_mod.printable(rec.raw) if status == QUARANTINED else None),
+            ("text", text),
         ):
             cols[name].append(value)
         if len(cols["row"]) >= batch_rows:
@@ -111,7 +127,11 @@ def _ingest_source(source, params, dedup: Deduplicator, writer: ShardWriter, bat
     writer.write_rows(cols)
     log.info(
         "source %s: %d records in, %d kept, %d quarantined, %d filtered",
-        source.name, sum(counts.values()), counts[KEPT], counts[QUARANTINED], counts[FILTERED],
+        source.name,
+        sum(counts.values()),
+        counts[KEPT],
+        counts[QUARANTINED],
+        counts[FILTERED],
     )
 
 

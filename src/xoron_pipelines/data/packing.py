@@ -23,10 +23,10 @@ import bisect
 import hashlib
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -264,17 +264,28 @@ def warn_repeats(report: Mapping[str, Mapping[str, float]], desc: str) -> list[s
     heavy = [name for name, row in report.items() if row["passes_completed"] > MAX_QUIET_PASSES]
     if heavy:
         natural = sum(row["tokens"] / max(row["passes_completed"], 1) for row in report.values())
-        detail = ", ".join(f"{n}: {report[n]['passes_completed']} passes (weight {report[n]['target_share']:.3g}, "
-                           f"natural share {report[n]['tokens'] / max(report[n]['passes_completed'], 1) / natural:.3g})"
-                           for n in heavy)
-        log.warning("%s: sources repeated to keep their weight: %s; weights near the natural shares read each "
-                    "source about once", desc, detail)
+        detail = ", ".join(
+            f"{n}: {report[n]['passes_completed']} passes (weight {report[n]['target_share']:.3g}, "
+            f"natural share {report[n]['tokens'] / max(report[n]['passes_completed'], 1) / natural:.3g})"
+            for n in heavy
+        )
+        log.warning(
+            "%s: sources repeated to keep their weight: %s; weights near the natural shares read each "
+            "source about once",
+            desc,
+            detail,
+        )
     return heavy
 
 
-def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params, weights: Mapping[str, float] | None = None,
-                      cache: dict[str, CachedSource] | None = None,
-                      desc: str = "tokenize+pack") -> tuple[ShardSet, ShardSet, dict]:
+def tokenize_and_pack(
+    ledger: ShardSet,
+    hf_tokenizer,
+    params,
+    weights: Mapping[str, float] | None = None,
+    cache: dict[str, CachedSource] | None = None,
+    desc: str = "tokenize+pack",
+) -> tuple[ShardSet, ShardSet, dict]:
     """Mix, tokenize, split and pack the ledger's kept documents; returns staged train / val
     shard sets and the manifest (token counts, target vs achieved source mix).
 
@@ -340,7 +351,10 @@ def tokenize_and_pack(ledger: ShardSet, hf_tokenizer, params, weights: Mapping[s
     }
     warn_repeats(manifest["sources"], desc)
     if p.preprocess_validation_fraction > 0 and splits["val"].documents == 0:
-        log.warning("validation split is empty (fraction %s, %d documents)", p.preprocess_validation_fraction,
-                    splits["train"].documents)
+        log.warning(
+            "validation split is empty (fraction %s, %d documents)",
+            p.preprocess_validation_fraction,
+            splits["train"].documents,
+        )
     log.info("packed %s", manifest["splits"])
     return train, val, manifest

@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import string
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from xoron_pipelines.data import stdlib_corpus
 from xoron_pipelines.tokens import render_chat
@@ -157,8 +157,9 @@ def synth_label(kind: str, partition: Any) -> str:
     return getattr(partition, "file", None) or f"synth_raw/{kind}"
 
 
-def iter_records(source, max_record_bytes: int, stdlib_params=None,
-                 synth: Mapping[str, Any] | None = None) -> Iterator[RawRecord]:
+def iter_records(
+    source, max_record_bytes: int, stdlib_params=None, synth: Mapping[str, Any] | None = None
+) -> Iterator[RawRecord]:
     """Every row of ``source`` as a :class:`RawRecord` (text extracted, or a reason).
 
     A failure while extracting one row quarantines that row; a failure that stops a file's
@@ -170,12 +171,17 @@ def iter_records(source, max_record_bytes: int, stdlib_params=None,
     load is one ``unreadable_file`` record)."""
     if source.format == "synth":
         if source.path not in (synth or {}):
-            raise ValueError(f"source {source.name!r}: a synth source is read from the synth_raw dataset's "
-                             f"partition {source.path!r}, which is not given here (only data_processing reads them)")
+            raise ValueError(
+                f"source {source.name!r}: a synth source is read from the synth_raw dataset's "
+                f"partition {source.path!r}, which is not given here (only data_processing reads them)"
+            )
         partition = synth[source.path]
         path = getattr(partition, "path", None)
-        rows = (_iter_jsonl(path, max_record_bytes) if path is not None and path.suffix == ".jsonl" and path.is_file()
-                else _iter_partition(partition))
+        rows = (
+            _iter_jsonl(path, max_record_bytes)
+            if path is not None and path.suffix == ".jsonl" and path.is_file()
+            else _iter_partition(partition)
+        )
         yield from _guarded(source, synth_label(source.path, partition), rows, max_record_bytes)
         return
     if source.format == "stdlib":
@@ -261,7 +267,7 @@ def _iter_jsonl(path: Path, max_record_bytes: int) -> Iterator[Any]:
     with path.open("rb") as fh:
         for lineno, (line, size) in enumerate(_lines(fh, max_record_bytes), start=1):
             if lineno == 1 and line.startswith(_BOM):
-                line, size = line[len(_BOM):], size - len(_BOM)
+                line, size = line[len(_BOM) :], size - len(_BOM)
             if size > max_record_bytes:
                 yield _bad(str(path), lineno, OVERSIZED, f"{size} bytes > {max_record_bytes}", line, size)
                 continue
@@ -329,7 +335,9 @@ def _iter_parquet(path: Path, max_record_bytes: int) -> Iterator[Any]:
                         row += 1
             except Exception as exc:  # noqa: BLE001 -- ArrowInvalid, OSError: this row group only
                 yield _bad(
-                    str(path), row, CORRUPT_ROW_GROUP,
+                    str(path),
+                    row,
+                    CORRUPT_ROW_GROUP,
                     f"row group {group} (rows {start}-{start + n - 1}): rows {row}-{start + n - 1} unreadable: "
                     f"{_error(exc)}",
                     "",
@@ -444,9 +452,13 @@ def _template_text(value: dict, template: str) -> tuple[str | None, str | None, 
 
 
 def _render_messages(messages: Any) -> tuple[str | None, str]:
-    ok = isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in messages
+    ok = (
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
     )
     if not ok:
         return None, "messages must be a non-empty list of {role: str, content: str}"

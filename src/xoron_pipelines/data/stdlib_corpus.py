@@ -13,8 +13,8 @@ from __future__ import annotations
 import ast
 import sysconfig
 import tokenize
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3", "turtledemo"}
 _TEST_DIRS = {"test", "tests", "idle_test"}

@@ -9,7 +9,7 @@ No post-processor is set: ``encode`` adds no BOS/EOS; packing adds them per docu
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -52,7 +52,8 @@ class EmbeddingCacheDataset(AbstractDataset[CacheBuild, CacheSubset]):
         if wanted is not None and Path(wanted).resolve() != self._path.parent.resolve():
             raise DatasetError(
                 f"embedding_cache.preprocess_cache_dir is {wanted} but the catalog writes the {data.subset} cache to "
-                f"{self._path}: set preprocess_cache_dir to {self._path.parent} (or null), or change the catalog path")
+                f"{self._path}: set preprocess_cache_dir to {self._path.parent} (or null), or change the catalog path"
+            )
         stored = read_manifest(self._path)
         if data.reuses(stored):
             log.info("embedding_cache/%s: fingerprint unchanged, reusing %s", data.subset, self._path)

@@ -55,8 +55,11 @@ class ExportDirectoryDataset(AbstractDataset[ExportedArtifact, Path]):
 
     def load(self) -> Path:
         if not self._exists():
-            raise DatasetError(f"no export at {self._path}" + (f" ({self._marker} missing)" if self._marker else "")
-                               + "; run kedro run --pipeline export")
+            raise DatasetError(
+                f"no export at {self._path}"
+                + (f" ({self._marker} missing)" if self._marker else "")
+                + "; run kedro run --pipeline export"
+            )
         return self._path
 
     def save(self, data: ExportedArtifact) -> None:
@@ -66,10 +69,12 @@ class ExportDirectoryDataset(AbstractDataset[ExportedArtifact, Path]):
             logger.info("nothing exported to %s (%s); left as it is", self._path, data.reason or "not requested")
             return
         if data.target is not None and Path(data.target).resolve() != self._path.resolve():
-            raise DatasetError(f"export built for {data.target} (export.output_dir) but this catalog entry writes "
-                               f"{self._path}: set export.output_dir on the command line (--params "
-                               f"export.output_dir=DIR) or in conf/base/globals.yml (export_output_dir), which "
-                               f"the catalog's export_* entries follow")
+            raise DatasetError(
+                f"export built for {data.target} (export.output_dir) but this catalog entry writes "
+                f"{self._path}: set export.output_dir on the command line (--params "
+                f"export.output_dir=DIR) or in conf/base/globals.yml (export_output_dir), which "
+                f"the catalog's export_* entries follow"
+            )
         staged = Path(data.path)
         with atomic_dir(self._path) as new:
             for item in staged.iterdir():

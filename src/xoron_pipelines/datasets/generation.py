@@ -48,8 +48,12 @@ def new_generation_id() -> str:
 
 def write_marker(directory: Path, generation: str) -> None:
     """Write ``_generation.json`` into ``directory`` (a staged directory, before it is published)."""
-    record = {"generation": generation, "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "host": socket.gethostname(), "pid": os.getpid()}
+    record = {
+        "generation": generation,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
     (Path(directory) / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 

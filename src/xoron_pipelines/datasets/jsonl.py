@@ -12,8 +12,9 @@ It also works as the ``dataset`` of a ``partitions.PartitionedDataset`` (one fil
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 

@@ -41,8 +41,10 @@ def load_decoder(path: str | Path, tokenizer_path: str | Path | None = None) -> 
     path = Path(path)
     tok_path = Path(tokenizer_path) if tokenizer_path else path
     if not (path / CONFIG_FILE).is_file():
-        raise DatasetError(f"no causal LM at {path} (config.json missing): run `kedro run --pipeline pretrain` or "
-                           "point latent_decoder (conf/base/catalog.yml) at a local model directory")
+        raise DatasetError(
+            f"no causal LM at {path} (config.json missing): run `kedro run --pipeline pretrain` or "
+            "point latent_decoder (conf/base/catalog.yml) at a local model directory"
+        )
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
     return DecoderBundle(model.float().eval(), tokenizer, str(path), str(tok_path))

@@ -44,7 +44,9 @@ class XoronModelDataset(AbstractDataset[Any, Any]):
 
     def save(self, data: Any) -> None:
         if not hasattr(data, "save_pretrained"):
-            raise DatasetError(f"XoronModelDataset.save expects a model with save_pretrained, got {type(data).__name__}")
+            raise DatasetError(
+                f"XoronModelDataset.save expects a model with save_pretrained, got {type(data).__name__}"
+            )
         with atomic_dir(self._path) as stage:
             data.save_pretrained(str(stage), safe_serialization=True)
 
@@ -63,14 +65,19 @@ class StageModels:
 
     def stages(self) -> list[str]:
         """Stages that have a saved model, sorted by name."""
-        return sorted(p.name for p in self.root.iterdir() if XoronModelDataset(str(p))._exists()) \
-            if self.root.is_dir() else []
+        return (
+            sorted(p.name for p in self.root.iterdir() if XoronModelDataset(str(p))._exists())
+            if self.root.is_dir()
+            else []
+        )
 
     def __getitem__(self, stage: str) -> Any:
         dataset = XoronModelDataset(str(self.root / stage))
         if not dataset._exists():
-            raise DatasetError(f"no model for stage {stage!r} under {self.root} (saved stages: {self.stages()}); "
-                               f"train it first, e.g. kedro run --pipeline pretrain / finetune")
+            raise DatasetError(
+                f"no model for stage {stage!r} under {self.root} (saved stages: {self.stages()}); "
+                f"train it first, e.g. kedro run --pipeline pretrain / finetune"
+            )
         return dataset.load()
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -78,8 +79,12 @@ class ShardSet:
         if not self.files:
             return iter(())
         scanner = self.dataset().scanner(
-            columns=columns, filter=filter, batch_size=batch_size, use_threads=False,
-            batch_readahead=1, fragment_readahead=1,  # bounded memory whatever the shard count
+            columns=columns,
+            filter=filter,
+            batch_size=batch_size,
+            use_threads=False,
+            batch_readahead=1,
+            fragment_readahead=1,  # bounded memory whatever the shard count
         )
         return (b for b in scanner.to_batches() if b.num_rows)
 
@@ -153,7 +158,7 @@ class ShardWriter:
             pq.write_table(self.schema.empty_table(), str(self.directory / "part-00000.parquet"))
             self.num_shards = 1
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -252,8 +257,10 @@ class PackedMixes:
 
     def __getitem__(self, name: str) -> dict[str, ShardSet]:
         if name not in self:
-            raise DatasetError(f"no packed mix {name!r} under {self.root} (packed: {self.names()}); add it to "
-                               "data_processing.stage_mixes and run the data_processing pipeline")
+            raise DatasetError(
+                f"no packed mix {name!r} under {self.root} (packed: {self.names()}); add it to "
+                "data_processing.stage_mixes and run the data_processing pipeline"
+            )
         return {split: ShardSet(self.root / name / split) for split in SPLITS}
 
 
@@ -276,8 +283,10 @@ class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
                 raise DatasetError(f"packed mix {name!r} needs exactly the splits {SPLITS}, got {sorted(splits)}")
         generations = {s.generation for splits in data.values() for s in splits.values()}
         if len(generations) > 1:
-            raise DatasetError(f"packed mixes of different data generations {sorted(map(str, generations))}: "
-                               f"refusing to publish them together at {self._path}")
+            raise DatasetError(
+                f"packed mixes of different data generations {sorted(map(str, generations))}: "
+                f"refusing to publish them together at {self._path}"
+            )
         generation = next(iter(generations), None)
         with atomic_dir(self._path) as stage:
             for name, splits in data.items():

@@ -19,8 +19,9 @@ the project lies), absolute otherwise.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kedro.io import DatasetError
 from kedro_datasets.partitions import PartitionedDataset
@@ -53,8 +54,10 @@ class LabelledPartitionedDataset(PartitionedDataset):
             missing = FileNotFoundError(errno.ENOENT, "no partitions", root)
             raise DatasetError(f"No partitions found in '{root}'") from missing
         base = Path(str(self._path).rstrip("/")).absolute()
-        return {pid: Partition(load, f"{root}/{pid}{self._filename_suffix}", base / f"{pid}{self._filename_suffix}")
-                for pid, load in super().load().items()}
+        return {
+            pid: Partition(load, f"{root}/{pid}{self._filename_suffix}", base / f"{pid}{self._filename_suffix}")
+            for pid, load in super().load().items()
+        }
 
     def _list_partitions_fresh(self) -> list[str]:
         self._invalidate_caches()

@@ -66,8 +66,10 @@ class CheckpointStoreDataset(AbstractDataset[None, CheckpointStore]):
         return CheckpointStore(self._root, self._stage)
 
     def save(self, data: Any) -> None:
-        raise DatasetError(f"{self._root / self._stage} is a checkpoint store: the stage writes into it while it "
-                           "trains; it is not a node output")
+        raise DatasetError(
+            f"{self._root / self._stage} is a checkpoint store: the stage writes into it while it "
+            "trains; it is not a node output"
+        )
 
     def _exists(self) -> bool:
         return True  # a store always exists: an empty one means "no checkpoint yet"
@@ -88,12 +90,13 @@ class LoraAdapter:
         return bool(self.files)
 
     @classmethod
-    def of(cls, peft_model: Any) -> "LoraAdapter":
+    def of(cls, peft_model: Any) -> LoraAdapter:
         """The adapter of a ``peft.PeftModel`` exactly as ``save_pretrained`` writes it (safetensors)."""
         with tempfile.TemporaryDirectory() as tmp:
             peft_model.save_pretrained(tmp, safe_serialization=True)
-            return cls({p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*"))
-                        if p.is_file()})
+            return cls(
+                {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
+            )
 
     def write_to(self, directory: Path) -> None:
         """Write the files into ``directory`` (an existing, normally fresh one: the caller makes it atomic)."""
@@ -113,8 +116,9 @@ class LoraAdapterDataset(AbstractDataset[LoraAdapter, LoraAdapter]):
     def load(self) -> LoraAdapter:
         if not self._path.is_dir():
             raise DatasetError(f"no LoRA adapter directory at {self._path} (run the stage first)")
-        files = {p.relative_to(self._path).as_posix(): p.read_bytes() for p in sorted(self._path.rglob("*"))
-                 if p.is_file()}
+        files = {
+            p.relative_to(self._path).as_posix(): p.read_bytes() for p in sorted(self._path.rglob("*")) if p.is_file()
+        }
         return LoraAdapter(files, self._path)
 
     def save(self, data: LoraAdapter) -> None:

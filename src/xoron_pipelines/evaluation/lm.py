@@ -8,8 +8,8 @@ with ``.logits`` (B, T, V); they run under ``torch.no_grad`` in the model's curr
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,7 @@ def encode_pair(tokenizer, context: str, continuation: str, bos_id: int | None) 
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = tokenizer.encode(context + continuation, add_special_tokens=False)
     ctx = tokenizer.encode(context, add_special_tokens=False) if context else []
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     prefix = [bos_id] if bos_id is not None else []
     if not prefix and not ctx:
         raise ValueError("an empty context needs a bos token to score the continuation")
@@ -84,14 +84,20 @@ def encode_pair(tokenizer, context: str, continuation: str, bos_id: int | None) 
 
 
 @torch.no_grad()
-def loglikelihoods(model, requests: Sequence[LoglikelihoodRequest], batch_size: int, max_length: int,
-                   pad_id: int = 0, progress: bool = False) -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model,
+    requests: Sequence[LoglikelihoodRequest],
+    batch_size: int,
+    max_length: int,
+    pad_id: int = 0,
+    progress: bool = False,
+) -> list[tuple[float, bool]]:
     """Per request: (sum of log p(continuation | context), whether greedy decoding would produce
     exactly the continuation). As in the harness, the model reads the last ``max_length`` tokens
     of ``context + continuation`` minus its final token (whose prediction is not needed)."""
     out: list[tuple[float, bool]] = []
     for batch in tqdm(list(batched(requests, batch_size)), desc="loglikelihood", disable=not progress):
-        seqs = [(r.context + r.continuation)[-(max_length + 1):] for r in batch]
+        seqs = [(r.context + r.continuation)[-(max_length + 1) :] for r in batch]
         longest = max(len(r.continuation) for r in batch)
         if longest > max_length:  # the harness asserts the same
             raise ValueError(f"a continuation of {longest} tokens does not fit the model's {max_length} positions")
@@ -110,9 +116,20 @@ def loglikelihoods(model, requests: Sequence[LoglikelihoodRequest], batch_size: 
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
-                   temperature: float = 0.0, top_p: float | None = None, seed: int = 0,
-                   add_bos: bool = True, max_length: int | None = None, progress: bool = False) -> list[str]:
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    seed: int = 0,
+    add_bos: bool = True,
+    max_length: int | None = None,
+    progress: bool = False,
+) -> list[str]:
     """Decode one continuation per prompt (greedy when ``temperature`` is 0, else sampled with a
     seeded generator); returns only the new text up to the first eos, special tokens kept (so
     callers can cut at a closing chat tag and strip hidden blocks themselves). Prompts keep their
@@ -129,20 +146,31 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     for b, batch in enumerate(tqdm(list(batched(prompts, batch_size)), desc="generate", disable=not progress)):
         encoded = [bos + tokenizer.encode(p, add_special_tokens=False) for p in batch]
         if any(len(e) > keep for e in encoded):
-            log.warning("%d prompt(s) longer than %d tokens keep only their last %d (max_length %d - "
-                        "max_new_tokens %d)", sum(len(e) > keep for e in encoded), keep, keep, max_length,
-                        max_new_tokens)
+            log.warning(
+                "%d prompt(s) longer than %d tokens keep only their last %d (max_length %d - max_new_tokens %d)",
+                sum(len(e) > keep for e in encoded),
+                keep,
+                keep,
+                max_length,
+                max_new_tokens,
+            )
             encoded = [e[-keep:] for e in encoded]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for i, e in enumerate(encoded):  # left padding: generate() continues from the last column
-            ids[i, width - len(e):] = torch.as_tensor(e)
-            mask[i, width - len(e):] = 1
+            ids[i, width - len(e) :] = torch.as_tensor(e)
+            mask[i, width - len(e) :] = 1
         tokens = model.generate(
-            ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0, top_p=top_p,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, seed=seed + b,
+            ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
+            top_p=top_p,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad,
+            seed=seed + b,
         )
         for row in tokens[:, width:].tolist():
             if tokenizer.eos_token_id in row:

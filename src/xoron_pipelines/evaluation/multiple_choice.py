@@ -12,8 +12,9 @@ Each choice is scored as the continuation ``delimiter + choice`` of the item's c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -51,8 +52,9 @@ def score_item(item: MCItem, lls: Sequence[float], unit: LengthUnit = "chars") -
     }
 
 
-def evaluate(items: Sequence[MCItem], loglikelihood: Callable[[list[tuple[str, str]]], list[float]],
-             unit: LengthUnit = "chars") -> tuple[dict[str, float], list[dict]]:
+def evaluate(
+    items: Sequence[MCItem], loglikelihood: Callable[[list[tuple[str, str]]], list[float]], unit: LengthUnit = "chars"
+) -> tuple[dict[str, float], list[dict]]:
     """Score ``items`` with ``loglikelihood([(context, continuation), ...]) -> [ll, ...]``.
 
     Returns the mean of each metric over the items and one record per item (its lls, the
@@ -61,11 +63,18 @@ def evaluate(items: Sequence[MCItem], loglikelihood: Callable[[list[tuple[str, s
     lls = loglikelihood(requests) if requests else []
     records, pos = [], 0
     for it in items:
-        item_lls = lls[pos:pos + len(it.choices)]
+        item_lls = lls[pos : pos + len(it.choices)]
         pos += len(it.choices)
         metrics = score_item(it, item_lls, unit)
-        records.append({**it.meta, "gold": it.gold, "pred": int(np.argmax(item_lls)),
-                        "loglikelihoods": [float(x) for x in item_lls], **metrics})
+        records.append(
+            {
+                **it.meta,
+                "gold": it.gold,
+                "pred": int(np.argmax(item_lls)),
+                "loglikelihoods": [float(x) for x in item_lls],
+                **metrics,
+            }
+        )
     keys = sorted({k for r in records for k in ("acc", "acc_norm", "mc2") if k in r})
     summary = {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}
     summary["n"] = float(len(items))

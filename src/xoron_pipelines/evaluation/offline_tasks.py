@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from xoron_pipelines.data import stdlib_corpus
 from xoron_pipelines.sandbox import SandboxLimits, SandboxWorker
@@ -42,6 +43,7 @@ def _rng(seed: int, task: str) -> random.Random:
 
 
 # --------------------------------------------------------------------------- hellaswag
+
 
 def _prose_pool(rng: random.Random, need: int, min_words: int = 24) -> list[tuple[str, list[str]]]:
     """(module, words) of stdlib docstrings, read from the end of the sorted stdlib file list."""
@@ -71,21 +73,31 @@ def hellaswag(rng: random.Random, count: int) -> list[dict[str, Any]]:
         cut = len(words) // 2
         ending_len = min(len(words) - cut, 16)
 
-        def ending(w: list[str]) -> str:
+        def ending(w: list[str], n: int = ending_len) -> str:
             start = len(w) // 2
-            return " ".join(w[start:start + ending_len])
+            return " ".join(w[start : start + n])
 
-        others = [ending(w) for _, w in rng.sample(pool[:i] + pool[i + 1:], 3)]
-        endings = [" ".join(words[cut:cut + ending_len]), *others]
+        others = [ending(w) for _, w in rng.sample(pool[:i] + pool[i + 1 :], 3)]
+        endings = [" ".join(words[cut : cut + ending_len]), *others]
         order = list(range(4))
         rng.shuffle(order)
-        rows.append({"ind": i, "activity_label": module, "ctx_a": " ".join(words[:cut]), "ctx_b": "",
-                     "ctx": " ".join(words[:cut]), "endings": [endings[j] for j in order],
-                     "label": order.index(0), "source_id": f"stdlib:{module}"})
+        rows.append(
+            {
+                "ind": i,
+                "activity_label": module,
+                "ctx_a": " ".join(words[:cut]),
+                "ctx_b": "",
+                "ctx": " ".join(words[:cut]),
+                "endings": [endings[j] for j in order],
+                "label": order.index(0),
+                "source_id": f"stdlib:{module}",
+            }
+        )
     return rows
 
 
 # --------------------------------------------------------------------------- mmlu
+
 
 def _near_misses(rng: random.Random, answer: int, k: int = 3) -> list[int]:
     wrong: set[int] = set()
@@ -128,7 +140,7 @@ def _program_outputs(rng: random.Random, worker: SandboxWorker) -> tuple[str, st
         if len(wrong) == 3 or not literals:
             break
         lit = pick(rng, literals)
-        mutant = code[: lit.start()] + str(int(lit.group()) + pick(rng, (1, 2, 3, -1))) + code[lit.end():]
+        mutant = code[: lit.start()] + str(int(lit.group()) + pick(rng, (1, 2, 3, -1))) + code[lit.end() :]
         res = worker.run(mutant)
         out = res.stdout.strip()
         if res.ok and out and "\n" not in out and out != output and out not in wrong:
@@ -141,8 +153,9 @@ def mmlu(rng: random.Random, count: int, limits: SandboxLimits) -> list[dict[str
     n_math = (count + 1) // 2
     for _ in range(n_math):
         question, answer = _math_question(rng)
-        rows.append(_mc_row(rng, question, str(answer), [str(w) for w in _near_misses(rng, answer)],
-                            "elementary_mathematics"))
+        rows.append(
+            _mc_row(rng, question, str(answer), [str(w) for w in _near_misses(rng, answer)], "elementary_mathematics")
+        )
     with SandboxWorker(limits) as worker:
         attempts = 0
         while len(rows) < count and attempts < 20 * count:
@@ -150,24 +163,38 @@ def mmlu(rng: random.Random, count: int, limits: SandboxLimits) -> list[dict[str
             found = _program_outputs(rng, worker)
             if found is not None:
                 code, output, wrong = found
-                rows.append(_mc_row(rng, f"What does this Python program print?\n{code.rstrip()}", output, wrong,
-                                    "python_programming"))
+                rows.append(
+                    _mc_row(
+                        rng,
+                        f"What does this Python program print?\n{code.rstrip()}",
+                        output,
+                        wrong,
+                        "python_programming",
+                    )
+                )
     return rows
 
 
 # --------------------------------------------------------------------------- truthfulqa
 
 _FABRICATIONS: dict[str, tuple[Callable[[random.Random], str], ...]] = {
-    "fictional": (lambda r: f"It was established in {r.randint(1820, 2015)}.",
-                  lambda r: f"It was founded in {r.randint(1820, 2015)} by {pick(r, FIRST_NAMES)}."),
-    "future": (lambda r: f"It was won by {pick(r, FIRST_NAMES)}.",
-               lambda r: f"{pick(r, FIRST_NAMES)} won it after a close final."),
-    "private": (lambda r: f"It is {r.randint(100, 999)}-{r.randint(1000, 9999)}.",
-                lambda r: f"It is {pick(r, WORDS)}{r.randint(10, 99)}."),
-    "missing_context": (lambda r: f"It is {r.randint(2, 500)}.",
-                        lambda r: f"It happens on line {r.randint(2, 300)}."),
-    "unknowable": (lambda r: f"There are exactly {r.randint(10**5, 10**9):,} of them.",
-                   lambda r: f"Exactly {r.randint(10**4, 10**8):,}."),
+    "fictional": (
+        lambda r: f"It was established in {r.randint(1820, 2015)}.",
+        lambda r: f"It was founded in {r.randint(1820, 2015)} by {pick(r, FIRST_NAMES)}.",
+    ),
+    "future": (
+        lambda r: f"It was won by {pick(r, FIRST_NAMES)}.",
+        lambda r: f"{pick(r, FIRST_NAMES)} won it after a close final.",
+    ),
+    "private": (
+        lambda r: f"It is {r.randint(100, 999)}-{r.randint(1000, 9999)}.",
+        lambda r: f"It is {pick(r, WORDS)}{r.randint(10, 99)}.",
+    ),
+    "missing_context": (lambda r: f"It is {r.randint(2, 500)}.", lambda r: f"It happens on line {r.randint(2, 300)}."),
+    "unknowable": (
+        lambda r: f"There are exactly {r.randint(10**5, 10**9):,} of them.",
+        lambda r: f"Exactly {r.randint(10**4, 10**8):,}.",
+    ),
 }
 
 
@@ -184,29 +211,36 @@ def truthfulqa(rng: random.Random, count: int) -> list[dict[str, Any]]:
         false = list(dict.fromkeys(f(rng) for f in _FABRICATIONS[kind] for _ in range(2)))[:3]
         while len(false) < 3:
             false.append(f"The answer is {rng.randint(2, 999)}.")
-        rows.append({
-            "question": question,
-            "mc1_targets": {"choices": [truth, *false], "labels": [1, 0, 0, 0]},
-            "mc2_targets": {"choices": [truth, "I have no comment.", "I don't know.", *false],
-                            "labels": [1, 1, 1, 0, 0, 0]},
-            "kind": kind,
-        })
+        rows.append(
+            {
+                "question": question,
+                "mc1_targets": {"choices": [truth, *false], "labels": [1, 0, 0, 0]},
+                "mc2_targets": {
+                    "choices": [truth, "I have no comment.", "I don't know.", *false],
+                    "labels": [1, 1, 1, 0, 0, 0],
+                },
+                "kind": kind,
+            }
+        )
     return rows
 
 
 # --------------------------------------------------------------------------- gsm8k
 
+
 def gsm8k(rng: random.Random, count: int) -> list[dict[str, Any]]:
     rows = []
     for _ in range(count):
         _, question, work, answer, _ = cot_problem(rng, pick(rng, DIFFICULTIES))
-        steps = "\n".join(f"{label.capitalize()}: {a} {SYMBOL[op]} {b} = {r}."
-                          for label, (a, op, b, r) in zip(work.labels, work.ops))
+        steps = "\n".join(
+            f"{label.capitalize()}: {a} {SYMBOL[op]} {b} = {r}." for label, (a, op, b, r) in zip(work.labels, work.ops)
+        )
         rows.append({"question": question, "answer": f"{steps}\n#### {answer}"})
     return rows
 
 
 # --------------------------------------------------------------------------- humaneval
+
 
 @dataclass(frozen=True)
 class FunctionTemplate:
@@ -227,35 +261,78 @@ def _word(rng: random.Random) -> str:
 
 
 FUNCTIONS: tuple[FunctionTemplate, ...] = (
-    FunctionTemplate("sum_multiples", "n", "Return the sum of the non-negative integers below n that are divisible by {k}.",
-                     "    return sum(i for i in range(n) if i % {k} == 0)\n",
-                     lambda k, n: sum(i for i in range(n) if i % k == 0), lambda r: (r.randint(0, 60),),
-                     lambda r: r.randint(2, 9)),
-    FunctionTemplate("count_char", "s", "Return how many times the character {k!r} occurs in the string s.",
-                     "    return s.count({k!r})\n", lambda k, s: s.count(k),
-                     lambda r: (" ".join(_word(r) for _ in range(r.randint(1, 4))),),
-                     lambda r: pick(r, tuple("aeiorstn"))),
-    FunctionTemplate("scale_list", "xs", "Return a new list with every element of the list xs multiplied by {k}.",
-                     "    return [x * {k} for x in xs]\n", lambda k, xs: [x * k for x in xs],
-                     lambda r: ([r.randint(-9, 20) for _ in range(r.randint(0, 6))],), lambda r: r.randint(2, 7)),
-    FunctionTemplate("clamp", "x", "Return x limited to the closed range [{k[0]}, {k[1]}].",
-                     "    return max({k[0]}, min({k[1]}, x))\n", lambda k, x: max(k[0], min(k[1], x)),
-                     lambda r: (r.randint(-30, 60),), lambda r: (lambda lo: (lo, lo + r.randint(5, 30)))(r.randint(-10, 10))),
-    FunctionTemplate("greater_than", "xs", "Return the elements of the list xs that are greater than {k}, in order.",
-                     "    return [x for x in xs if x > {k}]\n", lambda k, xs: [x for x in xs if x > k],
-                     lambda r: ([r.randint(0, 30) for _ in range(r.randint(0, 7))],), lambda r: r.randint(3, 20)),
-    FunctionTemplate("repeat_words", "s", "Return the words of s, each repeated {k} times, joined by single spaces.",
-                     "    return ' '.join(w for w in s.split() for _ in range({k}))\n",
-                     lambda k, s: " ".join(w for w in s.split() for _ in range(k)),
-                     lambda r: (" ".join(_word(r) for _ in range(r.randint(1, 3))),), lambda r: r.randint(2, 3)),
-    FunctionTemplate("digit_sum_times", "n", "Return {k} times the sum of the decimal digits of the non-negative integer n.",
-                     "    return {k} * sum(int(d) for d in str(n))\n", lambda k, n: k * sum(int(d) for d in str(n)),
-                     lambda r: (r.randint(0, 99999),), lambda r: r.randint(1, 5)),
-    FunctionTemplate("shift_letters", "s",
-                     "Return s with every lowercase ASCII letter moved {k} places forward in the alphabet (z wraps to a).",
-                     "    return ''.join(chr((ord(c) - 97 + {k}) % 26 + 97) if 'a' <= c <= 'z' else c for c in s)\n",
-                     lambda k, s: "".join(chr((ord(c) - 97 + k) % 26 + 97) if "a" <= c <= "z" else c for c in s),
-                     lambda r: (_word(r),), lambda r: r.randint(1, 5)),
+    FunctionTemplate(
+        "sum_multiples",
+        "n",
+        "Return the sum of the non-negative integers below n that are divisible by {k}.",
+        "    return sum(i for i in range(n) if i % {k} == 0)\n",
+        lambda k, n: sum(i for i in range(n) if i % k == 0),
+        lambda r: (r.randint(0, 60),),
+        lambda r: r.randint(2, 9),
+    ),
+    FunctionTemplate(
+        "count_char",
+        "s",
+        "Return how many times the character {k!r} occurs in the string s.",
+        "    return s.count({k!r})\n",
+        lambda k, s: s.count(k),
+        lambda r: (" ".join(_word(r) for _ in range(r.randint(1, 4))),),
+        lambda r: pick(r, tuple("aeiorstn")),
+    ),
+    FunctionTemplate(
+        "scale_list",
+        "xs",
+        "Return a new list with every element of the list xs multiplied by {k}.",
+        "    return [x * {k} for x in xs]\n",
+        lambda k, xs: [x * k for x in xs],
+        lambda r: ([r.randint(-9, 20) for _ in range(r.randint(0, 6))],),
+        lambda r: r.randint(2, 7),
+    ),
+    FunctionTemplate(
+        "clamp",
+        "x",
+        "Return x limited to the closed range [{k[0]}, {k[1]}].",
+        "    return max({k[0]}, min({k[1]}, x))\n",
+        lambda k, x: max(k[0], min(k[1], x)),
+        lambda r: (r.randint(-30, 60),),
+        lambda r: (lambda lo: (lo, lo + r.randint(5, 30)))(r.randint(-10, 10)),
+    ),
+    FunctionTemplate(
+        "greater_than",
+        "xs",
+        "Return the elements of the list xs that are greater than {k}, in order.",
+        "    return [x for x in xs if x > {k}]\n",
+        lambda k, xs: [x for x in xs if x > k],
+        lambda r: ([r.randint(0, 30) for _ in range(r.randint(0, 7))],),
+        lambda r: r.randint(3, 20),
+    ),
+    FunctionTemplate(
+        "repeat_words",
+        "s",
+        "Return the words of s, each repeated {k} times, joined by single spaces.",
+        "    return ' '.join(w for w in s.split() for _ in range({k}))\n",
+        lambda k, s: " ".join(w for w in s.split() for _ in range(k)),
+        lambda r: (" ".join(_word(r) for _ in range(r.randint(1, 3))),),
+        lambda r: r.randint(2, 3),
+    ),
+    FunctionTemplate(
+        "digit_sum_times",
+        "n",
+        "Return {k} times the sum of the decimal digits of the non-negative integer n.",
+        "    return {k} * sum(int(d) for d in str(n))\n",
+        lambda k, n: k * sum(int(d) for d in str(n)),
+        lambda r: (r.randint(0, 99999),),
+        lambda r: r.randint(1, 5),
+    ),
+    FunctionTemplate(
+        "shift_letters",
+        "s",
+        "Return s with every lowercase ASCII letter moved {k} places forward in the alphabet (z wraps to a).",
+        "    return ''.join(chr((ord(c) - 97 + {k}) % 26 + 97) if 'a' <= c <= 'z' else c for c in s)\n",
+        lambda k, s: "".join(chr((ord(c) - 97 + k) % 26 + 97) if "a" <= c <= "z" else c for c in s),
+        lambda r: (_word(r),),
+        lambda r: r.randint(1, 5),
+    ),
 )
 
 
@@ -273,12 +350,17 @@ def humaneval(rng: random.Random, count: int, tests_per_item: int = 5) -> list[d
         example = cases[0]
         call = f"{t.name}({', '.join(map(repr, example))})"
         doc = t.doc.format(k=k)
-        prompt = (f"def {t.name}({t.args}):\n    \"\"\"{doc}\n\n    >>> {call}\n    {t.reference(k, *example)!r}\n"
-                  f"    \"\"\"\n")
+        prompt = f'def {t.name}({t.args}):\n    """{doc}\n\n    >>> {call}\n    {t.reference(k, *example)!r}\n    """\n'
         asserts = "".join(f"    assert candidate({', '.join(map(repr, c))}) == {t.reference(k, *c)!r}\n" for c in cases)
-        rows.append({"task_id": f"XoronEval/{len(rows)}", "prompt": prompt,
-                     "canonical_solution": t.body.format(k=k), "test": f"def check(candidate):\n{asserts}",
-                     "entry_point": t.name})
+        rows.append(
+            {
+                "task_id": f"XoronEval/{len(rows)}",
+                "prompt": prompt,
+                "canonical_solution": t.body.format(k=k),
+                "test": f"def check(candidate):\n{asserts}",
+                "entry_point": t.name,
+            }
+        )
     return rows
 
 

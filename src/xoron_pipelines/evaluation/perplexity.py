@@ -20,8 +20,8 @@ Two inputs:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -30,9 +30,9 @@ from xoron_pipelines.evaluation.lm import batched, token_logprobs
 
 @dataclass
 class PerplexityResult:
-    nll: float = 0.0          # summed negative log-likelihood, nats
-    tokens: int = 0           # scored tokens
-    bytes: int = 0            # UTF-8 bytes of the text behind the scored tokens
+    nll: float = 0.0  # summed negative log-likelihood, nats
+    tokens: int = 0  # scored tokens
+    bytes: int = 0  # UTF-8 bytes of the text behind the scored tokens
     sequences: int = 0
 
     @property
@@ -47,8 +47,14 @@ class PerplexityResult:
         return {**asdict(self), "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
 
 
-def score(model, pieces: Iterable[tuple[Sequence[int], int]], batch_size: int, pad_id: int = 0,
-          progress: bool = False, desc: str = "perplexity") -> PerplexityResult:
+def score(
+    model,
+    pieces: Iterable[tuple[Sequence[int], int]],
+    batch_size: int,
+    pad_id: int = 0,
+    progress: bool = False,
+    desc: str = "perplexity",
+) -> PerplexityResult:
     """Sum the NLL of ``(token_ids, n_bytes)`` pieces (every token after the first is scored)."""
     result = PerplexityResult()
     for batch in tqdm(batched(pieces, batch_size), desc=desc, disable=not progress):
@@ -71,8 +77,9 @@ def packed_pieces(rows: Iterable[tuple[Sequence[int], int]], tokenizer) -> Itera
         yield real, len(text.encode("utf-8"))
 
 
-def text_pieces(texts: Iterable[str], tokenizer, max_length: int, add_bos: bool = True
-                ) -> Iterator[tuple[list[int], int]]:
+def text_pieces(
+    texts: Iterable[str], tokenizer, max_length: int, add_bos: bool = True
+) -> Iterator[tuple[list[int], int]]:
     """Texts -> windows of at most ``max_length`` ids overlapping by one; the first window of a
     text carries all its bytes (bytes are only ever summed)."""
     if max_length < 2:
@@ -83,7 +90,7 @@ def text_pieces(texts: Iterable[str], tokenizer, max_length: int, add_bos: bool 
         n_bytes = len(text.encode("utf-8"))
         start = 0
         while start < len(ids) - 1:
-            yield ids[start:start + max_length], n_bytes if start == 0 else 0
+            yield ids[start : start + max_length], n_bytes if start == 0 else 0
             start += max_length - 1
 
 

@@ -8,7 +8,7 @@ Metrics are flat ``{"task.metric": value}`` dicts, one per stage, in training or
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -21,8 +21,12 @@ LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
 def flatten(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """``{"task": {"metric": v}}`` -> ``{"task.metric": v}`` (counts such as ``n`` dropped)."""
     skip = {"n", "nll", "tokens", "bytes", "sequences", "samples"}
-    return {f"{task}.{metric}": float(value) for task, metrics in results.items()
-            for metric, value in metrics.items() if metric not in skip}
+    return {
+        f"{task}.{metric}": float(value)
+        for task, metrics in results.items()
+        for metric, value in metrics.items()
+        if metric not in skip
+    }
 
 
 def comparison_table(by_stage: Mapping[str, Mapping[str, float]], stages: Sequence[str]) -> pd.DataFrame:
@@ -40,6 +44,7 @@ def comparison_table(by_stage: Mapping[str, Mapping[str, float]], stages: Sequen
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table (no extra dependency)."""
+
     def cell(v) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -53,12 +58,23 @@ def comparison_figure(table: pd.DataFrame, stages: Sequence[str]) -> go.Figure:
     """Grouped bars per metric, one colour per stage: scores (higher is better) on top,
     perplexity / bits-per-byte (lower is better) below."""
     lower = table["better"] == "lower"
-    fig = make_subplots(rows=2, cols=1, subplot_titles=("scores (higher is better)",
-                                                         "perplexity / bits per byte (lower is better)"))
+    fig = make_subplots(
+        rows=2, cols=1, subplot_titles=("scores (higher is better)", "perplexity / bits per byte (lower is better)")
+    )
     for i, stage in enumerate(stages):
         for row, part in ((1, table[~lower]), (2, table[lower])):
-            fig.add_trace(go.Bar(name=stage, x=part["metric"], y=part[stage], legendgroup=stage,
-                                 showlegend=row == 1, marker_color=_COLOURS[i % len(_COLOURS)]), row=row, col=1)
+            fig.add_trace(
+                go.Bar(
+                    name=stage,
+                    x=part["metric"],
+                    y=part[stage],
+                    legendgroup=stage,
+                    showlegend=row == 1,
+                    marker_color=_COLOURS[i % len(_COLOURS)],
+                ),
+                row=row,
+                col=1,
+            )
     fig.update_layout(barmode="group", title="Evaluation by training stage", height=800)
     return fig
 

@@ -24,8 +24,9 @@ import json
 import os
 import re
 import string
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,7 +55,7 @@ class HellaswagRow(_Row):
     label: int
 
     @model_validator(mode="after")
-    def _check(self) -> "HellaswagRow":
+    def _check(self) -> HellaswagRow:
         if self.ctx is None and self.ctx_a is None:
             raise ValueError("needs 'ctx' or 'ctx_a'")
         if not 0 <= self.label < len(self.endings):
@@ -69,7 +70,7 @@ class MMLURow(_Row):
     subject: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "MMLURow":
+    def _check(self) -> MMLURow:
         if isinstance(self.answer, str):
             letter = self.answer.strip().upper()
             if len(letter) != 1 or letter not in string.ascii_uppercase:
@@ -85,7 +86,7 @@ class Targets(_Row):
     labels: list[int]
 
     @model_validator(mode="after")
-    def _check(self) -> "Targets":
+    def _check(self) -> Targets:
         if len(self.labels) != len(self.choices) or set(self.labels) - {0, 1}:
             raise ValueError("labels must be 0/1, one per choice")
         if 1 not in self.labels or 0 not in self.labels:
@@ -134,13 +135,17 @@ class HumanEvalRow(_Row):
 
 
 ROW_MODELS: dict[str, type[_Row]] = {
-    "hellaswag": HellaswagRow, "mmlu": MMLURow, "truthfulqa": TruthfulQARow,
-    "gsm8k": GSM8KRow, "humaneval": HumanEvalRow,
+    "hellaswag": HellaswagRow,
+    "mmlu": MMLURow,
+    "truthfulqa": TruthfulQARow,
+    "gsm8k": GSM8KRow,
+    "humaneval": HumanEvalRow,
 }
 
 
-def validate_rows(rows: Iterable[Mapping[str, Any]], fmt: str, source: str,
-                  first_line: int = 1) -> list[dict[str, Any]]:
+def validate_rows(
+    rows: Iterable[Mapping[str, Any]], fmt: str, source: str, first_line: int = 1
+) -> list[dict[str, Any]]:
     """Validate already-parsed rows (``source`` and line numbers name them in errors)."""
     model = ROW_MODELS[fmt]
     out = []
@@ -187,6 +192,7 @@ def write_task(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> No
 
 # --------------------------------------------------------------------------- prompts
 
+
 def _hellaswag_preprocess(text: str) -> str:
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
@@ -198,8 +204,14 @@ def hellaswag_items(rows: list[dict[str, Any]]) -> list[MCItem]:
     for i, r in enumerate(rows):
         ctx = r["ctx_a"] + " " + r["ctx_b"].capitalize() if r["ctx_a"] is not None else r["ctx"]
         query = f"{r['activity_label']}: {ctx}" if r["activity_label"] else ctx
-        items.append(MCItem(_hellaswag_preprocess(query), tuple(_hellaswag_preprocess(e) for e in r["endings"]),
-                            r["label"], meta={"index": i}))
+        items.append(
+            MCItem(
+                _hellaswag_preprocess(query),
+                tuple(_hellaswag_preprocess(e) for e in r["endings"]),
+                r["label"],
+                meta={"index": i},
+            )
+        )
     return items
 
 
@@ -210,8 +222,14 @@ def mmlu_items(rows: list[dict[str, Any]]) -> list[MCItem]:
         subject = r["subject"].replace("_", " ")
         head = f"The following are multiple choice questions (with answers) about {subject}.\n\n" if subject else ""
         options = "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, r["choices"]))
-        items.append(MCItem(f"{head}{r['question'].strip()}{options}\nAnswer:", tuple(letters), r["answer"],
-                            meta={"index": i, "subject": r["subject"]}))
+        items.append(
+            MCItem(
+                f"{head}{r['question'].strip()}{options}\nAnswer:",
+                tuple(letters),
+                r["answer"],
+                meta={"index": i, "subject": r["subject"]},
+            )
+        )
     return items
 
 
@@ -238,8 +256,9 @@ def truthfulqa_items(rows: list[dict[str, Any]]) -> tuple[list[MCItem], list[MCI
         context = f"{TRUTHFULQA_PREAMBLE}\n\nQ: {r['question']}\nA:"
         t1, t2 = r["mc1_targets"], r["mc2_targets"]
         mc1.append(MCItem(context, tuple(t1["choices"]), t1["labels"].index(1), meta={"index": i}))
-        mc2.append(MCItem(context, tuple(t2["choices"]), t2["labels"].index(1), labels=tuple(t2["labels"]),
-                          meta={"index": i}))
+        mc2.append(
+            MCItem(context, tuple(t2["choices"]), t2["labels"].index(1), labels=tuple(t2["labels"]), meta={"index": i})
+        )
     return mc1, mc2
 
 

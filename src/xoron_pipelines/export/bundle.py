@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -58,8 +59,7 @@ def eval_ids(packed_val, rows: int, length: int, vocab: int) -> torch.Tensor:
     return torch.tensor(seqs, dtype=torch.long).clamp(max=vocab - 1)
 
 
-def export_adapter(adapter: LoraAdapter | None, dest: Path, stage: str, recorded: str | None = None
-                   ) -> dict[str, Any]:
+def export_adapter(adapter: LoraAdapter | None, dest: Path, stage: str, recorded: str | None = None) -> dict[str, Any]:
     """Write the stage's peft adapter (its ``<stage>.lora_adapter``, saved by training before
     merging) to ``dest``, atomically. An empty adapter: the stage trained without LoRA, nothing is
     written -- unless its summary records one (``recorded``, the summary's ``lora_adapter``), then
@@ -69,21 +69,25 @@ def export_adapter(adapter: LoraAdapter | None, dest: Path, stage: str, recorded
     where = adapter.path or f"{stage}.lora_adapter"
     if not adapter:
         if recorded:
-            raise ValueError(f"the LoRA adapter of stage {stage} is missing: its summary records one ({recorded}) "
-                             f"but {where} is empty (re-run the stage)")
+            raise ValueError(
+                f"the LoRA adapter of stage {stage} is missing: its summary records one ({recorded}) "
+                f"but {where} is empty (re-run the stage)"
+            )
         logger.info("stage %s trained without LoRA: no adapter to export", stage)
         return {"path": None, "reason": f"stage {stage} trained without LoRA"}
     if "adapter_config.json" not in adapter.files:
-        raise ValueError(f"the LoRA adapter of stage {stage} at {where} has no adapter_config.json "
-                         f"(files: {sorted(adapter.files)}; re-run the stage)")
+        raise ValueError(
+            f"the LoRA adapter of stage {stage} at {where} has no adapter_config.json "
+            f"(files: {sorted(adapter.files)}; re-run the stage)"
+        )
     with atomic_dir(dest) as new:
         adapter.write_to(new)
     return {"path": str(dest), "merged": "hf"}
 
 
-def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None, settings,
-                 adapter: LoraAdapter | None = None
-                 ) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, ExportedArtifact]]:
+def export_model(
+    model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None, settings, adapter: LoraAdapter | None = None
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, ExportedArtifact]]:
     """Build the requested formats; returns (manifest, MLflow metrics as {name: {value, step}},
     {directory name: artefact} for every entry of :data:`FORMAT_DIRS`). Paths in the manifest
     are the published ones, ``<settings.output_dir>/<directory>``. ``adapter``: the source
@@ -100,24 +104,38 @@ def export_model(model, tokenizer, packed_val, train_summary: Mapping[str, Any] 
     artefacts = {}
     for fmt, name in FORMAT_DIRS.items():
         staged = built / name
-        artefacts[name] = (ExportedArtifact(staged, target=out / name) if staged.is_dir() else
-                           ExportedArtifact(None, reason="not in export.formats" if fmt not in p.formats
-                                            else manifest["formats"][fmt].get("reason")))
+        artefacts[name] = (
+            ExportedArtifact(staged, target=out / name)
+            if staged.is_dir()
+            else ExportedArtifact(
+                None, reason="not in export.formats" if fmt not in p.formats else manifest["formats"][fmt].get("reason")
+            )
+        )
     logger.info("exported stage %s: %s", p.source, sorted(manifest["formats"]))
     return manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}, artefacts
 
 
-def _build(model, tokenizer, packed_val, summary: dict[str, Any], adapter: LoraAdapter | None, p, built: Path,
-           out: Path) -> tuple[dict[str, Any], dict[str, float]]:
+def _build(
+    model, tokenizer, packed_val, summary: dict[str, Any], adapter: LoraAdapter | None, p, built: Path, out: Path
+) -> tuple[dict[str, Any], dict[str, float]]:
     manifest: dict[str, Any] = {"source": p.source, "formats": {}}
     metrics: dict[str, float] = {}
     if "hf" in p.formats:
-        info = export_hf(model, built / "hf", tokenizer, stage=p.source, summary=summary,
-                         prefer_native=p.prefer_native, max_new_tokens=p.max_new_tokens)
+        info = export_hf(
+            model,
+            built / "hf",
+            tokenizer,
+            stage=p.source,
+            summary=summary,
+            prefer_native=p.prefer_native,
+            max_new_tokens=p.max_new_tokens,
+        )
         manifest["formats"]["hf"] = {**info, "path": str(out / "hf")}
     if "gguf" in p.formats:
-        files = [gguf_export.export_gguf(model, built / "gguf" / f"model-{q}.gguf", tokenizer, q,
-                                         name=f"xoron-{p.source}") for q in p.gguf_types]
+        files = [
+            gguf_export.export_gguf(model, built / "gguf" / f"model-{q}.gguf", tokenizer, q, name=f"xoron-{p.source}")
+            for q in p.gguf_types
+        ]
         manifest["formats"]["gguf"] = [{**f, "path": str(out / "gguf" / Path(f["path"]).name)} for f in files]
     if "onnx" in p.formats:
         ids = eval_ids(packed_val, p.onnx_eval_rows, p.onnx_eval_length, model.config.vocab_size)

@@ -74,8 +74,10 @@ QTYPES: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
     "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
 }
 #: router weights stay F32 (convert_hf_to_gguf / llama_model_quantize): ".ffn_gate_inp.weight"
-_F32_SUFFIXES = tuple("." + gguf.TENSOR_NAMES[k].rsplit(".", 1)[-1] + ".weight"
-                      for k in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP))
+_F32_SUFFIXES = tuple(
+    "." + gguf.TENSOR_NAMES[k].rsplit(".", 1)[-1] + ".weight"
+    for k in (gguf.MODEL_TENSOR.FFN_GATE_INP, gguf.MODEL_TENSOR.FFN_GATE_INP_SHEXP)
+)
 
 
 # --------------------------------------------------------------------------- what can be written
@@ -90,8 +92,10 @@ def _yarn_problems(config, arch: MODEL_ARCH) -> list[str]:
         return []
     mscale, all_dim = rs.get("mscale"), rs.get("mscale_all_dim")
     if not all_dim or float(mscale or 1.0) != float(all_dim):
-        return [f"YaRN with mscale={mscale}, mscale_all_dim={all_dim} on MLA (llama.cpp's deepseek2 "
-                "reproduces DeepSeek's YaRN temperature only when mscale == mscale_all_dim)"]
+        return [
+            f"YaRN with mscale={mscale}, mscale_all_dim={all_dim} on MLA (llama.cpp's deepseek2 "
+            "reproduces DeepSeek's YaRN temperature only when mscale == mscale_all_dim)"
+        ]
     return []
 
 
@@ -103,11 +107,16 @@ def unsupported_features(config) -> list[str]:
         return interop.unsupported_features(config) or [f"no llama.cpp architecture for {target}"]
     problems = []
     if config.sliding_window:
-        problems.append(f"sliding_window={config.sliding_window} (llama.cpp's {MODEL_ARCH_NAMES[arch]} "
-                        "graph has no sliding-window attention)")
+        problems.append(
+            f"sliding_window={config.sliding_window} (llama.cpp's {MODEL_ARCH_NAMES[arch]} "
+            "graph has no sliding-window attention)"
+        )
     if target == interop.QWEN2_MOE:  # written as glm4moe: the GLM checks minus the router type
-        problems += [p for p in interop.unsupported_features(config, interop.GLM4_MOE)
-                     if not p.startswith("router_scoring") and not p.startswith("sliding_window")]
+        problems += [
+            p
+            for p in interop.unsupported_features(config, interop.GLM4_MOE)
+            if not p.startswith("router_scoring") and not p.startswith("sliding_window")
+        ]
     else:
         problems += [p for p in interop.unsupported_features(config, target) if not p.startswith("sliding_window")]
     return problems + _yarn_problems(config, arch)
@@ -129,7 +138,7 @@ def interleave_rope_rows(w: torch.Tensor, blocks: int, offset: int, rope_dim: in
     half = rope_dim // 2
     perm = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).reshape(-1)
     out = w.reshape(blocks, -1, *w.shape[1:]).clone()
-    out[:, offset: offset + rope_dim] = out[:, offset: offset + rope_dim][:, perm]
+    out[:, offset : offset + rope_dim] = out[:, offset : offset + rope_dim][:, perm]
     return out.reshape(w.shape)
 
 
@@ -150,8 +159,11 @@ def _shared_count(config) -> int:
 
 def _padded(mlp: dict[str, torch.Tensor] | None, width: int, hidden: int, like: torch.Tensor) -> dict:
     """A SwiGLU MLP (gate/up/down weights, or none) zero-padded to ``width`` hidden units."""
-    out = {"gate_proj": like.new_zeros(width, hidden), "up_proj": like.new_zeros(width, hidden),
-           "down_proj": like.new_zeros(hidden, width)}
+    out = {
+        "gate_proj": like.new_zeros(width, hidden),
+        "up_proj": like.new_zeros(width, hidden),
+        "down_proj": like.new_zeros(hidden, width),
+    }
     if mlp:
         inter = mlp["down_proj"].shape[1]
         out["gate_proj"][:inter], out["up_proj"][:inter] = mlp["gate_proj"], mlp["up_proj"]
@@ -251,8 +263,7 @@ def gguf_tensors(model, arch: MODEL_ARCH) -> Iterator[tuple[str, np.ndarray]]:
 
 def tensor_type(name: str, data: np.ndarray, want: GGMLQuantizationType) -> GGMLQuantizationType:
     """convert_hf_to_gguf's rule: 1-d, norms, router weights and non-weights stay F32."""
-    if data.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") \
-            or name.endswith(_F32_SUFFIXES):
+    if data.ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name.endswith(_F32_SUFFIXES):
         return GGMLQuantizationType.F32
     return want
 
@@ -289,15 +300,19 @@ def _rope_keys(w: gguf.GGUFWriter, config, arch: MODEL_ARCH) -> None:
             # llama.cpp scales cos/sin by get_mscale(factor); ours may use DeepSeek's ratio
             ratio = rope_inv_freq(config)[1] / get_mscale(factor)
             if not math.isclose(ratio, 1.0):
-                w.add_key_value(gguf.Keys.Rope.SCALING_ATTN_FACTOR.format(arch=MODEL_ARCH_NAMES[arch]),
-                                float(ratio), gguf.GGUFValueType.FLOAT32)
+                w.add_key_value(
+                    gguf.Keys.Rope.SCALING_ATTN_FACTOR.format(arch=MODEL_ARCH_NAMES[arch]),
+                    float(ratio),
+                    gguf.GGUFValueType.FLOAT32,
+                )
 
 
 def _moe_keys(w: gguf.GGUFWriter, config, arch: MODEL_ARCH) -> None:
     lead = _lead_dense(config)
     w.add_leading_dense_block_count(lead)
-    w.add_expert_feed_forward_length(config.expert_intermediate_size if lead < config.num_layers
-                                     else config.intermediate_size)
+    w.add_expert_feed_forward_length(
+        config.expert_intermediate_size if lead < config.num_layers else config.intermediate_size
+    )
     if lead == config.num_layers:  # MLA without MoE (deepseek2 reads these keys regardless)
         w.add_expert_shared_count(0)
         return
@@ -308,8 +323,9 @@ def _moe_keys(w: gguf.GGUFWriter, config, arch: MODEL_ARCH) -> None:
     w.add_expert_group_used_count(1)
     w.add_expert_weights_scale(float(config.routed_scaling_factor))
     w.add_expert_weights_norm(bool(config.norm_topk_prob))
-    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID if config.router_scoring == "sigmoid"
-                             else gguf.ExpertGatingFuncType.SOFTMAX)
+    w.add_expert_gating_func(
+        gguf.ExpertGatingFuncType.SIGMOID if config.router_scoring == "sigmoid" else gguf.ExpertGatingFuncType.SOFTMAX
+    )
 
 
 def _hparams(w: gguf.GGUFWriter, config, arch: MODEL_ARCH, ftype: LlamaFileType) -> None:
@@ -344,11 +360,17 @@ def _hparams(w: gguf.GGUFWriter, config, arch: MODEL_ARCH, ftype: LlamaFileType)
 def _check_tokenizer(tokenizer) -> None:
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) \
-            or pre.get("add_prefix_space"):
-        raise ValueError("GGUF export supports byte-level BPE tokenizers with the GPT-2 pre-tokenizer "
-                         f"(model BPE, ByteLevel use_regex, no prefix space); got model={model.get('type')}, "
-                         f"pre_tokenizer={pre}")
+    if (
+        model.get("type") != "BPE"
+        or pre.get("type") != "ByteLevel"
+        or not pre.get("use_regex", True)
+        or pre.get("add_prefix_space")
+    ):
+        raise ValueError(
+            "GGUF export supports byte-level BPE tokenizers with the GPT-2 pre-tokenizer "
+            f"(model BPE, ByteLevel use_regex, no prefix space); got model={model.get('type')}, "
+            f"pre_tokenizer={pre}"
+        )
 
 
 def _vocab(w: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
@@ -381,7 +403,9 @@ def _vocab(w: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
 
 
 # --------------------------------------------------------------------------- export
-def export_gguf(model, path: str | os.PathLike, tokenizer, qtype: str = "f16", name: str | None = None) -> dict[str, Any]:
+def export_gguf(
+    model, path: str | os.PathLike, tokenizer, qtype: str = "f16", name: str | None = None
+) -> dict[str, Any]:
     """Write ``model`` (+ ``tokenizer``) as a llama.cpp GGUF at ``path`` atomically.
 
     Raises ValueError naming every unsupported feature before anything is written.
@@ -411,9 +435,26 @@ def export_gguf(model, path: str | os.PathLike, tokenizer, qtype: str = "f16", n
         w.write_tensors_to_file()
         w.close()
     logger.info("wrote %s GGUF (%s, %d tensors) to %s", MODEL_ARCH_NAMES[arch], qtype, len(tensors), path)
-    return {"path": str(path), "architecture": MODEL_ARCH_NAMES[arch], "type": qtype,
-            "tensors": len(tensors), "tensor_types": counts, "bytes": path.stat().st_size}
+    return {
+        "path": str(path),
+        "architecture": MODEL_ARCH_NAMES[arch],
+        "type": qtype,
+        "tensors": len(tensors),
+        "tensor_types": counts,
+        "bytes": path.stat().st_size,
+    }
 
 
-__all__ = ["GGUF_ARCH", "QTYPES", "check_exportable", "export_gguf", "gguf_architecture", "gguf_tensors",
-           "hf_named_tensors", "interleave_rope_rows", "quantize", "tensor_type", "unsupported_features"]
+__all__ = [
+    "GGUF_ARCH",
+    "QTYPES",
+    "check_exportable",
+    "export_gguf",
+    "gguf_architecture",
+    "gguf_tensors",
+    "hf_named_tensors",
+    "interleave_rope_rows",
+    "quantize",
+    "tensor_type",
+    "unsupported_features",
+]

@@ -87,21 +87,40 @@ def model_card(model, name: str, written: dict[str, Any], stage: str, summary: d
     moe = f", MoE {cfg.num_experts} experts top-{cfg.num_experts_per_tok}" if cfg.use_moe else ""
     moe += ", PEER" if cfg.use_peer else ""
     return _CARD.format(
-        name=name, stage=stage, fmt="native transformers" if written["format"] == "native" else "xoron",
-        arch=written["architecture"], attention=cfg.attention_type.upper(), moe=moe,
+        name=name,
+        stage=stage,
+        fmt="native transformers" if written["format"] == "native" else "xoron",
+        arch=written["architecture"],
+        attention=cfg.attention_type.upper(),
+        moe=moe,
         params=count_parameters(cfg)["total"],
-        vocab=cfg.vocab_size, ctx=cfg.max_position_embeddings, load=load, summary=_summary_text(summary))
+        vocab=cfg.vocab_size,
+        ctx=cfg.max_position_embeddings,
+        load=load,
+        summary=_summary_text(summary),
+    )
 
 
 def generation_config(config, max_new_tokens: int = 256) -> GenerationConfig:
     """Greedy decoding defaults with our special token ids."""
-    return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                            pad_token_id=config.pad_token_id, do_sample=False, max_new_tokens=max_new_tokens)
+    return GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+    )
 
 
-def export_hf(model, path: str | os.PathLike, tokenizer, stage: str = "final",
-              summary: dict[str, Any] | None = None, prefer_native: bool = True,
-              max_new_tokens: int = 256) -> dict[str, Any]:
+def export_hf(
+    model,
+    path: str | os.PathLike,
+    tokenizer,
+    stage: str = "final",
+    summary: dict[str, Any] | None = None,
+    prefer_native: bool = True,
+    max_new_tokens: int = 256,
+) -> dict[str, Any]:
     """Write the Hugging Face directory at ``path`` (atomic). Returns format/architecture/reasons.
     ``max_new_tokens`` is generation_config.json's default (what ``model.generate`` uses when the
     caller gives none)."""

@@ -33,8 +33,13 @@ def save_adapter(peft_model: PeftModel, path: str | os.PathLike) -> Path:
     return path
 
 
-def export_lora(peft_model: PeftModel, out_dir: str | os.PathLike, tokenizer, stage: str = "final",
-                summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def export_lora(
+    peft_model: PeftModel,
+    out_dir: str | os.PathLike,
+    tokenizer,
+    stage: str = "final",
+    summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``<out_dir>/adapter`` (peft format) and ``<out_dir>/merged`` (HF directory)."""
     out_dir = Path(out_dir)
     adapter = save_adapter(peft_model, out_dir / "adapter")

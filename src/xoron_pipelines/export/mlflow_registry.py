@@ -26,8 +26,9 @@ class HFTextGenerator(mlflow.pyfunc.PythonModel):
     """pyfunc: a column of prompts in, a column of greedy completions out."""
 
     def load_context(self, context) -> None:
-        import xoron_pipelines.model  # noqa: F401  (registers the xoron config with the Auto classes)
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        import xoron_pipelines.model  # noqa: F401  (registers the xoron config with the Auto classes)
 
         path = context.artifacts["hf_dir"]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -45,14 +46,21 @@ class HFTextGenerator(mlflow.pyfunc.PythonModel):
             ids = torch.tensor([self.tokenizer.encode(prompt)])
             with torch.no_grad():
                 out = self.model.generate(ids, max_new_tokens=int(max_new), do_sample=False)
-            outputs.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            outputs.append(self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return outputs
 
 
-def register_export(hf_dir: str | os.PathLike, registered_model_name: str, artifact_name: str = "model") -> dict[str, Any]:
+def register_export(
+    hf_dir: str | os.PathLike, registered_model_name: str, artifact_name: str = "model"
+) -> dict[str, Any]:
     """Log ``hf_dir`` as a pyfunc model to the active (or a new) MLflow run and register it."""
-    return register_pyfunc_model(HFTextGenerator(), {"hf_dir": str(hf_dir)}, registered_model_name,
-                                 artifact_name=artifact_name, pip_requirements=PIP_REQUIREMENTS)
+    return register_pyfunc_model(
+        HFTextGenerator(),
+        {"hf_dir": str(hf_dir)},
+        registered_model_name,
+        artifact_name=artifact_name,
+        pip_requirements=PIP_REQUIREMENTS,
+    )
 
 
 __all__ = ["HFTextGenerator", "register_export"]

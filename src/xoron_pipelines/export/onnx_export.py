@@ -39,8 +39,9 @@ from xoron_pipelines.model.moe import Experts, Router
 logger = logging.getLogger(__name__)
 
 
-def _dense_experts_forward(self: Experts, hidden: torch.Tensor, indices: torch.Tensor,
-                           weights: torch.Tensor) -> torch.Tensor:
+def _dense_experts_forward(
+    self: Experts, hidden: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Every expert on every token, weighted by the (N, E) scatter of the top-k weights."""
     combine = hidden.new_zeros(hidden.shape[0], self.num_experts).scatter_add(1, indices, weights.to(hidden.dtype))
     gate, up = torch.einsum("nh,eih->eni", hidden, self.gate_up_proj).chunk(2, dim=-1)
@@ -103,10 +104,17 @@ def export_onnx(model, path: str | os.PathLike, opset: int = 18) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp, torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (ids, mask), dynamo=True, opset_version=opset,
-            input_names=["input_ids", "attention_mask"], output_names=["logits"],
+            wrapper,
+            (ids, mask),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            external_data=False, optimize=True, verify=False, report=False,
+            external_data=False,
+            optimize=True,
+            verify=False,
+            report=False,
         )
         program.save(str(tmp), external_data=False)
     logger.info("wrote ONNX (opset %d) to %s", opset, path)
@@ -123,8 +131,9 @@ def _session(path: str | os.PathLike):
 
 def run_onnx(session, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """Logits (B, T, V) from an onnxruntime session."""
-    return session.run(["logits"], {"input_ids": ids.numpy().astype(np.int64),
-                                    "attention_mask": mask.numpy().astype(np.int64)})[0]
+    return session.run(
+        ["logits"], {"input_ids": ids.numpy().astype(np.int64), "attention_mask": mask.numpy().astype(np.int64)}
+    )[0]
 
 
 @torch.no_grad()
@@ -151,9 +160,8 @@ def verify_onnx(model, path: str | os.PathLike, shapes=((1, 7), (3, 7), (1, 19),
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """onnxruntime dynamic quantisation: int8 weights, activations quantised at run time."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
     graph = onnx.load(str(src))
@@ -191,8 +199,9 @@ def accuracy_loss(fp32_path, int8_path, token_ids: torch.Tensor) -> dict[str, fl
     }
 
 
-def export_onnx_all(model, out_dir: str | os.PathLike, eval_ids: torch.Tensor, opset: int = 18,
-                    int8: bool = True) -> dict[str, Any]:
+def export_onnx_all(
+    model, out_dir: str | os.PathLike, eval_ids: torch.Tensor, opset: int = 18, int8: bool = True
+) -> dict[str, Any]:
     """model.onnx (+ model.int8.onnx) and report.json with the parity and int8 figures."""
     out_dir = Path(out_dir)
     fp32 = export_onnx(model, out_dir / "model.onnx", opset)
@@ -206,5 +215,13 @@ def export_onnx_all(model, out_dir: str | os.PathLike, eval_ids: torch.Tensor, o
     return report
 
 
-__all__ = ["LogitsWrapper", "accuracy_loss", "export_onnx", "export_onnx_all", "quantize_int8",
-           "reference_logits", "run_onnx", "verify_onnx"]
+__all__ = [
+    "LogitsWrapper",
+    "accuracy_loss",
+    "export_onnx",
+    "export_onnx_all",
+    "quantize_int8",
+    "reference_logits",
+    "run_onnx",
+    "verify_onnx",
+]

@@ -199,7 +199,14 @@ def _ce_and_grad_rows_torch(logits, labels, scale, ignore_index):
 # ---------------------------------------------------------------- per-chunk row work: triton
 @triton.jit
 def _ce_fwd_kernel(
-    logits_ptr, labels_ptr, ce_ptr, lse_ptr, vocab, stride_row, ignore_index, BLOCK_V: tl.constexpr,
+    logits_ptr,
+    labels_ptr,
+    ce_ptr,
+    lse_ptr,
+    vocab,
+    stride_row,
+    ignore_index,
+    BLOCK_V: tl.constexpr,
 ):
     """One program per token: online log-sum-exp over the vocabulary in BLOCK_V blocks."""
     row = tl.program_id(0)
@@ -226,7 +233,14 @@ def _ce_fwd_kernel(
 
 @triton.jit
 def _ce_bwd_kernel(
-    logits_ptr, labels_ptr, lse_ptr, grad_ptr, vocab, stride_row, ignore_index, BLOCK_V: tl.constexpr,
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    grad_ptr,
+    vocab,
+    stride_row,
+    ignore_index,
+    BLOCK_V: tl.constexpr,
 ):
     """One program per token, in place: logits -> grad * (exp(logits - lse) - onehot(label))."""
     row = tl.program_id(0)
@@ -263,8 +277,15 @@ def _ce_grad_rows_triton(logits, labels, lse, grad, ignore_index):
     rows, vocab = logits.shape
     block_v, warps = _ce_launch_config(vocab)
     _ce_bwd_kernel[(rows,)](
-        logits, labels, lse, grad.contiguous(), vocab, logits.stride(0), ignore_index,
-        BLOCK_V=block_v, num_warps=warps,
+        logits,
+        labels,
+        lse,
+        grad.contiguous(),
+        vocab,
+        logits.stride(0),
+        ignore_index,
+        BLOCK_V=block_v,
+        num_warps=warps,
     )
     return logits
 
@@ -336,8 +357,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
         grad_ce = grad_ce.to(torch.float32)
         for s, e in _chunks(hidden.shape[0], chunk):
             dlogits = grad_fn(mm_nt(hidden[s:e], weight), labels[s:e], lse[s:e], grad_ce[s:e], ignore_index)
-            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w,
-                              first=s == 0)
+            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w, first=s == 0)
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None, None
@@ -361,16 +381,19 @@ class _LinearCEGradInForward(torch.autograd.Function):
         for s, e in _chunks(n, chunk):
             ce, dlogits, factor = rows_fn(mm_nt(hidden[s:e], weight), labels[s:e], scale[s:e], ignore_index)
             loss += (ce * scale[s:e]).sum()
-            _accumulate_grads(dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w, factor,
-                              first=s == 0)
+            _accumulate_grads(
+                dlogits, hidden[s:e], weight, grad_h[s:e] if need_h else None, grad_w, factor, first=s == 0
+            )
         ctx.grads = (grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if ctx.grads is None:
-            raise RuntimeError("fused_linear_cross_entropy: its gradients were already used; "
-                               "backward through it twice (retain_graph=True) is not supported")
+            raise RuntimeError(
+                "fused_linear_cross_entropy: its gradients were already used; "
+                "backward through it twice (retain_graph=True) is not supported"
+            )
         grads, ctx.grads = ctx.grads, None  # hand the buffers over (autograd can then keep them as .grad)
         unit = bool((grad_loss == 1).all())
         grad_h, grad_w = (t if t is None or unit else t.mul_(grad_loss.to(t.dtype)) for t in grads)

@@ -29,8 +29,15 @@ ONEDNN: bool = _LINEAR is not None and torch.backends.mkldnn.is_available()
 
 def use_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when ``a @ b.T`` (both 2-D) runs through oneDNN rather than ``torch.mm``."""
-    return (ONEDNN and _LINEAR is not None and a.device.type == "cpu" and b.device.type == "cpu"
-            and a.dtype == torch.float32 and b.dtype == torch.float32 and a.shape[1] > 0)
+    return (
+        ONEDNN
+        and _LINEAR is not None
+        and a.device.type == "cpu"
+        and b.device.type == "cpu"
+        and a.dtype == torch.float32
+        and b.dtype == torch.float32
+        and a.shape[1] > 0
+    )
 
 
 def mm_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,13 @@ def quantize_int8_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     block_m = max(1, min(16, 4096 // block_d))
     if n_rows:
         _quant_int8_kernel[(triton.cdiv(n_rows, block_m),)](
-            x2, q, scale, n_rows, n_cols, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+            x2,
+            q,
+            scale,
+            n_rows,
+            n_cols,
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=4,
         )
     return q.view(*lead, n_cols), scale.view(lead)

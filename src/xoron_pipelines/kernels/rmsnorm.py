@@ -73,8 +73,15 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> 
 
 @triton.jit
 def _rms_norm_fwd_kernel(
-    x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    rstd_ptr,
+    n_rows,
+    n_cols,
+    eps,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """One program normalises BLOCK_M rows; saves 1/rms per row for the backward pass."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -93,8 +100,18 @@ def _rms_norm_fwd_kernel(
 
 @triton.jit
 def _rms_norm_bwd_kernel(
-    dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_part_ptr, n_rows, n_cols, n_blocks,
-    NPROG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dw_part_ptr,
+    n_rows,
+    n_cols,
+    n_blocks,
+    NPROG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """dx = rstd * (dy*w - x_hat * mean(dy*w*x_hat)); dw partial sums of dy*x_hat per program.
 
@@ -143,8 +160,16 @@ class _RMSNormFunction(torch.autograd.Function):
         block_m, block_d, warps = _launch_shape(n_cols)
         grid = (triton.cdiv(n_rows, block_m),)
         _rms_norm_fwd_kernel[grid](
-            x2, weight.contiguous(), y, rstd, n_rows, n_cols, eps,
-            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+            x2,
+            weight.contiguous(),
+            y,
+            rstd,
+            n_rows,
+            n_cols,
+            eps,
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=warps,
         )
         ctx.save_for_backward(x2, weight, rstd)
         ctx.shape = shape
@@ -161,8 +186,19 @@ class _RMSNormFunction(torch.autograd.Function):
         nprog = min(n_blocks, _MAX_BWD_PROGRAMS)
         dw_part = torch.empty(nprog, n_cols, dtype=torch.float32, device=x2.device)
         _rms_norm_bwd_kernel[(nprog,)](
-            dy2, x2, weight.contiguous(), rstd, dx, dw_part, n_rows, n_cols, n_blocks,
-            NPROG=nprog, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+            dy2,
+            x2,
+            weight.contiguous(),
+            rstd,
+            dx,
+            dw_part,
+            n_rows,
+            n_cols,
+            n_blocks,
+            NPROG=nprog,
+            BLOCK_M=block_m,
+            BLOCK_D=block_d,
+            num_warps=warps,
         )
         dw = dw_part.sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
         return dx.view(ctx.shape), dw, None

@@ -27,9 +27,23 @@ def apply_rope_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, cos_ptr, sin_ptr, out_ptr, n_heads, seq_len, half,
-    sxb, sxh, sxt, sxd, scb, sct, scd,
-    BACKWARD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    x_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    n_heads,
+    seq_len,
+    half,
+    sxb,
+    sxh,
+    sxt,
+    sxd,
+    scb,
+    sct,
+    scd,
+    BACKWARD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """Rotate BLOCK_T positions of one (batch, head); BACKWARD applies the transposed rotation.
 
@@ -73,9 +87,20 @@ def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward
     block_t = max(1, min(64, 2048 // block_h))
     grid = (bsz * n_heads, triton.cdiv(seq_len, block_t))
     _rope_kernel[grid](
-        x, cos, sin, out, n_heads, seq_len, half,
-        *x.stride(), scb, cos.stride(1), cos.stride(2),
-        BACKWARD=backward, BLOCK_T=block_t, BLOCK_H=block_h,
+        x,
+        cos,
+        sin,
+        out,
+        n_heads,
+        seq_len,
+        half,
+        *x.stride(),
+        scb,
+        cos.stride(1),
+        cos.stride(2),
+        BACKWARD=backward,
+        BLOCK_T=block_t,
+        BLOCK_H=block_h,
         num_warps=4,
     )
     return out

@@ -23,9 +23,7 @@ def _check(scores: torch.Tensor, bias: torch.Tensor | None, k: int) -> None:
         raise ValueError(f"router_topk: bias must be ({scores.shape[1]},), got {tuple(bias.shape)}")
 
 
-def router_topk_torch(
-    scores: torch.Tensor, bias: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def router_topk_torch(scores: torch.Tensor, bias: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch reference: stable descending sort keeps lower indices first among ties."""
     _check(scores, bias, k)
     biased = scores.detach() if bias is None else scores.detach() + bias
@@ -35,8 +33,14 @@ def router_topk_torch(
 
 @triton.jit
 def _router_topk_fwd_kernel(
-    s_ptr, b_ptr, w_ptr, i_ptr, n_experts,
-    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr,
+    s_ptr,
+    b_ptr,
+    w_ptr,
+    i_ptr,
+    n_experts,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_E: tl.constexpr,
 ):
     """One program per token: K rounds of (max, lowest index attaining it, mark taken)."""
     row = tl.program_id(0)
@@ -79,8 +83,15 @@ class _RouterTopkFunction(torch.autograd.Function):
         idx = torch.empty(n, k, dtype=torch.int64, device=scores.device)
         if n:
             _router_topk_fwd_kernel[(n,)](
-                scores, scores if bias is None else bias.contiguous(), weights, idx, n_experts,
-                K=k, HAS_BIAS=bias is not None, BLOCK_E=triton.next_power_of_2(n_experts), num_warps=1,
+                scores,
+                scores if bias is None else bias.contiguous(),
+                weights,
+                idx,
+                n_experts,
+                K=k,
+                HAS_BIAS=bias is not None,
+                BLOCK_E=triton.next_power_of_2(n_experts),
+                num_warps=1,
             )
         ctx.save_for_backward(idx)
         ctx.mark_non_differentiable(idx)
@@ -94,15 +105,18 @@ class _RouterTopkFunction(torch.autograd.Function):
         dscores = torch.zeros(n, ctx.n_experts, dtype=dweights.dtype, device=dweights.device)
         if n:
             _router_topk_bwd_kernel[(n,)](
-                dweights.contiguous(), idx, dscores, ctx.n_experts,
-                K=k, BLOCK_K=triton.next_power_of_2(k), num_warps=1,
+                dweights.contiguous(),
+                idx,
+                dscores,
+                ctx.n_experts,
+                K=k,
+                BLOCK_K=triton.next_power_of_2(k),
+                num_warps=1,
             )
         return dscores, None, None
 
 
-def router_topk_triton(
-    scores: torch.Tensor, bias: torch.Tensor | None, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def router_topk_triton(scores: torch.Tensor, bias: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton router top-k (same contract as :func:`router_topk_torch`)."""
     _check(scores, bias, k)
     return _RouterTopkFunction.apply(scores, bias, k)

@@ -31,8 +31,9 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -118,8 +119,9 @@ class CacheWriter:
         if self._writer is None:
             name = f"part-{len(self.shards):05d}.{self.fmt}"
             path = str(self.directory / name)
-            self._writer = (pq.ParquetWriter(path, self.schema, compression="zstd") if self.fmt == "parquet"
-                            else open(path, "wb"))
+            self._writer = (
+                pq.ParquetWriter(path, self.schema, compression="zstd") if self.fmt == "parquet" else open(path, "wb")
+            )
             self.shards.append(name)
         if self.fmt == "parquet":
             self._writer.write_table(group, row_group_size=n)
@@ -151,8 +153,11 @@ class CacheWriter:
                 (self.directory / self.shards[0]).write_bytes(b"")
         files = [self.directory / s for s in self.shards]
         if self.write_offsets:
-            offsets = (offsets_from_footers(files) if self.fmt == "parquet"
-                       else np.asarray(self._jsonl_offsets, dtype=np.int64).reshape(-1, 3))
+            offsets = (
+                offsets_from_footers(files)
+                if self.fmt == "parquet"
+                else np.asarray(self._jsonl_offsets, dtype=np.int64).reshape(-1, 3)
+            )
             np.save(self.directory / OFFSETS_FILE, offsets)
         full = {
             **meta,
@@ -168,7 +173,7 @@ class CacheWriter:
         write_json(self.directory / META_FILE, full)
         return full
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,8 +220,9 @@ class EmbeddingCache:
         self.meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
         self.files = [self.path / s for s in self.meta["shards"]]
         self.format = self.meta.get("format", "parquet")
-        self.schema = (pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.meta["schema"])))
-                       if "schema" in self.meta else None)
+        self.schema = (
+            pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.meta["schema"]))) if "schema" in self.meta else None
+        )
         index = self.path / OFFSETS_FILE
         rebuild = offsets_from_footers if self.format == "parquet" else offsets_from_lines
         self.offsets = np.load(index, mmap_mode="r") if index.is_file() else rebuild(self.files)
@@ -305,8 +311,10 @@ class CacheSubset:
         self.path = Path(path)
         manifest = self.path / MANIFEST_FILE
         if not manifest.is_file():
-            raise FileNotFoundError(f"no embedding cache at {self.path} ({MANIFEST_FILE} missing); "
-                                    "run `kedro run --pipeline embedding_cache`")
+            raise FileNotFoundError(
+                f"no embedding cache at {self.path} ({MANIFEST_FILE} missing); "
+                "run `kedro run --pipeline embedding_cache`"
+            )
         self.manifest: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
         self.splits = {s: EmbeddingCache(self.path / s) for s in self.manifest["splits"]}
 

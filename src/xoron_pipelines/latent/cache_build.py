@@ -34,15 +34,23 @@ import hashlib
 import heapq
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from xoron_pipelines.latent.cache import FORMAT_VERSION, MANIFEST_FILE, CacheWriter, embedding_fields, fingerprint, write_json
+from xoron_pipelines.latent.cache import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    CacheWriter,
+    embedding_fields,
+    fingerprint,
+    write_json,
+)
 from xoron_pipelines.latent.encoder import Encoded, Encoder, directory_digest, resolve_encoder_dir
 
 log = logging.getLogger(__name__)
@@ -55,8 +63,14 @@ CHUNK_BATCHES = {"mean": 32, "tokens": 4}
 SPLITS = ("train", "val")  # always written; "test" too when a source has a test split
 # parameters that act through the selected rows (hashed as data) or not on the content at all
 _NOT_FINGERPRINTED = {
-    "skip_preprocessing_if_cached", "preprocess_cache_dir", "progress", "source_field", "target_field",
-    "max_train_samples", "pretrain_text_field", "max_pretrain_samples",
+    "skip_preprocessing_if_cached",
+    "preprocess_cache_dir",
+    "progress",
+    "source_field",
+    "target_field",
+    "max_train_samples",
+    "pretrain_text_field",
+    "max_pretrain_samples",
 }
 
 
@@ -163,14 +177,16 @@ def subset_fingerprint(subset: str, rows: list[Row], tokenizer: Any, encoder_dir
     data = hashlib.sha256()
     for r in rows:
         data.update(json.dumps([r.index, r.source, r.target] + ([r.split] if r.split else []), default=str).encode())
-    return fingerprint({
-        "format_version": FORMAT_VERSION,
-        "subset": subset,
-        "encoder": directory_digest(encoder_dir),
-        "data": data.hexdigest(),
-        "decoder_tokenizer": tokenizer_digest(tokenizer),
-        "params": p.model_dump(exclude=_NOT_FINGERPRINTED),
-    })
+    return fingerprint(
+        {
+            "format_version": FORMAT_VERSION,
+            "subset": subset,
+            "encoder": directory_digest(encoder_dir),
+            "data": data.hexdigest(),
+            "decoder_tokenizer": tokenizer_digest(tokenizer),
+            "params": p.model_dump(exclude=_NOT_FINGERPRINTED),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- cache layout
@@ -221,7 +237,13 @@ def _quarantine(rows: list[Row], subset: str, counts: Counts, out: list[dict]) -
     """Rows fit to encode; the others are recorded in ``out`` with a reason and counted."""
     good = []
     for r in rows:
-        reason = "empty_source" if _is_empty(r.source) else "empty_target" if r.target is not None and _is_empty(r.target) else None
+        reason = (
+            "empty_source"
+            if _is_empty(r.source)
+            else "empty_target"
+            if r.target is not None and _is_empty(r.target)
+            else None
+        )
         if reason is None:
             good.append(r)
             continue
@@ -292,15 +314,22 @@ def subset_splits(rows: list[Row]) -> list[str]:
     return list(SPLITS) + (["test"] if any(r.split == "test" for r in rows) else [])
 
 
-def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, tmp_dir: Path,
-                   meta: dict) -> tuple[Counts, list[dict]]:
+def _encode_subset(
+    subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, tmp_dir: Path, meta: dict
+) -> tuple[Counts, list[dict]]:
     """Encode ``rows`` into ``tmp_dir/<split>``; returns counts and quarantine records."""
     counts, quarantined = Counts(rows_in=len(rows)), []
     good = _quarantine(rows, subset, counts, quarantined)
     schema = cache_schema(p)
     writers = {
-        s: CacheWriter(tmp_dir / s, schema, p.cache_rows_per_shard, ROW_GROUP_ROWS, p.cache_write_offsets_index,
-                       fmt=p.preprocess_format)
+        s: CacheWriter(
+            tmp_dir / s,
+            schema,
+            p.cache_rows_per_shard,
+            ROW_GROUP_ROWS,
+            p.cache_write_offsets_index,
+            fmt=p.preprocess_format,
+        )
         for s in subset_splits(rows)
     }
     chunk = p.preprocess_batch_size * CHUNK_BATCHES[p.pooling]
@@ -318,7 +347,9 @@ def _encode_subset(subset: str, rows: list[Row], encoder: Encoder, tokenizer: An
 
 
 @functools.lru_cache(maxsize=1)
-def load_encoder(model: str, max_seq_len: int, pooling: str, normalize: Any, trust_remote_code: bool, digest: str) -> Encoder:
+def load_encoder(
+    model: str, max_seq_len: int, pooling: str, normalize: Any, trust_remote_code: bool, digest: str
+) -> Encoder:
     """The frozen encoder, loaded once per process for both nodes (``digest`` -- of the encoder's
     files -- is part of the key, so an edited encoder directory is loaded afresh)."""
     return Encoder(model, max_seq_len, pooling, normalize, trust_remote_code)
@@ -352,19 +383,33 @@ class CacheBuild:
 
     def reuses(self, stored: dict[str, Any] | None) -> bool:
         """Whether ``stored`` (a manifest, or None) can stand for this build."""
-        return bool(self.params.skip_preprocessing_if_cached and stored is not None
-                    and stored.get("fingerprint") == self.fingerprint)
+        return bool(
+            self.params.skip_preprocessing_if_cached
+            and stored is not None
+            and stored.get("fingerprint") == self.fingerprint
+        )
 
     def reason(self, stored: dict[str, Any] | None) -> str:
-        return ("disabled reuse" if not self.params.skip_preprocessing_if_cached else "no cache" if stored is None
-                else "fingerprint changed")
+        return (
+            "disabled reuse"
+            if not self.params.skip_preprocessing_if_cached
+            else "no cache"
+            if stored is None
+            else "fingerprint changed"
+        )
 
     def write(self, directory: Path) -> dict[str, Any]:
         """Encode the rows into ``directory`` (an empty temporary directory the caller publishes)
         and return the manifest written there."""
         p, tokenizer, subset = self.params, self.tokenizer, self.subset
-        encoder = load_encoder(p.encoder_model, p.max_seq_len, p.pooling, p.normalize, p.trust_remote_code,
-                               directory_digest(self.encoder_dir))
+        encoder = load_encoder(
+            p.encoder_model,
+            p.max_seq_len,
+            p.pooling,
+            p.normalize,
+            p.trust_remote_code,
+            directory_digest(self.encoder_dir),
+        )
         meta = {
             "subset": subset,
             "fingerprint": self.fingerprint,
@@ -375,15 +420,25 @@ class CacheBuild:
                 "pooling": p.pooling,
                 "normalize": encoder.normalize,
             },
-            "decoder": {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)},
+            "decoder": {
+                "eos_id": tokenizer.eos_token_id,
+                "pad_id": tokenizer.pad_token_id,
+                "vocab_size": len(tokenizer),
+            },
             "max_target_len": p.max_target_len,
             "cache_use_embeddings_for_training": p.cache_use_embeddings_for_training,
         }
         counts, quarantined = _encode_subset(subset, self.rows, encoder, tokenizer, p, directory, meta)
         with (directory / QUARANTINE_FILE).open("w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(q) + "\n" for q in quarantined)
-        manifest = {**meta, "splits": subset_splits(self.rows), "quarantine": QUARANTINE_FILE,
-                    "counts": counts.as_dict(), "params": p.model_dump(), "cache_hit": False}
+        manifest = {
+            **meta,
+            "splits": subset_splits(self.rows),
+            "quarantine": QUARANTINE_FILE,
+            "counts": counts.as_dict(),
+            "params": p.model_dump(),
+            "cache_hit": False,
+        }
         write_json(directory / MANIFEST_FILE, manifest)
         _log_counts(subset, manifest["counts"])
         return manifest
@@ -392,15 +447,24 @@ class CacheBuild:
 def plan_subset(subset: str, rows: list[Row], tokenizer: Any, p: Any) -> CacheBuild:
     """The :class:`CacheBuild` of one subset (a missing encoder fails here, before any work)."""
     encoder_dir = resolve_encoder_dir(p.encoder_model)
-    return CacheBuild(subset, rows, tokenizer, p, subset_fingerprint(subset, rows, tokenizer, encoder_dir, p), encoder_dir)
+    return CacheBuild(
+        subset, rows, tokenizer, p, subset_fingerprint(subset, rows, tokenizer, encoder_dir, p), encoder_dir
+    )
 
 
 def _log_counts(subset: str, counts: dict[str, float]) -> None:
     log.info(
         "embedding_cache/%s: %d encoded (%d train / %d val / %d test), %d empty source, %d empty target, "
         "%d sources and %d targets truncated",
-        subset, counts["texts_encoded"], counts["rows_train"], counts["rows_val"], counts.get("rows_test", 0),
-        counts["empty_source"], counts["empty_target"], counts["truncated_sources"], counts["truncated_targets"],
+        subset,
+        counts["texts_encoded"],
+        counts["rows_train"],
+        counts["rows_val"],
+        counts.get("rows_test", 0),
+        counts["empty_source"],
+        counts["empty_target"],
+        counts["truncated_sources"],
+        counts["truncated_targets"],
     )
 
 
@@ -413,6 +477,8 @@ def raw_texts(data: Any, subset: str, p: Any, wanted: set[int] | None = None) ->
         rows = ((r.index, (r.source, r.target, None)) for r in pair_rows(data, p))
     else:
         field = p.pretrain_text_field
-        rows = ((i, (rec.get(field), rec.get(field), rec.get("source")))
-                for i, rec in enumerate(records(data, [field, "status", "source"])))
+        rows = (
+            (i, (rec.get(field), rec.get(field), rec.get("source")))
+            for i, rec in enumerate(records(data, [field, "status", "source"]))
+        )
     return {i: row for i, row in rows if wanted is None or i in wanted}

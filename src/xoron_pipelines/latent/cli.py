@@ -34,9 +34,17 @@ def main(argv: list[str] | None = None) -> list[str]:
     art = LatentModelDataset(args.model_dir).load()
     decoder = load_decoder(args.decoder, args.tokenizer) if args.decoder else None
     model, tokenizer = from_artifact(art, decoder)
-    outputs = generate(model, tokenizer, args.text, max_generation_length=args.max_generation_length,
-                       do_sample=not args.greedy, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                       seed=args.seed)
+    outputs = generate(
+        model,
+        tokenizer,
+        args.text,
+        max_generation_length=args.max_generation_length,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
     for text in outputs:
         print(text)
     return outputs

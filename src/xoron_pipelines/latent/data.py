@@ -36,9 +36,13 @@ class Rows:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def take(self, keep: list[int]) -> "Rows":
-        return Rows([self.sources[i] for i in keep], [self.targets[i] for i in keep],
-                    [self.origin[i] for i in keep], None if self.emb is None else self.emb[keep])
+    def take(self, keep: list[int]) -> Rows:
+        return Rows(
+            [self.sources[i] for i in keep],
+            [self.targets[i] for i in keep],
+            [self.origin[i] for i in keep],
+            None if self.emb is None else self.emb[keep],
+        )
 
 
 def cache_rows(split: Any, texts: dict[int, tuple[str, str, str | None]], use_embeddings: bool) -> Rows:
@@ -83,11 +87,19 @@ def cached_embeddings_usable(cache: Any, model: Any, p: Any, encoder_trains: boo
     and the encoder has not been trained; otherwise the texts are encoded on the fly."""
     meta = cache.manifest
     enc = meta["encoder"]
-    same_encoder = (Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
-                    and meta["embedding"]["normalize"] == model.encoder.normalize
-                    and enc["max_length"] == model.encoder.max_len)
-    return bool(p.run_preprocessing and meta.get("cache_use_embeddings_for_training", True) and same_encoder
-                and meta["embedding"]["pooling"] == "mean" and not encoder_trains and not model.encoder_trained)
+    same_encoder = (
+        Path(enc["path"]).resolve() == resolve_encoder_dir(model.cfg.encoder_model).resolve()
+        and meta["embedding"]["normalize"] == model.encoder.normalize
+        and enc["max_length"] == model.encoder.max_len
+    )
+    return bool(
+        p.run_preprocessing
+        and meta.get("cache_use_embeddings_for_training", True)
+        and same_encoder
+        and meta["embedding"]["pooling"] == "mean"
+        and not encoder_trains
+        and not model.encoder_trained
+    )
 
 
 def stage_rows(cache: Any, texts: dict, p: Any, stage: str, use_emb: bool) -> tuple[Rows, Rows]:
@@ -125,7 +137,7 @@ def encode_once(encoder: Any, texts: list[str], batch_size: int = 32) -> torch.T
     encoder.eval()
     out = []
     for i in range(0, len(texts), batch_size):
-        ids, mask = encoder.tokenize(texts[i: i + batch_size])
+        ids, mask = encoder.tokenize(texts[i : i + batch_size])
         out.append(encoder(ids, mask))
     encoder.train(was)
     return torch.cat(out)
@@ -145,8 +157,9 @@ def encoder_side(model: Any, texts: list[str], prefix: str, emb: np.ndarray | No
     return {k: v.cpu() for k, v in out.items()}
 
 
-def stage_tensors(model: Any, rows: Rows, *, kind: str, identity: bool, encoder_trains: bool,
-                  tokenizer: Any, max_target_len: int) -> dict[str, torch.Tensor]:
+def stage_tensors(
+    model: Any, rows: Rows, *, kind: str, identity: bool, encoder_trains: bool, tokenizer: Any, max_target_len: int
+) -> dict[str, torch.Tensor]:
     """Row-aligned tensors a stage's loss needs (see :func:`xoron_pipelines.latent.stages.stage_loss`)."""
     out = encoder_side(model, rows.sources, "src", rows.emb, encoder_trains)
     if kind == "middle" and not identity:
@@ -159,7 +172,7 @@ def stage_tensors(model: Any, rows: Rows, *, kind: str, identity: bool, encoder_
 class _EpochBatches(torch.utils.data.Dataset):
     """Batches ``start``, ``start + 1``, ... of one epoch, as a map-style dataset for a DataLoader."""
 
-    def __init__(self, source: "RowBatches", epoch: int, start: int) -> None:
+    def __init__(self, source: RowBatches, epoch: int, start: int) -> None:
         self.source, self.epoch, self.start = source, epoch, start
 
     def __len__(self) -> int:
@@ -179,8 +192,14 @@ class RowBatches:
     request out of sequence (a resume) starts a new loader at that batch. Batches are the same
     whatever the number of workers."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, seed: int, num_workers: int = 0,
-                 prefetch_factor: int | None = None) -> None:
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        prefetch_factor: int | None = None,
+    ) -> None:
         self.tensors = tensors
         self.rows = len(next(iter(tensors.values())))
         if self.rows < 1:
@@ -197,16 +216,22 @@ class RowBatches:
     def make_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         """Batch ``index`` of ``epoch``, made in this process."""
         order = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
-        pick = torch.as_tensor(order[index * self.batch_size: (index + 1) * self.batch_size])
+        pick = torch.as_tensor(order[index * self.batch_size : (index + 1) * self.batch_size])
         return {k: v[pick] for k, v in self.tensors.items()}
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         if self.num_workers == 0:
             return self.make_batch(epoch, index)
         if self._next != (epoch, index):
-            self._loader = iter(torch.utils.data.DataLoader(
-                _EpochBatches(self, epoch, index), batch_size=None, shuffle=False, num_workers=self.num_workers,
-                prefetch_factor=self.prefetch_factor))
+            self._loader = iter(
+                torch.utils.data.DataLoader(
+                    _EpochBatches(self, epoch, index),
+                    batch_size=None,
+                    shuffle=False,
+                    num_workers=self.num_workers,
+                    prefetch_factor=self.prefetch_factor,
+                )
+            )
         out = next(self._loader)
         self._next = (epoch, index + 1)
         return out
@@ -216,5 +241,7 @@ class RowBatches:
 
     def all(self) -> list[dict[str, torch.Tensor]]:
         """Every row once, in order, in batches (evaluation)."""
-        return [{k: v[i: i + self.batch_size] for k, v in self.tensors.items()}
-                for i in range(0, self.rows, self.batch_size)]
+        return [
+            {k: v[i : i + self.batch_size] for k, v in self.tensors.items()}
+            for i in range(0, self.rows, self.batch_size)
+        ]

@@ -21,9 +21,10 @@ import hashlib
 import importlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -137,9 +138,11 @@ class Encoder:
         self.tokenizer = AutoTokenizer.from_pretrained(
             str(self.path), local_files_only=True, trust_remote_code=trust_remote_code
         )
-        self.model = AutoModel.from_pretrained(
-            str(self.path), local_files_only=True, trust_remote_code=trust_remote_code
-        ).to(self.device).eval()
+        self.model = (
+            AutoModel.from_pretrained(str(self.path), local_files_only=True, trust_remote_code=trust_remote_code)
+            .to(self.device)
+            .eval()
+        )
         if not self.tokenizer.is_fast:
             raise ValueError(f"encoder {str(self.path)!r}: needs a fast tokenizer (tokenizer.json)")
         self.normalize = _sentence_transformers_normalizes(self.path) if normalize == "auto" else bool(normalize)

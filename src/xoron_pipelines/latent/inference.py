@@ -17,8 +17,6 @@ from xoron_pipelines.latent.model import LatentArchitecture, LatentConfig, Laten
 from xoron_pipelines.model.generation import next_tokens
 
 
-
-
 def decoder_hidden(decoder: Any) -> int:
     return int(decoder.get_input_embeddings().embedding_dim)
 
@@ -30,15 +28,22 @@ def build_model(p: Any, encoder_model: str, decoder: Any) -> LatentModel:
     encoder = TrainableEncoder(encoder_model, p.max_seq_len, p.trust_remote_code)
     dec = decoder_hidden(decoder)
     for knob, seed, given, actual in (
-            ("encoder_hidden_dim", "modernbert_hidden_dim", p.encoder_hidden_dim, encoder.hidden_size),
-            ("decoder_hidden_dim", "gpt2_hidden_dim", p.decoder_hidden_dim, dec)):
+        ("encoder_hidden_dim", "modernbert_hidden_dim", p.encoder_hidden_dim, encoder.hidden_size),
+        ("decoder_hidden_dim", "gpt2_hidden_dim", p.decoder_hidden_dim, dec),
+    ):
         if given is not None and given != actual:
-            raise ValueError(f"latent.{knob}/{seed}={given} but the model has hidden size {actual}; "
-                             f"set it to {actual} or null")
+            raise ValueError(
+                f"latent.{knob}/{seed}={given} but the model has hidden size {actual}; set it to {actual} or null"
+            )
     if dec % p.adapter_num_heads:
         raise ValueError(f"latent.adapter_num_heads={p.adapter_num_heads} must divide the decoder hidden size {dec}")
-    cfg = LatentConfig(encoder_model=encoder_model, encoder_hidden=encoder.hidden_size, decoder_hidden=dec,
-                       encoder_max_len=encoder.max_len, **{k: getattr(p, k) for k in LatentArchitecture.model_fields})
+    cfg = LatentConfig(
+        encoder_model=encoder_model,
+        encoder_hidden=encoder.hidden_size,
+        decoder_hidden=dec,
+        encoder_max_len=encoder.max_len,
+        **{k: getattr(p, k) for k in LatentArchitecture.model_fields},
+    )
     torch.manual_seed(p.seed)
     return LatentModel(cfg, encoder, decoder)
 
@@ -78,9 +83,18 @@ def latents(model: LatentModel, texts: list[str]) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def generate_ids(model: LatentModel, tokenizer: Any, texts: list[str], *, max_generation_length: int = 256,
-                 do_sample: bool = True, temperature: float = 0.7, top_p: float = 0.9, top_k: int = 50,
-                 seed: int | None = None) -> torch.Tensor:
+def generate_ids(
+    model: LatentModel,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    max_generation_length: int = 256,
+    do_sample: bool = True,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    top_k: int = 50,
+    seed: int | None = None,
+) -> torch.Tensor:
     """Generated token ids (B, <= max_generation_length), KV-cached decoding from the adapter's
     prefix; rows that ended (EOS) are padded."""
     model.eval()

@@ -24,8 +24,9 @@ def pooled(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (z * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
-def info_nce(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
-             temperature: float = 0.07) -> torch.Tensor:
+def info_nce(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, temperature: float = 0.07
+) -> torch.Tensor:
     """Symmetric InfoNCE: each row's pooled prediction must pick its own target among the batch's
     (the other rows are the negatives). Zero for a batch of one row (no negatives)."""
     if pred.shape[0] < 2:

@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from pydantic import Field
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from xoron_pipelines.latent.encoder import _sentence_transformers_normalizes, resolve_encoder_dir
@@ -85,7 +85,7 @@ def rope(x: torch.Tensor, base: float) -> torch.Tensor:
     inv = base ** (-torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
     ang = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * inv[None]
     cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
@@ -97,8 +97,16 @@ class Attention(nn.Module):
     ``flash_attention_2`` (the flash_attn package, CUDA, no key mask).
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float, cfg: LatentConfig, rope_q: bool, rope_k: bool,
-                 kv_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dropout: float,
+        cfg: LatentConfig,
+        rope_q: bool,
+        rope_k: bool,
+        kv_dim: int | None = None,
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
@@ -150,8 +158,17 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: (cross-)attention + feed-forward, each with a residual and dropout."""
 
-    def __init__(self, dim: int, heads: int, multiplier: float, dropout: float, cfg: LatentConfig,
-                 rope_q: bool, rope_k: bool, kv_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        multiplier: float,
+        dropout: float,
+        cfg: LatentConfig,
+        rope_q: bool,
+        rope_k: bool,
+        kv_dim: int | None = None,
+    ) -> None:
         super().__init__()
         self.norm1, self.norm2 = make_norm(dim, cfg), make_norm(dim, cfg)
         self.attn = Attention(dim, heads, dropout, cfg, rope_q, rope_k, kv_dim)
@@ -171,8 +188,11 @@ class Compression(nn.Module):
     def __init__(self, cfg: LatentConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        dims = [cfg.encoder_hidden] + [cfg.middle_hidden_dim] * (cfg.middle_layers - 1) + \
-            [cfg.latent_seq_len * cfg.latent_dim]
+        dims = (
+            [cfg.encoder_hidden]
+            + [cfg.middle_hidden_dim] * (cfg.middle_layers - 1)
+            + [cfg.latent_seq_len * cfg.latent_dim]
+        )
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
@@ -197,8 +217,17 @@ class MiddleTransformer(nn.Module):
         self.cfg = cfg
         d = cfg.latent_dim
         self.blocks = nn.ModuleList(
-            Block(d, cfg.middle_num_heads, cfg.middle_ffn_multiplier, cfg.middle_dropout, cfg,
-                  cfg.middle_use_rope, cfg.middle_use_rope) for _ in range(cfg.middle_transformer_layers))
+            Block(
+                d,
+                cfg.middle_num_heads,
+                cfg.middle_ffn_multiplier,
+                cfg.middle_dropout,
+                cfg,
+                cfg.middle_use_rope,
+                cfg.middle_use_rope,
+            )
+            for _ in range(cfg.middle_transformer_layers)
+        )
         self.norm = make_norm(d, cfg)
         self.proj = nn.Linear(d, d)
         self.gradient_checkpointing = False
@@ -218,10 +247,19 @@ class PrefixAdapter(nn.Module):
         super().__init__()
         h = cfg.decoder_hidden
         self.queries = nn.Parameter(torch.randn(cfg.prefix_len, h) * 0.02)
-        self.cross = Block(h, cfg.adapter_num_heads, 4.0, cfg.adapter_dropout, cfg,
-                           cfg.adapter_use_rope, cfg.adapter_use_rope, kv_dim=cfg.latent_dim)
-        self.self_block = Block(h, cfg.adapter_num_heads, 4.0, cfg.adapter_dropout, cfg,
-                                cfg.use_prefix_rope, cfg.use_prefix_rope)
+        self.cross = Block(
+            h,
+            cfg.adapter_num_heads,
+            4.0,
+            cfg.adapter_dropout,
+            cfg,
+            cfg.adapter_use_rope,
+            cfg.adapter_use_rope,
+            kv_dim=cfg.latent_dim,
+        )
+        self.self_block = Block(
+            h, cfg.adapter_num_heads, 4.0, cfg.adapter_dropout, cfg, cfg.use_prefix_rope, cfg.use_prefix_rope
+        )
         self.norm = make_norm(h, cfg)
         self.out = nn.Linear(h, h)
 
@@ -258,8 +296,9 @@ class TrainableEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_encoder_dir(encoder_model)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
-                                                       trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         self.normalize = _sentence_transformers_normalizes(path)
         self.max_len = min(max_len, int(getattr(self.model.config, "max_position_embeddings", max_len)))
@@ -346,8 +385,10 @@ class LatentModel(nn.Module):
         prefix and padding)."""
         emb = self.decoder.get_input_embeddings()(ids).to(prefix.dtype)
         ones = torch.ones(prefix.shape[:2], dtype=mask.dtype, device=mask.device)
-        labels = torch.cat([torch.full(prefix.shape[:2], -100, dtype=ids.dtype, device=ids.device),
-                            ids.masked_fill(mask == 0, -100)], dim=1)
+        labels = torch.cat(
+            [torch.full(prefix.shape[:2], -100, dtype=ids.dtype, device=ids.device), ids.masked_fill(mask == 0, -100)],
+            dim=1,
+        )
         return torch.cat([prefix, emb], dim=1), torch.cat([ones, mask], dim=1), labels
 
     def lm_loss(self, prefix: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -379,5 +420,3 @@ class LatentModel(nn.Module):
             if key.startswith("encoder_top."):
                 _, i, rest = key.split(".", 2)
                 layers[int(i)].state_dict()[rest].copy_(value)
-
-

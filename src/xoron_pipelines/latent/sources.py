@@ -75,8 +75,10 @@ def pair_source(synth_raw: Any, dataset_name: str, splits: tuple[str, str, str])
     if dataset_name.startswith(SYNTH_PREFIX):
         part = dataset_name.removeprefix(SYNTH_PREFIX)
         if part not in synth_raw:
-            raise ValueError(f"latent.dataset_name={dataset_name!r}: synth_raw has no partition {part!r} "
-                             f"(it has {sorted(synth_raw)}); run synth with that type enabled")
+            raise ValueError(
+                f"latent.dataset_name={dataset_name!r}: synth_raw has no partition {part!r} "
+                f"(it has {sorted(synth_raw)}); run synth with that type enabled"
+            )
         loaded = synth_raw[part]
         return list(loaded() if callable(loaded) else loaded)
     path = Path(dataset_name).expanduser()
@@ -95,8 +97,10 @@ def pair_source(synth_raw: Any, dataset_name: str, splits: tuple[str, str, str])
             return _pick({k: [r for f in v for r in _read_file(f)] for k, v in files.items()}, dataset_name, splits)
         return [r for v in files.values() for f in v for r in _read_file(f)]
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise ValueError(f"latent.dataset_name={dataset_name!r} is not a local path and Hugging Face is offline "
-                         "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): use synth/<type>, a local file or folder, or go online")
+        raise ValueError(
+            f"latent.dataset_name={dataset_name!r} is not a local path and Hugging Face is offline "
+            "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): use synth/<type>, a local file or folder, or go online"
+        )
     import datasets
 
     loaded = _hf(datasets.load_dataset(dataset_name))

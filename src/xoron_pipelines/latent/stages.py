@@ -27,8 +27,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,8 +50,8 @@ PHASE_PARTS = {"phase1": {"adapter"}, "phase2": {"encoder", "compression"}, "pha
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    data: str        # "pretrain" | "pairs"
-    kind: str        # "middle" | "adapter"
+    data: str  # "pretrain" | "pairs"
+    kind: str  # "middle" | "adapter"
     uses_middle: bool
 
     @property
@@ -103,7 +104,7 @@ class StageModule(nn.Module):
         mods = {n: getattr(model, n) for n in ("compression", "middle", "adapter") if n in parts}
         if "encoder" in parts:
             layers = encoder_layers(model.encoder.model)
-            mods["encoder_top"] = nn.ModuleList(list(layers)[len(layers) - p.num_encoder_unfrozen_layers:])
+            mods["encoder_top"] = nn.ModuleList(list(layers)[len(layers) - p.num_encoder_unfrozen_layers :])
         self.parts = nn.ModuleDict(mods)
         object.__setattr__(self, "latent", model)  # not a child: frozen parts stay out of checkpoints
         self.spec, self.p = spec, p
@@ -115,7 +116,9 @@ class StageModule(nn.Module):
         """Activation checkpointing of the middle blocks and, when it trains, the encoder."""
         self.latent.middle.gradient_checkpointing = True
         if "encoder_top" in self.parts and hasattr(self.latent.encoder.model, "gradient_checkpointing_enable"):
-            self.latent.encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.latent.encoder.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
 
 
 def _embedding(model: LatentModel, batch: dict, prefix: str) -> torch.Tensor:
@@ -141,7 +144,9 @@ def stage_loss(model: LatentModel, spec: StageSpec, p: Any, batch: dict) -> tupl
         nce = losses.info_nce(pred, target, valid_t, p.contrastive_temperature)
         rec = losses.reconstruction(model.compression.reconstruct(z), emb)
         loss = p.latent_mse_weight * mse + p.contrastive_weight * nce + p.reconstruction_weight * rec
-        return loss, {k: float(v.detach()) for k, v in (("latent_mse", mse), ("contrastive", nce), ("reconstruction", rec))}
+        return loss, {
+            k: float(v.detach()) for k, v in (("latent_mse", mse), ("contrastive", nce), ("reconstruction", rec))
+        }
     if spec.uses_middle:
         z_in = model.middle(z_in)
         valid_in = model.valid_until_stop(z_in)
@@ -170,23 +175,53 @@ def train_config(spec: StageSpec, p: Any, batches: int, eval_steps: int) -> Trai
     """The engine config of a stage: its epochs and batch size, the global optimiser knobs."""
     steps = max(1, math.floor(p.stage_value(spec.name, "epochs") * batches / p.gradient_accumulation_steps))
     return TrainConfig(
-        learning_rate=p.learning_rate, weight_decay=p.weight_decay, warmup_steps=min(p.warmup_steps, steps - 1),
-        max_steps=steps, batch_size=p.stage_value(spec.name, "batch_size"),
-        gradient_accumulation_steps=p.gradient_accumulation_steps, max_grad_norm=p.max_grad_norm,
-        precision=p.precision, gradient_checkpointing=p.use_gradient_checkpointing, compile=p.use_torch_compile,
-        compile_mode=p.torch_compile_mode, seed=p.seed, save_steps=p.save_every,
-        async_checkpointing=p.async_checkpointing, logging_steps=min(p.logging_steps, steps), eval_steps=eval_steps)
+        learning_rate=p.learning_rate,
+        weight_decay=p.weight_decay,
+        warmup_steps=min(p.warmup_steps, steps - 1),
+        max_steps=steps,
+        batch_size=p.stage_value(spec.name, "batch_size"),
+        gradient_accumulation_steps=p.gradient_accumulation_steps,
+        max_grad_norm=p.max_grad_norm,
+        precision=p.precision,
+        gradient_checkpointing=p.use_gradient_checkpointing,
+        compile=p.use_torch_compile,
+        compile_mode=p.torch_compile_mode,
+        seed=p.seed,
+        save_steps=p.save_every,
+        async_checkpointing=p.async_checkpointing,
+        logging_steps=min(p.logging_steps, steps),
+        eval_steps=eval_steps,
+    )
 
 
 #: latent parameters outside a stage's fingerprint: checkpoint / logging cadence, paths, inference,
 #: data-loader workers, and the durations (raising epochs continues from the newest checkpoint)
-RESULT_NEUTRAL_LATENT_FIELDS = frozenset({
-    "checkpoint_dir", "keep_configurations", "save_every", "async_checkpointing", "logging_steps", "progress",
-    "num_workers", "prefetch_factor", "pretrain_best_model_filename", "finetune_best_model_filename",
-    "handoff_best_model_filename", "temperature", "max_generation_length", "do_sample", "top_p", "top_k",
-    "inference_examples", "num_epochs", "pretrain_middle_epochs", "pretrain_adapter_epochs",
-    "finetune_middle_epochs", "finetune_adapter_epochs",
-})
+RESULT_NEUTRAL_LATENT_FIELDS = frozenset(
+    {
+        "checkpoint_dir",
+        "keep_configurations",
+        "save_every",
+        "async_checkpointing",
+        "logging_steps",
+        "progress",
+        "num_workers",
+        "prefetch_factor",
+        "pretrain_best_model_filename",
+        "finetune_best_model_filename",
+        "handoff_best_model_filename",
+        "temperature",
+        "max_generation_length",
+        "do_sample",
+        "top_p",
+        "top_k",
+        "inference_examples",
+        "num_epochs",
+        "pretrain_middle_epochs",
+        "pretrain_adapter_epochs",
+        "finetune_middle_epochs",
+        "finetune_adapter_epochs",
+    }
+)
 
 
 def latent_fingerprint(p: Any, spec: StageSpec, model: nn.Module, train_rows: RowBatches, val_rows: RowBatches) -> str:
@@ -198,8 +233,15 @@ def latent_fingerprint(p: Any, spec: StageSpec, model: nn.Module, train_rows: Ro
     return fingerprint(params=settings, stage=spec.name, weights=weights_digest(model), data=data)
 
 
-def train_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], train_rows: RowBatches,
-                val_rows: RowBatches, on_log: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+def train_stage(
+    model: LatentModel,
+    spec: StageSpec,
+    p: Any,
+    parts: set[str],
+    train_rows: RowBatches,
+    val_rows: RowBatches,
+    on_log: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
     """Train one latent stage in place through the stage orchestrator
     (:func:`xoron_pipelines.training.stage.run_stage`, kind ``latent``); keeps the weights of the
     best evaluation. Returns a summary with the loss (and its parts) on the validation rows before
@@ -219,12 +261,24 @@ def train_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], tr
         best["last"] = metrics
         return metrics
 
-    params = StageParams(train=cfg, checkpoint_dir=p.checkpoint_dir, keep_configurations=p.keep_configurations,
-                         tracking=TrackingParams(enabled=False))
+    params = StageParams(
+        train=cfg,
+        checkpoint_dir=p.checkpoint_dir,
+        keep_configurations=p.keep_configurations,
+        tracking=TrackingParams(enabled=False),
+    )
     data = StageData(train_rows, eval_fn, loss_fn=lambda m, b: m(b))
-    _, summary, _ = run_stage(spec.name, "latent", view, data, params,
-                           fingerprint=latent_fingerprint(p, spec, model, train_rows, val_rows),
-                           on_log=on_log, desc=f"latent/{spec.name}", progress=p.progress)
+    _, summary, _ = run_stage(
+        spec.name,
+        "latent",
+        view,
+        data,
+        params,
+        fingerprint=latent_fingerprint(p, spec, model, train_rows, val_rows),
+        on_log=on_log,
+        desc=f"latent/{spec.name}",
+        progress=p.progress,
+    )
     after = best["last"]  # the orchestrator's final evaluation
     if best["state"] is not None and best["loss"] < after["eval_loss"]:
         view.load_state_dict(best["state"])
@@ -232,6 +286,13 @@ def train_stage(model: LatentModel, spec: StageSpec, p: Any, parts: set[str], tr
     if "encoder" in parts:
         model.encoder_trained = True
     model.requires_grad_(False)
-    return {"stage": spec.name, "trained": sorted(parts), "steps": summary["steps"], "rows": train_rows.rows,
-            "batch_size": train_rows.batch_size, "before": before, "after": after,
-            "train_loss": summary["train_loss"]}
+    return {
+        "stage": spec.name,
+        "trained": sorted(parts),
+        "steps": summary["steps"],
+        "rows": train_rows.rows,
+        "batch_size": train_rows.batch_size,
+        "before": before,
+        "after": after,
+        "train_loss": summary["train_loss"],
+    }

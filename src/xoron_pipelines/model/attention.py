@@ -74,8 +74,9 @@ def cache_bytes_per_token(config, dtype: torch.dtype = torch.float32) -> int:
 
 
 # ---------------------------------------------------------------------------- masks and kernels
-def allowed_mask(q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tensor | None,
-                 sliding_window: int | None) -> torch.Tensor:
+def allowed_mask(
+    q_idx: torch.Tensor, k_idx: torch.Tensor, key_valid: torch.Tensor | None, sliding_window: int | None
+) -> torch.Tensor:
     """Boolean (B or 1, 1, len(q_idx), len(k_idx)): may query at cache index q see key k."""
     diff = q_idx[:, None] - k_idx[None, :]
     ok = diff >= 0
@@ -93,17 +94,16 @@ def full_attention(q, k, v, scale: float, key_valid, sliding_window, dropout_p: 
     gqa = q.shape[1] != k.shape[1]
     if key_valid is None and sliding_window is None and tq == tk:
         # plain causal mask: SDPA's own (its CPU kernel then skips the blocks above the diagonal)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale, is_causal=True,
-                                              enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale, is_causal=True, enable_gqa=gqa)
     q_idx = torch.arange(tk - tq, tk, device=q.device)
     k_idx = torch.arange(tk, device=q.device)
     mask = allowed_mask(q_idx, k_idx, key_valid, sliding_window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
 
 
-def _query_block(q_blk, k, v, q_start: int, scale: float, chunk_size: int, key_valid, sliding_window,
-                 dropout_p: float) -> torch.Tensor:
+def _query_block(
+    q_blk, k, v, q_start: int, scale: float, chunk_size: int, key_valid, sliding_window, dropout_p: float
+) -> torch.Tensor:
     """Online-softmax attention of one query block over the key blocks it can see."""
     bsz, heads, n, _ = q_blk.shape
     q_blk = q_blk.float()
@@ -130,8 +130,9 @@ def _query_block(q_blk, k, v, q_start: int, scale: float, chunk_size: int, key_v
     return acc / run_sum
 
 
-def chunked_attention(q, k, v, scale: float, chunk_size: int, key_valid=None, sliding_window=None,
-                      dropout_p: float = 0.0) -> torch.Tensor:
+def chunked_attention(
+    q, k, v, scale: float, chunk_size: int, key_valid=None, sliding_window=None, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Blockwise attention with an online softmax; same result as :func:`full_attention`.
 
     When gradients are needed each query block runs under activation checkpointing, so backward
@@ -143,8 +144,17 @@ def chunked_attention(q, k, v, scale: float, chunk_size: int, key_valid=None, sl
         v = v.repeat_interleave(hq // v.shape[1], dim=1)
     outputs = []
     for qs in range(0, tq, chunk_size):
-        args = (q[:, :, qs:qs + chunk_size], k, v, qs + tk - tq, scale, chunk_size, key_valid, sliding_window,
-                dropout_p)
+        args = (
+            q[:, :, qs : qs + chunk_size],
+            k,
+            v,
+            qs + tk - tq,
+            scale,
+            chunk_size,
+            key_valid,
+            sliding_window,
+            dropout_p,
+        )
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             outputs.append(checkpoint(_query_block, *args, use_reentrant=False))
         else:
@@ -156,8 +166,9 @@ def attend(config, q, k, v, scale: float, key_valid, training: bool) -> torch.Te
     """Run full or chunked attention as ``config.attention_chunk_size`` says."""
     dropout_p = config.attention_dropout if training else 0.0
     if config.attention_chunk_size is not None:
-        return chunked_attention(q, k, v, scale, config.attention_chunk_size, key_valid,
-                                 config.sliding_window, dropout_p)
+        return chunked_attention(
+            q, k, v, scale, config.attention_chunk_size, key_valid, config.sliding_window, dropout_p
+        )
     return full_attention(q, k, v, scale, key_valid, config.sliding_window, dropout_p)
 
 
@@ -174,7 +185,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
 
     def forward(self, x, position_embeddings=None, key_valid=None, past_key_values: KVCache | None = None):
         bsz, tlen, _ = x.shape
@@ -253,7 +264,7 @@ class MLAttention(nn.Module):
     def _absorbed(self, q_nope, q_pe, c_kv, k_pe, key_valid):
         """W_UK folded into q, W_UV applied after: MQA over the cached latent (decoding form)."""
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope + self.v_dim, self.kv_lora_rank)
-        w_uk, w_uv = w[:, : self.nope], w[:, self.nope:]
+        w_uk, w_uv = w[:, : self.nope], w[:, self.nope :]
         q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)
         q = torch.cat([q_lat, q_pe], dim=-1)
         k = torch.cat([c_kv, k_pe], dim=-1)[:, None]

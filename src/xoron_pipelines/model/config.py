@@ -109,7 +109,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 ROPE_SCALING_KEYS = (
-    "type", "factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
+    "type",
+    "factor",
+    "original_max_position_embeddings",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
 )
 
 # alias -> canonical field (simple renames)
@@ -129,11 +135,16 @@ _RENAMES: dict[str, str] = {
     "max_seq_len": "max_position_embeddings",
 }
 _PEER_KEYS = {  # seed 002 peer_config keys -> fields
-    "num_experts": "peer_num_experts", "num_experts_per_tok": "peer_num_experts_per_tok",
-    "num_heads": "peer_num_heads", "expert_hidden_size": "peer_expert_hidden_size",
-    "product_key_dim": "peer_product_key_dim", "query_dim": "peer_query_dim",
-    "batch_norm_query": "peer_batch_norm_query", "usage_threshold": "peer_usage_threshold",
-    "log_expert_usage": "peer_log_expert_usage", "log_freq": "peer_log_freq",
+    "num_experts": "peer_num_experts",
+    "num_experts_per_tok": "peer_num_experts_per_tok",
+    "num_heads": "peer_num_heads",
+    "expert_hidden_size": "peer_expert_hidden_size",
+    "product_key_dim": "peer_product_key_dim",
+    "query_dim": "peer_query_dim",
+    "batch_norm_query": "peer_batch_norm_query",
+    "usage_threshold": "peer_usage_threshold",
+    "log_expert_usage": "peer_log_expert_usage",
+    "log_freq": "peer_log_freq",
 }
 
 
@@ -245,8 +256,15 @@ class XoronConfig(PretrainedConfig):
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 self._fail(f"{name}={getattr(self, name)!r} must be one of {list(choices)}")
-        self._positive("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
-                       "vocab_size", "max_position_embeddings")
+        self._positive(
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        )
         self._positive("head_dim", "attention_chunk_size", "sliding_window", allow_none=True)
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
@@ -267,8 +285,10 @@ class XoronConfig(PretrainedConfig):
             if self.num_heads % self.num_kv_heads:
                 self._fail(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}")
             if self.attention_type == "mha" and self.num_kv_heads != self.num_heads:
-                self._fail(f"num_kv_heads={self.num_kv_heads} must equal num_heads={self.num_heads} for "
-                           "attention_type='mha' (use 'gqa')")
+                self._fail(
+                    f"num_kv_heads={self.num_kv_heads} must equal num_heads={self.num_heads} for "
+                    "attention_type='mha' (use 'gqa')"
+                )
             if self.position_type == "rope" and self.attn_head_dim % 2:
                 self._fail(f"head_dim={self.attn_head_dim} must be even for rotary embeddings")
             return
@@ -278,13 +298,17 @@ class XoronConfig(PretrainedConfig):
             self._fail(f"qk_nope_head_dim={self.qk_nope_head_dim!r} must be an integer >= 0")
         # The latent must actually compress: the cached vector is smaller than the hidden state.
         if self.kv_lora_rank >= self.hidden_size:
-            self._fail(f"kv_lora_rank={self.kv_lora_rank} must be smaller than hidden_size={self.hidden_size} "
-                       "(the MLA latent has to compress the hidden state)")
+            self._fail(
+                f"kv_lora_rank={self.kv_lora_rank} must be smaller than hidden_size={self.hidden_size} "
+                "(the MLA latent has to compress the hidden state)"
+            )
         if self.qk_rope_head_dim % 2:
             self._fail(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings")
         if self.num_kv_heads != self.num_heads:
-            self._fail(f"num_kv_heads={self.num_kv_heads} must equal num_heads={self.num_heads} for "
-                       "attention_type='mla' (MLA shares one latent across all heads)")
+            self._fail(
+                f"num_kv_heads={self.num_kv_heads} must equal num_heads={self.num_heads} for "
+                "attention_type='mla' (MLA shares one latent across all heads)"
+            )
 
     def _validate_rope_scaling(self) -> None:
         rs = self.rope_scaling
@@ -306,8 +330,10 @@ class XoronConfig(PretrainedConfig):
         if kind == "yarn":
             omp = rs.get("original_max_position_embeddings")
             if not isinstance(omp, int) or omp <= 0:
-                self._fail(f"rope_scaling.original_max_position_embeddings={omp!r} must be a positive integer "
-                           "(the pre-extension context length) for YaRN")
+                self._fail(
+                    f"rope_scaling.original_max_position_embeddings={omp!r} must be a positive integer "
+                    "(the pre-extension context length) for YaRN"
+                )
             fast, slow = rs.get("beta_fast", 32.0), rs.get("beta_slow", 1.0)
             if not 0 < slow < fast:
                 self._fail(f"rope_scaling.beta_fast={fast!r} must be > beta_slow={slow!r} > 0")
@@ -332,8 +358,14 @@ class XoronConfig(PretrainedConfig):
     def _validate_peer(self) -> None:
         if not self.use_peer:
             return
-        self._positive("peer_num_experts", "peer_num_experts_per_tok", "peer_num_heads", "peer_query_dim",
-                       "peer_expert_hidden_size", "peer_log_freq")
+        self._positive(
+            "peer_num_experts",
+            "peer_num_experts_per_tok",
+            "peer_num_heads",
+            "peer_query_dim",
+            "peer_expert_hidden_size",
+            "peer_log_freq",
+        )
         if not isinstance(self.peer_log_expert_usage, bool):
             self._fail(f"peer_log_expert_usage={self.peer_log_expert_usage!r} must be true or false")
         dims = self.peer_product_key_dim
@@ -341,11 +373,15 @@ class XoronConfig(PretrainedConfig):
             self._fail(f"peer_product_key_dim={dims!r} must be two positive integers [n0, n1]")
         self.peer_product_key_dim = list(dims)
         if math.prod(dims) != self.peer_num_experts:
-            self._fail(f"peer_product_key_dim={list(dims)} multiplies to {math.prod(dims)}, "
-                       f"not peer_num_experts={self.peer_num_experts}")
+            self._fail(
+                f"peer_product_key_dim={list(dims)} multiplies to {math.prod(dims)}, "
+                f"not peer_num_experts={self.peer_num_experts}"
+            )
         if self.peer_num_experts_per_tok > min(dims):
-            self._fail(f"peer_num_experts_per_tok={self.peer_num_experts_per_tok} exceeds the smaller "
-                       f"sub-key table ({min(dims)}) of peer_product_key_dim")
+            self._fail(
+                f"peer_num_experts_per_tok={self.peer_num_experts_per_tok} exceeds the smaller "
+                f"sub-key table ({min(dims)}) of peer_product_key_dim"
+            )
         if self.peer_query_dim % 2:
             self._fail(f"peer_query_dim={self.peer_query_dim} must be even (split into two sub-queries)")
         if not isinstance(self.peer_start_layer, int) or not 0 <= self.peer_start_layer < self.num_layers:
@@ -397,8 +433,19 @@ class ModelParams(StrictModel):
     @field_validator("overrides")
     @classmethod
     def _buildable(cls, value: dict[str, Any], info) -> dict[str, Any]:
-        known = set(DEFAULTS) | set(_RENAMES) | {"use_ring_attention", "use_shared_expert", "use_aux_lossless",
-                                                 "use_rmsnorm", "use_rope", "peer_config", "mla_config"}
+        known = (
+            set(DEFAULTS)
+            | set(_RENAMES)
+            | {
+                "use_ring_attention",
+                "use_shared_expert",
+                "use_aux_lossless",
+                "use_rmsnorm",
+                "use_rope",
+                "peer_config",
+                "mla_config",
+            }
+        )
         for key in value:
             if key not in known:
                 raise ValueError(f"model.overrides.{key} is not an XoronConfig field")

@@ -35,8 +35,9 @@ def top_p_filter(logits: torch.Tensor, p: float | None) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p,
-                generator: torch.Generator | None) -> torch.Tensor:
+def next_tokens(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_k, top_p, generator: torch.Generator | None
+) -> torch.Tensor:
     """Choose one token per row of (B, V) logits."""
     if not do_sample:
         return logits.argmax(dim=-1)
@@ -47,15 +48,26 @@ def next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float, top_k
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int | None = None, seed: int | None = None, progress: bool = False) -> torch.Tensor:
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Return ``input_ids`` followed by up to ``max_new_tokens`` generated tokens (B, T + n)."""
     config = model.config
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
-    eos_ids = torch.tensor([] if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
-                           device=input_ids.device, dtype=torch.long)
+    eos_ids = torch.tensor(
+        [] if eos is None else ([eos] if isinstance(eos, int) else list(eos)), device=input_ids.device, dtype=torch.long
+    )
     pad = pad_token_id if pad_token_id is not None else config.pad_token_id
     if pad is None:
         pad = int(eos_ids[0]) if len(eos_ids) else 0

@@ -108,9 +108,7 @@ def _blocking_everywhere(config) -> list[str]:
     """Features no supported native class can represent."""
     problems = []
     if "peer" in _ffn_types(config):
-        problems.append(
-            "PEER product-key expert layers (use_peer=True): no native transformers class has them"
-        )
+        problems.append("PEER product-key expert layers (use_peer=True): no native transformers class has them")
     if config.position_type != "rope":
         problems.append(f"position_type={config.position_type!r} (native classes use RoPE)")
     if config.norm_type != "rmsnorm":
@@ -166,9 +164,7 @@ def _qwen2_router_problems(config) -> list[str]:
     if config.router_scoring != "softmax":
         problems.append(f"router_scoring={config.router_scoring!r} (Qwen2Moe's router is softmax-only)")
     if float(config.routed_scaling_factor) != 1.0:
-        problems.append(
-            f"routed_scaling_factor={config.routed_scaling_factor} (Qwen2Moe has no routed scaling)"
-        )
+        problems.append(f"routed_scaling_factor={config.routed_scaling_factor} (Qwen2Moe has no routed scaling)")
     return problems
 
 
@@ -176,11 +172,7 @@ def _state_problems(model, target: str) -> list[str]:
     """Problems that depend on the weights, not the config (learned selection bias)."""
     if target != QWEN2_MOE:
         return []
-    biased = [
-        name
-        for name, buf in model.named_buffers()
-        if name.endswith(_BIAS_KEY) and bool(torch.any(buf != 0))
-    ]
+    biased = [name for name, buf in model.named_buffers() if name.endswith(_BIAS_KEY) and bool(torch.any(buf != 0))]
     if biased:
         return [
             f"nonzero {_BIAS_KEY} in {len(biased)} MoE layer(s) (Qwen2Moe has no selection bias; "
@@ -318,8 +310,7 @@ def _qwen2_config(config) -> dict[str, Any]:
         "head_dim": _head_dim(config),
         "qkv_bias": False,
         "moe_intermediate_size": _expert_size(config),
-        "shared_expert_intermediate_size": _expert_size(config)
-        * max(1, config.num_shared_experts or 0),
+        "shared_expert_intermediate_size": _expert_size(config) * max(1, config.num_shared_experts or 0),
         "num_experts": config.num_experts,
         "num_experts_per_tok": config.num_experts_per_tok,
         "norm_topk_prob": bool(config.norm_topk_prob),
@@ -528,9 +519,7 @@ model = XoronForCausalLM.from_pretrained("{name}")
 
 def save_xoron(model, path: str | os.PathLike, tokenizer=None) -> Path:
     """Save with our own config (model_type "xoron") + safetensors + a README saying why."""
-    reasons = unsupported_features(model.config) + _state_problems(
-        model, native_architecture(model.config) or ""
-    )
+    reasons = unsupported_features(model.config) + _state_problems(model, native_architecture(model.config) or "")
     text = _XORON_README.format(
         reasons="\n".join(f"- {r}" for r in reasons) or "- (saved in xoron format on request)",
         name=Path(path).name,

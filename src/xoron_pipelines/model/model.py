@@ -82,8 +82,11 @@ class XoronPreTrainedModel(PreTrainedModel):
         if not type(module).__module__.startswith("xoron_pipelines."):
             return
         own = list(module.parameters(recurse=False))
-        if own and hasattr(module, "reset_parameters") and not all(
-                getattr(p, "_is_hf_initialized", False) for p in own):
+        if (
+            own
+            and hasattr(module, "reset_parameters")
+            and not all(getattr(p, "_is_hf_initialized", False) for p in own)
+        ):
             module.reset_parameters()
         for name, buf in module.named_buffers(recurse=False):
             if name not in module._non_persistent_buffers_set:
@@ -101,7 +104,8 @@ class XoronPreTrainedModel(PreTrainedModel):
             logger.warning(
                 "PEER layers have no native transformers class: %s is saved with XoronConfig "
                 "(model_type='xoron'); load it with `import xoron_pipelines.model` and "
-                "AutoModelForCausalLM / XoronForCausalLM.from_pretrained.", save_directory,
+                "AutoModelForCausalLM / XoronForCausalLM.from_pretrained.",
+                save_directory,
             )
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -142,20 +146,32 @@ class XoronModel(XoronPreTrainedModel):
             return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -tlen:]
         return torch.arange(past_len, past_len + tlen, device=device)[None]
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache: bool = False, inputs_embeds=None, **_: Any) -> MoeModelOutputWithPast:
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache: bool = False,
+        inputs_embeds=None,
+        **_: Any,
+    ) -> MoeModelOutputWithPast:
         hidden = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         bsz, tlen = hidden.shape[:2]
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_layers)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if attention_mask is not None and attention_mask.shape[-1] != past_len + tlen:
-            raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions; expected cached "
-                             f"{past_len} + new {tlen} = {past_len + tlen}")
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions; expected cached "
+                f"{past_len} + new {tlen} = {past_len + tlen}"
+            )
         position_ids = self._positions(attention_mask, position_ids, past_len, tlen, hidden.device)
         if int(position_ids.max()) >= self.config.max_position_embeddings and self.rotary_emb is None:
-            raise ValueError(f"position {int(position_ids.max())} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings} of the learned position table")
+            raise ValueError(
+                f"position {int(position_ids.max())} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings} of the learned position table"
+            )
         key_valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         position_embeddings = None
         if self.rotary_emb is not None:
@@ -192,11 +208,27 @@ class XoronForCausalLM(XoronPreTrainedModel):
         self.lm_head = value
 
     # ------------------------------------------------------------------ forward / loss
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None, loss_weights=None,
-                past_key_values=None, use_cache: bool = False, return_logits: bool = True, inputs_embeds=None,
-                **_: Any) -> MoeCausalLMOutputWithPast:
-        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, use_cache=use_cache, inputs_embeds=inputs_embeds)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        labels=None,
+        loss_weights=None,
+        past_key_values=None,
+        use_cache: bool = False,
+        return_logits: bool = True,
+        inputs_embeds=None,
+        **_: Any,
+    ) -> MoeCausalLMOutputWithPast:
+        out = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+        )
         hidden = out.last_hidden_state
         aux = self.aux_loss(hidden)
         loss = None
@@ -210,8 +242,9 @@ class XoronForCausalLM(XoronPreTrainedModel):
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         targets = labels[:, 1:].reshape(-1).to(hidden.device)
         weights = None if loss_weights is None else loss_weights[:, 1:].reshape(-1).to(hidden.device, torch.float32)
-        return kernels.fused_linear_cross_entropy(h, self.lm_head.weight, targets, loss_weights=weights,
-                                                  ignore_index=-100, impl=self.config.kernels)
+        return kernels.fused_linear_cross_entropy(
+            h, self.lm_head.weight, targets, loss_weights=weights, ignore_index=-100, impl=self.config.kernels
+        )
 
     def aux_loss(self, like: torch.Tensor) -> torch.Tensor:
         """Sum of the MoE layers' auxiliary losses from the last forward (0 without any)."""

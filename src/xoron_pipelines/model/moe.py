@@ -161,8 +161,12 @@ class Experts(nn.Module):
     def use_grouped_mm(self, x: torch.Tensor) -> bool:
         """True when one ``grouped_mm`` per projection can replace the per-expert loop (see module doc)."""
         row_bytes = min(x.shape[-1], self.intermediate_size) * x.element_size()
-        return (_GROUPED_MM is not None and x.device.type == "cpu" and x.dtype == self.gate_up_proj.dtype
-                and row_bytes % 16 == 0)
+        return (
+            _GROUPED_MM is not None
+            and x.device.type == "cpu"
+            and x.dtype == self.gate_up_proj.dtype
+            and row_bytes % 16 == 0
+        )
 
     def grouped_forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """All experts on expert-sorted rows ``x`` (S, H) with ``counts[e]`` rows each, via grouped_mm."""

@@ -25,8 +25,13 @@ def attention_params(config: XoronConfig) -> int:
     if config.attention_type != "mla":
         hd, nkv = config.attn_head_dim, config.num_kv_heads
         return 2 * h * nh * hd + 2 * h * nkv * hd
-    dn, dr, dv, r, ql = (config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim,
-                         config.kv_lora_rank, config.q_lora_rank)
+    dn, dr, dv, r, ql = (
+        config.qk_nope_head_dim,
+        config.qk_rope_head_dim,
+        config.v_head_dim,
+        config.kv_lora_rank,
+        config.q_lora_rank,
+    )
     q = h * nh * (dn + dr) if ql is None else h * ql + ql + ql * nh * (dn + dr)
     return q + h * (r + dr) + r + r * nh * (dn + dv) + nh * dv * h
 

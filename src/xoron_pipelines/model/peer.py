@@ -115,8 +115,7 @@ class PEER(nn.Module):
         down = F.embedding(neuron_rows, self.down_embed.weight.view(-1, hidden))  # (M, heads*k*eh, H)
         activations = F.gelu(torch.bmm(down, flat.unsqueeze(-1)).squeeze(-1))
         mix = activations * weights.unsqueeze(-1).expand(-1, -1, -1, eh).flatten(1).to(activations.dtype)
-        output = F.embedding_bag(neuron_rows, self.up_embed.weight.view(-1, hidden), per_sample_weights=mix,
-                                 mode="sum")
+        output = F.embedding_bag(neuron_rows, self.up_embed.weight.view(-1, hidden), per_sample_weights=mix, mode="sum")
         return output.view(batch, seq_len, hidden)
 
     # ------------------------------------------------------------------ usage tracking

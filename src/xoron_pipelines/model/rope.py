@@ -76,7 +76,7 @@ def rope_inv_freq(config) -> tuple[torch.Tensor, float]:
 
 def softmax_scale(config, head_dim: int) -> float:
     """Softmax scale ``head_dim^-0.5``, times DeepSeek's YaRN ``mscale_all_dim`` correction squared."""
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     rs = _scaling(config)
     if rs is not None and rs["type"] == "yarn" and rs.get("mscale_all_dim"):
         m = get_mscale(float(rs["factor"]), float(rs["mscale_all_dim"]))

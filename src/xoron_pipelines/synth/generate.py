@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -57,8 +58,9 @@ def generate_type(kind: str, count: int, seed: int, difficulty: dict[str, float]
     return rows
 
 
-def generate_all(counts: dict[str, int], seed: int, difficulty: dict[str, float],
-                 allow_weak_isolation: bool = False) -> dict[str, list[dict[str, Any]]]:
+def generate_all(
+    counts: dict[str, int], seed: int, difficulty: dict[str, float], allow_weak_isolation: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """Partitions ``{type: rows}`` of every type with ``counts[type] > 0``, in the order of
     ``counts``. Raises :class:`~xoron_pipelines.sandbox.SandboxUnavailableError` before any row
     when a sandboxed type is enabled and the kernel refuses isolation (unless

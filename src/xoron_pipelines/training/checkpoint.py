@@ -80,8 +80,12 @@ def encode_tree(obj: Any, tensors: dict[str, torch.Tensor], path: str = "t") -> 
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
             return {k: encode_tree(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        return {"__items__": [[encode_tree(k, tensors, f"{path}.k{i}"), encode_tree(v, tensors, f"{path}.{i}")]
-                              for i, (k, v) in enumerate(obj.items())]}
+        return {
+            "__items__": [
+                [encode_tree(k, tensors, f"{path}.k{i}"), encode_tree(v, tensors, f"{path}.{i}")]
+                for i, (k, v) in enumerate(obj.items())
+            ]
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} at {path} in a checkpoint (not a tensor/number/string)")
@@ -113,7 +117,7 @@ class Snapshot:
     trees: dict[str, tuple[Any, dict[str, torch.Tensor]]] = field(default_factory=dict)
 
     @classmethod
-    def take(cls, step: int, model_state: dict[str, torch.Tensor], **trees: Any) -> "Snapshot":
+    def take(cls, step: int, model_state: dict[str, torch.Tensor], **trees: Any) -> Snapshot:
         """Copy ``model_state`` and encode each named state tree (``optimizer=...``, ``rng=...``)."""
         model = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model_state.items()}
         encoded = {}
@@ -217,8 +221,11 @@ def prune_checkpoints(root: str | os.PathLike, keep_last_k: int) -> list[Path]:
 def remove_stale_temporaries(root: str | os.PathLike) -> list[Path]:
     """Remove temporary / trash directories a killed writer left behind."""
     root = Path(root)
-    stale = [p for p in root.glob(".*-checkpoint-*") if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX))] \
-        if root.is_dir() else []
+    stale = (
+        [p for p in root.glob(".*-checkpoint-*") if p.name.startswith((_TMP_PREFIX, _TRASH_PREFIX))]
+        if root.is_dir()
+        else []
+    )
     for p in stale:
         log.warning("removing incomplete checkpoint directory %s left by an interrupted save", p)
         shutil.rmtree(p, ignore_errors=True)
@@ -239,8 +246,7 @@ def set_aside(root: str | os.PathLike, after_step: int, reason: str) -> Path | N
     return dest
 
 
-def configuration_dir(root: str | os.PathLike, name: str, fingerprint: str,
-                      keep_configurations: int | None) -> Path:
+def configuration_dir(root: str | os.PathLike, name: str, fingerprint: str, keep_configurations: int | None) -> Path:
     """``<root>/<name>/<fingerprint>`` (created, marked as the most recently used configuration).
 
     With ``keep_configurations`` = N the N most recently used configuration directories of
@@ -252,18 +258,28 @@ def configuration_dir(root: str | os.PathLike, name: str, fingerprint: str,
     os.utime(current)  # recency = last use
     if keep_configurations is None:
         return current
-    others = sorted((p for p in parent.iterdir() if p.is_dir() and p != current),
-                    key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    kept, removed = others[:keep_configurations - 1], others[keep_configurations - 1:]
+    others = sorted(
+        (p for p in parent.iterdir() if p.is_dir() and p != current), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+    kept, removed = others[: keep_configurations - 1], others[keep_configurations - 1 :]
     if removed:
-        log.warning("%s: keep_configurations=%d: keeping the checkpoints of %s (current first), removing those "
-                    "of earlier configurations %s", name, keep_configurations,
-                    [current.name, *(p.name for p in kept)], [str(p) for p in removed])
+        log.warning(
+            "%s: keep_configurations=%d: keeping the checkpoints of %s (current first), removing those "
+            "of earlier configurations %s",
+            name,
+            keep_configurations,
+            [current.name, *(p.name for p in kept)],
+            [str(p) for p in removed],
+        )
         for p in removed:
             shutil.rmtree(p, ignore_errors=True)
     elif kept:
-        log.info("%s: checkpoints of earlier configurations kept (keep_configurations=%d): %s", name,
-                 keep_configurations, [p.name for p in kept])
+        log.info(
+            "%s: checkpoints of earlier configurations kept (keep_configurations=%d): %s",
+            name,
+            keep_configurations,
+            [p.name for p in kept],
+        )
     return current
 
 
@@ -300,7 +316,7 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 def latest_valid_checkpoint(root: str | os.PathLike) -> Path | None:
     """The newest checkpoint under ``root`` whose checksums verify; corrupt ones are logged and skipped."""
-    for step, path in reversed(list_checkpoints(root)):
+    for _step, path in reversed(list_checkpoints(root)):
         reason = verify_checkpoint(path)
         if reason is None:
             return path

@@ -44,28 +44,37 @@ class TrainConfig(StrictModel):
     eps: float = Field(1e-8, gt=0)
     # ---- schedule ----------------------------------------------------------------------
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", validation_alias=AliasChoices("lr_scheduler", "lr_scheduler_type"))
+        "cosine", validation_alias=AliasChoices("lr_scheduler", "lr_scheduler_type")
+    )
     warmup_steps: int | None = Field(None, ge=0)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr of cosine/linear as a fraction of the peak")
     # ---- duration ----------------------------------------------------------------------
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; exclusive with num_epochs")
     num_epochs: float | None = Field(
-        None, gt=0, validation_alias=AliasChoices("num_epochs", "num_train_epochs"),
-        description="passes over the data; total steps = floor(num_epochs * batches / accumulation)")
+        None,
+        gt=0,
+        validation_alias=AliasChoices("num_epochs", "num_train_epochs"),
+        description="passes over the data; total steps = floor(num_epochs * batches / accumulation)",
+    )
     # ---- batch ---------------------------------------------------------------------------
     batch_size: int = Field(1, gt=0, description="micro-batch size (sequences per forward)")
     gradient_accumulation_steps: int = Field(1, gt=0)
     max_grad_norm: float | None = Field(
-        1.0, ge=0, validation_alias=AliasChoices("max_grad_norm", "grad_clip"),
-        description="clip the global grad norm to this; 0 or null disables clipping")
+        1.0,
+        ge=0,
+        validation_alias=AliasChoices("max_grad_norm", "grad_clip"),
+        description="clip the global grad norm to this; 0 or null disables clipping",
+    )
     # ---- numerics / speed ----------------------------------------------------------------
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     gradient_checkpointing: bool = Field(
-        False, validation_alias=AliasChoices("gradient_checkpointing", "use_gradient_checkpointing"))
+        False, validation_alias=AliasChoices("gradient_checkpointing", "use_gradient_checkpointing")
+    )
     compile: bool = Field(False, validation_alias=AliasChoices("compile", "use_compile", "use_torch_compile"))
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        "default", validation_alias=AliasChoices("compile_mode", "torch_compile_mode"))
+        "default", validation_alias=AliasChoices("compile_mode", "torch_compile_mode")
+    )
     compile_backend: str = Field("inductor", min_length=1, description="torch.compile backend")
     # ---- reproducibility -----------------------------------------------------------------
     seed: Seed = 42
@@ -73,20 +82,22 @@ class TrainConfig(StrictModel):
     # ---- evaluation / guards -------------------------------------------------------------
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N optimizer steps (needs eval_fn)")
     early_stopping_patience: int | None = Field(
-        None, gt=0, description="stop after this many evaluations without improvement")
+        None, gt=0, description="stop after this many evaluations without improvement"
+    )
     early_stopping_min_delta: float = Field(0.0, ge=0, description="improvement must exceed this")
-    max_nan_skips: int = Field(
-        10, ge=0, description="steps with non-finite loss/grad skipped before the run aborts")
+    max_nan_skips: int = Field(10, ge=0, description="steps with non-finite loss/grad skipped before the run aborts")
     # ---- checkpointing / logging ---------------------------------------------------------
     save_steps: int = Field(500, gt=0, validation_alias=AliasChoices("save_steps", "save_every"))
     keep_last_k: int = Field(3, gt=0)
     async_checkpointing: bool = False
     logging_steps: int = Field(10, gt=0)
     resume_from_checkpoint: str = Field(
-        "auto", min_length=1,
+        "auto",
+        min_length=1,
         description="auto: continue from the newest valid checkpoint of this configuration (null means the "
-                    "same); never: start afresh (earlier checkpoints are set aside, not deleted); or the path "
-                    "of a checkpoint-<step> directory to continue from")
+        "same); never: start afresh (earlier checkpoints are set aside, not deleted); or the path "
+        "of a checkpoint-<step> directory to continue from",
+    )
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod
@@ -124,7 +135,7 @@ class TrainConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.warmup_steps is not None and self.warmup_ratio is not None:
             raise ValueError("set warmup_steps or warmup_ratio, not both")
         if (self.max_steps is None) == (self.num_epochs is None):
@@ -135,8 +146,10 @@ class TrainConfig(StrictModel):
         if self.early_stopping_patience is not None and self.eval_steps is None:
             raise ValueError("early_stopping_patience needs eval_steps")
         if self.warmup_steps is not None and self.max_steps is not None and self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be less than max_steps ({self.max_steps}): "
-                             "the learning rate would never reach its peak")
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be less than max_steps ({self.max_steps}): "
+                "the learning rate would never reach its peak"
+            )
         return self
 
     # ---- derived values ----------------------------------------------------------------
@@ -148,7 +161,8 @@ class TrainConfig(StrictModel):
         if steps < 1:
             raise ValueError(
                 f"num_epochs={self.num_epochs} over {batches_per_epoch} batches with "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps} gives no optimizer step")
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} gives no optimizer step"
+            )
         return steps
 
     def warmup(self, total_steps: int) -> int:
@@ -157,8 +171,10 @@ class TrainConfig(StrictModel):
         whose length is known only once the data is)."""
         if self.warmup_steps is not None:
             if self.warmup_steps >= total_steps:
-                raise ValueError(f"train.warmup_steps ({self.warmup_steps}) must be less than the run's "
-                                 f"{total_steps} optimizer steps (num_epochs={self.num_epochs})")
+                raise ValueError(
+                    f"train.warmup_steps ({self.warmup_steps}) must be less than the run's "
+                    f"{total_steps} optimizer steps (num_epochs={self.num_epochs})"
+                )
             return self.warmup_steps
         if self.warmup_ratio is not None:
             return math.ceil(self.warmup_ratio * total_steps)

@@ -45,9 +45,15 @@ class TokenRowsSource:
     The last incomplete batch is dropped, so every micro-batch has ``batch_size`` rows.
     """
 
-    def __init__(self, ids: np.ndarray | torch.Tensor, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 lengths: np.ndarray | torch.Tensor | None = None,
-                 loss_weights: np.ndarray | torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray | torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        lengths: np.ndarray | torch.Tensor | None = None,
+        loss_weights: np.ndarray | torch.Tensor | None = None,
+    ) -> None:
         ids = torch.as_tensor(ids)
         if ids.ndim != 2 or ids.dtype.is_floating_point:
             raise ValueError(f"token rows must be a 2-D integer array, got {tuple(ids.shape)} {ids.dtype}")
@@ -87,7 +93,7 @@ class TokenRowsSource:
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range [0, {len(self)})")
-        rows = torch.from_numpy(self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size].copy())
+        rows = torch.from_numpy(self.order(epoch)[index * self.batch_size : (index + 1) * self.batch_size].copy())
         input_ids = self.ids[rows].to(torch.int64)
         labels = input_ids.clone()
         if self.lengths is not None:
@@ -139,7 +145,9 @@ def _fixed_rows(table: pa.Table, column: str, dtype: type) -> np.ndarray:
     col = table.column(column).combine_chunks()
     sizes = col.value_lengths().to_numpy(zero_copy_only=False)
     if len(sizes) == 0 or (sizes != sizes[0]).any():
-        raise ValueError(f"column {column!r} must hold rows of one length (got lengths {sorted(set(sizes.tolist()))[:5]})")
+        raise ValueError(
+            f"column {column!r} must hold rows of one length (got lengths {sorted(set(sizes.tolist()))[:5]})"
+        )
     values = np.array(col.flatten().to_numpy(zero_copy_only=False), dtype=dtype)  # writable copy for torch
     return values.reshape(len(sizes), int(sizes[0]))
 
@@ -163,7 +171,9 @@ class ShardedBatchSource:
         full = self.source.batch(epoch, index)
         rows = next(iter(full.values())).shape[0]
         if rows % self.world_size:
-            raise ValueError(f"a micro-batch of {rows} rows cannot be split evenly over {self.world_size} "
-                             f"data-parallel processes; make the batch size a multiple of {self.world_size}")
+            raise ValueError(
+                f"a micro-batch of {rows} rows cannot be split evenly over {self.world_size} "
+                f"data-parallel processes; make the batch size a multiple of {self.world_size}"
+            )
         per = rows // self.world_size
-        return {k: v[self.rank * per:(self.rank + 1) * per] for k, v in full.items()}
+        return {k: v[self.rank * per : (self.rank + 1) * per] for k, v in full.items()}

@@ -44,9 +44,10 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -90,7 +91,7 @@ class DistributedSettings(StrictModel):
     timeout: int = Field(900, gt=0, description="seconds for the rendezvous and for each collective")
 
     @model_validator(mode="after")
-    def _check(self) -> "DistributedSettings":
+    def _check(self) -> DistributedSettings:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank {self.node_rank} must be < nnodes {self.nnodes}")
         self.endpoint()  # host:port must parse
@@ -146,7 +147,8 @@ def check_port_free(settings: DistributedSettings) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise RendezvousPortInUseError(
                     f"rdzv_endpoint {settings.rdzv_endpoint}: port {port} is already in use on this machine; "
-                    "set distributed.rdzv_endpoint to a free port") from None
+                    "set distributed.rdzv_endpoint to a free port"
+                ) from None
             if exc.errno != errno.EADDRNOTAVAIL:  # EADDRNOTAVAIL: the host is another machine
                 raise
 
@@ -169,12 +171,26 @@ def launch(fn: Callable[..., Any], settings: DistributedSettings, *args: Any) ->
     if settings.rdzv_backend == "static":
         rdzv_configs["rank"] = settings.node_rank
     config = LaunchConfig(
-        min_nodes=settings.nnodes, max_nodes=settings.nnodes, nproc_per_node=settings.nproc_per_node,
-        run_id=settings.rdzv_id, role="xoron-train", rdzv_endpoint=settings.rdzv_endpoint,
-        rdzv_backend=settings.rdzv_backend, rdzv_configs=rdzv_configs, max_restarts=settings.max_restarts,
-        start_method="spawn")
-    log.info("launching %d worker(s) on node %d of %d (%s, rendezvous %s at %s)", settings.nproc_per_node,
-             settings.node_rank, settings.nnodes, settings.strategy, settings.rdzv_backend, settings.rdzv_endpoint)
+        min_nodes=settings.nnodes,
+        max_nodes=settings.nnodes,
+        nproc_per_node=settings.nproc_per_node,
+        run_id=settings.rdzv_id,
+        role="xoron-train",
+        rdzv_endpoint=settings.rdzv_endpoint,
+        rdzv_backend=settings.rdzv_backend,
+        rdzv_configs=rdzv_configs,
+        max_restarts=settings.max_restarts,
+        start_method="spawn",
+    )
+    log.info(
+        "launching %d worker(s) on node %d of %d (%s, rendezvous %s at %s)",
+        settings.nproc_per_node,
+        settings.node_rank,
+        settings.nnodes,
+        settings.strategy,
+        settings.rdzv_backend,
+        settings.rdzv_endpoint,
+    )
     with _signal_handlers_kept():
         results = elastic_launch(config, _recorded)(fn, *args)
     return results.get(0)
@@ -207,10 +223,20 @@ def _build_model(model_factory: ModelFactory, cfg: TrainConfig) -> nn.Module:
     return model_factory()
 
 
-def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, settings: DistributedSettings,
-            ckpt_dir: str, eval_fn: EvalFn | None, loss_fn: LossFn | None, resume: bool, desc: str,
-            progress: bool, param_groups: ParamGroups | None = None,
-            stats_fn: StatsFn | None = None) -> TrainResult | None:
+def _worker(
+    model_factory: ModelFactory,
+    batches: Batches,
+    cfg: TrainConfig,
+    settings: DistributedSettings,
+    ckpt_dir: str,
+    eval_fn: EvalFn | None,
+    loss_fn: LossFn | None,
+    resume: bool,
+    desc: str,
+    progress: bool,
+    param_groups: ParamGroups | None = None,
+    stats_fn: StatsFn | None = None,
+) -> TrainResult | None:
     """One rank: process group, model, shard of the data, :func:`train`; rank 0 returns the result."""
     backend = settings.resolved_backend()
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -224,19 +250,41 @@ def _worker(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig, set
         parallel = DataParallel(settings.strategy, device, settings.find_unused_parameters)
         model = _build_model(model_factory, cfg).to(device)
         source = ShardedBatchSource(_batch_source(batches), parallel.rank, parallel.world_size)
-        result = train(model, source, cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, loss_fn=loss_fn, resume=resume,
-                       desc=desc, progress=progress, parallel=parallel, param_groups=param_groups,
-                       stats_fn=stats_fn)
+        result = train(
+            model,
+            source,
+            cfg,
+            ckpt_dir=ckpt_dir,
+            eval_fn=eval_fn,
+            loss_fn=loss_fn,
+            resume=resume,
+            desc=desc,
+            progress=progress,
+            parallel=parallel,
+            param_groups=param_groups,
+            stats_fn=stats_fn,
+        )
         return result if parallel.rank == 0 else None
     finally:
         dist.destroy_process_group()
 
 
-def distributed_train(model_factory: ModelFactory, batches: Batches, cfg: TrainConfig,
-                      settings: DistributedSettings, *, ckpt_dir: str | os.PathLike, eval_fn: EvalFn | None = None,
-                      on_log: LogFn | None = None, loss_fn: LossFn | None = None, resume: bool = True,
-                      desc: str = "train", progress: bool = True, param_groups: ParamGroups | None = None,
-                      stats_fn: StatsFn | None = None) -> tuple[nn.Module, TrainResult] | None:
+def distributed_train(
+    model_factory: ModelFactory,
+    batches: Batches,
+    cfg: TrainConfig,
+    settings: DistributedSettings,
+    *,
+    ckpt_dir: str | os.PathLike,
+    eval_fn: EvalFn | None = None,
+    on_log: LogFn | None = None,
+    loss_fn: LossFn | None = None,
+    resume: bool = True,
+    desc: str = "train",
+    progress: bool = True,
+    param_groups: ParamGroups | None = None,
+    stats_fn: StatsFn | None = None,
+) -> tuple[nn.Module, TrainResult] | None:
     """Train ``model_factory()`` on ``batches`` in ``settings.world_size`` processes.
 
     Returns ``(trained model, rank 0's TrainResult)`` in the calling process (None on a node other
@@ -246,11 +294,36 @@ def distributed_train(model_factory: ModelFactory, batches: Batches, cfg: TrainC
     check_compatible(cfg, settings)
     if not settings.launches:
         model = _build_model(model_factory, cfg)
-        return model, train(model, _batch_source(batches), cfg, ckpt_dir=ckpt_dir, eval_fn=eval_fn, on_log=on_log,
-                            loss_fn=loss_fn, resume=resume, desc=desc, progress=progress,
-                            param_groups=param_groups, stats_fn=stats_fn)
-    result = launch(_worker, settings, model_factory, batches, cfg, settings, str(ckpt_dir), eval_fn, loss_fn,
-                    resume, desc, progress, param_groups, stats_fn)
+        return model, train(
+            model,
+            _batch_source(batches),
+            cfg,
+            ckpt_dir=ckpt_dir,
+            eval_fn=eval_fn,
+            on_log=on_log,
+            loss_fn=loss_fn,
+            resume=resume,
+            desc=desc,
+            progress=progress,
+            param_groups=param_groups,
+            stats_fn=stats_fn,
+        )
+    result = launch(
+        _worker,
+        settings,
+        model_factory,
+        batches,
+        cfg,
+        settings,
+        str(ckpt_dir),
+        eval_fn,
+        loss_fn,
+        resume,
+        desc,
+        progress,
+        param_groups,
+        stats_fn,
+    )
     if result is None:
         return None
     model = _build_model(model_factory, cfg)

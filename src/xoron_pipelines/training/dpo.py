@@ -19,7 +19,8 @@ SFT); :func:`~xoron_pipelines.training.sft.collate` pads a list of them into a b
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,13 @@ class DPOSettings(StrictModel):
     beta: float = Field(0.1, gt=0, description="DPO temperature: implicit reward = beta * (logp_policy - logp_ref)")
 
 
-def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean DPO loss of a batch of (B,) summed log-probs, and metrics: ``rewards/chosen``,
     ``rewards/rejected`` (mean implicit rewards), ``rewards/margins`` (their mean difference),
     ``rewards/accuracies`` (fraction of pairs with chosen reward > rejected reward)."""
@@ -69,8 +74,9 @@ def _token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (picked * mask).sum(-1)
 
 
-def sequence_logps(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def sequence_logps(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B,) sum of ``log p(token | prefix)`` over the response tokens (``labels != -100``; labels
     unshifted, aligned with ``input_ids``)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -83,8 +89,9 @@ def _as_messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, An
     return [dict(m) for m in prompt]
 
 
-def build_preference_example(prompt: str | Sequence[Mapping[str, Any]], chosen: str, rejected: str,
-                             tokenizer, max_len: int) -> dict[str, torch.Tensor]:
+def build_preference_example(
+    prompt: str | Sequence[Mapping[str, Any]], chosen: str, rejected: str, tokenizer, max_len: int
+) -> dict[str, torch.Tensor]:
     """``{chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels}`` of one pair.
 
     ``prompt`` is a user message (a string) or the conversation so far (a message list); each
@@ -104,8 +111,10 @@ def _concat_forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
 
     def rows(key: str, fill: int) -> torch.Tensor:
-        parts = [F.pad(batch[f"{side}_{key}"], (0, width - batch[f"{side}_{key}"].shape[1]), value=fill)
-                 for side in ("chosen", "rejected")]
+        parts = [
+            F.pad(batch[f"{side}_{key}"], (0, width - batch[f"{side}_{key}"].shape[1]), value=fill)
+            for side in ("chosen", "rejected")
+        ]
         return torch.cat(parts)
 
     input_ids, labels = rows("input_ids", 0), rows("labels", IGNORE_INDEX)
@@ -125,8 +134,9 @@ def make_reference(model: nn.Module) -> nn.Module:
     return reference
 
 
-def dpo_step_loss(policy: nn.Module, reference: nn.Module, batch: Batch,
-                  beta: float) -> tuple[torch.Tensor, dict[str, float]]:
+def dpo_step_loss(
+    policy: nn.Module, reference: nn.Module, batch: Batch, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
     """DPO loss of a collated preference batch (plus the policy's auxiliary MoE loss), and metrics."""
     policy_chosen, policy_rejected, aux = _concat_forward(policy, batch)
     with torch.no_grad():

@@ -46,17 +46,27 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from xoron_pipelines.training.checkpoint import (
-    CheckpointWriter, CorruptCheckpointError, LoadedCheckpoint, Snapshot, checkpoint_step, latest_valid_checkpoint,
-    load_checkpoint, quarantine_after, set_aside, verify_checkpoint)
+    CheckpointWriter,
+    CorruptCheckpointError,
+    LoadedCheckpoint,
+    Snapshot,
+    checkpoint_step,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    quarantine_after,
+    set_aside,
+    verify_checkpoint,
+)
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
 from xoron_pipelines.training.optim import build_optimizer
@@ -82,13 +92,13 @@ class NonFiniteLossError(RuntimeError):
 class TrainState:
     """Counters and data position; stored in every checkpoint (``trainer_state.json``)."""
 
-    step: int = 0                      # optimizer steps taken
-    micro_step: int = 0                # micro-batches consumed (including skipped windows)
-    epoch: int = 0                     # position of the next micro-batch ...
-    batch_index: int = 0               # ... in the batch source
+    step: int = 0  # optimizer steps taken
+    micro_step: int = 0  # micro-batches consumed (including skipped windows)
+    epoch: int = 0  # position of the next micro-batch ...
+    batch_index: int = 0  # ... in the batch source
     tokens_seen: int = 0
     nan_skips: int = 0
-    overflow_skips: int = 0            # fp16 steps the grad scaler skipped
+    overflow_skips: int = 0  # fp16 steps the grad scaler skipped
     best_eval_loss: float | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
@@ -156,8 +166,10 @@ def _device_of(model: nn.Module) -> torch.device:
 def _enable_gradient_checkpointing(model: nn.Module) -> None:
     """Turn on activation (gradient) checkpointing through the model's own switch (transformers API:
     ``activation_checkpointing_enable`` in v5, ``gradient_checkpointing_enable`` before), non-reentrant."""
-    for name, kwarg in (("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
-                        ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs")):
+    for name, kwarg in (
+        ("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
+        ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs"),
+    ):
         enable = getattr(model, name, None)
         if enable is None:
             continue
@@ -199,10 +211,21 @@ def _eval_metric(result: float | dict[str, float]) -> tuple[float, dict[str, flo
 class _Trainer:
     """State and steps of one :func:`train` call (kept in a class to keep functions short)."""
 
-    def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, ckpt_dir: Path,
-                 eval_fn: EvalFn | None, on_log: LogFn | None, loss_fn: LossFn | None, desc: str,
-                 progress: bool, parallel: SingleProcess, param_groups: ParamGroups | None = None,
-                 stats_fn: StatsFn | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        source: BatchSource,
+        cfg: TrainConfig,
+        ckpt_dir: Path,
+        eval_fn: EvalFn | None,
+        on_log: LogFn | None,
+        loss_fn: LossFn | None,
+        desc: str,
+        progress: bool,
+        parallel: SingleProcess,
+        param_groups: ParamGroups | None = None,
+        stats_fn: StatsFn | None = None,
+    ) -> None:
         if cfg.eval_steps is not None and eval_fn is None:
             raise ValueError("eval_steps is set but no eval_fn was given")
         if len(source) < 1:
@@ -219,8 +242,11 @@ class _Trainer:
         self.loss_fn = loss_fn or default_loss(model)
         self.device = _device_of(model)
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
-        self.writer = CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing) \
-            if parallel.is_writer else None
+        self.writer = (
+            CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing)
+            if parallel.is_writer
+            else None
+        )
         self.history: list[dict[str, float]] = []
         self.last_eval: dict[str, float] | None = None
         self._interval = {"loss": 0.0, "grad_norm": 0.0, "steps": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -254,17 +280,24 @@ class _Trainer:
                 raise CorruptCheckpointError(f"resume_from_checkpoint {choice}: {reason}")
             step = checkpoint_step(path)
             if step > total:
-                raise ValueError(f"resume_from_checkpoint {choice} is at step {step}, beyond this run's {total} "
-                                 "steps (max_steps / num_epochs)")
+                raise ValueError(
+                    f"resume_from_checkpoint {choice} is at step {step}, beyond this run's {total} "
+                    "steps (max_steps / num_epochs)"
+                )
             set_aside(ckpt_dir, step, f"resume_from_checkpoint={choice} (step {step})")
             return path
         newest = latest_valid_checkpoint(ckpt_dir)
         if newest is not None and not resume:
-            raise FileExistsError(f"{ckpt_dir} already holds checkpoints ({newest.name}); pass resume=True "
-                                  "or use another ckpt_dir")
+            raise FileExistsError(
+                f"{ckpt_dir} already holds checkpoints ({newest.name}); pass resume=True or use another ckpt_dir"
+            )
         if newest is not None and (step := checkpoint_step(newest)) > total:
-            log.warning("the newest checkpoint %s is at step %d, beyond this run's %d steps: starting afresh",
-                        newest, step, total)
+            log.warning(
+                "the newest checkpoint %s is at step %d, beyond this run's %d steps: starting afresh",
+                newest,
+                step,
+                total,
+            )
             set_aside(ckpt_dir, -1, f"run shortened to {total} steps")
             return None
         quarantine_after(ckpt_dir, checkpoint_step(newest) if newest else -1)  # the corrupt ones newer than it
@@ -274,15 +307,24 @@ class _Trainer:
         trees = ckpt.trees
         saved = TrainState(**trees["trainer_state"]["state"])
         if saved.batches_per_epoch != len(self.source):
-            raise ValueError(f"checkpoint {ckpt.path} was written for {saved.batches_per_epoch} batches per epoch, "
-                             f"the data now has {len(self.source)}; use a new ckpt_dir for new data")
+            raise ValueError(
+                f"checkpoint {ckpt.path} was written for {saved.batches_per_epoch} batches per epoch, "
+                f"the data now has {len(self.source)}; use a new ckpt_dir for new data"
+            )
         self.par.load_full_state(self.model, self.optimizer, ckpt.model, trees["optimizer"])
         fresh = [dict(vars(f)) for f in self.scheduler.lr_lambdas]  # the schedule of this run's total
         self.scheduler.load_state_dict(trees["trainer_state"]["scheduler"])
         total = self.state.total_steps
         if saved.total_steps != total:
-            log.warning("checkpoint %s belongs to a run of %d steps; continuing it to %d steps (from step %d the lr "
-                        "follows the schedule of %d steps)", ckpt.path, saved.total_steps, total, saved.step, total)
+            log.warning(
+                "checkpoint %s belongs to a run of %d steps; continuing it to %d steps (from step %d the lr "
+                "follows the schedule of %d steps)",
+                ckpt.path,
+                saved.total_steps,
+                total,
+                saved.step,
+                total,
+            )
             for f, state in zip(self.scheduler.lr_lambdas, fresh):
                 vars(f).update(state)
             at = self.scheduler.last_epoch
@@ -296,8 +338,9 @@ class _Trainer:
             self.scaler.load_state_dict(trees["trainer_state"]["scaler"])
         self._restore_rng(trees)
         self.state = saved
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, saved.step, saved.epoch,
-                 saved.batch_index)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)", ckpt.path, saved.step, saved.epoch, saved.batch_index
+        )
 
     def _restore_rng(self, trees: dict[str, Any]) -> None:
         """This rank's generator states (rank 0's are ``rng``, the others' ``trainer_state.rng_ranks``)."""
@@ -394,13 +437,20 @@ class _Trainer:
         st = self.state
         st.nan_skips += 1
         what = "loss" if loss is None else "gradient norm"
-        log.warning("non-finite %s at step %d (micro-batch %d): update skipped (%d/%d skips allowed)",
-                    what, st.step, st.micro_step, st.nan_skips, self.cfg.max_nan_skips)
+        log.warning(
+            "non-finite %s at step %d (micro-batch %d): update skipped (%d/%d skips allowed)",
+            what,
+            st.step,
+            st.micro_step,
+            st.nan_skips,
+            self.cfg.max_nan_skips,
+        )
         if st.nan_skips > self.cfg.max_nan_skips:
             raise NonFiniteLossError(
                 f"{st.nan_skips} optimizer steps had a non-finite {what} (last at step {st.step}, micro-batch "
                 f"{st.micro_step}), more than max_nan_skips={self.cfg.max_nan_skips}: aborting; lower the "
-                f"learning rate, check the data, or resume from {getattr(self.writer, 'last_path', None) or 'the last checkpoint'}")
+                f"learning rate, check the data, or resume from {getattr(self.writer, 'last_path', None) or 'the last checkpoint'}"
+            )
 
     # ---- after a step ------------------------------------------------------------------
     def log_metrics(self) -> dict[str, float] | None:
@@ -408,9 +458,15 @@ class _Trainer:
         if iv["steps"] == 0:
             return None
         elapsed = max(time.perf_counter() - iv["t0"], 1e-9)
-        metrics = {"loss": iv["loss"] / iv["steps"], "lr": self._lr, "grad_norm": iv["grad_norm"] / iv["steps"],
-                   "tokens_per_s": iv["tokens"] / elapsed, "nan_skips": float(st.nan_skips),
-                   "epoch": st.micro_step / st.batches_per_epoch, "tokens_seen": float(st.tokens_seen)}
+        metrics = {
+            "loss": iv["loss"] / iv["steps"],
+            "lr": self._lr,
+            "grad_norm": iv["grad_norm"] / iv["steps"],
+            "tokens_per_s": iv["tokens"] / elapsed,
+            "nan_skips": float(st.nan_skips),
+            "epoch": st.micro_step / st.batches_per_epoch,
+            "tokens_seen": float(st.tokens_seen),
+        }
         if self.stats_fn is not None:
             metrics.update(self.stats_fn(self.model, step=st.step))
         metrics.update(getattr(self.loss_fn, "last_metrics", None) or {})  # e.g. DPO's rewards/* of the last call
@@ -435,8 +491,12 @@ class _Trainer:
         patience = self.cfg.early_stopping_patience
         if patience is not None and st.evals_without_improvement >= patience:
             st.stopped_early = True
-            log.info("early stopping at step %d: no improvement of eval loss %.6g in %d evaluations",
-                     st.step, st.best_eval_loss, patience)
+            log.info(
+                "early stopping at step %d: no improvement of eval loss %.6g in %d evaluations",
+                st.step,
+                st.best_eval_loss,
+                patience,
+            )
         self.last_eval = metrics
         self._emit(metrics)
 
@@ -452,8 +512,12 @@ class _Trainer:
         rngs = self.par.gather_objects(capture_rng())
         if self.writer is None:
             return
-        trainer_state = {"state": dataclasses.asdict(st), "scheduler": self.scheduler.state_dict(),
-                         "scaler": self.scaler.state_dict(), "config": self.cfg.model_dump(mode="json")}
+        trainer_state = {
+            "state": dataclasses.asdict(st),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
         if len(rngs) > 1:
             trainer_state["rng_ranks"] = rngs[1:]
         snap = Snapshot.take(st.step, model_state, optimizer=optimizer_state, rng=rngs[0], trainer_state=trainer_state)
@@ -462,8 +526,14 @@ class _Trainer:
     # ---- the loop ----------------------------------------------------------------------
     def run(self) -> None:
         st, cfg = self.state, self.cfg
-        bar = tqdm(total=st.total_steps, initial=st.step, desc=self.desc, unit="step", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=st.total_steps,
+            initial=st.step,
+            desc=self.desc,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         self._interval["t0"] = time.perf_counter()
         try:
             while not (st.finished or st.stopped_early or st.step >= st.total_steps):
@@ -472,8 +542,9 @@ class _Trainer:
                 bar.update(1)
                 if st.step % cfg.logging_steps == 0:
                     metrics = self.log_metrics()
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                    tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+                    )
                 if cfg.eval_steps and st.step % cfg.eval_steps == 0:
                     self.evaluate()
                 if st.step >= st.total_steps or st.stopped_early:
@@ -488,11 +559,22 @@ class _Trainer:
             bar.close()
 
 
-def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckpt_dir: str | os.PathLike,
-          eval_fn: EvalFn | None = None, on_log: LogFn | None = None, loss_fn: LossFn | None = None,
-          resume: bool = True, desc: str = "train", progress: bool = True,
-          parallel: SingleProcess | None = None, param_groups: ParamGroups | None = None,
-          stats_fn: StatsFn | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_batches: BatchSource,
+    cfg: TrainConfig,
+    *,
+    ckpt_dir: str | os.PathLike,
+    eval_fn: EvalFn | None = None,
+    on_log: LogFn | None = None,
+    loss_fn: LossFn | None = None,
+    resume: bool = True,
+    desc: str = "train",
+    progress: bool = True,
+    parallel: SingleProcess | None = None,
+    param_groups: ParamGroups | None = None,
+    stats_fn: StatsFn | None = None,
+) -> TrainResult:
     """Train ``model`` in place on ``train_batches`` and return counters, eval metrics and checkpoints.
 
     ``eval_fn(model) -> float | {"eval_loss": ..., ...}`` runs every ``cfg.eval_steps`` (model in eval
@@ -518,8 +600,9 @@ def train(model: nn.Module, train_batches: BatchSource, cfg: TrainConfig, *, ckp
     ckpt_dir = Path(ckpt_dir)
     par = parallel or SingleProcess()
     with deterministic_mode(cfg.deterministic):
-        trainer = _Trainer(model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par,
-                           param_groups, stats_fn)
+        trainer = _Trainer(
+            model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par, param_groups, stats_fn
+        )
         try:
             resumed = par.broadcast(trainer.resume_point(resume) if par.is_writer else None)
             trainer.build()

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 Environment = Literal["kaggle", "colab", "lightning", "local"]
 LIGHTNING_STUDIO = "/teamspace/studios/this_studio"
@@ -40,16 +41,33 @@ class EnvironmentPaths:
 
 
 _PATHS: dict[str, EnvironmentPaths] = {
-    "kaggle": EnvironmentPaths("kaggle", "/kaggle/tmp/xoron", "/kaggle/tmp/xoron/datasets",
-                               "/kaggle/tmp/xoron/checkpoints", "/kaggle/tmp/xoron/model",
-                               "/kaggle/working/xoron-final"),
-    "colab": EnvironmentPaths("colab", "/content/tmp", "/content/tmp/datasets", "/content/xoron-checkpoints",
-                              "/content/xoron-dev-model", "/content/xoron-final"),
-    "lightning": EnvironmentPaths("lightning", "/tmp/xoron", "/tmp/xoron/datasets",
-                                  f"{LIGHTNING_STUDIO}/xoron-checkpoints", f"{LIGHTNING_STUDIO}/xoron-dev-model",
-                                  f"{LIGHTNING_STUDIO}/xoron-final"),
-    "local": EnvironmentPaths("local", "./tmp", "./tmp/datasets", "./xoron-checkpoints", "./xoron-dev-model",
-                              "./xoron-final"),
+    "kaggle": EnvironmentPaths(
+        "kaggle",
+        "/kaggle/tmp/xoron",
+        "/kaggle/tmp/xoron/datasets",
+        "/kaggle/tmp/xoron/checkpoints",
+        "/kaggle/tmp/xoron/model",
+        "/kaggle/working/xoron-final",
+    ),
+    "colab": EnvironmentPaths(
+        "colab",
+        "/content/tmp",
+        "/content/tmp/datasets",
+        "/content/xoron-checkpoints",
+        "/content/xoron-dev-model",
+        "/content/xoron-final",
+    ),
+    "lightning": EnvironmentPaths(
+        "lightning",
+        "/tmp/xoron",
+        "/tmp/xoron/datasets",
+        f"{LIGHTNING_STUDIO}/xoron-checkpoints",
+        f"{LIGHTNING_STUDIO}/xoron-dev-model",
+        f"{LIGHTNING_STUDIO}/xoron-final",
+    ),
+    "local": EnvironmentPaths(
+        "local", "./tmp", "./tmp/datasets", "./xoron-checkpoints", "./xoron-dev-model", "./xoron-final"
+    ),
 }
 
 
@@ -60,9 +78,11 @@ def _colab_importable() -> bool:
         return False
 
 
-def detect_environment(environ: Mapping[str, str] | None = None,
-                       exists: Callable[[str], bool] = os.path.exists,
-                       colab_importable: Callable[[], bool] = _colab_importable) -> Environment:
+def detect_environment(
+    environ: Mapping[str, str] | None = None,
+    exists: Callable[[str], bool] = os.path.exists,
+    colab_importable: Callable[[], bool] = _colab_importable,
+) -> Environment:
     """``kaggle`` / ``colab`` / ``lightning`` / ``local`` (the probes are injectable for tests)."""
     env = os.environ if environ is None else environ
     if exists("/kaggle") or "KAGGLE_KERNEL_RUN_TYPE" in env:
@@ -83,8 +103,16 @@ def environment_paths(environment: str | None = None) -> EnvironmentPaths:
 
 
 # Seed 000's 2-GPU layout: the modality encoders / decoders / generators on GPU 0, the LLM on GPU 1.
-MODALITY_COMPONENTS = ("vision_encoder", "video_encoder", "audio_encoder", "audio_decoder", "waveform_decoder",
-                       "projector", "generator", "video_generator")
+MODALITY_COMPONENTS = (
+    "vision_encoder",
+    "video_encoder",
+    "audio_encoder",
+    "audio_decoder",
+    "waveform_decoder",
+    "projector",
+    "generator",
+    "video_generator",
+)
 LLM_COMPONENTS = ("llm", "cross_attention", "modality_markers")
 
 

@@ -23,19 +23,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 #: TrainConfig fields outside the fingerprint (see the module docstring)
-RESULT_NEUTRAL_TRAIN_FIELDS = frozenset({
-    "save_steps", "keep_last_k", "async_checkpointing", "logging_steps", "resume_from_checkpoint",
-    "max_steps", "num_epochs",
-})
+RESULT_NEUTRAL_TRAIN_FIELDS = frozenset(
+    {
+        "save_steps",
+        "keep_last_k",
+        "async_checkpointing",
+        "logging_steps",
+        "resume_from_checkpoint",
+        "max_steps",
+        "num_epochs",
+    }
+)
 #: model-config keys outside the fingerprint: where the config was read from, library versions
-CONFIG_KEYS_IGNORED = frozenset({"_name_or_path", "_commit_hash", "transformers_version",
-                                 "peer_log_expert_usage", "peer_log_freq"})  # logging knobs: no weight changes
+CONFIG_KEYS_IGNORED = frozenset(
+    {"_name_or_path", "_commit_hash", "transformers_version", "peer_log_expert_usage", "peer_log_freq"}
+)  # logging knobs: no weight changes
 
 
 def tensors_digest(tensors: Iterable[torch.Tensor | None], h: Any = None) -> str:

@@ -27,7 +27,7 @@ returns the plain model.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import AliasChoices, Field
@@ -39,7 +39,15 @@ log = logging.getLogger(__name__)
 
 #: attention projections of every attention type (MHA/GQA, then MLA), in module order
 ATTENTION_TARGETS: tuple[str, ...] = (
-    "q_proj", "k_proj", "v_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "q_a_proj",
+    "q_b_proj",
+    "kv_a_proj_with_mqa",
+    "kv_b_proj",
+    "o_proj",
+)
 #: dense SwiGLU MLP projections (also the MoE shared experts)
 MLP_TARGETS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
 
@@ -52,8 +60,11 @@ class LoraSettings(StrictModel):
     alpha: float = Field(64, gt=0, validation_alias=AliasChoices("alpha", "lora_alpha"))
     dropout: float = Field(0.05, ge=0, lt=1, validation_alias=AliasChoices("dropout", "lora_dropout"))
     target_modules: list[str] | None = Field(
-        None, min_length=1, validation_alias=AliasChoices("target_modules", "lora_target_modules"),
-        description="module names to adapt; null = every attention and dense-MLP projection the model has")
+        None,
+        min_length=1,
+        validation_alias=AliasChoices("target_modules", "lora_target_modules"),
+        description="module names to adapt; null = every attention and dense-MLP projection the model has",
+    )
     use_rslora: bool = True
     use_dora: bool = False
     train_lora_only: bool = False
@@ -86,15 +97,19 @@ def resolve_targets(model: nn.Module, requested: Sequence[str] | None = None) ->
     if requested is None:
         targets = [t for t in ATTENTION_TARGETS + MLP_TARGETS if _matches(t, names)]
         if not targets:
-            raise ValueError("the model has none of the default LoRA target projections "
-                             f"{list(ATTENTION_TARGETS + MLP_TARGETS)}; set target_modules")
+            raise ValueError(
+                "the model has none of the default LoRA target projections "
+                f"{list(ATTENTION_TARGETS + MLP_TARGETS)}; set target_modules"
+            )
         return targets
     missing = [t for t in requested if not _matches(t, names)]
     if missing:
         existing = sorted({name.rsplit(".", 1)[-1] for name in names})
-        raise ValueError(f"LoRA target_modules {missing} match no nn.Linear of this model "
-                         f"(attention_type={getattr(getattr(model, 'config', None), 'attention_type', '?')}); "
-                         f"its linear layers are {existing}")
+        raise ValueError(
+            f"LoRA target_modules {missing} match no nn.Linear of this model "
+            f"(attention_type={getattr(getattr(model, 'config', None), 'attention_type', '?')}); "
+            f"its linear layers are {existing}"
+        )
     return list(dict.fromkeys(requested))
 
 
@@ -108,17 +123,31 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         return model
     targets = resolve_targets(model, settings.target_modules)
     was_trainable = [p for p in model.parameters() if p.requires_grad]
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, use_rslora=settings.use_rslora, use_dora=settings.use_dora,
-                        bias="none")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+        bias="none",
+    )
     peft_model = get_peft_model(model, config)
     if not settings.train_lora_only:
         for param in was_trainable:
             param.requires_grad_(True)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    log.info("LoRA r=%d alpha=%g on %s (rslora=%s, dora=%s): %d of %d parameters train",
-             settings.r, settings.alpha, targets, settings.use_rslora, settings.use_dora, trainable, total)
+    log.info(
+        "LoRA r=%d alpha=%g on %s (rslora=%s, dora=%s): %d of %d parameters train",
+        settings.r,
+        settings.alpha,
+        targets,
+        settings.use_rslora,
+        settings.use_dora,
+        trainable,
+        total,
+    )
     return peft_model
 
 
@@ -139,8 +168,11 @@ def lora_plus_param_groups(model: nn.Module, lr: float, ratio: float, weight_dec
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups[(is_lora_b(name), param.ndim >= 2)].append(param)
-    return [{"params": params, "lr": lr * ratio if b else lr, "weight_decay": weight_decay if decay else 0.0}
-            for (b, decay), params in groups.items() if params]
+    return [
+        {"params": params, "lr": lr * ratio if b else lr, "weight_decay": weight_decay if decay else 0.0}
+        for (b, decay), params in groups.items()
+        if params
+    ]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ Two kinds of weights, both in :class:`LossWeights` (field names as in seed 000's
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from pydantic import Field
@@ -72,14 +72,17 @@ class BlockWeighter:
     (the tokenizer must carry the registry's special tokens).
     """
 
-    def __init__(self, pairs: Mapping[str, Sequence[tuple[int, int]]], weights: Mapping[str, float],
-                 default: float = 1.0) -> None:
-        self.groups = [(torch.tensor([o for o, _ in pairs[g]]), torch.tensor([c for _, c in pairs[g]]),
-                        float(weights[g])) for g in pairs]
+    def __init__(
+        self, pairs: Mapping[str, Sequence[tuple[int, int]]], weights: Mapping[str, float], default: float = 1.0
+    ) -> None:
+        self.groups = [
+            (torch.tensor([o for o, _ in pairs[g]]), torch.tensor([c for _, c in pairs[g]]), float(weights[g]))
+            for g in pairs
+        ]
         self.default = float(default)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, weights: LossWeights | None = None) -> "BlockWeighter":
+    def from_tokenizer(cls, tokenizer, weights: LossWeights | None = None) -> BlockWeighter:
         weights = weights or LossWeights()
         unk = getattr(tokenizer, "unk_token_id", None)
         pairs: dict[str, list[tuple[int, int]]] = {}
@@ -105,16 +108,19 @@ def _inside(input_ids: torch.Tensor, opens: torch.Tensor, closes: torch.Tensor) 
     ``depth = S - min(0, cummin(S))`` with ``S = cumsum(open - close)``. A token is inside when
     the depth before or after it is positive (the closing token has depth > 0 before it).
     """
-    step = torch.isin(input_ids, opens.to(input_ids.device)).long() - torch.isin(
-        input_ids, closes.to(input_ids.device)).long()
+    step = (
+        torch.isin(input_ids, opens.to(input_ids.device)).long()
+        - torch.isin(input_ids, closes.to(input_ids.device)).long()
+    )
     total = step.cumsum(-1)
     depth = total - total.cummin(-1).values.clamp(max=0)
     before = torch.nn.functional.pad(depth[..., :-1], (1, 0))
     return (depth > 0) | (before > 0)
 
 
-def block_loss_weights(input_ids: torch.Tensor, groups: Sequence[tuple[torch.Tensor, torch.Tensor, float]],
-                       default: float = 1.0) -> torch.Tensor:
+def block_loss_weights(
+    input_ids: torch.Tensor, groups: Sequence[tuple[torch.Tensor, torch.Tensor, float]], default: float = 1.0
+) -> torch.Tensor:
     """Float32 loss weight per token of ``input_ids`` ((T,) or (B, T)), vectorised over the batch.
 
     ``groups``: ``(opening ids, closing ids, weight)`` per block group. A token inside blocks of

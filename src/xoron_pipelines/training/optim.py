@@ -52,15 +52,20 @@ def fused_supported(groups: list[dict]) -> bool:
     """True when torch has a fused AdamW kernel for every parameter of ``groups``: floating-point
     tensors, all on one device type among the CPU and CUDA."""
     params = [p for g in groups for p in g["params"]]
-    return (bool(params) and all(torch.is_floating_point(p) for p in params)
-            and len({p.device.type for p in params}) == 1 and params[0].device.type in ("cpu", "cuda"))
+    return (
+        bool(params)
+        and all(torch.is_floating_point(p) for p in params)
+        and len({p.device.type for p in params}) == 1
+        and params[0].device.type in ("cpu", "cuda")
+    )
 
 
 def _adamw_8bit(groups: list[dict], kwargs: dict) -> torch.optim.Optimizer:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise OptimizerUnavailableError(
             "optimizer 'adamw_8bit' (use_8bit_optimizer) needs the bitsandbytes package, which is not "
-            "installed: `pip install bitsandbytes` (CUDA), or set optimizer: adamw")
+            "installed: `pip install bitsandbytes` (CUDA), or set optimizer: adamw"
+        )
     import bitsandbytes as bnb
 
     return bnb.optim.AdamW8bit(groups, **kwargs)

@@ -25,7 +25,9 @@ Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Iterator, Literal
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -44,7 +46,7 @@ class SingleProcess:
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> ContextManager[None]:
+    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
@@ -66,8 +68,9 @@ class SingleProcess:
         """``(model state, optimizer state)`` to checkpoint (complete on the writer)."""
         return model.state_dict(), optimizer.state_dict()
 
-    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                        optimizer_state: dict) -> None:
+    def load_full_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+    ) -> None:
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
 
@@ -95,8 +98,11 @@ class DataParallel(SingleProcess):
         if self.strategy == "ddp":
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             return nn.parallel.DistributedDataParallel(
-                model, device_ids=device_ids, forward_sync_buffers=False,
-                find_unused_parameters=self.find_unused_parameters)
+                model,
+                device_ids=device_ids,
+                forward_sync_buffers=False,
+                find_unused_parameters=self.find_unused_parameters,
+            )
         from torch.distributed.fsdp import fully_shard
 
         _shard_blocks(model, fully_shard)
@@ -104,7 +110,7 @@ class DataParallel(SingleProcess):
         self._sharded = [p for p in model.parameters() if p.requires_grad]  # what the optimizer updates
         return model
 
-    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> ContextManager[None]:
+    def gradient_sync(self, forward_model: nn.Module, enabled: bool) -> AbstractContextManager[None]:
         """Context for one micro-step's forward and backward: gradients are reduced over ranks only
         when ``enabled`` (the last micro-batch of an accumulation window)."""
         if self.strategy == "ddp":
@@ -123,25 +129,33 @@ class DataParallel(SingleProcess):
             raise RuntimeError(
                 "FSDP2: no sharded parameter received a gradient. fully_shard finds the "
                 "backward through the forward's output, which must be a tensor or a pytree of tensors "
-                "(tuple, namedtuple, list, dict, transformers ModelOutput); use strategy ddp otherwise")
+                "(tuple, namedtuple, list, dict, transformers ModelOutput); use strategy ddp otherwise"
+            )
 
     def full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """A collective with FSDP2 (every rank must call it); the full state lands on rank 0."""
         if self.strategy == "ddp":
             return model.state_dict(), optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
-    def load_full_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
-                        optimizer_state: dict) -> None:
+    def load_full_state(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
+    ) -> None:
         if self.strategy == "ddp":
             super().load_full_state(model, optimizer, model_state, optimizer_state)
             return
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, model_state, options=options)

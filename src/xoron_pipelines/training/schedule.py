@@ -36,7 +36,9 @@ class WarmupDecay:
         if self.kind not in KINDS:
             raise ValueError(f"unknown lr schedule {self.kind!r}; expected one of {KINDS}")
         if self.total_steps < 1 or self.warmup_steps < 0:
-            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {self.total_steps}, {self.warmup_steps}")
+            raise ValueError(
+                f"need total_steps >= 1 and warmup_steps >= 0, got {self.total_steps}, {self.warmup_steps}"
+            )
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -51,7 +53,8 @@ class WarmupDecay:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * decay
 
 
-def build_scheduler(optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int = 0,
-                    min_lr_ratio: float = 0.0) -> LambdaLR:
+def build_scheduler(
+    optimizer: Optimizer, kind: str, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
+) -> LambdaLR:
     """A ``LambdaLR`` over :class:`WarmupDecay`; call ``.step()`` once per optimizer step."""
     return LambdaLR(optimizer, WarmupDecay(kind, total_steps, warmup_steps, min_lr_ratio))

@@ -46,9 +46,11 @@ class TrackingParams(StrictModel):
 
     enabled: bool = Field(True, description="open a nested MLflow run for the stage and log into it")
     peak_flops: float = Field(
-        CPU_PEAK_FLOPS, gt=0,
+        CPU_PEAK_FLOPS,
+        gt=0,
         description="peak FLOP/s of the device for the MFU estimate (6 x active params x tokens/s / peak); "
-                    "default: a 2-core AVX2 CPU, 2 x 2.5e9 x 32 = 1.6e11. H100 bf16 dense: 9.89e14")
+        "default: a 2-core AVX2 CPU, 2 x 2.5e9 x 32 = 1.6e11. H100 bf16 dense: 9.89e14",
+    )
     log_model: bool = Field(True, description="log the final stage model directory as an artefact")
     log_tokenizer: bool = Field(True, description="log the tokenizer directory as an artefact")
     plots: bool = Field(True, description="log the loss-curve and expert-load PNG plots")
@@ -60,7 +62,8 @@ class EvalParams(StrictModel):
     max_batches: int | None = Field(8, gt=0, description="cap on validation batches per evaluation; null = all")
     batch_size: int | None = Field(None, gt=0, description="validation batch size; null = train.batch_size")
     val_fraction: float = Field(
-        0.05, gt=0, lt=1, description="sft / dpo: share of the examples held out for evaluation")
+        0.05, gt=0, lt=1, description="sft / dpo: share of the examples held out for evaluation"
+    )
 
 
 class StageParams(StrictModel):
@@ -69,56 +72,77 @@ class StageParams(StrictModel):
     enabled: bool = Field(True, description="false: the stage passes its input model through unchanged")
     train: TrainConfig = Field(description="the engine's knobs (lr, schedule, steps/epochs, batch, precision, ...)")
     max_samples: int | None = Field(
-        None, gt=0, description="use at most this many training rows / conversations / pairs (first after a "
-                                "seeded shuffle); null = all")
+        None,
+        gt=0,
+        description="use at most this many training rows / conversations / pairs (first after a "
+        "seeded shuffle); null = all",
+    )
     freeze: list[str] = Field(
         default_factory=list,
         description="parameter-name patterns to freeze (fnmatch globs, or 're:<regex>'); names as in "
-                    "model.named_parameters() of the plain model, e.g. 'model.embed_tokens.*'")
+        "model.named_parameters() of the plain model, e.g. 'model.embed_tokens.*'",
+    )
     unfreeze: list[str] = Field(
-        default_factory=list, description="patterns that stay trainable although a freeze pattern matches them")
-    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(enabled=False),
-                               description="LoRA adapters: applied, trained, merged at the end of the stage")
+        default_factory=list, description="patterns that stay trainable although a freeze pattern matches them"
+    )
+    lora: LoraSettings = Field(
+        default_factory=lambda: LoraSettings(enabled=False),
+        description="LoRA adapters: applied, trained, merged at the end of the stage",
+    )
     checkpoint_dir: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="root of the stage checkpoints (<root>/<stage>/<fingerprint>/checkpoint-<step>); null = the "
-                    "catalog's <stage>.checkpoints store (data/06_models/checkpoints); a path replaces it "
-                    "(several nodes: storage they all share)")
+        "catalog's <stage>.checkpoints store (data/06_models/checkpoints); a path replaces it "
+        "(several nodes: storage they all share)",
+    )
     keep_configurations: int = Field(
-        3, ge=1, description="keep the checkpoints of this many most recently used configurations of the stage "
-                             "(the current one included); older ones are removed, each named in the log")
+        3,
+        ge=1,
+        description="keep the checkpoints of this many most recently used configurations of the stage "
+        "(the current one included); older ones are removed, each named in the log",
+    )
     eval: EvalParams = Field(default_factory=EvalParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     distributed: DistributedSettings = Field(
         default_factory=DistributedSettings,
         description="scale-out: the node launches nproc_per_node x nnodes data-parallel workers (DDP / FSDP2, "
-                    "torch.distributed's elastic launcher); 1 x 1 trains in the node's own process")
+        "torch.distributed's elastic launcher); 1 x 1 trains in the node's own process",
+    )
     # ---- causal_lm ------------------------------------------------------------------------------
     data_mix: str | None = Field(
-        None, min_length=1,
+        None,
+        min_length=1,
         description="causal_lm: train and validate on this stage mix of data_processing.stage_mixes "
-                    "(packed_mixes/<name>); null = the main packing (packed_train / packed_val)")
+        "(packed_mixes/<name>); null = the main packing (packed_train / packed_val)",
+    )
     # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
-    sources: list[str] | None = Field(
-        None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
+    sources: list[str] | None = Field(None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
     max_seq_len: int | None = Field(
-        None, gt=1, description="sft / dpo: truncate rendered conversations to this many ids; "
-                                "null = the model's max_position_embeddings")
+        None,
+        gt=1,
+        description="sft / dpo: truncate rendered conversations to this many ids; "
+        "null = the model's max_position_embeddings",
+    )
     loss_weights: LossWeights | None = Field(
-        None, description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
-                          "code-exec 1.2) and modality weights (the stage loss is llm_loss_weight x the LM "
-                          "loss); null = those defaults")
+        None,
+        description="sft: seed 000's block weights (cot 1.5, tool 1.3, anti-hallucination 1.2, "
+        "code-exec 1.2) and modality weights (the stage loss is llm_loss_weight x the LM "
+        "loss); null = those defaults",
+    )
     beta: float | None = Field(None, gt=0, description="dpo: strength of the KL anchor to the reference")
 
     @model_validator(mode="after")
-    def _batch_splits_over_processes(self) -> "StageParams":
+    def _batch_splits_over_processes(self) -> StageParams:
         world = self.distributed.world_size
         if self.train.batch_size % world:
-            raise ValueError(f"train.batch_size {self.train.batch_size} is the global micro-batch, split over the "
-                             f"{world} processes of distributed (nproc_per_node x nnodes): make it a multiple of {world}")
+            raise ValueError(
+                f"train.batch_size {self.train.batch_size} is the global micro-batch, split over the "
+                f"{world} processes of distributed (nproc_per_node x nnodes): make it a multiple of {world}"
+            )
         return self
 
-    def check_kind(self, kind: Kind) -> "StageParams":
+    def check_kind(self, kind: Kind) -> StageParams:
         """Reject knobs that the stage's kind would not use (instead of ignoring them)."""
         wrong = []
         if kind != "sft" and self.loss_weights is not None:
@@ -150,8 +174,10 @@ class StagesGroup(StrictModel):
     def _stages(self):
         expected = list(self.KINDS)
         if list(self.stages) != expected:
-            raise ValueError(f"stages must be exactly {expected} in this order (the DAG is built from them; "
-                             f"disable one with enabled: false), got {list(self.stages)}")
+            raise ValueError(
+                f"stages must be exactly {expected} in this order (the DAG is built from them; "
+                f"disable one with enabled: false), got {list(self.stages)}"
+            )
         for name, stage in self.stages.items():
             try:
                 stage.check_kind(self.KINDS[name])
@@ -166,5 +192,7 @@ class StagesGroup(StrictModel):
             return
         for name, stage in self.stages.items():
             if stage.enabled and stage.data_mix is not None and stage.data_mix not in processing.stage_mixes:
-                raise ValueError(f"stages.{name}.data_mix: {stage.data_mix!r} is not one of data_processing."
-                                 f"stage_mixes {sorted(processing.stage_mixes)} (conf/base/parameters_data_processing.yml)")
+                raise ValueError(
+                    f"stages.{name}.data_mix: {stage.data_mix!r} is not one of data_processing."
+                    f"stage_mixes {sorted(processing.stage_mixes)} (conf/base/parameters_data_processing.yml)"
+                )

@@ -25,7 +25,8 @@ batches to :func:`xoron_pipelines.training.train` deterministically per (seed, e
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +42,9 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 def _render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 def assistant_char_spans(messages: Messages, tokenizer) -> tuple[str, list[tuple[int, int]]]:
@@ -66,8 +68,7 @@ def assistant_char_spans(messages: Messages, tokenizer) -> tuple[str, list[tuple
     return full, spans
 
 
-def build_sft_example(messages: Messages, tokenizer, max_len: int,
-                      weighter: BlockWeighter | None = None) -> Example:
+def build_sft_example(messages: Messages, tokenizer, max_len: int, weighter: BlockWeighter | None = None) -> Example:
     """``{input_ids, labels, loss_weights}`` (1-D tensors) of one conversation; see the module doc.
 
     ``tokenizer`` must be a fast (``tokenizers``-backed) tokenizer carrying the chat template.
@@ -97,8 +98,9 @@ def has_targets(example: Example) -> bool:
     return bool((example["labels"][1:] != IGNORE_INDEX).any())
 
 
-def build_sft_dataset(conversations: Iterable[Messages], tokenizer, max_len: int,
-                      weights: LossWeights | None = None) -> list[Example]:
+def build_sft_dataset(
+    conversations: Iterable[Messages], tokenizer, max_len: int, weights: LossWeights | None = None
+) -> list[Example]:
     """Examples of ``conversations``; ones left without an assistant token (truncated away, or no
     assistant turn) are dropped and counted in the log."""
     weighter = BlockWeighter.from_tokenizer(tokenizer, weights or LossWeights())
@@ -110,8 +112,12 @@ def build_sft_dataset(conversations: Iterable[Messages], tokenizer, max_len: int
         else:
             dropped += 1
     if dropped:
-        log.warning("dropped %d of %d conversations with no assistant token within max_len=%d",
-                    dropped, dropped + len(examples), max_len)
+        log.warning(
+            "dropped %d of %d conversations with no assistant token within max_len=%d",
+            dropped,
+            dropped + len(examples),
+            max_len,
+        )
     return examples
 
 
@@ -136,8 +142,9 @@ def collate(examples: Sequence[Example], pad_token_id: int, pad_to: int | None =
         for field, fill in fills.items():
             key = f"{prefix}{field}"
             if key in examples[0]:
-                out[key] = torch.stack([torch.nn.functional.pad(ex[key], (0, width - len(ex[key])), value=fill)
-                                        for ex in examples])
+                out[key] = torch.stack(
+                    [torch.nn.functional.pad(ex[key], (0, width - len(ex[key])), value=fill) for ex in examples]
+                )
         lengths = torch.tensor([len(r) for r in rows])
         out[f"{prefix}attention_mask"] = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return out
@@ -151,8 +158,14 @@ class ExampleBatchSource:
     batch is dropped. ``collate_fn`` turns a list of examples into a batch.
     """
 
-    def __init__(self, examples: Sequence[Mapping[str, torch.Tensor]], batch_size: int,
-                 collate_fn: Callable[[list], dict[str, torch.Tensor]], seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        examples: Sequence[Mapping[str, torch.Tensor]],
+        batch_size: int,
+        collate_fn: Callable[[list], dict[str, torch.Tensor]],
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
         if batch_size < 1 or len(examples) < batch_size:
             raise ValueError(f"{len(examples)} examples cannot fill one batch of {batch_size}")
         self.examples, self.batch_size, self.collate_fn = list(examples), batch_size, collate_fn
@@ -169,7 +182,7 @@ class ExampleBatchSource:
             n = len(self.examples)
             perm = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
             self._order = (epoch, perm)
-        rows = self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
         return self.collate_fn([self.examples[int(i)] for i in rows])
 
 

@@ -62,10 +62,11 @@ import fnmatch
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -96,10 +97,10 @@ MAX_EXPERTS_LOGGED = 32
 class StageData:
     """What a kind prepares for :func:`run_stage`."""
 
-    source: Any                                   # a BatchSource
+    source: Any  # a BatchSource
     eval_fn: Callable[[nn.Module], dict[str, float]]
     loss_fn: Callable | None = None
-    fingerprint: str = ""                         # identity of the data (for the checkpoint dir)
+    fingerprint: str = ""  # identity of the data (for the checkpoint dir)
     extra_summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,7 +151,9 @@ def apply_freeze(model: nn.Module, freeze: list[str], unfreeze: list[str]) -> in
     for pattern in [*freeze, *unfreeze]:
         if not any(_matches(plain, pattern) for _, plain, _ in names):
             sample = ", ".join(plain for _, plain, _ in names[:6])
-            raise ValueError(f"freeze/unfreeze pattern {pattern!r} matches no parameter (names look like: {sample}, ...)")
+            raise ValueError(
+                f"freeze/unfreeze pattern {pattern!r} matches no parameter (names look like: {sample}, ...)"
+            )
     frozen = 0
     for _, plain, param in names:
         if any(_matches(plain, p) for p in freeze) and not any(_matches(plain, p) for p in unfreeze):
@@ -171,8 +174,9 @@ def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: s
     settings["train"] = train_settings(settings["train"])
     if params.train.early_stopping_patience is None:
         settings["eval"] = {"val_fraction": params.eval.val_fraction}  # decides the sft / dpo split
-    return fingerprint(params=settings, config=model_config(model.config), weights=weights_digest(model),
-                       data=data_fingerprint)
+    return fingerprint(
+        params=settings, config=model_config(model.config), weights=weights_digest(model), data=data_fingerprint
+    )
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -268,8 +272,9 @@ def start_model_dir(ckpt_dir: Path, node_rank: int) -> Path:
     return ckpt_dir / f"start_model.node{node_rank}"
 
 
-def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, ckpt_dir: Path, stage: str,
-                        **engine: Any):
+def _train_in_processes(
+    model: nn.Module, data: StageData, params: StageParams, ckpt_dir: Path, stage: str, **engine: Any
+):
     """Train in the node's process, or launch the workers of ``params.distributed``; returns
     ``(trained model, TrainResult or None)``: None on a node other than node 0."""
     dist = params.distributed
@@ -281,8 +286,10 @@ def _train_in_processes(model: nn.Module, data: StageData, params: StageParams, 
         return out
     last = latest_valid_checkpoint(ckpt_dir)  # node_rank > 0: node 0's workers wrote it (shared storage)
     if last is None:
-        raise FileNotFoundError(f"stage {stage}: no checkpoint in {ckpt_dir} after training on node "
-                                f"{dist.node_rank}; checkpoint_dir must be on storage every node shares")
+        raise FileNotFoundError(
+            f"stage {stage}: no checkpoint in {ckpt_dir} after training on node "
+            f"{dist.node_rank}; checkpoint_dir must be on storage every node shares"
+        )
     trained = factory()
     trained.load_state_dict(load_file(str(last / MODEL_FILE)))
     return trained, None
@@ -296,19 +303,36 @@ def checkpoint_root(stage: str, params: StageParams, store: CheckpointStore | No
         raise ValueError(f"stage {stage}: the checkpoint store given is stage {store.stage!r}'s ({store.path})")
     if params.checkpoint_dir is not None:
         if store is not None and Path(params.checkpoint_dir) != store.root:
-            log.info("stage %s: checkpoint_dir %s replaces the catalog's %s.checkpoints (%s)", stage,
-                     params.checkpoint_dir, stage, store.root)
+            log.info(
+                "stage %s: checkpoint_dir %s replaces the catalog's %s.checkpoints (%s)",
+                stage,
+                params.checkpoint_dir,
+                stage,
+                store.root,
+            )
         return Path(params.checkpoint_dir)
     if store is None:
-        raise ValueError(f"stage {stage}: no checkpoint location: give the {stage}.checkpoints store or set "
-                         "checkpoint_dir")
+        raise ValueError(
+            f"stage {stage}: no checkpoint location: give the {stage}.checkpoints store or set checkpoint_dir"
+        )
     return store.root
 
 
-def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: StageParams, *,
-              checkpoints: CheckpointStore | None = None, tokenizer=None, fingerprint: str | None = None,
-              extra_params: dict[str, Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
-              desc: str | None = None, progress: bool = True) -> tuple[nn.Module, dict[str, Any], LoraAdapter]:
+def run_stage(
+    stage: str,
+    kind: str,
+    model: nn.Module,
+    data: StageData,
+    params: StageParams,
+    *,
+    checkpoints: CheckpointStore | None = None,
+    tokenizer=None,
+    fingerprint: str | None = None,
+    extra_params: dict[str, Any] | None = None,
+    on_log: Callable[[int, dict], None] | None = None,
+    desc: str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any], LoraAdapter]:
     """Train ``model`` for one stage; returns (plain trained model, summary, LoRA adapter: empty
     when the stage trained none or on a node other than node 0). See the module doc.
 
@@ -320,8 +344,12 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
     cfg, dist = params.train, params.distributed
     fingerprint = fingerprint or stage_fingerprint(params, model, data.fingerprint)
     # node 0 alone prunes earlier configurations (the other nodes share its checkpoint_dir)
-    ckpt_dir = configuration_dir(checkpoint_root(stage, params, checkpoints), stage, fingerprint,
-                                 params.keep_configurations if dist.node_rank == 0 else None)
+    ckpt_dir = configuration_dir(
+        checkpoint_root(stage, params, checkpoints),
+        stage,
+        fingerprint,
+        params.keep_configurations if dist.node_rank == 0 else None,
+    )
     base = model
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
@@ -331,8 +359,12 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
         raise ValueError(f"stage {stage}: the freeze patterns leave no trainable parameter")
     groups = None
     if params.lora.enabled and params.lora.use_lora_plus:
-        groups = partial(lora_plus_param_groups, lr=cfg.learning_rate, ratio=params.lora.lora_plus_lr_ratio,
-                         weight_decay=cfg.weight_decay)
+        groups = partial(
+            lora_plus_param_groups,
+            lr=cfg.learning_rate,
+            ratio=params.lora.lora_plus_lr_ratio,
+            weight_decay=cfg.weight_decay,
+        )
     config = getattr(base, "config", None)
     counts = count_parameters(config) if hasattr(config, "to_dict") else None
     active = counts["active_per_token"] if counts else None
@@ -352,16 +384,34 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
             model_info = {"trainable_params": trainable, "frozen_tensors": frozen}
             if counts:
                 model_info.update(active_params=active, total_params=counts["total"], preset_config=config.to_dict())
-            tracking.log_params({**params.model_dump(mode="json"), "kind": kind, "model": model_info,
-                                 **(extra_params or {})})
-        log.info("stage %s (%s): %d of %d parameters train in %d process(es), checkpoints in %s", stage, kind,
-                 trainable, total, dist.world_size, ckpt_dir)
+            tracking.log_params(
+                {**params.model_dump(mode="json"), "kind": kind, "model": model_info, **(extra_params or {})}
+            )
+        log.info(
+            "stage %s (%s): %d of %d parameters train in %d process(es), checkpoints in %s",
+            stage,
+            kind,
+            trainable,
+            total,
+            dist.world_size,
+            ckpt_dir,
+        )
         start = time.perf_counter()
         objective = stage_objective(model, params.loss_weights, data.loss_fn)
         model, result = _train_in_processes(
-            model, data, params, ckpt_dir, stage, eval_fn=data.eval_fn if cfg.eval_steps else None,
-            on_log=log_metrics, loss_fn=objective, param_groups=groups, stats_fn=ModelStats(config),
-            desc=desc or stage, progress=progress)
+            model,
+            data,
+            params,
+            ckpt_dir,
+            stage,
+            eval_fn=data.eval_fn if cfg.eval_steps else None,
+            on_log=log_metrics,
+            loss_fn=objective,
+            param_groups=groups,
+            stats_fn=ModelStats(config),
+            desc=desc or stage,
+            progress=progress,
+        )
         wall = time.perf_counter() - start
         writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone publishes the adapter
         adapter = f"{stage}.lora_adapter" if writes else None
@@ -369,9 +419,19 @@ def run_stage(stage: str, kind: str, model: nn.Module, data: StageData, params: 
         model = merge_lora(model)
         model.eval()
         if result is None:
-            return model, {"stage": stage, "kind": kind, "enabled": True, "node_rank": dist.node_rank,
-                           "note": "trained on several nodes; node 0 logs the metrics", "fingerprint": fingerprint,
-                           "lora_adapter": adapter}, adapter_files
+            return (
+                model,
+                {
+                    "stage": stage,
+                    "kind": kind,
+                    "enabled": True,
+                    "node_rank": dist.node_rank,
+                    "note": "trained on several nodes; node 0 logs the metrics",
+                    "fingerprint": fingerprint,
+                    "lora_adapter": adapter,
+                },
+                adapter_files,
+            )
         with torch.no_grad():
             final_eval = data.eval_fn(model)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
@@ -391,13 +451,23 @@ def _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, 
     _, losses = recorder.series("loss")
     _, norms = recorder.series("grad_norm")
     return {
-        "stage": stage, "kind": kind, "enabled": True, "steps": st.step, "tokens_seen": st.tokens_seen,
-        "train_loss": losses[-1] if losses else st.last_loss, "grad_norm": norms[-1] if norms else None,
+        "stage": stage,
+        "kind": kind,
+        "enabled": True,
+        "steps": st.step,
+        "tokens_seen": st.tokens_seen,
+        "train_loss": losses[-1] if losses else st.last_loss,
+        "grad_norm": norms[-1] if norms else None,
         **final_eval,
-        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None, "wall_s": round(wall, 2),
-        "trainable_params": trainable, "total_params": total, "nan_skips": st.nan_skips,
-        "stopped_early": st.stopped_early, "resumed_from": str(result.resumed_from) if result.resumed_from else None,
-        "fingerprint": fingerprint, "mlflow_run_id": run.info.run_id if run is not None else None,
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "wall_s": round(wall, 2),
+        "trainable_params": trainable,
+        "total_params": total,
+        "nan_skips": st.nan_skips,
+        "stopped_early": st.stopped_early,
+        "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        "fingerprint": fingerprint,
+        "mlflow_run_id": run.info.run_id if run is not None else None,
     }
 
 

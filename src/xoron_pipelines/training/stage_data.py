@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ def _subset(n: int, max_samples: int | None, seed: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ causal_lm
-def packed_source(path, batch_size: int, seed: int, max_samples: int | None = None,
-                  shuffle: bool = True) -> TokenRowsSource:
+def packed_source(
+    path, batch_size: int, seed: int, max_samples: int | None = None, shuffle: bool = True
+) -> TokenRowsSource:
     """Micro-batches over packed shards, optionally capped to ``max_samples`` rows."""
     source = ParquetBatchSource(path, batch_size=batch_size, seed=seed, shuffle=shuffle)
     if max_samples is None or max_samples >= source.num_rows:
@@ -69,17 +71,25 @@ def check_tokenizer_matches(stage: str, tokenizer, shards: Mapping[str, Any], so
     for split, shard_set in shards.items():
         gen = shard_set.generation
         if gen != tok_gen:
-            raise GenerationMismatchError(f"stage {stage}: the tokenizer {tok_path} (generation {tok_gen}) and the packed "
-                             f"{split} data {shard_set.path} (generation {gen}) come from different "
-                             f"data_processing runs; {rerun}")
+            raise GenerationMismatchError(
+                f"stage {stage}: the tokenizer {tok_path} (generation {tok_gen}) and the packed "
+                f"{split} data {shard_set.path} (generation {gen}) come from different "
+                f"data_processing runs; {rerun}"
+            )
         max_id = int(sources[split].ids.max()) if sources[split].ids.numel() else -1
         if max_id >= len(tokenizer):
-            raise GenerationMismatchError(f"stage {stage}: the packed {split} data {shard_set.path} (generation {gen}) holds "
-                             f"token id {max_id} but the tokenizer {tok_path} (generation {tok_gen}) has only "
-                             f"{len(tokenizer)} ids; {rerun}")
+            raise GenerationMismatchError(
+                f"stage {stage}: the packed {split} data {shard_set.path} (generation {gen}) holds "
+                f"token id {max_id} but the tokenizer {tok_path} (generation {tok_gen}) has only "
+                f"{len(tokenizer)} ids; {rerun}"
+            )
     if tok_gen is None:
-        log.warning("stage %s: the tokenizer %s and the packed data carry no generation marker (written before "
-                    "generations existed): checked by token ids only", stage, tok_path)
+        log.warning(
+            "stage %s: the tokenizer %s and the packed data carry no generation marker (written before "
+            "generations existed): checked by token ids only",
+            stage,
+            tok_path,
+        )
 
 
 def lm_eval_fn(source, max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
@@ -172,15 +182,17 @@ def example_source(examples: list, batch_size: int, pad_id: int, seed: int, shuf
     return ExampleBatchSource(examples, batch_size, partial(collate, pad_token_id=pad_id), seed=seed, shuffle=shuffle)
 
 
-def dpo_eval_fn(source: ExampleBatchSource, reference: nn.Module, beta: float,
-                max_batches: int | None) -> Callable[[nn.Module], dict[str, float]]:
+def dpo_eval_fn(
+    source: ExampleBatchSource, reference: nn.Module, beta: float, max_batches: int | None
+) -> Callable[[nn.Module], dict[str, float]]:
     """Mean DPO loss and implicit-reward metrics over held-out pairs (a picklable ``partial``)."""
     batches = len(source) if max_batches is None else min(max_batches, len(source))
     return partial(_dpo_evaluate, source, reference, beta, batches)
 
 
-def _dpo_evaluate(source: ExampleBatchSource, reference: nn.Module, beta: float, batches: int,
-                  model: nn.Module) -> dict[str, float]:
+def _dpo_evaluate(
+    source: ExampleBatchSource, reference: nn.Module, beta: float, batches: int, model: nn.Module
+) -> dict[str, float]:
     sums: dict[str, float] = {}
     device = next(model.parameters()).device
     for index in range(batches):

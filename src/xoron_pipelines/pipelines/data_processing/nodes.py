@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -45,9 +45,7 @@ def count_records(ledger: ShardSet) -> pd.DataFrame:
         grouped = pa.Table.from_batches([batch]).group_by(["source", "status", "reason"]).aggregate([([], "count_all")])
         for row in grouped.to_pylist():
             counts[(row["source"], row["status"], row["reason"])] += row["count_all"]
-    rows = [
-        {"source": s, "status": st, "reason": r, "count": n} for (s, st, r), n in sorted(counts.items())
-    ]
+    rows = [{"source": s, "status": st, "reason": r, "count": n} for (s, st, r), n in sorted(counts.items())]
     return pd.DataFrame(rows, columns=["source", "status", "reason", "count"])
 
 
@@ -122,7 +120,8 @@ def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[Shar
     manifest["stage_mixes"] = {}
     for name, weights in p.stage_mixes.items():
         mix_train, mix_val, mix_manifest = packing.tokenize_and_pack(
-            ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}")
+            ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}"
+        )
         mix_train.generation = mix_val.generation = generation
         mixes[name] = {"train": mix_train, "val": mix_val}
         manifest["stage_mixes"][name] = {k: mix_manifest[k] for k in ("splits", "sources")}

@@ -50,7 +50,7 @@ class Source(StrictModel):
     max_per_epoch: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "Source":
+    def _check(self) -> Source:
         if self.text_field is not None and self.text_template is not None:
             raise ValueError(f"source {self.name!r}: give text_field or text_template, not both")
         if self.text_field is None and self.text_template is None and self.messages_field is None:
@@ -77,8 +77,10 @@ class Source(StrictModel):
         if self.format == "stdlib" and self.path not in ("code", "prose"):
             raise ValueError(f"source {self.name!r}: a stdlib source's path is 'code' or 'prose'")
         if self.format == "synth" and self.path not in SYNTH_TYPES:
-            raise ValueError(f"source {self.name!r}: a synth source's path is a synthetic type, one of "
-                             f"{list(SYNTH_TYPES)}; got {self.path!r}")
+            raise ValueError(
+                f"source {self.name!r}: a synth source's path is a synthetic type, one of "
+                f"{list(SYNTH_TYPES)}; got {self.path!r}"
+            )
         return self
 
 
@@ -105,7 +107,7 @@ class Cleaning(StrictModel):
     max_record_bytes: int = Field(default=1_000_000, ge=1, description="larger raw records are quarantined")
 
     @model_validator(mode="after")
-    def _range(self) -> "Cleaning":
+    def _range(self) -> Cleaning:
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars ({self.min_chars}) > max_chars ({self.max_chars})")
         return self
@@ -150,8 +152,9 @@ class Params(StrictModel):
     stage_mixes: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="extra packings for the training stages (pretrain.stages.<stage>.data_mix): "
-                    "{mix name: {source name: weight}} over the selected sources, each packed to "
-                    "packed_mixes/<name>/{train,val} from the same ledger, tokenizer and split")
+        "{mix name: {source name: weight}} over the selected sources, each packed to "
+        "packed_mixes/<name>/{train,val} from the same ledger, tokenizer and split",
+    )
     modalities: list[str] | None = None
     categories: list[str] | None = None
     on_bad_record: Literal["quarantine", "fail"] = "quarantine"
@@ -163,12 +166,16 @@ class Params(StrictModel):
     mixing: Mixing = Field(default_factory=Mixing)
     progress: bool = True
     lock_timeout_s: float = Field(
-        default=600.0, ge=0, allow_inf_nan=False, strict=True,
+        default=600.0,
+        ge=0,
+        allow_inf_nan=False,
+        strict=True,
         description="seconds a run waits for the project's data lock (data_processing vs the runs "
-                    "reading its outputs) before it stops naming the holder; 0 = do not wait")
+        "reading its outputs) before it stops naming the holder; 0 = do not wait",
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "Params":
+    def _check(self) -> Params:
         if self.mix is not None and self.mix not in self.data_mixes:
             raise ValueError(f"mix {self.mix!r} is not defined in data_mixes (have {sorted(self.data_mixes)})")
         for label, values, allowed in (

@@ -31,7 +31,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 pack,
                 inputs=["record_ledger", "tokenizer", "params:data_processing"],
-                outputs=["packed_train", "packed_val", "packed_mixes", "packing_manifest", "data_processing_pack_metrics"],
+                outputs=[
+                    "packed_train",
+                    "packed_val",
+                    "packed_mixes",
+                    "packing_manifest",
+                    "data_processing_pack_metrics",
+                ],
                 name="tokenize_and_pack",
             ),
         ],

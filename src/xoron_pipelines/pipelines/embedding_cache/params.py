@@ -49,7 +49,7 @@ class Params(StrictModel):
     progress: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> "Params":
+    def _check(self) -> Params:
         if not self.cache_use_embeddings_for_training and not (self.cache_store_input_ids or self.cache_store_text):
             raise ValueError(
                 "cache_use_embeddings_for_training is false, so the latent trainer re-encodes the "

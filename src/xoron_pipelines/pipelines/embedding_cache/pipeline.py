@@ -29,7 +29,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="cache_pretrain_embeddings",
             ),
             Node(report_cache, "latent_pair_cache", "embedding_cache_pair_metrics", name="report_pair_cache"),
-            Node(report_cache, "latent_pretrain_cache", "embedding_cache_pretrain_metrics", name="report_pretrain_cache"),
+            Node(
+                report_cache, "latent_pretrain_cache", "embedding_cache_pretrain_metrics", name="report_pretrain_cache"
+            ),
         ],
         tags=["embedding_cache", "latent"],
     )

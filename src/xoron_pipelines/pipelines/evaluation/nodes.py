@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -72,8 +73,10 @@ def _max_length(model, p_len: int | None) -> int:
 
 # --------------------------------------------------------------------------- perplexity
 
-def evaluate_perplexity(model, packed_val, tokenizer, generated: Mapping[str, Any],
-                        params: dict[str, Any]) -> dict[str, dict[str, float]]:
+
+def evaluate_perplexity(
+    model, packed_val, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
+) -> dict[str, dict[str, float]]:
     """Perplexity and bits-per-byte on the held-out packed split and on the text sources."""
     p = Params.model_validate(params)
     pp = p.perplexity
@@ -114,6 +117,7 @@ def _source_texts(source, pp) -> list[str]:
 
 # --------------------------------------------------------------------------- multiple choice
 
+
 def _mc_items(name: str, fmt: str, rows: list[dict[str, Any]]) -> dict[str, list[mc.MCItem]]:
     if fmt == "hellaswag":
         return {name: tf.hellaswag_items(rows)}
@@ -129,14 +133,16 @@ def _loglikelihood_fn(model, tokenizer, p: Params) -> Callable[[list[tuple[str, 
 
     def fn(requests: list[tuple[str, str]]) -> list[float]:
         encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in requests]
-        return [ll for ll, _ in loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad,
-                                               p.progress)]
+        return [
+            ll for ll, _ in loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad, p.progress)
+        ]
 
     return fn
 
 
-def evaluate_multiple_choice(model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
-                             ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+def evaluate_multiple_choice(
+    model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """acc / acc_norm (and truthfulqa mc2) of every multiple-choice benchmark in ``evals``."""
     p = Params.model_validate(params)
     model = _prepare(model, p)
@@ -156,6 +162,7 @@ def evaluate_multiple_choice(model, tokenizer, generated: Mapping[str, Any], par
 
 # --------------------------------------------------------------------------- generation
 
+
 def _gsm8k(model, tokenizer, rows, p: Params, chat: bool) -> tuple[dict[str, float], list[dict]]:
     close = CHAT_ROLES["assistant"][1]
     if chat:
@@ -164,14 +171,27 @@ def _gsm8k(model, tokenizer, rows, p: Params, chat: bool) -> tuple[dict[str, flo
     else:
         prompts = [tf.gsm8k_prompt(r) for r in rows]
         stops = ("\n\nQuestion:", "Question:")
-    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=p.gsm8k.max_new_tokens,
-                             batch_size=p.eval_batch_size, seed=p.seed, progress=p.progress)
+    outputs = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=p.gsm8k.max_new_tokens,
+        batch_size=p.eval_batch_size,
+        seed=p.seed,
+        progress=p.progress,
+    )
     records = []
     for row, raw in zip(rows, outputs):
         answer = gen.truncate_at(raw, stops)
-        records.append({"question": row["question"], "completion": answer,
-                        "prediction": gen.extract_final_number(answer), "target": gen.extract_final_number(row["answer"]),
-                        "exact_match": gen.gsm8k_exact_match(answer, row["answer"])})
+        records.append(
+            {
+                "question": row["question"],
+                "completion": answer,
+                "prediction": gen.extract_final_number(answer),
+                "target": gen.extract_final_number(row["answer"]),
+                "exact_match": gen.gsm8k_exact_match(answer, row["answer"]),
+            }
+        )
     n = len(records)
     return {"exact_match": sum(r["exact_match"] for r in records) / n if n else math.nan, "n": float(n)}, records
 
@@ -181,23 +201,39 @@ def _humaneval(model, tokenizer, rows, p: Params) -> tuple[dict[str, float], lis
     limits = _limits(p)
     isolation_mode(limits)  # refuse (SandboxUnavailableError) before generating anything
     prompts = [r["prompt"] for r in rows for _ in range(h.n_samples)]
-    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens=h.max_new_tokens, batch_size=p.eval_batch_size,
-                             temperature=h.temperature, top_p=h.top_p, seed=p.seed, progress=p.progress)
+    outputs = generate_texts(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=h.max_new_tokens,
+        batch_size=p.eval_batch_size,
+        temperature=h.temperature,
+        top_p=h.top_p,
+        seed=p.seed,
+        progress=p.progress,
+    )
     records, summary = [], {f"pass_at_{k}": 0.0 for k in h.ks}
     for i, row in enumerate(rows):
-        completions = [gen.truncate_at(t, gen.HUMANEVAL_STOP) for t in outputs[i * h.n_samples:(i + 1) * h.n_samples]]
+        completions = [gen.truncate_at(t, gen.HUMANEVAL_STOP) for t in outputs[i * h.n_samples : (i + 1) * h.n_samples]]
         results = [gen.check_completion(row, c, limits) for c in completions]
         correct = sum(r.ok for r in results)
         for k in h.ks:
             summary[f"pass_at_{k}"] += gen.pass_at_k(h.n_samples, correct, k) / len(rows)
-        records.append({"task_id": row["task_id"], "completions": completions, "correct": correct,
-                        "errors": [r.error for r in results]})
+        records.append(
+            {
+                "task_id": row["task_id"],
+                "completions": completions,
+                "correct": correct,
+                "errors": [r.error for r in results],
+            }
+        )
     summary["n"] = float(len(rows))
     return summary, records
 
 
-def evaluate_generation(model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any], stage: str
-                        ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+def evaluate_generation(
+    model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any], stage: str
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """gsm8k exact match and humaneval pass@k of every generation benchmark in ``evals``."""
     p = Params.model_validate(params)
     model = _prepare(model, p)
@@ -219,9 +255,16 @@ def evaluate_generation(model, tokenizer, generated: Mapping[str, Any], params: 
 
 # --------------------------------------------------------------------------- results
 
-def collect(ppl: dict, mc_summary: dict, mc_records: list, gen_summary: dict, gen_records: list,
-            train_summary: Mapping[str, Any] | None, stage: str
-            ) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[dict[str, Any]]]:
+
+def collect(
+    ppl: dict,
+    mc_summary: dict,
+    mc_records: list,
+    gen_summary: dict,
+    gen_records: list,
+    train_summary: Mapping[str, Any] | None,
+    stage: str,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[dict[str, Any]]]:
     """One stage's results: a JSON report, its MLflow metrics (for the ``kedro run`` run) and the
     per-item samples. The metrics also go to the stage's training run (see :func:`log_to_training_run`)."""
     results = {"stage": stage, "perplexity": ppl, "tasks": {**mc_summary, **gen_summary}}
@@ -231,22 +274,28 @@ def collect(ppl: dict, mc_summary: dict, mc_records: list, gen_summary: dict, ge
     return results, metrics, [{"stage": stage, **r} for r in mc_records + gen_records]
 
 
-def log_to_training_run(metrics: Mapping[str, float], train_summary: Mapping[str, Any] | None, stage: str
-                        ) -> bool:
+def log_to_training_run(metrics: Mapping[str, float], train_summary: Mapping[str, Any] | None, stage: str) -> bool:
     """Log ``metrics`` as ``eval/<name>`` (step 0) into the run whose id is the summary's
     ``mlflow_run_id``, so a stage's training run carries its evaluation. A summary without a run
     id, or an id unknown to the current tracking store (a model trained elsewhere), only logs a
     warning. Returns whether the metrics were logged."""
     run_id = (train_summary or {}).get("mlflow_run_id")
     if not run_id:
-        log.warning("evaluation of %s: its training summary has no MLflow run id; "
-                    "metrics are logged to the kedro run only", stage)
+        log.warning(
+            "evaluation of %s: its training summary has no MLflow run id; metrics are logged to the kedro run only",
+            stage,
+        )
         return False
     try:
         count = tracking.log_metrics_to_run(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=0)
     except tracking.RunNotFound as err:
-        log.warning("evaluation of %s: training run %s is not in the tracking store (%s); "
-                    "metrics are logged to the kedro run only", stage, run_id, err.error_code)
+        log.warning(
+            "evaluation of %s: training run %s is not in the tracking store (%s); "
+            "metrics are logged to the kedro run only",
+            stage,
+            run_id,
+            err.error_code,
+        )
         return False
     log.info("evaluation of %s: %d metrics logged to training run %s", stage, count, run_id)
     return True

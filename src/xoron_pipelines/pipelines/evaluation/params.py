@@ -50,10 +50,10 @@ class OfflineTasks(StrictModel):
 
 
 class Perplexity(StrictModel):
-    packed_val: bool = True                          # score the held-out packed split
-    heldout_text: bool = True                        # score the generated held-out conversations
+    packed_val: bool = True  # score the held-out packed split
+    heldout_text: bool = True  # score the generated held-out conversations
     text_sources: list[Source] = Field(default_factory=list)  # more texts (data_processing source entries)
-    max_rows: int | None = Field(default=64, ge=1)   # packed rows / texts per source (null = all)
+    max_rows: int | None = Field(default=64, ge=1)  # packed rows / texts per source (null = all)
     max_length: int | None = Field(default=None, ge=2)  # window length; null = model max positions
     max_record_bytes: int = Field(default=1_000_000, ge=1)
     stdlib_corpus: StdlibCorpus = Field(default_factory=StdlibCorpus)
@@ -61,7 +61,7 @@ class Perplexity(StrictModel):
 
 class MultipleChoice(StrictModel):
     acc_norm_unit: Literal["chars", "bytes"] = "chars"  # lm-evaluation-harness divides by characters
-    add_bos: bool = True                                # contexts start with bos, like the packed documents
+    add_bos: bool = True  # contexts start with bos, like the packed documents
 
 
 class GSM8K(StrictModel):
@@ -69,14 +69,14 @@ class GSM8K(StrictModel):
 
 
 class HumanEval(StrictModel):
-    n_samples: int = Field(default=1, ge=1)          # completions per problem (n of pass@k)
+    n_samples: int = Field(default=1, ge=1)  # completions per problem (n of pass@k)
     ks: list[int] = Field(default_factory=lambda: [1], min_length=1)
     temperature: float = Field(default=0.0, ge=0.0)  # 0 = greedy
     top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=96, ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "HumanEval":
+    def _check(self) -> HumanEval:
         bad = [k for k in self.ks if not 1 <= k <= self.n_samples]
         if bad:
             raise ValueError(f"ks {bad} must be between 1 and n_samples ({self.n_samples})")
@@ -92,7 +92,7 @@ class Sandbox(StrictModel):
     memory_mb: int = Field(default=1024, ge=64)
     cpu_s: int = Field(default=10, ge=1)
     file_mb: int = Field(default=16, ge=1)
-    max_processes: int = Field(default=32, ge=2)   # the sandbox's init + the program's own processes
+    max_processes: int = Field(default=32, ge=2)  # the sandbox's init + the program's own processes
     tmp_mb: int = Field(default=64, ge=1)
     allow_weak_isolation: bool = False
 
@@ -102,7 +102,7 @@ class Params(StrictModel):
     eval_batch_size: int = Field(default=8, ge=1)
     evals_registry_path: str | None = None
     tasks: dict[EvalName, TaskFile] = Field(default_factory=_default_tasks)
-    max_samples: int | None = Field(default=50, ge=1)   # items per task (null = all)
+    max_samples: int | None = Field(default=50, ge=1)  # items per task (null = all)
     compare_stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     chat_prompts: list[Stage] = Field(default_factory=lambda: ["tools", "preference"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -116,7 +116,7 @@ class Params(StrictModel):
     sandbox: Sandbox = Field(default_factory=Sandbox)
 
     @model_validator(mode="after")
-    def _check(self) -> "Params":
+    def _check(self) -> Params:
         for key in ("evals", "compare_stages", "chat_prompts"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
@@ -124,11 +124,16 @@ class Params(StrictModel):
         for name in EVAL_NAMES:
             if name not in self.tasks:
                 self.tasks[name] = TaskFile()
-        missing = [n for n in self.evals if self.tasks[n].path is None and self.evals_registry_path is None
-                   and getattr(self.offline_tasks, n) == 0]
+        missing = [
+            n
+            for n in self.evals
+            if self.tasks[n].path is None and self.evals_registry_path is None and getattr(self.offline_tasks, n) == 0
+        ]
         if missing:
-            raise ValueError(f"evals {missing} have no task file: set tasks.<name>.path, evals_registry_path, "
-                             f"or a non-zero offline_tasks.<name>")
+            raise ValueError(
+                f"evals {missing} have no task file: set tasks.<name>.path, evals_registry_path, "
+                f"or a non-zero offline_tasks.<name>"
+            )
         if not self.compare_stages:
             raise ValueError("compare_stages needs at least one stage")
         return self

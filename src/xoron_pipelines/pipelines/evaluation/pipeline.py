@@ -18,8 +18,14 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from .nodes import (collect, compare_stages, evaluate_generation, evaluate_multiple_choice, evaluate_perplexity,
-                    generate_offline_tasks)
+from .nodes import (
+    collect,
+    compare_stages,
+    evaluate_generation,
+    evaluate_multiple_choice,
+    evaluate_perplexity,
+    generate_offline_tasks,
+)
 from .params import STAGES
 
 SHARED = {"packed_val", "tokenizer", "evaluation_generated_tasks"}
@@ -33,19 +39,41 @@ def _for_stage(func, stage: str):
 
 def stage_pipeline(stage: str) -> Pipeline:
     """The evaluation of one stage's model, namespaced ``<stage>``."""
-    template = Pipeline([
-        Node(evaluate_perplexity, ["model", "packed_val", "tokenizer", "evaluation_generated_tasks",
-                                   "params:evaluation"], "perplexity", name="perplexity"),
-        Node(evaluate_multiple_choice, ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
-             ["multiple_choice", "multiple_choice_records"], name="multiple_choice"),
-        Node(_for_stage(evaluate_generation, stage),
-             ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
-             ["generation", "generation_records"], name="generation"),
-        Node(_for_stage(collect, stage),
-             ["perplexity", "multiple_choice", "multiple_choice_records", "generation", "generation_records",
-              "train_summary"],
-             ["evaluation_results", "evaluation_metrics", "evaluation_samples"], name="collect"),
-    ])
+    template = Pipeline(
+        [
+            Node(
+                evaluate_perplexity,
+                ["model", "packed_val", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
+                "perplexity",
+                name="perplexity",
+            ),
+            Node(
+                evaluate_multiple_choice,
+                ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
+                ["multiple_choice", "multiple_choice_records"],
+                name="multiple_choice",
+            ),
+            Node(
+                _for_stage(evaluate_generation, stage),
+                ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
+                ["generation", "generation_records"],
+                name="generation",
+            ),
+            Node(
+                _for_stage(collect, stage),
+                [
+                    "perplexity",
+                    "multiple_choice",
+                    "multiple_choice_records",
+                    "generation",
+                    "generation_records",
+                    "train_summary",
+                ],
+                ["evaluation_results", "evaluation_metrics", "evaluation_samples"],
+                name="collect",
+            ),
+        ]
+    )
     return pipeline(
         template,
         namespace=stage,
@@ -56,9 +84,17 @@ def stage_pipeline(stage: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    tasks = Pipeline([Node(generate_offline_tasks, "params:evaluation", "evaluation_generated_tasks",
-                           name="generate_offline_tasks")])
-    compare = Pipeline([Node(compare_stages, ["params:evaluation", *(f"evaluation_results_{s}" for s in STAGES)],
-                             ["evaluation_comparison", "evaluation_comparison_md", "evaluation_chart"],
-                             name="compare_stages")])
+    tasks = Pipeline(
+        [Node(generate_offline_tasks, "params:evaluation", "evaluation_generated_tasks", name="generate_offline_tasks")]
+    )
+    compare = Pipeline(
+        [
+            Node(
+                compare_stages,
+                ["params:evaluation", *(f"evaluation_results_{s}" for s in STAGES)],
+                ["evaluation_comparison", "evaluation_comparison_md", "evaluation_chart"],
+                name="compare_stages",
+            )
+        ]
+    )
     return Pipeline([tasks, *(stage_pipeline(s) for s in STAGES), compare], tags=["evaluation"])

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from xoron_pipelines.export.bundle import FORMAT_DIRS, export_model
 
@@ -13,19 +14,21 @@ from .params import STAGES, Params
 OUTPUTS = [*(f"export_{name}" for name in FORMAT_DIRS.values()), "export_manifest", "export_metrics"]
 
 
-def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any], *per_stage: Any
-                 ) -> tuple[Any, ...]:
+def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any], *per_stage: Any) -> tuple[Any, ...]:
     """Exports ``stage_models[params.source]`` (only that stage's model is loaded).
     ``per_stage``: every stage's ``<stage>.train_summary`` in :data:`STAGES` order, then every
     stage's ``<stage>.lora_adapter`` (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`)
     in the same order; the source stage's summary goes into the model card and its adapter is the
     ``lora`` format. Returns the values of :data:`OUTPUTS`."""
     if len(per_stage) != 2 * len(STAGES):
-        raise ValueError(f"export_stage takes a train summary and a LoRA adapter per stage {list(STAGES)}: "
-                         f"{2 * len(STAGES)} inputs after params, got {len(per_stage)}")
+        raise ValueError(
+            f"export_stage takes a train summary and a LoRA adapter per stage {list(STAGES)}: "
+            f"{2 * len(STAGES)} inputs after params, got {len(per_stage)}"
+        )
     p = Params.model_validate(params)
-    summaries = dict(zip(STAGES, per_stage[:len(STAGES)]))
-    adapters = dict(zip(STAGES, per_stage[len(STAGES):]))
-    manifest, metrics, artefacts = export_model(stage_models[p.source], tokenizer, packed_val, summaries[p.source], p,
-                                                adapters[p.source])
+    summaries = dict(zip(STAGES, per_stage[: len(STAGES)]))
+    adapters = dict(zip(STAGES, per_stage[len(STAGES) :]))
+    manifest, metrics, artefacts = export_model(
+        stage_models[p.source], tokenizer, packed_val, summaries[p.source], p, adapters[p.source]
+    )
     return (*(artefacts[name] for name in FORMAT_DIRS.values()), manifest, metrics)

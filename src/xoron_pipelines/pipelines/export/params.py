@@ -16,11 +16,15 @@ GGUFType = Literal["f16", "q8_0"]
 class Params(StrictModel):
     """What to export, from which stage, and where."""
 
-    source: Literal[STAGES] = Field(
-        "preference", description="stage whose model is exported (data/06_models/<stage>)")
-    output_dir: str = Field("data/07_model_output/export", min_length=1, description=(
-        "directory of the export_* catalog entries: conf/base/globals.yml export_output_dir, or --params "
-        "export.output_dir=DIR (both read by the catalog); the manifest records paths under it"))
+    source: Literal[STAGES] = Field("preference", description="stage whose model is exported (data/06_models/<stage>)")
+    output_dir: str = Field(
+        "data/07_model_output/export",
+        min_length=1,
+        description=(
+            "directory of the export_* catalog entries: conf/base/globals.yml export_output_dir, or --params "
+            "export.output_dir=DIR (both read by the catalog); the manifest records paths under it"
+        ),
+    )
     formats: list[Format] = Field(default_factory=lambda: ["hf", "gguf", "onnx", "lora"], min_length=1)
     gguf_types: list[GGUFType] = Field(default_factory=lambda: ["f16", "q8_0"], min_length=1)
     onnx_opset: int = Field(18, ge=17, le=23)
@@ -30,11 +34,16 @@ class Params(StrictModel):
     register_mlflow: bool = True
     registered_model_name: str = Field("xoron", min_length=1)
     prefer_native: bool = Field(True, description="HF dir as a native transformers class where lossless")
-    max_new_tokens: int = Field(256, gt=0, description=(
-        "generation_config.json max_new_tokens of the HF export: generate()'s and the MLflow pyfunc's default"))
+    max_new_tokens: int = Field(
+        256,
+        gt=0,
+        description=(
+            "generation_config.json max_new_tokens of the HF export: generate()'s and the MLflow pyfunc's default"
+        ),
+    )
 
     @model_validator(mode="after")
-    def _unique(self) -> "Params":
+    def _unique(self) -> Params:
         for name in ("formats", "gguf_types"):
             values = getattr(self, name)
             if len(set(values)) != len(values):

@@ -27,9 +27,14 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 export_stage,
-                inputs=["stage_models", "tokenizer", "packed_val", "params:export",
-                        *(f"{stage}.train_summary" for stage in STAGES),
-                        *(f"{stage}.lora_adapter" for stage in STAGES)],
+                inputs=[
+                    "stage_models",
+                    "tokenizer",
+                    "packed_val",
+                    "params:export",
+                    *(f"{stage}.train_summary" for stage in STAGES),
+                    *(f"{stage}.lora_adapter" for stage in STAGES),
+                ],
                 outputs=OUTPUTS,
                 name="export_model",
                 tags=["export"],

@@ -11,8 +11,15 @@ import torch
 
 from xoron_pipelines import tracking
 from xoron_pipelines.latent.cache_build import raw_texts
-from xoron_pipelines.latent.data import (RowBatches, Rows, cache_indices, cache_rows, cached_embeddings_usable,
-                                        stage_rows, stage_tensors)
+from xoron_pipelines.latent.data import (
+    RowBatches,
+    Rows,
+    cache_indices,
+    cache_rows,
+    cached_embeddings_usable,
+    stage_rows,
+    stage_tensors,
+)
 from xoron_pipelines.latent.inference import artifact, build_model, generate
 from xoron_pipelines.latent.model import LatentModel
 from xoron_pipelines.latent.sources import pair_source
@@ -37,7 +44,9 @@ def resolve_device(device: str) -> torch.device:
     """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("latent.device is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device if device != "auto" else "cpu")
+    return torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else device if device != "auto" else "cpu"
+    )
 
 
 def stage_data(data: Any, subset: str, p: Params) -> Any:
@@ -48,15 +57,26 @@ def stage_data(data: Any, subset: str, p: Params) -> Any:
 
 def stage_batches(model: LatentModel, rows: Rows, spec: Any, p: Params, encoder_trains: bool) -> RowBatches:
     """The stage's batch source over ``rows`` (its own batch size, seeded order)."""
-    tensors = stage_tensors(model, rows, kind=spec.kind, identity=spec.identity, encoder_trains=encoder_trains,
-                            tokenizer=model.decoder_bundle.tokenizer, max_target_len=p.max_target_len)
+    tensors = stage_tensors(
+        model,
+        rows,
+        kind=spec.kind,
+        identity=spec.identity,
+        encoder_trains=encoder_trains,
+        tokenizer=model.decoder_bundle.tokenizer,
+        max_target_len=p.max_target_len,
+    )
     return RowBatches(tensors, p.stage_value(spec.name, "batch_size"), p.seed, p.num_workers, p.prefetch_factor)
 
 
 def _skip(model: LatentModel, stage: str, p: Params, reason: str):
     log.info("latent/%s skipped: %s", stage, reason)
     summary = {"stage": stage, "skipped": reason}
-    return model, artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}), summary
+    return (
+        model,
+        artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}),
+        summary,
+    )
 
 
 def _weights_file(stage: str, p: Params) -> str:
@@ -69,8 +89,13 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
     p, ec = Params.model_validate(params), CacheParams.model_validate(cache_params)
     order = p.stages()
     if stage not in order:
-        return _skip(model, stage, p, f"not selected (pipeline_mode={p.pipeline_mode}, run_pretraining="
-                                      f"{p.run_pretraining}, run_finetuning={p.run_finetuning})")
+        return _skip(
+            model,
+            stage,
+            p,
+            f"not selected (pipeline_mode={p.pipeline_mode}, run_pretraining="
+            f"{p.run_pretraining}, run_finetuning={p.run_finetuning})",
+        )
     spec = stage_spec(stage, p)
     parts = trainable_parts(spec, p, first_stage=stage == order[0])
     if not parts:
@@ -80,24 +105,51 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
     train_rows, val_rows = stage_rows(cache, texts, p, stage, use_emb)
     train_b, val_b = (stage_batches(model, rows, spec, p, "encoder" in parts) for rows in (train_rows, val_rows))
     with tracking.stage_run(f"latent.{stage}", tags={"xoron.pipeline": "latent"}) as run:
-        tracking.log_params({"stage": stage, "trains": ",".join(sorted(parts)), "rows": len(train_rows),
-                             "cached_embeddings": use_emb, **p.model_dump()})
+        tracking.log_params(
+            {
+                "stage": stage,
+                "trains": ",".join(sorted(parts)),
+                "rows": len(train_rows),
+                "cached_embeddings": use_emb,
+                **p.model_dump(),
+            }
+        )
         recorder = tracking.StageRecorder(enabled=run is not None)
         summary = train_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log)
-        recorder.log(summary["steps"], {**{f"before_{k}": v for k, v in summary["before"].items()},
-                                        **{f"after_{k}": v for k, v in summary["after"].items()}})
-        summary.update(cached_embeddings=use_emb, val_rows=len(val_rows), mlflow_run_id=run.info.run_id if run else None,
-                       row_sources=dict(Counter(str(o) for o in train_rows.origin)))
-    log.info("latent/%s: %d steps, val loss %.4f -> %.4f", stage, summary["steps"], summary["before"]["eval_loss"],
-             summary["after"]["eval_loss"])
-    return model, artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}), summary
+        recorder.log(
+            summary["steps"],
+            {
+                **{f"before_{k}": v for k, v in summary["before"].items()},
+                **{f"after_{k}": v for k, v in summary["after"].items()},
+            },
+        )
+        summary.update(
+            cached_embeddings=use_emb,
+            val_rows=len(val_rows),
+            mlflow_run_id=run.info.run_id if run else None,
+            row_sources=dict(Counter(str(o) for o in train_rows.origin)),
+        )
+    log.info(
+        "latent/%s: %d steps, val loss %.4f -> %.4f",
+        stage,
+        summary["steps"],
+        summary["before"]["eval_loss"],
+        summary["after"]["eval_loss"],
+    )
+    return (
+        model,
+        artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}),
+        summary,
+    )
 
 
 def handoff(model: LatentModel, params: dict, *summaries: dict):
     """The final latent model (after the last stage that ran) under handoff_best_model_filename."""
     p = Params.model_validate(params)
     ran = [s["stage"] for s in summaries if "skipped" not in s]
-    return artifact(model, p.handoff_best_model_filename, model.decoder_bundle, {"stages_trained": ran}), list(summaries)
+    return artifact(model, p.handoff_best_model_filename, model.decoder_bundle, {"stages_trained": ran}), list(
+        summaries
+    )
 
 
 def generate_examples(model: LatentModel, cache: Any, data: Any, cache_params: dict, params: dict) -> list[dict]:
@@ -111,6 +163,15 @@ def generate_examples(model: LatentModel, cache: Any, data: Any, cache_params: d
     rows = rows.take(list(range(min(p.inference_examples, len(rows)))))
     if not len(rows):
         return []
-    outputs = generate(model, model.decoder_bundle.tokenizer, rows.sources, max_generation_length=p.max_generation_length,
-                       do_sample=p.do_sample, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k, seed=p.seed)
+    outputs = generate(
+        model,
+        model.decoder_bundle.tokenizer,
+        rows.sources,
+        max_generation_length=p.max_generation_length,
+        do_sample=p.do_sample,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        top_k=p.top_k,
+        seed=p.seed,
+    )
     return [{"source": s, "target": t, "generated": g} for s, t, g in zip(rows.sources, rows.targets, outputs)]

@@ -42,13 +42,24 @@ class Params(LatentArchitecture):
     MiniLM, not ModernBERT; the decoder is ours, not GPT-2/Gemma; the default mode runs four stages."""
 
     # ---- model dimensions (the rest: LatentArchitecture) ---------------------------------
-    encoder_hidden_dim: int | None = Field(None, ge=1, validation_alias=_seed_alias("encoder_hidden_dim", "modernbert_hidden_dim"),
-                                           description="checked against the encoder's hidden_size")
-    decoder_hidden_dim: int | None = Field(None, ge=1, validation_alias=_seed_alias("decoder_hidden_dim", "gpt2_hidden_dim"),
-                                           description="checked against the decoder's hidden_size")
+    encoder_hidden_dim: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=_seed_alias("encoder_hidden_dim", "modernbert_hidden_dim"),
+        description="checked against the encoder's hidden_size",
+    )
+    decoder_hidden_dim: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=_seed_alias("decoder_hidden_dim", "gpt2_hidden_dim"),
+        description="checked against the decoder's hidden_size",
+    )
     # ---- encoder / decoder ---------------------------------------------------------------
-    encoder_model: str | None = Field(None, validation_alias=AliasChoices("encoder_model", "modernbert_model"),
-                                      description="null = embedding_cache.encoder_model")
+    encoder_model: str | None = Field(
+        None,
+        validation_alias=AliasChoices("encoder_model", "modernbert_model"),
+        description="null = embedding_cache.encoder_model",
+    )
     # ---- training ----------------------------------------------------------------------
     learning_rate: float = Field(2e-5, gt=0)
     batch_size: int = Field(30, ge=1)
@@ -70,13 +81,15 @@ class Params(LatentArchitecture):
     use_bf16: bool = True
     use_gradient_checkpointing: bool = True
     use_torch_compile: bool = False
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = \
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "reduce-overhead"
+    )
     async_checkpointing: bool = True
     # ---- checkpointing -------------------------------------------------------------------
     checkpoint_dir: str = Field("data/06_models/latent/checkpoints", min_length=1)
     keep_configurations: int = Field(
-        3, ge=1, description="per stage, keep the checkpoints of this many most recently used configurations")
+        3, ge=1, description="per stage, keep the checkpoints of this many most recently used configurations"
+    )
     save_every: int = Field(500, ge=1)
     pretrain_best_model_filename: str = Field("best_model_pretrain.safetensors", pattern=r"^[^/\\]+\.safetensors$")
     finetune_best_model_filename: str = Field("best_model_finetune.safetensors", pattern=r"^[^/\\]+\.safetensors$")
@@ -89,8 +102,11 @@ class Params(LatentArchitecture):
     top_k: int = Field(50, ge=0)
     inference_examples: int = Field(4, ge=0, description="validation sources turned into text by the node")
     # ---- datasets ------------------------------------------------------------------------
-    dataset_name: str = Field("synth/dialogue_summary", min_length=1,
-                              description="the pairs: synth/<type>, a local path or a Hub id (latent/sources.py)")
+    dataset_name: str = Field(
+        "synth/dialogue_summary",
+        min_length=1,
+        description="the pairs: synth/<type>, a local path or a Hub id (latent/sources.py)",
+    )
     train_split: str = Field("train", min_length=1)
     validation_split: str = Field("validation", min_length=1)
     test_split: str = Field("test", min_length=1)
@@ -118,15 +134,27 @@ class Params(LatentArchitecture):
     pretrain_adapter_max_samples: int | None = Field(None, ge=1)
     finetune_middle_max_samples: int | None = Field(None, ge=1)
     finetune_adapter_max_samples: int | None = Field(None, ge=1)
-    pretrain_middle_max_samples_prose: int | None = Field(None, ge=0, validation_alias=_seed_alias(
-        "pretrain_middle_max_samples_prose", "pretrain_middle_max_samples_wikitext"))
-    pretrain_middle_max_samples_code: int | None = Field(None, ge=0, validation_alias=_seed_alias(
-        "pretrain_middle_max_samples_code", "pretrain_middle_max_samples_arxiv"))
+    pretrain_middle_max_samples_prose: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=_seed_alias("pretrain_middle_max_samples_prose", "pretrain_middle_max_samples_wikitext"),
+    )
+    pretrain_middle_max_samples_code: int | None = Field(
+        None,
+        ge=0,
+        validation_alias=_seed_alias("pretrain_middle_max_samples_code", "pretrain_middle_max_samples_arxiv"),
+    )
     pretrain_middle_max_samples_english: int | None = Field(None, ge=0)
-    pretrain_adapter_max_samples_prose: int | None = Field(150000, ge=0, validation_alias=_seed_alias(
-        "pretrain_adapter_max_samples_prose", "pretrain_adapter_max_samples_wikitext"))
-    pretrain_adapter_max_samples_code: int | None = Field(150000, ge=0, validation_alias=_seed_alias(
-        "pretrain_adapter_max_samples_code", "pretrain_adapter_max_samples_arxiv"))
+    pretrain_adapter_max_samples_prose: int | None = Field(
+        150000,
+        ge=0,
+        validation_alias=_seed_alias("pretrain_adapter_max_samples_prose", "pretrain_adapter_max_samples_wikitext"),
+    )
+    pretrain_adapter_max_samples_code: int | None = Field(
+        150000,
+        ge=0,
+        validation_alias=_seed_alias("pretrain_adapter_max_samples_code", "pretrain_adapter_max_samples_arxiv"),
+    )
     # ---- losses / diagnostics ------------------------------------------------------------
     latent_mse_weight: float = Field(1.0, ge=0)
     contrastive_weight: float = Field(0.1, ge=0)
@@ -154,19 +182,28 @@ class Params(LatentArchitecture):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "Params":
+    def _check(self) -> Params:
         if self.latent_dim % self.middle_num_heads:
-            raise ValueError(f"latent_dim={self.latent_dim} must be divisible by middle_num_heads={self.middle_num_heads}")
+            raise ValueError(
+                f"latent_dim={self.latent_dim} must be divisible by middle_num_heads={self.middle_num_heads}"
+            )
         if (self.middle_use_rope or self.adapter_use_rope) and self.latent_dim // self.middle_num_heads % 2:
             raise ValueError("RoPE needs an even head size: latent_dim / middle_num_heads must be even")
         if self.num_workers == 0 and self.prefetch_factor is not None:
-            raise ValueError(f"prefetch_factor={self.prefetch_factor} needs worker processes (num_workers > 0); "
-                             "set prefetch_factor: null or num_workers >= 1")
+            raise ValueError(
+                f"prefetch_factor={self.prefetch_factor} needs worker processes (num_workers > 0); "
+                "set prefetch_factor: null or num_workers >= 1"
+            )
         if self.attn_implementation == "flash_attention_2" and not flash_attention_available():
-            raise ValueError("attn_implementation: flash_attention_2 needs the flash_attn package and a CUDA GPU; "
-                             "use sdpa (fused kernels where available) or eager")
-        names = {"pretrain": self.pretrain_best_model_filename, "finetune": self.finetune_best_model_filename,
-                 "handoff": self.handoff_best_model_filename}
+            raise ValueError(
+                "attn_implementation: flash_attention_2 needs the flash_attn package and a CUDA GPU; "
+                "use sdpa (fused kernels where available) or eager"
+            )
+        names = {
+            "pretrain": self.pretrain_best_model_filename,
+            "finetune": self.finetune_best_model_filename,
+            "handoff": self.handoff_best_model_filename,
+        }
         if len(set(names.values())) < 3:
             raise ValueError(f"the three *_best_model_filename values must differ, got {names}")
         return self
@@ -187,8 +224,11 @@ class Params(LatentArchitecture):
     def dataset_caps(self, stage: str) -> dict[str, int]:
         """Per-source caps of a pretraining stage: ledger source name -> max rows."""
         caps = {}
-        for key, name in (("prose", self.prose_dataset), ("code", self.code_dataset),
-                          ("english", self.english_pretrain_dataset)):
+        for key, name in (
+            ("prose", self.prose_dataset),
+            ("code", self.code_dataset),
+            ("english", self.english_pretrain_dataset),
+        ):
             cap = getattr(self, f"{stage}_max_samples_{key}", None)
             if name is not None and cap is not None:
                 caps[name] = cap

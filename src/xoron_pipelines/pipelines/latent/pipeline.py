@@ -22,19 +22,41 @@ _DATA = {"pretrain": ("latent_pretrain_cache", "latent_pretrain_text"), "finetun
 def _stage_node(stage: str, previous: str) -> Node:
     func = update_wrapper(partial(train_latent_stage, stage=stage), train_latent_stage)
     cache, data = _DATA[stage.split("_")[0]]
-    return Node(func, [previous, cache, data, "params:embedding_cache", "params:latent"],
-                [f"latent_live_{stage}", f"latent_model_{stage}", f"latent_summary_{stage}"], name=f"latent_{stage}")
+    return Node(
+        func,
+        [previous, cache, data, "params:embedding_cache", "params:latent"],
+        [f"latent_live_{stage}", f"latent_model_{stage}", f"latent_summary_{stage}"],
+        name=f"latent_{stage}",
+    )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = [Node(build_latent_model, ["latent_decoder", "params:embedding_cache", "params:latent"], "latent_live_init",
-                  name="latent_build")]
+    nodes = [
+        Node(
+            build_latent_model,
+            ["latent_decoder", "params:embedding_cache", "params:latent"],
+            "latent_live_init",
+            name="latent_build",
+        )
+    ]
     previous = "latent_live_init"
     for stage in STAGES:
         nodes.append(_stage_node(stage, previous))
         previous = f"latent_live_{stage}"
-    nodes.append(Node(handoff, [previous, "params:latent", *[f"latent_summary_{s}" for s in STAGES]],
-                      ["latent_model", "latent_stage_summaries"], name="latent_handoff"))
-    nodes.append(Node(generate_examples, [previous, "latent_pair_cache", "synth_raw", "params:embedding_cache",
-                                          "params:latent"], "latent_samples", name="latent_generate"))
+    nodes.append(
+        Node(
+            handoff,
+            [previous, "params:latent", *[f"latent_summary_{s}" for s in STAGES]],
+            ["latent_model", "latent_stage_summaries"],
+            name="latent_handoff",
+        )
+    )
+    nodes.append(
+        Node(
+            generate_examples,
+            [previous, "latent_pair_cache", "synth_raw", "params:embedding_cache", "params:latent"],
+            "latent_samples",
+            name="latent_generate",
+        )
+    )
     return Pipeline(nodes, tags=["latent"])

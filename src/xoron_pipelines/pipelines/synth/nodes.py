@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 def generate_synthetic(params: Params | dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """All enabled types (count > 0) as partitions ``{type: rows}``, plus their manifest."""
     p = Params.model_validate(params)
-    partitions = generate_all(p.counts.as_dict(), p.seed, p.difficulty.normalised(),
-                              allow_weak_isolation=p.sandbox.allow_weak_isolation)
+    partitions = generate_all(
+        p.counts.as_dict(), p.seed, p.difficulty.normalised(), allow_weak_isolation=p.sandbox.allow_weak_isolation
+    )
     report = manifest(partitions, p.seed)
     log.info("synth: %d rows over %d types (seed %d)", report["total"], len(partitions), p.seed)
     return partitions, report

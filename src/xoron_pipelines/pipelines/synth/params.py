@@ -29,9 +29,7 @@ class Counts(_CountsBase):
         if isinstance(values, dict):
             unknown = sorted(set(values) - set(SYNTH_TYPES))
             if unknown:
-                raise ValueError(
-                    f"unknown synthetic data type(s) {unknown}; valid types are {list(SYNTH_TYPES)}"
-                )
+                raise ValueError(f"unknown synthetic data type(s) {unknown}; valid types are {list(SYNTH_TYPES)}")
         return values
 
     def as_dict(self) -> dict[str, int]:
@@ -46,7 +44,7 @@ class Difficulty(StrictModel):
     hard: float = Field(default=0.2, ge=0)
 
     @model_validator(mode="after")
-    def _some_weight(self) -> "Difficulty":
+    def _some_weight(self) -> Difficulty:
         if self.easy + self.medium + self.hard <= 0:
             raise ValueError("at least one difficulty weight must be positive")
         return self

@@ -14,7 +14,8 @@ node) also the stage's LoRA adapter (``<stage>.lora_adapter``; empty without LoR
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -50,11 +51,21 @@ def _max_len(params: StageParams, model) -> int:
     return params.max_seq_len or int(model.config.max_position_embeddings)
 
 
-def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: StageData | None,
-           checkpoints: CheckpointStore | None, with_adapter: bool):
+def _train(
+    stage: str,
+    kind: Kind,
+    model,
+    tokenizer,
+    params: StageParams,
+    data: StageData | None,
+    checkpoints: CheckpointStore | None,
+    with_adapter: bool,
+):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"stage {stage}: the tokenizer has {len(tokenizer)} ids but the model only "
-                         f"{model.config.vocab_size} (set model.overrides.vocab_size >= {len(tokenizer)})")
+        raise ValueError(
+            f"stage {stage}: the tokenizer has {len(tokenizer)} ids but the model only "
+            f"{model.config.vocab_size} (set model.overrides.vocab_size >= {len(tokenizer)})"
+        )
     if not params.enabled:
         log.info("stage %s is disabled: passing its starting model through", stage)
         out = model, passthrough_summary(stage, kind), LoraAdapter()
@@ -63,8 +74,18 @@ def _train(stage: str, kind: Kind, model, tokenizer, params: StageParams, data: 
     return out if with_adapter else out[:2]
 
 
-def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, stage_params: Mapping[str, Any],
-                    checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
+def train_causal_lm(
+    init_model,
+    tokenizer,
+    train_data,
+    val_data,
+    packed_mixes,
+    stage_params: Mapping[str, Any],
+    checkpoints: CheckpointStore | None = None,
+    *,
+    stage: str,
+    with_adapter: bool = False,
+):
     """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
     ``packed_mixes[data_mix]`` when the stage names one."""
     params = _params(stage_params, "causal_lm")
@@ -80,12 +101,19 @@ def train_causal_lm(init_model, tokenizer, train_data, val_data, packed_mixes, s
     source = stage_data.packed_source(train_data.path, cfg.batch_size, cfg.seed, params.max_samples)
     val = stage_data.packed_source(val_data.path, params.eval.batch_size or cfg.batch_size, cfg.seed, shuffle=False)
     if tokenizer is not None:
-        stage_data.check_tokenizer_matches(stage, tokenizer, {"train": train_data, "val": val_data},
-                                           {"train": source, "val": val})
-    data = StageData(source, stage_data.lm_eval_fn(val, params.eval.max_batches),
-                     fingerprint=tokens_fingerprint([source, val], tokenizer),
-                     extra_summary={"unigram_entropy": stage_data.unigram_entropy(source),
-                                    "train_rows": source.num_rows, "data_mix": params.data_mix})
+        stage_data.check_tokenizer_matches(
+            stage, tokenizer, {"train": train_data, "val": val_data}, {"train": source, "val": val}
+        )
+    data = StageData(
+        source,
+        stage_data.lm_eval_fn(val, params.eval.max_batches),
+        fingerprint=tokens_fingerprint([source, val], tokenizer),
+        extra_summary={
+            "unigram_entropy": stage_data.unigram_entropy(source),
+            "train_rows": source.num_rows,
+            "data_mix": params.data_mix,
+        },
+    )
     return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
@@ -97,8 +125,16 @@ def _example_sources(train: list, val: list, params, pad_id: int):
     return source, stage_data.example_source(val, val_batch, pad_id, cfg.seed, shuffle=False)
 
 
-def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
-              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
+def train_sft(
+    init_model,
+    tokenizer,
+    synth_raw: Mapping[str, Any],
+    stage_params: Mapping[str, Any],
+    checkpoints: CheckpointStore | None = None,
+    *,
+    stage: str,
+    with_adapter: bool = False,
+):
     """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
     params = _params(stage_params, "sft")
     if not params.enabled:
@@ -108,14 +144,25 @@ def train_sft(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
-    data = StageData(source, stage_data.lm_eval_fn(val_source, params.eval.max_batches),
-                     fingerprint=rows_fingerprint(rows, tokenizer),
-                     extra_summary={"train_examples": len(train), "val_examples": len(val)})
+    data = StageData(
+        source,
+        stage_data.lm_eval_fn(val_source, params.eval.max_batches),
+        fingerprint=rows_fingerprint(rows, tokenizer),
+        extra_summary={"train_examples": len(train), "val_examples": len(val)},
+    )
     return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
-def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params: Mapping[str, Any],
-              checkpoints: CheckpointStore | None = None, *, stage: str, with_adapter: bool = False):
+def train_dpo(
+    init_model,
+    tokenizer,
+    synth_raw: Mapping[str, Any],
+    stage_params: Mapping[str, Any],
+    checkpoints: CheckpointStore | None = None,
+    *,
+    stage: str,
+    with_adapter: bool = False,
+):
     """DPO stage against a frozen copy of the starting model on chosen / rejected pairs."""
     params = _params(stage_params, "dpo")
     if not params.enabled:
@@ -126,15 +173,29 @@ def train_dpo(init_model, tokenizer, synth_raw: Mapping[str, Any], stage_params:
     train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
     reference = make_reference(init_model)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
-    data = StageData(source, stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
-                     loss_fn=make_dpo_loss_fn(reference, params.beta),
-                     fingerprint=rows_fingerprint(rows, tokenizer),
-                     extra_summary={"train_pairs": len(train), "val_pairs": len(val)})
+    data = StageData(
+        source,
+        stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
+        loss_fn=make_dpo_loss_fn(reference, params.beta),
+        fingerprint=rows_fingerprint(rows, tokenizer),
+        extra_summary={"train_pairs": len(train), "val_pairs": len(val)},
+    )
     return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
-SUMMARY_COLUMNS = ["stage", "kind", "enabled", "steps", "tokens_seen", "train_loss", "eval_loss",
-                   "unigram_entropy", "eval_reward_accuracies", "tokens_per_s", "wall_s"]
+SUMMARY_COLUMNS = [
+    "stage",
+    "kind",
+    "enabled",
+    "steps",
+    "tokens_seen",
+    "train_loss",
+    "eval_loss",
+    "unigram_entropy",
+    "eval_reward_accuracies",
+    "tokens_per_s",
+    "wall_s",
+]
 
 
 def summarise_stages(*summaries: Mapping[str, Any]) -> pd.DataFrame:

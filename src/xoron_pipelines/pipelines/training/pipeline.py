@@ -25,9 +25,9 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline, pipeline
 
-from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
 from xoron_pipelines.training.schema import STAGES, Kind
 
+from .nodes import initialise_model, summarise_stages, train_causal_lm, train_dpo, train_sft
 
 #: the data inputs of each kind (shared, un-namespaced datasets)
 DATA_INPUTS: dict[str, list[str]] = {
@@ -47,9 +47,14 @@ def _for_stage(func, stage: str, **kwargs):
 def stage_pipeline(kind: Kind, stage: str, group: str, init_from: str | None) -> Pipeline:
     """Stage ``stage`` of kind ``kind`` under namespace ``stage`` (see the module doc)."""
     data = DATA_INPUTS[kind]
-    nodes = [Node(_for_stage(_TRAIN[kind], stage, with_adapter=True),
-                  ["init_model", "tokenizer", *data, "params:stage", "checkpoints"],
-                  ["model", "train_summary", "lora_adapter"], name="train")]
+    nodes = [
+        Node(
+            _for_stage(_TRAIN[kind], stage, with_adapter=True),
+            ["init_model", "tokenizer", *data, "params:stage", "checkpoints"],
+            ["model", "train_summary", "lora_adapter"],
+            name="train",
+        )
+    ]
     inputs = {"tokenizer": "tokenizer", **{d: d for d in data}}
     parameters = {"params:stage": f"params:{group}.stages.{stage}"}
     if init_from is None:
@@ -66,8 +71,9 @@ def group_pipeline(group: str, init_from: str | None) -> Pipeline:
     for stage, kind in STAGES[group].items():
         stages.append(stage_pipeline(kind, stage, group, previous))
         previous = f"{stage}.model"
-    summary = Node(summarise_stages, [f"{s}.train_summary" for s in STAGES[group]], f"{group}_summary",
-                   name=f"summarise_{group}")
+    summary = Node(
+        summarise_stages, [f"{s}.train_summary" for s in STAGES[group]], f"{group}_summary", name=f"summarise_{group}"
+    )
     return Pipeline([*stages, summary], tags=[group, "training"])
 
 

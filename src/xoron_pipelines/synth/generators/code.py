@@ -36,8 +36,11 @@ def code_exec_python(rng: random.Random, difficulty: str) -> dict[str, Any]:
     """A generated Python program, executed: its exact stdout (and error line, if it raises)."""
     code = python_program(rng, difficulty)
     stdout, error = run_python(code)
-    summary = (f"The program stops with `{error}`." if error
-               else f"The program prints {len(stdout.splitlines())} line(s), shown above.")
+    summary = (
+        f"The program stops with `{error}`."
+        if error
+        else f"The program prints {len(stdout.splitlines())} line(s), shown above."
+    )
     answer = f"{wrap('exec', code.rstrip())}\n{_result_block(stdout, error)}\n{summary}"
     return {
         "messages": chat(rng, ("user", f"{pick(rng, PY_ASKS)}\n```python\n{code}```"), ("assistant", answer)),
@@ -67,8 +70,14 @@ def code_exec_jupyter(rng: random.Random, difficulty: str) -> dict[str, Any]:
     cells = _cells(rng, difficulty)
     outputs = run_cells(cells)
     blocks = [f"{wrap('jupyter_code', c)}\n{wrap('jupyter_output', o.rstrip(chr(10)))}" for c, o in zip(cells, outputs)]
-    ask = pick(rng, ("Explore this list in a notebook.", "Let's look at these numbers in Jupyter.",
-                     "Use a notebook to get some quick statistics."))
+    ask = pick(
+        rng,
+        (
+            "Explore this list in a notebook.",
+            "Let's look at these numbers in Jupyter.",
+            "Use a notebook to get some quick statistics.",
+        ),
+    )
     return {
         "messages": chat(rng, ("user", ask), ("assistant", "\n".join(blocks))),
         "metadata": {"language": "python", "cells": cells, "outputs": outputs},
@@ -107,7 +116,7 @@ class Shell:
             (f"tr a-z A-Z < {name}", [ln.upper() for ln in lines]),
             (f"sort {name} | head -n 1", sorted(lines)[:1]),
             (f"echo $(( {a} * {b} + {len(lines)} ))", [str(a * b + len(lines))]),
-            (f"python3 -c \"print(sum(range({a})))\"", [str(sum(range(a)))]),
+            (f'python3 -c "print(sum(range({a})))"', [str(sum(range(a)))]),
         ]
         command, out = pick(rng, tuple(options))
         return command, "\n".join(out)
@@ -143,9 +152,14 @@ def code_exec_shell(rng: random.Random, difficulty: str) -> dict[str, Any]:
         if output:
             parts.append(wrap("exec_result", output))
     who = names(rng, 1)[0]
-    ask = pick(rng, ("Run these commands in an empty directory and show the output.",
-                     f"{who} asked me to check these files. Can you run it?",
-                     "Please execute this shell session step by step."))
+    ask = pick(
+        rng,
+        (
+            "Run these commands in an empty directory and show the output.",
+            f"{who} asked me to check these files. Can you run it?",
+            "Please execute this shell session step by step.",
+        ),
+    )
     listing = "\n".join(c for c, _ in steps)
     return {
         "messages": chat(rng, ("user", f"{ask}\n```bash\n{listing}\n```"), ("assistant", "\n".join(parts))),
@@ -186,6 +200,12 @@ def fim(rng: random.Random, difficulty: str) -> dict[str, Any]:
     return {
         "text": text,
         "category": "fim",
-        "metadata": {"language": language, "path": path, "mode": mode, "original": code,
-                     "middle_start": start, "middle_end": end},
+        "metadata": {
+            "language": language,
+            "path": path,
+            "mode": mode,
+            "original": code,
+            "middle_start": start,
+            "middle_end": end,
+        },
     }

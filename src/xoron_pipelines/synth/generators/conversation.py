@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import CITIES, DAYS, ITEMS, WORDS, chat, names, num, pick
 
 GLOSSARY = {
     "a variable": "A variable is a name that refers to a value, so a program can read or change it later.",
     "recursion": "Recursion is when a function solves a problem by calling itself on a smaller version of it, "
-                 "until it reaches a base case it can answer directly.",
+    "until it reaches a base case it can answer directly.",
     "a hash table": "A hash table stores key-value pairs and uses a hash of the key to find a value in about "
-                    "constant time on average.",
+    "constant time on average.",
     "an API": "An API (application programming interface) is a defined set of operations one program offers "
-              "to others, with the inputs and outputs each one expects.",
+    "to others, with the inputs and outputs each one expects.",
     "a unit test": "A unit test runs one small piece of code, such as a function, with known inputs and checks "
-                   "that it returns the expected result.",
+    "that it returns the expected result.",
     "version control": "Version control records every change to a set of files, so you can see who changed "
-                       "what, go back to earlier versions and merge work from several people.",
+    "what, go back to earlier versions and merge work from several people.",
     "a race condition": "A race condition is a bug where the result depends on the timing of concurrent "
-                        "operations, for example two threads updating the same value.",
+    "operations, for example two threads updating the same value.",
     "Big-O notation": "Big-O notation describes how an algorithm's running time or memory grows with the size "
-                      "of its input, ignoring constant factors.",
+    "of its input, ignoring constant factors.",
     "a virtual environment": "A virtual environment is an isolated directory with its own interpreter and "
-                             "packages, so each project can pin its own dependency versions.",
+    "packages, so each project can pin its own dependency versions.",
 }
 
 
@@ -35,7 +36,7 @@ def _sentence(rng: random.Random, difficulty: str) -> str:
 
 def _count_words(rng: random.Random, difficulty: str) -> tuple[str, str]:
     s = _sentence(rng, difficulty)
-    return f"How many words are in this sentence: \"{s}\"?", f"It has {len(s.split())} words."
+    return f'How many words are in this sentence: "{s}"?', f"It has {len(s.split())} words."
 
 
 def _sort_words(rng: random.Random, difficulty: str) -> tuple[str, str]:
@@ -45,19 +46,24 @@ def _sort_words(rng: random.Random, difficulty: str) -> tuple[str, str]:
 
 def _convert(rng: random.Random, difficulty: str) -> tuple[str, str]:
     x = num(rng, difficulty)
-    unit, q, a = pick(rng, (
-        ("km", f"Convert {x} km to miles.", f"{x} km is about {x * 0.621371:.2f} miles."),
-        ("C", f"What is {x} °C in Fahrenheit?", f"{x} °C is {x * 9 / 5 + 32:g} °F."),
-        ("h", f"How many minutes are in {x} hours?", f"{x} hours is {x * 60} minutes."),
-        ("kg", f"How many pounds is {x} kg?", f"{x} kg is about {x * 2.20462:.1f} lb."),
-    ))
+    unit, q, a = pick(
+        rng,
+        (
+            ("km", f"Convert {x} km to miles.", f"{x} km is about {x * 0.621371:.2f} miles."),
+            ("C", f"What is {x} °C in Fahrenheit?", f"{x} °C is {x * 9 / 5 + 32:g} °F."),
+            ("h", f"How many minutes are in {x} hours?", f"{x} hours is {x * 60} minutes."),
+            ("kg", f"How many pounds is {x} kg?", f"{x} kg is about {x * 2.20462:.1f} lb."),
+        ),
+    )
     return q, a
 
 
 def _weekday(rng: random.Random, difficulty: str) -> tuple[str, str]:
     start, ahead = rng.randrange(7), num(rng, difficulty)
-    return (f"If today is {DAYS[start]}, what day of the week will it be in {ahead} days?",
-            f"It will be {DAYS[(start + ahead) % 7]}.")
+    return (
+        f"If today is {DAYS[start]}, what day of the week will it be in {ahead} days?",
+        f"It will be {DAYS[(start + ahead) % 7]}.",
+    )
 
 
 def _explain(rng: random.Random, difficulty: str) -> tuple[str, str]:
@@ -68,8 +74,7 @@ def _explain(rng: random.Random, difficulty: str) -> tuple[str, str]:
 
 def _small_talk(rng: random.Random, difficulty: str) -> tuple[str, str]:
     who, city = names(rng, 1)[0], pick(rng, CITIES)
-    return (f"Hi! I'm {who}, writing from {city}.",
-            f"Hi {who}, nice to meet you! How can I help you today?")
+    return (f"Hi! I'm {who}, writing from {city}.", f"Hi {who}, nice to meet you! How can I help you today?")
 
 
 CHAT_TASKS: dict[str, Callable[[random.Random, str], tuple[str, str]]] = {
@@ -95,8 +100,15 @@ def chat_plain(rng: random.Random, difficulty: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- dialogue -> summary
 
-FILLER = ("Hope your week is going well.", "Sorry, I was on a call.", "Ha, sounds good.", "Give me a second.",
-          "By the way, did you see the game?", "Not really, I was busy.", "Great, thanks!")
+FILLER = (
+    "Hope your week is going well.",
+    "Sorry, I was on a call.",
+    "Ha, sounds good.",
+    "Give me a second.",
+    "By the way, did you see the game?",
+    "Not really, I was busy.",
+    "Great, thanks!",
+)
 
 
 def _meeting(rng: random.Random, a: str, b: str, hard: bool) -> tuple[list[tuple[str, str]], str, dict]:
@@ -116,8 +128,11 @@ def _meeting(rng: random.Random, a: str, b: str, hard: bool) -> tuple[list[tuple
 def _purchase(rng: random.Random, a: str, b: str, hard: bool) -> tuple[list[tuple[str, str]], str, dict]:
     singular, plural = pick(rng, ITEMS)
     qty, price = rng.randint(2, 9), rng.randint(3, 40)
-    lines = [(a, f"Hello, do you have {plural} in stock?"), (b, f"Yes, they are ${price} each."),
-             (a, f"I'll take {qty}.")]
+    lines = [
+        (a, f"Hello, do you have {plural} in stock?"),
+        (b, f"Yes, they are ${price} each."),
+        (a, f"I'll take {qty}."),
+    ]
     if hard:
         qty += rng.randint(1, 3)
         lines += [(a, f"Actually, make that {qty}."), (b, "No problem.")]
@@ -130,12 +145,17 @@ def _bug(rng: random.Random, a: str, b: str, hard: bool) -> tuple[list[tuple[str
     app = pick(rng, ("the mobile app", "the dashboard", "the CLI", "the sync service"))
     symptom = pick(rng, ("crashes on startup", "shows a blank page", "logs users out", "uploads files twice"))
     version = f"{rng.randint(1, 5)}.{rng.randint(0, 20)}"
-    lines = [(a, f"Since updating to {version}, {app} {symptom}."), (b, "Thanks for reporting. Which device?"),
-             (a, pick(rng, ("My laptop.", "An older phone.", "Every machine I tried."))),
-             (b, f"I can reproduce it. I'll ship a fix in {version}.1.")]
+    lines = [
+        (a, f"Since updating to {version}, {app} {symptom}."),
+        (b, "Thanks for reporting. Which device?"),
+        (a, pick(rng, ("My laptop.", "An older phone.", "Every machine I tried."))),
+        (b, f"I can reproduce it. I'll ship a fix in {version}.1."),
+    ]
     if hard:
         lines += [(a, "Is there a workaround meanwhile?"), (b, f"Yes, downgrade to the version before {version}.")]
-    summary = f"{a} reports that {app} {symptom} since version {version}; {b} reproduces it and plans a fix in {version}.1"
+    summary = (
+        f"{a} reports that {app} {symptom} since version {version}; {b} reproduces it and plans a fix in {version}.1"
+    )
     summary += ", suggesting a downgrade until then." if hard else "."
     return lines, summary, {"app": app, "symptom": symptom, "version": version}
 
@@ -145,8 +165,12 @@ def _trip(rng: random.Random, a: str, b: str, hard: bool) -> tuple[list[tuple[st
     transport = pick(rng, ("train", "bus", "car", "plane"))
     nights = rng.randint(2, 6)
     booker = pick(rng, (a, b))
-    lines = [(a, f"Want to go to {city} next month?"), (b, f"Yes! {nights} nights?"),
-             (a, f"Sounds right. Shall we take the {transport}?"), (b, "Fine by me.")]
+    lines = [
+        (a, f"Want to go to {city} next month?"),
+        (b, f"Yes! {nights} nights?"),
+        (a, f"Sounds right. Shall we take the {transport}?"),
+        (b, "Fine by me."),
+    ]
     if hard:
         nights += 1
         lines += [(b, f"Could we stay {nights} nights instead?"), (a, "Sure, one more night.")]
@@ -170,8 +194,11 @@ def dialogue_summary(rng: random.Random, difficulty: str) -> dict[str, Any]:
             pos = rng.randint(1, len(lines) - 1)
             lines.insert(pos, (pick(rng, (a, b)), pick(rng, FILLER)))
     source = "\n".join(f"{who}: {text}" for who, text in lines)
-    return {"source": source, "target": summary,
-            "metadata": {"scenario": scenario, "participants": [a, b], "facts": facts, "turns": len(lines)}}
+    return {
+        "source": source,
+        "target": summary,
+        "metadata": {"scenario": scenario, "participants": [a, b], "facts": facts, "turns": len(lines)},
+    }
 
 
 __all__ = ["chat_plain", "dialogue_summary"]

@@ -25,8 +25,11 @@ _NUMBER = re.compile(r"(?<![\w.])\d+(?![\w.])")
 
 def unified_diff(before: str, after: str, path: str) -> str:
     """Plain unified diff of two texts (``a/path`` -> ``b/path``)."""
-    return "".join(difflib.unified_diff(
-        before.splitlines(keepends=True), after.splitlines(keepends=True), f"a/{path}", f"b/{path}"))
+    return "".join(
+        difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+        )
+    )
 
 
 def tokenize_diff(diff: str) -> str:
@@ -98,17 +101,28 @@ def git_diff(rng: random.Random, difficulty: str) -> dict[str, Any]:
     diff = unified_diff(before, edit.after, path)
     direction = pick(rng, ("write_diff", "apply_diff"))
     if direction == "write_diff":
-        user = (f"Here is `{path}` before and after my change. Show the diff.\n"
-                f"{wrap('commit_before', before.rstrip())}\n{wrap('commit_after', edit.after.rstrip())}")
+        user = (
+            f"Here is `{path}` before and after my change. Show the diff.\n"
+            f"{wrap('commit_before', before.rstrip())}\n{wrap('commit_after', edit.after.rstrip())}"
+        )
         answer = wrap("diff", tokenize_diff(diff).rstrip())
     else:
-        user = (f"Apply this patch to `{path}` and give me the new file.\n{wrap('commit_before', before.rstrip())}\n"
-                f"{wrap('diff', tokenize_diff(diff).rstrip())}")
+        user = (
+            f"Apply this patch to `{path}` and give me the new file.\n{wrap('commit_before', before.rstrip())}\n"
+            f"{wrap('diff', tokenize_diff(diff).rstrip())}"
+        )
         answer = wrap("commit_after", edit.after.rstrip())
     return {
         "messages": chat(rng, ("user", user), ("assistant", answer)),
-        "metadata": {"direction": direction, "path": path, "language": language, "edit": edit.kind,
-                     "before": before, "after": edit.after, "diff": diff},
+        "metadata": {
+            "direction": direction,
+            "path": path,
+            "language": language,
+            "edit": edit.kind,
+            "before": before,
+            "after": edit.after,
+            "diff": diff,
+        },
     }
 
 
@@ -136,8 +150,13 @@ def git_commit(rng: random.Random, difficulty: str) -> dict[str, Any]:
     message = f"{header}\n\n{body}"
     return {
         "messages": chat(rng, ("user", user), ("assistant", wrap("commit_msg", message))),
-        "metadata": {"path": path, "edits": [e.kind for e in edits], "issue": issue, "diff": diff,
-                     "commit_message": message},
+        "metadata": {
+            "path": path,
+            "edits": [e.kind for e in edits],
+            "issue": issue,
+            "diff": diff,
+            "commit_message": message,
+        },
     }
 
 
@@ -154,31 +173,44 @@ def file_ops(rng: random.Random, difficulty: str) -> dict[str, Any]:
     """An agent working on files: read, edit (as a diff), add and delete, turn by turn."""
     language, path, code = _file(rng, difficulty)
     files: dict[str, str] = {path: code}
-    plan = {"easy": [pick(rng, ("read", "add", "delete"))], "medium": ["read", "edit"],
-            "hard": ["read", "edit", "add", "delete"]}[difficulty]
+    plan = {
+        "easy": [pick(rng, ("read", "add", "delete"))],
+        "medium": ["read", "edit"],
+        "hard": ["read", "edit", "add", "delete"],
+    }[difficulty]
     messages = chat(rng)
     ops = []
     for op in plan:
         target = path
         if op == "read":
-            messages += [msg("user", f"What's in `{path}`?"), msg("assistant", wrap("read_file", path, newline=False)),
-                         msg("tool", wrap("file_content", files[path])), msg("assistant", _describe(path, files[path]))]
+            messages += [
+                msg("user", f"What's in `{path}`?"),
+                msg("assistant", wrap("read_file", path, newline=False)),
+                msg("tool", wrap("file_content", files[path])),
+                msg("assistant", _describe(path, files[path])),
+            ]
         elif op == "edit":
             edit = make_edit(rng, language, files[path])
             diff = tokenize_diff(unified_diff(files[path], edit.after, path)).rstrip()
             files[path] = edit.after
-            messages += [msg("user", f"In `{path}`, {edit.instruction}."),
-                         msg("assistant", wrap("edit_file", f"{path}\n{wrap('diff', diff)}"))]
+            messages += [
+                msg("user", f"In `{path}`, {edit.instruction}."),
+                msg("assistant", wrap("edit_file", f"{path}\n{wrap('diff', diff)}")),
+            ]
         elif op == "add":
             new_lang, _, new_code = _file(rng, difficulty)
             target = f"{path.rsplit('/', 1)[0]}/{pick(rng, WORDS)}_{len(files)}.{EXTENSIONS[new_lang]}"
             files[target] = new_code
-            messages += [msg("user", f"Create `{target}` with this content:\n```\n{new_code}```"),
-                         msg("assistant", wrap("add_file", f"{target}\n{wrap('file_content', new_code.rstrip())}"))]
+            messages += [
+                msg("user", f"Create `{target}` with this content:\n```\n{new_code}```"),
+                msg("assistant", wrap("add_file", f"{target}\n{wrap('file_content', new_code.rstrip())}")),
+            ]
         else:
             del files[path]
-            messages += [msg("user", f"`{path}` is no longer needed; delete it."),
-                         msg("assistant", wrap("delete_file", path, newline=False))]
+            messages += [
+                msg("user", f"`{path}` is no longer needed; delete it."),
+                msg("assistant", wrap("delete_file", path, newline=False)),
+            ]
         ops.append({"op": op, "path": target})
     if plan[-1] != "read":
         listing = ", ".join(f"`{p}`" for p in sorted(files)) or "none"

@@ -26,9 +26,13 @@ def _arithmetic(rng: random.Random, difficulty: str) -> dict[str, Any]:
     bad = copy.deepcopy(work)
     bad.ops[-1][3] = wrong
     head, _, tail = sentence.rpartition(str(answer))
-    return {"prompt": question, "chosen": cot_answer(work, sentence, difficulty),
-            "rejected": cot_answer(bad, f"{head}{wrong}{tail}", difficulty), "category": "chain_of_thought",
-            "metadata": {"kind": "arithmetic", "answer": answer, "rejected_answer": wrong}}
+    return {
+        "prompt": question,
+        "chosen": cot_answer(work, sentence, difficulty),
+        "rejected": cot_answer(bad, f"{head}{wrong}{tail}", difficulty),
+        "category": "chain_of_thought",
+        "metadata": {"kind": "arithmetic", "answer": answer, "rejected_answer": wrong},
+    }
 
 
 def _code_output(rng: random.Random, difficulty: str) -> dict[str, Any]:
@@ -43,10 +47,14 @@ def _code_output(rng: random.Random, difficulty: str) -> dict[str, Any]:
     m = pick(rng, tuple(numbers))
     value = int(m.group())
     wrong_value = _off(rng, value) if value > 3 else value + 1  # stays non-negative
-    wrong = f"{stdout[: m.start()]}{wrong_value}{stdout[m.end():]}"
-    return {"prompt": f"What does this Python code print?\n```python\n{code}```",
-            "chosen": f"It prints:\n```\n{stdout}```", "rejected": f"It prints:\n```\n{wrong}```",
-            "category": "code_execution", "metadata": {"kind": "code_output", "code": code, "stdout": stdout}}
+    wrong = f"{stdout[: m.start()]}{wrong_value}{stdout[m.end() :]}"
+    return {
+        "prompt": f"What does this Python code print?\n```python\n{code}```",
+        "chosen": f"It prints:\n```\n{stdout}```",
+        "rejected": f"It prints:\n```\n{wrong}```",
+        "category": "code_execution",
+        "metadata": {"kind": "code_output", "code": code, "stdout": stdout},
+    }
 
 
 def _fabrication(rng: random.Random, subkind: str) -> str:
@@ -61,8 +69,13 @@ def _fabrication(rng: random.Random, subkind: str) -> str:
 
 def _unanswerable(rng: random.Random, difficulty: str) -> dict[str, Any]:
     subkind, question, answer = idk_question(rng, difficulty)
-    return {"prompt": question, "chosen": answer, "rejected": _fabrication(rng, subkind),
-            "category": "anti_hallucination", "metadata": {"kind": "unanswerable", "subkind": subkind}}
+    return {
+        "prompt": question,
+        "chosen": answer,
+        "rejected": _fabrication(rng, subkind),
+        "category": "anti_hallucination",
+        "metadata": {"kind": "unanswerable", "subkind": subkind},
+    }
 
 
 def _tool(rng: random.Random, difficulty: str) -> dict[str, Any]:
@@ -75,11 +88,17 @@ def _tool(rng: random.Random, difficulty: str) -> dict[str, Any]:
         args = bad.arguments
         args["from_currency"], args["to_currency"] = args["to_currency"], args["from_currency"]
     else:
-        bad.arguments["day"] = pick(rng, tuple(d for d in ("Monday", "Tuesday", "Friday") if d != task.arguments["day"]))
+        bad.arguments["day"] = pick(
+            rng, tuple(d for d in ("Monday", "Tuesday", "Friday") if d != task.arguments["day"])
+        )
     tools = wrap("tools", json.dumps([{"name": name, **TOOL_SCHEMAS[name]}]))
-    return {"prompt": f"You can call these tools:\n{tools}\n{task.request}", "chosen": call_text(task, False),
-            "rejected": call_text(bad, False), "category": "tool_use",
-            "metadata": {"kind": "tool_argument", "arguments": task.arguments, "rejected_arguments": bad.arguments}}
+    return {
+        "prompt": f"You can call these tools:\n{tools}\n{task.request}",
+        "chosen": call_text(task, False),
+        "rejected": call_text(bad, False),
+        "category": "tool_use",
+        "metadata": {"kind": "tool_argument", "arguments": task.arguments, "rejected_arguments": bad.arguments},
+    }
 
 
 KINDS = {"arithmetic": _arithmetic, "code_output": _code_output, "unanswerable": _unanswerable, "tool": _tool}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import atexit
 import random
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from xoron_pipelines.sandbox import SandboxLimits, SandboxWorker
 
@@ -27,20 +27,38 @@ def _nums(rng: random.Random, difficulty: str, n: int | None = None) -> list[int
 def _loop_sum(rng: random.Random, difficulty: str, var: str) -> str:
     a, k = rng.randint(0, 10), rng.randint(2, 5)
     b = a + num(rng, difficulty) + 1
-    return (f"{var} = 0\nfor i in range({a}, {b}):\n    if i % {k} == 0:\n        {var} += i\n"
-            f"print({var})\n")
+    return f"{var} = 0\nfor i in range({a}, {b}):\n    if i % {k} == 0:\n        {var} += i\nprint({var})\n"
 
 
 def _list_ops(rng: random.Random, difficulty: str, var: str) -> str:
-    expr = pick(rng, (f"sorted({var})", f"max({var}) - min({var})", f"sum(x * x for x in {var})",
-                      f"[x for x in {var} if x % 2 == 1]", f"{var}[::-1][:3]", f"len(set({var}))"))
+    expr = pick(
+        rng,
+        (
+            f"sorted({var})",
+            f"max({var}) - min({var})",
+            f"sum(x * x for x in {var})",
+            f"[x for x in {var} if x % 2 == 1]",
+            f"{var}[::-1][:3]",
+            f"len(set({var}))",
+        ),
+    )
     return f"{var} = {_nums(rng, difficulty)}\nprint({expr})\n"
 
 
 def _string_ops(rng: random.Random, difficulty: str, var: str) -> str:
     word = pick(rng, WORDS)
-    expr = pick(rng, (f"{var}.upper()", f"{var}[::-1]", f"{var}.count({word[1]!r})", f"'-'.join({var})",
-                      f"{var}.replace({word[0]!r}, '*')", f"{var}[1:4]", f"len({var}) * 2"))
+    expr = pick(
+        rng,
+        (
+            f"{var}.upper()",
+            f"{var}[::-1]",
+            f"{var}.count({word[1]!r})",
+            f"'-'.join({var})",
+            f"{var}.replace({word[0]!r}, '*')",
+            f"{var}[1:4]",
+            f"len({var}) * 2",
+        ),
+    )
     return f"{var} = {word!r}\nprint({expr})\n"
 
 
@@ -48,7 +66,10 @@ def _function(rng: random.Random, difficulty: str, var: str) -> str:
     name = f"{pick(rng, FUNC_VERBS)}_{var}"
     kind = pick(rng, ("fib", "fact", "digits", "gcd"))
     if kind == "fib":
-        body, arg = "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n", rng.randint(3, 25)
+        body, arg = (
+            "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+            rng.randint(3, 25),
+        )
     elif kind == "fact":
         body, arg = "    out = 1\n    for k in range(2, n + 1):\n        out *= k\n    return out\n", rng.randint(2, 12)
     elif kind == "digits":
@@ -62,16 +83,17 @@ def _function(rng: random.Random, difficulty: str, var: str) -> str:
 
 def _dict_count(rng: random.Random, difficulty: str, var: str) -> str:
     word = pick(rng, WORDS)
-    return (f"{var} = {{}}\nfor ch in {word!r}:\n    {var}[ch] = {var}.get(ch, 0) + 1\n"
-            f"print({var})\n")
+    return f"{var} = {{}}\nfor ch in {word!r}:\n    {var}[ch] = {var}.get(ch, 0) + 1\nprint({var})\n"
 
 
 def _fizzbuzz(rng: random.Random, difficulty: str, var: str) -> str:
     a, b = rng.randint(2, 4), rng.randint(5, 7)
     n = rng.randint(8, 20)
-    return (f"for {var} in range(1, {n}):\n    if {var} % {a * b} == 0:\n        print('FizzBuzz')\n"
-            f"    elif {var} % {a} == 0:\n        print('Fizz')\n    elif {var} % {b} == 0:\n        print('Buzz')\n"
-            f"    else:\n        print({var})\n")
+    return (
+        f"for {var} in range(1, {n}):\n    if {var} % {a * b} == 0:\n        print('FizzBuzz')\n"
+        f"    elif {var} % {a} == 0:\n        print('Fizz')\n    elif {var} % {b} == 0:\n        print('Buzz')\n"
+        f"    else:\n        print({var})\n"
+    )
 
 
 def _format(rng: random.Random, difficulty: str, var: str) -> str:
@@ -82,12 +104,15 @@ def _format(rng: random.Random, difficulty: str, var: str) -> str:
 def _error(rng: random.Random, difficulty: str, var: str) -> str:
     """A program that raises (uncaught): the stated result is the error line."""
     values = _nums(rng, difficulty, 3)
-    return pick(rng, (
-        f"{var} = {values}\nprint({var}[0])\nprint({var}[{len(values) + rng.randint(0, 3)}])\n",
-        f"{var} = {values[0]}\nprint({var} // ({values[1]} - {values[1]}))\n",
-        f"{var} = {{'a': {values[0]}}}\nprint({var}['a'])\nprint({var}[{pick(rng, WORDS)!r}])\n",
-        f"{var} = {pick(rng, WORDS)!r}\nprint(int({var}))\n",
-    ))
+    return pick(
+        rng,
+        (
+            f"{var} = {values}\nprint({var}[0])\nprint({var}[{len(values) + rng.randint(0, 3)}])\n",
+            f"{var} = {values[0]}\nprint({var} // ({values[1]} - {values[1]}))\n",
+            f"{var} = {{'a': {values[0]}}}\nprint({var}['a'])\nprint({var}[{pick(rng, WORDS)!r}])\n",
+            f"{var} = {pick(rng, WORDS)!r}\nprint(int({var}))\n",
+        ),
+    )
 
 
 PY_SNIPPETS: tuple[Snippet, ...] = (_loop_sum, _list_ops, _string_ops, _function, _dict_count, _fizzbuzz, _format)
@@ -153,22 +178,28 @@ def _javascript(rng: random.Random, difficulty: str) -> str:
     name = f"{pick(rng, FUNC_VERBS)}{pick(rng, VAR_NAMES).capitalize()}"
     values = _nums(rng, difficulty)
     op = pick(rng, ("x * 2", "x + 1", "x % 3", "x * x"))
-    return (f"function {name}(xs) {{\n  const out = [];\n  for (const x of xs) {{\n    out.push({op});\n  }}\n"
-            f"  return out;\n}}\n\nconsole.log({name}({values}));\n")
+    return (
+        f"function {name}(xs) {{\n  const out = [];\n  for (const x of xs) {{\n    out.push({op});\n  }}\n"
+        f"  return out;\n}}\n\nconsole.log({name}({values}));\n"
+    )
 
 
 def _go(rng: random.Random, difficulty: str) -> str:
     name = f"{pick(rng, FUNC_VERBS)}{pick(rng, VAR_NAMES).capitalize()}"
     values = ", ".join(map(str, _nums(rng, difficulty)))
-    return (f"package main\n\nimport \"fmt\"\n\nfunc {name}(xs []int) int {{\n\ttotal := 0\n"
-            f"\tfor _, x := range xs {{\n\t\ttotal += x\n\t}}\n\treturn total\n}}\n\n"
-            f"func main() {{\n\tfmt.Println({name}([]int{{{values}}}))\n}}\n")
+    return (
+        f'package main\n\nimport "fmt"\n\nfunc {name}(xs []int) int {{\n\ttotal := 0\n'
+        f"\tfor _, x := range xs {{\n\t\ttotal += x\n\t}}\n\treturn total\n}}\n\n"
+        f"func main() {{\n\tfmt.Println({name}([]int{{{values}}}))\n}}\n"
+    )
 
 
 def _rust(rng: random.Random, difficulty: str) -> str:
     name = f"{pick(rng, FUNC_VERBS)}_{pick(rng, VAR_NAMES)}"
-    return (f"fn {name}(n: u64) -> u64 {{\n    (1..=n).product()\n}}\n\n"
-            f"fn main() {{\n    let k = {rng.randint(2, 12)};\n    println!(\"{{}}\", {name}(k));\n}}\n")
+    return (
+        f"fn {name}(n: u64) -> u64 {{\n    (1..=n).product()\n}}\n\n"
+        f'fn main() {{\n    let k = {rng.randint(2, 12)};\n    println!("{{}}", {name}(k));\n}}\n'
+    )
 
 
 def source_file(rng: random.Random, difficulty: str) -> tuple[str, str]:

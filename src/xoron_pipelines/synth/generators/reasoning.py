@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import operator
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xoron_pipelines.tokens import SPECIAL_TOKENS
 
@@ -60,7 +61,11 @@ def _shopping(rng: random.Random, difficulty: str, w: Work) -> tuple[str, int, s
     if difficulty == "hard":
         bill = (total // 100 + 1) * 100
         change = w.do(bill, "-", total, "change")
-        return f"{question}, paying with ${bill}. How much change does {who} get?", change, f"{who} gets ${change} in change."
+        return (
+            f"{question}, paying with ${bill}. How much change does {who} get?",
+            change,
+            f"{who} gets ${change} in change.",
+        )
     return f"{question}. How much does {who} spend in total?", total, f"{who} spends ${total} in total."
 
 
@@ -202,7 +207,9 @@ def chain_of_thought(rng: random.Random, difficulty: str) -> dict[str, Any]:
     """An arithmetic word problem answered with a think block of checked steps."""
     template, question, work, answer, sentence = cot_problem(rng, difficulty)
     return {
-        "messages": chat(rng, ("user", pick(rng, LEAD_INS) + question), ("assistant", cot_answer(work, sentence, difficulty))),
+        "messages": chat(
+            rng, ("user", pick(rng, LEAD_INS) + question), ("assistant", cot_answer(work, sentence, difficulty))
+        ),
         "metadata": {"template": template, "operations": work.ops, "answer": answer},
     }
 
@@ -223,32 +230,51 @@ def idk_question(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
     if kind == "fictional":
         thing = f"the {_fake_name(rng)} {pick(rng, ('Institute', 'Bridge', 'Prize', 'Treaty', 'Observatory'))}"
         q = f"In what year was {thing} in {pick(rng, CITIES)} established?"
-        a = (f"I don't know. I have no reliable information about {thing}, and I won't guess a year. "
-             "If you have a source about it, share it and I can help you read it.")
+        a = (
+            f"I don't know. I have no reliable information about {thing}, and I won't guess a year. "
+            "If you have a source about it, share it and I can help you read it."
+        )
     elif kind == "future":
         year = rng.randint(2031, 2060)
         event = pick(rng, _EVENTS)
         q = f"Who won the {year} {event}?"
-        a = (f"I don't know. I have no information about the {year} {event}; it may not have taken place yet, "
-             "so any name I gave would be made up.")
+        a = (
+            f"I don't know. I have no information about the {year} {event}; it may not have taken place yet, "
+            "so any name I gave would be made up."
+        )
     elif kind == "private":
         who = names(rng, 1)[0]
-        q = pick(rng, (f"What is {who}'s home phone number?", f"What's the password of my {pick(rng, _SERVICES)} account?",
-                       "What did I have for breakfast this morning?"))
+        q = pick(
+            rng,
+            (
+                f"What is {who}'s home phone number?",
+                f"What's the password of my {pick(rng, _SERVICES)} account?",
+                "What did I have for breakfast this morning?",
+            ),
+        )
         a = "I don't know, and I have no way to know it: that is private information I have never been given."
     elif kind == "missing_context":
         var = pick(rng, ("total", "result", "config", "user_id", "offset"))
         file = f"{pick(rng, WORDS)}.{pick(rng, ('py', 'js', 'go', 'rs'))}"
-        q = pick(rng, (f"What value does `{var}` have at the end of {file}?",
-                       f"Why did the last build of the {pick(rng, WORDS)} service fail?",
-                       f"Which line of {file} sets `{var}`?"))
-        a = ("I don't know: I can't see your code, files or logs. "
-             "Paste the relevant part and I will go through it with you.")
+        q = pick(
+            rng,
+            (
+                f"What value does `{var}` have at the end of {file}?",
+                f"Why did the last build of the {pick(rng, WORDS)} service fail?",
+                f"Which line of {file} sets `{var}`?",
+            ),
+        )
+        a = (
+            "I don't know: I can't see your code, files or logs. "
+            "Paste the relevant part and I will go through it with you."
+        )
     else:
         singular, plural = pick(rng, ITEMS)
         q = f"Exactly how many {plural} exist in the world right now?"
-        a = (f"I don't know, and nobody can know that exactly: no one counts every {singular} in real time. "
-             "I could help you reason about a rough estimate instead.")
+        a = (
+            f"I don't know, and nobody can know that exactly: no one counts every {singular} in real time. "
+            "I could help you reason about a rough estimate instead."
+        )
     if difficulty == "hard":
         a += f" {SPECIAL_TOKENS['needs_verification']} Please check an authoritative source."
     return kind, q, wrap("idk", a)
@@ -259,13 +285,17 @@ def _uncertain(rng: random.Random, difficulty: str) -> tuple[str, str, str]:
         km = num(rng, difficulty)
         hours = km / 5
         q = f"Roughly how long does it take to walk {km} km?"
-        a = (f"At a typical walking pace of about 5 km/h, roughly {hours:.1f} hours, "
-             "but terrain, breaks and fitness can change that a lot.")
+        a = (
+            f"At a typical walking pace of about 5 km/h, roughly {hours:.1f} hours, "
+            "but terrain, breaks and fitness can change that a lot."
+        )
         return "estimate", q, wrap("uncertain", a)
     city, day = pick(rng, CITIES), pick(rng, DAYS)
     q = f"Will it rain in {city} next {day}?"
-    a = (f"I can't say for sure. I have no live weather data for {city}. "
-         f"{SPECIAL_TOKENS['needs_verification']} Check a current forecast closer to {day}.")
+    a = (
+        f"I can't say for sure. I have no live weather data for {city}. "
+        f"{SPECIAL_TOKENS['needs_verification']} Check a current forecast closer to {day}."
+    )
     return "forecast", q, wrap("uncertain", a)
 
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import CITIES, SYSTEM_PROMPTS, WORDS, msg, names, num, pick, wrap
 
 TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
     "get_weather": {
         "description": "Get the current weather for a city.",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
     },
     "calculator": {
         "description": "Evaluate an integer arithmetic expression.",
@@ -26,26 +29,39 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "convert_currency": {
         "description": "Convert an amount between currencies at today's rate.",
-        "parameters": {"type": "object", "properties": {
-            "amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
-            "required": ["amount", "from_currency", "to_currency"]},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number"},
+                "from_currency": {"type": "string"},
+                "to_currency": {"type": "string"},
+            },
+            "required": ["amount", "from_currency", "to_currency"],
+        },
     },
     "search_files": {
         "description": "List files in a directory whose name contains a pattern.",
-        "parameters": {"type": "object", "properties": {
-            "pattern": {"type": "string"}, "directory": {"type": "string"}}, "required": ["pattern"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"pattern": {"type": "string"}, "directory": {"type": "string"}},
+            "required": ["pattern"],
+        },
     },
     "create_event": {
         "description": "Create a calendar event.",
-        "parameters": {"type": "object", "properties": {
-            "title": {"type": "string"}, "day": {"type": "string"}, "time": {"type": "string"}},
-            "required": ["title", "day", "time"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"title": {"type": "string"}, "day": {"type": "string"}, "time": {"type": "string"}},
+            "required": ["title", "day", "time"],
+        },
     },
     "send_email": {
         "description": "Send an email.",
-        "parameters": {"type": "object", "properties": {
-            "to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}},
-            "required": ["to", "subject", "body"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}},
+            "required": ["to", "subject", "body"],
+        },
     },
 }
 
@@ -75,7 +91,9 @@ def _weather(rng: random.Random, difficulty: str, city: str | None = None) -> Ta
     symbol = "°F" if unit == "fahrenheit" else "°C"
     ask = " in Fahrenheit" if unit == "fahrenheit" else ""
     return Task(
-        f"What's the weather like in {city} right now{ask}?", "get_weather", args,
+        f"What's the weather like in {city} right now{ask}?",
+        "get_weather",
+        args,
         {"city": city, "temperature": temp, "unit": unit, "conditions": cond},
         f"It is currently {temp}{symbol} and {cond} in {city}.",
     )
@@ -83,11 +101,21 @@ def _weather(rng: random.Random, difficulty: str, city: str | None = None) -> Ta
 
 def _calculator(rng: random.Random, difficulty: str) -> Task:
     a, b, c = num(rng, difficulty, 7), num(rng, difficulty), num(rng, "easy")
-    expression, value = pick(rng, (
-        (f"{a} * {b} + {c}", a * b + c), (f"({a} + {b}) * {c}", (a + b) * c), (f"{a} * {b} - {c}", a * b - c),
-    ))
-    return Task(f"Can you calculate {expression} for me?", "calculator", {"expression": expression},
-                {"result": value}, f"{expression} = {value}.")
+    expression, value = pick(
+        rng,
+        (
+            (f"{a} * {b} + {c}", a * b + c),
+            (f"({a} + {b}) * {c}", (a + b) * c),
+            (f"{a} * {b} - {c}", a * b - c),
+        ),
+    )
+    return Task(
+        f"Can you calculate {expression} for me?",
+        "calculator",
+        {"expression": expression},
+        {"result": value},
+        f"{expression} = {value}.",
+    )
 
 
 def _currency(rng: random.Random, difficulty: str, amount: float | None = None, src: str | None = None) -> Task:
@@ -95,19 +123,31 @@ def _currency(rng: random.Random, difficulty: str, amount: float | None = None, 
     dst = pick(rng, tuple(c for c in RATES if c != src))
     amount = amount if amount is not None else float(num(rng, difficulty, 10))
     converted = round(amount / RATES[src] * RATES[dst], 2)
-    return Task(f"How much is {_money(amount)} {src} in {dst}?", "convert_currency",
-                {"amount": amount, "from_currency": src, "to_currency": dst},
-                {"amount": converted, "currency": dst}, f"{_money(amount)} {src} is about {converted:.2f} {dst}.")
+    return Task(
+        f"How much is {_money(amount)} {src} in {dst}?",
+        "convert_currency",
+        {"amount": amount, "from_currency": src, "to_currency": dst},
+        {"amount": converted, "currency": dst},
+        f"{_money(amount)} {src} is about {converted:.2f} {dst}.",
+    )
 
 
 def _search(rng: random.Random, difficulty: str) -> Task:
     word = pick(rng, WORDS)
     directory = pick(rng, ("src", "docs", "tests", "scripts"))
     hits = sorted(f"{directory}/{w}_{word}.py" for w in rng.sample(WORDS, rng.randint(0, 3)))
-    answer = (f"I found {len(hits)} matching file(s): " + ", ".join(hits) + "." if hits
-              else f"No file in {directory}/ has '{word}' in its name.")
-    return Task(f"Which files in {directory}/ have '{word}' in their name?", "search_files",
-                {"pattern": word, "directory": directory}, {"files": hits}, answer)
+    answer = (
+        f"I found {len(hits)} matching file(s): " + ", ".join(hits) + "."
+        if hits
+        else f"No file in {directory}/ has '{word}' in its name."
+    )
+    return Task(
+        f"Which files in {directory}/ have '{word}' in their name?",
+        "search_files",
+        {"pattern": word, "directory": directory},
+        {"files": hits},
+        answer,
+    )
 
 
 def _event(rng: random.Random, difficulty: str) -> Task:
@@ -116,18 +156,26 @@ def _event(rng: random.Random, difficulty: str) -> Task:
     time = f"{rng.randint(8, 17):02d}:{pick(rng, ('00', '15', '30', '45'))}"
     title = f"Meeting with {who}"
     event_id = f"evt_{rng.randrange(16**6):06x}"
-    return Task(f"Put a meeting with {who} in my calendar on {day} at {time}.", "create_event",
-                {"title": title, "day": day, "time": time}, {"status": "created", "id": event_id},
-                f"Done: \"{title}\" is in your calendar on {day} at {time} (id {event_id}).")
+    return Task(
+        f"Put a meeting with {who} in my calendar on {day} at {time}.",
+        "create_event",
+        {"title": title, "day": day, "time": time},
+        {"status": "created", "id": event_id},
+        f'Done: "{title}" is in your calendar on {day} at {time} (id {event_id}).',
+    )
 
 
 def _email(rng: random.Random, difficulty: str) -> Task:
     who = names(rng, 1)[0]
     topic = pick(rng, ("the quarterly report", "tomorrow's demo", "the release notes", "the budget draft"))
     to = f"{who.lower()}@example.com"
-    return Task(f"Email {to} to say I'll send {topic} by Friday.", "send_email",
-                {"to": to, "subject": f"About {topic}", "body": f"Hi {who}, I'll send {topic} by Friday."},
-                {"status": "sent"}, f"I've emailed {who} that you'll send {topic} by Friday.")
+    return Task(
+        f"Email {to} to say I'll send {topic} by Friday.",
+        "send_email",
+        {"to": to, "subject": f"About {topic}", "body": f"Hi {who}, I'll send {topic} by Friday."},
+        {"status": "sent"},
+        f"I've emailed {who} that you'll send {topic} by Friday.",
+    )
 
 
 TASKS: dict[str, Callable[[random.Random, str], Task]] = {
@@ -159,12 +207,19 @@ def call_text(task: Task, think: bool) -> str:
 
 
 def _turns(task: Task, think: bool) -> list[dict[str, str]]:
-    return [msg("assistant", call_text(task, think)), msg("tool", json.dumps(task.result)), msg("assistant", task.answer)]
+    return [
+        msg("assistant", call_text(task, think)),
+        msg("tool", json.dumps(task.result)),
+        msg("assistant", task.answer),
+    ]
 
 
 def _metadata(offered: list[str], tasks: list[Task]) -> dict[str, Any]:
-    return {"tools": offered, "calls": [{"name": t.name, "arguments": t.arguments} for t in tasks],
-            "results": [t.result for t in tasks]}
+    return {
+        "tools": offered,
+        "calls": [{"name": t.name, "arguments": t.arguments} for t in tasks],
+        "results": [t.result for t in tasks],
+    }
 
 
 def tool_call(rng: random.Random, difficulty: str) -> dict[str, Any]:
