@@ -171,7 +171,7 @@ def test_impossible_params_fail(override, message):
 
 
 def test_device_knob():
-    from xoron_pipelines.pipelines.latent.nodes import resolve_device
+    from xoron_pipelines.device import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

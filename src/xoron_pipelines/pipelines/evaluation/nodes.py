@@ -14,10 +14,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from xoron_pipelines import tracking
 from xoron_pipelines.data import sources
+from xoron_pipelines.device import resolve_device
 from xoron_pipelines.evaluation import generation_tasks as gen
 from xoron_pipelines.evaluation import multiple_choice as mc
 from xoron_pipelines.evaluation import offline_tasks, perplexity, report
@@ -63,8 +62,7 @@ def task_rows(name: str, p: Params, generated: Mapping[str, Any]) -> list[dict[s
 
 
 def _prepare(model, p: Params):
-    device = "cuda" if p.device == "auto" and torch.cuda.is_available() else ("cpu" if p.device == "auto" else p.device)
-    return model.to(device).float().eval()
+    return model.to(resolve_device(p.device, "evaluation.device")).float().eval()
 
 
 def _max_length(model, p_len: int | None) -> int:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from xoron_pipelines.device import DeviceSpec
 from xoron_pipelines.pipelines.data_processing.params import Source, StdlibCorpus
 from xoron_pipelines.training.schema import STAGE_ORDER as STAGES  # one evaluation per stage model
 from xoron_pipelines.training.schema import StageName as Stage
@@ -105,7 +106,7 @@ class Params(StrictModel):
     max_samples: int | None = Field(default=50, ge=1)  # items per task (null = all)
     compare_stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     chat_prompts: list[Stage] = Field(default_factory=lambda: ["tools", "preference"])
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceSpec = "auto"
     seed: Seed = 0
     progress: bool = True
     offline_tasks: OfflineTasks = Field(default_factory=OfflineTasks)

@@ -7,9 +7,8 @@ import logging
 from collections import Counter
 from typing import Any
 
-import torch
-
 from xoron_pipelines import tracking
+from xoron_pipelines.device import resolve_device
 from xoron_pipelines.latent.cache_build import raw_texts
 from xoron_pipelines.latent.data import (
     RowBatches,
@@ -37,16 +36,7 @@ def build_latent_model(decoder: Any, cache_params: dict, params: dict) -> Latent
     p, ec = Params.model_validate(params), CacheParams.model_validate(cache_params)
     model = build_model(p, p.encoder_model or ec.encoder_model, decoder.model)
     model.decoder_bundle = decoder
-    return model.to(resolve_device(p.device))
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("latent.device is cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else device if device != "auto" else "cpu"
-    )
+    return model.to(resolve_device(p.device, "latent.device"))
 
 
 def stage_data(data: Any, subset: str, p: Params) -> Any:

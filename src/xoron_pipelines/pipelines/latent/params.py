@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from xoron_pipelines.device import DeviceSpec
 from xoron_pipelines.latent.model import LatentArchitecture
 from xoron_pipelines.validation import Seed
 
@@ -76,7 +77,7 @@ class Params(LatentArchitecture):
     logging_steps: int = Field(10, ge=1)
     progress: bool = Field(True, validation_alias=AliasChoices("progress", "use_tui"))
     # ---- device / optimisation -----------------------------------------------------------
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceSpec = "auto"
     use_fp16: bool = True
     use_bf16: bool = True
     use_gradient_checkpointing: bool = True
