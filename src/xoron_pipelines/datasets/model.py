@@ -47,8 +47,8 @@ class XoronModelDataset(AbstractDataset[Any, Any]):
             raise DatasetError(
                 f"XoronModelDataset.save expects a model with save_pretrained, got {type(data).__name__}"
             )
-        with atomic_dir(self._path) as stage:
-            data.save_pretrained(str(stage), safe_serialization=True)
+        with atomic_dir(self._path) as tmp_dir:
+            data.save_pretrained(str(tmp_dir), safe_serialization=True)
 
     def _exists(self) -> bool:
         return (self._path / CONFIG_FILE).is_file() and any(self._path.glob("*.safetensors"))

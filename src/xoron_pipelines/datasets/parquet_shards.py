@@ -165,33 +165,33 @@ class ShardWriter:
         self.close()
 
 
-def fill_from(stage: Path, src: Path, move: bool) -> None:
-    """Put the contents of directory ``src`` into the empty ``stage`` dir: a rename when ``move``
+def fill_from(target: Path, src: Path, move: bool) -> None:
+    """Put the contents of directory ``src`` into the empty directory ``target``: a rename when ``move``
     and both are on one filesystem, else a copy (``src`` is then removed when ``move``). The
     directory itself gets the user's umask whatever mode ``src`` had."""
     renamed = False
     if move:
         try:
-            os.rename(src, stage)  # replaces the empty stage directory
+            os.rename(src, target)  # replaces the empty directory
             renamed = True
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
     if not renamed:
-        shutil.copytree(src, stage, dirs_exist_ok=True)
+        shutil.copytree(src, target, dirs_exist_ok=True)
         if move:
             shutil.rmtree(src, ignore_errors=True)
-    default_permissions(stage)  # src may come from mkdtemp (0700)
+    default_permissions(target)  # src may come from mkdtemp (0700)
 
 
 def replace_dir(src: Path, dst: Path, move: bool, generation: str | None = None) -> None:
     """Put directory ``src`` at ``dst`` atomically (moved when ``move``, else copied), with a
     ``_generation.json`` marker when ``generation`` is given; on failure ``dst`` is untouched and
     no staging directory is left."""
-    with atomic_dir(dst) as stage:
-        fill_from(stage, Path(src), move)
+    with atomic_dir(dst) as tmp_dir:
+        fill_from(tmp_dir, Path(src), move)
         if generation is not None:
-            write_marker(stage, generation)
+            write_marker(tmp_dir, generation)
 
 
 class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
@@ -220,7 +220,7 @@ class ParquetShardsDataset(AbstractDataset[Any, ShardSet]):
         first = next(batches, None)
         if first is None:
             raise DatasetError("ParquetShardsDataset.save got no batches (the schema is unknown)")
-        with atomic_dir(self._path) as stage, ShardWriter(stage, first.schema, self._rows_per_shard) as writer:
+        with atomic_dir(self._path) as tmp_dir, ShardWriter(tmp_dir, first.schema, self._rows_per_shard) as writer:
             writer.write(first)
             for batch in batches:
                 writer.write(batch)
@@ -288,12 +288,12 @@ class PackedMixesDataset(AbstractDataset[Any, PackedMixes]):
                 f"refusing to publish them together at {self._path}"
             )
         generation = next(iter(generations), None)
-        with atomic_dir(self._path) as stage:
+        with atomic_dir(self._path) as tmp_dir:
             for name, splits in data.items():
                 for split, shards in splits.items():
-                    ParquetShardsDataset(str(stage / name / split)).save(shards)  # moved if staged, else copied
+                    ParquetShardsDataset(str(tmp_dir / name / split)).save(shards)  # moved if staged, else copied
             if generation is not None:
-                write_marker(stage, generation)
+                write_marker(tmp_dir, generation)
 
     def _exists(self) -> bool:
         return self._path.is_dir()

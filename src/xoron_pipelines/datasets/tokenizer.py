@@ -44,9 +44,9 @@ class HFTokenizerDataset(AbstractDataset[Any, Any]):
         if not hasattr(data, "save_pretrained"):
             raise DatasetError(f"HFTokenizerDataset.save expects a transformers tokenizer, got {type(data).__name__}")
         generation = new_generation_id()
-        with atomic_dir(self._path) as stage:
-            data.save_pretrained(str(stage))
-            write_marker(stage, generation)
+        with atomic_dir(self._path) as tmp_dir:
+            data.save_pretrained(str(tmp_dir))
+            write_marker(tmp_dir, generation)
         attach_generation(data, generation)
 
     def _exists(self) -> bool:
