@@ -121,12 +121,13 @@ def swap_into_place(new: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty directory beside ``path`` that becomes ``path`` when the block succeeds
-    (:func:`swap_into_place`, umask permissions on everything in it); when the block fails it is
-    removed and ``path`` is untouched."""
+def atomic_dir(path: str | os.PathLike, prefix: str | None = None) -> Iterator[Path]:
+    """Yield an empty directory beside ``path`` (named ``prefix``..., default ``.<name>.stage-``...)
+    that becomes ``path`` when the block succeeds (:func:`swap_into_place`, umask permissions on
+    everything in it); when the block fails it is removed and ``path`` is untouched. A process
+    killed before the end leaves only that staging directory behind."""
     path = Path(path)
-    tmp = staging_dir(path)
+    tmp = staging_dir(path, prefix)
     try:
         yield tmp
         default_permissions(tmp, recursive=True)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from xoron_pipelines.atomic import default_permissions
+from xoron_pipelines.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ MODEL_FILE = "model.safetensors"
 TREES = ("optimizer", "rng", "trainer_state")
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-checkpoint-"
-_TRASH_PREFIX = ".trash-checkpoint-"
+_TRASH_PREFIX = ".trash-checkpoint-"  # written by earlier versions; still cleaned up
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -172,30 +172,18 @@ def _write_files(tmp: Path, snap: Snapshot) -> list[str]:
 def write_checkpoint(root: str | os.PathLike, snap: Snapshot) -> Path:
     """Write ``snap`` atomically as ``root/checkpoint-<step>`` (replacing one of the same step)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{_TMP_PREFIX}{snap.step}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    final = root / f"checkpoint-{snap.step}"
+    # built as root/.tmp-checkpoint-<step>-*, then swapped in (an old checkpoint of this step, e.g.
+    # a corrupt one of a crashed run, goes out with the staging dir); files fsynced before the swap
+    with atomic_dir(final, prefix=f"{_TMP_PREFIX}{snap.step}-") as tmp:
         files = {}
         for name in _write_files(tmp, snap):
             _fsync_file(tmp / name)
             files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
         _write_json(tmp / MANIFEST, {"format_version": FORMAT_VERSION, "step": snap.step, "files": files})
         _fsync_file(tmp / MANIFEST)
-        default_permissions(tmp, recursive=True)  # safetensors writes 0600 whatever the umask
         _fsync_file(tmp)
-        final = root / f"checkpoint-{snap.step}"
-        trash = None
-        if final.exists():  # e.g. a corrupt checkpoint of this step from a crashed run
-            trash = root / f"{_TRASH_PREFIX}{snap.step}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-        os.replace(tmp, final)
-        _fsync_file(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    _fsync_file(root)
     log.info("saved checkpoint %s", final)
     return final
 
