@@ -85,8 +85,8 @@ def run_one(size: str, steps: int, rounds: int) -> dict:
 
     from xoron_pipelines.datasets.parquet_shards import PackedMixes
     from xoron_pipelines.model import XoronForCausalLM, get_config
-    from xoron_pipelines.pipelines.training.data import packed_source
     from xoron_pipelines.pipelines.training.nodes import train_causal_lm
+    from xoron_pipelines.training.stage_data import packed_source
 
     cfg = SETTINGS[size]
     config = get_config(size)

@@ -10,7 +10,7 @@ from xoron_pipelines.hooks import ParameterValidationHook
 from xoron_pipelines.pipelines.synth import pipeline as synth_pipeline
 from xoron_pipelines.pipelines.synth.params import SYNTH_TYPES
 from xoron_pipelines.pipelines.synth.params import Params as SynthParams
-from xoron_pipelines.pipelines.training.schema import StageParams
+from xoron_pipelines.training.schema import StageParams
 from xoron_pipelines.validation import validate_all
 
 

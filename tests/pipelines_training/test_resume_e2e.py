@@ -67,8 +67,9 @@ def _project(path: Path) -> Path:
                 node = node[part]
             node[leaf] = value
         conf.write_text(yaml.safe_dump(doc, sort_keys=False))
-    # data_processing waits for synth's manifest; the stdlib_only mix reads none of synth's output
-    (project / "data/08_reporting/synth_manifest.json").write_text("{}")
+    # data_processing takes synth's partitions as an input; the stdlib_only mix reads none of them
+    (project / "data/01_raw/synth").mkdir(parents=True, exist_ok=True)
+    (project / "data/01_raw/synth/chat.jsonl").write_text('{"messages": []}\n')
     return project
 
 
