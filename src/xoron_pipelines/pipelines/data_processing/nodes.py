@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 QUARANTINE_COLUMNS = ["source", "file", "row", "reason", "detail", "raw"]
 
 
-def build_ledger(params: Params | dict[str, Any], synth_raw: Mapping[str, Callable[[], Any]] | None = None) -> ShardSet:
+def build_ledger(params: Any, synth_raw: Mapping[str, Callable[[], Any]] | None = None) -> ShardSet:
     """Ingest, clean and deduplicate every selected source into the record ledger.
 
     ``synth_raw`` is the synth pipeline's output as the catalog loads it (type -> load function,

@@ -13,7 +13,7 @@ from .params import Params
 log = logging.getLogger(__name__)
 
 
-def generate_synthetic(params: Params | dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+def generate_synthetic(params: Any) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """All enabled types (count > 0) as partitions ``{type: rows}``, plus their manifest."""
     p = Params.model_validate(params)
     partitions = generate_all(
