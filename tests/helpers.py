@@ -49,6 +49,23 @@ def _mlflow_template_db() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def fresh_tracking_store(tmp_path: Path):
+    """A fresh MLflow tracking store (a copy of the migrated template in ``tmp_path``) as the
+    current one; yields an ``MlflowClient`` on it; the previous tracking URI is restored after."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db(), db)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    try:
+        yield MlflowClient()
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def _isolate_mlflow(dst: Path) -> None:
     """Give the copy its own tracking database: a copy of the migrated template, addressed by
     an absolute URI (MLflow caches stores by URI, so the relative ``sqlite:///mlflow.db`` of

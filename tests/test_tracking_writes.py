@@ -3,26 +3,17 @@ xoron_pipelines.tracking): metrics into an earlier run, artefacts and tags of th
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import _mlflow_template_db
+from tests.helpers import fresh_tracking_store
 from xoron_pipelines import tracking
 
 
 @pytest.fixture
 def client(tmp_path):
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(_mlflow_template_db(), db)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    try:
-        yield MlflowClient()
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with fresh_tracking_store(tmp_path) as store:
+        yield store
 
 
 def test_log_metrics_to_run_batches_past_the_per_call_limit(client):

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.helpers import _mlflow_template_db
+from tests.helpers import fresh_tracking_store
 from xoron_pipelines.pipelines.evaluation.nodes import log_to_training_run
 
 NODES_LOG = "xoron_pipelines.pipelines.evaluation.nodes"
@@ -18,14 +15,8 @@ NODES_LOG = "xoron_pipelines.pipelines.evaluation.nodes"
 @pytest.fixture
 def tracking(tmp_path):
     """A fresh tracking store as the current one (the previous URI restored afterwards)."""
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(_mlflow_template_db(), db)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    try:
-        yield MlflowClient()
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with fresh_tracking_store(tmp_path) as client:
+        yield client
 
 
 def test_metrics_go_to_the_summary_run(tracking):

@@ -67,7 +67,7 @@ class RawRecord:
 def printable(value: str) -> str:
     """``value`` unchanged when it is valid Unicode text; otherwise with every lone surrogate (a
     ``"\\ud800"`` JSON escape, or an undecodable byte of a file name) spelled as its
-    ``\\uXXXX`` escape, so any string can be written as UTF-8 (Parquet, JSON) and still be read."""
+    ``\\uNNNN`` escape, so any string can be written as UTF-8 (Parquet, JSON) and still be read."""
     try:
         value.encode("utf-8")
         return value

@@ -27,7 +27,7 @@ class JSONLinesDataset(AbstractDataset[Iterable[Mapping[str, Any]], list[dict[st
     ``save`` streams any iterable of dicts (or a pandas ``DataFrame``, row by row) into a
     temporary file in the target directory and then ``os.replace``-s it over the target, so a
     reader never sees a half-written file. Any string can be saved: lone surrogates are written
-    as ``\\uXXXX`` escapes and load back unchanged. ``load`` returns the rows as a list of dicts.
+    as ``\\uNNNN`` escapes and load back unchanged. ``load`` returns the rows as a list of dicts.
     """
 
     def __init__(
