@@ -49,3 +49,24 @@ def test_latent_rerun_resumes_and_changes_start_a_kept_new_configuration(tmp_pat
     assert len(configs) == 3 and config in configs  # nothing of the earlier configuration deleted
     _run(tmp_path, texts=SUMMARIES, keep_configurations=2)
     assert len(_configs(tmp_path)) == 2 and config not in _configs(tmp_path)
+
+
+def test_the_pipeline_stages_write_into_their_catalog_checkpoint_store(project_root):
+    """Each latent stage node takes its ``latent_<stage>.checkpoints`` store from the catalog,
+    rooted at data/06_models/latent/checkpoints (conf's ``checkpoint_dir: null``)."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from xoron_pipelines.datasets.training_store import CheckpointStore
+    from xoron_pipelines.pipelines.latent.params import STAGES
+    from xoron_pipelines.pipelines.latent.pipeline import create_pipeline
+
+    nodes = {n.name: n for n in create_pipeline().nodes}
+    loader = OmegaConfigLoader(str(project_root / "conf"), base_env="base", default_run_env="base")
+    catalog = DataCatalog.from_config(loader["catalog"])
+    assert loader["parameters"]["latent"]["checkpoint_dir"] is None
+    for stage in STAGES:
+        assert f"latent_{stage}.checkpoints" in nodes[f"latent_{stage}"].inputs
+        store = catalog.load(f"latent_{stage}.checkpoints")
+        assert isinstance(store, CheckpointStore)
+        assert store.path.as_posix().endswith(f"data/06_models/latent/checkpoints/{stage}")

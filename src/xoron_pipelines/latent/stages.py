@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xoron_pipelines.datasets.training_store import CheckpointStore
 from xoron_pipelines.latent import losses
 from xoron_pipelines.latent.data import RowBatches
 from xoron_pipelines.latent.model import LatentModel, encoder_layers
@@ -241,6 +242,7 @@ def train_stage(
     train_rows: RowBatches,
     val_rows: RowBatches,
     on_log: Callable[[int, dict], None] | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> dict[str, Any]:
     """Train one latent stage in place through the stage orchestrator
     (:func:`xoron_pipelines.training.stage.run_stage`, kind ``latent``); keeps the weights of the
@@ -274,6 +276,7 @@ def train_stage(
         view,
         data,
         params,
+        checkpoints=checkpoints,
         fingerprint=latent_fingerprint(p, spec, model, train_rows, val_rows),
         on_log=on_log,
         desc=f"latent/{spec.name}",

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from xoron_pipelines import tracking
+from xoron_pipelines.datasets.training_store import CheckpointStore
 from xoron_pipelines.device import resolve_device
 from xoron_pipelines.latent.cache_build import raw_texts
 from xoron_pipelines.latent.data import (
@@ -73,9 +74,20 @@ def _weights_file(stage: str, p: Params) -> str:
     return p.pretrain_best_model_filename if stage.startswith("pretrain") else p.finetune_best_model_filename
 
 
-def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: dict, params: dict, *, stage: str):
+def train_latent_stage(
+    model: LatentModel,
+    cache: Any,
+    data: Any,
+    cache_params: dict,
+    params: dict,
+    checkpoints: CheckpointStore | None = None,
+    *,
+    stage: str,
+):
     """One stage (see :mod:`xoron_pipelines.latent.stages`); returns the model (trained in
-    place), its weights artefact and a summary with the validation losses before and after."""
+    place), its weights artefact and a summary with the validation losses before and after.
+    ``checkpoints`` is the stage's ``latent_<stage>.checkpoints`` store (``latent.checkpoint_dir``,
+    when set, replaces its root)."""
     p, ec = Params.model_validate(params), CacheParams.model_validate(cache_params)
     order = p.stages()
     if stage not in order:
@@ -105,7 +117,7 @@ def train_latent_stage(model: LatentModel, cache: Any, data: Any, cache_params: 
             }
         )
         recorder = tracking.StageRecorder(enabled=run is not None)
-        summary = train_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log)
+        summary = train_stage(model, spec, p, parts, train_b, val_b, on_log=recorder.log, checkpoints=checkpoints)
         recorder.log(
             summary["steps"],
             {

@@ -87,7 +87,11 @@ class Params(LatentArchitecture):
     )
     async_checkpointing: bool = True
     # ---- checkpointing -------------------------------------------------------------------
-    checkpoint_dir: str = Field("data/06_models/latent/checkpoints", min_length=1)
+    checkpoint_dir: str | None = Field(
+        "data/06_models/latent/checkpoints",
+        min_length=1,
+        description="null: the catalog's latent_<stage>.checkpoints store; a path replaces its root",
+    )
     keep_configurations: int = Field(
         3, ge=1, description="per stage, keep the checkpoints of this many most recently used configurations"
     )

@@ -24,7 +24,7 @@ def _stage_node(stage: str, previous: str) -> Node:
     cache, data = _DATA[stage.split("_")[0]]
     return Node(
         func,
-        [previous, cache, data, "params:embedding_cache", "params:latent"],
+        [previous, cache, data, "params:embedding_cache", "params:latent", f"latent_{stage}.checkpoints"],
         [f"latent_live_{stage}", f"latent_model_{stage}", f"latent_summary_{stage}"],
         name=f"latent_{stage}",
     )
