@@ -16,7 +16,12 @@ def test_onnx_parity_dynamic_axes_and_int8_report(tokenizer, tmp_path):
     # MoE (dense dispatch in the graph) + GQA + chunked attention + a dense layer, 2 layers
     model = make_model("nano-gqa-moe", tokenizer, num_layers=2, sliding_window=None)
     held_out = torch.randint(0, 512, (4, 24), generator=torch.Generator().manual_seed(7))
-    report = export_onnx_all(model, tmp_path, held_out, opset=18, int8=True)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_onnx_all(model, tmp_path, held_out, opset=18, int8=True)
+    assert not [w for w in caught if "training mode" in str(w.message)]  # exported in eval mode
     graph = onnx.load(tmp_path / "model.onnx")
     for value in graph.graph.input:  # batch and sequence are symbolic, not fixed
         dims = value.type.tensor_type.shape.dim

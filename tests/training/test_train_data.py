@@ -75,3 +75,23 @@ def test_parquet_single_file_and_bad_rows(tmp_path):
         ParquetBatchSource(tmp_path / "ragged.parquet", batch_size=1)
     with pytest.raises(ValueError, match="cannot fill one batch"):
         ParquetBatchSource(tmp_path / "one.parquet", batch_size=3)
+
+
+def test_read_only_arrays_are_copied_not_shared():
+    """Arrays read from Arrow are read-only: the source copies them (no torch warning, and the
+    tensors it holds may be written)."""
+    import warnings
+
+    import numpy as np
+
+    from xoron_pipelines.training.data import TokenRowsSource
+
+    ids = np.arange(12, dtype=np.int64).reshape(3, 4)
+    lengths = np.array([4, 3, 2])
+    for a in (ids, lengths):
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        source = TokenRowsSource(ids, 1, 0, lengths=lengths)
+    source.ids[0, 0] = 99
+    assert ids[0, 0] == 0 and source.lengths.tolist() == [4, 3, 2]

@@ -98,7 +98,7 @@ def _example(vocab: int, batch: int = 2, seq: int = 8) -> tuple[torch.Tensor, to
 
 def export_onnx(model, path: str | os.PathLike, opset: int = 18) -> Path:
     """Export ``model`` to ONNX at ``path`` (atomic), batch and sequence axes dynamic."""
-    wrapper = LogitsWrapper(model)
+    wrapper = LogitsWrapper(model).eval()  # a new module starts in training mode
     ids, mask = _example(model.config.vocab_size)
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
     path = Path(path)

@@ -26,6 +26,14 @@ import torch
 IGNORE_INDEX = -100
 
 
+def _tensor(values, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.as_tensor`` without sharing a read-only NumPy buffer (arrays that come from Arrow
+    are read-only: torch would warn and hand out a tensor that must never be written)."""
+    if isinstance(values, np.ndarray) and not values.flags.writeable:
+        values = values.copy()
+    return torch.as_tensor(values, dtype=dtype)
+
+
 @runtime_checkable
 class BatchSource(Protocol):
     """Random-access, epoch-deterministic micro-batches."""
@@ -54,14 +62,14 @@ class TokenRowsSource:
         lengths: np.ndarray | torch.Tensor | None = None,
         loss_weights: np.ndarray | torch.Tensor | None = None,
     ) -> None:
-        ids = torch.as_tensor(ids)
+        ids = _tensor(ids)
         if ids.ndim != 2 or ids.dtype.is_floating_point:
             raise ValueError(f"token rows must be a 2-D integer array, got {tuple(ids.shape)} {ids.dtype}")
         if batch_size < 1 or ids.shape[0] < batch_size:
             raise ValueError(f"{ids.shape[0]} rows cannot fill one batch of {batch_size}")
         self.ids = ids
-        self.lengths = None if lengths is None else torch.as_tensor(lengths, dtype=torch.int64)
-        self.loss_weights = None if loss_weights is None else torch.as_tensor(loss_weights, dtype=torch.float32)
+        self.lengths = None if lengths is None else _tensor(lengths, torch.int64)
+        self.loss_weights = None if loss_weights is None else _tensor(loss_weights, torch.float32)
         if self.loss_weights is not None and self.loss_weights.shape != ids.shape:
             raise ValueError(f"loss_weights {tuple(self.loss_weights.shape)} must match ids {tuple(ids.shape)}")
         self.batch_size = batch_size
