@@ -154,6 +154,23 @@ def test_the_pipeline_and_its_processes_cannot_be_signalled():
         bystander.wait()
 
 
+@pytest.mark.parametrize("tmp_mb", [2, 8])
+def test_private_tmp_is_as_large_as_tmp_mb(tmp_mb):
+    """/tmp is a tmpfs of ``tmp_mb`` MiB: writing 1 MiB blocks stops there (ENOSPC)."""
+    code = (
+        "n = 0\n"
+        "try:\n"
+        "    with open('/tmp/fill', 'wb') as fh:\n"
+        "        for _ in range(64):\n"
+        "            fh.write(bytes(1 << 20)); fh.flush(); n += 1\n"
+        "except OSError as exc:\n"
+        "    print(n, exc.errno)\n"
+    )
+    res = run_python(code, SandboxLimits(tmp_mb=tmp_mb))
+    written, errno_ = res.stdout.split()
+    assert int(errno_) == 28 and tmp_mb - 1 <= int(written) <= tmp_mb  # ENOSPC at the tmpfs size
+
+
 @pytest.mark.parametrize("max_processes", [6, 12])
 def test_fork_bomb_is_contained(max_processes):
     code = (
