@@ -21,6 +21,7 @@ from xoron_pipelines.training.schema import StageParams
 from xoron_pipelines.training.sft import build_sft_example
 from xoron_pipelines.training.stage_data import split_examples
 
+ROOT = Path(__file__).resolve().parents[2]
 #: one bad row per reason, and what it is quarantined as
 BAD_CHAT = {
     "missing_field": {"text": "no messages here"},
@@ -206,7 +207,58 @@ def test_the_finetune_group_names_the_stage_key(tmp_path, monkeypatch):
     from xoron_pipelines.validation import ParameterError, validate_group
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    values = yaml.safe_load(Path("conf/base/parameters_finetune.yml").read_text())["finetune"]
+    values = yaml.safe_load((ROOT / "conf/base/parameters_finetune.yml").read_text())["finetune"]
     values["stages"]["tools"]["sources"] = ["chat", {"hf": "org/name", "split": "train"}]
     with pytest.raises(ParameterError, match=r"stages\.tools: sources\[1\]\.hf: 'org/name'.*offline"):
         validate_group("finetune", values)
+
+
+def _readme_yaml() -> list[dict]:
+    """The YAML blocks of README.md's "Fine-tuning on your own conversations" subsection."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Fine-tuning on your own conversations", 1)[1].split("\n## ", 1)[0]
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+
+
+def _merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def test_the_readme_example_validates_and_its_files_are_read(tmp_path, monkeypatch):
+    import numpy as np
+    import yaml
+
+    from xoron_pipelines.validation import validate_all
+
+    blocks = _readme_yaml()
+    assert [list(b) for b in blocks] == [["finetune"], ["pretrain"]]
+    monkeypatch.chdir(tmp_path)  # the example's relative paths, made here
+    _jsonl(Path("data/01_raw/my_chat.jsonl"), chat_rows(6))
+    _jsonl(Path("data/01_raw/support/a.jsonl"), chat_rows(4))
+    Path("data/01_raw/my_prefs.parquet").parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(preference_rows(5)), "data/01_raw/my_prefs.parquet")
+    Path("data/processed").mkdir(parents=True)
+    for name in ("code_train_large.npy", "code_val_large.npy"):
+        np.save(Path("data/processed") / name, np.arange(64, dtype=np.uint16))
+    groups = {}
+    for block in blocks:
+        for group, values in block.items():
+            base = yaml.safe_load((ROOT / f"conf/base/parameters_{group}.yml").read_text())[group]
+            groups[group] = _merged(base, values)
+    validated = validate_all(groups)
+    tools = validated["finetune"].stages["tools"]
+    synth = {"chat": lambda: chat_rows(3)}
+    data = user_data.load_chat_data("tools", "sft", tools.sources, synth, chat_tokenizer(), 256, 0)
+    assert [c.used for c in data.counts] == [3, 6, 4]
+    prefs = validated["finetune"].stages["preference"].sources
+    assert len(user_data.load_chat_data("preference", "dpo", prefs, {}, chat_tokenizer(), 256, 0).examples) == 5
+    assert validated["pretrain"].stages["code"].token_files.paths()["train"] == Path(
+        "data/processed/code_train_large.npy"
+    )
