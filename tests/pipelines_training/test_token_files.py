@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.pipelines_training.stage_helpers import stage
 from tests.training.finetune_helpers import nano_model
@@ -71,7 +72,9 @@ def test_bad_files_are_refused_naming_the_file_and_index(tmp_path):
     bad = train.astype(np.int32)
     bad[37] = 512
     np.save(data / "bad.npy", bad)
-    with pytest.raises(ValueError, match=r"bad\.npy holds id 512 at index 37, outside the model's vocabulary \[0, 512\)"):
+    with pytest.raises(
+        ValueError, match=r"bad\.npy holds id 512 at index 37, outside the model's vocabulary \[0, 512\)"
+    ):
         token_files.open_ids(data / "bad.npy", 512)
     np.save(data / "float.npy", train.astype(np.float32))
     with pytest.raises(ValueError, match="1-D integer array"):
@@ -105,3 +108,13 @@ def test_the_fingerprint_follows_the_ids(tmp_path):
     train[3] = (train[3] + 1) % 512
     np.save(files[0], train)
     assert token_files.npy_fingerprint([token_files.NpyTokenSource(files, SEQ, 512, 4)]) != first
+
+
+def test_the_source_pickles_for_distributed_workers(tmp_path):
+    import pickle
+
+    data, _, _ = _files(tmp_path)
+    source = token_files.NpyTokenSource([data / "code_train.npy"], SEQ, 512, 4, seed=3, max_samples=10)
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy._arrays is None  # re-opened (memory-mapped) on first use, not shipped
+    assert all(torch.equal(copy.batch(1, i)["input_ids"], source.batch(1, i)["input_ids"]) for i in range(len(source)))

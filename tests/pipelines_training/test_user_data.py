@@ -117,7 +117,11 @@ def test_preference_rows_render_through_the_dpo_renderer_with_labels_on_the_answ
     want = build_preference_example(row["prompt"], row["chosen"], row["rejected"], tok, 128)
     assert all(torch.equal(got[k], want[k]) for k in want)
     # a multi-turn prompt: its assistant turn is context, only the answer is labelled
-    prompt = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "EARLIER"}, {"role": "user", "content": "b"}]
+    prompt = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "EARLIER"},
+        {"role": "user", "content": "b"},
+    ]
     ex = build_preference_example(prompt, "LATER", "NOPE", tok, 128)
     labelled = tok.decode(ex["chosen_labels"][ex["chosen_labels"] != -100])
     assert "LATER" in labelled and "EARLIER" not in labelled
@@ -132,7 +136,11 @@ def test_tools_column_and_tool_calls_render_as_the_synth_conversations_carry_the
     row = {
         "messages": [
             {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": '{"e": "2+2"}'}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": '{"e": "2+2"}'}}],
+            },
             {"role": "tool", "content": "4"},
             {"role": "assistant", "content": "4"},
         ],
@@ -141,7 +149,11 @@ def test_tools_column_and_tool_calls_render_as_the_synth_conversations_carry_the
     messages = user_data.sft_row(row)
     tools_open, _ = block("tools")
     call_open, call_close = block("tool_call")
-    assert messages[0]["role"] == "system" and tools_open in messages[0]["content"] and '"name": "calc"' in messages[0]["content"]
+    assert (
+        messages[0]["role"] == "system"
+        and tools_open in messages[0]["content"]
+        and '"name": "calc"' in messages[0]["content"]
+    )
     assert messages[2]["content"] == f'{call_open}\n{{"name": "calc", "arguments": {{"e": "2+2"}}}}\n{call_close}'
     ex = build_sft_example(messages, chat_tokenizer(), 256)
     assert (ex["labels"] != -100).any()
@@ -187,7 +199,9 @@ def test_a_save_to_disk_folder_is_read_with_its_split(tmp_path):
 def test_sources_are_checked_before_work(tmp_path, monkeypatch):
     base = stage(tmp_path / "ck", max_seq_len=64)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match=r"sources\[1\]\.hf: 'org/name' is a Hugging Face dataset id but Hugging Face is offline"):
+    with pytest.raises(
+        ValueError, match=r"sources\[1\]\.hf: 'org/name' is a Hugging Face dataset id but Hugging Face is offline"
+    ):
         StageParams.model_validate({**base, "sources": ["chat", {"hf": "org/name"}]}).check_kind("sft")
     with pytest.raises(ValueError, match=r"sources\[0\]\.path: .*nope\.jsonl does not exist"):
         StageParams.model_validate({**base, "sources": [{"path": str(tmp_path / "nope.jsonl")}]}).check_kind("sft")
@@ -221,7 +235,7 @@ def _readme_yaml() -> list[dict]:
 
     text = (ROOT / "README.md").read_text()
     section = text.split("### Fine-tuning on your own conversations", 1)[1].split("\n## ", 1)[0]
-    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
 
 
 def _merged(base: dict, override: dict) -> dict:
@@ -248,8 +262,8 @@ def test_the_readme_example_validates_and_its_files_are_read(tmp_path, monkeypat
     for name in ("code_train_large.npy", "code_val_large.npy"):
         np.save(Path("data/processed") / name, np.arange(64, dtype=np.uint16))
     groups = {}
-    for block in blocks:
-        for group, values in block.items():
+    for example in blocks:
+        for group, values in example.items():
             base = yaml.safe_load((ROOT / f"conf/base/parameters_{group}.yml").read_text())[group]
             groups[group] = _merged(base, values)
     validated = validate_all(groups)
@@ -262,3 +276,16 @@ def test_the_readme_example_validates_and_its_files_are_read(tmp_path, monkeypat
     assert validated["pretrain"].stages["code"].token_files.paths()["train"] == Path(
         "data/processed/code_train_large.npy"
     )
+
+
+def test_the_counts_reach_the_stage_mlflow_run(tmp_path):
+    from tests.helpers import fresh_tracking_store
+
+    path = _jsonl(tmp_path / "mine.jsonl", [*chat_rows(10), BAD_CHAT["unknown_role"]])
+    tracking = {"enabled": True, "log_model": False, "log_tokenizer": False, "plots": False}
+    with fresh_tracking_store(tmp_path) as client:
+        _, summary = _sft(tmp_path, [{"path": str(path)}], tracking=tracking)
+        params = client.get_run(summary["mlflow_run_id"]).data.params
+    assert params["data.rows_in"] == "11" and params["data.used"] == "10" and params["data.quarantined"] == "1"
+    assert params["data.quarantine_reasons.unknown_role"] == "1"
+    assert params["data.sources.0.source"] == str(path)

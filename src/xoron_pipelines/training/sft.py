@@ -47,9 +47,7 @@ def _render(tokenizer, messages: Messages, add_generation_prompt: bool = False) 
     )
 
 
-def assistant_char_spans(
-    messages: Messages, tokenizer, first_target: int = 0
-) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(messages: Messages, tokenizer, first_target: int = 0) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the ``[start, end)`` character span of every assistant turn
     from message ``first_target`` on (from the first content character to the end of the closing
     tag)."""

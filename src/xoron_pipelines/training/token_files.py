@@ -115,8 +115,10 @@ class NpyTokenSource:
         self._arrays: list[np.ndarray] | None = arrays
         self._starts = np.cumsum([0, *self.rows_per_file])
         # max_samples: the first max_samples rows of a seeded permutation (as for packed shards)
-        self.subset = None if max_samples is None or max_samples >= self._starts[-1] else np.sort(
-            np.random.default_rng([seed, 7]).permutation(int(self._starts[-1]))[:max_samples]
+        self.subset = (
+            None
+            if max_samples is None or max_samples >= self._starts[-1]
+            else np.sort(np.random.default_rng([seed, 7]).permutation(int(self._starts[-1]))[:max_samples])
         )
         self.num_rows = int(self._starts[-1]) if self.subset is None else len(self.subset)
         tails = sum(len(a) - r * seq_len for a, r in zip(arrays, self.rows_per_file))

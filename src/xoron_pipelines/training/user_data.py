@@ -473,7 +473,12 @@ def _log(stage: str, data: ChatData) -> None:
                 ", ".join(f"{r}: {n}" for r, n in sorted(c.quarantined.items())),
             )
         log.info(
-            "stage %s: source %s: %d rows in, %d used, %d over max_samples", stage, c.source, c.rows_in, c.used, c.capped
+            "stage %s: source %s: %d rows in, %d used, %d over max_samples",
+            stage,
+            c.source,
+            c.rows_in,
+            c.used,
+            c.capped,
         )
     for q in data.quarantine[:5]:
         log.warning("stage %s: quarantined %s row %s: %s (%s)", stage, q["file"], q["row"], q["reason"], q["detail"])

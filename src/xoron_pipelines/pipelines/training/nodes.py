@@ -197,9 +197,7 @@ def train_sft(
         fingerprint=fingerprint,
         extra_summary={"train_examples": len(train), "val_examples": len(val), "data": chat.report()},
     )
-    return _train(
-        stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params()
-    )
+    return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params())
 
 
 def train_dpo(
@@ -227,9 +225,7 @@ def train_dpo(
         fingerprint=fingerprint,
         extra_summary={"train_pairs": len(train), "val_pairs": len(val), "data": chat.report()},
     )
-    return _train(
-        stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params()
-    )
+    return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params())
 
 
 SUMMARY_COLUMNS = [
