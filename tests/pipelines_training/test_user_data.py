@@ -225,6 +225,9 @@ def test_the_finetune_group_names_the_stage_key(tmp_path, monkeypatch):
     values["stages"]["tools"]["sources"] = ["chat", {"hf": "org/name", "split": "train"}]
     with pytest.raises(ParameterError, match=r"stages\.tools: sources\[1\]\.hf: 'org/name'.*offline"):
         validate_group("finetune", values)
+    values["stages"]["tools"]["sources"] = ["chat", {"pth": "typo.jsonl"}]
+    with pytest.raises(ParameterError, match=r"finetune\.stages\.tools\.sources\[1\]\.dataset\.pth: Extra inputs"):
+        validate_group("finetune", values)
 
 
 def _readme_yaml() -> list[dict]:

@@ -21,7 +21,7 @@ from xoron_pipelines.training.distributed import DistributedSettings
 from xoron_pipelines.training.lora import LoraSettings
 from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.training.token_files import TokenFiles
-from xoron_pipelines.training.user_data import DataSource
+from xoron_pipelines.training.user_data import DataSource, Source
 from xoron_pipelines.validation import StrictModel
 
 Kind = Literal["causal_lm", "sft", "dpo"]
@@ -124,7 +124,7 @@ class StageParams(StrictModel):
         "instead of the packed shards; null = the packed shards",
     )
     # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
-    sources: list[str | DataSource] | None = Field(
+    sources: list[Source] | None = Field(
         None,
         min_length=1,
         description="sft / dpo: what to train on: synth partition names (types) and / or user datasets "

@@ -53,10 +53,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from xoron_pipelines.data import sources as readers
 from xoron_pipelines.tokens import CHAT_ROLES, block
@@ -148,7 +148,12 @@ class DataSource(StrictModel):
             )
 
 
-Source = str | DataSource
+def _source_kind(value: Any) -> str:
+    return "synth" if isinstance(value, str) else "dataset"
+
+
+#: an entry of ``sources``: a synth type name, or a user dataset (errors name the branch taken)
+Source = Annotated[Annotated[str, Tag("synth")] | Annotated[DataSource, Tag("dataset")], Discriminator(_source_kind)]
 
 
 class BadRow(ValueError):
