@@ -68,10 +68,14 @@ def test_sft_on_a_jsonl_file_quarantines_bad_rows_by_reason(tmp_path):
     assert set(params["data"]) == {"rows_in", "used", "capped", "quarantined", "quarantine_reasons", "sources"}
 
 
-def test_a_stage_without_a_usable_row_stops_before_training(tmp_path):
+def test_a_source_without_a_usable_row_stops_before_training(tmp_path):
     path = _jsonl(tmp_path / "bad.jsonl", list(BAD_CHAT.values()))
-    with pytest.raises(ValueError, match=r"stage t: no usable sft row.*unknown_role"):
-        _sft(tmp_path, [{"path": str(path)}])
+    synth = {"chat": lambda: chat_rows(10)}
+    with pytest.raises(
+        ValueError, match=r"stage t: sources\[1\] \(.*bad\.jsonl\): no usable sft row among its 6 .*unknown_role"
+    ):
+        _sft(tmp_path, ["chat", {"path": str(path)}], synth)
+    assert not (tmp_path / "ck").exists()  # nothing trained, no checkpoint directory
 
 
 def _preference_folder(tmp_path) -> Path:

@@ -32,7 +32,7 @@ reason such as ``malformed_json``, or ``missing_field``, ``bad_messages``, ``unk
 ``no_target_within_max_seq_len``), counted per source and reason, logged, and reported in the
 stage's summary and MLflow parameters (:meth:`ChatData.report`): for every source
 ``rows_in = used + capped + quarantined`` (``capped``: valid rows over the source's
-``max_samples``). A stage left without a usable row is an error before training.
+``max_samples``). A source without a usable row is an error before training.
 
 Design: the Kedro DAG is built before the parameters are read, so a stage cannot have one catalog
 dataset per user file. The node reads its user datasets itself from its validated parameters, as a
@@ -415,7 +415,8 @@ def load_chat_data(
 
     Per source: its rows are read (:func:`raw_rows`), checked (:func:`sft_row` / :func:`dpo_row`),
     capped to its ``max_samples`` (a seeded subset) and rendered; rows that fail are quarantined.
-    Raises ``ValueError`` naming the stage and the counts per reason when no row is usable."""
+    Raises ``ValueError`` naming the stage, the source and its counts per reason when a source
+    has no usable row (an empty or wrongly shaped dataset is an error, not a silent no-op)."""
     from xoron_pipelines.training.stage_data import _subset
 
     check = sft_row if kind == "sft" else dpo_row
@@ -459,10 +460,15 @@ def load_chat_data(
         counts.append(c)
     data = ChatData(examples, source_of, counts, quarantine)
     _log(stage, data)
-    if not examples:
-        raise ValueError(
-            f"stage {stage}: no usable {kind} row in its sources: {json.dumps(data.tracking_params()['data'])}"
-        )
+    for index, c in enumerate(counts):
+        if not c.used:
+            first = next((q for q in quarantine if q["source"] == c.source), None)
+            raise ValueError(
+                f"stage {stage}: sources[{index}] ({c.source}): no usable {kind} row among its {c.rows_in} "
+                f"(quarantined: {dict(c.quarantined) or 'none'}"
+                + (f"; e.g. {first['file']} row {first['row']}: {first['detail']}" if first else "")
+                + ")"
+            )
     return data
 
 
