@@ -83,24 +83,32 @@ def sequence_logps(
     return _token_logps(logits, labels)
 
 
-def _as_messages(prompt: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return [dict(m) for m in prompt]
+def _as_messages(value: str | Sequence[Mapping[str, Any]], role: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [dict(m) for m in value]
 
 
 def build_preference_example(
-    prompt: str | Sequence[Mapping[str, Any]], chosen: str, rejected: str, tokenizer, max_len: int
+    prompt: str | Sequence[Mapping[str, Any]],
+    chosen: str | Sequence[Mapping[str, Any]],
+    rejected: str | Sequence[Mapping[str, Any]],
+    tokenizer,
+    max_len: int,
 ) -> dict[str, torch.Tensor]:
     """``{chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels}`` of one pair.
 
     ``prompt`` is a user message (a string) or the conversation so far (a message list); each
-    answer is appended as the assistant turn and rendered with the chat template; labels cover the
-    answer and its closing tag only. Block weights do not apply (DPO sums plain log-probs).
+    answer is an assistant message (a string) or the turns that follow the prompt (a message
+    list), appended to the prompt and rendered with the chat template; labels cover the answer's
+    assistant turns and their closing tags only (never an assistant turn of the prompt). Block
+    weights do not apply (DPO sums plain log-probs).
     """
     out = {}
+    context = _as_messages(prompt, "user")
     for key, answer in (("chosen", chosen), ("rejected", rejected)):
-        ex = build_sft_example(_as_messages(prompt) + [{"role": "assistant", "content": answer}], tokenizer, max_len)
+        messages = context + _as_messages(answer, "assistant")
+        ex = build_sft_example(messages, tokenizer, max_len, first_target=len(context))
         out[f"{key}_input_ids"], out[f"{key}_labels"] = ex["input_ids"], ex["labels"]
     return out
 

@@ -106,3 +106,12 @@ def rows_fingerprint(rows: list[dict], tokenizer) -> str:
     h = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode())
     h.update(_tokenizer_text(tokenizer).encode())
     return h.hexdigest()
+
+
+def examples_fingerprint(examples: list[dict], tokenizer, extra: Any = None) -> str:
+    """Identity of rendered chat examples (sft / dpo stages) by content: the token ids, labels and
+    loss weights of every example in order, the tokenizer, and ``extra`` (JSON: e.g. the source of
+    each example, which its weight decides). A changed row, file, template or cut changes it."""
+    h = hashlib.sha256(_tokenizer_text(tokenizer).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return tensors_digest([ex[k] for ex in examples for k in sorted(ex)], h)

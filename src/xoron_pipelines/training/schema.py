@@ -20,6 +20,8 @@ from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.distributed import DistributedSettings
 from xoron_pipelines.training.lora import LoraSettings
 from xoron_pipelines.training.losses import LossWeights
+from xoron_pipelines.training.token_files import TokenFiles
+from xoron_pipelines.training.user_data import DataSource, Source
 from xoron_pipelines.validation import StrictModel
 
 Kind = Literal["causal_lm", "sft", "dpo"]
@@ -116,8 +118,19 @@ class StageParams(StrictModel):
         description="causal_lm: train and validate on this stage mix of data_processing.stage_mixes "
         "(packed_mixes/<name>); null = the main packing (packed_train / packed_val)",
     )
+    token_files: TokenFiles | None = Field(
+        None,
+        description="causal_lm: train on seed 001's .npy token files ({data_dir, data_file, val_file}) "
+        "instead of the packed shards; null = the packed shards",
+    )
     # ---- chat kinds (sft / dpo) ----------------------------------------------------------------
-    sources: list[str] | None = Field(None, min_length=1, description="sft / dpo: synth partitions (types) to train on")
+    sources: list[Source] | None = Field(
+        None,
+        min_length=1,
+        description="sft / dpo: what to train on: synth partition names (types) and / or user datasets "
+        "({path: ...} or {hf: ..., split: ...}, optional weight / max_samples; "
+        "training/user_data.py)",
+    )
     max_seq_len: int | None = Field(
         None,
         gt=1,
@@ -150,15 +163,25 @@ class StageParams(StrictModel):
         if kind != "dpo" and self.beta is not None:
             wrong.append("beta (dpo only)")
         if kind != "causal_lm" and self.data_mix is not None:
-            wrong.append("data_mix (causal_lm only; sft / dpo stages read synth partitions: sources)")
+            wrong.append("data_mix (causal_lm only; sft / dpo stages read their sources)")
+        if kind != "causal_lm" and self.token_files is not None:
+            wrong.append("token_files (causal_lm only; sft / dpo stages read their sources)")
         if kind == "causal_lm" and (self.sources is not None or self.max_seq_len is not None):
             wrong.append("sources / max_seq_len (sft / dpo only; a causal_lm stage reads packed shards)")
+        if self.data_mix is not None and self.token_files is not None:
+            raise ValueError("give either data_mix or token_files, not both (both name the stage's data)")
         if kind == "dpo" and self.beta is None:
             raise ValueError("a dpo stage needs beta")
         if kind in ("sft", "dpo") and self.sources is None:
-            raise ValueError(f"a {kind} stage needs sources (synth partitions)")
+            raise ValueError(f"a {kind} stage needs sources (synth partitions and / or user datasets)")
         if wrong:
             raise ValueError(f"a {kind} stage does not use: {', '.join(wrong)}")
+        if self.enabled:  # its data can be had: before any work, not when the stage starts
+            for i, source in enumerate(self.sources or []):
+                if isinstance(source, DataSource):
+                    source.check_available(f"sources[{i}]")
+            if self.token_files is not None:
+                self.token_files.check_available()
         return self
 
 

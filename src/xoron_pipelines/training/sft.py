@@ -47,14 +47,15 @@ def _render(tokenizer, messages: Messages, add_generation_prompt: bool = False) 
     )
 
 
-def assistant_char_spans(messages: Messages, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(messages: Messages, tokenizer, first_target: int = 0) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the ``[start, end)`` character span of every assistant turn
-    (from the first content character to the end of the closing tag)."""
+    from message ``first_target`` on (from the first content character to the end of the closing
+    tag)."""
     full = _render(tokenizer, messages)
     close = CHAT_ROLES["assistant"][1]
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < first_target:
             continue
         prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
         turn = _render(tokenizer, messages[: i + 1])
@@ -68,17 +69,21 @@ def assistant_char_spans(messages: Messages, tokenizer) -> tuple[str, list[tuple
     return full, spans
 
 
-def build_sft_example(messages: Messages, tokenizer, max_len: int, weighter: BlockWeighter | None = None) -> Example:
+def build_sft_example(
+    messages: Messages, tokenizer, max_len: int, weighter: BlockWeighter | None = None, first_target: int = 0
+) -> Example:
     """``{input_ids, labels, loss_weights}`` (1-D tensors) of one conversation; see the module doc.
 
     ``tokenizer`` must be a fast (``tokenizers``-backed) tokenizer carrying the chat template.
-    ``weighter`` defaults to seed 000's weights (:class:`LossWeights` defaults).
+    ``weighter`` defaults to seed 000's weights (:class:`LossWeights` defaults). Only assistant
+    turns at message index ``first_target`` or later are targets (DPO: the answer, not the
+    assistant turns of a multi-turn prompt).
     """
     if max_len < 2:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("build_sft_example needs a fast tokenizer (offsets mapping)")
-    text, spans = assistant_char_spans(messages, tokenizer)
+    text, spans = assistant_char_spans(messages, tokenizer, first_target)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     starts = np.array([s for s, _ in enc["offset_mapping"]], dtype=np.int64)

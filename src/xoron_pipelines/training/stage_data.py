@@ -3,11 +3,15 @@
 * ``causal_lm``: packed Parquet shards (``packed_train`` / ``packed_val``) through
   :class:`~xoron_pipelines.training.data.ParquetBatchSource`; eval = mean next-token loss per
   real token on the validation shards.
-* ``sft``: synth conversations rendered with the tokenizer's chat template, labels on assistant
-  tokens only, seed 000 block weights (:mod:`xoron_pipelines.training.sft`); eval = the same
-  :func:`lm_eval_fn`: plain (unweighted) loss on the assistant tokens of held-out conversations.
-* ``dpo``: synth ``{prompt, chosen, rejected}`` pairs (:mod:`xoron_pipelines.training.dpo`);
-  eval = DPO loss and reward accuracy on held-out pairs against the same frozen reference.
+  Or seed 001's ``.npy`` token files (``token_files``: :mod:`xoron_pipelines.training.token_files`).
+* ``sft``: conversations (synth partitions and / or user datasets:
+  :mod:`xoron_pipelines.training.user_data`) rendered with the tokenizer's chat template, labels
+  on assistant tokens only, seed 000 block weights (:mod:`xoron_pipelines.training.sft`); eval =
+  the same :func:`lm_eval_fn`: plain (unweighted) loss on the assistant tokens of held-out
+  conversations.
+* ``dpo``: ``{prompt, chosen, rejected}`` pairs of the same kinds of sources
+  (:mod:`xoron_pipelines.training.dpo`); eval = DPO loss and reward accuracy on held-out pairs
+  against the same frozen reference.
 
 ``max_samples`` keeps the first ``max_samples`` rows / examples of a seeded permutation, so a
 cap draws from the whole data, the same rows for the same seed.
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -26,9 +30,9 @@ import torch
 from torch import nn
 
 from xoron_pipelines.training.data import IGNORE_INDEX, ParquetBatchSource, TokenRowsSource
-from xoron_pipelines.training.dpo import build_preference_example, dpo_step_loss
-from xoron_pipelines.training.losses import LossWeights
-from xoron_pipelines.training.sft import ExampleBatchSource, build_sft_dataset, collate, has_targets
+from xoron_pipelines.training.dpo import dpo_step_loss
+from xoron_pipelines.training.sft import ExampleBatchSource, collate
+from xoron_pipelines.training.user_data import ChatData, oversample
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +132,6 @@ def unigram_entropy(source: TokenRowsSource) -> float:
 
 
 # ------------------------------------------------------------------------------ chat kinds
-def partition_rows(partitions: Mapping[str, Any], sources: Iterable[str]) -> list[dict]:
-    """Rows of the named partitions of a ``PartitionedDataset`` (values are loaders or rows)."""
-    rows: list[dict] = []
-    for name in sources:
-        if name not in partitions:
-            raise KeyError(f"synth partition {name!r} not found; available: {sorted(partitions)}")
-        loaded = partitions[name]
-        rows.extend(loaded() if callable(loaded) else loaded)
-    return rows
-
-
 def split_examples(examples: list, val_fraction: float, max_samples: int | None, seed: int) -> tuple[list, list]:
     """(train, val): a seeded permutation, the first ``ceil(val_fraction * n)`` (>= 1) held out,
     the training part capped to ``max_samples``."""
@@ -153,29 +146,17 @@ def split_examples(examples: list, val_fraction: float, max_samples: int | None,
     return train, val
 
 
-def sft_examples(rows: list[dict], tokenizer, max_len: int, weights: LossWeights | None) -> list[dict]:
-    """Chat examples of every row with ``messages`` (labels on assistant tokens, block weights)."""
-    conversations = [row["messages"] for row in rows if row.get("messages")]
-    if not conversations:
-        raise ValueError("no row with 'messages' in the selected sft sources")
-    return build_sft_dataset(conversations, tokenizer, max_len, weights)
-
-
-def preference_examples(rows: list[dict], tokenizer, max_len: int) -> list[dict]:
-    """Preference examples of every ``{prompt, chosen, rejected}`` row whose answers both keep
-    tokens within ``max_len``."""
-    out, dropped = [], 0
-    for row in rows:
-        ex = build_preference_example(row["prompt"], row["chosen"], row["rejected"], tokenizer, max_len)
-        if has_targets({"labels": ex["chosen_labels"]}) and has_targets({"labels": ex["rejected_labels"]}):
-            out.append(ex)
-        else:
-            dropped += 1
-    if dropped:
-        log.warning("dropped %d preference pairs with an answer truncated away (max_len=%d)", dropped, max_len)
-    if not out:
-        raise ValueError("no preference pair left (rows need prompt / chosen / rejected)")
-    return out
+def chat_split(data: ChatData, sources: list, val_fraction: float, max_samples: int | None, seed: int):
+    """(train, val) examples of a chat stage's data: :func:`split_examples` of all examples, then
+    each user source's ``weight`` applied to the training part (:func:`~.user_data.oversample`;
+    held-out examples are never repeated)."""
+    train, val = split_examples(list(range(len(data.examples))), val_fraction, max_samples, seed)
+    weights = [1.0 if isinstance(s, str) else s.weight for s in sources]
+    if any(w != 1.0 for w in weights):
+        train = oversample(train, data.source_of, weights, seed)
+        if not train:
+            raise ValueError("the sources' weights leave no training example")
+    return [data.examples[i] for i in train], [data.examples[i] for i in val]
 
 
 def example_source(examples: list, batch_size: int, pad_id: int, seed: int, shuffle: bool = True) -> ExampleBatchSource:

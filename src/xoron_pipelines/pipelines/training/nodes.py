@@ -24,9 +24,9 @@ from kedro.io import DatasetError
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.model import XoronForCausalLM
 from xoron_pipelines.model.config import ModelParams
-from xoron_pipelines.training import stage_data
+from xoron_pipelines.training import stage_data, token_files, user_data
 from xoron_pipelines.training.dpo import make_dpo_loss_fn, make_reference
-from xoron_pipelines.training.fingerprint import rows_fingerprint, tokens_fingerprint
+from xoron_pipelines.training.fingerprint import examples_fingerprint, tokens_fingerprint
 from xoron_pipelines.training.schema import Kind, StageParams
 from xoron_pipelines.training.stage import StageData, passthrough_summary, run_stage
 
@@ -60,6 +60,7 @@ def _train(
     data: StageData | None,
     checkpoints: CheckpointStore | None,
     with_adapter: bool,
+    extra_params: dict[str, Any] | None = None,
 ):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ValueError(
@@ -70,7 +71,9 @@ def _train(
         log.info("stage %s is disabled: passing its starting model through", stage)
         out = model, passthrough_summary(stage, kind), LoraAdapter()
     else:
-        out = run_stage(stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer)
+        out = run_stage(
+            stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer, extra_params=extra_params
+        )
     return out if with_adapter else out[:2]
 
 
@@ -91,6 +94,9 @@ def train_causal_lm(
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
         return _train(stage, "causal_lm", init_model, tokenizer, params, None, checkpoints, with_adapter)
+    if params.token_files is not None:
+        data = _token_files_data(params, init_model, tokenizer)
+        return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
     if params.data_mix is not None:
         try:
             mix = packed_mixes[params.data_mix]
@@ -117,12 +123,53 @@ def train_causal_lm(
     return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
 
 
+def _token_files_data(params: StageParams, model, tokenizer) -> StageData:
+    """Seed 001's .npy token files cut into rows of the model's sequence length
+    (:mod:`~xoron_pipelines.training.token_files`); the packed shards are not read."""
+    cfg, paths = params.train, params.token_files.paths()
+    seq_len, vocab = int(model.config.max_position_embeddings), int(model.config.vocab_size)
+    source = token_files.NpyTokenSource(
+        token_files.npy_files(paths["train"]), seq_len, vocab, cfg.batch_size, cfg.seed, max_samples=params.max_samples
+    )
+    val = token_files.NpyTokenSource(
+        token_files.npy_files(paths["val"]), seq_len, vocab, params.eval.batch_size or cfg.batch_size, cfg.seed, False
+    )
+    return StageData(
+        source,
+        stage_data.lm_eval_fn(val, params.eval.max_batches),
+        fingerprint=token_files.npy_fingerprint([source, val], tokenizer),
+        extra_summary={
+            "unigram_entropy": token_files.unigram_entropy(source),
+            "train_rows": source.num_rows,
+            "token_files": {k: str(v) for k, v in paths.items()},
+        },
+    )
+
+
 def _example_sources(train: list, val: list, params, pad_id: int):
     """Shuffled training batches and in-order validation batches of padded examples."""
     cfg = params.train
     source = stage_data.example_source(train, cfg.batch_size, pad_id, cfg.seed)
     val_batch = min(params.eval.batch_size or cfg.batch_size, len(val))
     return source, stage_data.example_source(val, val_batch, pad_id, cfg.seed, shuffle=False)
+
+
+def _chat_data(stage: str, kind: Kind, params: StageParams, init_model, tokenizer, synth_raw):
+    """Examples of a chat stage's sources, split (weights applied), and the data's report."""
+    cfg = params.train
+    data = user_data.load_chat_data(
+        stage,
+        kind,
+        params.sources,
+        synth_raw,
+        tokenizer,
+        _max_len(params, init_model),
+        cfg.seed,
+        params.loss_weights,
+    )
+    train, val = stage_data.chat_split(data, params.sources, params.eval.val_fraction, params.max_samples, cfg.seed)
+    fingerprint = examples_fingerprint(data.examples, tokenizer, extra=data.source_of)
+    return train, val, data, fingerprint
 
 
 def train_sft(
@@ -135,22 +182,22 @@ def train_sft(
     stage: str,
     with_adapter: bool = False,
 ):
-    """SFT stage: chat-template conversations, loss on assistant tokens, block weights."""
+    """SFT stage: chat-template conversations of its ``sources`` (synth partitions of
+    ``synth_raw`` and / or user datasets the node reads itself: :mod:`~xoron_pipelines.training.user_data`),
+    loss on assistant tokens, block weights. Quarantine counts go to the summary (``data``) and
+    the stage's MLflow parameters (``data.*``)."""
     params = _params(stage_params, "sft")
     if not params.enabled:
         return _train(stage, "sft", init_model, tokenizer, params, None, checkpoints, with_adapter)
-    cfg = params.train
-    rows = stage_data.partition_rows(synth_raw, params.sources)
-    examples = stage_data.sft_examples(rows, tokenizer, _max_len(params, init_model), params.loss_weights)
-    train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
+    train, val, chat, fingerprint = _chat_data(stage, "sft", params, init_model, tokenizer, synth_raw)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(
         source,
         stage_data.lm_eval_fn(val_source, params.eval.max_batches),
-        fingerprint=rows_fingerprint(rows, tokenizer),
-        extra_summary={"train_examples": len(train), "val_examples": len(val)},
+        fingerprint=fingerprint,
+        extra_summary={"train_examples": len(train), "val_examples": len(val), "data": chat.report()},
     )
-    return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter)
+    return _train(stage, "sft", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params())
 
 
 def train_dpo(
@@ -163,24 +210,22 @@ def train_dpo(
     stage: str,
     with_adapter: bool = False,
 ):
-    """DPO stage against a frozen copy of the starting model on chosen / rejected pairs."""
+    """DPO stage against a frozen copy of the starting model on the chosen / rejected pairs of its
+    ``sources`` (as :func:`train_sft`'s)."""
     params = _params(stage_params, "dpo")
     if not params.enabled:
         return _train(stage, "dpo", init_model, tokenizer, params, None, checkpoints, with_adapter)
-    cfg = params.train
-    rows = stage_data.partition_rows(synth_raw, params.sources)
-    examples = stage_data.preference_examples(rows, tokenizer, _max_len(params, init_model))
-    train, val = stage_data.split_examples(examples, params.eval.val_fraction, params.max_samples, cfg.seed)
+    train, val, chat, fingerprint = _chat_data(stage, "dpo", params, init_model, tokenizer, synth_raw)
     reference = make_reference(init_model)
     source, val_source = _example_sources(train, val, params, tokenizer.pad_token_id)
     data = StageData(
         source,
         stage_data.dpo_eval_fn(val_source, reference, params.beta, params.eval.max_batches),
         loss_fn=make_dpo_loss_fn(reference, params.beta),
-        fingerprint=rows_fingerprint(rows, tokenizer),
-        extra_summary={"train_pairs": len(train), "val_pairs": len(val)},
+        fingerprint=fingerprint,
+        extra_summary={"train_pairs": len(train), "val_pairs": len(val), "data": chat.report()},
     )
-    return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter)
+    return _train(stage, "dpo", init_model, tokenizer, params, data, checkpoints, with_adapter, chat.tracking_params())
 
 
 SUMMARY_COLUMNS = [

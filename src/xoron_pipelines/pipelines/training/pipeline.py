@@ -1,7 +1,7 @@
 """The one modular stage pipeline, instantiated per stage under the stage's namespace.
 
 :func:`stage_pipeline` builds the template of one stage of kind ``causal_lm`` (packed shards),
-``sft`` (chat conversations from synth) or ``dpo`` (preference pairs) and wraps it with
+``sft`` (chat conversations) or ``dpo`` (preference pairs) and wraps it with
 ``pipeline(..., namespace=stage)``: kedro viz shows one collapsible box per stage, ``kedro run
 --namespaces <stage>`` selects stages, and the template's datasets become ``<stage>.model``,
 ``<stage>.train_summary`` and ``<stage>.lora_adapter`` (outputs) and ``<stage>.checkpoints`` (the
@@ -14,6 +14,12 @@ Why the stage list lives in code (:data:`~xoron_pipelines.training.schema.STAGES
 configuration is loaded (``create_pipeline`` receives no parameters), so the DAG cannot follow a
 list read from ``parameters_*.yml``. The schema of each group requires exactly these stages,
 and ``enabled: false`` skips one (its model passes through unchanged).
+
+Data inputs (:data:`DATA_INPUTS`): a causal_lm stage reads the packed shards (or, with
+``token_files``, seed 001's .npy files, which its node opens from the parameters); an sft / dpo
+stage reads the synth partitions it names from ``synth_raw`` and the user datasets of its
+``sources`` itself, from the parameters (:mod:`xoron_pipelines.training.user_data` says why: the
+DAG cannot grow one catalog entry per user file), identified by content in the fingerprint.
 
 ``create_pipeline`` of this package gives ``pretrain + finetune`` (``kedro run --pipeline
 training``: all four stages).
