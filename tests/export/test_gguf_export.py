@@ -139,9 +139,10 @@ def expected_keys(cfg, arch: str, tokenizer) -> dict:
         "tokenizer.ggml.eos_token_id": tokenizer.eos_token_id,
         "tokenizer.ggml.padding_token_id": tokenizer.pad_token_id,
         "tokenizer.ggml.unknown_token_id": tokenizer.unk_token_id,
-        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_bos_token": True,  # every training row starts with BOS
         "tokenizer.ggml.add_eos_token": False,
-        "tokenizer.chat_template": tokenizer.chat_template,
+        "tokenizer.ggml.eot_token_id": tokenizer.convert_tokens_to_ids("<|/assistant|>"),  # end of a turn
+        "tokenizer.chat_template": "{{- bos_token -}}\n" + tokenizer.chat_template,  # the HF export's
     }
     if arch == "deepseek2":
         keys.update(
