@@ -227,6 +227,7 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     data = kedro_project / "data"
     HFTokenizerDataset(str(data / "05_model_input/tokenizer")).save(tokenizer)
     (data / "05_model_input/packed/val").mkdir(parents=True)
+    (data / "05_model_input/packing_manifest.json").write_text(json.dumps(MANIFEST))
     for seed, stage in enumerate(("code", "tools")):
         XoronModelDataset(str(data / "06_models" / stage)).save(make_model("nano", tokenizer, seed=seed, num_layers=1))
     (data / "08_reporting/training").mkdir(parents=True)
@@ -248,7 +249,8 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     assert not (data / "07_model_output/export").exists()
     exported = load_file(str(out / "hf" / "model.safetensors"))["model.embed_tokens.weight"]
     assert torch.equal(exported, load_file(str(data / "06_models/code/model.safetensors"))["model.embed_tokens.weight"])
-    assert "**loss_of**: code" in (out / "hf" / "README.md").read_text()
+    card = (out / "hf" / "README.md").read_text()
+    assert "**loss_of**: code" in card and "| corpus_a | 12 | 3,456 | 0.75 |" in card
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "code" and manifest["formats"]["hf"]["path"] == str(out / "hf")
     uri = yaml.safe_load((kedro_project / "conf/local/mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]
