@@ -128,7 +128,13 @@ def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_pat
     summaries = [{"lora_adapter": f"{s}.lora_adapter" if adapters[s] else None} for s in STAGES]
     params = {"output_dir": str(tmp_path / "out"), "formats": ["lora"], "register_mlflow": False, "source": "tools"}
     outputs = export_stage(
-        {"tools": peft_model.merge_and_unload()}, tokenizer, None, None, params, *summaries, *(adapters[s] for s in STAGES)
+        {"tools": peft_model.merge_and_unload()},
+        tokenizer,
+        None,
+        None,
+        params,
+        *summaries,
+        *(adapters[s] for s in STAGES),
     )
     exported = tmp_path / "out" / "lora_adapter"
     assert outputs["export_manifest"]["formats"]["lora"]["path"] == str(exported)

@@ -23,7 +23,10 @@ def test_native_dir_loads_offline_and_generates_the_same(preset, tokenizer, tmp_
     native = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True, trust_remote_code=False)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True, trust_remote_code=False)
     assert type(native).__name__ == NATIVE[preset]
-    assert tok.get_vocab() == tokenizer.get_vocab() and tok.chat_template == "{{- bos_token -}}\n" + tokenizer.chat_template
+    assert (
+        tok.get_vocab() == tokenizer.get_vocab()
+        and tok.chat_template == "{{- bos_token -}}\n" + tokenizer.chat_template
+    )
     prompt = torch.tensor([tok.encode("def add(x, y):\n    return")])
     ours = model.generate(prompt, max_new_tokens=12, eos_token_id=-1)
     theirs = native.eval().generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)

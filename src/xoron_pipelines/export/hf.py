@@ -142,9 +142,7 @@ def data_section(data: Mapping[str, Any] | None) -> str:
     if not data or not data.get("sources"):
         return "(no data_processing manifest given to the export)"
     sources = data["sources"]
-    rows = [
-        [name, s.get("documents"), s.get("tokens"), s.get("achieved_share")] for name, s in sorted(sources.items())
-    ]
+    rows = [[name, s.get("documents"), s.get("tokens"), s.get("achieved_share")] for name, s in sorted(sources.items())]
     text = "Packed by data_processing (`packing_manifest.json`), per source:\n\n"
     text += _table(["source", "documents", "tokens", "share"], rows)
     splits = data.get("splits") or {}
@@ -250,7 +248,9 @@ def model_card(
     )
 
 
-def generation_config(config, max_new_tokens: int = 256, eos_token_id: int | list[int] | None = None) -> GenerationConfig:
+def generation_config(
+    config, max_new_tokens: int = 256, eos_token_id: int | list[int] | None = None
+) -> GenerationConfig:
     """Greedy decoding defaults with our special token ids; ``eos_token_id`` (default the
     config's) is every id generation stops at (:func:`~xoron_pipelines.export.tokenizer.stop_ids`)."""
     return GenerationConfig(
