@@ -75,5 +75,47 @@ def run_export_node(*args):
     from xoron_pipelines.pipelines.export.nodes import OUTPUTS, export_stage
 
     outputs = dict(zip(OUTPUTS, export_stage(*args)))
-    publish({name.removeprefix("export_"): outputs[name] for name in OUTPUTS[:4]}, args[3]["output_dir"])
+    publish({name.removeprefix("export_"): outputs[name] for name in OUTPUTS[:4]}, args[4]["output_dir"])
     return outputs
+
+
+#: what the trained tiny model (:func:`train_tiny`) learned: a document and a conversation
+DOC_PROMPT, DOC_REST = "hello world,", " hello export"
+CHAT = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "def add(x, y):"}]
+
+
+def training_rows(tokenizer) -> list[list[int]]:
+    """The two rows as training builds them: a packed document ``[BOS] + ids + [EOS]``
+    (data/packing.py) and an SFT conversation (training/sft.py: BOS + the chat template's ids)."""
+    from xoron_pipelines.training.sft import build_sft_example
+
+    doc = [tokenizer.bos_token_id, *tokenizer.encode(DOC_PROMPT + DOC_REST), tokenizer.eos_token_id]
+    chat = build_sft_example(CHAT, tokenizer, 256)["input_ids"].tolist()
+    return [doc, chat]
+
+
+#: a narrow 2-layer model: trains in seconds
+TINY = {"num_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "num_kv_heads": 2, "dropout": 0.0}
+
+
+def train_tiny(tokenizer, preset: str = "nano", steps: int = 80, **overrides) -> XoronForCausalLM:
+    """A small ``preset`` model trained until it reproduces :func:`training_rows` greedily: the
+    document's continuation ends in EOS, the assistant turn in ``<|/assistant|>``. Its config has
+    no special ids (like a model of the training pipeline); the export takes them from the tokenizer."""
+    torch.manual_seed(0)
+    cfg = get_config(preset, vocab_size=VOCAB, **{**TINY, **overrides})
+    model = XoronForCausalLM(cfg)
+    rows = training_rows(tokenizer)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = labels[i, : len(row)] = torch.tensor(row)
+    mask = (labels != -100).long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        model(ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+    return model.eval()

@@ -22,6 +22,12 @@ from xoron_pipelines.pipelines.export.params import STAGES
 from xoron_pipelines.pipelines.export.pipeline import create_pipeline
 
 FORMAT_ENTRIES = ("export_hf", "export_gguf", "export_onnx", "export_lora_adapter")
+#: a data_processing packing manifest (the parts the model card reads)
+MANIFEST = {
+    "max_seq_len": 64,
+    "sources": {"corpus_a": {"documents": 12, "tokens": 3456, "achieved_share": 0.75}},
+    "splits": {"train": {"documents": 11, "tokens": 3000, "sequences": 50}},
+}
 
 
 def _config(project_root: Path, runtime_params=None):
@@ -69,6 +75,7 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     catalog["stage_models"] = StageModelsDataset(str(models))
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
+    catalog["packing_manifest"] = MemoryDataset(MANIFEST)
     catalog["export_metrics"] = MemoryDataset()
     catalog["params:export"] = MemoryDataset(
         {
@@ -92,6 +99,8 @@ def test_kedro_run_with_output_dir_writes_through_the_catalog(project_root, toke
     assert manifest["formats"]["hf"]["path"] == str(out / "hf")
     assert manifest["formats"]["gguf"][0]["path"] == str(out / "gguf" / "model-q8_0.gguf")
     assert manifest["formats"]["lora"]["path"] is None
+    card = (out / "hf" / "README.md").read_text()  # the catalog's packing_manifest is the card's data
+    assert "datasets:\n- corpus_a" in card and "| corpus_a | 12 | 3,456 | 0.75 |" in card
 
 
 def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(
@@ -121,6 +130,7 @@ def test_kedro_run_publishes_the_source_stages_lora_adapter_from_the_catalog(
     catalog["stage_models"] = MemoryDataset({"code": model}, copy_mode="assign")
     catalog["tokenizer"] = MemoryDataset(tokenizer, copy_mode="assign")
     catalog["packed_val"] = MemoryDataset(None)
+    catalog["packing_manifest"] = MemoryDataset(MANIFEST)
     catalog["export_metrics"] = MemoryDataset()
     catalog["params:export"] = MemoryDataset(
         {**params["export"], "source": "code", "formats": ["lora"], "register_mlflow": False}
@@ -217,6 +227,7 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     data = kedro_project / "data"
     HFTokenizerDataset(str(data / "05_model_input/tokenizer")).save(tokenizer)
     (data / "05_model_input/packed/val").mkdir(parents=True)
+    (data / "05_model_input/packing_manifest.json").write_text(json.dumps(MANIFEST))
     for seed, stage in enumerate(("code", "tools")):
         XoronModelDataset(str(data / "06_models" / stage)).save(make_model("nano", tokenizer, seed=seed, num_layers=1))
     (data / "08_reporting/training").mkdir(parents=True)
@@ -238,7 +249,8 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
     assert not (data / "07_model_output/export").exists()
     exported = load_file(str(out / "hf" / "model.safetensors"))["model.embed_tokens.weight"]
     assert torch.equal(exported, load_file(str(data / "06_models/code/model.safetensors"))["model.embed_tokens.weight"])
-    assert "**loss_of**: code" in (out / "hf" / "README.md").read_text()
+    card = (out / "hf" / "README.md").read_text()
+    assert "**loss_of**: code" in card and "| corpus_a | 12 | 3,456 | 0.75 |" in card
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "code" and manifest["formats"]["hf"]["path"] == str(out / "hf")
     uri = yaml.safe_load((kedro_project / "conf/local/mlflow.yml").read_text())["server"]["mlflow_tracking_uri"]

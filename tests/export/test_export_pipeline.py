@@ -36,6 +36,7 @@ def test_source_parameter_picks_the_stage_model(tokenizer, tmp_path):
         models,
         tokenizer,
         None,
+        None,
         {"output_dir": str(out), "formats": ["hf"], "register_mlflow": False, "source": "tools"},
         *[{}] * 4,
         *NO_ADAPTERS,
@@ -100,6 +101,7 @@ def test_node_runs_after_every_training_stage_and_uses_the_source_summary(tokeni
         {"code": model},
         tokenizer,
         None,
+        None,
         {"output_dir": str(tmp_path), "formats": ["hf"], "register_mlflow": False, "source": "code"},
         *summaries,
         *NO_ADAPTERS,
@@ -126,7 +128,13 @@ def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_pat
     summaries = [{"lora_adapter": f"{s}.lora_adapter" if adapters[s] else None} for s in STAGES]
     params = {"output_dir": str(tmp_path / "out"), "formats": ["lora"], "register_mlflow": False, "source": "tools"}
     outputs = export_stage(
-        {"tools": peft_model.merge_and_unload()}, tokenizer, None, params, *summaries, *(adapters[s] for s in STAGES)
+        {"tools": peft_model.merge_and_unload()},
+        tokenizer,
+        None,
+        None,
+        params,
+        *summaries,
+        *(adapters[s] for s in STAGES),
     )
     exported = tmp_path / "out" / "lora_adapter"
     assert outputs["export_manifest"]["formats"]["lora"]["path"] == str(exported)
@@ -136,7 +144,7 @@ def test_lora_adapter_of_the_stage_is_exported_in_peft_format(tokenizer, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, peft_model.eval()(input_ids=ids).logits)
     with pytest.raises(ValueError, match="train summary and a LoRA adapter per stage"):
-        export_stage({"tools": base}, tokenizer, None, params, *summaries)
+        export_stage({"tools": base}, tokenizer, None, None, params, *summaries)
 
     manifest, _ = export_model(
         base, tokenizer, None, {"lora_adapter": None}, {**params, "output_dir": str(tmp_path / "o2")}, LoraAdapter()

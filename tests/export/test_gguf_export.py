@@ -10,8 +10,9 @@ import torch
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, GGUFReader, TokenType
 from gguf.quants import dequantize
 
-from tests.export.export_helpers import make_model
+from tests.export.export_helpers import DOC_PROMPT, DOC_REST, make_model
 from xoron_pipelines.export.gguf_export import export_gguf
+from xoron_pipelines.export.tokenizer import END_OF_TURN, export_tokenizer, stop_ids
 
 T = MODEL_TENSOR
 # llama.cpp's loaders (src/models/{llama,deepseek2,glm4-moe}.cpp) per layer kind
@@ -139,9 +140,10 @@ def expected_keys(cfg, arch: str, tokenizer) -> dict:
         "tokenizer.ggml.eos_token_id": tokenizer.eos_token_id,
         "tokenizer.ggml.padding_token_id": tokenizer.pad_token_id,
         "tokenizer.ggml.unknown_token_id": tokenizer.unk_token_id,
-        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_bos_token": True,  # every training row starts with BOS
         "tokenizer.ggml.add_eos_token": False,
-        "tokenizer.chat_template": tokenizer.chat_template,
+        "tokenizer.ggml.eot_token_id": tokenizer.convert_tokens_to_ids("<|/assistant|>"),  # end of a turn
+        "tokenizer.chat_template": "{{- bos_token -}}\n" + tokenizer.chat_template,  # the HF export's
     }
     if arch == "deepseek2":
         keys.update(
@@ -272,6 +274,36 @@ def _llama_cpp_greedy(model, path, qtype: str, tokenizer) -> None:
     want = model.generate(torch.tensor([short]), max_new_tokens=8, eos_token_id=-1)[0, len(short) :].tolist()
     got = [t for _, t in zip(range(8), llm.generate(short, top_k=1, temp=0.0, reset=True))]
     assert got == want if qtype == "f16" else got[0] == want[0]
+
+
+def test_gguf_of_a_trained_model_adds_bos_and_stops_at_eos(trained, tokenizer, tmp_path):
+    """The GGUF says what the HF export does (add BOS, stop at EOS and at the end of an assistant
+    turn, the chat template that renders BOS), read back with gguf's reader; where
+    llama-cpp-python is installed, llama.cpp tokenizes a prompt with the BOS and its greedy
+    completion is ours, ending at EOS (a model trained to end there)."""
+    model, exported = trained["nano"], export_tokenizer(tokenizer)
+    path = tmp_path / "m-f16.gguf"
+    export_gguf(model, path, tokenizer, "f16")
+    fields = _fields(GGUFReader(path))
+    assert fields["tokenizer.ggml.add_bos_token"] is True and fields["tokenizer.ggml.add_eos_token"] is False
+    assert [fields[f"tokenizer.ggml.{k}_token_id"] for k in ("bos", "eos", "padding", "eot")] == [
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.convert_tokens_to_ids(END_OF_TURN),
+    ]
+    assert fields["tokenizer.chat_template"] == exported.chat_template
+    try:
+        import llama_cpp
+    except ImportError:
+        return  # the metadata above is the core path; running needs llama-cpp-python
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    prompt = exported(DOC_PROMPT)["input_ids"]
+    assert llm.tokenize(DOC_PROMPT.encode()) == prompt  # llama.cpp adds the BOS, as the metadata says
+    ours = model.generate(torch.tensor([prompt]), eos_token_id=stop_ids(exported), max_new_tokens=24)[0].tolist()
+    assert ours[-1] == tokenizer.eos_token_id
+    out = llm.create_completion(DOC_PROMPT, max_tokens=24, temperature=0.0, top_k=1)["choices"][0]
+    assert out["text"] == DOC_REST and out["finish_reason"] == "stop"  # stopped at EOS, not at max_tokens
 
 
 def test_peer_to_gguf_fails_before_writing(tokenizer, tmp_path):

@@ -23,14 +23,18 @@ def test_native_dir_loads_offline_and_generates_the_same(preset, tokenizer, tmp_
     native = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True, trust_remote_code=False)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True, trust_remote_code=False)
     assert type(native).__name__ == NATIVE[preset]
-    assert tok.get_vocab() == tokenizer.get_vocab() and tok.chat_template == tokenizer.chat_template
+    assert (
+        tok.get_vocab() == tokenizer.get_vocab()
+        and tok.chat_template == "{{- bos_token -}}\n" + tokenizer.chat_template
+    )
     prompt = torch.tensor([tok.encode("def add(x, y):\n    return")])
     ours = model.generate(prompt, max_new_tokens=12, eos_token_id=-1)
     theirs = native.eval().generate(prompt, max_new_tokens=12, do_sample=False, eos_token_id=None)
     assert theirs.tolist() == ours.tolist()
     assert len(set(ours[0, prompt.shape[1] :].tolist())) > 1  # a real sequence, not one repeated token
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
-    assert gen["eos_token_id"] == tokenizer.eos_token_id and gen["do_sample"] is False
+    assert gen["eos_token_id"] == [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|/assistant|>")]
+    assert gen["do_sample"] is False
     card = (tmp_path / "hf" / "README.md").read_text()
     assert NATIVE[preset] in card and "final_eval_loss" in card and "`tools` stage" in card
 

@@ -133,3 +133,22 @@ def test_max_new_tokens_and_right_padding_rejected():
     mask[0, -1] = 0
     with pytest.raises(ValueError, match="left padding"):
         model.generate(ids, attention_mask=mask, max_new_tokens=2)
+
+
+def test_defaults_come_from_the_generation_config():
+    """Unset stop ids / max_new_tokens: a passed generation_config's (as pipeline() passes one),
+    else the model's generation_config's (an export's generation_config.json), else 32 new tokens."""
+    from transformers import GenerationConfig
+
+    model = _model("nano", num_layers=1)
+    ids = _prompt(batch=1)
+    free = model.generate(ids, max_new_tokens=6, eos_token_id=-1)
+    assert free.shape[1] == ids.shape[1] + 6
+    assert model.generate(ids, eos_token_id=-1).shape[1] == ids.shape[1] + 32
+    stop = int(free[0, ids.shape[1] + 2])  # the third new token (or an earlier one equal to it)
+    end = free[0].tolist().index(stop, ids.shape[1]) + 1
+    given = GenerationConfig(eos_token_id=[-5, stop], max_new_tokens=5)
+    assert model.generate(ids, generation_config=given)[0].tolist() == free[0, :end].tolist()
+    model.generation_config = GenerationConfig(eos_token_id=-5, max_new_tokens=4)
+    assert model.generate(ids).shape[1] == ids.shape[1] + 4
+    assert model.generate(ids, max_new_tokens=2).shape[1] == ids.shape[1] + 2  # an argument wins

@@ -13,7 +13,7 @@ The LoRA format publishes the source stage's ``<stage>.lora_adapter`` (a
 
 ``settings`` is the validated ``export`` parameter group (``pipelines/export/params.py``):
 source, output_dir, formats, gguf_types, onnx_opset, onnx_int8, onnx_eval_rows,
-onnx_eval_length, register_mlflow, registered_model_name, prefer_native, max_new_tokens.
+onnx_eval_length, register_mlflow, registered_model_name, prefer_native, max_new_tokens, license.
 """
 
 from __future__ import annotations
@@ -86,18 +86,30 @@ def export_adapter(adapter: LoraAdapter | None, dest: Path, stage: str, recorded
 
 
 def export_model(
-    model, tokenizer, packed_val, train_summary: Mapping[str, Any] | None, settings, adapter: LoraAdapter | None = None
+    model,
+    tokenizer,
+    packed_val,
+    train_summary: Mapping[str, Any] | None,
+    settings,
+    adapter: LoraAdapter | None = None,
+    data: Mapping[str, Any] | None = None,
+    stages: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, ExportedArtifact]]:
     """Build the requested formats; returns (manifest, MLflow metrics as {name: {value, step}},
     {directory name: artefact} for every entry of :data:`FORMAT_DIRS`). Paths in the manifest
     are the published ones, ``<settings.output_dir>/<directory>``. ``adapter``: the source
-    stage's ``<stage>.lora_adapter`` (None or empty: it trained without LoRA), for ``lora``."""
+    stage's ``<stage>.lora_adapter`` (None or empty: it trained without LoRA), for ``lora``.
+    ``data`` (data_processing's packing manifest) and ``stages`` ({stage: train summary} of the
+    stages up to the source) go into the model card."""
     p = settings
     preflight(model, p)
     out = Path(p.output_dir)
     built = fresh_dir(staging_root(), "xoron-export-")
+    card = {"data": data, "stages": stages}
     try:
-        manifest, metrics = _build(model, tokenizer, packed_val, dict(train_summary or {}), adapter, p, built, out)
+        manifest, metrics = _build(
+            model, tokenizer, packed_val, dict(train_summary or {}), adapter, p, built, out, card
+        )
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
@@ -116,7 +128,15 @@ def export_model(
 
 
 def _build(
-    model, tokenizer, packed_val, summary: dict[str, Any], adapter: LoraAdapter | None, p, built: Path, out: Path
+    model,
+    tokenizer,
+    packed_val,
+    summary: dict[str, Any],
+    adapter: LoraAdapter | None,
+    p,
+    built: Path,
+    out: Path,
+    card: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, float]]:
     manifest: dict[str, Any] = {"source": p.source, "formats": {}}
     metrics: dict[str, float] = {}
@@ -129,6 +149,8 @@ def _build(
             summary=summary,
             prefer_native=p.prefer_native,
             max_new_tokens=p.max_new_tokens,
+            license=p.license,
+            **card,
         )
         manifest["formats"]["hf"] = {**info, "path": str(out / "hf")}
     if "gguf" in p.formats:

@@ -35,7 +35,10 @@ q8_0 falls back to f16 for a tensor whose rows are not a multiple of 32 (as conv
 Tokenizer: a byte-level BPE with the GPT-2 pre-tokenizer regex (ours) becomes
 ``tokenizer.ggml.model = "gpt2"``, ``pre = "gpt-2"``, the token list in id order (ids beyond the
 tokenizer padded as ``[PAD<i>]`` UNUSED), token types (CONTROL for special tokens), merges,
-bos/eos/pad/unk ids and the chat template (``gguf.SpecialVocab``).
+bos/eos/pad/unk ids, the end-of-turn id as ``eot`` (llama.cpp stops at EOS and EOT), and the
+tokenizer's behaviour of the HF export (:func:`~xoron_pipelines.export.tokenizer.export_tokenizer`):
+``add_bos_token`` true -- every training row starts with BOS -- and the chat template that renders
+it (``gguf.SpecialVocab``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from gguf.constants import MODEL_ARCH, MODEL_ARCH_NAMES, GGMLQuantizationType, L
 from tqdm.auto import tqdm
 
 from xoron_pipelines.atomic import atomic_file
+from xoron_pipelines.export.tokenizer import end_of_turn_id, export_tokenizer
 from xoron_pipelines.model import interop
 
 logger = logging.getLogger(__name__)
@@ -392,13 +396,18 @@ def _vocab(w: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
     w.add_tokenizer_pre("gpt-2")  # llama.cpp name of the GPT-2 regex (LLAMA_VOCAB_PRE_TYPE_GPT2)
     w.add_token_list(tokens)
     w.add_token_types(types)
+    exported = export_tokenizer(tokenizer)  # the HF export's: adds BOS, chat template with BOS
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
+        exported.save_pretrained(tmp)
         vocab = gguf.SpecialVocab(tmp, load_merges=True, n_vocab=vocab_size)
-    vocab.add_special_token.setdefault("bos", False)  # our tokenizer adds no BOS/EOS by itself
-    vocab.add_special_token.setdefault("eos", False)
-    if not vocab.chat_template and getattr(tokenizer, "chat_template", None):
-        vocab.chat_template = tokenizer.chat_template
+    # every training row starts with BOS (when there is one) and none with EOS: llama.cpp adds the same
+    vocab.add_special_token["bos"] = exported.bos_token_id is not None
+    vocab.add_special_token["eos"] = False
+    eot = end_of_turn_id(exported)
+    if eot is not None:  # llama.cpp stops at EOS and at the end of an assistant turn
+        vocab.special_token_ids["eot"] = eot
+    if getattr(exported, "chat_template", None):
+        vocab.chat_template = exported.chat_template
     vocab.add_to_gguf(w, quiet=True)
 
 

@@ -6,6 +6,12 @@ the newest token. Greedy (``do_sample=False``) takes the argmax; sampling divide
 reaches ``top_p`` (always at least one), and draws with a seeded generator. Finished sequences
 (an ``eos_token_id`` produced) are padded with ``pad_token_id``; decoding stops when all finished
 or after ``max_new_tokens``.
+
+Defaults come from the model as transformers' ``generate`` takes them: ``eos_token_id``,
+``pad_token_id`` and ``max_new_tokens`` not given are the model's ``generation_config``'s (an
+exported directory's ``generation_config.json``: EOS and the end of an assistant turn,
+``export.max_new_tokens``), then its config's; ``generation_config=`` (as
+``pipeline("text-generation")`` passes one) supplies them too.
 """
 
 from __future__ import annotations
@@ -47,12 +53,21 @@ def next_tokens(
     return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
+def _default(model, generation_config, name: str, given):
+    """``given``, else ``generation_config``'s, the model's generation config's, its config's ``name``."""
+    for source in (generation_config, getattr(model, "generation_config", None), model.config):
+        if given is not None:
+            return given
+        given = getattr(source, name, None)
+    return given
+
+
 @torch.no_grad()
 def generate(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -61,14 +76,19 @@ def generate(
     pad_token_id: int | None = None,
     seed: int | None = None,
     progress: bool = False,
+    generation_config=None,
 ) -> torch.Tensor:
-    """Return ``input_ids`` followed by up to ``max_new_tokens`` generated tokens (B, T + n)."""
-    config = model.config
-    eos = config.eos_token_id if eos_token_id is None else eos_token_id
+    """Return ``input_ids`` followed by up to ``max_new_tokens`` generated tokens (B, T + n).
+    Unset ``eos_token_id`` / ``pad_token_id`` / ``max_new_tokens``: ``generation_config``'s, else
+    the model's ``generation_config``'s, else its config's (``max_new_tokens`` 32)."""
+    eos = _default(model, generation_config, "eos_token_id", eos_token_id)
+    pad_token_id = _default(model, generation_config, "pad_token_id", pad_token_id)
+    max_new_tokens = _default(model, generation_config, "max_new_tokens", max_new_tokens)
+    max_new_tokens = 32 if max_new_tokens is None else max_new_tokens
     eos_ids = torch.tensor(
         [] if eos is None else ([eos] if isinstance(eos, int) else list(eos)), device=input_ids.device, dtype=torch.long
     )
-    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    pad = pad_token_id
     if pad is None:
         pad = int(eos_ids[0]) if len(eos_ids) else 0
     if attention_mask is None:
@@ -82,7 +102,7 @@ def generate(
     model.eval()
     try:
         out = model(input_ids, attention_mask=attention_mask, use_cache=True)
-        cache, tokens = out.past_key_values, input_ids
+        cache, tokens = out.cache, input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
             nxt = next_tokens(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
@@ -93,7 +113,7 @@ def generate(
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(nxt[:, None])], dim=-1)
             out = model(nxt[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            cache = out.cache
         return tokens
     finally:
         model.train(was_training)

@@ -273,6 +273,22 @@ class XoronForCausalLM(XoronPreTrainedModel):
         thr = self.config.peer_usage_threshold if threshold is None else threshold
         return {i: int(peer.hot_experts(thr)) for i, peer in self._ffn_layers(PEER).items()}
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loading, plus the directory's ``generation_config.json`` (when it has one)
+        as ``generation_config``: transformers loads it only for ``GenerationMixin`` models, and
+        our :meth:`generate` takes its defaults (stop ids, ``max_new_tokens``) from there."""
+        from transformers import GenerationConfig
+
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(
+                pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False)
+            )
+        except OSError:  # no generation_config.json: the config's ids stay the defaults
+            pass
+        return model
+
     def generate(self, input_ids, **kwargs):
         """KV-cached greedy / sampled decoding; see :func:`xoron_pipelines.model.generation.generate`."""
         from xoron_pipelines.model.generation import generate

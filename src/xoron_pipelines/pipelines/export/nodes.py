@@ -14,12 +14,16 @@ from .params import STAGES, Params
 OUTPUTS = [*(f"export_{name}" for name in FORMAT_DIRS.values()), "export_manifest", "export_metrics"]
 
 
-def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any], *per_stage: Any) -> tuple[Any, ...]:
+def export_stage(
+    stage_models, tokenizer, packed_val, packing_manifest, params: Mapping[str, Any], *per_stage: Any
+) -> tuple[Any, ...]:
     """Exports ``stage_models[params.source]`` (only that stage's model is loaded).
-    ``per_stage``: every stage's ``<stage>.train_summary`` in :data:`STAGES` order, then every
-    stage's ``<stage>.lora_adapter`` (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`)
-    in the same order; the source stage's summary goes into the model card and its adapter is the
-    ``lora`` format. Returns the values of :data:`OUTPUTS`."""
+    ``packing_manifest``: data_processing's, the model card's data summary (sources, documents,
+    tokens). ``per_stage``: every stage's ``<stage>.train_summary`` in :data:`STAGES` order, then
+    every stage's ``<stage>.lora_adapter``
+    (:class:`~xoron_pipelines.datasets.training_store.LoraAdapter`) in the same order; the
+    summaries of the stages up to the source make the card's stage table (the source's also its
+    details) and the source's adapter is the ``lora`` format. Returns the values of :data:`OUTPUTS`."""
     if len(per_stage) != 2 * len(STAGES):
         raise ValueError(
             f"export_stage takes a train summary and a LoRA adapter per stage {list(STAGES)}: "
@@ -28,7 +32,15 @@ def export_stage(stage_models, tokenizer, packed_val, params: Mapping[str, Any],
     p = Params.model_validate(params)
     summaries = dict(zip(STAGES, per_stage[: len(STAGES)]))
     adapters = dict(zip(STAGES, per_stage[len(STAGES) :]))
+    upto = {stage: summaries[stage] for stage in STAGES[: STAGES.index(p.source) + 1]}
     manifest, metrics, artefacts = export_model(
-        stage_models[p.source], tokenizer, packed_val, summaries[p.source], p, adapters[p.source]
+        stage_models[p.source],
+        tokenizer,
+        packed_val,
+        summaries[p.source],
+        p,
+        adapters[p.source],
+        data=packing_manifest,
+        stages=upto,
     )
     return (*(artefacts[name] for name in FORMAT_DIRS.values()), manifest, metrics)

@@ -38,8 +38,16 @@ class Params(StrictModel):
         256,
         gt=0,
         description=(
-            "generation_config.json max_new_tokens of the HF export: generate()'s and the MLflow pyfunc's default"
+            "generation_config.json max_new_tokens of the HF export: the default of model.generate(), "
+            "pipeline('text-generation') and the MLflow pyfunc"
         ),
+    )
+
+    license: str = Field(
+        "mit",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9.+-]+$",
+        description="licence identifier of the HF export's model card (license: in its YAML header; seed 003: MIT)",
     )
 
     @model_validator(mode="after")

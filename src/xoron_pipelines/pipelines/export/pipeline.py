@@ -3,9 +3,11 @@
 Inputs: the stage models (``stage_models``, a lazy view of every ``<stage>.model`` directory
 that loads only the stage named by ``export.source``: the stage is chosen at run time, so the
 node cannot name one ``<stage>.model``, and loading all four would need all four trained and in
-memory), the tokenizer, ``packed_val`` (ONNX int8 figures), every stage's
+memory), the tokenizer, ``packed_val`` (ONNX int8 figures), ``packing_manifest`` (the model
+card's data summary; data_processing writes it with the tokenizer), every stage's
 ``<stage>.train_summary`` (training writes it after ``<stage>.model``, so it orders the node after
-training in the default ``kedro run``; the source stage's summary goes into the model card) and
+training in the default ``kedro run``; the summaries up to the source stage make the model card's
+stage table) and
 every stage's ``<stage>.lora_adapter`` (the source stage's one is the ``lora`` format; empty when
 it trained without LoRA). Like the summaries, all are inputs because the stage is picked at run time.
 
@@ -31,6 +33,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "stage_models",
                     "tokenizer",
                     "packed_val",
+                    "packing_manifest",
                     "params:export",
                     *(f"{stage}.train_summary" for stage in STAGES),
                     *(f"{stage}.lora_adapter" for stage in STAGES),
