@@ -81,7 +81,8 @@ def test_device_knobs_are_validated(group, gpus):
 
 
 @pytest.mark.parametrize(
-    ("group", "stage"), [("pretrain", "language"), ("pretrain", "code"), ("finetune", "tools"), ("finetune", "preference")]
+    ("group", "stage"),
+    [("pretrain", "language"), ("pretrain", "code"), ("finetune", "tools"), ("finetune", "preference")],
 )
 def test_a_stage_device_without_its_gpu_stops_validation_naming_the_key(group, stage, gpus):
     values = yaml.safe_load((CONF / f"parameters_{group}.yml").read_text())[group]

@@ -23,7 +23,8 @@ from xoron_pipelines.training import TensorBatchSource, TrainConfig, checkpoint,
 
 # the kernel modules (the package's names of the same spelling are the public functions)
 fused_ce, rmsnorm, rope, router_topk, swiglu = (
-    importlib.import_module(f"xoron_pipelines.kernels.{m}") for m in ("fused_ce", "rmsnorm", "rope", "router_topk", "swiglu")
+    importlib.import_module(f"xoron_pipelines.kernels.{m}")
+    for m in ("fused_ce", "rmsnorm", "rope", "router_topk", "swiglu")
 )
 
 ROWS = torch.randint(0, 64, (8, 12), generator=torch.Generator().manual_seed(0))

@@ -84,6 +84,7 @@ from torch import nn
 
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
+from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.device import (
     device_name,
     peak_flops,
@@ -92,7 +93,6 @@ from xoron_pipelines.device import (
     resolve_kernels,
     resolve_precision,
 )
-from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
