@@ -188,3 +188,16 @@ def test_auto_kernels_stay_the_torch_references_on_cpu(tmp_path, monkeypatch):
     # no Triton function ran; the fused CE's autograd.Function (which only scales the gradients
     # its row kernels made in forward) is the same for both backends
     assert calls == {"fused_ce.bwd": 1}
+
+
+def test_auto_precision_and_compile_are_fp32_eager_on_the_cpu(tmp_path, monkeypatch):
+    compiled, dtypes = [], []
+    monkeypatch.setattr(engine.torch, "compile", lambda model, **kw: compiled.append(kw) or model)
+    model = _model()
+    model.model.layers[0].self_attn.kv_a_proj_with_mqa.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    cfg = _cfg(max_steps=1)
+    assert (cfg.precision, cfg.compile, cfg.tf32) == ("auto", "auto", False)  # the defaults
+    train(model, _source(), cfg, ckpt_dir=tmp_path / "auto", progress=False)
+    assert compiled == [] and set(dtypes) == {torch.float32}
+    train(_model(), _source(), _cfg(max_steps=1, compile=True), ckpt_dir=tmp_path / "on", progress=False)
+    assert len(compiled) == 1  # an explicit true still compiles on the CPU
