@@ -30,6 +30,7 @@ from xoron_pipelines.atomic import atomic_dir, fresh_dir
 from xoron_pipelines.datasets.export import ExportedArtifact
 from xoron_pipelines.datasets.generation import staging_root
 from xoron_pipelines.datasets.training_store import LoraAdapter
+from xoron_pipelines.device import resolve_device
 from xoron_pipelines.export import gguf_export, onnx_export
 from xoron_pipelines.export.hf import export_hf
 from xoron_pipelines.export.mlflow_registry import register_export
@@ -161,7 +162,8 @@ def _build(
         manifest["formats"]["gguf"] = [{**f, "path": str(out / "gguf" / Path(f["path"]).name)} for f in files]
     if "onnx" in p.formats:
         ids = eval_ids(packed_val, p.onnx_eval_rows, p.onnx_eval_length, model.config.vocab_size)
-        report = onnx_export.export_onnx_all(model, built / "onnx", ids, p.onnx_opset, p.onnx_int8)
+        device = resolve_device(p.device, "export.device")
+        report = onnx_export.export_onnx_all(model, built / "onnx", ids, p.onnx_opset, p.onnx_int8, device=device)
         manifest["formats"]["onnx"] = report
         metrics["onnx_max_abs_diff"] = report["fp32"]["max_abs_diff"]
         if "int8" in report:

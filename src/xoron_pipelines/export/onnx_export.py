@@ -138,14 +138,30 @@ def run_onnx(session, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def reference_logits(model, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """Our model's logits (fp32) for the same inputs."""
+    """Our model's logits (fp32) for the same inputs, computed on the model's device."""
     model = model.eval()
-    return model(ids, attention_mask=mask).logits.float().numpy()
+    device = next(model.parameters()).device
+    return model(ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
 
 
-def verify_onnx(model, path: str | os.PathLike, shapes=((1, 7), (3, 7), (1, 19), (3, 19))) -> dict[str, Any]:
-    """Max abs logit difference between the ONNX graph and ``model`` for each (batch, seq) shape;
-    batch > 1 rows are left-padded by different amounts."""
+def verify_onnx(
+    model,
+    path: str | os.PathLike,
+    shapes=((1, 7), (3, 7), (1, 19), (3, 19)),
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Max abs logit difference between the ONNX graph (onnxruntime, CPU) and ``model`` (run on
+    ``device``, fp32; moved back where it was afterwards) for each (batch, seq) shape; batch > 1
+    rows are left-padded by different amounts."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        return _verify(model, path, shapes)
+    finally:
+        model.to(home)
+
+
+def _verify(model, path, shapes) -> dict[str, Any]:
     session = _session(path)
     gen = torch.Generator().manual_seed(1)
     diffs = {}
@@ -200,12 +216,19 @@ def accuracy_loss(fp32_path, int8_path, token_ids: torch.Tensor) -> dict[str, fl
 
 
 def export_onnx_all(
-    model, out_dir: str | os.PathLike, eval_ids: torch.Tensor, opset: int = 18, int8: bool = True
+    model,
+    out_dir: str | os.PathLike,
+    eval_ids: torch.Tensor,
+    opset: int = 18,
+    int8: bool = True,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """model.onnx (+ model.int8.onnx) and report.json with the parity and int8 figures."""
+    """model.onnx (+ model.int8.onnx) and report.json with the parity and int8 figures; the
+    graph is traced on the CPU, the parity reference runs on ``device`` (the export's ``device``)."""
     out_dir = Path(out_dir)
     fp32 = export_onnx(model, out_dir / "model.onnx", opset)
-    report: dict[str, Any] = {"opset": opset, "fp32": {"file": fp32.name, **verify_onnx(model, fp32)}}
+    parity = verify_onnx(model, fp32, device=device)
+    report: dict[str, Any] = {"opset": opset, "device": str(device), "fp32": {"file": fp32.name, **parity}}
     if int8:
         q = quantize_int8(fp32, out_dir / "model.int8.onnx")
         report["int8"] = {"file": q.name, "bytes": q.stat().st_size, **accuracy_loss(fp32, q, eval_ids)}

@@ -190,7 +190,7 @@ class RowBatches:
     With ``num_workers`` > 0 the batches of an epoch are made by a ``torch.utils.data.DataLoader``
     with that many worker processes and ``prefetch_factor`` (seed 004's knobs), in order; a
     request out of sequence (a resume) starts a new loader at that batch. Batches are the same
-    whatever the number of workers."""
+    whatever the number of workers. ``pin_memory``: the loader pins them (for a GPU)."""
 
     def __init__(
         self,
@@ -199,8 +199,10 @@ class RowBatches:
         seed: int,
         num_workers: int = 0,
         prefetch_factor: int | None = None,
+        pin_memory: bool = False,
     ) -> None:
         self.tensors = tensors
+        self.pin_memory = pin_memory  # the DataLoader's (batches bound for a GPU)
         self.rows = len(next(iter(tensors.values())))
         if self.rows < 1:
             raise ValueError("a latent stage has no rows to train on")
@@ -230,6 +232,7 @@ class RowBatches:
                     shuffle=False,
                     num_workers=self.num_workers,
                     prefetch_factor=self.prefetch_factor,
+                    pin_memory=self.pin_memory,
                 )
             )
         out = next(self._loader)

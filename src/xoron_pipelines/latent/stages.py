@@ -264,6 +264,7 @@ def train_stage(
         return metrics
 
     params = StageParams(
+        device=p.device,  # the latent model is already there (latent.device)
         train=cfg,
         checkpoint_dir=p.checkpoint_dir,
         keep_configurations=p.keep_configurations,

@@ -325,19 +325,32 @@ def quarantine_after(root: str | os.PathLike, step: int) -> list[Path]:
     return moved
 
 
-def load_checkpoint(path: str | os.PathLike, verify: bool = True) -> LoadedCheckpoint:
-    """Read a checkpoint (after checking it against its manifest unless ``verify=False``)."""
+#: the state trees whose tensors go to the training device on load (the others -- RNG states,
+#: trainer state -- stay on the CPU, where torch's generator setters want them)
+DEVICE_TREES = ("optimizer",)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, verify: bool = True, map_location: str | torch.device = "cpu"
+) -> LoadedCheckpoint:
+    """Read a checkpoint (after checking it against its manifest unless ``verify=False``).
+
+    Checkpoints are device-neutral (every tensor is written from the CPU): the model weights and
+    the optimizer state are loaded onto ``map_location`` (the device that resumes, whatever device
+    wrote them), the RNG states and the trainer state onto the CPU."""
     path = Path(path)
     if verify and (reason := verify_checkpoint(path)) is not None:
         raise CorruptCheckpointError(f"corrupt checkpoint {path}: {reason}")
     manifest = json.loads((path / MANIFEST).read_text())
+    device = str(torch.device(map_location))
     trees = {}
     for name in TREES:
         if (path / f"{name}.json").exists():
             tensor_file = path / f"{name}.safetensors"
-            tensors = load_file(str(tensor_file)) if tensor_file.exists() else {}
+            where = device if name in DEVICE_TREES else "cpu"
+            tensors = load_file(str(tensor_file), device=where) if tensor_file.exists() else {}
             trees[name] = decode_tree(json.loads((path / f"{name}.json").read_text()), tensors)
-    return LoadedCheckpoint(path, int(manifest["step"]), load_file(str(path / MODEL_FILE)), trees)
+    return LoadedCheckpoint(path, int(manifest["step"]), load_file(str(path / MODEL_FILE), device=device), trees)
 
 
 # ------------------------------------------------------------------------------ (a)synchronous writer

@@ -14,7 +14,7 @@ seed spelling                          field
 ``use_compile`` / ``use_torch_compile``  ``compile``
 ``torch_compile_mode`` (004)           ``compile_mode``
 ``use_gradient_checkpointing`` (004)   ``gradient_checkpointing``
-``fp16: true`` / ``bf16: true``        ``precision: fp16`` / ``bf16`` (both true is an error)
+``fp16: true`` / ``bf16: true``        ``precision: fp16`` / ``bf16`` (both true is an error; all false: ``fp32``)
 ``use_8bit_optimizer: true`` (000)     ``optimizer: adamw_8bit``
 ====================================  =====================================================
 """
@@ -67,11 +67,24 @@ class TrainConfig(StrictModel):
         description="clip the global grad norm to this; 0 or null disables clipping",
     )
     # ---- numerics / speed ----------------------------------------------------------------
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: bf16 autocast on a CUDA GPU with native bf16, fp32 elsewhere (the CPU); "
+        "bf16 / fp16: autocast in that dtype (fp16 with a grad scaler); fp32: none",
+    )
+    tf32: bool = Field(
+        False,
+        description="seed 002: allow TF32 matmuls / convolutions on CUDA (Ampere+) during training; "
+        "the previous setting is restored after; no effect on the CPU",
+    )
     gradient_checkpointing: bool = Field(
         False, validation_alias=AliasChoices("gradient_checkpointing", "use_gradient_checkpointing")
     )
-    compile: bool = Field(False, validation_alias=AliasChoices("compile", "use_compile", "use_torch_compile"))
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        validation_alias=AliasChoices("compile", "use_compile", "use_torch_compile"),
+        description="torch.compile the model: auto = on CUDA, off on the CPU; true / false",
+    )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", validation_alias=AliasChoices("compile_mode", "torch_compile_mode")
     )
@@ -119,6 +132,7 @@ class TrainConfig(StrictModel):
         if not isinstance(data, dict) or not any(k in data for k in _FLAG_ALIASES):
             return data
         data = dict(data)
+        amp_flags = any(k in data for k in ("fp16", "bf16", "use_amp"))
         fp16, bf16 = bool(data.pop("fp16", False)), bool(data.pop("bf16", False))
         use_amp = bool(data.pop("use_amp", False))
         if fp16 and bf16:
@@ -128,6 +142,8 @@ class TrainConfig(StrictModel):
             if data.get("precision", flag) != flag:
                 raise ValueError(f"precision={data['precision']!r} contradicts {flag}: true")
             data["precision"] = flag
+        elif amp_flags:  # the seeds' flags all false: no mixed precision
+            data.setdefault("precision", "fp32")
         if data.pop("use_8bit_optimizer", False):
             if data.get("optimizer", "adamw_8bit") != "adamw_8bit":
                 raise ValueError(f"optimizer={data['optimizer']!r} contradicts use_8bit_optimizer: true")

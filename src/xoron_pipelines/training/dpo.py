@@ -164,6 +164,9 @@ class DPOLossFn:
         self.last_metrics: dict[str, float] = {}
 
     def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        if next(self.reference.parameters()).device != device:
+            self.reference.to(device)  # the reference follows the policy to the training device
         loss, self.last_metrics = dpo_step_loss(model, self.reference, batch, self.beta)
         return loss
 

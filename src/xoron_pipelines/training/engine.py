@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from xoron_pipelines.device import resolve_compile, resolve_precision, tf32_mode
 from xoron_pipelines.training.checkpoint import (
     CheckpointWriter,
     CorruptCheckpointError,
@@ -195,7 +196,18 @@ def _autocast(device: torch.device, precision: str):
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch's tensors on ``device``; to a GPU through pinned host memory (unless already
+    pinned, e.g. by a DataLoader with ``pin_memory``) with ``non_blocking`` copies, so the copy
+    overlaps the work already queued on the device."""
+
+    def move(v: torch.Tensor) -> torch.Tensor:
+        if v.device == device:
+            return v
+        if device.type == "cuda" and v.device.type == "cpu" and not v.is_pinned():
+            v = v.pin_memory()
+        return v.to(device, non_blocking=True)
+
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _eval_metric(result: float | dict[str, float]) -> tuple[float, dict[str, float]]:
@@ -241,6 +253,8 @@ class _Trainer:
         self.stats_fn = stats_fn if parallel.is_writer else None
         self.loss_fn = loss_fn or default_loss(model)
         self.device = _device_of(model)
+        self.precision = resolve_precision(cfg.precision, self.device)  # auto: bf16 on GPUs that have it
+        self.compile = resolve_compile(cfg.compile, self.device)  # auto: on CUDA
         self.state = TrainState(total_steps=cfg.total_steps(len(source)), batches_per_epoch=len(source))
         self.writer = (
             CheckpointWriter(ckpt_dir, cfg.keep_last_k, asynchronous=cfg.async_checkpointing)
@@ -263,8 +277,8 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, cfg, groups)
         total = self.state.total_steps
         self.scheduler = build_scheduler(self.optimizer, cfg.lr_scheduler, total, cfg.warmup(total), cfg.min_lr_ratio)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.forward_model = _compiled(wrapped, cfg) if cfg.compile else wrapped
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.forward_model = _compiled(wrapped, cfg) if self.compile else wrapped
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def resume_point(self, resume: bool) -> Path | None:
@@ -381,7 +395,7 @@ class _Trainer:
         for i, (batch, w) in enumerate(zip(batches, weights)):
             batch = _to(batch, self.device)
             with par.gradient_sync(self.forward_model, enabled=i == len(batches) - 1):
-                with _autocast(self.device, self.cfg.precision):
+                with _autocast(self.device, self.precision):
                     loss = self.loss_fn(self.forward_model, batch)
                 if not torch.isfinite(loss.detach()).all():
                     if par.world_size == 1:
@@ -478,7 +492,7 @@ class _Trainer:
         st = self.state
         self.model.eval()
         try:
-            with torch.no_grad(), _autocast(self.device, self.cfg.precision):
+            with torch.no_grad(), _autocast(self.device, self.precision):
                 _, metrics = _eval_metric(self.eval_fn(self.model))
         finally:
             self.model.train()
@@ -599,14 +613,14 @@ def train(
     """
     ckpt_dir = Path(ckpt_dir)
     par = parallel or SingleProcess()
-    with deterministic_mode(cfg.deterministic):
+    with deterministic_mode(cfg.deterministic), tf32_mode(cfg.tf32, _device_of(model)):
         trainer = _Trainer(
             model, train_batches, cfg, ckpt_dir, eval_fn, on_log, loss_fn, desc, progress, par, param_groups, stats_fn
         )
         try:
             resumed = par.broadcast(trainer.resume_point(resume) if par.is_writer else None)
             trainer.build()
-            ckpt = load_checkpoint(resumed, verify=False) if resumed is not None else None
+            ckpt = load_checkpoint(resumed, verify=False, map_location=trainer.device) if resumed is not None else None
             if ckpt is not None:
                 trainer.restore(ckpt)
             trainer.run()

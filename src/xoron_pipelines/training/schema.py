@@ -12,10 +12,11 @@ It lives in the library (not in ``pipelines/training``): the stage orchestrator
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from xoron_pipelines.device import CPU_PEAK_FLOPS, DeviceSpec
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.distributed import DistributedSettings
 from xoron_pipelines.training.lora import LoraSettings
@@ -38,20 +39,19 @@ STAGE_ORDER: tuple[str, ...] = tuple(stage for group in STAGES.values() for stag
 StageName = Literal["language", "code", "tools", "preference"]
 assert STAGE_ORDER == StageName.__args__, "StageName must list STAGES' stages in order"
 
-#: assumed peak of the default CPU run for the MFU estimate: 2 cores x 2.5 GHz x 32 fp32 FLOP/cycle
-#: (AVX2: two 8-wide FMA units, 2 FLOP per FMA)
-CPU_PEAK_FLOPS = 1.6e11
+__all__ = ["CPU_PEAK_FLOPS", "STAGES", "STAGE_ORDER", "StageParams", "StagesGroup", "TrackingParams"]
 
 
 class TrackingParams(StrictModel):
     """What the stage logs to its nested MLflow run."""
 
     enabled: bool = Field(True, description="open a nested MLflow run for the stage and log into it")
-    peak_flops: float = Field(
-        CPU_PEAK_FLOPS,
-        gt=0,
-        description="peak FLOP/s of the device for the MFU estimate (6 x active params x tokens/s / peak); "
-        "default: a 2-core AVX2 CPU, 2 x 2.5e9 x 32 = 1.6e11. H100 bf16 dense: 9.89e14",
+    peak_flops: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="peak FLOP/s of one device for the MFU estimate (6 x active params x tokens/s / peak); "
+        "auto: the GPU's dense peak at the stage's precision from xoron_pipelines.device.GPU_PEAK_FLOPS "
+        "(no MFU, with a warning, for a GPU not in it), on the CPU 1.6e11 (2 cores x 2.5 GHz x 32 "
+        "FLOP/cycle, AVX2); a number overrides it",
     )
     log_model: bool = Field(True, description="log the final stage model directory as an artefact")
     log_tokenizer: bool = Field(True, description="log the tokenizer directory as an artefact")
@@ -72,6 +72,11 @@ class StageParams(StrictModel):
     """One stage: data, optimisation, duration, freezing, LoRA, loss weights, tracking."""
 
     enabled: bool = Field(True, description="false: the stage passes its input model through unchanged")
+    device: DeviceSpec = Field(
+        "auto",
+        description="where a single-process stage trains: auto (the first CUDA GPU when one is visible, "
+        "else the CPU), cpu, cuda or cuda:N; an absent GPU is an error at validation time",
+    )
     train: TrainConfig = Field(description="the engine's knobs (lr, schedule, steps/epochs, batch, precision, ...)")
     max_samples: int | None = Field(
         None,

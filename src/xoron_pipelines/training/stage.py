@@ -19,6 +19,15 @@ starting model and its prepared data (batch source, eval function, optional cust
    expert-load PNGs, the tokenizer and the final model as artefacts;
 5. returns the plain trained model and a JSON-able summary.
 
+Device (:class:`Runtime`, one INFO line and the MLflow params ``runtime.*``): a single-process
+stage moves its model to ``device`` (:func:`xoron_pipelines.device.resolve_device`; ``auto`` = the
+first CUDA GPU, else the CPU) before LoRA and the optimizer exist, trains there (precision /
+compile ``auto`` resolved on that device by the engine, the model config's ``kernels: auto`` =
+Triton on CUDA), evaluates there, and returns the model on the device it came on (the catalog's
+models: the CPU, so what is saved is portable). ``device`` is not part of the fingerprint: a run
+started on a GPU resumes on the CPU and back (checkpoints are device-neutral). The MFU
+denominator is ``tracking.peak_flops`` (``auto``: :func:`xoron_pipelines.device.peak_flops`).
+
 The stage loss is :meth:`~xoron_pipelines.training.losses.LossWeights.combine` of the stage's
 losses by modality: today the language-model term alone (``llm_loss_weight`` x the LM / SFT / DPO
 loss; :func:`stage_objective`). PEER expert usage (``peer_log_expert_usage``, every
@@ -36,7 +45,7 @@ re-packing byte-identical data or moving the project, while a change of any of t
 afresh in a new directory. Left out (:data:`RESULT_NEUTRAL_STAGE_FIELDS`, and the engine's
 :data:`~xoron_pipelines.training.fingerprint.RESULT_NEUTRAL_TRAIN_FIELDS`): ``distributed`` (a run
 may resume with another number of processes), ``tracking``, ``checkpoint_dir``,
-``keep_configurations``, ``eval.max_batches`` / ``eval.batch_size`` (unless early stopping
+``keep_configurations``, ``device``, ``eval.max_batches`` / ``eval.batch_size`` (unless early stopping
 depends on evaluations), ``train.save_steps`` / ``keep_last_k`` / ``async_checkpointing`` /
 ``logging_steps`` / ``resume_from_checkpoint``, and the duration ``max_steps`` / ``num_epochs``:
 raising it continues from the newest checkpoint (see :mod:`xoron_pipelines.training.engine`).
@@ -76,6 +85,14 @@ from torch import nn
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
+from xoron_pipelines.device import (
+    device_name,
+    peak_flops,
+    resolve_compile,
+    resolve_device,
+    resolve_kernels,
+    resolve_precision,
+)
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
@@ -85,7 +102,7 @@ from xoron_pipelines.training.fingerprint import fingerprint, model_config, trai
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
 from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.training.reproducibility import seed_everything
-from xoron_pipelines.training.schema import Kind, StageParams
+from xoron_pipelines.training.schema import STAGES, Kind, StageParams
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +181,7 @@ def apply_freeze(model: nn.Module, freeze: list[str], unfreeze: list[str]) -> in
 
 # ------------------------------------------------------------------------------ fingerprints
 #: StageParams fields outside the fingerprint (``eval`` only without early stopping)
-RESULT_NEUTRAL_STAGE_FIELDS = frozenset({"distributed", "tracking", "checkpoint_dir", "keep_configurations"})
+RESULT_NEUTRAL_STAGE_FIELDS = frozenset({"distributed", "tracking", "checkpoint_dir", "keep_configurations", "device"})
 
 
 def stage_fingerprint(params: StageParams, model: nn.Module, data_fingerprint: str) -> str:
@@ -318,6 +335,56 @@ def checkpoint_root(stage: str, params: StageParams, store: CheckpointStore | No
     return store.root
 
 
+def device_key(stage: str) -> str:
+    """The dotted parameter key of a stage's ``device`` (``pretrain.stages.language.device``)."""
+    group = next((g for g, stages in STAGES.items() if stage in stages), None)
+    return f"{group}.stages.{stage}.device" if group else f"{stage}.device"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a stage trains, resolved from its parameters and the machine: the device,
+    the precision (``train.precision: auto``), torch.compile (``train.compile: auto``), the
+    kernels (the model config's ``kernels``) and the MFU denominator (``tracking.peak_flops``)."""
+
+    device: torch.device
+    name: str
+    precision: str
+    compile: bool
+    kernels: str
+    peak_flops: float | None
+
+    @classmethod
+    def of(cls, stage: str, params: StageParams, config: Any) -> Runtime:
+        device = resolve_device(params.device, device_key(stage))
+        precision = resolve_precision(params.train.precision, device)
+        peak = params.tracking.peak_flops
+        return cls(
+            device=device,
+            name=device_name(device),
+            precision=precision,
+            compile=resolve_compile(params.train.compile, device),
+            kernels=resolve_kernels(getattr(config, "kernels", None), device),
+            peak_flops=peak_flops(device, precision, params.train.tf32) if peak == "auto" else float(peak),
+        )
+
+    def describe(self) -> str:
+        return (
+            f"device {self.name}, precision {self.precision}, compile {'on' if self.compile else 'off'}, "
+            f"kernels {self.kernels}"
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The MLflow params (``runtime.*``)."""
+        return {
+            "device": self.name,
+            "precision": self.precision,
+            "compile": self.compile,
+            "kernels": self.kernels,
+            "peak_flops": self.peak_flops,
+        }
+
+
 def run_stage(
     stage: str,
     kind: str,
@@ -351,8 +418,13 @@ def run_stage(
         params.keep_configurations if dist.node_rank == 0 else None,
     )
     base = model
+    config = getattr(base, "config", None)
+    runtime = Runtime.of(stage, params, config)
+    home = next((p.device for p in base.parameters()), torch.device("cpu"))  # where the model goes back
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
+    else:
+        base.to(runtime.device)  # before LoRA and the optimizer: adapters and optimizer state on the device
     model, frozen = prepare_model(model, params)
     trainable, total = _trainable(model)
     if trainable == 0:
@@ -365,7 +437,6 @@ def run_stage(
             ratio=params.lora.lora_plus_lr_ratio,
             weight_decay=cfg.weight_decay,
         )
-    config = getattr(base, "config", None)
     counts = count_parameters(config) if hasattr(config, "to_dict") else None
     active = counts["active_per_token"] if counts else None
     track = params.tracking.model_copy(update={"enabled": params.tracking.enabled and dist.node_rank == 0})
@@ -373,8 +444,8 @@ def run_stage(
 
     def log_metrics(step: int, metrics: dict[str, float]) -> None:
         metrics = {k.replace("rewards/", "train_reward_"): v for k, v in metrics.items()}
-        if "tokens_per_s" in metrics and active:  # tokens of all processes, on world_size devices
-            metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / (track.peak_flops * dist.world_size)
+        if "tokens_per_s" in metrics and active and runtime.peak_flops:  # tokens of all processes, world_size devices
+            metrics["mfu"] = 6.0 * active * metrics["tokens_per_s"] / (runtime.peak_flops * dist.world_size)
         recorder.log(step, metrics)
         if on_log is not None:
             on_log(step, metrics)
@@ -385,8 +456,15 @@ def run_stage(
             if counts:
                 model_info.update(active_params=active, total_params=counts["total"], preset_config=config.to_dict())
             tracking.log_params(
-                {**params.model_dump(mode="json"), "kind": kind, "model": model_info, **(extra_params or {})}
+                {
+                    **params.model_dump(mode="json"),
+                    "kind": kind,
+                    "model": model_info,
+                    "runtime": runtime.params(),
+                    **(extra_params or {}),
+                }
             )
+        log.info("stage %s: %s", stage, runtime.describe())
         log.info(
             "stage %s (%s): %d of %d parameters train in %d process(es), checkpoints in %s",
             stage,
@@ -419,6 +497,7 @@ def run_stage(
         model = merge_lora(model)
         model.eval()
         if result is None:
+            model.to(home)
             return (
                 model,
                 {
@@ -433,7 +512,8 @@ def run_stage(
                 adapter_files,
             )
         with torch.no_grad():
-            final_eval = data.eval_fn(model)
+            final_eval = data.eval_fn(model)  # still on the training device
+        model.to(home)  # back where it came from: the catalog's models on the CPU (what is saved is portable)
         recorder.log(result.state.step, {f"final_{k}": v for k, v in final_eval.items()})
         summary = _summary(stage, kind, result, final_eval, wall, recorder, trainable, total, fingerprint, run)
         summary.update(data.extra_summary)

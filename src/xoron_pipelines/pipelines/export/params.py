@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from xoron_pipelines.device import DeviceSpec
 from xoron_pipelines.training.schema import STAGE_ORDER as STAGES  # exportable stages, in training order
 from xoron_pipelines.validation import StrictModel
 
@@ -31,6 +32,11 @@ class Params(StrictModel):
     onnx_int8: bool = True
     onnx_eval_rows: int = Field(8, gt=0, description="held-out packed_val rows for the int8 accuracy figures")
     onnx_eval_length: int = Field(64, ge=2)
+    device: DeviceSpec = Field(
+        "auto",
+        description="where the ONNX parity check runs our model (onnxruntime itself runs on the CPU): "
+        "auto (the first CUDA GPU, else the CPU) | cpu | cuda | cuda:N",
+    )
     register_mlflow: bool = True
     registered_model_name: str = Field("xoron", min_length=1)
     prefer_native: bool = Field(True, description="HF dir as a native transformers class where lossless")

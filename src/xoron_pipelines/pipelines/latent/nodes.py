@@ -57,7 +57,11 @@ def stage_batches(model: LatentModel, rows: Rows, spec: Any, p: Params, encoder_
         tokenizer=model.decoder_bundle.tokenizer,
         max_target_len=p.max_target_len,
     )
-    return RowBatches(tensors, p.stage_value(spec.name, "batch_size"), p.seed, p.num_workers, p.prefetch_factor)
+    # worker-made batches go to a GPU through pinned memory (the engine copies them non_blocking)
+    pin = next(model.parameters()).device.type == "cuda" and all(t.device.type == "cpu" for t in tensors.values())
+    return RowBatches(
+        tensors, p.stage_value(spec.name, "batch_size"), p.seed, p.num_workers, p.prefetch_factor, pin_memory=pin
+    )
 
 
 def _skip(model: LatentModel, stage: str, p: Params, reason: str):
