@@ -4,9 +4,10 @@ On one CUDA GPU, offline, in at most ``--budget-s`` seconds (default 480 = 8 min
 
 1. ``kernel_parity``: every kernel (rms_norm, apply_rope, swiglu, fused_linear_ce with token
    weights, router_topk, quantize_int8) compiled by Triton on CUDA tensors, fp32 and bf16,
-   forward and (where differentiable) input gradients, against its torch reference with
-   per-dtype tolerances (``TOLERANCES``; fp32 ones are those of tests/kernels). TF32 is off for
-   this section so fp32 means fp32.
+   forward and (where differentiable) input gradients: its error against the float64 torch
+   result at most 2x the torch reference's own error at that dtype (or below ``ERROR_FLOOR``,
+   the scale of tests/kernels' tolerances); router and int8 bit-for-bit equal to the reference.
+   TF32 is off for this section so fp32 means fp32.
 2. ``kernel_timings``: the cases of benchmarks/kernel_timings.py (LLaMA-7B-like shapes, bf16),
    each impl timed with ``triton.testing.do_bench``: Triton vs torch eager, vs ``torch.compile``
    of the reference, and vs Liger-Kernel (RMSNorm, RoPE, SwiGLU, fused linear CE) when
@@ -102,21 +103,12 @@ BUDGETS = {
 }
 DEFAULT_BUDGET_S = sum(BUDGETS.values())
 
-#: (atol, rtol) per dtype and kernel; fp32 from tests/kernels, bf16 from its bf16 cases
-TOLERANCES = {
-    "float32": {
-        "default": (1e-5, 1e-5),
-        "fused_linear_ce": (1e-4, 1e-4),
-        "router_topk": (0, 0),
-        "quantize_int8": (0, 0),
-    },
-    "bfloat16": {
-        "default": (2e-2, 2e-2),
-        "fused_linear_ce": (2e-2, 5e-2),
-        "router_topk": (0, 0),
-        "quantize_int8": (0, 0),
-    },
-}
+#: Parity criterion (FlashAttention's): against the float64 result of the torch reference, the Triton
+#: kernel's max error (relative to the result's largest magnitude) must be at most 2x that of the
+#: torch reference run at the same dtype, or below this floor (tests/kernels' tolerance scale).
+ERROR_FLOOR = {"float32": 1e-5, "bfloat16": 1e-2}
+#: kernels whose Triton and torch codes agree bit for bit at any dtype (as tests/kernels asserts)
+EXACT = {"router_topk", "quantize_int8"}
 
 #: dense bf16 tensor-core peak FLOP/s (no sparsity), regex on the lower-cased GPU name, most
 #: specific first. The figures of the training library's table (issue 11 part A,
@@ -318,14 +310,32 @@ def _outputs_and_grads(fn: Callable, impl: str, inputs: list[torch.Tensor], diff
     return outs, list(grads)
 
 
-def _max_excess(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> tuple[float, bool]:
-    """(max |a - b|, whether every element is within atol + rtol * |b|); exact for integer tensors."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return math.inf, False
-    a, b = a.detach().double(), b.detach().double()
-    err = (a - b).abs()
-    ok = bool((err <= atol + rtol * b.abs()).all()) and bool(torch.isfinite(a).all() == torch.isfinite(b).all())
-    return float(err.max()) if err.numel() else 0.0, ok
+def _rel_err(x: torch.Tensor, gold: torch.Tensor) -> float:
+    """max |x - gold| / max |gold| (inf for a shape mismatch or a non-finite value)."""
+    if x.shape != gold.shape:
+        return math.inf
+    x, gold = x.detach().double(), gold.detach().double()
+    if not torch.isfinite(x).all():
+        return math.inf
+    scale = float(gold.abs().max()) if gold.numel() else 0.0
+    return float((x - gold).abs().max()) / max(scale, 1e-30) if x.numel() else 0.0
+
+
+def _compare(kernel: str, dtype: str, cand, ref, gold) -> dict:
+    """One parity row from the (outputs + gradients) of the candidate, the reference at the same
+    dtype and the float64 reference."""
+    if kernel in EXACT:
+        ok = len(cand) == len(ref) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(cand, ref))
+        return {"criterion": "bit-for-bit equal to the torch reference", "ok": ok}
+    err_c = [_rel_err(a, g) for a, g in zip(cand, gold)]
+    err_r = [_rel_err(a, g) for a, g in zip(ref, gold)]
+    ok = len(cand) == len(ref) == len(gold) and all(c <= max(2 * r, ERROR_FLOOR[dtype]) for c, r in zip(err_c, err_r))
+    return {
+        "criterion": f"rel. error vs float64 <= max(2 x torch's at {dtype}, {ERROR_FLOOR[dtype]})",
+        "max_rel_err": max(err_c),
+        "torch_max_rel_err": max(err_r),
+        "ok": ok,
+    }
 
 
 def kernel_parity(ctx: SimpleNamespace, clock: Clock) -> dict:
@@ -341,28 +351,17 @@ def kernel_parity(ctx: SimpleNamespace, clock: Clock) -> dict:
                 if clock.over():
                     skipped.append(f"{kernel} {name}")
                     continue
-                atol, rtol = TOLERANCES[name].get(kernel, TOLERANCES[name]["default"])
-                outs_c, grads_c = _outputs_and_grads(fn, candidate, inputs, differentiable)
-                outs_r, grads_r = _outputs_and_grads(fn, "torch", inputs, differentiable)
-                fwd = [_max_excess(a, b, atol, rtol) for a, b in zip(outs_c, outs_r)]
-                bwd = [_max_excess(a, b, atol, rtol) for a, b in zip(grads_c, grads_r)]
-                rows.append(
-                    {
-                        "kernel": kernel,
-                        "dtype": name,
-                        "candidate": candidate,
-                        "reference": "torch",
-                        "atol": atol,
-                        "rtol": rtol,
-                        "fwd_max_abs_err": max(e for e, _ in fwd),
-                        "bwd_max_abs_err": max((e for e, _ in bwd), default=None),
-                        "backward": differentiable,
-                        "ok": all(ok for _, ok in fwd + bwd) and len(outs_c) == len(outs_r),
-                    }
-                )
+                wide = [t.detach().double().requires_grad_(t.requires_grad) for t in inputs]
+                results = [
+                    _outputs_and_grads(fn, impl, x, differentiable)
+                    for impl, x in ((candidate, inputs), ("torch", inputs), ("torch", wide))
+                ]
+                cand, ref, gold = (outs + grads for outs, grads in results)
+                row = {"kernel": kernel, "dtype": name, "candidate": candidate, "backward": differentiable}
+                rows.append(row | _compare(kernel, name, cand, ref, gold))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
-    return {"rows": rows, "skipped": skipped, "ok": all(r["ok"] for r in rows) and not skipped}
+    return {"rows": rows, "skipped": skipped, "ok": all(r["ok"] for r in rows)}
 
 
 # --------------------------------------------------------------------------- 2. timings
@@ -547,6 +546,8 @@ def kedro_commands() -> list[list[str]]:
             "pretrain.stages.language.train.eval_steps=10",
             "pretrain.stages.code.train.max_steps=4",
             "pretrain.stages.code.train.warmup_steps=1",
+            "pretrain.stages.language.eval.batch_size=4",  # the small corpus has few validation rows
+            "pretrain.stages.code.eval.batch_size=4",
         ]
     )
     return [
@@ -563,14 +564,17 @@ def kedro_pretrain(ctx: SimpleNamespace, clock: Clock) -> dict:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
             make_project_copy(Path(tmp) / "project")  # keep the copy code exercised
         return {"status": "skipped", "note": "dry run: no kedro run (--with-kedro runs it on CPU)", "commands": shown}
-    # COLUMNS: rich would wrap a long log line at 80 columns, splitting "device" from its value
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    env.update(COLUMNS="300", KEDRO_DISABLE_TELEMETRY="true")
+    env.update(COLUMNS="200", KEDRO_DISABLE_TELEMETRY="true")
     env.pop("TRITON_INTERPRET", None)
     logs, seconds = [], []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         project = make_project_copy(Path(tmp) / "project")
+        # conf/logging.yml's info_file_handler writes unwrapped lines to info.log (the console's
+        # rich handler wraps them at the terminal width): the device lines are read from there
+        log_file = project / "info.log"
         for cmd in commands:
+            log_offset = log_file.stat().st_size if log_file.exists() else 0
             if clock.over():
                 return {"status": "partial", "note": "over budget before " + " ".join(cmd[2:6]), "commands": shown}
             t0 = time.monotonic()
@@ -596,7 +600,8 @@ def kedro_pretrain(ctx: SimpleNamespace, clock: Clock) -> dict:
                     "seconds_per_command": seconds,
                     "ok": False,
                 }
-    lines = device_lines(logs[-1])
+        pretrain_log = log_file.read_bytes()[log_offset:].decode(errors="replace") if log_file.exists() else logs[-1]
+    lines = device_lines(pretrain_log)
     named = devices_named(lines)
     return {
         "commands": shown,
@@ -774,8 +779,13 @@ def print_summary(report: dict) -> None:
         print(f"[{name}] {sec['status']} in {sec['seconds']:.1f} s{extra}")
     for r in s["kernel_parity"].get("rows", []):
         print(
-            f"  parity {r['kernel']:<16}{r['dtype']:<9}{r['candidate']:<7} fwd err {r['fwd_max_abs_err']:.2e}  "
-            f"bwd err {_fmt(r['bwd_max_abs_err'], '.2e')}  {'ok' if r['ok'] else 'FAIL'}"
+            f"  parity {r['kernel']:<16}{r['dtype']:<9}{r['candidate']:<7} "
+            + (
+                f"rel err {r['max_rel_err']:.1e} (torch {r['torch_max_rel_err']:.1e})"
+                if "max_rel_err" in r
+                else "exact"
+            )
+            + f"  {'ok' if r['ok'] else 'FAIL'}"
         )
     for r in s["kernel_timings"].get("ratios", []):
         print("  timing " + f"{r['kernel']:<16}" + "  ".join(f"{k} {v:.2f}x" for k, v in r.items() if k != "kernel"))
