@@ -95,11 +95,11 @@ MARK_END = "<!-- gpu_check:end -->"
 #: seconds per section, in the order they run (sum = the default overall budget of 8 minutes)
 BUDGETS = {
     "kernel_parity": 45,
-    "kernel_timings": 75,
-    "fused_ce_memory": 40,
-    "train_step": 120,
-    "kedro_pretrain": 120,
-    "kernel_tests": 80,
+    "kernel_timings": 110,  # mostly torch.compile (inductor) of the six references, forward + backward
+    "fused_ce_memory": 30,
+    "train_step": 90,
+    "kedro_pretrain": 130,
+    "kernel_tests": 75,
 }
 DEFAULT_BUDGET_S = sum(BUDGETS.values())
 
@@ -180,24 +180,30 @@ GPU_MODELS = {"dense": DENSE_125M, "moe_mla": MOE_MLA_125M}
 
 # --------------------------------------------------------------------------- helpers
 class Clock:
-    """Overall deadline plus one per section; ``over()`` says whether the section's time is up."""
+    """Overall deadline plus one per section; ``over()`` says whether the section's time is up.
 
-    def __init__(self, total_s: float) -> None:
-        self.start = time.monotonic()
+    A section gets its own budget, plus what the sections before it left unused (their budgets
+    summed minus the time they took), never past the overall deadline."""
+
+    def __init__(self, total_s: float, now: Callable[[], float] = time.monotonic) -> None:
+        self.now = now
+        self.start = now()
         self.end = self.start + total_s
         self.section_end = self.end
+        self.planned = 0.0  # budgets of the sections begun so far
 
     def begin(self, budget_s: float) -> None:
-        self.section_end = min(time.monotonic() + budget_s, self.end)
+        self.planned += budget_s
+        self.section_end = min(max(self.now() + budget_s, self.start + self.planned), self.end)
 
     def over(self) -> bool:
-        return time.monotonic() > self.section_end
+        return self.now() > self.section_end
 
     def left(self) -> float:
-        return max(0.0, self.section_end - time.monotonic())
+        return max(0.0, self.section_end - self.now())
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return self.now() - self.start
 
 
 def _version(dist: str) -> str | None:
@@ -371,7 +377,11 @@ def _liger_calls(case: kernel_timings.Case, shapes: dict, device: str, dtype: to
     from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
     if case.name == "rms_norm":
-        norm = lk.LigerRMSNorm(shapes["hidden"], eps=1e-6).to(device, dtype)
+        try:  # in_place (default True) would overwrite the reused cotangent in the backward
+            norm = lk.LigerRMSNorm(shapes["hidden"], eps=1e-6, in_place=False)
+        except TypeError:  # older Liger: no in_place argument, never in place
+            norm = lk.LigerRMSNorm(shapes["hidden"], eps=1e-6)
+        norm = norm.to(device, dtype)
         return {"liger": lambda x, w: norm(x)}
     if case.name == "apply_rope":
         pos = torch.arange(shapes["seq"], device=device, dtype=torch.float32)

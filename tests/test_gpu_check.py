@@ -185,3 +185,19 @@ def test_parity_criterion_catches_a_wrong_kernel(gpu_check):
     idx = torch.tensor([[0, 2]])
     assert gpu_check._compare("router_topk", "float32", [idx], [idx.clone()], [idx])["ok"]
     assert not gpu_check._compare("router_topk", "float32", [idx], [torch.tensor([[2, 0]])], [idx])["ok"]
+
+
+def test_clock_gives_later_sections_the_unused_budget(gpu_check):
+    now = [0.0]
+    clock = gpu_check.Clock(100, now=lambda: now[0])
+    clock.begin(30)  # first section: its own 30 s
+    now[0] = 10.0  # ... done after 10 s
+    clock.begin(20)  # second: its 20 s plus the 20 s left over
+    assert clock.left() == 40
+    now[0] = 55.0  # overran by 5 s
+    assert clock.over()
+    clock.begin(20)  # third: still its own 20 s
+    assert clock.left() == 20
+    now[0] = 75.0
+    clock.begin(50)  # never past the overall budget
+    assert clock.left() == 25
