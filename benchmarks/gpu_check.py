@@ -706,9 +706,15 @@ def markdown(report: dict) -> str:
     """The RESULTS.md section for one run (the text between the gpu_check markers)."""
     m, s = report["machine"], report["sections"]
     lines = [
-        f"Run {report['started_utc']} (wall {report['wall_s']:.0f} s): {m['gpu']}, driver {m['driver']}, "
+        f"Run {report['started_utc']} (wall {report['wall_s']:.0f} s): {m['gpu'] or 'no GPU (dry run)'}, "
+        f"driver {m['driver']}, "
         f"CUDA {m['cuda']}, torch {m['torch']}, triton {m['triton']}, transformers {m['transformers']}, "
-        f"liger-kernel {m['liger_kernel'] or 'not installed'}.",
+        f"liger-kernel {m['liger_kernel'] or 'not installed'}. Sections: "
+        + ", ".join(
+            f"{name} {sec['status']} ({sec['seconds']:.0f} s)" + (f": {sec['error']}" if sec.get("error") else "")
+            for name, sec in s.items()
+        )
+        + ".",
         "",
         "| target | value | threshold | result |",
         "| --- | ---: | ---: | --- |",
@@ -767,7 +773,7 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"`kedro run --pipeline pretrain` (device: auto): devices in the log {kedro.get('devices')}, "
-        f"{'ok' if kedro.get('ok') else 'NOT ok'}"
+        f"{'skipped' if kedro['status'] == 'skipped' else 'ok' if kedro.get('ok') else 'NOT ok'}"
         + (f" ({kedro.get('note') or kedro.get('error')})" if kedro.get("note") or kedro.get("error") else "")
         + ".",
     ]

@@ -49,6 +49,7 @@ def gpu_check():
         sys.path[:] = saved
 
 
+@pytest.mark.slow
 def test_dry_run_reports_every_section(tmp_path):
     results_md = BENCH / "RESULTS.md"
     before = hashlib.sha256(results_md.read_bytes()).hexdigest()
