@@ -9,7 +9,8 @@ fresh subprocess so allocations cannot be reused between them:
   dynamic mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) so every large tensor is its
   own mapping and is returned to the OS when freed, which makes RSS track live tensors.
 * CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the step; the Triton
-  variant is measured too.
+  variant is measured too (and Liger-Kernel's fused linear CE, variant ``liger``, when
+  benchmarks/gpu_check.py asks for it).
 
 Both figures include the gradients (``weight.grad`` is V x H fp32 in every variant).
 
@@ -49,6 +50,10 @@ def _status_kib(field: str) -> int:
 def _run_step(variant: str, hidden, weight, labels, chunk_size) -> None:
     if variant == "naive":
         loss = linear_cross_entropy_naive(hidden, weight, labels)
+    elif variant == "liger":  # Liger-Kernel's fused linear CE (CUDA only; benchmarks/gpu_check.py compares)
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss = LigerFusedLinearCrossEntropyLoss()(weight, hidden, labels)
     else:
         impl = variant.removeprefix("fused_")
         loss = fused_linear_cross_entropy(hidden, weight, labels, chunk_size=chunk_size, impl=impl)

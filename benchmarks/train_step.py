@@ -90,30 +90,44 @@ def make_batches(vocab: int, batch: int, seq: int, count: int, seed: int) -> lis
 
 
 class Runner:
-    """One model + its AdamW; ``run(batches)`` returns the seconds the training steps took."""
+    """One model + its AdamW; ``run(batches)`` returns the seconds the training steps took.
 
-    def __init__(self, model: torch.nn.Module, ours: bool, adamw: str = "fused") -> None:
-        self.model = model.train()
+    ``precision="bf16"`` runs forward and loss under ``torch.autocast(bfloat16)`` with fp32
+    weights and optimizer state (what the trainer's bf16 does); the model is moved to ``device``.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, ours: bool, adamw: str = "fused", device: str = "cpu", precision: str = "fp32"
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).train()
         self.ours = ours
+        self.precision = precision
         self.has_moe = ours and hasattr(model, "update_moe_bias") and model.config.use_moe
         impl = {"fused": True} if adamw == "fused" else {"foreach": True}
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, **impl)
 
-    def step(self, ids: torch.Tensor) -> float:
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
         # Our training path asks for the loss only (no logits tensor), as the trainer does.
         extra = {"return_logits": False} if self.ours else {}
-        loss = self.model(input_ids=ids, labels=ids, **extra).loss
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = self.model(input_ids=ids, labels=ids, **extra).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.has_moe:
             self.model.update_moe_bias()
-        return float(loss.detach())
+        return loss.detach()
 
     def run(self, batches: list[torch.Tensor]) -> float:
+        batches = [ids.to(self.device) for ids in batches]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         for ids in batches:
             self.step(ids)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
 
 
@@ -121,7 +135,11 @@ def bench_pair(name: str, fields: dict, args) -> dict:
     torch.manual_seed(0)
     ours = XoronForCausalLM(XoronConfig(**fields)).float()
     native = to_native_model(ours)
-    runners = {"xoron": Runner(ours, True, args.adamw), type(native).__name__: Runner(native, False, args.adamw)}
+    device, precision = getattr(args, "device", "cpu"), getattr(args, "precision", "fp32")
+    runners = {
+        "xoron": Runner(ours, True, args.adamw, device, precision),
+        type(native).__name__: Runner(native, False, args.adamw, device, precision),
+    }
     batches = make_batches(fields["vocab_size"], args.batch, args.seq, args.steps, seed=1)
     tokens = args.batch * args.seq * args.steps
     for runner in runners.values():  # warm-up (allocator, first-call paths)
@@ -164,12 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         default="fused",
         help="AdamW implementation, the same on both sides (fused = what the trainer runs)",
     )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (both models and batches)")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast, fp32 weights (both sides)"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
-        f"batch {args.batch} x seq {args.seq}, {args.steps} steps/run, {args.rounds} rounds, {args.adamw} AdamW"
+        f"batch {args.batch} x seq {args.seq}, {args.steps} steps/run, {args.rounds} rounds, {args.adamw} AdamW, "
+        f"{args.device} {args.precision}"
     )
     results = []
     for name in args.only or list(PAIRS):
