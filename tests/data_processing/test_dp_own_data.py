@@ -160,3 +160,79 @@ def test_format_json_reads_an_array_a_data_object_and_json_lines(tmp_path: Path)
     # a JSON Lines file is read line by line exactly as format: jsonl reads it
     as_jsonl = _all(make_params([{**sources[2], "format": "jsonl"}], dedup=NO_DEDUP))
     assert [(r["row"], r["status"], r["text"]) for r in as_jsonl] == [(g[1], g[2], g[4]) for g in got[3:]]
+
+
+def _small_tokenizer(texts: list[str], specials: list[str]):
+    """A byte-level BPE tokenizer of ~300 ids that knows only ``specials`` of the registry."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+@pytest.mark.parametrize("layout", ["tokenizer.json", "save_pretrained"])
+def test_tokenizer_name_uses_an_existing_tokenizer_with_the_projects_special_tokens(tmp_path: Path, layout):
+    from transformers import PreTrainedTokenizerFast
+
+    from xoron_pipelines.data.tokenizer_training import special_tokens
+    from xoron_pipelines.datasets.tokenizer import HFTokenizerDataset
+    from xoron_pipelines.pipelines.data_processing.nodes import train_tokenizer
+    from xoron_pipelines.tokens import BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN
+
+    docs = prose_docs(60, seed=9)
+    tok = _small_tokenizer(docs, ["<|endoftext|>", BOS_TOKEN])
+    path = tmp_path / "mine"
+    path.mkdir()
+    if layout == "tokenizer.json":
+        tok.save(str(path / "tokenizer.json"))
+    else:
+        PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(str(path))
+    before = tok.encode(docs[0]).ids
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in docs])
+    params = make_params(
+        [{"name": "c", "path": str(corpus), "text_field": "text"}], tokenizer_name=str(path), dedup=NO_DEDUP
+    )
+    ledger = build_ledger(params)
+    hf, metrics = train_tokenizer(ledger, params)
+    registry = special_tokens()
+    assert metrics["tokenizer.added_special_tokens"]["value"] == len(registry) - 1  # all but its BOS
+    assert metrics["tokenizer.vocab_size"]["value"] == len(hf) == 300 + len(registry) - 1
+    # its own vocabulary is unchanged; every registry token is one id, the new ones after it
+    assert hf.encode(docs[0], add_special_tokens=False) == before
+    ids = {t: hf.encode(t, add_special_tokens=False) for t in registry}
+    assert all(len(v) == 1 for v in ids.values()), {t: v for t, v in ids.items() if len(v) != 1}
+    assert ids[BOS_TOKEN] == [tok.token_to_id(BOS_TOKEN)]
+    assert sorted(v[0] for t, v in ids.items() if t != BOS_TOKEN) == list(range(300, 300 + len(registry) - 1))
+    assert (hf.bos_token, hf.eos_token, hf.pad_token, hf.unk_token) == (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN)
+    assert hf.chat_template == CHAT_TEMPLATE and hf.model_max_length == params.packing.max_seq_len
+    # saved through the catalog dataset and loaded back, it is the same tokenizer
+    ds = HFTokenizerDataset(str(tmp_path / "out"))
+    ds.save(hf)
+    back = ds.load()
+    assert back.get_vocab() == hf.get_vocab() and back.bos_token_id == hf.bos_token_id
+    assert back.encode(docs[1], add_special_tokens=False) == hf.encode(docs[1], add_special_tokens=False)
+
+
+def test_tokenizer_name_errors_name_the_knob_before_any_work(tmp_path: Path):
+    from xoron_pipelines.data.tokenizer_training import load_existing
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in prose_docs(3)])
+    source = [{"name": "c", "path": str(corpus), "text_field": "text"}]
+    # offline (the test suite sets HF_HUB_OFFLINE=1), a hub id not in the cache
+    with pytest.raises(ValueError, match=r"data_processing.tokenizer_name='no-such-org/no-such-tok'.*offline"):
+        make_params(source, tokenizer_name="no-such-org/no-such-tok")
+    with pytest.raises(ValueError, match=r"data_processing.tokenizer_name='no-such-org/no-such-tok'.*offline"):
+        load_existing("no-such-org/no-such-tok")
+    with pytest.raises(ValueError, match=r"data_processing.tokenizer_name='./missing/tok': no such file or directory"):
+        make_params(source, tokenizer_name="./missing/tok")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="neither tokenizer_config.json nor tokenizer.json"):
+        load_existing(str(empty))

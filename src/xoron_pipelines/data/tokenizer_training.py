@@ -136,7 +136,7 @@ def load_existing(name: str, model_max_length: int | None = None) -> tuple[Any, 
     added = [t for t in special_tokens() if t not in vocab]
     named = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
     extra = [t for t in special_tokens() if t not in named.values()]
-    hf.add_special_tokens({**named, "additional_special_tokens": extra}, replace_additional_special_tokens=False)
+    hf.add_special_tokens({**named, "extra_special_tokens": extra}, replace_extra_special_tokens=False)
     hf.chat_template = CHAT_TEMPLATE
     if added:
         log.info("%s: added %d special tokens of the registry it lacked: %s", where, len(added), added)
