@@ -236,3 +236,31 @@ def test_tokenizer_name_errors_name_the_knob_before_any_work(tmp_path: Path):
     empty.mkdir()
     with pytest.raises(ValueError, match="neither tokenizer_config.json nor tokenizer.json"):
         load_existing(str(empty))
+
+
+def test_synth_raw_loads_empty_before_synth_and_only_synth_sources_need_it(tmp_path: Path):
+    """The catalog's synth_raw (missing_ok) loads as an empty mapping when synth has not run; the
+    data_processing node then runs on other sources, and with a synth source selected it stops
+    with a DatasetError naming synth_raw, caused by the missing folder (the CLI's "run ... first")."""
+    from kedro.io import DatasetError
+
+    from xoron_pipelines.datasets.partitions import LabelledPartitionedDataset
+    from xoron_pipelines.pipelines.data_processing.nodes import build_ledger as build_ledger_node
+
+    catalog = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "catalog.yml").read_text())["synth_raw"]
+    assert catalog["missing_ok"] is True
+    config = {k: v for k, v in catalog.items() if k != "type"}
+    config["path"] = str(tmp_path / "synth")
+    empty = LabelledPartitionedDataset(**config).load()
+    assert empty == {}
+    with pytest.raises(DatasetError, match="No partitions"):
+        LabelledPartitionedDataset(**{**config, "missing_ok": False}).load()
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": d} for d in prose_docs(5)])
+    own = {"name": "own", "path": str(corpus), "text_field": "text"}
+    ledger = build_ledger_node(make_params([own], dedup=NO_DEDUP), empty)
+    assert [r["status"] for r in ledger.read().to_pylist()] == ["kept"] * 5
+    synth = {"name": "s", "path": "chat", "format": "synth", "text_field": "text"}
+    with pytest.raises(DatasetError, match=r"synth_raw: the selected sources \['s'\].*kedro run --pipeline synth") as err:
+        build_ledger_node(make_params([own, synth]), empty)
+    assert isinstance(err.value.__cause__, FileNotFoundError) and "synth" in err.value.__cause__.filename

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from kedro.io import DatasetError
 
 from xoron_pipelines.data import ledger as ledger_mod
 from xoron_pipelines.data import packing, tokenizer_training
@@ -31,10 +32,19 @@ def build_ledger(params: Any, synth_raw: Mapping[str, Callable[[], Any]] | None 
     """Ingest, clean and deduplicate every selected source into the record ledger.
 
     ``synth_raw`` is the synth pipeline's output as the catalog loads it (type -> load function,
-    read lazily): the rows of the ``format: synth`` sources. A missing source path or synth
-    partition fails here, naming the source, before any record is read."""
+    read lazily): the rows of the ``format: synth`` sources, and only of them: with none
+    selected it may be empty (synth has not run). Synth sources without any synth output raise
+    ``DatasetError`` (run synth first); a missing source path or synth partition fails here,
+    naming the source, before any record is read."""
     p = Params.model_validate(params)
     log.info("data_processing sources: %s", [s.name for s in p.selected_sources()])
+    needs_synth = [s.name for s in p.selected_sources() if s.format == "synth"]
+    if needs_synth and not synth_raw:  # synth has not run (the catalog entry loads empty then)
+        error = getattr(synth_raw, "error", None)
+        raise DatasetError(
+            f"synth_raw: the selected sources {needs_synth} read the synth pipeline's output, which does "
+            f"not exist yet; run `kedro run --pipeline synth` first, or leave them out of data_processing.sources"
+        ) from (error.__cause__ if error is not None else None)
     return ledger_mod.build_ledger(p, synth=synth_raw)
 
 
