@@ -52,7 +52,9 @@ def test_a_local_override_of_one_nested_key_keeps_the_rest_of_the_group(tmp_path
     assert language["train"] == {**base_pt["stages"]["language"]["train"], "learning_rate": 1.0e-3}
     validated = validate_all(params, files=parameter_files(loader))
     assert validated["pretrain"].stages["language"].train.learning_rate == 1.0e-3
-    assert validated["pretrain"].stages["language"].train.max_steps == base_pt["stages"]["language"]["train"]["max_steps"]
+    assert (
+        validated["pretrain"].stages["language"].train.max_steps == base_pt["stages"]["language"]["train"]["max_steps"]
+    )
     assert validated["data_processing"].tokenizer.vocab_size == 9000
     assert [s.name for s in validated["data_processing"].sources] == [s["name"] for s in base_dp["sources"]]
 
@@ -106,13 +108,17 @@ def test_csv_format(tmp_path: Path):
     docs = prose_docs(4, seed=3)
     path = tmp_path / "corpus.csv"
     body = (
-        "\ufeffid,title,text\n"
-        f'1,First,"{docs[0]}, with a comma\nand a second line"\n'
-        f"2,Second,{docs[1]}\n"
-        "3,Empty,\n"
-        "4,Short\n"
-        f"5,Big,{'x' * 3000}\n"
-    ).encode() + b"6,Bad,caf\xe9 latin-1 text long enough\n" + f"7,Last,{docs[2]}\n".encode()
+        (
+            "\ufeffid,title,text\n"
+            f'1,First,"{docs[0]}, with a comma\nand a second line"\n'
+            f"2,Second,{docs[1]}\n"
+            "3,Empty,\n"
+            "4,Short\n"
+            f"5,Big,{'x' * 3000}\n"
+        ).encode()
+        + b"6,Bad,caf\xe9 latin-1 text long enough\n"
+        + f"7,Last,{docs[2]}\n".encode()
+    )
     path.write_bytes(body)
     source = {"name": "csv", "path": str(path), "format": "csv", "text_field": "text"}
     rows = _all(make_params([source], dedup=NO_DEDUP, cleaning={"max_record_bytes": 2000}))
@@ -142,7 +148,7 @@ def test_format_json_reads_an_array_a_data_object_and_json_lines(tmp_path: Path)
     data = tmp_path / "d.json"
     data.write_text(json.dumps({"data": [{"text": docs[2]}]}))
     lines = tmp_path / "l.jsonl"
-    lines.write_text(f'{json.dumps({"text": docs[3]})}\n{{broken\n{json.dumps({"text": docs[4]})}\n')
+    lines.write_text(f"{json.dumps({'text': docs[3]})}\n{{broken\n{json.dumps({'text': docs[4]})}\n")
     sources = [
         {"name": n, "path": str(p), "format": "json", "text_field": "text"}
         for n, p in (("array", array), ("data", data), ("lines", lines))
@@ -261,6 +267,8 @@ def test_synth_raw_loads_empty_before_synth_and_only_synth_sources_need_it(tmp_p
     ledger = build_ledger_node(make_params([own], dedup=NO_DEDUP), empty)
     assert [r["status"] for r in ledger.read().to_pylist()] == ["kept"] * 5
     synth = {"name": "s", "path": "chat", "format": "synth", "text_field": "text"}
-    with pytest.raises(DatasetError, match=r"synth_raw: the selected sources \['s'\].*kedro run --pipeline synth") as err:
+    with pytest.raises(
+        DatasetError, match=r"synth_raw: the selected sources \['s'\].*kedro run --pipeline synth"
+    ) as err:
         build_ledger_node(make_params([own, synth]), empty)
     assert isinstance(err.value.__cause__, FileNotFoundError) and "synth" in err.value.__cause__.filename

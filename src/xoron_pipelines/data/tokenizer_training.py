@@ -172,7 +172,9 @@ def check_existing(name: str) -> None:
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not any(isinstance(try_to_load_from_cache(name, f), str) for f in ("tokenizer.json", "tokenizer_config.json")):
+        if not any(
+            isinstance(try_to_load_from_cache(name, f), str) for f in ("tokenizer.json", "tokenizer_config.json")
+        ):
             raise ValueError(
                 f"{TOKENIZER_NAME_KEY}={name!r}: not a local file or directory, and the Hugging Face hub is "
                 f"offline (HF_HUB_OFFLINE=1) with no cached copy; give the path of a tokenizer directory, "
