@@ -111,23 +111,19 @@ def load_existing(name: str, model_max_length: int | None = None) -> tuple[Any, 
     naming :data:`TOKENIZER_NAME_KEY` when it cannot be loaded, or is a slow (Python) tokenizer."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    check_existing(name)
     path = Path(name).expanduser()
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
     where = f"{TOKENIZER_NAME_KEY}={name!r}"
+    file = path if path.is_file() else path / "tokenizer.json"
+    if path.is_dir() and not (path / "tokenizer_config.json").is_file() and not file.is_file():
+        raise ValueError(f"{where}: the directory has neither tokenizer_config.json nor tokenizer.json")
     try:
-        if path.is_file() or (path.is_dir() and not (path / "tokenizer_config.json").is_file()):
-            file = path if path.is_file() else path / "tokenizer.json"
-            if not file.is_file():
-                raise ValueError(f"{where}: the directory has neither tokenizer_config.json nor tokenizer.json")
+        if file.is_file() and not (path / "tokenizer_config.json").is_file():
             hf = PreTrainedTokenizerFast(tokenizer_file=str(file), **kwargs)
-        elif path.is_dir():
-            hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
-        elif looks_like_path(name):
-            raise ValueError(f"{where}: no such file or directory ({path.absolute()})")
-        else:
-            hf = _from_hub(name, where, kwargs)
-    except ValueError:
-        raise
+        else:  # a transformers tokenizer directory, or a hub id (offline: from the cache only)
+            local = path.is_dir() or hub_offline()
+            hf = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name, local_files_only=local, **kwargs)
     except Exception as exc:  # noqa: BLE001 -- any loader failure is reported against the knob
         raise ValueError(f"{where}: could not load the tokenizer: {type(exc).__name__}: {exc}") from exc
     if not getattr(hf, "is_fast", False):
@@ -146,55 +142,36 @@ def load_existing(name: str, model_max_length: int | None = None) -> tuple[Any, 
 def looks_like_path(name: str) -> bool:
     """Whether a ``tokenizer_name`` that is not on disk was meant as a path (not a hub id
     ``org/name``): it starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+_TRUE = ("1", "ON", "YES", "TRUE")
 
 
 def hub_offline() -> bool:
     """Whether the Hugging Face hub may not be reached (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in (
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    )
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in _TRUE
 
 
 def check_existing(name: str) -> None:
     """Fail early (``ValueError`` naming the knob) when ``tokenizer_name`` cannot be found: a path
-    that does not exist, or a hub id while offline with nothing in the local cache."""
+    that does not exist, or a hub id while offline with nothing in the local cache (instead of
+    the hub's traceback later). Called when the parameters are validated."""
     path = Path(name).expanduser()
     if path.exists():
         return
+    where = f"{TOKENIZER_NAME_KEY}={name!r}"
     if looks_like_path(name):
-        raise ValueError(f"{TOKENIZER_NAME_KEY}={name!r}: no such file or directory ({path.absolute()})")
+        raise ValueError(f"{where}: no such file or directory ({path.absolute()})")
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
-        if not any(
-            isinstance(try_to_load_from_cache(name, f), str) for f in ("tokenizer.json", "tokenizer_config.json")
-        ):
-            raise ValueError(
-                f"{TOKENIZER_NAME_KEY}={name!r}: not a local file or directory, and the Hugging Face hub is "
-                f"offline (HF_HUB_OFFLINE=1) with no cached copy; give the path of a tokenizer directory, "
-                f"or run once online"
-            )
-
-
-def _from_hub(name: str, where: str, kwargs: dict) -> Any:
-    """``AutoTokenizer.from_pretrained(name)`` from the hub; offline only from the local cache,
-    with a message naming the knob instead of the hub's traceback."""
-    from transformers import AutoTokenizer
-
-    offline = hub_offline()
-    try:
-        return AutoTokenizer.from_pretrained(name, local_files_only=offline, **kwargs)
-    except Exception as exc:  # noqa: BLE001
-        if offline:
+        cached = (try_to_load_from_cache(name, f) for f in ("tokenizer.json", "tokenizer_config.json"))
+        if not any(isinstance(c, str) for c in cached):
             raise ValueError(
                 f"{where}: not a local file or directory, and the Hugging Face hub is offline "
-                f"(HF_HUB_OFFLINE=1) with no cached copy of {name!r}; give the path of a tokenizer "
-                f"directory, or run once online"
-            ) from None
-        raise ValueError(f"{where}: could not load from the Hugging Face hub: {type(exc).__name__}: {exc}") from exc
+                f"(HF_HUB_OFFLINE=1) with no cached copy; give the path of a tokenizer directory, "
+                f"or run once online"
+            )
