@@ -272,3 +272,16 @@ def test_synth_raw_loads_empty_before_synth_and_only_synth_sources_need_it(tmp_p
     ) as err:
         build_ledger_node(make_params([own, synth]), empty)
     assert isinstance(err.value.__cause__, FileNotFoundError) and "synth" in err.value.__cause__.filename
+
+
+def test_kedro_run_names_base_and_local_files_of_a_bad_key(kedro_project: Path):
+    """Through a real KedroSession (the validation hook reads the session's config loader)."""
+    from tests.helpers import run_pipeline
+
+    local = {"data_processing": {"tokenizer": {"vocab_sise": 9000}}}
+    (kedro_project / "conf" / "local" / "parameters.yml").write_text(yaml.safe_dump(local))
+    with pytest.raises(ParameterError) as err:
+        run_pipeline(kedro_project, "data_processing")
+    message = str(err.value)
+    assert "data_processing.tokenizer.vocab_sise" in message
+    assert "conf/base/parameters_data_processing.yml + conf/local/parameters.yml" in message
