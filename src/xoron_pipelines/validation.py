@@ -9,8 +9,9 @@ context is created, before any node runs, and hands each node the validated obje
 is (pydantic does not revalidate instances), so validation runs once per run.
 
 An unknown key, a wrong type or an impossible value raises :class:`ParameterError` naming the
-dotted key and where it comes from: the conf file, or the command line for a value given with
-``kedro run --params``. A schema may also define ``check_references(groups)``, called with all
+dotted key and where it comes from: the conf files that set its group (conf/local is merged into
+conf/base key by key, settings.py, so both may hold it: :func:`parameter_files`), or the command
+line for a value given with ``kedro run --params``. A schema may also define ``check_references(groups)``, called with all
 validated groups, for values that must name something in another group (a training stage's
 ``data_mix`` must be one of ``data_processing.stage_mixes``).
 
