@@ -224,6 +224,14 @@ def test_tokenizer_name_uses_an_existing_tokenizer_with_the_projects_special_tok
     back = ds.load()
     assert back.get_vocab() == hf.get_vocab() and back.bos_token_id == hf.bos_token_id
     assert back.encode(docs[1], add_special_tokens=False) == hf.encode(docs[1], add_special_tokens=False)
+    # and the corpus packs with it: a BOS (the registry's) per document, every id within its vocabulary
+    from xoron_pipelines.data.packing import tokenize_and_pack
+
+    train, val, manifest = tokenize_and_pack(ledger, back, params)
+    assert manifest["special_ids"]["bos"] == back.bos_token_id and manifest["vocab_size"] == len(back)
+    rows = train.read().column("input_ids").to_pylist() + val.read().column("input_ids").to_pylist()
+    assert sum(r.count(back.bos_token_id) for r in rows) == len(docs)
+    assert max(max(r) for r in rows) < len(back)
 
 
 def test_tokenizer_name_errors_name_the_knob_before_any_work(tmp_path: Path):
