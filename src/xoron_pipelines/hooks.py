@@ -20,7 +20,7 @@ from rich.table import Table
 
 from xoron_pipelines.datasets.generation import STAGING_ENV
 from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
-from xoron_pipelines.validation import validate_all
+from xoron_pipelines.validation import parameter_files, validate_all
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,10 @@ class ParameterValidationHook:
     def after_context_created(self, context) -> None:
         # the --params of `kedro run` (Kedro keeps them on the context) name the command line as
         # the origin of a bad value
-        self._validated = validate_all(context.params, getattr(context, "_runtime_params", None))
+        # (and the conf files that set each group name where a bad value may come from)
+        self._validated = validate_all(
+            context.params, getattr(context, "_runtime_params", None), parameter_files(context.config_loader)
+        )
         log.debug("validated parameter groups: %s", sorted(self._validated))
 
     @hook_impl

@@ -9,8 +9,9 @@ context is created, before any node runs, and hands each node the validated obje
 is (pydantic does not revalidate instances), so validation runs once per run.
 
 An unknown key, a wrong type or an impossible value raises :class:`ParameterError` naming the
-dotted key and where it comes from: the conf file, or the command line for a value given with
-``kedro run --params``. A schema may also define ``check_references(groups)``, called with all
+dotted key and where it comes from: the conf files that set its group (conf/local is merged into
+conf/base key by key, settings.py, so both may hold it: :func:`parameter_files`), or the command
+line for a value given with ``kedro run --params``. A schema may also define ``check_references(groups)``, called with all
 validated groups, for values that must name something in another group (a training stage's
 ``data_mix`` must be one of ``data_processing.stage_mixes``).
 
@@ -23,7 +24,8 @@ must be converted (a ``tuple`` from a YAML list, a ``Path`` from a string) opts 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,6 +54,43 @@ class ParameterError(ValueError):
 
 def conf_file(group: str) -> str:
     return f"conf/base/parameters_{group}.yml"
+
+
+def parameter_files(config_loader: Any) -> dict[str, list[str]]:
+    """Top-level parameter group -> the conf files that set it, in merge order (base first, then
+    the run environment, e.g. ``conf/base/parameters_pretrain.yml``, ``conf/local/parameters.yml``),
+    from a Kedro ``OmegaConfigLoader``. Used to name where a bad value may come from once conf/local
+    is merged into conf/base key by key. Empty when the loader has no local ``conf_source``."""
+    import yaml
+
+    root = Path(str(getattr(config_loader, "conf_source", "") or ""))
+    if not root.is_dir():
+        return {}
+    envs = [getattr(config_loader, "base_env", None) or "base"]
+    run_env = getattr(config_loader, "env", None) or getattr(config_loader, "default_run_env", None)
+    if run_env and run_env not in envs:
+        envs.append(run_env)
+    out: dict[str, list[str]] = {}
+    for env in envs:
+        env_dir = root / env
+        files = {p for pattern in ("parameters*", "parameters*/**/*", "**/parameters*") for p in env_dir.glob(pattern)}
+        for path in sorted(f for f in files if f.is_file() and f.suffix in (".yml", ".yaml", ".json")):
+            if any(part.startswith(".") for part in path.relative_to(env_dir).parts):
+                continue
+            try:
+                tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue  # the config loader itself reports an unreadable file
+            for group in tree if isinstance(tree, dict) else ():
+                out.setdefault(str(group), []).append(path.relative_to(root.parent).as_posix())
+    return out
+
+
+def _origin(group: str, files: Mapping[str, Sequence[str]] | None) -> str:
+    """Where group ``group`` comes from: its conf files (merged in this order), or the one
+    conventional file when they are not known."""
+    named = list((files or {}).get(group) or ())
+    return " + ".join(named) if named else conf_file(group)
 
 
 COMMAND_LINE = "the command line (--params)"
@@ -93,13 +132,18 @@ def _format_loc(group: str, loc: tuple[Any, ...]) -> str:
 
 
 def validate_group(
-    group: str, values: Any, schema: type[BaseModel] | None = None, runtime_params: Mapping[str, Any] | None = None
+    group: str,
+    values: Any,
+    schema: type[BaseModel] | None = None,
+    runtime_params: Mapping[str, Any] | None = None,
+    files: Mapping[str, Sequence[str]] | None = None,
 ) -> BaseModel:
     """Validate one group; raise ParameterError naming each bad key and where it comes from:
-    the group's conf file, or the command line for keys in ``runtime_params`` (``--params``)."""
+    the group's conf files (``files``: group -> files, from :func:`parameter_files`; default its
+    conf/base file), or the command line for keys in ``runtime_params`` (``--params``)."""
     schema = schema or schemas().get(group)
     if schema is None:
-        raise ParameterError(f"Unknown parameter group '{group}' (no schema for it); check {conf_file(group)}")
+        raise ParameterError(f"Unknown parameter group '{group}' (no schema for it); check {_origin(group, files)}")
     try:
         return schema.model_validate(values if values is not None else {})
     except ValidationError as exc:
@@ -113,13 +157,18 @@ def validate_group(
             cli = cli or bool(note)
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"  - {key}: {msg}{got_s}{note}")
-        origin = f"{conf_file(group)} or {COMMAND_LINE}" if cli else conf_file(group)
+        origin = f"{_origin(group, files)} or {COMMAND_LINE}" if cli else _origin(group, files)
         raise ParameterError(f"Invalid parameters in {origin}:\n" + "\n".join(lines)) from None
 
 
-def validate_all(params: dict[str, Any], runtime_params: Mapping[str, Any] | None = None) -> dict[str, BaseModel]:
+def validate_all(
+    params: dict[str, Any],
+    runtime_params: Mapping[str, Any] | None = None,
+    files: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, BaseModel]:
     """Validate every top-level group of ``params`` (Kedro's merged parameters); ``runtime_params``
-    (the ``--params`` of ``kedro run``) only serve to say which bad values came from the command line."""
+    (the ``--params`` of ``kedro run``) and ``files`` (group -> conf files, :func:`parameter_files`)
+    only serve to say where a bad value came from."""
     known = schemas()
     runtime_params = runtime_params or {}
     out: dict[str, BaseModel] = {}
@@ -127,18 +176,23 @@ def validate_all(params: dict[str, Any], runtime_params: Mapping[str, Any] | Non
         if group in _IGNORED_GROUPS:
             continue
         if group not in known:
-            where = COMMAND_LINE if group in runtime_params else "conf/base/parameters_<name>.yml"
+            where = (
+                COMMAND_LINE
+                if group in runtime_params
+                else " + ".join((files or {}).get(group) or ()) or "conf/base/parameters_<name>.yml"
+            )
             raise ParameterError(
                 f"Unknown top-level parameter '{group}' (from {where}): expected one of {sorted(known)} "
                 f"(each lives in conf/base/parameters_<name>.yml)"
             )
-        out[group] = validate_group(group, values, known[group], runtime_params)
+        out[group] = validate_group(group, values, known[group], runtime_params, files)
     for group, model in out.items():  # references between groups, e.g. a stage's data_mix
         check = getattr(model, "check_references", None)
         if callable(check):
             try:
                 check(out)
             except ValueError as exc:
-                origin = f"{conf_file(group)} or {COMMAND_LINE}" if group in runtime_params else conf_file(group)
+                origin = _origin(group, files)
+                origin = f"{origin} or {COMMAND_LINE}" if group in runtime_params else origin
                 raise ParameterError(f"Invalid parameters in {origin}:\n  - {group}.{exc}") from None
     return out

@@ -337,8 +337,13 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
 @pytest.mark.parametrize(
     "mixes, message",
     [
-        ({"m": {"nope": 1.0}}, r"\['nope'\] are not selected sources"),
+        (
+            {"m": {"a": 1.0, "nope": 1.0}},
+            r"stage_mixes.m: \['nope'\] are not selected sources.*stage_mixes: \{m: \{nope: null\}\}.*"
+            r"--params data_processing.stage_mixes.m.nope=null",
+        ),
         ({"m": {}}, "at least one source"),
+        ({"m": {"a": None}}, "at least one source"),
         ({"m": {"a": 0.0}}, "weights must be > 0"),
         ({"../m": {"a": 1.0}}, "folder name"),
     ],
@@ -346,6 +351,18 @@ def test_stage_mix_packs_its_sources_with_its_weights_and_the_same_split(corpus,
 def test_bad_stage_mixes_are_rejected_naming_the_mix(corpus, mixes, message):
     with pytest.raises(Exception, match=message):
         make_params(corpus, stage_mixes=mixes)
+
+
+def test_stage_mix_null_weights_and_fallback(corpus):
+    """A null weight drops a source from a mix (how a conf/local file, merged key by key, removes
+    one); a mix naming none of the selected sources falls back to all of them at their own
+    weights (flagged); `stage_mixes: null` means no mix."""
+    params = make_params(corpus, stage_mixes={"drop": {"a": 1.0, "b": None}, "gone": {"x": 1.0, "y": 2.0}})
+    mixes = params.stage_mix_weights()
+    assert mixes["drop"] == ({"a": 1.0}, False)
+    assert mixes["gone"] == ({s.name: s.weight for s in params.selected_sources()}, True)
+    assert set(mixes["gone"][0]) == {"a", "b"}
+    assert make_params(corpus, stage_mixes=None).stage_mix_weights() == {}
 
 
 def test_a_weight_far_above_the_natural_share_warns_naming_the_source(corpus, trained_tokenizer, caplog):

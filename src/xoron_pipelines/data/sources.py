@@ -9,12 +9,15 @@ corrupt Parquet) comes back as one record for that file (``row`` None) or row gr
 first row not read), and reading goes on with the next one. A UTF-8 byte order mark at the start
 of a file is skipped, as Python's ``utf-8-sig`` does. Rows are streamed (JSONL line by line, an
 oversized line never held whole; Parquet row group by row group and batch by batch; HF by batch);
-only ``json`` files are read whole (``text`` files up to ``max_record_bytes``).
+CSV row by row); only ``json`` documents (an array, not JSON Lines) are read whole (``text`` files
+up to ``max_record_bytes``).
 """
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import logging
 import os
@@ -195,7 +198,13 @@ def iter_records(
     if source.format == "hf":
         yield from _guarded(source, source.path, _iter_hf(source), max_record_bytes)
         return
-    reader = {"jsonl": _iter_jsonl, "json": _iter_json, "parquet": _iter_parquet, "text": _iter_text}[source.format]
+    reader = {
+        "jsonl": _iter_jsonl,
+        "json": _iter_json,
+        "csv": _iter_csv,
+        "parquet": _iter_parquet,
+        "text": _iter_text,
+    }[source.format]
     unreadable: list[tuple[str, str]] = []
     files = resolve_files(source, unreadable)
     for directory, error in unreadable:
@@ -294,8 +303,14 @@ def _json_error(exc: Exception) -> str:
 
 
 def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
-    """A JSON array of objects (or an object holding one under "data"); rows numbered from 0.
-    A fault of the whole document is one quarantined record (row None)."""
+    """What the Hugging Face ``json`` loader reads: a JSON array of objects (or an object holding
+    one under "data"), rows numbered from 0, read whole; or JSON Lines (a file whose first line is
+    a JSON value of its own, and not an object holding the rows under "data"), read line by line
+    as a ``jsonl`` source (rows numbered from 1). A fault of a whole document is one quarantined
+    record (row None)."""
+    if _is_json_lines(path, max_record_bytes):
+        yield from _iter_jsonl(path, max_record_bytes)
+        return
     raw = path.read_bytes()
     try:
         value = json.loads(raw.removeprefix(_BOM).decode("utf-8"))
@@ -311,6 +326,56 @@ def _iter_json(path: Path, max_record_bytes: int) -> Iterator[Any]:
         yield _bad(str(path), None, MALFORMED_JSON, "expected a JSON array of objects", raw)
         return
     yield from enumerate(value)
+
+
+def _is_json_lines(path: Path, max_record_bytes: int) -> bool:
+    """Whether a ``json`` file is JSON Lines: its first non-blank line parses on its own and is
+    not a JSON array, nor an object holding the rows under "data" (a document on one line)."""
+    with path.open("rb") as fh:
+        for line, size in _lines(fh, max_record_bytes):
+            line = line.removeprefix(_BOM).strip()
+            if not line:
+                continue
+            if line.startswith(b"[") or size > max_record_bytes:
+                return False
+            try:
+                first = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                return False
+            return not (isinstance(first, dict) and isinstance(first.get("data"), list))
+    return False
+
+
+def _iter_csv(path: Path, max_record_bytes: int) -> Iterator[Any]:
+    """(row, object) per data row of a CSV file with a header row, 0-based, as the Hugging Face
+    ``csv`` loader numbers them; every value a string (an empty cell is ``""``, a missing one
+    null). A row with invalid UTF-8, or larger than ``max_record_bytes``, is quarantined."""
+    # the csv module refuses fields over its limit (128 KiB); our own cap is max_record_bytes
+    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes + 1))
+    with path.open("rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.DictReader(text)
+        for row, value in enumerate(reader):
+            # cells beyond the header's columns come as a list under the key None
+            cells = [v for v in value.values() if isinstance(v, str)] + list(value.get(None) or ())
+            size = sum(len(c.encode("utf-8", errors="surrogateescape")) for c in cells)
+            if size > max_record_bytes:
+                yield _bad(str(path), row, OVERSIZED, f"{size} bytes > {max_record_bytes}", _raw_json(value))
+                continue
+            bad = next((c for c in cells if _has_surrogates(c)), None)
+            if bad is not None:
+                raw_bytes = bad.encode("utf-8", errors="surrogateescape")
+                yield _bad(str(path), row, INVALID_UTF8, "invalid UTF-8 in a CSV cell", raw_bytes)
+                continue
+            yield row, value
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def _iter_parquet(path: Path, max_record_bytes: int) -> Iterator[Any]:

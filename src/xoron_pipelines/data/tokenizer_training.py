@@ -5,11 +5,20 @@ and the code-model markers, deduplicated there); they take the first ids, in reg
 and each encodes to exactly one id. The chat template of the registry is attached, so the saved
 directory loads with ``AutoTokenizer.from_pretrained(path)`` and ``apply_chat_template`` works.
 No post-processor is set: ``encode`` adds no BOS/EOS; packing adds them per document.
+
+:func:`load_existing` takes an existing tokenizer instead (``data_processing.tokenizer_name``):
+a local directory or ``tokenizer.json`` file, or a hub id when online; the registry's special
+tokens it lacks are added (new ids after its vocabulary), BOS / EOS / PAD / UNK become the
+registry's, and the chat template is the project's.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -21,6 +30,11 @@ from xoron_pipelines.tokens import (
     UNK_TOKEN,
     all_special_tokens,
 )
+
+log = logging.getLogger(__name__)
+
+#: the knob that names an existing tokenizer (named in every error about it)
+TOKENIZER_NAME_KEY = "data_processing.tokenizer_name"
 
 
 def special_tokens() -> list[str]:
@@ -85,3 +99,79 @@ def stats(hf) -> dict[str, float]:
         "vocab_size": float(len(hf)),
         "num_special_tokens": float(len(special_tokens())),
     }
+
+
+def load_existing(name: str, model_max_length: int | None = None) -> tuple[Any, list[str]]:
+    """An existing fast tokenizer with the project's special tokens; ``(tokenizer, added)``,
+    ``added`` the registry tokens it lacked (in registry order), now new ids after its vocabulary.
+
+    ``name``: a local directory (``save_pretrained`` output, or one holding just ``tokenizer.json``),
+    a ``tokenizer.json`` file, or a Hugging Face hub id (downloaded when online; offline
+    (``HF_HUB_OFFLINE=1``) only a copy already in the local cache is used). Raises ``ValueError``
+    naming :data:`TOKENIZER_NAME_KEY` when it cannot be loaded, or is a slow (Python) tokenizer."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    check_existing(name)
+    path = Path(name).expanduser()
+    kwargs = {"model_max_length": model_max_length} if model_max_length else {}
+    where = f"{TOKENIZER_NAME_KEY}={name!r}"
+    file = path if path.is_file() else path / "tokenizer.json"
+    if path.is_dir() and not (path / "tokenizer_config.json").is_file() and not file.is_file():
+        raise ValueError(f"{where}: the directory has neither tokenizer_config.json nor tokenizer.json")
+    try:
+        if file.is_file() and not (path / "tokenizer_config.json").is_file():
+            hf = PreTrainedTokenizerFast(tokenizer_file=str(file), **kwargs)
+        else:  # a transformers tokenizer directory, or a hub id (offline: from the cache only)
+            local = path.is_dir() or hub_offline()
+            hf = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name, local_files_only=local, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- any loader failure is reported against the knob
+        raise ValueError(f"{where}: could not load the tokenizer: {type(exc).__name__}: {exc}") from exc
+    if not getattr(hf, "is_fast", False):
+        raise ValueError(f"{where}: {type(hf).__name__} is not a fast tokenizer (a tokenizer.json is needed)")
+    vocab = hf.get_vocab()
+    added = [t for t in special_tokens() if t not in vocab]
+    named = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
+    extra = [t for t in special_tokens() if t not in named.values()]
+    hf.add_special_tokens({**named, "extra_special_tokens": extra}, replace_extra_special_tokens=False)
+    hf.chat_template = CHAT_TEMPLATE
+    if added:
+        log.info("%s: added %d special tokens of the registry it lacked: %s", where, len(added), added)
+    return hf, added
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a ``tokenizer_name`` that is not on disk was meant as a path (not a hub id
+    ``org/name``): it starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub may not be reached (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in _TRUE
+
+
+def check_existing(name: str) -> None:
+    """Fail early (``ValueError`` naming the knob) when ``tokenizer_name`` cannot be found: a path
+    that does not exist, or a hub id while offline with nothing in the local cache (instead of
+    the hub's traceback later). Called when the parameters are validated."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return
+    where = f"{TOKENIZER_NAME_KEY}={name!r}"
+    if looks_like_path(name):
+        raise ValueError(f"{where}: no such file or directory ({path.absolute()})")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = (try_to_load_from_cache(name, f) for f in ("tokenizer.json", "tokenizer_config.json"))
+        if not any(isinstance(c, str) for c in cached):
+            raise ValueError(
+                f"{where}: not a local file or directory, and the Hugging Face hub is offline "
+                f"(HF_HUB_OFFLINE=1) with no cached copy; give the path of a tokenizer directory, "
+                f"or run once online"
+            )

@@ -14,6 +14,14 @@ the project lies), absolute otherwise.
       dataset:
         type: xoron_pipelines.datasets.jsonl.JSONLinesDataset
       filename_suffix: ".jsonl"
+      missing_ok: true
+
+``missing_ok: true``: with no partition at all (the folder absent or empty: synth has not run)
+``load`` returns an empty mapping instead of raising (:class:`NoPartitions`, holding the error a
+plain load raises), and each reader names what it lacks.
+``data_processing`` reads ``synth_raw`` only for its ``format: synth`` sources, so it runs on
+one's own corpus without the synth pipeline (Kedro's DAG is static: the input stays, and keeps
+synth before data_processing in a full run).
 """
 
 from __future__ import annotations
@@ -43,16 +51,36 @@ class Partition:
         return f"Partition({self.file!r})"
 
 
-class LabelledPartitionedDataset(PartitionedDataset):
-    """:class:`PartitionedDataset` whose ``load`` gives each partition its configured path."""
+class NoPartitions(dict):
+    """The (empty) load of a ``missing_ok`` dataset that has no partition; ``error`` is the
+    ``DatasetError`` (caused by ``FileNotFoundError`` naming the folder) a reader that needs
+    partitions can raise."""
 
-    def load(self) -> dict[str, Partition]:
-        """The partitions; raises ``DatasetError`` caused by ``FileNotFoundError`` (naming the
-        folder) when there are none, like a single-file dataset whose file is missing."""
+    def __init__(self, error: DatasetError) -> None:
+        super().__init__()
+        self.error = error
+
+
+class LabelledPartitionedDataset(PartitionedDataset):
+    """:class:`PartitionedDataset` whose ``load`` gives each partition its configured path;
+    ``missing_ok``: no partition loads as ``{}`` (else it is an error). Other arguments: those of
+    ``PartitionedDataset``."""
+
+    def __init__(self, *args: Any, missing_ok: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._missing_ok = missing_ok
+
+    def load(self) -> dict[str, Partition] | NoPartitions:
+        """The partitions; when there are none, ``{}`` with ``missing_ok``, else raises
+        ``DatasetError`` caused by ``FileNotFoundError`` (naming the folder), like a single-file
+        dataset whose file is missing."""
         root = _relative_to_cwd(str(self._path).rstrip("/"))
         if not self._list_partitions_fresh():
-            missing = FileNotFoundError(errno.ENOENT, "no partitions", root)
-            raise DatasetError(f"No partitions found in '{root}'") from missing
+            error = DatasetError(f"No partitions found in '{root}'")
+            error.__cause__ = FileNotFoundError(errno.ENOENT, "no partitions", root)
+            if self._missing_ok:
+                return NoPartitions(error)
+            raise error
         base = Path(str(self._path).rstrip("/")).absolute()
         return {
             pid: Partition(load, f"{root}/{pid}{self._filename_suffix}", base / f"{pid}{self._filename_suffix}")

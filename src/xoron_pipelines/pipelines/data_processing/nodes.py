@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from kedro.io import DatasetError
 
 from xoron_pipelines.data import ledger as ledger_mod
 from xoron_pipelines.data import packing, tokenizer_training
@@ -31,10 +32,19 @@ def build_ledger(params: Any, synth_raw: Mapping[str, Callable[[], Any]] | None 
     """Ingest, clean and deduplicate every selected source into the record ledger.
 
     ``synth_raw`` is the synth pipeline's output as the catalog loads it (type -> load function,
-    read lazily): the rows of the ``format: synth`` sources. A missing source path or synth
-    partition fails here, naming the source, before any record is read."""
+    read lazily): the rows of the ``format: synth`` sources, and only of them: with none
+    selected it may be empty (synth has not run). Synth sources without any synth output raise
+    ``DatasetError`` (run synth first); a missing source path or synth partition fails here,
+    naming the source, before any record is read."""
     p = Params.model_validate(params)
     log.info("data_processing sources: %s", [s.name for s in p.selected_sources()])
+    needs_synth = [s.name for s in p.selected_sources() if s.format == "synth"]
+    if needs_synth and not synth_raw:  # synth has not run (the catalog entry loads empty then)
+        error = getattr(synth_raw, "error", None)
+        raise DatasetError(
+            f"synth_raw: the selected sources {needs_synth} read the synth pipeline's output, which does "
+            f"not exist yet; run `kedro run --pipeline synth` first, or leave them out of data_processing.sources"
+        ) from (error.__cause__ if error is not None else None)
     return ledger_mod.build_ledger(p, synth=synth_raw)
 
 
@@ -83,8 +93,15 @@ def kept_texts(ledger: ShardSet) -> Iterator[str]:
 
 
 def train_tokenizer(ledger: ShardSet, params: dict[str, Any]) -> tuple[Any, dict]:
-    """Train the byte-level BPE tokenizer on the cleaned corpus (kept records)."""
+    """Train the byte-level BPE tokenizer on the cleaned corpus (kept records), or take the
+    existing one of ``tokenizer_name`` with the registry's special tokens added (their count is
+    the metric ``tokenizer.added_special_tokens``)."""
     p = Params.model_validate(params)
+    if p.tokenizer_name is not None:
+        hf, added = tokenizer_training.load_existing(p.tokenizer_name, model_max_length=p.packing.max_seq_len)
+        stats = {**tokenizer_training.stats(hf), "added_special_tokens": float(len(added))}
+        log.info("tokenizer %s (not trained): %s; special tokens added: %s", p.tokenizer_name, stats, added)
+        return hf, {f"tokenizer.{k}": {"value": v, "step": 0} for k, v in stats.items()}
     t = p.tokenizer
     n_docs = ledger.dataset().count_rows(filter=pc.field("status") == ledger_mod.KEPT)
     tok = tokenizer_training.train_bpe(
@@ -118,13 +135,22 @@ def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[Shar
     manifest["generation"] = train.generation = val.generation = generation
     mixes: dict[str, dict[str, ShardSet]] = {}
     manifest["stage_mixes"] = {}
-    for name, weights in p.stage_mixes.items():
+    for name, (weights, fallback) in p.stage_mix_weights().items():
+        if fallback:
+            log.warning(
+                "stage mix %s names none of the selected sources %s: it packs all of them at their own "
+                "weight (set data_processing.stage_mixes.%s to choose)",
+                name,
+                sorted(weights),
+                name,
+            )
         mix_train, mix_val, mix_manifest = packing.tokenize_and_pack(
             ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}"
         )
         mix_train.generation = mix_val.generation = generation
         mixes[name] = {"train": mix_train, "val": mix_val}
         manifest["stage_mixes"][name] = {k: mix_manifest[k] for k in ("splits", "sources")}
+        manifest["stage_mixes"][name]["fallback"] = fallback
         metrics.update(_pack_metrics(f"stage_mix.{name}.", mix_manifest))
         log.info("stage mix %s: %s", name, mix_manifest["splits"])
     return train, val, mixes, manifest, {k: {"value": v, "step": 0} for k, v in metrics.items()}

@@ -10,32 +10,40 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
 from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
 
-FORMATS = ("jsonl", "json", "parquet", "text", "hf", "stdlib", "synth")
+FORMATS = ("jsonl", "json", "csv", "parquet", "text", "hf", "stdlib", "synth")
+
+#: category of a source that names none: general text (``document``), or ``conversation`` for a
+#: source of chat rows only (``messages_field`` without ``text_field`` / ``text_template``)
+DEFAULT_CATEGORY = "document"
+DEFAULT_CHAT_CATEGORY = "conversation"
 
 
 class Source(StrictModel):
     """One input corpus.
 
-    ``path`` is a local file, directory (every file in it, sorted) or glob for jsonl / json /
-    parquet / text; a Hugging Face dataset id or a ``save_to_disk`` directory for ``hf``; and
+    ``path`` is a local file, directory (every file in it, sorted) or glob for jsonl / json / csv /
+    parquet / text (``json`` reads a JSON array, an object holding one under ``"data"``, or JSON
+    Lines, as the Hugging Face ``json`` loader does; ``csv`` has a header row, every value a
+    string); a Hugging Face dataset id or a ``save_to_disk`` directory for ``hf``; and
     ``code`` or ``prose`` for ``stdlib`` (the Python standard library's sources / docstrings and
     comments, built on the fly); a synthetic type for ``synth`` (its partition of the catalog
     dataset ``synth_raw``, the output of the ``synth`` pipeline, read through the catalog). Text comes from ``text_field`` or ``text_template`` (exactly one
     of them), and/or from ``messages_field`` (a chat, rendered with the chat template); a row may
-    carry either, messages win when present.
+    carry either, messages win when present. ``category`` defaults to ``document`` (general text),
+    or ``conversation`` for a source of chat rows only.
     """
 
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
-    format: Literal["jsonl", "json", "parquet", "text", "hf", "stdlib", "synth"] = "jsonl"
+    format: Literal["jsonl", "json", "csv", "parquet", "text", "hf", "stdlib", "synth"] = "jsonl"
     split: str = "train"
     subset: str | None = None
     streaming: bool = False
@@ -43,7 +51,7 @@ class Source(StrictModel):
     text_template: str | None = None
     messages_field: str | None = None
     weight: float = Field(default=1.0, gt=0)
-    category: str
+    category: str | None = None
     modality: str | None = None
     max_samples: int | None = Field(default=None, ge=1)
     sample_repeat: int = Field(default=1, ge=1)
@@ -62,6 +70,9 @@ class Source(StrictModel):
                     f"source {self.name!r}: text_template needs named fields like {{instruction}}, "
                     f"got {self.text_template!r}"
                 )
+        if self.category is None:
+            chat_only = self.messages_field is not None and self.text_field is None and self.text_template is None
+            self.category = DEFAULT_CHAT_CATEGORY if chat_only else DEFAULT_CATEGORY
         if self.category not in DATASET_CATEGORIES:
             raise ValueError(
                 f"source {self.name!r}: unknown category {self.category!r}; expected one of {list(DATASET_CATEGORIES)}"
@@ -143,17 +154,27 @@ class Mixing(StrictModel):
 
 
 class Params(StrictModel):
-    """Ingest, clean, deduplicate, train the tokenizer, tokenize, mix and pack."""
+    """Ingest, clean, deduplicate, train the tokenizer (or take ``tokenizer_name``), tokenize, mix
+    and pack."""
 
     seed: Seed = 42
     sources: list[Source] = Field(default_factory=list)
     data_mixes: dict[str, DataMix] = Field(default_factory=dict)
     mix: str | None = None
-    stage_mixes: dict[str, dict[str, float]] = Field(
+    stage_mixes: dict[str, dict[str, float | None]] = Field(
         default_factory=dict,
         description="extra packings for the training stages (pretrain.stages.<stage>.data_mix): "
         "{mix name: {source name: weight}} over the selected sources, each packed to "
-        "packed_mixes/<name>/{train,val} from the same ledger, tokenizer and split",
+        "packed_mixes/<name>/{train,val} from the same ledger, tokenizer and split; a null weight "
+        "removes a source from a mix, null removes every mix; a mix that names none of the selected "
+        "sources packs all of them at their own weight (see stage_mix_weights)",
+    )
+    tokenizer_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description="an existing tokenizer instead of training one (seed 002/000 tokenizer_name): a "
+        "local directory (tokenizer.json or a transformers tokenizer) or a Hugging Face hub id "
+        "(online only); the registry's missing special tokens are added to it",
     )
     modalities: list[str] | None = None
     categories: list[str] | None = None
@@ -174,6 +195,11 @@ class Params(StrictModel):
         "reading its outputs) before it stops naming the holder; 0 = do not wait",
     )
 
+    @field_validator("stage_mixes", mode="before")
+    @classmethod
+    def _no_mixes(cls, value: Any) -> Any:
+        return {} if value is None else value  # `stage_mixes: null` (under the merge, {} keeps base's)
+
     @model_validator(mode="after")
     def _check(self) -> Params:
         if self.mix is not None and self.mix not in self.data_mixes:
@@ -190,24 +216,54 @@ class Params(StrictModel):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"source names must be unique within a list; repeated: {dup}")
+        if self.tokenizer_name is not None:
+            from xoron_pipelines.data.tokenizer_training import check_existing
+
+            check_existing(self.tokenizer_name)
         if not self.selected_sources():
             raise ValueError("no source left after the mix / modalities / categories selection")
         self._check_stage_mixes()
         return self
 
     def _check_stage_mixes(self) -> None:
-        selected = [s.name for s in self.selected_sources()]
-        for name, weights in self.stage_mixes.items():
+        for name in self.stage_mixes:
             if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
                 raise ValueError(f"stage_mixes.{name}: a mix name is a folder name (letters, digits, _ . -)")
+        self.stage_mix_weights()
+
+    def stage_mix_weights(self) -> dict[str, tuple[dict[str, float], bool]]:
+        """Each stage mix as ``{source: weight}`` over the selected sources, and whether it fell back.
+
+        Sources with a null weight are left out (that is how a conf/local file, merged into
+        conf/base key by key, removes one). A mix that names none of the selected sources (one's
+        own corpus replacing the base ``sources``, say) falls back to every selected source at its
+        own ``weight`` (``True``), so the training stages that use it still run; a mix that names
+        some selected sources and some unselected ones is an error naming the mix, the unselected
+        sources and the change to make. Raises ``ValueError``."""
+        selected = [s.name for s in self.selected_sources()]
+        out: dict[str, tuple[dict[str, float], bool]] = {}
+        for name, raw in self.stage_mixes.items():
+            weights = {k: w for k, w in raw.items() if w is not None}
             if not weights:
                 raise ValueError(f"stage_mixes.{name}: give at least one source with its weight")
-            unknown = sorted(set(weights) - set(selected))
-            if unknown:
-                raise ValueError(f"stage_mixes.{name}: {unknown} are not selected sources (selected: {selected})")
             bad = sorted(k for k, w in weights.items() if not w > 0)
             if bad:
                 raise ValueError(f"stage_mixes.{name}: weights must be > 0 ({bad})")
+            unknown = sorted(set(weights) - set(selected))
+            if unknown and len(unknown) == len(weights):
+                out[name] = ({s.name: s.weight for s in self.selected_sources()}, True)
+                continue
+            if unknown:
+                nulls = ", ".join(f"{k}: null" for k in unknown)
+                raise ValueError(
+                    f"stage_mixes.{name}: {unknown} are not selected sources (selected: {selected}). "
+                    f"Drop them from the mix: in conf/local/parameters.yml set "
+                    f"data_processing: {{stage_mixes: {{{name}: {{{nulls}}}}}}} (or --params "
+                    f"data_processing.stage_mixes.{name}.{unknown[0]}=null ...), or name the mix's "
+                    f"selected sources only"
+                )
+            out[name] = (weights, False)
+        return out
 
     def selected_sources(self) -> list[Source]:
         """The sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""
