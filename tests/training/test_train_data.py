@@ -75,6 +75,9 @@ def test_parquet_single_file_and_bad_rows(tmp_path):
         ParquetBatchSource(tmp_path / "ragged.parquet", batch_size=1)
     with pytest.raises(ValueError, match="cannot fill one batch"):
         ParquetBatchSource(tmp_path / "one.parquet", batch_size=3)
+    # a validation split smaller than its batch (a small corpus): one batch of every row
+    small = ParquetBatchSource(tmp_path / "one.parquet", batch_size=3, shuffle=False, shrink_batch=True)
+    assert len(small) == 1 and small.batch(0, 0)["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
 def test_read_only_arrays_are_copied_not_shared():

@@ -14,6 +14,7 @@ shards of the data pipeline carry a ``length`` column).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -22,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -125,10 +128,23 @@ class ParquetBatchSource(TokenRowsSource):
     decoded once into a contiguous int32 array (4 bytes per token), read with pyarrow.
     """
 
-    def __init__(self, path: str | os.PathLike, batch_size: int, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike, batch_size: int, seed: int = 0, shuffle: bool = True, shrink_batch: bool = False
+    ) -> None:
+        """``shrink_batch``: fewer rows than ``batch_size`` make one smaller batch of all of them (a
+        validation split of a small corpus) instead of an error."""
         self.path = Path(path)
         table = _read_table(self.path)
         ids = _fixed_rows(table, "input_ids", np.int32)
+        if shrink_batch and 0 < ids.shape[0] < batch_size:
+            log.warning(
+                "%s: %d rows, fewer than the batch size %d: one batch of %d",
+                path,
+                ids.shape[0],
+                batch_size,
+                ids.shape[0],
+            )
+            batch_size = ids.shape[0]
         lengths = table.column("length").to_numpy() if "length" in table.column_names else None
         weights = _fixed_rows(table, "loss_weights", np.float32) if "loss_weights" in table.column_names else None
         super().__init__(ids, batch_size, seed, shuffle, lengths=lengths, loss_weights=weights)

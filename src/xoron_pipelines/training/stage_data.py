@@ -46,10 +46,11 @@ def _subset(n: int, max_samples: int | None, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ causal_lm
 def packed_source(
-    path, batch_size: int, seed: int, max_samples: int | None = None, shuffle: bool = True
+    path, batch_size: int, seed: int, max_samples: int | None = None, shuffle: bool = True, shrink_batch: bool = False
 ) -> TokenRowsSource:
-    """Micro-batches over packed shards, optionally capped to ``max_samples`` rows."""
-    source = ParquetBatchSource(path, batch_size=batch_size, seed=seed, shuffle=shuffle)
+    """Micro-batches over packed shards, optionally capped to ``max_samples`` rows (``shrink_batch``:
+    see :class:`~xoron_pipelines.training.data.ParquetBatchSource`)."""
+    source = ParquetBatchSource(path, batch_size=batch_size, seed=seed, shuffle=shuffle, shrink_batch=shrink_batch)
     if max_samples is None or max_samples >= source.num_rows:
         return source
     rows = torch.from_numpy(_subset(source.num_rows, max_samples, seed))

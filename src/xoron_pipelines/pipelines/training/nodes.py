@@ -105,7 +105,8 @@ def train_causal_lm(
         train_data, val_data = mix["train"], mix["val"]
     cfg = params.train
     source = stage_data.packed_source(train_data.path, cfg.batch_size, cfg.seed, params.max_samples)
-    val = stage_data.packed_source(val_data.path, params.eval.batch_size or cfg.batch_size, cfg.seed, shuffle=False)
+    val_batch = params.eval.batch_size or cfg.batch_size  # a small corpus's val split may hold fewer rows: one batch
+    val = stage_data.packed_source(val_data.path, val_batch, cfg.seed, shuffle=False, shrink_batch=True)
     if tokenizer is not None:
         stage_data.check_tokenizer_matches(
             stage, tokenizer, {"train": train_data, "val": val_data}, {"train": source, "val": val}
