@@ -174,8 +174,10 @@ class DataParallel(SingleProcess):
         )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        by_name = get_optimizer_state_dict(model, optimizer, options=options)
-        return get_model_state_dict(model, options=options), _names_to_ids(by_name)
+        # the model's state first: it reshards a root left unsharded by an evaluation forward, so the
+        # parameters are again the sharded ones the optimizer holds
+        model_state = get_model_state_dict(model, options=options)
+        return model_state, _names_to_ids(get_optimizer_state_dict(model, optimizer, options=options))
 
     def load_full_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
@@ -220,7 +222,10 @@ class DataParallel(SingleProcess):
 
 def _names_to_ids(state: dict) -> dict:
     """torch.distributed.checkpoint's optimizer state (keyed by parameter name) in the layout of a plain
-    ``optimizer.state_dict()``: parameters numbered 0, 1, ... in the order of the param groups."""
+    ``optimizer.state_dict()``: parameters numbered 0, 1, ... in the order of the param groups
+    (the empty state that ranks other than 0 receive stays empty)."""
+    if not state:
+        return state
     ids: dict[str, int] = {}
     groups = []
     for group in state["param_groups"]:
