@@ -19,7 +19,11 @@ ALL_CPU = {"embed": "cpu", "layers.0": "cpu", "layers.1": "cpu", "head": "cpu"} 
 
 @pytest.fixture
 def shards(tmp_path):
-    return packed_shards(tmp_path / "train", rows=16), packed_shards(tmp_path / "val", rows=4, seed=1), PackedMixes(tmp_path)
+    return (
+        packed_shards(tmp_path / "train", rows=16),
+        packed_shards(tmp_path / "val", rows=4, seed=1),
+        PackedMixes(tmp_path),
+    )
 
 
 def test_an_explicit_device_map_places_the_parts_and_trains_identically(tmp_path, shards, monkeypatch):
@@ -46,6 +50,8 @@ def test_auto_without_a_gpu_places_nothing_and_a_missing_gpu_is_an_error(tmp_pat
         nodes.train_causal_lm(nano_model(), None, *shards, params, stage="lm")
     assert "stages.lm.distributed.device_map auto: no CUDA GPU visible, nothing to place" in caplog.text
     params = stage(tmp_path / "b", distributed={"device_map": {**ALL_CPU, "layers.1": "cuda:1"}})
-    with pytest.raises(ValueError, match=r"stages\.lm\.distributed\.device_map\.layers\.1 is cuda:1 but no CUDA device"):
+    with pytest.raises(
+        ValueError, match=r"stages\.lm\.distributed\.device_map\.layers\.1 is cuda:1 but no CUDA device"
+    ):
         nodes.train_causal_lm(nano_model("nano-moe-mla"), None, *shards, params, stage="lm")
     assert not any((tmp_path / "b").rglob("checkpoint-*"))  # before any training step

@@ -249,3 +249,52 @@ def test_revert_float8_restores_plain_linears_sharing_the_parameters():
     assert type(model[0]) is nn.Linear and model[0].weight is fake.weight and model[0].bias is fake.bias
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert float8.revert_float8(model) == 0
+
+
+def test_the_engine_converts_before_training_and_reverts_after(monkeypatch, tmp_path):
+    """The wiring of ``train.float8`` in the engine, with torchao replaced by a stand-in (no GPU here,
+    so the float8 matmuls themselves are not run): the selected layers are converted once, before the
+    optimizer is built, train as converted layers, and come back as plain ``nn.Linear``."""
+    import sys
+    import types
+
+    from xoron_pipelines.training import config as config_mod
+
+    class Float8Linear(nn.Linear):  # the stand-in records its forwards
+        calls = 0
+
+        def forward(self, x):
+            Float8Linear.calls += 1
+            return super().forward(x)
+
+    converted = []
+
+    def convert_to_float8_training(model, module_filter_fn):
+        for name, module in list(model.named_modules()):
+            if name and module_filter_fn(module, name):
+                fake = Float8Linear(module.in_features, module.out_features, device="meta")
+                fake.weight, fake.bias = module.weight, module.bias
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, child, fake)
+                converted.append(name)
+
+    fake_torchao = types.ModuleType("torchao")
+    fake_torchao.float8 = types.SimpleNamespace(convert_to_float8_training=convert_to_float8_training)
+    monkeypatch.setitem(sys.modules, "torchao", fake_torchao)
+    monkeypatch.setitem(sys.modules, "torchao.float8", fake_torchao.float8)
+    monkeypatch.setattr(config_mod, "check_float8", lambda *a, **k: None)  # stands in for a Hopper GPU
+    monkeypatch.setattr(float8, "check_float8", lambda *a, **k: None)
+    cfg = TrainConfig(**{**CFG, "eval_steps": None}, batch_size=4, float8=True)
+    torch.manual_seed(3)
+    model = make_model()
+    before = model.proj.weight
+    train(model, make_source(4), cfg, ckpt_dir=tmp_path, progress=False)
+    assert converted == ["proj", "head"]  # TinyLM: 16 -> 16 and 16 -> 32; the embedding is no Linear
+    assert Float8Linear.calls == CFG["max_steps"] * 2  # every forward of the training ran them (2 layers)
+    assert type(model.proj) is nn.Linear and type(model.head) is nn.Linear
+    assert model.proj.weight is before  # the same parameter, trained in place
+    torch.manual_seed(3)
+    reference = make_model()
+    train(reference, make_source(4), TrainConfig(**{**CFG, "eval_steps": None}, batch_size=4), ckpt_dir=tmp_path / "r",
+          progress=False)  # fmt: skip
+    assert torch.equal(reference.proj.weight, model.proj.weight)  # the stand-in computes in fp32: same result

@@ -72,8 +72,8 @@ from xoron_pipelines.device import resolve_device
 from xoron_pipelines.training.checkpoint import MODEL_FILE
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import BatchSource, ShardedBatchSource
-from xoron_pipelines.training.float8 import check_float8
 from xoron_pipelines.training.engine import EvalFn, LogFn, LossFn, ParamGroups, StatsFn, TrainResult, train
+from xoron_pipelines.training.float8 import check_float8
 from xoron_pipelines.training.parallel import DataParallel, fsdp_mixed_precision
 from xoron_pipelines.training.reproducibility import seed_everything
 from xoron_pipelines.validation import StrictModel

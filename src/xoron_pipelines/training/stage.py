@@ -77,9 +77,9 @@ from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
 from xoron_pipelines.model.params_count import count_parameters
+from xoron_pipelines.model.placement import place_model, resolve_device_map
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
-from xoron_pipelines.model.placement import place_model, resolve_device_map
 from xoron_pipelines.training.distributed import check_compatible, distributed_train
 from xoron_pipelines.training.engine import LossFn, default_loss
 from xoron_pipelines.training.fingerprint import fingerprint, model_config, train_settings, weights_digest
