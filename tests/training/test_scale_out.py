@@ -298,3 +298,14 @@ def test_the_engine_converts_before_training_and_reverts_after(monkeypatch, tmp_
     train(reference, make_source(4), TrainConfig(**{**CFG, "eval_steps": None}, batch_size=4), ckpt_dir=tmp_path / "r",
           progress=False)  # fmt: skip
     assert torch.equal(reference.proj.weight, model.proj.weight)  # the stand-in computes in fp32: same result
+
+
+def test_fsdp2_shards_each_xoron_decoder_layer_then_the_root(one_rank_group):  # noqa: F811
+    from torch.distributed.fsdp import FSDPModule
+
+    from xoron_pipelines.model import XoronForCausalLM, get_config
+
+    model = XoronForCausalLM(get_config("nano", vocab_size=512))
+    DataParallel("fsdp2", torch.device("cpu"), mixed_precision=fsdp_mixed_precision("bf16", "cpu")).wrap(model)
+    sharded = [name for name, module in model.named_modules() if isinstance(module, FSDPModule)]
+    assert sharded == ["", *[f"model.layers.{i}" for i in range(model.config.num_layers)]]
