@@ -252,8 +252,20 @@ class XoronForCausalLM(XoronPreTrainedModel):
         for layer in self.model.layers:
             extra = getattr(layer.mlp, "aux_loss", None)
             if isinstance(layer.mlp, MoE) and isinstance(extra, torch.Tensor):
-                total = total + extra.float()
+                total = total + extra.float().to(total.device)  # layers may sit on other GPUs (device_map)
         return total
+
+    def placement_parts(self) -> dict[str, list[nn.Module]]:
+        """The parts a device map places (:mod:`xoron_pipelines.model.placement`), in forward order:
+        ``embed`` (token / position embeddings, rotary tables), ``layers.<i>`` per decoder layer, and
+        ``head`` (final norm + ``lm_head``, which read the same hidden states)."""
+        base = self.model
+        optional = (base.embed_tokens, getattr(base, "embed_positions", None), base.rotary_emb)
+        embed = [m for m in optional if m is not None]
+        parts: dict[str, list[nn.Module]] = {"embed": embed}
+        parts.update({f"layers.{i}": [layer] for i, layer in enumerate(base.layers)})
+        parts["head"] = [base.norm, self.lm_head]
+        return parts
 
     # ------------------------------------------------------------------ trainer pass-throughs
     def _ffn_layers(self, kind: type) -> dict[int, nn.Module]:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, StrictFloat, field_validator, model_validator
 
+from xoron_pipelines.training.float8 import check_float8
 from xoron_pipelines.validation import Seed, StrictModel
 
 _FLAG_ALIASES = ("fp16", "bf16", "use_amp", "use_8bit_optimizer")
@@ -89,6 +90,11 @@ class TrainConfig(StrictModel):
         "default", validation_alias=AliasChoices("compile_mode", "torch_compile_mode")
     )
     compile_backend: str = Field("inductor", min_length=1, description="torch.compile backend")
+    float8: bool = Field(
+        False,
+        description="seed 002's torchao Float8 training: Linear layers (dims multiples of 16, not lm_head) run "
+        "their matmuls in float8; needs a CUDA GPU of compute capability >= 8.9 and torchao (pip install torchao)",
+    )
     # ---- reproducibility -----------------------------------------------------------------
     seed: Seed = 42
     deterministic: bool = False
@@ -111,6 +117,14 @@ class TrainConfig(StrictModel):
         "same); never: start afresh (earlier checkpoints are set aside, not deleted); or the path "
         "of a checkpoint-<step> directory to continue from",
     )
+
+    @field_validator("float8")
+    @classmethod
+    def _float8_possible(cls, value: bool) -> bool:
+        """float8: true on a machine that cannot run it is an error at validation, before any work."""
+        if value:
+            check_float8(key="float8")
+        return value
 
     @field_validator("resume_from_checkpoint", mode="before")
     @classmethod

@@ -70,6 +70,7 @@ from xoron_pipelines.training.checkpoint import (
 )
 from xoron_pipelines.training.config import TrainConfig
 from xoron_pipelines.training.data import IGNORE_INDEX, BatchSource
+from xoron_pipelines.training.float8 import convert_to_float8, revert_float8
 from xoron_pipelines.training.optim import build_optimizer
 from xoron_pipelines.training.parallel import SingleProcess
 from xoron_pipelines.training.reproducibility import capture_rng, deterministic_mode, restore_rng, seed_everything
@@ -272,6 +273,8 @@ class _Trainer:
         self.model.train()
         if cfg.gradient_checkpointing:
             _enable_gradient_checkpointing(self.model)
+        if cfg.float8:  # torchao Float8Linear layers: on the device, before wrapping and compiling
+            convert_to_float8(self.model)
         wrapped = self.par.wrap(self.model)  # before the optimizer: FSDP2 replaces the parameters
         groups = self.param_groups(self.model) if callable(self.param_groups) else self.param_groups
         self.optimizer = build_optimizer(self.model, cfg, groups)
@@ -625,6 +628,7 @@ def train(
                 trainer.restore(ckpt)
             trainer.run()
         finally:
+            revert_float8(model)  # the trained model is a plain one again (same parameters)
             if trainer.writer is not None:
                 trainer.writer.close()  # joins a pending asynchronous save (and re-raises its error)
         par.barrier()  # the other ranks return once rank 0's last checkpoint is on disk

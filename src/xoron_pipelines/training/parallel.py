@@ -12,9 +12,13 @@ initialised ``torch.distributed`` process group:
   on, such as the MoE load-balancing bias, are all-reduced by the model itself in
   ``update_moe_bias``, and rank-local counters (tokens per expert) must not be overwritten by rank 0's;
 * ``strategy="fsdp2"``: ``torch.distributed.fsdp.fully_shard`` on every block of the model's
-  outermost ``nn.ModuleList`` containers (the transformer layers), then on the root. Checkpoints
-  hold the full state dict (gathered to rank 0 on CPU), so a model trained with FSDP2 loads as a
-  plain module. fp16 (dynamic loss scaling) is not supported with FSDP2: use bf16. FSDP2 finds the
+  outermost ``nn.ModuleList`` containers (the transformer layers), then on the root, with an
+  optional ``MixedPrecisionPolicy`` (:func:`fsdp_mixed_precision`: bf16 parameters in forward and
+  backward, gradients reduced in fp32, the sharded master weights and optimizer state fp32).
+  Checkpoints hold the full state dict (gathered to rank 0 on CPU) in the layout of a plain
+  ``optimizer.state_dict()`` (parameter ids, not names), so a checkpoint written by FSDP2 ranks
+  resumes in a single process and the other way round, on any device. fp16 (dynamic loss scaling)
+  is not supported with FSDP2: use bf16. FSDP2 finds the
   backward through the tensors of the forward's output, so the model must return a tensor or a pytree
   of tensors (the Xoron model's transformers ``ModelOutput`` is one); a run whose first step leaves
   every parameter without a (non-zero) gradient stops with an error saying so.
@@ -25,6 +29,7 @@ Launching the processes is :mod:`xoron_pipelines.training.distributed`'s job.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Literal
@@ -75,15 +80,40 @@ class SingleProcess:
         optimizer.load_state_dict(optimizer_state)
 
 
-class DataParallel(SingleProcess):
-    """One rank of a data-parallel group (the process group must already be initialised)."""
+def fsdp_mixed_precision(precision: str, device: torch.device) -> Any:
+    """FSDP2's ``MixedPrecisionPolicy`` for a stage's ``precision``: bf16 parameters for the forward and
+    backward with gradients reduced in fp32 when the precision is ``bf16``, or ``auto`` on a CUDA
+    device with bf16 support; None (full fp32) otherwise."""
+    device = torch.device(device)
+    bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+    if not bf16:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    def __init__(self, strategy: Strategy, device: torch.device, find_unused_parameters: bool = False) -> None:
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+class DataParallel(SingleProcess):
+    """One rank of a data-parallel group (the process group must already be initialised).
+    ``mixed_precision``: FSDP2's ``MixedPrecisionPolicy`` (:func:`fsdp_mixed_precision`), fsdp2 only."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        device: torch.device,
+        find_unused_parameters: bool = False,
+        mixed_precision: Any = None,
+    ) -> None:
         if not dist.is_initialized():
             raise RuntimeError("DataParallel needs an initialised torch.distributed process group")
         if strategy not in ("ddp", "fsdp2"):
             raise ValueError(f"unknown data-parallel strategy {strategy!r}; expected 'ddp' or 'fsdp2'")
+        if mixed_precision is not None and strategy != "fsdp2":
+            raise ValueError("a mixed-precision policy applies to strategy fsdp2 only")
         self.strategy = strategy
+        self.mixed_precision = mixed_precision
         self.device = torch.device(device)
         self.find_unused_parameters = find_unused_parameters
         self.rank = dist.get_rank()
@@ -105,8 +135,9 @@ class DataParallel(SingleProcess):
             )
         from torch.distributed.fsdp import fully_shard
 
-        _shard_blocks(model, fully_shard)
-        fully_shard(model)
+        shard = functools.partial(fully_shard, mp_policy=self.mixed_precision) if self.mixed_precision else fully_shard
+        _shard_blocks(model, shard)  # one unit per decoder layer, then the root (embeddings, norm, head)
+        shard(model)
         self._sharded = [p for p in model.parameters() if p.requires_grad]  # what the optimizer updates
         return model
 
@@ -143,7 +174,10 @@ class DataParallel(SingleProcess):
         )
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+        # the model's state first: it reshards a root left unsharded by an evaluation forward, so the
+        # parameters are again the sharded ones the optimizer holds
+        model_state = get_model_state_dict(model, options=options)
+        return model_state, _names_to_ids(get_optimizer_state_dict(model, optimizer, options=options))
 
     def load_full_state(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optimizer_state: dict
@@ -159,7 +193,7 @@ class DataParallel(SingleProcess):
 
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, model_state, options=options)
-        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+        set_optimizer_state_dict(model, optimizer, _ids_to_names(optimizer_state, model, optimizer), options=options)
 
     # ---- collectives -------------------------------------------------------------------
     def all_reduce_sum(self, values: list[float]) -> list[float]:
@@ -184,6 +218,34 @@ class DataParallel(SingleProcess):
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def _names_to_ids(state: dict) -> dict:
+    """torch.distributed.checkpoint's optimizer state (keyed by parameter name) in the layout of a plain
+    ``optimizer.state_dict()``: parameters numbered 0, 1, ... in the order of the param groups
+    (the empty state that ranks other than 0 receive stays empty)."""
+    if not state:
+        return state
+    ids: dict[str, int] = {}
+    groups = []
+    for group in state["param_groups"]:
+        numbered = [ids.setdefault(name, len(ids)) for name in group["params"]]
+        groups.append({**group, "params": numbered})
+    return {"state": {ids[name]: value for name, value in state["state"].items()}, "param_groups": groups}
+
+
+def _ids_to_names(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The inverse of :func:`_names_to_ids` for ``optimizer`` over ``model``'s parameters: the plain
+    layout's ids, numbered in the order of ``optimizer``'s param groups, become parameter names."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    if len(order) != sum(len(g["params"]) for g in state["param_groups"]):
+        raise ValueError(
+            f"the checkpoint's optimizer state holds {sum(len(g['params']) for g in state['param_groups'])} "
+            f"parameters, the optimizer {len(order)}"
+        )
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {order[i]: value for i, value in state["state"].items()}, "param_groups": groups}
 
 
 def _shard_blocks(module: nn.Module, fully_shard) -> None:

@@ -94,9 +94,10 @@ from xoron_pipelines.device import (
     resolve_precision,
 )
 from xoron_pipelines.model.params_count import count_parameters
+from xoron_pipelines.model.placement import place_model, resolve_device_map
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
-from xoron_pipelines.training.distributed import distributed_train
+from xoron_pipelines.training.distributed import check_compatible, distributed_train
 from xoron_pipelines.training.engine import LossFn, default_loss
 from xoron_pipelines.training.fingerprint import fingerprint, model_config, train_settings, weights_digest
 from xoron_pipelines.training.lora import apply_lora, lora_plus_param_groups, merge_lora
@@ -295,10 +296,15 @@ def _train_in_processes(
     """Train in the node's process, or launch the workers of ``params.distributed``; returns
     ``(trained model, TrainResult or None)``: None on a node other than node 0."""
     dist = params.distributed
+    device = getattr(params, "device", "auto")  # the stage's device knob (auto where the schema has none)
+    check_compatible(params.train, dist, device, key=f"stages.{stage}.distributed")
     if not dist.launches:
+        placement = resolve_device_map(dist.device_map, model, key=f"stages.{stage}.distributed.device_map")
+        if placement is not None:
+            place_model(model, placement)
         return model, train(model, data.source, params.train, ckpt_dir=ckpt_dir, **engine)
     factory = StageModelFactory(str(start_model_dir(ckpt_dir, dist.node_rank)), params)
-    out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, **engine)
+    out = distributed_train(factory, data.source, params.train, dist, ckpt_dir=ckpt_dir, device=device, **engine)
     if out is not None:
         return out
     last = latest_valid_checkpoint(ckpt_dir)  # node_rank > 0: node 0's workers wrote it (shared storage)
