@@ -296,7 +296,7 @@ def _train_in_processes(
     """Train in the node's process, or launch the workers of ``params.distributed``; returns
     ``(trained model, TrainResult or None)``: None on a node other than node 0."""
     dist = params.distributed
-    device = getattr(params, "device", "auto")  # the stage's device knob (auto where the schema has none)
+    device = params.device
     check_compatible(params.train, dist, device, key=f"stages.{stage}.distributed")
     if not dist.launches:
         placement = resolve_device_map(dist.device_map, model, key=f"stages.{stage}.distributed.device_map")
