@@ -76,6 +76,7 @@ from torch import nn
 from xoron_pipelines import tracking
 from xoron_pipelines.datasets.model import XoronModelDataset
 from xoron_pipelines.datasets.training_store import CheckpointStore, LoraAdapter
+from xoron_pipelines.model.config import XoronConfig
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.training import train
 from xoron_pipelines.training.checkpoint import MODEL_FILE, configuration_dir, latest_valid_checkpoint
@@ -366,7 +367,7 @@ def run_stage(
             weight_decay=cfg.weight_decay,
         )
     config = getattr(base, "config", None)
-    counts = count_parameters(config) if hasattr(config, "to_dict") else None
+    counts = count_parameters(config) if isinstance(config, XoronConfig) else None  # e.g. not a GPT-2 baseline
     active = counts["active_per_token"] if counts else None
     track = params.tracking.model_copy(update={"enabled": params.tracking.enabled and dist.node_rank == 0})
     recorder = tracking.StageRecorder(track.enabled)

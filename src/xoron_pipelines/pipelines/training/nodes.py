@@ -60,6 +60,7 @@ def _train(
     data: StageData | None,
     checkpoints: CheckpointStore | None,
     with_adapter: bool,
+    on_log=None,
 ):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ValueError(
@@ -70,7 +71,7 @@ def _train(
         log.info("stage %s is disabled: passing its starting model through", stage)
         out = model, passthrough_summary(stage, kind), LoraAdapter()
     else:
-        out = run_stage(stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer)
+        out = run_stage(stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer, on_log=on_log)
     return out if with_adapter else out[:2]
 
 
@@ -85,9 +86,11 @@ def train_causal_lm(
     *,
     stage: str,
     with_adapter: bool = False,
+    on_log=None,
 ):
     """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
-    ``packed_mixes[data_mix]`` when the stage names one."""
+    ``packed_mixes[data_mix]`` when the stage names one. ``on_log(step, metrics)`` also receives
+    the logged metrics (the ablation pipeline keeps the loss curves with it)."""
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
         return _train(stage, "causal_lm", init_model, tokenizer, params, None, checkpoints, with_adapter)
@@ -114,7 +117,7 @@ def train_causal_lm(
             "data_mix": params.data_mix,
         },
     )
-    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
+    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter, on_log)
 
 
 def _example_sources(train: list, val: list, params, pad_id: int):
