@@ -17,10 +17,11 @@ The merged settings are validated with the rest of the parameters, before any no
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from xoron_pipelines.model.config import ModelParams
 from xoron_pipelines.training.config import TrainConfig
@@ -32,26 +33,33 @@ NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 VARIANT_KEYS = ("name", "baseline", "model", "data_mix", "train")
 
 
-def _train_field(key: str) -> str | None:
-    """The TrainConfig field that ``key`` (a field name or one of its seed aliases) sets."""
+def _overrides_model() -> type[StrictModel]:
+    """``TrainOverrides``: every TrainConfig field (with its seed aliases, type and constraints),
+    optional; the cross-field rules (warm-up shorter than the run, ...) are checked on the
+    merged settings."""
+    fields: dict[str, Any] = {}
     for name, info in TrainConfig.model_fields.items():
-        alias = info.validation_alias
-        choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
-        if key == name or key in choices:
-            return name
-    return None
+        field = copy.copy(info)
+        field.default, field.default_factory = None, None
+        fields[name] = (info.annotation | None, field)
+    return create_model("TrainOverrides", __base__=StrictModel, __doc__="TrainConfig overrides", **fields)
 
 
-def canonical_train(overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    """``overrides`` with every key spelt as its TrainConfig field (a seed alias and the field
-    name must not both survive a merge); an unknown key is an error naming ``where``."""
-    out = {}
-    for key, value in overrides.items():
-        name = _train_field(key)
-        if name is None:
-            raise ValueError(f"{where}train.{key} is not a training knob (TrainConfig, training/config.py)")
-        out[name] = value
-    return out
+TrainOverrides = _overrides_model()
+
+
+def _first_error(exc: ValueError) -> str:
+    """A pydantic ValidationError as ``<dotted key>: <message>`` (its first error); another
+    ValueError as its message."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        return f"{key}: {msg}" if key else msg
+    return str(exc)
 
 
 class Variant(StrictModel):
@@ -61,11 +69,12 @@ class Variant(StrictModel):
     baseline: Literal["gpt2"] | None = Field(None, description="train this baseline model instead of ours")
     model: dict[str, Any] = Field(default_factory=dict, description="XoronConfig overrides over params:model")
     data_mix: str | None = Field(None, min_length=1, description="stage mix to train on (null: main packing)")
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
+    train: TrainOverrides = Field(default_factory=TrainOverrides, description="TrainConfig overrides")
 
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, value: Any) -> Any:
+        """Unknown keys and bad training overrides, named with the variant's name."""
         if isinstance(value, dict):
             name = value.get("name", "?")
             unknown = [k for k in value if k not in VARIANT_KEYS]
@@ -73,6 +82,10 @@ class Variant(StrictModel):
                 raise ValueError(
                     f"variant {name!r}: unknown key {unknown[0]!r} (a variant has {', '.join(VARIANT_KEYS)})"
                 )
+            try:
+                TrainOverrides.model_validate(value.get("train") or {})
+            except ValidationError as exc:
+                raise ValueError(f"variant {name!r}: train.{_first_error(exc)}") from None
         return value
 
     @field_validator("name")
@@ -82,12 +95,6 @@ class Variant(StrictModel):
             raise ValueError(f"variant name {value!r} must match {NAME_PATTERN.pattern} (it is a Kedro namespace)")
         return value
 
-    @model_validator(mode="after")
-    def _override_keys(self) -> Variant:
-        where = f"variant {self.name!r}: "
-        canonical_train(self.train, where)
-        return self
-
 
 class Params(StrictModel):
     """``ablation``: the variants and the settings they share."""
@@ -95,8 +102,8 @@ class Params(StrictModel):
     base_stage: str = Field(
         "language", description="pretrain.stages.<base_stage>: the stage settings every variant starts from"
     )
-    train: dict[str, Any] = Field(
-        default_factory=dict, description="TrainConfig overrides for every variant (a short run: max_steps, ...)"
+    train: TrainOverrides = Field(
+        default_factory=TrainOverrides, description="TrainConfig overrides for every variant (a short run)"
     )
     eval_rows: int | None = Field(
         64, gt=0, description="validation rows scored for the table's val loss and bits per byte; null = all"
@@ -119,7 +126,6 @@ class Params(StrictModel):
             if variant.name in seen:
                 raise ValueError(f"variants: the name {variant.name!r} is used twice (names are namespaces)")
             seen.add(variant.name)
-        canonical_train(self.train, "")
         return self
 
     def variant(self, name: str) -> Variant:
@@ -140,8 +146,8 @@ class Params(StrictModel):
         base = pretrain.stages[self.base_stage] if hasattr(pretrain, "stages") else pretrain["stages"][self.base_stage]
         settings = StageParams.model_validate(base).model_dump(mode="python")
         settings["enabled"] = True
-        settings["train"].update(canonical_train(self.train, ""))
-        settings["train"].update(canonical_train(variant.train, where))
+        settings["train"].update(self.train.model_dump(exclude_unset=True))
+        settings["train"].update(variant.train.model_dump(exclude_unset=True))
         if "data_mix" in variant.model_fields_set:
             settings["data_mix"] = variant.data_mix
         try:
@@ -175,14 +181,3 @@ class Params(StrictModel):
                     f"is not one of data_processing.stage_mixes {sorted(processing.stage_mixes)}"
                 )
 
-
-def _first_error(exc: ValueError) -> str:
-    """A pydantic ValidationError as ``<dotted key>: <message>`` (its first error); another
-    ValueError as its message."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        return f"{key}: {msg}" if key else msg
-    return str(exc)
