@@ -180,4 +180,3 @@ class Params(StrictModel):
                     f"variants[{self.names().index(variant.name)}] ({variant.name}): data_mix {stage.data_mix!r} "
                     f"is not one of data_processing.stage_mixes {sorted(processing.stage_mixes)}"
                 )
-

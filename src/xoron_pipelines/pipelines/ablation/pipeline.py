@@ -55,9 +55,10 @@ def configured_variants(project_path: str | os.PathLike | None = None, env: str 
             env=env or os.environ.get("KEDRO_ENV"),
             **settings.CONFIG_LOADER_ARGS,
         )
-        group = loader["parameters"].get(NAMESPACE) or {}
+        group = loader["parameters"].get(NAMESPACE)
+    variants = group.get("variants") if isinstance(group, dict) else None
     names: list[str] = []
-    for variant in group.get("variants") or []:
+    for variant in variants if isinstance(variants, list) else []:
         name = variant.get("name") if isinstance(variant, dict) else None
         if isinstance(name, str) and NAME_PATTERN.fullmatch(name) and name not in names:
             names.append(name)
@@ -88,7 +89,15 @@ def variant_pipeline(name: str, built: tuple[str, ...]) -> Pipeline:
             ),
             Node(
                 _bound(evaluate_variant, variant=name),
-                ["model", "tokenizer", "packed_val", "packed_mixes", "stage_params", "params:ablation", "train_summary"],
+                [
+                    "model",
+                    "tokenizer",
+                    "packed_val",
+                    "packed_mixes",
+                    "stage_params",
+                    "params:ablation",
+                    "train_summary",
+                ],
                 "result",
                 name="evaluate",
             ),
