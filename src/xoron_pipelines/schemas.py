@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from xoron_pipelines.model.config import ModelParams
+from xoron_pipelines.pipelines.ablation.params import Params as AblationParams
 from xoron_pipelines.pipelines.data_processing.params import Params as DataProcessingParams
 from xoron_pipelines.pipelines.embedding_cache.params import Params as EmbeddingCacheParams
 from xoron_pipelines.pipelines.evaluation.params import Params as EvaluationParams
@@ -27,4 +28,5 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "export": ExportParams,
     "embedding_cache": EmbeddingCacheParams,
     "latent": LatentParams,
+    "ablation": AblationParams,
 }

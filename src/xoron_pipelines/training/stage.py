@@ -93,6 +93,7 @@ from xoron_pipelines.device import (
     resolve_kernels,
     resolve_precision,
 )
+from xoron_pipelines.model.config import XoronConfig
 from xoron_pipelines.model.params_count import count_parameters
 from xoron_pipelines.model.placement import place_model, resolve_device_map
 from xoron_pipelines.training import train
@@ -443,7 +444,7 @@ def run_stage(
             ratio=params.lora.lora_plus_lr_ratio,
             weight_decay=cfg.weight_decay,
         )
-    counts = count_parameters(config) if hasattr(config, "to_dict") else None
+    counts = count_parameters(config) if isinstance(config, XoronConfig) else None  # e.g. not a GPT-2 baseline
     active = counts["active_per_token"] if counts else None
     track = params.tracking.model_copy(update={"enabled": params.tracking.enabled and dist.node_rank == 0})
     recorder = tracking.StageRecorder(track.enabled)

@@ -61,6 +61,7 @@ def _train(
     checkpoints: CheckpointStore | None,
     with_adapter: bool,
     extra_params: dict[str, Any] | None = None,
+    on_log=None,
 ):
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ValueError(
@@ -72,7 +73,15 @@ def _train(
         out = model, passthrough_summary(stage, kind), LoraAdapter()
     else:
         out = run_stage(
-            stage, kind, model, data, params, checkpoints=checkpoints, tokenizer=tokenizer, extra_params=extra_params
+            stage,
+            kind,
+            model,
+            data,
+            params,
+            checkpoints=checkpoints,
+            tokenizer=tokenizer,
+            extra_params=extra_params,
+            on_log=on_log,
         )
     return out if with_adapter else out[:2]
 
@@ -88,15 +97,17 @@ def train_causal_lm(
     *,
     stage: str,
     with_adapter: bool = False,
+    on_log=None,
 ):
     """Causal-LM stage on packed shards: ``packed_train`` / ``packed_val``, or the stage mix
-    ``packed_mixes[data_mix]`` when the stage names one."""
+    ``packed_mixes[data_mix]`` when the stage names one. ``on_log(step, metrics)`` also receives
+    the logged metrics (the ablation pipeline keeps the loss curves with it)."""
     params = _params(stage_params, "causal_lm")
     if not params.enabled:
         return _train(stage, "causal_lm", init_model, tokenizer, params, None, checkpoints, with_adapter)
     if params.token_files is not None:
         data = _token_files_data(params, init_model, tokenizer)
-        return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
+        return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter, on_log=on_log)
     if params.data_mix is not None:
         try:
             mix = packed_mixes[params.data_mix]
@@ -121,7 +132,7 @@ def train_causal_lm(
             "data_mix": params.data_mix,
         },
     )
-    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter)
+    return _train(stage, "causal_lm", init_model, tokenizer, params, data, checkpoints, with_adapter, on_log=on_log)
 
 
 def _token_files_data(params: StageParams, model, tokenizer) -> StageData:
