@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from xoron_pipelines import tracking
 from xoron_pipelines.data import sources
 from xoron_pipelines.device import resolve_device
 from xoron_pipelines.evaluation import generation_tasks as gen
+from xoron_pipelines.evaluation import harness
 from xoron_pipelines.evaluation import multiple_choice as mc
 from xoron_pipelines.evaluation import offline_tasks, perplexity, report
 from xoron_pipelines.evaluation import task_files as tf
@@ -249,6 +252,39 @@ def evaluate_generation(
         records += [{"task": name, **r} for r in recs]
         log.info("%s: %s", name, summary[name])
     return summary, records
+
+
+# --------------------------------------------------------------------------- lm-evaluation-harness
+
+
+def evaluate_harness(
+    model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any], stage: str
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Standard tasks through lm-evaluation-harness (:mod:`xoron_pipelines.evaluation.harness`)
+    plus the held-out text perplexity task: ``(results JSON with the skipped tasks and why,
+    MLflow metrics harness/<task>/<metric>[_stderr|_ci95_low|_ci95_high])``."""
+    p = Params.model_validate(params)
+    h = p.harness
+    if not h.enabled:
+        return {"stage": stage, "enabled": False, "tasks": {}, "skipped": {}}, {}
+    texts = [r["text"] for r in _partition(generated, "heldout_text")[: p.perplexity.max_rows]] if h.heldout_text else []
+    with tempfile.TemporaryDirectory(prefix="xoron-harness-") as tmp:
+        out = harness.evaluate(
+            _prepare(model, p),
+            tokenizer,
+            benchmarks=h.tasks,
+            local={task: d.files() for task, d in h.datasets.items()},
+            texts=texts,
+            workdir=Path(tmp),
+            include_path=h.include_path,
+            limit=h.limit,
+            num_fewshot=h.num_fewshot,
+            batch_size=h.batch_size,
+            max_length=h.max_length,
+            seed=p.seed,
+        )
+    metrics = {k: {"value": v, "step": 0} for k, v in harness.flat_metrics(out["tasks"]).items()}
+    return {"stage": stage, "enabled": True, **out, "config": h.model_dump()}, metrics
 
 
 # --------------------------------------------------------------------------- results
