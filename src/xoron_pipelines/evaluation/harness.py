@@ -241,7 +241,7 @@ def evaluate(
     """Run the harness on ``model``: the runnable ``benchmarks`` (see :func:`plan`), every task
     of ``include_path`` (a directory of custom task YAMLs) and, when ``texts`` is not empty, the
     :data:`HELDOUT_TASK` perplexity task over them. Returns ``{"tasks": summarize(...),
-    "skipped": {name: reason}}``; a task that fails to load is skipped with its error."""
+    "n_shot": {task: few-shot examples}, "skipped": {name: reason}}``; a task that fails to load is skipped with its error."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -269,6 +269,7 @@ def evaluate(
     manager = TaskManager(include_defaults=builtin, include_path=[str(workdir), *([include_path] if include_path else [])])
     lm = make_lm(model, tokenizer, batch_size, max_length)
     tasks: dict[str, Any] = {}
+    shots: dict[str, int] = {}
     for name in names:
         try:
             raw = lm_eval.simple_evaluate(
@@ -291,9 +292,10 @@ def evaluate(
             log.warning("harness: skipped %s: %s", name, skipped[name])
             continue
         tasks.update(summarize(raw))
+        shots.update({t: int(n) for t, n in raw.get("n-shot", {}).items() if t in raw["results"]})
     for task, metrics in tasks.items():
         log.info("harness %s: %s", task, {m: round(f["value"], 4) for m, f in metrics.items()})
-    return {"tasks": tasks, "skipped": skipped}
+    return {"tasks": tasks, "n_shot": shots, "skipped": skipped}
 
 
 def load_export_dir(path: str | os.PathLike, device: str = "cpu"):

@@ -266,7 +266,7 @@ def evaluate_harness(
     p = Params.model_validate(params)
     h = p.harness
     if not h.enabled:
-        return {"stage": stage, "enabled": False, "tasks": {}, "skipped": {}}, {}
+        return {"stage": stage, "enabled": False, "tasks": {}, "n_shot": {}, "skipped": {}}, {}
     texts = [r["text"] for r in _partition(generated, "heldout_text")[: p.perplexity.max_rows]] if h.heldout_text else []
     with tempfile.TemporaryDirectory(prefix="xoron-harness-") as tmp:
         out = harness.evaluate(

@@ -1,0 +1,190 @@
+"""lm-evaluation-harness adapter: our perplexity agrees with the harness's on a local-file task,
+the export directory and the stage model go through the same adapter, offline skips and knobs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from eval_helpers import make_model
+
+from xoron_pipelines.evaluation import harness, perplexity
+from xoron_pipelines.pipelines.evaluation.nodes import evaluate_harness
+from xoron_pipelines.pipelines.evaluation.params import Params
+
+TEXTS = [
+    "def add(a, b):\n    return a + b  # é\n" * 4,
+    "Question: what is 3 plus 4? Answer: 7. " * 6,
+    "short",
+    "x = [i * i for i in range(10)]\nprint(sum(x))\n" * 3,
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # an empty cache: nothing is "local"
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def model16(tiny_tokenizer):
+    """Max 16 positions: every text but one spans several rolling windows."""
+    return make_model(len(tiny_tokenizer), seed=3, max_positions=16)
+
+
+def _run(model, tok, tmp_path, **kw):
+    args = {"benchmarks": [], "local": {}, "texts": TEXTS, "workdir": tmp_path / "work", "batch_size": 3}
+    return harness.evaluate(model, tok, **{**args, **kw})
+
+
+def test_our_bits_per_byte_matches_the_harness_on_a_local_text_task(model16, tiny_tokenizer, tmp_path):
+    out = _run(model16, tiny_tokenizer, tmp_path)
+    figs = out["tasks"][harness.HELDOUT_TASK]
+    ours = perplexity.score(model16, perplexity.text_pieces(TEXTS, tiny_tokenizer, 16), batch_size=2)
+    assert ours.bytes == sum(len(t.encode("utf-8")) for t in TEXTS)
+    assert ours.tokens > 3 * 16  # several windows per long text: the rolling layout is exercised
+    # the agreement the issue asks for is 1%; the shared convention makes it exact up to float noise
+    assert math.isclose(figs["bits_per_byte"]["value"], ours.bits_per_byte, rel_tol=1e-5)
+    assert math.isclose(figs["byte_perplexity"]["value"], 2**ours.bits_per_byte, rel_tol=1e-5)
+    words = sum(len(t.split()) + (t != t.rstrip()) for t in TEXTS)  # lm_eval counts re.split(r"\s+")
+    assert math.isclose(figs["word_perplexity"]["value"], math.exp(ours.nll / words), rel_tol=1e-5)
+    assert figs["bits_per_byte"]["n"] == len(TEXTS)
+
+
+def test_export_directory_and_stage_model_score_the_same_through_the_adapter(tiny_tokenizer, tmp_path):
+    from xoron_pipelines.export.hf import export_hf
+
+    model = make_model(len(tiny_tokenizer), seed=5, max_positions=32)
+    info = export_hf(model, tmp_path / "hf", tiny_tokenizer, stage="language")
+    assert info["format"] == "native"
+    exported, tok = harness.load_export_dir(tmp_path / "hf")
+    assert type(exported).__name__ == "LlamaForCausalLM"
+    stage = _run(model, tiny_tokenizer, tmp_path / "stage")["tasks"][harness.HELDOUT_TASK]
+    export = _run(exported, tok, tmp_path / "export")["tasks"][harness.HELDOUT_TASK]
+    assert math.isclose(export["bits_per_byte"]["value"], stage["bits_per_byte"]["value"], rel_tol=1e-4)
+
+
+def test_offline_without_local_copies_skips_each_task_with_its_reason(monkeypatch, tmp_path):
+    run, skipped = harness.plan(list(harness.STANDARD), {})
+    assert run == []
+    assert skipped["humaneval"] == harness.HUMANEVAL_REASON
+    assert set(skipped) == {"humaneval", *(t for n, s in harness.STANDARD.items() if n != "humaneval" for t in s.tasks)}
+    assert all(r.startswith(harness.OFFLINE_REASON) for k, r in skipped.items() if k != "humaneval")
+    # a local copy in the datasets cache, or local files, make a task runnable; online, all are tried
+    (tmp_path / "hf_home" / "datasets" / "allenai___ai2_arc").mkdir(parents=True)
+    run, _ = harness.plan(["arc", "gsm8k", "hellaswag"], {"hellaswag": {"validation": "x.jsonl"}})
+    assert run == ["arc_easy", "arc_challenge", "hellaswag"]
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert harness.plan(["gsm8k", "humaneval"], {})[0] == ["gsm8k"]
+
+
+def _hellaswag_rows(path, n):
+    rows = [
+        {
+            "ind": i,
+            "activity_label": "Cooking",
+            "ctx_a": f"A man cuts onion {i}",
+            "ctx_b": "with",
+            "ctx": f"A man cuts onion {i} with",
+            "endings": ["a knife.", "the moon.", "a song.", "his ears."],
+            "source_id": "x",
+            "split": "val",
+            "split_type": "indomain",
+            "label": str(i % 4),
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_node_runs_local_dataset_include_path_and_limit_and_logs_ci(model16, tiny_tokenizer, tmp_path, caplog):
+    data = _hellaswag_rows(tmp_path / "hs.jsonl", 7)
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    harness.write_text_task(custom, ["alpha beta gamma", "delta"], name="my_ppl")
+    params = Params.model_validate(
+        {
+            "harness": {
+                "tasks": ["hellaswag", "humaneval", "gsm8k"],
+                "datasets": {"hellaswag": {"validation": data}},
+                "include_path": str(custom),
+                "limit": 5,
+                "batch_size": 2,
+                "heldout_text": True,
+            }
+        }
+    ).model_dump()
+    generated = {"heldout_text": [{"text": t} for t in TEXTS]}
+    with caplog.at_level("INFO"):
+        results, metrics = evaluate_harness(model16, tiny_tokenizer, generated, params, stage="language")
+    assert set(results["tasks"]) == {"hellaswag", "my_ppl", harness.HELDOUT_TASK}
+    acc = results["tasks"]["hellaswag"]["acc"]
+    assert acc["n"] == 5  # limit
+    assert acc["stderr"] > 0 and math.isclose(acc["ci95_high"] - acc["value"], 1.96 * acc["stderr"])
+    assert metrics["harness/hellaswag/acc"]["value"] == acc["value"]
+    assert metrics["harness/hellaswag/acc_ci95_low"]["value"] == pytest.approx(acc["value"] - 1.96 * acc["stderr"])
+    assert set(results["skipped"]) == {"humaneval", "gsm8k"}
+    assert any("skipped gsm8k: offline, no local copy" in r.getMessage() for r in caplog.records)
+    assert results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["n"] == len(TEXTS)
+
+
+def test_disabled_runs_nothing_and_heldout_text_off_runs_no_task(model16, tiny_tokenizer):
+    off = Params.model_validate({"harness": {"enabled": False}}).model_dump()
+    assert evaluate_harness(model16, tiny_tokenizer, {}, off, stage="code") == (
+        {"stage": "code", "enabled": False, "tasks": {}, "n_shot": {}, "skipped": {}},
+        {},
+    )
+    p = Params.model_validate({"harness": {"tasks": ["gsm8k"], "heldout_text": False}}).model_dump()
+    results, metrics = evaluate_harness(model16, tiny_tokenizer, {}, p, stage="code")
+    assert results["tasks"] == {} and metrics == {} and list(results["skipped"]) == ["gsm8k"]
+
+
+def test_num_fewshot_and_max_length_take_effect(model16, tiny_tokenizer, tmp_path):
+    data = _hellaswag_rows(tmp_path / "hs.jsonl", 4)
+    train = _hellaswag_rows(tmp_path / "hs_train.jsonl", 4)
+    local = {"hellaswag": {"validation": data, "train": train}}
+    zero = _run(model16, tiny_tokenizer, tmp_path / "a", benchmarks=["hellaswag"], local=local, texts=[])
+    two = _run(
+        model16, tiny_tokenizer, tmp_path / "b", benchmarks=["hellaswag"], local=local, texts=[], num_fewshot=2
+    )
+    assert zero["n_shot"]["hellaswag"] == 0 and two["n_shot"]["hellaswag"] == 2
+    short = _run(model16, tiny_tokenizer, tmp_path / "c", max_length=4)["tasks"][harness.HELDOUT_TASK]
+    ours = perplexity.score(model16, perplexity.text_pieces(TEXTS, tiny_tokenizer, 4), batch_size=4)
+    assert math.isclose(short["bits_per_byte"]["value"], ours.bits_per_byte, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("harness_params", "message"),
+    [
+        ({"tasks": ["hellaswag", "hellaswag"]}, "twice"),
+        ({"tasks": ["mmlu"], "datasets": {"gsm8k": {"test": "x.jsonl"}}}, "belong to no task"),
+        ({"datasets": {"mmlu": {"test": "x.jsonl"}}}, "datasets"),
+        ({"datasets": {"gsm8k": {"train": "x.jsonl"}}}, "validation or a test file"),
+        ({"limit": 0}, "limit"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_fewshot": -1}, "num_fewshot"),
+        ({"tasks": ["piqa"]}, "tasks"),
+    ],
+)
+def test_bad_harness_params_are_refused(harness_params, message):
+    with pytest.raises(ValueError, match=message):
+        Params.model_validate({"harness": harness_params})
+
+
+def test_heldout_text_needs_its_generated_texts():
+    with pytest.raises(ValueError, match="offline_tasks.heldout_text"):
+        Params.model_validate({"offline_tasks": {"heldout_text": 0}})
+    Params.model_validate({"offline_tasks": {"heldout_text": 0}, "harness": {"heldout_text": False}})
+
+
+def test_missing_local_file_and_include_path_are_named(model16, tiny_tokenizer, tmp_path):
+    with pytest.raises(FileNotFoundError, match="harness.datasets.gsm8k"):
+        _run(model16, tiny_tokenizer, tmp_path, benchmarks=["gsm8k"], local={"gsm8k": {"test": "nope.jsonl"}})
+    with pytest.raises(FileNotFoundError, match="include_path"):
+        _run(model16, tiny_tokenizer, tmp_path, include_path=str(tmp_path / "nowhere"))
