@@ -10,7 +10,7 @@ import pytest
 from eval_helpers import make_model
 
 from xoron_pipelines.evaluation import harness, perplexity
-from xoron_pipelines.pipelines.evaluation.nodes import evaluate_harness
+from xoron_pipelines.pipelines.evaluation.nodes import evaluate_export_harness, evaluate_harness
 from xoron_pipelines.pipelines.evaluation.params import Params
 
 TEXTS = [
@@ -36,6 +36,21 @@ def model16(tiny_tokenizer):
     return make_model(len(tiny_tokenizer), seed=3, max_positions=16)
 
 
+def _packed(tmp_path, tok, texts=TEXTS, width=24):
+    """A packed split: every text as bos + ids + eos, concatenated and cut into rows of ``width``."""
+    import pyarrow as pa
+
+    from xoron_pipelines.datasets.parquet_shards import ParquetShardsDataset
+
+    stream = [i for t in texts for i in [tok.bos_token_id, *tok.encode(t, add_special_tokens=False), tok.eos_token_id]]
+    rows = [stream[i : i + width] for i in range(0, len(stream), width)]
+    lengths = [len(r) for r in rows]
+    rows = [r + [tok.pad_token_id] * (width - len(r)) for r in rows]
+    ds = ParquetShardsDataset(str(tmp_path / "packed_val"))
+    ds.save(pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())}))
+    return ds.load()
+
+
 def _run(model, tok, tmp_path, **kw):
     args = {"benchmarks": [], "local": {}, "texts": TEXTS, "workdir": tmp_path / "work", "batch_size": 3}
     return harness.evaluate(model, tok, **{**args, **kw})
@@ -55,17 +70,33 @@ def test_our_bits_per_byte_matches_the_harness_on_a_local_text_task(model16, tin
     assert figs["bits_per_byte"]["n"] == len(TEXTS)
 
 
-def test_export_directory_and_stage_model_score_the_same_through_the_adapter(tiny_tokenizer, tmp_path):
+def test_export_node_scores_the_exported_directory_like_the_stage_model(tiny_tokenizer, tmp_path):
+    """harness_on_export loads hf/ with the Auto classes (a native LlamaForCausalLM) and its own
+    tokenizer; its figures equal the stage model's through the same adapter on the same text."""
     from xoron_pipelines.export.hf import export_hf
 
     model = make_model(len(tiny_tokenizer), seed=5, max_positions=32)
-    info = export_hf(model, tmp_path / "hf", tiny_tokenizer, stage="language")
-    assert info["format"] == "native"
-    exported, tok = harness.load_export_dir(tmp_path / "hf")
-    assert type(exported).__name__ == "LlamaForCausalLM"
-    stage = _run(model, tiny_tokenizer, tmp_path / "stage")["tasks"][harness.HELDOUT_TASK]
-    export = _run(exported, tok, tmp_path / "export")["tasks"][harness.HELDOUT_TASK]
-    assert math.isclose(export["bits_per_byte"]["value"], stage["bits_per_byte"]["value"], rel_tol=1e-4)
+    info = export_hf(model, tmp_path / "hf", tiny_tokenizer, stage="code")
+    assert info["format"] == "native" and info["architecture"] == "LlamaForCausalLM"
+    packed = _packed(tmp_path, tiny_tokenizer)
+    params = Params.model_validate({"harness": {"tasks": ["gsm8k"]}}).model_dump()
+    manifest = {"source": "code", "formats": {"hf": {**info, "path": str(tmp_path / "hf")}}}
+    export, metrics = evaluate_export_harness(manifest, packed, params)
+    stage, _ = evaluate_harness(model, packed, tiny_tokenizer, params, stage="code")
+    assert export["stage"] == "export" and export["source"] == "code" and list(export["skipped"]) == ["gsm8k"]
+    ours, theirs = (r["tasks"][harness.HELDOUT_TASK]["bits_per_byte"] for r in (stage, export))
+    assert ours["n"] == theirs["n"] == len(harness.packed_texts(packed, tiny_tokenizer, None)) > len(TEXTS)
+    assert math.isclose(theirs["value"], ours["value"], rel_tol=1e-4)
+    assert metrics[f"harness/{harness.HELDOUT_TASK}/bits_per_byte"]["value"] == theirs["value"]
+    no_hf, none = evaluate_export_harness({"source": "code", "formats": {}}, packed, params)
+    assert no_hf["tasks"] == {} and none == {} and "hf not in export.formats" in no_hf["skipped"]["export"]
+
+
+def test_packed_texts_are_the_documents_of_the_rows(tiny_tokenizer, tmp_path):
+    texts = ["alpha beta", "gamma delta epsilon", "zeta"]
+    got = harness.packed_texts(_packed(tmp_path, tiny_tokenizer, texts, width=5), tiny_tokenizer, None)
+    assert "".join(got).replace(" ", "") == "".join(texts).replace(" ", "")  # cut only at row ends
+    assert harness.packed_texts(_packed(tmp_path / "b", tiny_tokenizer, texts, width=64), tiny_tokenizer, 1) == texts
 
 
 def test_offline_without_local_copies_skips_each_task_with_its_reason(monkeypatch, tmp_path):
@@ -120,9 +151,10 @@ def test_node_runs_local_dataset_include_path_and_limit_and_logs_ci(model16, tin
             }
         }
     ).model_dump()
-    generated = {"heldout_text": [{"text": t} for t in TEXTS]}
     with caplog.at_level("INFO"):
-        results, metrics = evaluate_harness(model16, tiny_tokenizer, generated, params, stage="language")
+        results, metrics = evaluate_harness(
+            model16, _packed(tmp_path, tiny_tokenizer), tiny_tokenizer, params, "language"
+        )
     assert set(results["tasks"]) == {"hellaswag", "my_ppl", harness.HELDOUT_TASK}
     acc = results["tasks"]["hellaswag"]["acc"]
     assert acc["n"] == 5  # limit
@@ -131,17 +163,18 @@ def test_node_runs_local_dataset_include_path_and_limit_and_logs_ci(model16, tin
     assert metrics["harness/hellaswag/acc_ci95_low"]["value"] == pytest.approx(acc["value"] - 1.96 * acc["stderr"])
     assert set(results["skipped"]) == {"humaneval", "gsm8k"}
     assert any("skipped gsm8k: offline, no local copy" in r.getMessage() for r in caplog.records)
-    assert results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["n"] == len(TEXTS)
+    assert results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["n"] == 5  # limit holds for every task
 
 
-def test_disabled_runs_nothing_and_heldout_text_off_runs_no_task(model16, tiny_tokenizer):
+def test_disabled_runs_nothing_and_heldout_text_off_runs_no_task(model16, tiny_tokenizer, tmp_path):
+    packed = _packed(tmp_path, tiny_tokenizer)
     off = Params.model_validate({"harness": {"enabled": False}}).model_dump()
-    assert evaluate_harness(model16, tiny_tokenizer, {}, off, stage="code") == (
+    assert evaluate_harness(model16, packed, tiny_tokenizer, off, stage="code") == (
         {"stage": "code", "enabled": False, "tasks": {}, "n_shot": {}, "skipped": {}},
         {},
     )
     p = Params.model_validate({"harness": {"tasks": ["gsm8k"], "heldout_text": False}}).model_dump()
-    results, metrics = evaluate_harness(model16, tiny_tokenizer, {}, p, stage="code")
+    results, metrics = evaluate_harness(model16, packed, tiny_tokenizer, p, stage="code")
     assert results["tasks"] == {} and metrics == {} and list(results["skipped"]) == ["gsm8k"]
 
 
@@ -150,9 +183,7 @@ def test_num_fewshot_and_max_length_take_effect(model16, tiny_tokenizer, tmp_pat
     train = _hellaswag_rows(tmp_path / "hs_train.jsonl", 4)
     local = {"hellaswag": {"validation": data, "train": train}}
     zero = _run(model16, tiny_tokenizer, tmp_path / "a", benchmarks=["hellaswag"], local=local, texts=[])
-    two = _run(
-        model16, tiny_tokenizer, tmp_path / "b", benchmarks=["hellaswag"], local=local, texts=[], num_fewshot=2
-    )
+    two = _run(model16, tiny_tokenizer, tmp_path / "b", benchmarks=["hellaswag"], local=local, texts=[], num_fewshot=2)
     assert zero["n_shot"]["hellaswag"] == 0 and two["n_shot"]["hellaswag"] == 2
     short = _run(model16, tiny_tokenizer, tmp_path / "c", max_length=4)["tasks"][harness.HELDOUT_TASK]
     ours = perplexity.score(model16, perplexity.text_pieces(TEXTS, tiny_tokenizer, 4), batch_size=4)
@@ -175,12 +206,6 @@ def test_num_fewshot_and_max_length_take_effect(model16, tiny_tokenizer, tmp_pat
 def test_bad_harness_params_are_refused(harness_params, message):
     with pytest.raises(ValueError, match=message):
         Params.model_validate({"harness": harness_params})
-
-
-def test_heldout_text_needs_its_generated_texts():
-    with pytest.raises(ValueError, match="offline_tasks.heldout_text"):
-        Params.model_validate({"offline_tasks": {"heldout_text": 0}})
-    Params.model_validate({"offline_tasks": {"heldout_text": 0}, "harness": {"heldout_text": False}})
 
 
 def test_missing_local_file_and_include_path_are_named(model16, tiny_tokenizer, tmp_path):

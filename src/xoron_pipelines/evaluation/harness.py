@@ -47,7 +47,7 @@ HUMANEVAL_REASON = (
     "(the evaluation pipeline's humaneval-format program task scores code there)"
 )
 OFFLINE_REASON = "offline, no local copy"
-HELDOUT_TASK = "xoron_heldout_text"  # the local perplexity task shipped with the project
+HELDOUT_TASK = "xoron_heldout_text"  # the local perplexity task shipped with the project (packed_val text)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ SPLITS = {"train": "training_split", "validation": "validation_split", "test": "
 def offline() -> bool:
     """Whether the Hugging Face libraries are told not to reach the network."""
     return any(
-        os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"} for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
+        for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
     )
 
 
@@ -168,6 +169,27 @@ def write_text_task(folder: Path, texts: Sequence[str], name: str = HELDOUT_TASK
     return path
 
 
+def packed_texts(packed_val, tokenizer, max_rows: int | None) -> list[str]:
+    """The documents of the first ``max_rows`` rows of a packed split (``ShardSet``) as text: each
+    row's real ids split at its special tokens (bos / eos / pad), each piece decoded."""
+    from xoron_pipelines.evaluation.perplexity import iter_packed_rows
+
+    if not packed_val.files:
+        return []
+    special = set(tokenizer.all_special_ids)
+    texts: list[str] = []
+    for ids, length in iter_packed_rows(packed_val, max_rows):
+        piece: list[int] = []
+        for t in [*ids[:length], None]:
+            if t is None or t in special:
+                if text := tokenizer.decode(piece).strip():
+                    texts.append(text)
+                piece = []
+            else:
+                piece.append(t)
+    return texts
+
+
 def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None):
     """An lm_eval ``HFLM`` around a model instance (eval mode, on its own device)."""
     from lm_eval.models.huggingface import HFLM
@@ -216,7 +238,12 @@ def flat_metrics(tasks: Mapping[str, Mapping[str, Mapping[str, float | None]]]) 
     out: dict[str, float] = {}
     for task, metrics in tasks.items():
         for metric, fig in metrics.items():
-            for suffix, key in (("", "value"), ("_stderr", "stderr"), ("_ci95_low", "ci95_low"), ("_ci95_high", "ci95_high")):
+            for suffix, key in (
+                ("", "value"),
+                ("_stderr", "stderr"),
+                ("_ci95_low", "ci95_low"),
+                ("_ci95_high", "ci95_high"),
+            ):
                 v = fig.get(key)
                 if v is not None and math.isfinite(v):
                     out[f"harness/{task}/{metric}{suffix}"] = float(v)
@@ -260,13 +287,17 @@ def evaluate(
         folder = Path(include_path)
         if not folder.is_dir():
             raise FileNotFoundError(f"evaluation.harness.include_path: {folder} is not a directory")
-        custom = [t for t in TaskManager(include_defaults=False, include_path=str(folder)).all_subtasks if t not in names]
+        custom = [
+            t for t in TaskManager(include_defaults=False, include_path=str(folder)).all_subtasks if t not in names
+        ]
         if not custom:
             raise ValueError(f"evaluation.harness.include_path: {folder} holds no lm_eval task YAML")
         names += custom
     # indexing lm_eval's ~10k built-in task files takes seconds: only when a built-in one runs
     builtin = any(t not in local for t in to_run)
-    manager = TaskManager(include_defaults=builtin, include_path=[str(workdir), *([include_path] if include_path else [])])
+    manager = TaskManager(
+        include_defaults=builtin, include_path=[str(workdir), *([include_path] if include_path else [])]
+    )
     lm = make_lm(model, tokenizer, batch_size, max_length)
     tasks: dict[str, Any] = {}
     shots: dict[str, int] = {}

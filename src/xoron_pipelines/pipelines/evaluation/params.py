@@ -101,7 +101,9 @@ class Sandbox(StrictModel):
 HarnessTask = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval", "wikitext", "arc"]
 HARNESS_TASKS = ("hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval", "wikitext", "arc")
 # lm_eval tasks that take local files (xoron_pipelines.evaluation.harness.LOCAL_FILE_TASKS) -> their benchmark
-LocalFileTask = Literal["hellaswag", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "wikitext", "arc_easy", "arc_challenge"]
+LocalFileTask = Literal[
+    "hellaswag", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "wikitext", "arc_easy", "arc_challenge"
+]
 
 
 class LocalDataset(StrictModel):
@@ -131,7 +133,7 @@ class Harness(StrictModel):
     num_fewshot: int | None = Field(default=None, ge=0)  # null = each task's own default
     include_path: str | None = None  # a directory of custom lm_eval task YAMLs (all of them run)
     datasets: dict[LocalFileTask, LocalDataset] = Field(default_factory=dict)
-    heldout_text: bool = True  # the shipped perplexity task over the generated held-out texts
+    heldout_text: bool = True  # the shipped perplexity task xoron_heldout_text over packed_val's text
     max_length: int | None = Field(default=None, ge=1)  # model inputs per window; null = max positions
 
     @model_validator(mode="after")
@@ -182,8 +184,6 @@ class Params(StrictModel):
                 f"evals {missing} have no task file: set tasks.<name>.path, evals_registry_path, "
                 f"or a non-zero offline_tasks.<name>"
             )
-        if self.harness.enabled and self.harness.heldout_text and self.offline_tasks.heldout_text == 0:
-            raise ValueError("harness.heldout_text needs offline_tasks.heldout_text > 0 (its texts)")
         if not self.compare_stages:
             raise ValueError("compare_stages needs at least one stage")
         return self

@@ -68,7 +68,7 @@ def stage_pipeline(stage: str) -> Pipeline:
             ),
             Node(
                 _for_stage(evaluate_harness, stage),
-                ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
+                ["model", "packed_val", "tokenizer", "params:evaluation"],
                 ["evaluation_harness", "evaluation_harness_metrics"],
                 name="harness",
             ),
