@@ -213,3 +213,18 @@ def test_missing_local_file_and_include_path_are_named(model16, tiny_tokenizer, 
         _run(model16, tiny_tokenizer, tmp_path, benchmarks=["gsm8k"], local={"gsm8k": {"test": "nope.jsonl"}})
     with pytest.raises(FileNotFoundError, match="include_path"):
         _run(model16, tiny_tokenizer, tmp_path, include_path=str(tmp_path / "nowhere"))
+
+
+def test_harness_nodes_are_wired_per_stage_and_after_the_export():
+    from xoron_pipelines.pipelines.evaluation.params import STAGES
+    from xoron_pipelines.pipelines.evaluation.pipeline import create_pipeline as evaluation
+    from xoron_pipelines.pipelines.export.pipeline import create_pipeline as export
+
+    nodes = {n.name: n for n in evaluation().nodes}
+    for stage in STAGES:
+        node = nodes[f"{stage}.harness"]
+        assert node.inputs == [f"{stage}.model", "packed_val", "tokenizer", "params:evaluation"]
+        assert node.outputs == [f"evaluation_harness_{stage}", f"evaluation_harness_metrics_{stage}"]
+    (node,) = [n for n in export().nodes if n.name == "harness_on_export"]
+    assert node.inputs == ["export_manifest", "packed_val", "params:evaluation"]
+    assert node.outputs == ["evaluation_harness_export", "evaluation_harness_metrics_export"]
