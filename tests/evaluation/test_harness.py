@@ -36,7 +36,7 @@ def model16(tiny_tokenizer):
     return make_model(len(tiny_tokenizer), seed=3, max_positions=16)
 
 
-def _packed(tmp_path, tok, texts=TEXTS, width=24):
+def _packed(tmp_path, tok, texts=TEXTS, width=24, name="packed_val"):
     """A packed split: every text as bos + ids + eos, concatenated and cut into rows of ``width``."""
     import pyarrow as pa
 
@@ -46,7 +46,7 @@ def _packed(tmp_path, tok, texts=TEXTS, width=24):
     rows = [stream[i : i + width] for i in range(0, len(stream), width)]
     lengths = [len(r) for r in rows]
     rows = [r + [tok.pad_token_id] * (width - len(r)) for r in rows]
-    ds = ParquetShardsDataset(str(tmp_path / "packed_val"))
+    ds = ParquetShardsDataset(str(tmp_path / name))
     ds.save(pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())}))
     return ds.load()
 
@@ -216,15 +216,44 @@ def test_missing_local_file_and_include_path_are_named(model16, tiny_tokenizer, 
 
 
 def test_harness_nodes_are_wired_per_stage_and_after_the_export():
+    from xoron_pipelines.pipeline_registry import DEFAULT_ORDER
     from xoron_pipelines.pipelines.evaluation.params import STAGES
     from xoron_pipelines.pipelines.evaluation.pipeline import create_pipeline as evaluation
-    from xoron_pipelines.pipelines.export.pipeline import create_pipeline as export
+    from xoron_pipelines.pipelines.export_harness.pipeline import create_pipeline as export_harness
 
     nodes = {n.name: n for n in evaluation().nodes}
     for stage in STAGES:
         node = nodes[f"{stage}.harness"]
         assert node.inputs == [f"{stage}.model", "packed_val", "tokenizer", "params:evaluation"]
         assert node.outputs == [f"evaluation_harness_{stage}", f"evaluation_harness_metrics_{stage}"]
-    (node,) = [n for n in export().nodes if n.name == "harness_on_export"]
+    assert DEFAULT_ORDER[-2:] == ("export", "export_harness")
+    (node,) = export_harness().nodes
     assert node.inputs == ["export_manifest", "packed_val", "params:evaluation"]
     assert node.outputs == ["evaluation_harness_export", "evaluation_harness_metrics_export"]
+
+
+def test_kedro_run_export_harness_reads_the_manifest_and_logs_to_mlflow(kedro_project, tiny_tokenizer):
+    """``kedro run --pipeline export_harness`` after an export: harness.json under
+    evaluation/export/ (also an MLflow artifact) and metrics evaluation.export.harness/<task>/<metric>."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers import run_pipeline
+    from xoron_pipelines.export.hf import export_hf
+
+    data = kedro_project / "data"
+    out = data / "07_model_output/export"
+    info = export_hf(make_model(len(tiny_tokenizer), seed=2, max_positions=32), out / "hf", tiny_tokenizer, "tools")
+    (out / "manifest.json").write_text(
+        json.dumps({"source": "tools", "formats": {"hf": {**info, "path": str(out / "hf")}}})
+    )
+    _packed(data / "05_model_input", tiny_tokenizer, name="packed/val")  # the catalog's packed_val
+    run_pipeline(kedro_project, "export_harness", {"evaluation.harness.tasks": ["arc"], "evaluation.harness.limit": 3})
+
+    results = json.loads((data / "08_reporting/evaluation/export/harness.json").read_text())
+    assert results["source"] == "tools" and set(results["skipped"]) == {"arc_easy", "arc_challenge"}
+    assert results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["n"] == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{kedro_project / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    key = f"evaluation.export.harness/{harness.HELDOUT_TASK}/bits_per_byte"
+    assert run.data.metrics[key] == results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["value"]
+    assert "harness.json" in {a.path for a in client.list_artifacts(run.info.run_id)}

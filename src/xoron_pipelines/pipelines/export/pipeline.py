@@ -11,16 +11,12 @@ it trained without LoRA). Like the summaries, all are inputs because the stage i
 
 Outputs: ``export_hf``, ``export_gguf``, ``export_onnx``, ``export_lora_adapter``
 (:class:`~xoron_pipelines.datasets.export.ExportDirectoryDataset`, under ``export.output_dir``),
-then ``export_manifest`` and ``export_metrics``. A second node runs lm-evaluation-harness on the
-exported ``hf/`` directory (``evaluation.harness``) -> ``evaluation_harness_export`` /
-``evaluation_harness_metrics_export`` (data/08_reporting/evaluation/export/harness.json, MLflow).
+then ``export_manifest`` and ``export_metrics``.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
-
-from xoron_pipelines.pipelines.evaluation.nodes import evaluate_export_harness
 
 from .nodes import OUTPUTS, export_stage
 from .params import STAGES
@@ -42,13 +38,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=OUTPUTS,
                 name="export_model",
                 tags=["export"],
-            ),
-            Node(  # lm-evaluation-harness on the exported hf/ directory (pipelines/evaluation/nodes.py)
-                evaluate_export_harness,
-                inputs=["export_manifest", "packed_val", "params:evaluation"],
-                outputs=["evaluation_harness_export", "evaluation_harness_metrics_export"],
-                name="harness_on_export",
-                tags=["export"],
-            ),
+            )
         ]
     )
