@@ -114,6 +114,15 @@ def test_offline_without_local_copies_skips_each_task_with_its_reason(monkeypatc
     assert harness.plan(["gsm8k", "humaneval"], {})[0] == ["gsm8k"]
 
 
+def test_a_cached_task_that_cannot_be_loaded_is_skipped_with_its_error(model16, tiny_tokenizer, tmp_path):
+    (tmp_path / "hf_home" / "datasets" / "allenai___ai2_arc").mkdir(parents=True)  # a copy, but empty
+    out = _run(model16, tiny_tokenizer, tmp_path, benchmarks=["arc", "wikitext"], texts=["one two"])
+    assert set(out["skipped"]) == {"arc_easy", "arc_challenge", "wikitext"}
+    assert out["skipped"]["wikitext"].startswith(harness.OFFLINE_REASON)
+    assert not out["skipped"]["arc_easy"].startswith(harness.OFFLINE_REASON)  # the loader's own error
+    assert list(out["tasks"]) == [harness.HELDOUT_TASK]  # and the run went on
+
+
 def _hellaswag_rows(path, n):
     rows = [
         {

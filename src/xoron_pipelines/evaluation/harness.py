@@ -52,21 +52,24 @@ HELDOUT_TASK = "xoron_heldout_text"  # the local perplexity task shipped with th
 
 @dataclass(frozen=True)
 class Standard:
-    """A standard benchmark: the lm_eval task / group names it runs and its hub dataset."""
+    """A standard benchmark: the lm_eval task / group names it runs, its hub dataset and the
+    folder of ``lm_eval/tasks`` that defines them."""
 
     tasks: tuple[str, ...]
     dataset: str
+    folder: str
 
 
 STANDARD: dict[str, Standard] = {
-    "hellaswag": Standard(("hellaswag",), "Rowan/hellaswag"),
-    "mmlu": Standard(("mmlu",), "cais/mmlu"),
-    "truthfulqa": Standard(("truthfulqa_mc1", "truthfulqa_mc2"), "truthfulqa/truthful_qa"),
-    "gsm8k": Standard(("gsm8k",), "openai/gsm8k"),
-    "humaneval": Standard(("humaneval",), "openai/openai_humaneval"),
-    "wikitext": Standard(("wikitext",), "EleutherAI/wikitext_document_level"),
-    "arc": Standard(("arc_easy", "arc_challenge"), "allenai/ai2_arc"),
+    "hellaswag": Standard(("hellaswag",), "Rowan/hellaswag", "hellaswag"),
+    "mmlu": Standard(("mmlu",), "cais/mmlu", "mmlu"),
+    "truthfulqa": Standard(("truthfulqa_mc1", "truthfulqa_mc2"), "truthfulqa/truthful_qa", "truthfulqa"),
+    "gsm8k": Standard(("gsm8k",), "openai/gsm8k", "gsm8k"),
+    "humaneval": Standard(("humaneval",), "openai/openai_humaneval", "humaneval"),
+    "wikitext": Standard(("wikitext",), "EleutherAI/wikitext_document_level", "wikitext"),
+    "arc": Standard(("arc_easy", "arc_challenge"), "allenai/ai2_arc", "arc"),
 }
+FOLDER = {task: std.folder for std in STANDARD.values() for task in std.tasks}
 # lm_eval leaf tasks that accept local files (one dataset each; mmlu is a group of 57 subjects)
 LOCAL_FILE_TASKS = ("hellaswag", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "wikitext", "arc_easy", "arc_challenge")
 SPLITS = {"train": "training_split", "validation": "validation_split", "test": "test_split"}
@@ -114,12 +117,14 @@ def plan(names: Sequence[str], local: Mapping[str, Mapping[str, str]]) -> tuple[
     return run, skipped
 
 
-def _lm_eval_task_yaml(task: str) -> Path:
+def _lm_eval_tasks_dir() -> Path:
     import lm_eval
 
-    root = Path(lm_eval.__file__).parent / "tasks"
-    folder = {"truthfulqa_mc1": "truthfulqa", "truthfulqa_mc2": "truthfulqa", "arc_easy": "arc", "arc_challenge": "arc"}
-    return root / folder.get(task, task) / f"{task}.yaml"
+    return Path(lm_eval.__file__).parent / "tasks"
+
+
+def _lm_eval_task_yaml(task: str) -> Path:
+    return _lm_eval_tasks_dir() / FOLDER[task] / f"{task}.yaml"
 
 
 def write_local_task(folder: Path, task: str, files: Mapping[str, str]) -> Path:
@@ -293,11 +298,10 @@ def evaluate(
         if not custom:
             raise ValueError(f"evaluation.harness.include_path: {folder} holds no lm_eval task YAML")
         names += custom
-    # indexing lm_eval's ~10k built-in task files takes seconds: only when a built-in one runs
-    builtin = any(t not in local for t in to_run)
-    manager = TaskManager(
-        include_defaults=builtin, include_path=[str(workdir), *([include_path] if include_path else [])]
-    )
+    # only the folders of the built-in tasks that run are indexed (all ~10k task files take seconds)
+    folders = sorted({str(_lm_eval_tasks_dir() / FOLDER[t]) for t in to_run if t not in local})
+    extra = [include_path] if include_path else []
+    manager = TaskManager(include_defaults=False, include_path=[*folders, str(workdir), *extra])
     lm = make_lm(model, tokenizer, batch_size, max_length)
     tasks: dict[str, Any] = {}
     shots: dict[str, int] = {}
