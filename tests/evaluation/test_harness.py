@@ -175,6 +175,24 @@ def test_node_runs_local_dataset_include_path_and_limit_and_logs_ci(model16, tin
     assert results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["n"] == 5  # limit holds for every task
 
 
+def test_generation_task_runs_on_the_stage_model_and_max_gen_toks_takes_effect(tiny_tokenizer, tmp_path):
+    """gsm8k (generate_until) on our own model: lm_eval drives XoronForCausalLM.generate; with
+    max_gen_toks at the model's 64 positions it cannot run (lm_eval's own check; a task of
+    local files raises, a standard one would be skipped with this error)."""
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(3)]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    model = make_model(len(tiny_tokenizer), seed=1, max_positions=64)
+    local = {"gsm8k": {"test": str(data)}}
+    kw = {"benchmarks": ["gsm8k"], "local": local, "texts": [], "num_fewshot": 0}
+    out = _run(model, tiny_tokenizer, tmp_path / "a", max_gen_toks=8, **kw)
+    figs = out["tasks"]["gsm8k"]
+    assert set(figs) == {"exact_match_strict-match", "exact_match_flexible-extract"}
+    assert figs["exact_match_strict-match"]["n"] == 3 and out["skipped"] == {}
+    with pytest.raises(AssertionError, match="must be less than"):
+        _run(model, tiny_tokenizer, tmp_path / "b", max_gen_toks=64, **kw)  # a local task's error is raised
+
+
 def test_disabled_runs_nothing_and_heldout_text_off_runs_no_task(model16, tiny_tokenizer, tmp_path):
     packed = _packed(tmp_path, tiny_tokenizer)
     off = Params.model_validate({"harness": {"enabled": False}}).model_dump()
@@ -210,6 +228,9 @@ def test_num_fewshot_and_max_length_take_effect(model16, tiny_tokenizer, tmp_pat
         ({"batch_size": 0}, "batch_size"),
         ({"num_fewshot": -1}, "num_fewshot"),
         ({"tasks": ["piqa"]}, "tasks"),
+        ({"max_gen_toks": 0}, "max_gen_toks"),
+        ({"max_length": 0}, "max_length"),
+        ({"enabled": "yes"}, "enabled"),
     ],
 )
 def test_bad_harness_params_are_refused(harness_params, message):

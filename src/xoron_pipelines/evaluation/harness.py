@@ -195,20 +195,54 @@ def packed_texts(packed_val, tokenizer, max_rows: int | None) -> list[str]:
     return texts
 
 
-def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None):
-    """An lm_eval ``HFLM`` around a model instance (eval mode, on its own device)."""
+def _adapter_class():
     from lm_eval.models.huggingface import HFLM
 
+    from xoron_pipelines.model.model import XoronPreTrainedModel
+
+    class XoronHFLM(HFLM):
+        """``HFLM`` with a default generation budget of ``max_gen_toks`` tokens, whose generation
+        also drives our own models' ``generate`` (it takes ``max_new_tokens`` and no stopping
+        criteria: lm_eval cuts each text at the task's stop sequences itself)."""
+
+        def __init__(self, *args, max_gen_toks: int = 256, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._xoron_max_gen_toks = max_gen_toks
+
+        @property
+        def max_gen_toks(self) -> int:
+            return self._xoron_max_gen_toks
+
+        def _model_generate(self, context, max_length, stop, **kwargs):
+            if not isinstance(self.model, XoronPreTrainedModel):
+                return super()._model_generate(context, max_length, stop, **kwargs)
+            sampling = bool(kwargs.get("do_sample"))
+            keep = ("attention_mask", "top_p", "top_k", *(("temperature",) if sampling else ()))
+            return self.model.generate(
+                context,
+                max_new_tokens=max_length - context.shape[1],
+                do_sample=sampling,
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **{k: kwargs[k] for k in keep if kwargs.get(k) is not None},
+            )
+
+    return XoronHFLM
+
+
+def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None, max_gen_toks: int = 256):
+    """An lm_eval ``HFLM`` around a model instance (eval mode, on its own device)."""
     from xoron_pipelines.evaluation.lm import model_device
 
     max_length = max_length or int(model.config.max_position_embeddings)
-    return HFLM(
+    return _adapter_class()(
         pretrained=model.eval(),
         tokenizer=tokenizer,
         backend="causal",
         batch_size=batch_size,
         max_length=max_length,
         device=str(model_device(model)),
+        max_gen_toks=max_gen_toks,
     )
 
 
@@ -268,6 +302,7 @@ def evaluate(
     num_fewshot: int | None = None,
     batch_size: int = 8,
     max_length: int | None = None,
+    max_gen_toks: int = 256,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the harness on ``model``: the runnable ``benchmarks`` (see :func:`plan`), every task
@@ -302,7 +337,7 @@ def evaluate(
     folders = sorted({str(_lm_eval_tasks_dir() / FOLDER[t]) for t in to_run if t not in local})
     extra = [include_path] if include_path else []
     manager = TaskManager(include_defaults=False, include_path=[*folders, str(workdir), *extra])
-    lm = make_lm(model, tokenizer, batch_size, max_length)
+    lm = make_lm(model, tokenizer, batch_size, max_length, max_gen_toks)
     tasks: dict[str, Any] = {}
     shots: dict[str, int] = {}
     for name in names:

@@ -271,6 +271,7 @@ def _run_harness(model, tokenizer, texts: list[str], p: Params) -> tuple[dict[st
             num_fewshot=h.num_fewshot,
             batch_size=h.batch_size,
             max_length=h.max_length,
+            max_gen_toks=h.max_gen_toks,
             seed=p.seed,
         )
     return out, {k: {"value": v, "step": 0} for k, v in harness.flat_metrics(out["tasks"]).items()}

@@ -135,6 +135,7 @@ class Harness(StrictModel):
     datasets: dict[LocalFileTask, LocalDataset] = Field(default_factory=dict)
     heldout_text: bool = True  # the shipped perplexity task xoron_heldout_text over packed_val's text
     max_length: int | None = Field(default=None, ge=1)  # model inputs per window; null = max positions
+    max_gen_toks: int = Field(default=256, ge=1)  # generation budget of tasks that set none (gsm8k)
 
     @model_validator(mode="after")
     def _check(self) -> Harness:
