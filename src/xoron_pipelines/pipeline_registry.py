@@ -10,7 +10,7 @@ from xoron_pipelines.training.schema import STAGES as TRAINING_STAGES
 
 # The default `kedro run`: every stage from raw corpus to exported model, in this order.
 # Pipelines that do not exist yet are skipped, so the list is the roadmap too.
-DEFAULT_ORDER = ("synth", "data_processing", "pretrain", "finetune", "evaluation", "export")
+DEFAULT_ORDER = ("synth", "data_processing", "pretrain", "finetune", "evaluation", "export", "export_harness")
 
 __all__ = ["DEFAULT_ORDER", "TRAINING_STAGES", "data_processing_outputs", "register_pipelines"]
 # TRAINING_STAGES: group -> its stages, in training order (the run summary lists them so)

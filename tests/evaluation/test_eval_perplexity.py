@@ -43,9 +43,14 @@ def test_text_windows_score_every_token_once_and_count_exact_bytes(tiny_tokenize
     text = "def f(x):\n    return x + 1  # é\n" * 3
     ids = [tiny_tokenizer.bos_token_id] + tiny_tokenizer.encode(text, add_special_tokens=False)
     pieces = list(perplexity.text_pieces([text], tiny_tokenizer, max_length=8))
-    assert sum(len(w) - 1 for w, _ in pieces) == len(ids) - 1
-    assert sum(n for _, n in pieces) == len(text.encode("utf-8"))
-    assert [t for w, _ in pieces for t in w[1:]] == ids[1:]  # each window predicts the next ids
+    assert len(ids) % 8 != 1  # the last window is partial: right-aligned, with context
+    assert all(len(w) <= 9 for w, _, _ in pieces)  # 8 model inputs + the last target
+    assert sum(len(w) - 1 - c for w, _, c in pieces) == len(ids) - 1
+    assert sum(n for _, n, _ in pieces) == len(text.encode("utf-8"))
+    assert [t for w, _, c in pieces for t in w[1 + c :]] == ids[1:]  # each id predicted once, in order
+    *full, (last, _, context) = pieces
+    assert [c for _, _, c in full] == [0] * len(full) and len(last) == 9 and context > 0
+    assert last == ids[-9:]  # lm-evaluation-harness loglikelihood_rolling's last window
 
 
 def test_packed_rows_score_real_tokens_with_their_decoded_bytes(tmp_path, tiny_tokenizer):

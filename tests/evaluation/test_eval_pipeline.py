@@ -141,6 +141,14 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
         assert key in logged
         stage_results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
         assert logged[key] == stage_results["tasks"]["mmlu"]["acc"]
+        # lm-evaluation-harness: offline, the standard tasks are skipped with reasons; the shipped text task runs
+        harness_json = json.loads((root / f"data/08_reporting/evaluation/{stage}/harness.json").read_text())
+        bpb = harness_json["tasks"]["xoron_heldout_text"]["bits_per_byte"]["value"]
+        assert logged[f"evaluation.{stage}.harness/xoron_heldout_text/bits_per_byte"] == bpb
+        assert (
+            harness_json["skipped"]["hellaswag"].startswith("offline, no local copy")
+            and "humaneval" in harness_json["skipped"]
+        )
 
     # the stage's own training run got its evaluation too; the unknown / missing ids only warned
     real = client.get_run(run_ids[STAGES[0]]).data.metrics

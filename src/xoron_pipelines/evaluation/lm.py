@@ -38,10 +38,11 @@ def _right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
 @torch.no_grad()
 def token_logprobs(model, seqs: Sequence[Sequence[int]], pad_id: int = 0) -> list[torch.Tensor]:
     """Per sequence ``s`` (len L >= 2): log p(s[t] | s[:t]) for t = 1..L-1, as a float64 tensor
-    of length L-1 (padding never leaks: each sequence is right-padded and masked)."""
+    of length L-1 (padding never leaks: each sequence is right-padded and masked). The model
+    reads ``s[:-1]`` (L-1 positions: the last token is only a target)."""
     ids, mask = _right_pad(seqs, pad_id, model_device(model))
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    logp = F.log_softmax(logits[:, :-1], dim=-1)
+    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits.float()
+    logp = F.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, ids[:, 1:, None])[..., 0].double().cpu()
     return [picked[i, : len(s) - 1] for i, s in enumerate(seqs)]
 

@@ -14,7 +14,10 @@ Two inputs:
   tokens such as bos / eos decode to no bytes but their prediction is still scored);
 * plain texts: each text is prefixed with bos (when the tokenizer has one), so every text token
   is scored, and the bytes are exactly ``len(text.encode("utf-8"))``. Texts longer than
-  ``max_length`` are cut into windows that overlap by one token, so each token is scored once.
+  ``max_length`` are scored in windows of ``max_length`` model inputs that each predict
+  ``max_length`` new tokens, the last window right-aligned (it re-reads earlier tokens as context
+  and scores only the new ones): lm-evaluation-harness ``loglikelihood_rolling``, so our figures
+  and the harness's agree on the same text (``tests/evaluation/test_harness.py``).
 """
 
 from __future__ import annotations
@@ -49,21 +52,22 @@ class PerplexityResult:
 
 def score(
     model,
-    pieces: Iterable[tuple[Sequence[int], int]],
+    pieces: Iterable[tuple[Sequence[int], int] | tuple[Sequence[int], int, int]],
     batch_size: int,
     pad_id: int = 0,
     progress: bool = False,
     desc: str = "perplexity",
 ) -> PerplexityResult:
-    """Sum the NLL of ``(token_ids, n_bytes)`` pieces (every token after the first is scored)."""
+    """Sum the NLL of ``(token_ids, n_bytes[, n_context])`` pieces: every token after the first
+    ``1 + n_context`` (default 0) is scored."""
     result = PerplexityResult()
     for batch in tqdm(batched(pieces, batch_size), desc=desc, disable=not progress):
-        scored = [(ids, n) for ids, n in batch if len(ids) >= 2]
+        scored = [(p[0], p[1], p[2] if len(p) > 2 else 0) for p in batch if len(p[0]) >= 2]
         if not scored:
             continue
-        for logp, (ids, n_bytes) in zip(token_logprobs(model, [ids for ids, _ in scored], pad_id), scored):
-            result.nll -= float(logp.sum())
-            result.tokens += len(ids) - 1
+        for logp, (ids, n_bytes, context) in zip(token_logprobs(model, [p[0] for p in scored], pad_id), scored):
+            result.nll -= float(logp[context:].sum())
+            result.tokens += len(ids) - 1 - context
             result.bytes += n_bytes
             result.sequences += 1
     return result
@@ -79,19 +83,23 @@ def packed_pieces(rows: Iterable[tuple[Sequence[int], int]], tokenizer) -> Itera
 
 def text_pieces(
     texts: Iterable[str], tokenizer, max_length: int, add_bos: bool = True
-) -> Iterator[tuple[list[int], int]]:
-    """Texts -> windows of at most ``max_length`` ids overlapping by one; the first window of a
-    text carries all its bytes (bytes are only ever summed)."""
-    if max_length < 2:
-        raise ValueError("max_length must be >= 2")
+) -> Iterator[tuple[list[int], int, int]]:
+    """Texts -> ``(window ids, bytes, context)``: windows of at most ``max_length + 1`` ids (the
+    model reads all but the last) scoring up to ``max_length`` new tokens; the last window is
+    right-aligned and its first ``context`` predictions are not scored (they were already). The
+    first window of a text carries all its bytes (bytes are only ever summed)."""
+    if max_length < 1:
+        raise ValueError("max_length must be >= 1")
     bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     for text in texts:
         ids = bos + tokenizer.encode(text, add_special_tokens=False)
         n_bytes = len(text.encode("utf-8"))
-        start = 0
-        while start < len(ids) - 1:
-            yield ids[start : start + max_length], n_bytes if start == 0 else 0
-            start += max_length - 1
+        done = 1  # ids[:done] are predicted (or are the first, unscored, id)
+        while done < len(ids):
+            stop = min(done + max_length, len(ids))
+            start = max(0, stop - max_length - 1)
+            yield ids[start:stop], n_bytes if done == 1 else 0, done - 1 - start
+            done = stop
 
 
 def iter_packed_rows(shards, max_rows: int | None = None) -> Iterator[tuple[list[int], int]]:

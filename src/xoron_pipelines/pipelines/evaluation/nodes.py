@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from xoron_pipelines import tracking
 from xoron_pipelines.data import sources
 from xoron_pipelines.device import resolve_device
 from xoron_pipelines.evaluation import generation_tasks as gen
+from xoron_pipelines.evaluation import harness, offline_tasks, perplexity, report
 from xoron_pipelines.evaluation import multiple_choice as mc
-from xoron_pipelines.evaluation import offline_tasks, perplexity, report
 from xoron_pipelines.evaluation import task_files as tf
 from xoron_pipelines.evaluation.lm import encode_pair, generate_texts, loglikelihoods
 from xoron_pipelines.sandbox import SandboxLimits, isolation_mode
@@ -249,6 +251,68 @@ def evaluate_generation(
         records += [{"task": name, **r} for r in recs]
         log.info("%s: %s", name, summary[name])
     return summary, records
+
+
+# --------------------------------------------------------------------------- lm-evaluation-harness
+
+
+def _run_harness(model, tokenizer, texts: list[str], p: Params) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    h = p.harness
+    with tempfile.TemporaryDirectory(prefix="xoron-harness-") as tmp:
+        out = harness.evaluate(
+            model,
+            tokenizer,
+            benchmarks=h.tasks,
+            local={task: d.files() for task, d in h.datasets.items()},
+            texts=texts,
+            workdir=Path(tmp),
+            include_path=h.include_path,
+            limit=h.limit,
+            num_fewshot=h.num_fewshot,
+            batch_size=h.batch_size,
+            max_length=h.max_length,
+            max_gen_toks=h.max_gen_toks,
+            seed=p.seed,
+        )
+    return out, {k: {"value": v, "step": 0} for k, v in harness.flat_metrics(out["tasks"]).items()}
+
+
+def evaluate_harness(
+    model, packed_val, tokenizer, params: dict[str, Any], stage: str
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Standard tasks through lm-evaluation-harness (:mod:`xoron_pipelines.evaluation.harness`)
+    plus the held-out text perplexity task (the documents of the first ``perplexity.max_rows``
+    rows of ``packed_val``): ``(results JSON with the skipped tasks and why, MLflow metrics
+    harness/<task>/<metric>[_stderr|_ci95_low|_ci95_high])``."""
+    p = Params.model_validate(params)
+    h = p.harness
+    if not h.enabled:
+        return {"stage": stage, "enabled": False, "tasks": {}, "n_shot": {}, "skipped": {}}, {}
+    texts = harness.packed_texts(packed_val, tokenizer, p.perplexity.max_rows) if h.heldout_text else []
+    out, metrics = _run_harness(_prepare(model, p), tokenizer, texts, p)
+    return {"stage": stage, "enabled": True, **out, "config": h.model_dump()}, metrics
+
+
+def evaluate_export_harness(
+    manifest: Mapping[str, Any], packed_val, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The same harness run on the exported Hugging Face directory (``manifest.formats.hf.path``,
+    loaded with the transformers Auto classes and its own tokenizer), as ``evaluation_harness_export``:
+    its figures match the source stage's ``evaluation_harness_<stage>`` (same tasks, same text)."""
+    p = Params.model_validate(params)
+    h = p.harness
+    base = {"stage": "export", "source": manifest.get("source"), "enabled": h.enabled}
+    hf = manifest.get("formats", {}).get("hf") or {}
+    if not h.enabled:
+        return {**base, "tasks": {}, "n_shot": {}, "skipped": {}}, {}
+    if not hf.get("path"):
+        reason = "no hf/ directory exported (hf not in export.formats)"
+        log.info("harness on the export: skipped: %s", reason)
+        return {**base, "tasks": {}, "n_shot": {}, "skipped": {"export": reason}}, {}
+    model, tokenizer = harness.load_export_dir(hf["path"], str(resolve_device(p.device, "evaluation.device")))
+    texts = harness.packed_texts(packed_val, tokenizer, p.perplexity.max_rows) if h.heldout_text else []
+    out, metrics = _run_harness(model, tokenizer, texts, p)
+    return {**base, "path": hf["path"], **out, "config": h.model_dump()}, metrics
 
 
 # --------------------------------------------------------------------------- results

@@ -98,6 +98,55 @@ class Sandbox(StrictModel):
     allow_weak_isolation: bool = False
 
 
+HarnessTask = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval", "wikitext", "arc"]
+HARNESS_TASKS = ("hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval", "wikitext", "arc")
+# lm_eval tasks that take local files (xoron_pipelines.evaluation.harness.LOCAL_FILE_TASKS) -> their benchmark
+LocalFileTask = Literal[
+    "hellaswag", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "wikitext", "arc_easy", "arc_challenge"
+]
+
+
+class LocalDataset(StrictModel):
+    """Local JSON-lines files of one lm_eval task, in the hub dataset's own columns, per split."""
+
+    train: str | None = None  # few-shot examples (num_fewshot > 0)
+    validation: str | None = None
+    test: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalDataset:
+        if self.validation is None and self.test is None:
+            raise ValueError("a local dataset needs a validation or a test file")
+        return self
+
+    def files(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class Harness(StrictModel):
+    """Standard tasks through lm-evaluation-harness (src/xoron_pipelines/evaluation/harness.py)."""
+
+    enabled: bool = True
+    tasks: list[HarnessTask] = Field(default_factory=lambda: list(HARNESS_TASKS))
+    limit: int | None = Field(default=50, ge=1)  # items per task (null = all)
+    batch_size: int = Field(default=8, ge=1)
+    num_fewshot: int | None = Field(default=None, ge=0)  # null = each task's own default
+    include_path: str | None = None  # a directory of custom lm_eval task YAMLs (all of them run)
+    datasets: dict[LocalFileTask, LocalDataset] = Field(default_factory=dict)
+    heldout_text: bool = True  # the shipped perplexity task xoron_heldout_text over packed_val's text
+    max_length: int | None = Field(default=None, ge=1)  # model inputs per window; null = max positions
+    max_gen_toks: int = Field(default=256, ge=1)  # generation budget of tasks that set none (gsm8k)
+
+    @model_validator(mode="after")
+    def _check(self) -> Harness:
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks lists a name twice: {self.tasks}")
+        orphan = [k for k in self.datasets if k.split("_")[0] not in self.tasks]
+        if orphan:
+            raise ValueError(f"datasets {orphan} belong to no task in tasks {self.tasks}")
+        return self
+
+
 class Params(StrictModel):
     evals: list[EvalName] = Field(default_factory=lambda: list(EVAL_NAMES))
     eval_batch_size: int = Field(default=8, ge=1)
@@ -115,6 +164,7 @@ class Params(StrictModel):
     gsm8k: GSM8K = Field(default_factory=GSM8K)
     humaneval: HumanEval = Field(default_factory=HumanEval)
     sandbox: Sandbox = Field(default_factory=Sandbox)
+    harness: Harness = Field(default_factory=Harness)
 
     @model_validator(mode="after")
     def _check(self) -> Params:

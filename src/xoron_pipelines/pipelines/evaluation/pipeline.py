@@ -22,6 +22,7 @@ from .nodes import (
     collect,
     compare_stages,
     evaluate_generation,
+    evaluate_harness,
     evaluate_multiple_choice,
     evaluate_perplexity,
     generate_offline_tasks,
@@ -29,7 +30,13 @@ from .nodes import (
 from .params import STAGES
 
 SHARED = {"packed_val", "tokenizer", "evaluation_generated_tasks"}
-STAGE_OUTPUTS = ("evaluation_results", "evaluation_metrics", "evaluation_samples")  # -> <name>_<stage>
+STAGE_OUTPUTS = (  # -> <name>_<stage>
+    "evaluation_results",
+    "evaluation_metrics",
+    "evaluation_samples",
+    "evaluation_harness",
+    "evaluation_harness_metrics",
+)
 
 
 def _for_stage(func, stage: str):
@@ -58,6 +65,12 @@ def stage_pipeline(stage: str) -> Pipeline:
                 ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 ["generation", "generation_records"],
                 name="generation",
+            ),
+            Node(
+                _for_stage(evaluate_harness, stage),
+                ["model", "packed_val", "tokenizer", "params:evaluation"],
+                ["evaluation_harness", "evaluation_harness_metrics"],
+                name="harness",
             ),
             Node(
                 _for_stage(collect, stage),
