@@ -231,7 +231,12 @@ def _adapter_class():
 
 
 def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None, max_gen_toks: int = 256):
-    """An lm_eval ``HFLM`` around a model instance (eval mode, on its own device)."""
+    """An lm_eval ``HFLM`` around a model instance (eval mode, on its own device).
+
+    ``add_bos_token=False``: the exported tokenizer adds BOS itself (as training rows start), the
+    training tokenizer does not; lm_eval puts its own prefix token (BOS) before rolling windows and
+    empty contexts, so without this the export would score BOS as a predicted first token and differ
+    from the stage model it was exported from."""
     from xoron_pipelines.evaluation.lm import model_device
 
     max_length = max_length or int(model.config.max_position_embeddings)
@@ -243,6 +248,7 @@ def make_lm(model, tokenizer, batch_size: int, max_length: int | None = None, ma
         max_length=max_length,
         device=str(model_device(model)),
         max_gen_toks=max_gen_toks,
+        add_bos_token=False,
     )
 
 
