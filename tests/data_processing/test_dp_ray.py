@@ -90,7 +90,7 @@ def test_ray_max_samples_and_fail_match_local(ray_cluster, corpus: Path):
     ray_rows = engine_ray.build_ledger(make_params(sources), EngineSettings(**RAY)).read().to_pylist()
     assert ray_rows == local
     assert sum(r["status"] == "kept" and r["source"] == "main" for r in local) == 30
-    fail = make_params(sources[1:] + sources[:1], on_bad_record="fail", dedup={"exact": False, "near_dup": False})
+    fail = _params(corpus, on_bad_record="fail", dedup={"exact": False, "near_dup": False})
     with pytest.raises(BadRecordError) as local_err:
         build_local(fail)
     with pytest.raises(BadRecordError) as ray_err:
