@@ -63,8 +63,24 @@ def child(corpus: Path, arm: str, out: Path) -> None:
     from contextlib import nullcontext
 
     from xoron_pipelines.cluster import EngineSettings, ray_session
+    from xoron_pipelines.data import engine_ray
     from xoron_pipelines.pipelines.data_processing import nodes
 
+    driver: dict[str, float] = {}  # seconds of the driver-side steps of the ray path
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                driver[name] = driver.get(name, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    engine_ray._write_ledger = timed("write_ledger", engine_ray._write_ledger)
+    engine_ray.resolve_duplicates = timed("resolve", engine_ray.resolve_duplicates)
+    engine_ray.tokenize_ledger = timed("tokenize_on_workers", engine_ray.tokenize_ledger)
     engine = {"kind": "local"} if arm == "local" else {"kind": "ray", "num_cpus": int(arm[3:])}
     params = params_for(corpus, engine)
     started = time.perf_counter()
@@ -98,6 +114,7 @@ def child(corpus: Path, arm: str, out: Path) -> None:
         "tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
         "counts": counts.to_dict(orient="records"),
         "packed_sha256": digest.hexdigest(),
+        "driver_steps_s": driver,
     }
     (out / "result.json").write_text(json.dumps(result))
 
@@ -105,7 +122,10 @@ def child(corpus: Path, arm: str, out: Path) -> None:
 def run_arm(corpus: Path, arm: str, work: Path) -> dict:
     out = work / arm
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path("src").resolve()), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path("src").resolve()), os.environ.get("PYTHONPATH")])),
+    }
     subprocess.run(
         [sys.executable, __file__, "--child", arm, "--corpus", str(corpus), "--out", str(out)], check=True, env=env
     )
@@ -136,8 +156,13 @@ def main() -> None:
             f"{arm:6} {r['init_s']:7.1f} {r['ledger_s']:9.1f} {r['tokenizer_s']:7.1f} {r['pack_s']:7.1f} "
             f"{r['seconds']:8.1f} {mb / r['seconds']:6.2f} {r['tokens'] / r['seconds']:9,.0f}"
         )
+    for arm, r in results.items():
+        if r["driver_steps_s"]:
+            print(f"{arm}: steps {', '.join(f'{k} {v:.1f}s' for k, v in r['driver_steps_s'].items())}")
     first = next(iter(results.values()))
-    same = all(r["counts"] == first["counts"] and r["packed_sha256"] == first["packed_sha256"] for r in results.values())
+    same = all(
+        r["counts"] == first["counts"] and r["packed_sha256"] == first["packed_sha256"] for r in results.values()
+    )
     print(f"same record counts and packed rows in every arm: {same}")
     if "local" in results and "ray1" in results:
         overhead = results["ray1"]["seconds"] / results["local"]["seconds"] - 1
