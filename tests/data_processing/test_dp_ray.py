@@ -137,3 +137,20 @@ def test_ray_worker_killed_mid_run_is_retried(ray_cluster, corpus: Path, tmp_pat
     with pytest.raises(Exception):  # noqa: B017 -- with no retry the run fails (it does not go on short)
         marker.unlink()
         engine_ray.build_ledger(_params(corpus), EngineSettings(**{**RAY, "max_retries": 0}), hook=kill_once)
+
+
+def test_ray_stdlib_and_synth_sources_match_local(ray_cluster):
+    """The non-file sources: a stdlib source (read in one worker task) and a synth partition
+    (rows handed over by the catalog, read on the driver)."""
+    docs = prose_docs(12, seed=5)
+    rows = [{"text": d} for d in docs] + [{"text": docs[0]}, {"messages": "not a chat"}, {"text": 3}]
+    synth = {"chat": lambda: list(rows)}
+    sources = [
+        {"name": "prose", "path": "prose", "format": "stdlib", "text_field": "text", "category": "document"},
+        {"name": "chat", "path": "chat", "format": "synth", "text_field": "text", "messages_field": "messages"},
+    ]
+    params = make_params(sources, stdlib_corpus={"max_bytes": 40_000})
+    local = build_local(params, synth=synth).read().to_pylist()
+    assert engine_ray.build_ledger(params, EngineSettings(**RAY), synth=synth).read().to_pylist() == local
+    assert {r["source"] for r in local} == {"prose", "chat"}
+    assert any(r["status"] == "quarantined" and r["source"] == "chat" for r in local)
