@@ -154,3 +154,12 @@ def test_ray_stdlib_and_synth_sources_match_local(ray_cluster):
     assert engine_ray.build_ledger(params, EngineSettings(**RAY), synth=synth).read().to_pylist() == local
     assert {r["source"] for r in local} == {"prose", "chat"}
     assert any(r["status"] == "quarantined" and r["source"] == "chat" for r in local)
+
+
+def test_engine_knobs_reach_the_ray_tasks():
+    """num_workers caps the tasks of every stage; max_retries is the tasks' retry count."""
+    assert engine_ray._task_args(EngineSettings(kind="ray", num_workers=3, max_retries=1)) == {
+        "max_retries": 1,
+        "concurrency": 3,
+    }
+    assert engine_ray._task_args(EngineSettings(kind="ray")) == {"max_retries": 3}
