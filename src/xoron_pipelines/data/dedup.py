@@ -72,12 +72,16 @@ class Deduplicator:
         self._hashes: set[int] = set()
         self._band_keys: set[int] = set()
 
+    def lsh_keys(self, text: str) -> list[int]:
+        """The text's LSH band keys (what :meth:`check` compares; any shared key = near-duplicate)."""
+        return band_keys(minhash(text, self.num_perm, self.shingle_size).hashvalues, self.bands, self.rows)
+
     def check(self, text: str) -> str | None:
         digest = content_hash(text) if self.exact else None
         if digest is not None and digest in self._hashes:
             return EXACT_DUPLICATE
         if self.near_dup:
-            keys = band_keys(minhash(text, self.num_perm, self.shingle_size).hashvalues, self.bands, self.rows)
+            keys = self.lsh_keys(text)
             if any(k in self._band_keys for k in keys):
                 return NEAR_DUPLICATE
             self._band_keys.update(keys)

@@ -82,21 +82,8 @@ def _ingest_source(
     counts = {KEPT: 0, QUARANTINED: 0, FILTERED: 0}
 
     def add(rec, status: str, reason: str | None, text: str | None) -> None:
-        # file, detail and raw may hold anything (undecodable file names, lone surrogates):
-        # printable() makes them writable; a kept text is clean (clean_text drops surrogates).
         counts[status] += 1
-        for name, value in (
-            ("source", source.name),
-            ("category", source.category),
-            ("modality", source.modality),
-            ("file", src_mod.printable(rec.file)),
-            ("row", rec.row),
-            ("status", status),
-            ("reason", reason or ""),
-            ("detail", src_mod.printable(rec.detail)),
-            ("raw", src_mod.printable(rec.raw) if status == QUARANTINED else None),
-            ("text", text),
-        ):
+        for name, value in ledger_values(source, rec, status, reason, text):
             cols[name].append(value)
         if len(cols["row"]) >= batch_rows:
             writer.write_rows(cols)
@@ -105,16 +92,9 @@ def _ingest_source(
 
     records = src_mod.iter_records(source, c.max_record_bytes, params.stdlib_corpus, synth)
     for rec in tqdm(records, desc=f"ingest {source.name}", unit="rec", disable=not params.progress, leave=False):
-        if rec.reason is None:
-            rec.text = clean_text(rec.text, c.normalization, c.strip_control)
-            rec.reason = length_verdict(rec.text, c.min_chars, c.max_chars)
-            if rec.reason == EMPTY:
-                rec.raw = src_mod.snippet(rec.text)
-                rec.detail = "no text left after cleaning"
-        if rec.reason is not None and rec.reason in QUARANTINE_REASONS:
+        if clean_record(rec, c):
             if params.on_bad_record == "fail":
-                where = src_mod.printable(rec.file) + ("" if rec.row is None else f":{rec.row}")
-                raise BadRecordError(f"bad record in source {source.name!r} at {where}: {rec.reason} ({rec.detail})")
+                raise bad_record_error(source, rec)
             add(rec, QUARANTINED, rec.reason, None)
             continue
         reason = rec.reason or dedup.check(rec.text)
@@ -132,6 +112,45 @@ def _ingest_source(
         counts[KEPT],
         counts[QUARANTINED],
         counts[FILTERED],
+    )
+
+
+def clean_record(rec, cleaning) -> bool:
+    """Clean one record in place (the per-record step of every engine): ``rec.text`` cleaned and
+    ``rec.reason`` set to its length verdict when it was read well; True when the record is
+    quarantined (``rec.reason`` in :data:`QUARANTINE_REASONS`), False when it goes on to the
+    filters (``rec.reason`` a filter reason) or to dedup (``rec.reason`` None)."""
+    c = cleaning
+    if rec.reason is None:
+        rec.text = clean_text(rec.text, c.normalization, c.strip_control)
+        rec.reason = length_verdict(rec.text, c.min_chars, c.max_chars)
+        if rec.reason == EMPTY:
+            rec.raw = src_mod.snippet(rec.text)
+            rec.detail = "no text left after cleaning"
+    return rec.reason is not None and rec.reason in QUARANTINE_REASONS
+
+
+def bad_record_error(source, rec) -> BadRecordError:
+    """The error of ``on_bad_record: fail`` for a quarantined record of ``source``."""
+    where = src_mod.printable(rec.file) + ("" if rec.row is None else f":{rec.row}")
+    return BadRecordError(f"bad record in source {source.name!r} at {where}: {rec.reason} ({rec.detail})")
+
+
+def ledger_values(source, rec, status: str, reason: str | None, text: str | None) -> tuple[tuple[str, Any], ...]:
+    """``(column, value)`` of one ledger row (LEDGER_SCHEMA order). file, detail and raw may hold
+    anything (undecodable file names, lone surrogates): printable() makes them writable; a kept
+    text is clean (clean_text drops surrogates)."""
+    return (
+        ("source", source.name),
+        ("category", source.category),
+        ("modality", source.modality),
+        ("file", src_mod.printable(rec.file)),
+        ("row", rec.row),
+        ("status", status),
+        ("reason", reason or ""),
+        ("detail", src_mod.printable(rec.detail)),
+        ("raw", src_mod.printable(rec.raw) if status == QUARANTINED else None),
+        ("text", text),
     )
 
 

@@ -285,13 +285,16 @@ def tokenize_and_pack(
     weights: Mapping[str, float] | None = None,
     cache: dict[str, CachedSource] | None = None,
     desc: str = "tokenize+pack",
+    docs=source_docs,
 ) -> tuple[ShardSet, ShardSet, dict]:
     """Mix, tokenize, split and pack the ledger's kept documents; returns staged train / val
     shard sets and the manifest (token counts, target vs achieved source mix).
 
     ``weights`` (a stage mix: ``{source name: weight}``) packs only those sources, with those
     weights instead of the sources' own; ``cache`` shares the tokenized passes of small sources
-    between several packings of one ledger (a source is then tokenized once)."""
+    between several packings of one ledger (a source is then tokenized once); ``docs`` opens one
+    pass over a source's kept documents (``(ledger, name, tokenizer, batch_size)`` -> Docs in ledger
+    order: :func:`source_docs`, or the Ray engine's pre-tokenized ones)."""
     p, seed = params.packing, params.seed
     tok = hf_tokenizer.backend_tokenizer
     bos, eos, pad = hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id
@@ -301,7 +304,7 @@ def tokenize_and_pack(
     cache = {} if cache is None else cache
     for s in sources:
         if s.name not in cache:
-            cache[s.name] = CachedSource(lambda n=s.name: source_docs(ledger, n, tok, p.preprocess_batch_size))
+            cache[s.name] = CachedSource(lambda n=s.name: docs(ledger, n, tok, p.preprocess_batch_size))
     mix_sources = [
         MixSource(
             name=s.name,

@@ -198,6 +198,27 @@ def iter_records(
     if source.format == "hf":
         yield from _guarded(source, source.path, _iter_hf(source), max_record_bytes)
         return
+    listing, files = file_shards(source)
+    yield from listing
+    for path in files:
+        yield from iter_file(source, path, max_record_bytes)
+
+
+#: formats read file by file (:func:`file_shards`, :func:`iter_file`): the shards of a cluster engine
+FILE_FORMATS = ("jsonl", "json", "csv", "parquet", "text")
+
+
+def file_shards(source) -> tuple[list[RawRecord], list[Path]]:
+    """The files of a file-based source (:func:`resolve_files`), and one quarantined
+    ``unreadable_file`` record per directory that could not be listed (they come first)."""
+    unreadable: list[tuple[str, str]] = []
+    files = resolve_files(source, unreadable)
+    listing = [_bad(d, None, UNREADABLE_FILE, f"directory not listed: {error}", "") for d, error in unreadable]
+    return listing, files
+
+
+def iter_file(source, path: Path, max_record_bytes: int) -> Iterator[RawRecord]:
+    """Every row of one file of a file-based source as a :class:`RawRecord` (see iter_records)."""
     reader = {
         "jsonl": _iter_jsonl,
         "json": _iter_json,
@@ -205,12 +226,7 @@ def iter_records(
         "parquet": _iter_parquet,
         "text": _iter_text,
     }[source.format]
-    unreadable: list[tuple[str, str]] = []
-    files = resolve_files(source, unreadable)
-    for directory, error in unreadable:
-        yield _bad(directory, None, UNREADABLE_FILE, f"directory not listed: {error}", "")
-    for path in files:
-        yield from _guarded(source, str(path), reader(path, max_record_bytes), max_record_bytes)
+    yield from _guarded(source, str(path), reader(path, max_record_bytes), max_record_bytes)
 
 
 def _guarded(source, file: str, items: Iterator[Any], max_record_bytes: int) -> Iterator[RawRecord]:

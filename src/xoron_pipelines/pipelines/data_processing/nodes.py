@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from kedro.io import DatasetError
 
+from xoron_pipelines.cluster import ray_session
+from xoron_pipelines.data import engine_ray, packing, tokenizer_training
 from xoron_pipelines.data import ledger as ledger_mod
-from xoron_pipelines.data import packing, tokenizer_training
 from xoron_pipelines.datasets.generation import generation_of
 from xoron_pipelines.datasets.parquet_shards import ShardSet, iter_rows
 
@@ -45,6 +46,9 @@ def build_ledger(params: Any, synth_raw: Mapping[str, Callable[[], Any]] | None 
             f"synth_raw: the selected sources {needs_synth} read the synth pipeline's output, which does "
             f"not exist yet; run `kedro run --pipeline synth` first, or leave them out of data_processing.sources"
         ) from (error.__cause__ if error is not None else None)
+    if p.engine.kind == "ray":
+        with ray_session(p.engine):
+            return engine_ray.build_ledger(p, p.engine, synth=synth_raw)
     return ledger_mod.build_ledger(p, synth=synth_raw)
 
 
@@ -126,9 +130,14 @@ def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[Shar
     tokenizer and the packed data belong together. The manifest is the node's last output: once it
     names a generation, the shards of that generation are in place."""
     p = Params.model_validate(params)
+    if p.engine.kind == "ray":  # tokenized on the workers, shard by shard; mixed and packed here
+        with ray_session(p.engine):
+            docs = engine_ray.docs_of(engine_ray.tokenize_ledger(ledger, tokenizer, p, p.engine))
+    else:
+        docs = packing.source_docs
     generation = generation_of(tokenizer)
     cache: dict = {}  # tokenized passes of small sources, shared by all packings
-    train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p, cache=cache)
+    train, val, manifest = packing.tokenize_and_pack(ledger, tokenizer, p, cache=cache, docs=docs)
     metrics = _pack_metrics("", manifest)
     metrics["tokenizer.chars_per_token"] = manifest["chars_per_token"]
     metrics["pack.tokens_per_second"] = manifest["tokens_per_second"]
@@ -145,7 +154,7 @@ def pack(ledger: ShardSet, tokenizer: Any, params: dict[str, Any]) -> tuple[Shar
                 name,
             )
         mix_train, mix_val, mix_manifest = packing.tokenize_and_pack(
-            ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}"
+            ledger, tokenizer, p, weights=weights, cache=cache, desc=f"pack mix {name}", docs=docs
         )
         mix_train.generation = mix_val.generation = generation
         mixes[name] = {"train": mix_train, "val": mix_val}

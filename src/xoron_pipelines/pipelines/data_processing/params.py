@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
+from xoron_pipelines.cluster import EngineSettings
 from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
 
@@ -186,6 +187,11 @@ class Params(StrictModel):
     packing: Packing = Field(default_factory=Packing)
     mixing: Mixing = Field(default_factory=Mixing)
     progress: bool = True
+    engine: EngineSettings = Field(
+        default_factory=EngineSettings,
+        description="where ingest / clean / dedup and tokenization run: local (this process) or ray "
+        "(Ray Data; same outputs)",
+    )
     lock_timeout_s: float = Field(
         default=600.0,
         ge=0,
