@@ -138,3 +138,16 @@ def test_max_retries_zero_fails_the_build_and_writes_nothing(ray_cluster, decode
         _build(tmp_path / "cache", decoder_tokenizer, kind="ray", num_workers=1, max_retries=0)
     assert os.path.exists(marker)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("manifest.json"))
+
+
+def test_engine_is_validated_and_not_part_of_the_fingerprint(decoder_tokenizer, tmp_path):
+    """The engine decides where the chunks are encoded, not what the cache holds: a cache built by
+    one engine is reused by the other; an unknown engine is refused, naming the key."""
+    from pydantic import ValidationError
+
+    rows = _rows()[:10]
+    local = plan_subset("pretrain", rows, decoder_tokenizer, _params(tmp_path))
+    on_ray = plan_subset("pretrain", rows, decoder_tokenizer, _params(tmp_path, **ENGINE))
+    assert local.fingerprint == on_ray.fingerprint
+    with pytest.raises(ValidationError, match=r"engine\.kind"):
+        _params(tmp_path, kind="spark")

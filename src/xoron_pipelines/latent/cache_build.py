@@ -23,6 +23,11 @@ and the parameters that shape the cache -- differs from the stored one (or
 ``skip_preprocessing_if_cached`` is false); otherwise the stored cache is reused without loading
 the encoder.
 
+Rows are encoded in chunks (:func:`chunks`, :func:`encode_chunk`) in this process
+(``engine.kind: local``) or on a Ray Data actor pool (``ray``,
+:mod:`xoron_pipelines.latent.cache_build_ray`); both write the same chunks in the same order, so
+the cache is byte-identical and the engine is not part of the fingerprint.
+
 ``p`` below is the validated ``embedding_cache`` parameter group
 (:class:`xoron_pipelines.pipelines.embedding_cache.params.Params`).
 """

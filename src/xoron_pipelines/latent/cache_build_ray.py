@@ -124,9 +124,11 @@ def encode_subset_ray(
                 fn_constructor_kwargs={"tokenizer": tokenizer, "p": p},
                 batch_size=1,
                 batch_format="pyarrow",
-                concurrency=workers,
+                compute=ray.data.ActorPoolStrategy(size=workers),
                 num_gpus=gpus,
                 num_cpus=0 if gpus else 1,
+                # Ray Data restarts actors and retries their calls without bound by default; bound both
+                # (passed as remote args, the only way in Ray 2.60; deprecated from 2.64)
                 max_restarts=engine.max_retries,
                 max_task_retries=engine.max_retries,
             )
