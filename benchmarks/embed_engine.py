@@ -44,8 +44,11 @@ from embed import PAIRS, TOKENIZER  # noqa: E402
 
 
 def cache_bytes(directory: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(directory)): f.read_bytes() for f in sorted(directory.rglob("*")) if f.is_file()
-            and f.name != "manifest.json"}
+    return {
+        str(f.relative_to(directory)): f.read_bytes()
+        for f in sorted(directory.rglob("*"))
+        if f.is_file() and f.name != "manifest.json"
+    }
 
 
 def decoder_tokenizer(pairs: list[dict]):
@@ -81,7 +84,9 @@ def main() -> None:
     rows = [Row(i, pairs[i % len(pairs)]["source"], pairs[i % len(pairs)]["target"]) for i in range(args.texts)]
     chunk = args.batch_size * CHUNK_BATCHES["mean"]
     if args.texts < 2 * chunk:
-        sys.exit(f"--texts {args.texts}: give at least 2 chunks ({2 * chunk}: --batch-size x {CHUNK_BATCHES['mean']} x 2)")
+        sys.exit(
+            f"--texts {args.texts}: give at least 2 chunks ({2 * chunk}: --batch-size x {CHUNK_BATCHES['mean']} x 2)"
+        )
     tokenizer = decoder_tokenizer(pairs)
     src = str(ROOT / "src")
     ray.init(
@@ -95,8 +100,12 @@ def main() -> None:
 
     def params(engine: dict) -> Params:
         return Params.model_validate(
-            {"progress": False, "preprocess_batch_size": args.batch_size, "skip_preprocessing_if_cached": False,
-             "engine": engine}
+            {
+                "progress": False,
+                "preprocess_batch_size": args.batch_size,
+                "skip_preprocessing_if_cached": False,
+                "engine": engine,
+            }
         )
 
     arms = {
@@ -122,14 +131,18 @@ def main() -> None:
                     walls[arm][n].append(time.perf_counter() - start)
                     if n == args.texts and rep == 0:
                         outputs[arm] = cache_bytes(Path(tmp))
-            print(f"  rep {rep} {arm}: {walls[arm][args.texts][-1]:.1f} s ({chunk} texts {walls[arm][chunk][-1]:.1f} s)",
-                  flush=True)
+            print(
+                f"  rep {rep} {arm}: {walls[arm][args.texts][-1]:.1f} s ({chunk} texts {walls[arm][chunk][-1]:.1f} s)",
+                flush=True,
+            )
     ray.shutdown()
 
     identical = all(out == outputs["local 1 thread"] for out in outputs.values())
-    print(f"\n{args.texts} texts (chunks of {chunk}), batch {args.batch_size}, {os.cpu_count()} cores, "
-          f"load avg {os.getloadavg()[0]:.1f}; torch threads per Ray actor: {actor_threads}; "
-          f"caches byte-identical across arms: {identical}")
+    print(
+        f"\n{args.texts} texts (chunks of {chunk}), batch {args.batch_size}, {os.cpu_count()} cores, "
+        f"load avg {os.getloadavg()[0]:.1f}; torch threads per Ray actor: {actor_threads}; "
+        f"caches byte-identical across arms: {identical}"
+    )
     rate = {}
     print(f"{'arm':<18}{'wall s':>8}{'texts/s':>9}{'steady texts/s':>16}")
     for arm in arms:
@@ -137,10 +150,14 @@ def main() -> None:
         rate[arm] = (args.texts - chunk) / max(big - small, 1e-9)
         print(f"{arm:<18}{big:>8.1f}{args.texts / big:>9.1f}{rate[arm]:>16.1f}")
     e2e = {a: args.texts / statistics.median(walls[a][args.texts]) for a in arms}
-    print(f"\nengine overhead at 1 worker (local 1 thread / ray 1 worker - 1): steady "
-          f"{rate['local 1 thread'] / rate['ray 1 worker'] - 1:+.1%}, end to end {e2e['local 1 thread'] / e2e['ray 1 worker'] - 1:+.1%}")
-    print(f"scaling 1 -> 2 workers: steady {rate['ray 2 workers'] / rate['ray 1 worker']:.2f}x, "
-          f"end to end {e2e['ray 2 workers'] / e2e['ray 1 worker']:.2f}x")
+    print(
+        f"\nengine overhead at 1 worker (local 1 thread / ray 1 worker - 1): steady "
+        f"{rate['local 1 thread'] / rate['ray 1 worker'] - 1:+.1%}, end to end {e2e['local 1 thread'] / e2e['ray 1 worker'] - 1:+.1%}"
+    )
+    print(
+        f"scaling 1 -> 2 workers: steady {rate['ray 2 workers'] / rate['ray 1 worker']:.2f}x, "
+        f"end to end {e2e['ray 2 workers'] / e2e['ray 1 worker']:.2f}x"
+    )
     print(f"per-worker steady rate: {rate['ray 1 worker']:.1f} texts/s")
     if not identical:
         sys.exit("the engines wrote different caches")

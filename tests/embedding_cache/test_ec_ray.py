@@ -96,7 +96,11 @@ def test_ray_engine_writes_the_local_cache(ray_cluster, local_cache, decoder_tok
         assert files[name] == data, f"{name} differs between the local and the ray engine"
     counts = json.loads(files["manifest.json"])["counts"]
     assert counts["empty_source"] > 0 and counts["truncated_sources"] > 0 and counts["truncated_targets"] > 0
-    assert counts["rows_train"] + counts["rows_val"] == counts["texts_encoded"] == counts["rows_in"] - counts["empty_source"]
+    assert (
+        counts["rows_train"] + counts["rows_val"]
+        == counts["texts_encoded"]
+        == counts["rows_in"] - counts["empty_source"]
+    )
 
 
 def test_killed_worker_is_restarted_without_losing_or_duplicating_rows(
@@ -151,3 +155,19 @@ def test_engine_is_validated_and_not_part_of_the_fingerprint(decoder_tokenizer, 
     assert local.fingerprint == on_ray.fingerprint
     with pytest.raises(ValidationError, match=r"engine\.kind"):
         _params(tmp_path, kind="spark")
+
+
+def test_actor_pool_follows_num_workers_and_the_clusters_gpus(monkeypatch):
+    """One actor per GPU when the cluster has GPUs (never more actors than GPUs), else one per
+    CPU; ``engine.num_workers`` sets the pool size."""
+    from xoron_pipelines.cluster import EngineSettings
+
+    def pool(resources, **engine):
+        monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+        return cache_build_ray._pool_resources(EngineSettings(kind="ray", **engine))
+
+    assert pool({"CPU": 16.0, "GPU": 2.0}) == (2, 1.0)
+    assert pool({"CPU": 16.0, "GPU": 2.0}, num_workers=4) == (2, 1.0)
+    assert pool({"CPU": 16.0, "GPU": 8.0}, num_workers=3) == (3, 1.0)
+    assert pool({"CPU": 2.0}) == (2, 0.0)
+    assert pool({"CPU": 2.0}, num_workers=1) == (1, 0.0)

@@ -74,14 +74,16 @@ class ChunkEncoder:
 
 def _pool_resources(engine: EngineSettings) -> tuple[int, float]:
     """(actors, GPUs per actor): one GPU per actor when the cluster has GPUs, else CPU actors;
-    ``engine.num_workers`` actors, else as many as the cluster has GPUs (CPUs)."""
+    ``engine.num_workers`` actors (at most the cluster's GPUs), else as many as the cluster has
+    GPUs (CPUs)."""
     import ray
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     workers = engine.num_workers or (gpus or max(1, int(resources.get("CPU", 1))))
-    if gpus and workers > gpus:
-        log.warning("embedding_cache: %d workers asked for, the cluster has %d GPUs: %d run at a time", workers, gpus, gpus)
+    if gpus and workers > gpus:  # a fixed pool of GPU actors larger than the cluster would never start
+        log.warning("embedding_cache: engine.num_workers %d > the cluster's %d GPUs: %d actors", workers, gpus, gpus)
+        workers = gpus
     return workers, (1.0 if gpus else 0.0)
 
 
@@ -137,7 +139,9 @@ def encode_subset_ray(
             ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
-def _write_in_order(tables: Any, parts: list[list[Row]], writers: dict[str, CacheWriter], counts: Counts, bar: Any) -> None:
+def _write_in_order(
+    tables: Any, parts: list[list[Row]], writers: dict[str, CacheWriter], counts: Counts, bar: Any
+) -> None:
     """Write the encoded chunks in chunk order (buffering any that arrive early); fails when a
     chunk arrives twice, with other rows than it was given, or not at all."""
     pending: dict[int, list[pa.Table]] = {}
