@@ -23,6 +23,11 @@ and the parameters that shape the cache -- differs from the stored one (or
 ``skip_preprocessing_if_cached`` is false); otherwise the stored cache is reused without loading
 the encoder.
 
+Rows are encoded in chunks (:func:`chunks`, :func:`encode_chunk`) in this process
+(``engine.kind: local``) or on a Ray Data actor pool (``ray``,
+:mod:`xoron_pipelines.latent.cache_build_ray`); both write the same chunks in the same order, so
+the cache is byte-identical and the engine is not part of the fingerprint.
+
 ``p`` below is the validated ``embedding_cache`` parameter group
 (:class:`xoron_pipelines.pipelines.embedding_cache.params.Params`).
 """
@@ -71,6 +76,7 @@ _NOT_FINGERPRINTED = {
     "max_train_samples",
     "pretrain_text_field",
     "max_pretrain_samples",
+    "engine",  # where the chunks are encoded, not what they hold
 }
 
 
@@ -252,29 +258,52 @@ def _quarantine(rows: list[Row], subset: str, counts: Counts, out: list[dict]) -
     return good
 
 
-def _account_embeddings(enc: Encoded, counts: Counts) -> None:
-    """Bytes int8 vs fp32 and the int8 -> fp32 cosine fidelity of every stored vector."""
+#: per-row accounting columns of an encoded chunk (folded into :class:`Counts` in row order)
+ACCOUNTING = ("truncated_target", "bytes_fp32", "bytes_int8", "cos_sum", "cos_n", "cos_min")
+
+
+def _account_embeddings(enc: Encoded) -> dict[str, list]:
+    """Per row: bytes int8 vs fp32, and the int8 -> fp32 cosine fidelity of its stored vector(s)
+    (sum, count, min; count 0 when not quantised)."""
+    acc: dict[str, list] = {"bytes_fp32": [], "bytes_int8": [], "cos_sum": [], "cos_n": [], "cos_min": []}
     for i, vec in enumerate(enc.vectors):
         scales = 1 if vec.ndim == 1 else vec.shape[0]
-        counts.embedding_bytes_fp32 += 4 * vec.size
-        counts.embedding_bytes_int8 += vec.size + 4 * scales
+        acc["bytes_fp32"].append(4 * vec.size)
+        acc["bytes_int8"].append(vec.size + 4 * scales)
+        cos = np.zeros(0, np.float32)
         if enc.q is not None:
             deq = enc.q[i].astype(np.float32) * (enc.scale[i][..., None] if vec.ndim == 2 else enc.scale[i])
             num = (deq * vec).sum(-1)
             den = np.linalg.norm(deq, axis=-1) * np.linalg.norm(vec, axis=-1)
-            counts.add_cos(np.atleast_1d(num / np.maximum(den, 1e-12)))
+            cos = np.atleast_1d(num / np.maximum(den, 1e-12))
+        acc["cos_sum"].append(float(cos.sum()))
+        acc["cos_n"].append(int(cos.size))
+        acc["cos_min"].append(float(cos.min()) if cos.size else 1.0)
+    return acc
 
 
-def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, counts: Counts) -> dict[str, list]:
-    """Encode one chunk of rows into the cache's column dict (every optional column; the
-    writer keeps those of its schema)."""
+def fold_counts(counts: Counts, cols: dict[str, list]) -> None:
+    """Add an encoded chunk's per-row accounting (:data:`ACCOUNTING`, ``truncated``) to ``counts``,
+    row by row in order (so every engine sums the floats in the same order)."""
+    counts.truncated_sources += sum(bool(t) for t in cols["truncated"])
+    counts.truncated_targets += sum(bool(t) for t in cols["truncated_target"])
+    counts.embedding_bytes_fp32 += sum(cols["bytes_fp32"])
+    counts.embedding_bytes_int8 += sum(cols["bytes_int8"])
+    for total, n, low in zip(cols["cos_sum"], cols["cos_n"], cols["cos_min"]):
+        if n:
+            counts.cos_sum += total
+            counts.cos_n += n
+            counts.cos_min = min(counts.cos_min, low)
+
+
+def encode_chunk(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any) -> dict[str, list]:
+    """Encode one chunk of rows into the cache's column dict: every optional column (the writer
+    keeps those of its schema) and the per-row :data:`ACCOUNTING` columns. A pure function of
+    the chunk: the local and the Ray engine call it on the same chunks (same batches inside)."""
     tok = encoder.tokenize([r.source for r in rows])
     enc = encoder.encode_ids(tok.input_ids, p.preprocess_batch_size, quantize=p.cache_store_embeddings_int8)
-    _account_embeddings(enc, counts)
     targets = [r.target if r.target is not None else r.source[:cov] for r, cov in zip(rows, tok.covered_chars)]
     target_ids, target_cut = decoder_targets(tokenizer, targets, p.max_target_len)
-    counts.truncated_sources += sum(tok.truncated)
-    counts.truncated_targets += sum(target_cut)
     dec_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     enc_padded = [_pad(ids, encoder.max_length, encoder.pad_id) for ids in tok.input_ids]
     dec_padded = [_pad(ids, p.max_target_len, dec_pad) for ids in target_ids]
@@ -288,6 +317,8 @@ def _chunk_columns(rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, co
         "attention_mask": [mask for _, mask in enc_padded],
         "target_ids": [ids for ids, _ in dec_padded],
         "target_attention_mask": [mask for _, mask in dec_padded],
+        "truncated_target": target_cut,
+        **_account_embeddings(enc),
     }
     if enc.q is not None:
         cols["embedding"] = [q.reshape(-1) for q in enc.q]
@@ -304,6 +335,13 @@ def _write_chunk(cols: dict[str, list], splits: list[str], writers: dict[str, Ca
             writer.write_rows({name: [cols[name][i] for i in keep] for name in writer.schema.names})
 
 
+def chunks(good: list[Row], p: Any) -> list[list[Row]]:
+    """The encoding chunks of a subset's rows (``preprocess_batch_size`` x :data:`CHUNK_BATCHES`
+    rows each): the unit of work of both engines, so their batches -- and numbers -- agree."""
+    size = p.preprocess_batch_size * CHUNK_BATCHES[p.pooling]
+    return [good[start : start + size] for start in range(0, len(good), size)]
+
+
 def row_split(p: Any, subset: str, row: Row) -> str:
     """The cache split of ``row``: its source's split when it has one, else drawn by :func:`is_val`."""
     return row.split or ("val" if is_val(p, subset, row.index) else "train")
@@ -317,7 +355,10 @@ def subset_splits(rows: list[Row]) -> list[str]:
 def _encode_subset(
     subset: str, rows: list[Row], encoder: Encoder, tokenizer: Any, p: Any, tmp_dir: Path, meta: dict
 ) -> tuple[Counts, list[dict]]:
-    """Encode ``rows`` into ``tmp_dir/<split>``; returns counts and quarantine records."""
+    """Encode ``rows`` into ``tmp_dir/<split>``; returns counts and quarantine records. The chunks
+    are encoded here (``engine.kind`` local) or by a Ray actor pool (``ray``), and written here
+    in the same order either way."""
+    engine = p.engine
     counts, quarantined = Counts(rows_in=len(rows)), []
     good = _quarantine(rows, subset, counts, quarantined)
     schema = cache_schema(p)
@@ -332,13 +373,17 @@ def _encode_subset(
         )
         for s in subset_splits(rows)
     }
-    chunk = p.preprocess_batch_size * CHUNK_BATCHES[p.pooling]
     with tqdm(total=len(good), desc=f"embedding_cache/{subset}", unit="text", disable=not p.progress) as bar:
-        for start in range(0, len(good), chunk):
-            part = good[start : start + chunk]
-            splits = [row_split(p, subset, r) for r in part]
-            _write_chunk(_chunk_columns(part, encoder, tokenizer, p, counts), splits, writers)
-            bar.update(len(part))
+        if engine.kind == "ray":
+            from xoron_pipelines.latent.cache_build_ray import encode_subset_ray
+
+            encode_subset_ray(subset, good, tokenizer, p, engine, writers, counts, bar)
+        else:
+            for part in chunks(good, p):
+                cols = encode_chunk(part, encoder, tokenizer, p)
+                fold_counts(counts, cols)
+                _write_chunk(cols, [row_split(p, subset, r) for r in part], writers)
+                bar.update(len(part))
     for split, writer in writers.items():
         written = writer.close({**meta, "split": split})
         setattr(counts, f"rows_{split}", written["num_rows"])

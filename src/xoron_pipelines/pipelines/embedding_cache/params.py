@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from xoron_pipelines.cluster import EngineSettings
 from xoron_pipelines.validation import Seed, StrictModel
 
 
@@ -47,6 +48,9 @@ class Params(StrictModel):
     pretrain_text_field: str = Field(default="text", min_length=1)
     max_pretrain_samples: int = Field(default=2000, ge=0)
     progress: bool = True
+    # where the encoder runs: local (this process) or ray (an actor pool on a Ray cluster); the
+    # cache is the same either way (not part of the fingerprint)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @model_validator(mode="after")
     def _check(self) -> Params:
