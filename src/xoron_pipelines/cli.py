@@ -4,7 +4,9 @@ Kedro picks up a ``cli.py`` beside ``settings.py`` and lets its ``run`` replace 
 (also for ``python -m xoron_pipelines``). This ``run`` has exactly Kedro's options plus
 ``--traceback``; it only changes how errors caused by the user's input are shown: a bad parameter
 (:class:`~xoron_pipelines.validation.ParameterError`, raised before any node runs), a missing
-configuration file, an unknown pipeline name, a dataset that cannot be loaded or saved (an
+configuration file, an unknown pipeline name, inputs of the pipeline that an earlier run must
+produce first (:class:`~xoron_pipelines.hooks.MissingInputsError`: one paragraph naming the
+pipeline to run first), a dataset that cannot be loaded or saved (an
 input that does not exist yet, a file that cannot be read), tokenizer and packed data of two
 different data_processing runs, the data lock held too long by another run, or no sandbox for
 generated code print a few lines saying what is wrong and where, and the command
@@ -26,15 +28,18 @@ from kedro.framework.cli.project import run as _kedro_run
 from kedro.io import DatasetError
 
 from xoron_pipelines.datasets.generation import GenerationMismatchError
+from xoron_pipelines.hooks import MissingInputsError
 from xoron_pipelines.project_lock import ProjectLockTimeout
 from xoron_pipelines.sandbox import SandboxUnavailableError
 from xoron_pipelines.validation import ParameterError
 
 #: exceptions that report a problem of the user's input or setting, not of the code: a bad
-#: parameter, configuration or dataset, data of two data_processing runs mixed, the project's data
-#: lock held by another run for too long, no sandbox for generated code on this machine
+#: parameter, configuration or dataset, inputs an earlier run must produce first, data of two
+#: data_processing runs mixed, the project's data lock held by another run for too long, no
+#: sandbox for generated code on this machine
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ParameterError,
+    MissingInputsError,
     DatasetError,
     MissingConfigException,
     GenerationMismatchError,

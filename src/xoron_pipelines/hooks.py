@@ -94,6 +94,130 @@ class ParameterValidationHook:
         return {name: value for name, value in replaced.items() if value is not _NOT_VALIDATED} or None
 
 
+def all_pipelines() -> dict[str, Any]:
+    """Every pipeline package's ``create_pipeline()`` (``pipelines/<name>/pipeline.py``), whichever
+    pipelines the run selected: during ``kedro run --pipeline X`` Kedro 1.x's ``find_pipelines``
+    (so ``register_pipelines()``) loads only X."""
+    import importlib
+
+    from xoron_pipelines import pipelines
+
+    root = Path(pipelines.__file__).parent
+    names = sorted(p.parent.name for p in root.glob("*/pipeline.py"))
+    return {
+        name: importlib.import_module(f"xoron_pipelines.pipelines.{name}.pipeline").create_pipeline() for name in names
+    }
+
+
+class MissingInputsError(Exception):
+    """Inputs of the selected pipeline that an earlier run must produce first (see
+    :class:`MissingInputsHook`); the message is the paragraph shown to the user."""
+
+
+def producers(name: str, pipelines: Mapping[str, Any]) -> list[str]:
+    """The registered pipelines that write dataset ``name``, those of the default run first (in
+    its order), then the others by name; ``__default__`` itself is never named."""
+    found = [key for key, pipe in pipelines.items() if key != "__default__" and name in pipe.all_outputs()]
+    return sorted(found, key=producers_order)
+
+
+def producers_order(name: str) -> tuple[int, str]:
+    """Sort key of pipeline names: those of the default run in its order, then the others by name."""
+    from xoron_pipelines.pipeline_registry import DEFAULT_ORDER  # see _registry_note
+
+    return (DEFAULT_ORDER.index(name) if name in DEFAULT_ORDER else len(DEFAULT_ORDER), name)
+
+
+def _file_backed(dataset: Any) -> bool:
+    """A dataset stored in files, whose own ``_exists`` tells whether it is there (not a
+    MemoryDataset, not a dataset that cannot tell)."""
+    from kedro.io import AbstractDataset, MemoryDataset
+
+    if dataset is None or isinstance(dataset, MemoryDataset):
+        return False
+    return type(dataset)._exists is not AbstractDataset._exists
+
+
+def _location(dataset: Any, project: Path | None) -> str:
+    """Where ``dataset`` lives, relative to the project when under it (from its description)."""
+    described = dataset._describe()
+    inner = described.get("dataset")
+    where = (
+        described.get("filepath")
+        or described.get("path")
+        or (inner.get("filepath") if isinstance(inner, dict) else None)
+    )
+    if not where:
+        return ""
+    path = Path(str(where).removeprefix("file://"))
+    if project is not None and path.is_absolute() and path.is_relative_to(project):
+        path = path.relative_to(project)
+    return str(path)
+
+
+def missing_inputs_message(selected: list[str], missing: Mapping[str, str], pipelines: Mapping[str, Any]) -> str:
+    """One paragraph: which inputs of the pipelines ``selected`` are missing (name -> location),
+    which pipeline produces each, and the command to run first."""
+    what = "default" if selected in ([], ["__default__"]) else "+".join(selected)
+    by_producer: dict[str, list[str]] = {}
+    for name, where in missing.items():
+        found = producers(name, pipelines)
+        entry = f"{name} ({where})" if where else name
+        by_producer.setdefault(found[0] if found else "", []).append(entry)
+    parts = []
+    for producer, entries in by_producer.items():
+        names = ", ".join(entries[:-1]) + (" and " if len(entries) > 1 else "") + entries[-1]
+        produced = (
+            f"which the {producer} pipeline produces"
+            if producer
+            else "which no pipeline produces (see conf/base/catalog.yml)"
+        )
+        parts.append(f"{names}, {produced}")
+    first = sorted((producer for producer in by_producer if producer), key=producers_order)
+    run_first = ""
+    if first:
+        option = f"--pipeline {first[0]}" if len(first) == 1 else f"--pipelines {','.join(first)}"
+        run_first = f"; run `kedro run {option}` first (or `kedro run` for everything)"
+    return f"The {what} pipeline needs {'; '.join(parts)}{run_first}."
+
+
+class MissingInputsHook:
+    """Stop a run before it starts when the selected pipeline reads datasets that an earlier run
+    has not produced yet (``kedro run --pipeline evaluation`` before training), with one
+    paragraph naming each missing dataset, its location, the pipeline that produces it and the
+    command to run first (:class:`MissingInputsError`, shown short by ``cli.py``).
+
+    Checked: the free inputs of the pipeline Kedro is about to run (after ``--nodes``,
+    ``--from-nodes``, ``--namespaces``... filtering) that a registered pipeline produces and that
+    are stored in files (the dataset implements ``_exists``), each mapped to the pipeline package
+    that produces it (:func:`all_pipelines`). Inputs no pipeline produces (the
+    raw sources, checkpoint stores) and in-memory datasets are left to the nodes. Runs first of
+    all ``before_pipeline_run`` hooks (``tryfirst`` and registered after :class:`DataLockHook`), so
+    a refused run takes no lock and opens no MLflow run."""
+
+    def __init__(self) -> None:
+        self._project: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project = Path(context.project_path).resolve()
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        registered = all_pipelines()
+        produced = {name for key, pipe in registered.items() if key != "__default__" for name in pipe.all_outputs()}
+        missing = {}
+        for name in sorted(pipeline.inputs()):
+            if name.startswith("params:") or name == "parameters" or name not in produced:
+                continue
+            dataset = catalog.get(name)
+            if _file_backed(dataset) and not dataset.exists():
+                missing[name] = _location(dataset, self._project)
+        if missing:
+            selected = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+            raise MissingInputsError(missing_inputs_message(list(selected), missing, registered))
+
+
 #: per-run staging areas of node outputs, relative to the project root
 STAGING_PATH = Path("data") / ".staging"
 #: default of ``data_processing.lock_timeout_s`` (also in its schema)

@@ -1,8 +1,15 @@
 """Project settings (Kedro)."""
 
-from xoron_pipelines.hooks import DataLockHook, ParameterValidationHook, RunSummaryHook, StaleRunsHook
+from xoron_pipelines.hooks import (
+    DataLockHook,
+    MissingInputsHook,
+    ParameterValidationHook,
+    RunSummaryHook,
+    StaleRunsHook,
+)
 
-HOOKS = (ParameterValidationHook(), DataLockHook(), StaleRunsHook(), RunSummaryHook())
+# MissingInputsHook after DataLockHook: both run first (tryfirst), the later registered first
+HOOKS = (ParameterValidationHook(), DataLockHook(), MissingInputsHook(), StaleRunsHook(), RunSummaryHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

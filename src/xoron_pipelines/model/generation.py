@@ -82,7 +82,7 @@ def generate(
     model.eval()
     try:
         out = model(input_ids, attention_mask=attention_mask, use_cache=True)
-        cache, tokens = out.past_key_values, input_ids
+        cache, tokens = out.cache, input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in tqdm(range(max_new_tokens), desc="generate", disable=not progress):
             nxt = next_tokens(out.logits[:, -1], do_sample, temperature, top_k, top_p, generator)
@@ -93,7 +93,7 @@ def generate(
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(nxt[:, None])], dim=-1)
             out = model(nxt[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            cache = out.cache
         return tokens
     finally:
         model.train(was_training)

@@ -45,19 +45,19 @@ def stage_pipeline(stage: str) -> Pipeline:
                 evaluate_perplexity,
                 ["model", "packed_val", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 "perplexity",
-                name="perplexity",
+                name=f"perplexity_{stage}",
             ),
             Node(
                 evaluate_multiple_choice,
                 ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 ["multiple_choice", "multiple_choice_records"],
-                name="multiple_choice",
+                name=f"multiple_choice_{stage}",
             ),
             Node(
                 _for_stage(evaluate_generation, stage),
                 ["model", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 ["generation", "generation_records"],
-                name="generation",
+                name=f"generation_{stage}",
             ),
             Node(
                 _for_stage(collect, stage),
@@ -70,7 +70,7 @@ def stage_pipeline(stage: str) -> Pipeline:
                     "train_summary",
                 ],
                 ["evaluation_results", "evaluation_metrics", "evaluation_samples"],
-                name="collect",
+                name=f"collect_{stage}",
             ),
         ]
     )
