@@ -320,22 +320,29 @@ class DataLockHook:
 
 
 class StaleRunsHook:
-    """Tag the ``kedro run``'s MLflow run with its process, and end as KILLED the runs that a
-    killed earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
+    """Name the ``kedro run``'s MLflow run after what was run (``pretrain``,
+    ``data_processing+pretrain``, ``default``; kedro-mlflow's name is the pipelines joined by ``+``,
+    ``__default__`` for the default run; a ``run.name`` set in mlflow.yml is kept), tag it with its
+    process, tag the experiment as model training (``mlflow.experimentKind``; mlflow.yml sets it
+    on a new experiment, this on one created before), and end as KILLED the runs that a killed
+    earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
 
     kedro-mlflow (a plugin, so its hooks run before the project's) has opened the run by then;
     without an active run (tracking disabled) there is nothing to do."""
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        from xoron_pipelines.tracking import active_run, mark_dead_runs, process_tags, tag_active_run
+        from xoron_pipelines import tracking
 
         try:
-            run = active_run()
+            run = tracking.active_run()
             if run is None:
                 return
-            tag_active_run(process_tags())
-            mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
+            names = run_params.get("pipeline_names") or ["__default__"]
+            tracking.rename_active_run(tracking.run_name(names), unless_named="+".join(names))
+            tracking.tag_active_run(tracking.process_tags())
+            tracking.tag_experiment_kind(run.info.experiment_id)
+            tracking.mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
         except Exception as exc:  # bookkeeping of old runs must never stop this one
             log.warning("could not check for MLflow runs left RUNNING by killed processes: %s", exc)
 
@@ -361,9 +368,11 @@ def run_summary(outputs: set[str], load) -> list[Table]:
             table.add_row(*(_cell(summary, key, fmt) for _, key, fmt in _TRAIN_COLUMNS))
         tables.append(table)
     if "evaluation_comparison" in outputs:
+        from xoron_pipelines.evaluation.report import stage_columns
+
         frame = load("evaluation_comparison")
         table = Table(title="evaluation by stage")
-        stage_cols = [c for c in frame.columns if c not in ("metric", "better") and not c.startswith("delta_")]
+        stage_cols = stage_columns(frame)
         for col in ("metric", *stage_cols):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for _, row in frame.iterrows():

@@ -56,17 +56,30 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str,
+    enabled: bool = True,
+    tags: Mapping[str, str] | None = None,
+    system_metrics_interval: float | None = None,
+) -> Iterator[Any]:
     """Open the stage's MLflow run (nested under the active run, if any) for the ``with`` body;
-    yields the run (None when disabled). The run ends FAILED when the body raises."""
+    yields the run (None when disabled). The run ends FAILED when the body raises.
+    ``system_metrics_interval``: sample MLflow's system metrics (``system/cpu_utilization_percentage``,
+    ``system/system_memory_usage_megabytes``, disk, network, ``system/gpu_*`` with nvidia-ml-py)
+    every that many seconds while the run is open; None: none."""
     if not enabled:
         yield None
         return
     import mlflow
 
     parent = mlflow.active_run()
+    if system_metrics_interval is not None:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
     run = mlflow.start_run(
-        run_name=stage, nested=parent is not None, tags={"xoron.stage": stage, **process_tags(), **(tags or {})}
+        run_name=stage,
+        nested=parent is not None,
+        tags={"xoron.stage": stage, **process_tags(), **(tags or {})},
+        log_system_metrics=system_metrics_interval is not None,
     )
     status = "FINISHED"
     try:
@@ -135,6 +148,43 @@ def mark_dead_runs(experiment_ids: list[str], keep: set[str] | frozenset[str] = 
             tags.get(HOST_TAG),
         )
     return dead
+
+
+#: MLflow 3's experiment type tag; ``custom_model_development`` opens the UI on the runs and their
+#: metrics (model training), ``genai_development`` on traces (what MLflow guesses without the tag)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def tag_experiment_kind(experiment_id: str) -> bool:
+    """Tag the experiment as model training (:data:`EXPERIMENT_KIND_TAG`) unless it has a kind
+    already (a user's choice in the UI is kept); True when the tag was set."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return False
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return True
+
+
+def run_name(pipeline_names: list[str] | None) -> str:
+    """The name of a ``kedro run``'s MLflow run: the pipelines run, joined by ``+``
+    (``data_processing+pretrain``), ``default`` for the default pipeline."""
+    names = [name.removeprefix("__").removesuffix("__") for name in pipeline_names or ["__default__"]]
+    return "+".join(names)
+
+
+def rename_active_run(name: str, unless_named: str | None = None) -> bool:
+    """Rename the active run to ``name`` (when its name is ``unless_named``, if given: a name the
+    user configured is kept); True when renamed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None or (unless_named is not None and run.info.run_name != unless_named):
+        return False
+    MlflowClient().update_run(run.info.run_id, name=name)
+    return True
 
 
 def log_params(params: Mapping[str, Any]) -> None:
