@@ -248,3 +248,36 @@ def test_python_m_xoron_pipelines_routes_status_beside_run(trained):
         [sys.executable, "-m", "xoron_pipelines", "status"], cwd=project.parent, env=env, capture_output=True, text=True
     )
     assert elsewhere.returncode == 2 and "is not a Kedro project (no conf/base)" in elsewhere.stderr
+
+
+def test_artefacts_of_earlier_runs_resolve_after_the_project_moved(tmp_path):
+    """A run's artefacts (under <project>/mlruns) resolve from the moved project after its next
+    kedro run, and that run's artefacts go to the new place."""
+    import shutil
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from xoron_pipelines.synth import SYNTH_TYPES
+
+    tiny = {"synth.counts": {k: (1 if k == "tool_call" else 0) for k in SYNTH_TYPES}}
+    first = copy_project(tmp_path / "first")
+    run_pipeline(first, "synth", tiny)
+    client = MlflowClient(tracking_uri=f"sqlite:///{first / 'mlflow.db'}")
+    (earlier,) = client.search_runs([client.get_experiment_by_name("xoron_pipelines").experiment_id])
+    client.log_text(earlier.info.run_id, "kept", "note.txt")
+    assert client.get_run(earlier.info.run_id).info.artifact_uri.startswith(str(first / "mlruns"))
+
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    mlflow_yml = moved / "conf/local/mlflow.yml"  # the tests' absolute URI; a relative one moves along
+    config = yaml.safe_load(mlflow_yml.read_text())
+    config["server"]["mlflow_tracking_uri"] = f"sqlite:///{moved / 'mlflow.db'}"
+    mlflow_yml.write_text(yaml.safe_dump(config, sort_keys=False))
+    run_pipeline(moved, "synth", tiny)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{moved / 'mlflow.db'}")
+    note = client.download_artifacts(earlier.info.run_id, "note.txt", str(tmp_path))
+    assert Path(note).read_text() == "kept"
+    runs = client.search_runs([client.get_experiment_by_name("xoron_pipelines").experiment_id])
+    assert len(runs) == 2 and all(r.info.artifact_uri.startswith(str(moved / "mlruns")) for r in runs)

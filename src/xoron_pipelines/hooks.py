@@ -327,8 +327,22 @@ class StaleRunsHook:
     on a new experiment, this on one created before), and end as KILLED the runs that a killed
     earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
 
+    When the context is created (kedro-mlflow has set the tracking URI, no run is open yet), a
+    project that was moved gets its MLflow artefact locations pointed at its own ``mlruns/``
+    again (:func:`xoron_pipelines.tracking.relocate_artifacts`), so earlier runs' artefacts
+    resolve and this run's go there.
+
     kedro-mlflow (a plugin, so its hooks run before the project's) has opened the run by then;
     without an active run (tracking disabled) there is nothing to do."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from xoron_pipelines.tracking import relocate_artifacts
+
+        try:
+            relocate_artifacts(Path(context.project_path))
+        except Exception as exc:  # never stop a run for the links of earlier ones
+            log.warning("could not point the MLflow artefact locations at this project's mlruns/: %s", exc)
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:

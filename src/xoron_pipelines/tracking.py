@@ -187,6 +187,77 @@ def rename_active_run(name: str, unless_named: str | None = None) -> bool:
     return True
 
 
+#: where artefacts live, relative to the project: MLflow's default artifact root (``./mlruns``) of
+#: the experiments kedro-mlflow creates from the project directory
+ARTIFACT_DIR = "mlruns"
+
+#: the tracking store's columns that hold artefact locations (table, column)
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def _local_path(location: str) -> str:
+    return location.removeprefix("file://")
+
+
+def relocate_artifacts(project: Path, tracking_uri: str | None = None) -> str | None:
+    """Point the tracking store's artefact locations at ``<project>/mlruns`` when they name the
+    ``mlruns`` directory of the project's earlier place (the project was moved or copied), so the
+    runs' artefacts resolve again; returns the old root, or None when nothing was to do.
+
+    MLflow stores artefact locations as absolute paths (a relative one is resolved when the
+    experiment is created), and has no call to change them: for the local SQLite store of
+    ``conf/local/mlflow.yml`` the rows are rewritten in one transaction (experiments, runs, logged
+    models, model versions; plain paths and ``file://`` URIs alike). Other stores (a tracking
+    server) own their artefact locations and are left alone."""
+    import mlflow
+    import sqlalchemy
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    new_root = (Path(project).resolve() / ARTIFACT_DIR).as_posix()
+    if not uri.startswith("sqlite:") or not Path(new_root).is_dir():
+        return None
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as db:
+            locations = [
+                _local_path(row[0]).rstrip("/") + "/"
+                for row in db.execute(sqlalchemy.text("SELECT artifact_location FROM experiments"))
+            ]
+            old_roots = {
+                loc[: loc.rindex(f"/{ARTIFACT_DIR}/") + len(ARTIFACT_DIR) + 1]
+                for loc in locations
+                if f"/{ARTIFACT_DIR}/" in loc
+            }
+            old_roots.discard(new_root)
+            if len(old_roots) != 1:  # nothing moved, or several earlier places: not a move of this project
+                return None
+            (old_root,) = old_roots
+            for table, column in _ARTIFACT_COLUMNS:
+                for prefix in (old_root, f"file://{old_root}"):
+                    db.execute(
+                        sqlalchemy.text(
+                            f"UPDATE {table} SET {column} = :new || substr({column}, :cut) "  # noqa: S608 (fixed names)
+                            f"WHERE {column} = :old OR {column} LIKE :old_dir ESCAPE '\\'"
+                        ),
+                        {
+                            "new": prefix.replace(old_root, new_root),
+                            "cut": len(prefix) + 1,
+                            "old": prefix,
+                            "old_dir": prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%",
+                        },
+                    )
+    finally:
+        engine.dispose()
+    log.info("the project moved: MLflow artefact locations under %s now point to %s", old_root, new_root)
+    return old_root
+
+
 def log_params(params: Mapping[str, Any]) -> None:
     """Log flattened parameters in batches (values cut to MLflow's length limit)."""
     import mlflow
