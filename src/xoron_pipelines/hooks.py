@@ -176,7 +176,7 @@ def missing_inputs_message(selected: list[str], missing: Mapping[str, str], pipe
     first = sorted((producer for producer in by_producer if producer), key=producers_order)
     run_first = ""
     if first:
-        option = f"--pipeline {first[0]}" if len(first) == 1 else f"--pipelines {','.join(first)}"
+        option = f"--pipelines {','.join(first)}"  # Kedro 1.x deprecates --pipeline
         run_first = f"; run `kedro run {option}` first (or `kedro run` for everything)"
     return f"The {what} pipeline needs {'; '.join(parts)}{run_first}."
 
