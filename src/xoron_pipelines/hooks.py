@@ -1,5 +1,7 @@
-"""Project hooks: parameter validation before any node (nodes receive the validated objects), the data lock and staging area of a
-run, MLflow runs of killed processes closed, a short summary after a run."""
+"""Project hooks: parameter validation before any node (nodes receive the validated objects), a run
+whose inputs are not produced yet refused before it starts, the data lock and staging area of a
+run, the MLflow conventions (run name, experiment kind, artefact locations, runs of killed
+processes closed), a short summary after a run."""
 
 from __future__ import annotations
 

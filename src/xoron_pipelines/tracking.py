@@ -22,7 +22,10 @@ mlflow to write): :func:`stage_run`, :func:`log_params`, :class:`StageRecorder`,
 :func:`log_figure`, :func:`log_saved`, :func:`log_dict` and :func:`tag_active_run` write to the
 active run; :func:`log_metrics_to_run` to a given earlier run (evaluation into a stage's training
 run); :func:`register_pyfunc_model` logs and registers a pyfunc model (export);
-:func:`mark_dead_runs` ends runs of killed processes.
+:func:`mark_dead_runs` ends runs of killed processes; :func:`tag_experiment_kind`,
+:func:`rename_active_run` and :func:`relocate_artifacts` keep the experiment, the run names and
+the artefact locations as a user expects them (see :class:`xoron_pipelines.hooks.StaleRunsHook`).
+Stage runs sample MLflow's system metrics (:func:`stage_run`).
 """
 
 from __future__ import annotations
