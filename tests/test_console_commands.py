@@ -18,6 +18,8 @@ from xoron_pipelines import console, tracking
 from xoron_pipelines.cli import chat, chat_reply, status
 from xoron_pipelines.training.stage import logging_interval
 
+pytestmark = pytest.mark.slow
+
 SRC = PROJECT_ROOT / "src" / "xoron_pipelines"
 
 TRAIN = {
