@@ -140,6 +140,14 @@ def _file_backed(dataset: Any) -> bool:
     return type(dataset)._exists is not AbstractDataset._exists
 
 
+def _exists(dataset: Any) -> bool:
+    """Whether the dataset is there; a dataset that cannot tell counts as there (its node reports)."""
+    try:
+        return dataset.exists()
+    except Exception:
+        return True
+
+
 def _location(dataset: Any, project: Path | None) -> str:
     """Where ``dataset`` lives, relative to the project when under it (from its description)."""
     described = dataset._describe()
@@ -213,7 +221,7 @@ class MissingInputsHook:
             if name.startswith("params:") or name == "parameters" or name not in produced:
                 continue
             dataset = catalog.get(name)
-            if _file_backed(dataset) and not dataset.exists():
+            if _file_backed(dataset) and not _exists(dataset):
                 missing[name] = _location(dataset, self._project)
         if missing:
             selected = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
