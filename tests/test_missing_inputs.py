@@ -78,3 +78,24 @@ def test_kedro_run_prints_the_paragraph_and_exits_1(tmp_path):
         "run `kedro run --pipelines data_processing,pretrain,finetune` first (or `kedro run` for everything)."
     )
     assert not (project / "data/01_raw/eval").exists()  # generate_offline_tasks did not run
+
+
+def test_an_input_marked_optional_is_left_to_its_node(tmp_path):
+    from kedro.io import DataCatalog
+    from kedro.pipeline import Node, Pipeline
+
+    from xoron_pipelines.hooks import MissingInputsHook
+
+    def copy(x):
+        return x
+
+    pipe = Pipeline([Node(copy, "synth_manifest", "mine", name="copy")])  # synth writes synth_manifest
+    entry = {"type": "json.JSONDataset", "filepath": str(tmp_path / "manifest.json")}
+    with pytest.raises(MissingInputsError, match=r"^The mine pipeline needs synth_manifest \("):
+        MissingInputsHook().before_pipeline_run(
+            {"pipeline_names": ["mine"]}, pipe, DataCatalog.from_config({"synth_manifest": entry})
+        )
+    entry["metadata"] = {"xoron": {"optional_input": True}}
+    MissingInputsHook().before_pipeline_run(
+        {"pipeline_names": ["mine"]}, pipe, DataCatalog.from_config({"synth_manifest": entry})
+    )

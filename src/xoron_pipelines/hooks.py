@@ -140,6 +140,13 @@ def _file_backed(dataset: Any) -> bool:
     return type(dataset)._exists is not AbstractDataset._exists
 
 
+def _optional(dataset: Any) -> bool:
+    """A catalog entry marked ``metadata: {xoron: {optional_input: true}}``: its readers do
+    without it (the check leaves it alone)."""
+    metadata = getattr(dataset, "metadata", None) or {}
+    return bool((metadata.get("xoron") or {}).get("optional_input"))
+
+
 def _exists(dataset: Any) -> bool:
     """Whether the dataset is there; a dataset that cannot tell counts as there (its node reports)."""
     try:
@@ -201,7 +208,8 @@ class MissingInputsHook:
     ``--from-nodes``, ``--namespaces``... filtering) that a registered pipeline produces and that
     are stored in files (the dataset implements ``_exists``), each mapped to the pipeline package
     that produces it (:func:`all_pipelines`). Inputs no pipeline produces (the
-    raw sources, checkpoint stores) and in-memory datasets are left to the nodes. Runs first of
+    raw sources, checkpoint stores), in-memory datasets and entries marked
+    ``metadata: {xoron: {optional_input: true}}`` (read when present) are left to the nodes. Runs first of
     all ``before_pipeline_run`` hooks (``tryfirst`` and registered after :class:`DataLockHook`), so
     a refused run takes no lock and opens no MLflow run."""
 
@@ -221,7 +229,7 @@ class MissingInputsHook:
             if name.startswith("params:") or name == "parameters" or name not in produced:
                 continue
             dataset = catalog.get(name)
-            if _file_backed(dataset) and not _exists(dataset):
+            if _file_backed(dataset) and not _optional(dataset) and not _exists(dataset):
                 missing[name] = _location(dataset, self._project)
         if missing:
             selected = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
