@@ -78,6 +78,8 @@ def stage_run(
     parent = mlflow.active_run()
     if system_metrics_interval is not None:
         mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+        # its start / stop / "no GPU" INFO lines, four per stage, on stderr: not news
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     run = mlflow.start_run(
         run_name=stage,
         nested=parent is not None,
