@@ -235,12 +235,17 @@ def test_missing_input_is_a_short_error_with_python_m(project):
     assert "Traceback" not in out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert 1 <= len(lines) < 15, out.stderr
-    assert "Input error: dataset 'synth_raw' does not exist yet" in out.stderr
-    assert "data/01_raw/synth" in out.stderr
+    assert "The data_processing pipeline needs synth_raw (data/01_raw/synth), which the synth pipeline produces" in (
+        out.stderr
+    )
 
 
-def test_a_held_data_lock_is_a_short_error_naming_the_holder(project):
+def test_a_held_data_lock_is_a_short_error_naming_the_holder(tmp_path):
     from xoron_pipelines.project_lock import LOCK_PATH, ProjectLock
+
+    project = copy_project(tmp_path / "project")  # with a synth partition: its inputs exist
+    (project / "data/01_raw/synth").mkdir(parents=True)
+    (project / "data/01_raw/synth/chat.jsonl").write_text('{"text": "hello"}\n')
 
     with ProjectLock(project / LOCK_PATH, "exclusive", 0, "another data_processing run"):
         out = _run(

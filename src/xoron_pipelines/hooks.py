@@ -1,5 +1,7 @@
-"""Project hooks: parameter validation before any node (nodes receive the validated objects), the data lock and staging area of a
-run, MLflow runs of killed processes closed, a short summary after a run."""
+"""Project hooks: parameter validation before any node (nodes receive the validated objects), a run
+whose inputs are not produced yet refused before it starts, the data lock and staging area of a
+run, the MLflow conventions (run name, experiment kind, artefact locations, runs of killed
+processes closed), a short summary after a run."""
 
 from __future__ import annotations
 
@@ -95,6 +97,146 @@ class ParameterValidationHook:
     def before_node_run(self, node, inputs: dict[str, Any]) -> dict[str, Any] | None:
         replaced = {name: validated_input(self._validated, name) for name in inputs if name.startswith("params:")}
         return {name: value for name, value in replaced.items() if value is not _NOT_VALIDATED} or None
+
+
+def all_pipelines() -> dict[str, Any]:
+    """Every pipeline package's ``create_pipeline()`` (``pipelines/<name>/pipeline.py``), whichever
+    pipelines the run selected: during ``kedro run --pipeline X`` Kedro 1.x's ``find_pipelines``
+    (so ``register_pipelines()``) loads only X."""
+    import importlib
+
+    from xoron_pipelines import pipelines
+
+    root = Path(pipelines.__file__).parent
+    names = sorted(p.parent.name for p in root.glob("*/pipeline.py"))
+    return {
+        name: importlib.import_module(f"xoron_pipelines.pipelines.{name}.pipeline").create_pipeline() for name in names
+    }
+
+
+class MissingInputsError(Exception):
+    """Inputs of the selected pipeline that an earlier run must produce first (see
+    :class:`MissingInputsHook`); the message is the paragraph shown to the user."""
+
+
+def producers(name: str, pipelines: Mapping[str, Any]) -> list[str]:
+    """The registered pipelines that write dataset ``name``, those of the default run first (in
+    its order), then the others by name; ``__default__`` itself is never named."""
+    found = [key for key, pipe in pipelines.items() if key != "__default__" and name in pipe.all_outputs()]
+    return sorted(found, key=producers_order)
+
+
+def producers_order(name: str) -> tuple[int, str]:
+    """Sort key of pipeline names: those of the default run in its order, then the others by name."""
+    from xoron_pipelines.pipeline_registry import DEFAULT_ORDER  # see _registry_note
+
+    return (DEFAULT_ORDER.index(name) if name in DEFAULT_ORDER else len(DEFAULT_ORDER), name)
+
+
+def _file_backed(dataset: Any) -> bool:
+    """A dataset stored in files, whose own ``_exists`` tells whether it is there (not a
+    MemoryDataset, not a dataset that cannot tell)."""
+    from kedro.io import AbstractDataset, MemoryDataset
+
+    if dataset is None or isinstance(dataset, MemoryDataset):
+        return False
+    return type(dataset)._exists is not AbstractDataset._exists
+
+
+def _optional(dataset: Any) -> bool:
+    """A catalog entry marked ``metadata: {xoron: {optional_input: true}}``: its readers do
+    without it (the check leaves it alone)."""
+    metadata = getattr(dataset, "metadata", None) or {}
+    return bool((metadata.get("xoron") or {}).get("optional_input"))
+
+
+def _exists(dataset: Any) -> bool:
+    """Whether the dataset is there; a dataset that cannot tell counts as there (its node reports)."""
+    try:
+        return dataset.exists()
+    except Exception:
+        return True
+
+
+def _location(dataset: Any, project: Path | None) -> str:
+    """Where ``dataset`` lives, relative to the project when under it (from its description)."""
+    described = dataset._describe()
+    inner = described.get("dataset")
+    where = (
+        described.get("filepath")
+        or described.get("path")
+        or (inner.get("filepath") if isinstance(inner, dict) else None)
+    )
+    if not where:
+        return ""
+    path = Path(str(where).removeprefix("file://"))
+    if project is not None and path.is_absolute() and path.is_relative_to(project):
+        path = path.relative_to(project)
+    return str(path)
+
+
+def missing_inputs_message(selected: list[str], missing: Mapping[str, str], pipelines: Mapping[str, Any]) -> str:
+    """One paragraph: which inputs of the pipelines ``selected`` are missing (name -> location),
+    which pipeline produces each, and the command to run first."""
+    what = "default" if selected in ([], ["__default__"]) else "+".join(selected)
+    by_producer: dict[str, list[str]] = {}
+    for name, where in missing.items():
+        found = producers(name, pipelines)
+        entry = f"{name} ({where})" if where else name
+        by_producer.setdefault(found[0] if found else "", []).append(entry)
+    parts = []
+    for producer, entries in by_producer.items():
+        names = ", ".join(entries[:-1]) + (" and " if len(entries) > 1 else "") + entries[-1]
+        produced = (
+            f"which the {producer} pipeline produces"
+            if producer
+            else "which no pipeline produces (see conf/base/catalog.yml)"
+        )
+        parts.append(f"{names}, {produced}")
+    first = sorted((producer for producer in by_producer if producer), key=producers_order)
+    run_first = ""
+    if first:
+        option = f"--pipelines {','.join(first)}"  # Kedro 1.x deprecates --pipeline
+        run_first = f"; run `kedro run {option}` first (or `kedro run` for everything)"
+    return f"The {what} pipeline needs {'; '.join(parts)}{run_first}."
+
+
+class MissingInputsHook:
+    """Stop a run before it starts when the selected pipeline reads datasets that an earlier run
+    has not produced yet (``kedro run --pipeline evaluation`` before training), with one
+    paragraph naming each missing dataset, its location, the pipeline that produces it and the
+    command to run first (:class:`MissingInputsError`, shown short by ``cli.py``).
+
+    Checked: the free inputs of the pipeline Kedro is about to run (after ``--nodes``,
+    ``--from-nodes``, ``--namespaces``... filtering) that a registered pipeline produces and that
+    are stored in files (the dataset implements ``_exists``), each mapped to the pipeline package
+    that produces it (:func:`all_pipelines`). Inputs no pipeline produces (the
+    raw sources, checkpoint stores), in-memory datasets and entries marked
+    ``metadata: {xoron: {optional_input: true}}`` (read when present) are left to the nodes. Runs first of
+    all ``before_pipeline_run`` hooks (``tryfirst`` and registered after :class:`DataLockHook`), so
+    a refused run takes no lock and opens no MLflow run."""
+
+    def __init__(self) -> None:
+        self._project: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project = Path(context.project_path).resolve()
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        registered = all_pipelines()
+        produced = {name for key, pipe in registered.items() if key != "__default__" for name in pipe.all_outputs()}
+        missing = {}
+        for name in sorted(pipeline.inputs()):
+            if name.startswith("params:") or name == "parameters" or name not in produced:
+                continue
+            dataset = catalog.get(name)
+            if _file_backed(dataset) and not _optional(dataset) and not _exists(dataset):
+                missing[name] = _location(dataset, self._project)
+        if missing:
+            selected = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+            raise MissingInputsError(missing_inputs_message(list(selected), missing, registered))
 
 
 #: per-run staging areas of node outputs, relative to the project root
@@ -199,22 +341,43 @@ class DataLockHook:
 
 
 class StaleRunsHook:
-    """Tag the ``kedro run``'s MLflow run with its process, and end as KILLED the runs that a
-    killed earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
+    """Name the ``kedro run``'s MLflow run after what was run (``pretrain``,
+    ``data_processing+pretrain``, ``default``; kedro-mlflow's name is the pipelines joined by ``+``,
+    ``__default__`` for the default run; a ``run.name`` set in mlflow.yml is kept), tag it with its
+    process, tag the experiment as model training (``mlflow.experimentKind``; mlflow.yml sets it
+    on a new experiment, this on one created before), and end as KILLED the runs that a killed
+    earlier process left RUNNING (see :func:`xoron_pipelines.tracking.mark_dead_runs`).
+
+    When the context is created (kedro-mlflow has set the tracking URI, no run is open yet), a
+    project that was moved gets its MLflow artefact locations pointed at its own ``mlruns/``
+    again (:func:`xoron_pipelines.tracking.relocate_artifacts`), so earlier runs' artefacts
+    resolve and this run's go there.
 
     kedro-mlflow (a plugin, so its hooks run before the project's) has opened the run by then;
     without an active run (tracking disabled) there is nothing to do."""
 
     @hook_impl
-    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        from xoron_pipelines.tracking import active_run, mark_dead_runs, process_tags, tag_active_run
+    def after_context_created(self, context) -> None:
+        from xoron_pipelines.tracking import relocate_artifacts
 
         try:
-            run = active_run()
+            relocate_artifacts(Path(context.project_path))
+        except Exception as exc:  # never stop a run for the links of earlier ones
+            log.warning("could not point the MLflow artefact locations at this project's mlruns/: %s", exc)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        from xoron_pipelines import tracking
+
+        try:
+            run = tracking.active_run()
             if run is None:
                 return
-            tag_active_run(process_tags())
-            mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
+            names = run_params.get("pipeline_names") or ["__default__"]
+            tracking.rename_active_run(tracking.run_name(names), unless_named="+".join(names))
+            tracking.tag_active_run(tracking.process_tags())
+            tracking.tag_experiment_kind(run.info.experiment_id)
+            tracking.mark_dead_runs([run.info.experiment_id], keep={run.info.run_id})
         except Exception as exc:  # bookkeeping of old runs must never stop this one
             log.warning("could not check for MLflow runs left RUNNING by killed processes: %s", exc)
 
@@ -240,9 +403,11 @@ def run_summary(outputs: set[str], load) -> list[Table]:
             table.add_row(*(_cell(summary, key, fmt) for _, key, fmt in _TRAIN_COLUMNS))
         tables.append(table)
     if "evaluation_comparison" in outputs:
+        from xoron_pipelines.evaluation.report import stage_columns
+
         frame = load("evaluation_comparison")
         table = Table(title="evaluation by stage")
-        stage_cols = [c for c in frame.columns if c not in ("metric", "better") and not c.startswith("delta_")]
+        stage_cols = stage_columns(frame)
         for col in ("metric", *stage_cols):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for _, row in frame.iterrows():

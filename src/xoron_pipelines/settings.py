@@ -1,8 +1,15 @@
 """Project settings (Kedro)."""
 
-from xoron_pipelines.hooks import DataLockHook, ParameterValidationHook, RunSummaryHook, StaleRunsHook
+from xoron_pipelines.hooks import (
+    DataLockHook,
+    MissingInputsHook,
+    ParameterValidationHook,
+    RunSummaryHook,
+    StaleRunsHook,
+)
 
-HOOKS = (ParameterValidationHook(), DataLockHook(), StaleRunsHook(), RunSummaryHook())
+# MissingInputsHook after DataLockHook: both run first (tryfirst), the later registered first
+HOOKS = (ParameterValidationHook(), DataLockHook(), MissingInputsHook(), StaleRunsHook(), RunSummaryHook())
 
 # Parameters are merged key by key ("soft"): a conf/local (or --env) file that sets one nested
 # knob, e.g. data_processing.tokenizer.vocab_size, keeps every other value of conf/base. Lists

@@ -22,7 +22,10 @@ mlflow to write): :func:`stage_run`, :func:`log_params`, :class:`StageRecorder`,
 :func:`log_figure`, :func:`log_saved`, :func:`log_dict` and :func:`tag_active_run` write to the
 active run; :func:`log_metrics_to_run` to a given earlier run (evaluation into a stage's training
 run); :func:`register_pyfunc_model` logs and registers a pyfunc model (export);
-:func:`mark_dead_runs` ends runs of killed processes.
+:func:`mark_dead_runs` ends runs of killed processes; :func:`tag_experiment_kind`,
+:func:`rename_active_run` and :func:`relocate_artifacts` keep the experiment, the run names and
+the artefact locations as a user expects them (see :class:`xoron_pipelines.hooks.StaleRunsHook`).
+Stage runs sample MLflow's system metrics (:func:`stage_run`).
 """
 
 from __future__ import annotations
@@ -56,17 +59,32 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, enabled: bool = True, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str,
+    enabled: bool = True,
+    tags: Mapping[str, str] | None = None,
+    system_metrics_interval: float | None = None,
+) -> Iterator[Any]:
     """Open the stage's MLflow run (nested under the active run, if any) for the ``with`` body;
-    yields the run (None when disabled). The run ends FAILED when the body raises."""
+    yields the run (None when disabled). The run ends FAILED when the body raises.
+    ``system_metrics_interval``: sample MLflow's system metrics (``system/cpu_utilization_percentage``,
+    ``system/system_memory_usage_megabytes``, disk, network, ``system/gpu_*`` with nvidia-ml-py)
+    every that many seconds while the run is open; None: none."""
     if not enabled:
         yield None
         return
     import mlflow
 
     parent = mlflow.active_run()
+    if system_metrics_interval is not None:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+        # its start / stop / "no GPU" INFO lines, four per stage, on stderr: not news
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     run = mlflow.start_run(
-        run_name=stage, nested=parent is not None, tags={"xoron.stage": stage, **process_tags(), **(tags or {})}
+        run_name=stage,
+        nested=parent is not None,
+        tags={"xoron.stage": stage, **process_tags(), **(tags or {})},
+        log_system_metrics=system_metrics_interval is not None,
     )
     status = "FINISHED"
     try:
@@ -135,6 +153,114 @@ def mark_dead_runs(experiment_ids: list[str], keep: set[str] | frozenset[str] = 
             tags.get(HOST_TAG),
         )
     return dead
+
+
+#: MLflow 3's experiment type tag; ``custom_model_development`` opens the UI on the runs and their
+#: metrics (model training), ``genai_development`` on traces (what MLflow guesses without the tag)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
+def tag_experiment_kind(experiment_id: str) -> bool:
+    """Tag the experiment as model training (:data:`EXPERIMENT_KIND_TAG`) unless it has a kind
+    already (a user's choice in the UI is kept); True when the tag was set."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return False
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return True
+
+
+def run_name(pipeline_names: list[str] | None) -> str:
+    """The name of a ``kedro run``'s MLflow run: the pipelines run, joined by ``+``
+    (``data_processing+pretrain``), ``default`` for the default pipeline."""
+    names = [name.removeprefix("__").removesuffix("__") for name in pipeline_names or ["__default__"]]
+    return "+".join(names)
+
+
+def rename_active_run(name: str, unless_named: str | None = None) -> bool:
+    """Rename the active run to ``name`` (when its name is ``unless_named``, if given: a name the
+    user configured is kept); True when renamed."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None or (unless_named is not None and run.info.run_name != unless_named):
+        return False
+    MlflowClient().update_run(run.info.run_id, name=name)
+    return True
+
+
+#: where artefacts live, relative to the project: MLflow's default artifact root (``./mlruns``) of
+#: the experiments kedro-mlflow creates from the project directory
+ARTIFACT_DIR = "mlruns"
+
+#: the tracking store's columns that hold artefact locations (table, column)
+_ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
+
+
+def _local_path(location: str) -> str:
+    return location.removeprefix("file://")
+
+
+def relocate_artifacts(project: Path, tracking_uri: str | None = None) -> str | None:
+    """Point the tracking store's artefact locations at ``<project>/mlruns`` when they name the
+    ``mlruns`` directory of the project's earlier place (the project was moved or copied), so the
+    runs' artefacts resolve again; returns the old root, or None when nothing was to do.
+
+    MLflow stores artefact locations as absolute paths (a relative one is resolved when the
+    experiment is created), and has no call to change them: for the local SQLite store of
+    ``conf/local/mlflow.yml`` the rows are rewritten in one transaction (experiments, runs, logged
+    models, model versions; plain paths and ``file://`` URIs alike). Other stores (a tracking
+    server) own their artefact locations and are left alone."""
+    import mlflow
+    import sqlalchemy
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    new_root = (Path(project).resolve() / ARTIFACT_DIR).as_posix()
+    if not uri.startswith("sqlite:") or not Path(new_root).is_dir():
+        return None
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as db:
+            locations = [
+                _local_path(row[0]).rstrip("/") + "/"
+                for row in db.execute(sqlalchemy.text("SELECT artifact_location FROM experiments"))
+            ]
+            old_roots = {
+                loc[: loc.rindex(f"/{ARTIFACT_DIR}/") + len(ARTIFACT_DIR) + 1]
+                for loc in locations
+                if f"/{ARTIFACT_DIR}/" in loc
+            }
+            old_roots.discard(new_root)
+            if len(old_roots) != 1:  # nothing moved, or several earlier places: not a move of this project
+                return None
+            (old_root,) = old_roots
+            for table, column in _ARTIFACT_COLUMNS:
+                for prefix in (old_root, f"file://{old_root}"):
+                    db.execute(
+                        sqlalchemy.text(
+                            f"UPDATE {table} SET {column} = :new || substr({column}, :cut) "  # noqa: S608 (fixed names)
+                            f"WHERE {column} = :old OR {column} LIKE :old_dir ESCAPE '\\'"
+                        ),
+                        {
+                            "new": prefix.replace(old_root, new_root),
+                            "cut": len(prefix) + 1,
+                            "old": prefix,
+                            "old_dir": prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%",
+                        },
+                    )
+    finally:
+        engine.dispose()
+    log.info("the project moved: MLflow artefact locations under %s now point to %s", old_root, new_root)
+    return old_root
 
 
 def log_params(params: Mapping[str, Any]) -> None:

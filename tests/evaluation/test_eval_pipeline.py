@@ -161,3 +161,9 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     )
     assert sum(BOGUS_RUN_ID in m and STAGES[1] in m for m in warned) == 1, warned
     assert sum("no MLflow run id" in m for m in warned) == len(STAGES) - 2
+
+    # the comparison chart is also a PNG artefact of the kedro run's run (named after the pipeline)
+    png = root / "data/08_reporting/evaluation_chart.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (parent,) = [run for run in runs if run.info.run_name == "evaluation"]
+    assert "evaluation_chart.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -101,5 +101,5 @@ def test_a_stage_without_lora_saves_an_empty_adapter_and_a_missing_one_is_an_err
 def test_the_kedro_nodes_read_the_store_and_write_the_adapter():
     from xoron_pipelines.pipelines.training.pipeline import create_pipeline
 
-    train = {n.name: n for n in create_pipeline().nodes}["tools.train"]
+    train = {n.name: n for n in create_pipeline().nodes}["tools.train_tools"]
     assert "tools.checkpoints" in train.inputs and "tools.lora_adapter" in train.outputs

@@ -45,10 +45,10 @@ def test_stages_are_namespaced_and_chained():
     pre, fine = pretrain(), finetune()
     assert {n.namespace for n in pre.nodes} == {"language", "code", None}
     inputs = {n.name: set(n.inputs) for n in pre.nodes + fine.nodes}
-    assert "language.init_model" in inputs["language.train"]
-    assert {"language.model", "params:pretrain.stages.code", "packed_train"} <= inputs["code.train"]
-    assert {"code.model", "synth_raw", "params:finetune.stages.tools"} <= inputs["tools.train"]
-    assert "tools.model" in inputs["preference.train"]
+    assert "language.init_model" in inputs["language.train_language"]
+    assert {"language.model", "params:pretrain.stages.code", "packed_train"} <= inputs["code.train_code"]
+    assert {"code.model", "synth_raw", "params:finetune.stages.tools"} <= inputs["tools.train_tools"]
+    assert "tools.model" in inputs["preference.train_preference"]
     # side outputs through the catalog: every stage's LoRA adapter, and its checkpoint store as an input
     assert pre.outputs() == {"code.model", "pretrain_summary", "language.lora_adapter", "code.lora_adapter"}
     assert {"language.checkpoints", "code.checkpoints"} <= set(pre.inputs())

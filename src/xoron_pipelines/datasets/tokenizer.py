@@ -38,7 +38,12 @@ class HFTokenizerDataset(AbstractDataset[Any, Any]):
         if not (self._path / "tokenizer.json").is_file():
             raise DatasetError(f"no tokenizer at {self._path} (tokenizer.json missing)")
         generation = read_marker(self._path)
-        return attach_generation(AutoTokenizer.from_pretrained(str(self._path), local_files_only=True), generation)
+        tokenizer = AutoTokenizer.from_pretrained(str(self._path), local_files_only=True)
+        # The project tokenizes whole documents and cuts them into model_max_length windows itself
+        # (SFT conversations, perplexity texts): mark transformers' one-time "sequence length is
+        # longer than the specified maximum" warning as given, it is no news to a caller that does.
+        tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+        return attach_generation(tokenizer, generation)
 
     def save(self, data: Any) -> None:
         if not hasattr(data, "save_pretrained"):

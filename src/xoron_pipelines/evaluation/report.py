@@ -80,3 +80,38 @@ def comparison_figure(table: pd.DataFrame, stages: Sequence[str]) -> go.Figure:
 
 
 _COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+
+
+def stage_columns(table: pd.DataFrame) -> list[str]:
+    """The stage columns of a comparison table, in order (not metric, better, delta_*)."""
+    return [c for c in table.columns if c not in ("metric", "better") and not c.startswith("delta_")]
+
+
+def comparison_png_figure(table: pd.DataFrame):
+    """The chart of :func:`comparison_figure` as a matplotlib figure (for the PNG artefact of the
+    MLflow run: the plotly JSON is for kedro viz, the UI shows images). Built without pyplot, so
+    nothing global is left open."""
+    from matplotlib.figure import Figure
+
+    stages = stage_columns(table)
+    lower = table["better"] == "lower"
+    parts = [
+        ("scores (higher is better)", table[~lower]),
+        ("perplexity / bits per byte (lower is better)", table[lower]),
+    ]
+    parts = [(title, part) for title, part in parts if len(part)]
+    fig = Figure(figsize=(max(6.0, 0.6 * len(table) * max(1, len(stages)) / 2), 3.5 * max(1, len(parts))))
+    width = 0.8 / max(1, len(stages))
+    for row, (title, part) in enumerate(parts):
+        ax = fig.add_subplot(len(parts), 1, row + 1)
+        for i, stage in enumerate(stages):
+            xs = [x + (i - (len(stages) - 1) / 2) * width for x in range(len(part))]
+            ax.bar(xs, part[stage].astype(float), width, label=stage, color=_COLOURS[i % len(_COLOURS)])
+        ax.set_xticks(range(len(part)), part["metric"], rotation=30, ha="right", fontsize="small")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        if row == 0:
+            ax.legend(fontsize="small")
+    fig.suptitle("Evaluation by training stage")
+    fig.tight_layout()
+    return fig

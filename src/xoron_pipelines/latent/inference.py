@@ -116,7 +116,7 @@ def generate_ids(
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones(len(texts), 1, dtype=torch.long, device=device)], dim=1)
-        out = dec(input_ids=nxt[:, None], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+        out = dec(input_ids=nxt[:, None], attention_mask=mask, past_key_values=out.cache, use_cache=True)
     return torch.stack(tokens, dim=1) if tokens else torch.zeros(len(texts), 0, dtype=torch.long)
 
 

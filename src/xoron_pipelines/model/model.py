@@ -181,7 +181,7 @@ class XoronModel(XoronPreTrainedModel):
         hidden = self.dropout(hidden)
         for layer in self.layers:
             hidden = layer(hidden, position_embeddings, key_valid, past_key_values=past_key_values)
-        return MoeModelOutputWithPast(last_hidden_state=self.norm(hidden), past_key_values=past_key_values)
+        return MoeModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=past_key_values)
 
 
 class XoronForCausalLM(XoronPreTrainedModel):
@@ -235,7 +235,7 @@ class XoronForCausalLM(XoronPreTrainedModel):
         if labels is not None:
             loss = self.lm_loss(hidden, labels, loss_weights) + aux
         logits = self.lm_head(hidden) if (return_logits or labels is None) else None
-        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, past_key_values=out.past_key_values)
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, cache=out.cache)
 
     def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor, loss_weights=None) -> torch.Tensor:
         """Weighted next-token CE from hidden states (B, T, H) via the fused kernel."""

@@ -56,6 +56,12 @@ class TrackingParams(StrictModel):
     log_model: bool = Field(True, description="log the final stage model directory as an artefact")
     log_tokenizer: bool = Field(True, description="log the tokenizer directory as an artefact")
     plots: bool = Field(True, description="log the loss-curve and expert-load PNG plots")
+    system_metrics: bool = Field(
+        True,
+        description="log system metrics (CPU, memory, disk, network; NVIDIA GPUs when nvidia-ml-py is "
+        "installed) as system/* metrics of the stage run while it trains",
+    )
+    system_metrics_interval_s: float = Field(5.0, gt=0, description="seconds between two system-metric samples")
 
 
 class EvalParams(StrictModel):

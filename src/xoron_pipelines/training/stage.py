@@ -12,7 +12,8 @@ starting model and its prepared data (batch source, eval function, optional cust
 3. trains with :func:`xoron_pipelines.training.train` in the node's process or, when
    ``distributed`` asks for more than one process, with
    :func:`xoron_pipelines.training.distributed.distributed_train` (the node launches the workers;
-   see below); every ``logging_steps`` the engine's metrics (loss, lr, grad norm, tokens/s) plus
+   see below); every ``logging_steps`` (shortened to give a loss curve at least 10 points:
+   :func:`logging_interval`) the engine's metrics (loss, lr, grad norm, tokens/s) plus
    the MFU estimate, per-layer MoE expert load and PEER hot-expert counts go to MLflow with their
    step; evaluations likewise;
 4. evaluates once more at the end, merges LoRA into the base weights, logs the loss-curve and
@@ -69,6 +70,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -392,6 +394,27 @@ class Runtime:
         }
 
 
+#: fewest loss points a stage logs (every step when it has fewer steps)
+MIN_LOSS_POINTS = 10
+
+
+def logging_interval(logging_steps: int, total_steps: int) -> int:
+    """The logging interval a stage trains with: ``min(logging_steps, ceil(total_steps / 10))``,
+    so every stage's loss curve has at least :data:`MIN_LOSS_POINTS` points, or one per step when
+    it has fewer steps (a stage of 4 steps with ``logging_steps: 5`` logs all 4)."""
+    return max(1, min(logging_steps, math.ceil(total_steps / MIN_LOSS_POINTS)))
+
+
+def with_logging_interval(params: StageParams, batches_per_epoch: int) -> StageParams:
+    """``params`` with ``train.logging_steps`` set to :func:`logging_interval` of the stage's
+    length (``logging_steps`` is not in the fingerprint: resuming is unaffected)."""
+    cfg = params.train
+    interval = logging_interval(cfg.logging_steps, cfg.total_steps(batches_per_epoch))
+    if interval == cfg.logging_steps:
+        return params
+    return params.model_copy(update={"train": cfg.model_copy(update={"logging_steps": interval})})
+
+
 def run_stage(
     stage: str,
     kind: str,
@@ -415,6 +438,7 @@ def run_stage(
     :func:`stage_fingerprint`. ``on_log(step, metrics)`` receives the metrics too (with or without
     tracking); ``desc`` names the progress bar (default: ``stage``).
     """
+    params = with_logging_interval(params, len(data.source))
     cfg, dist = params.train, params.distributed
     fingerprint = fingerprint or stage_fingerprint(params, model, data.fingerprint)
     # node 0 alone prunes earlier configurations (the other nodes share its checkpoint_dir)
@@ -457,7 +481,12 @@ def run_stage(
         if on_log is not None:
             on_log(step, metrics)
 
-    with tracking.stage_run(stage, track.enabled, tags={"xoron.kind": kind, "xoron.fingerprint": fingerprint}) as run:
+    with tracking.stage_run(
+        stage,
+        track.enabled,
+        tags={"xoron.kind": kind, "xoron.fingerprint": fingerprint},
+        system_metrics_interval=track.system_metrics_interval_s if track.system_metrics else None,
+    ) as run:
         if track.enabled:
             model_info = {"trainable_params": trainable, "frozen_tensors": frozen}
             if counts:

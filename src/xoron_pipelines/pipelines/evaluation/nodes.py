@@ -367,6 +367,12 @@ def stage_metrics(results: dict[str, Any]) -> dict[str, float]:
     return report.flatten({**{f"ppl_{k}": v for k, v in results["perplexity"].items()}, **results["tasks"]})
 
 
+def plot_comparison(table):
+    """The comparison chart as a PNG figure (``evaluation_chart_png``: an artefact of the run's
+    MLflow run, beside the CSV table)."""
+    return report.comparison_png_figure(table)
+
+
 def compare_stages(params: dict[str, Any], *results: dict[str, Any]):
     """Comparison table (CSV + markdown) and plotly chart over ``compare_stages``."""
     p = Params.model_validate(params)

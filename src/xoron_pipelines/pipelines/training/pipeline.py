@@ -7,8 +7,10 @@
 ``<stage>.train_summary`` and ``<stage>.lora_adapter`` (outputs) and ``<stage>.checkpoints`` (the
 checkpoint store the stage writes into while it trains and resumes from). The starting model comes from ``init_from``: the previous stage's
 ``<prev>.model``, or ``None`` for a freshly initialised model of ``params:model`` (an
-``initialise`` node inside the namespace). ``params:stage`` is mapped to
-``params:<group>.stages.<stage>``.
+``initialise_<stage>`` node inside the namespace). ``params:stage`` is mapped to
+``params:<group>.stages.<stage>``. Node names carry their stage (``train_<stage>``, full name
+``<stage>.train_<stage>``), so kedro viz and the logs never show two boxes called "train"; every
+node is tagged with its group (``pretrain`` / ``finetune``) and ``training``.
 
 Why the stage list lives in code (:data:`~xoron_pipelines.training.schema.STAGES`): a Kedro pipeline is built before the
 configuration is loaded (``create_pipeline`` receives no parameters), so the DAG cannot follow a
@@ -58,13 +60,15 @@ def stage_pipeline(kind: Kind, stage: str, group: str, init_from: str | None) ->
             _for_stage(_TRAIN[kind], stage, with_adapter=True),
             ["init_model", "tokenizer", *data, "params:stage", "checkpoints"],
             ["model", "train_summary", "lora_adapter"],
-            name="train",
+            name=f"train_{stage}",
         )
     ]
     inputs = {"tokenizer": "tokenizer", **{d: d for d in data}}
     parameters = {"params:stage": f"params:{group}.stages.{stage}"}
     if init_from is None:
-        nodes.insert(0, Node(initialise_model, ["params:model", "params:stage"], "init_model", name="initialise"))
+        nodes.insert(
+            0, Node(initialise_model, ["params:model", "params:stage"], "init_model", name=f"initialise_{stage}")
+        )
         parameters["params:model"] = "params:model"
     else:
         inputs["init_model"] = init_from
