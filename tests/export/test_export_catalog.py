@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, DatasetError, MemoryDataset
@@ -226,7 +228,11 @@ def test_kedro_run_export_pipeline_end_to_end(kedro_project, tokenizer):
 
     data = kedro_project / "data"
     HFTokenizerDataset(str(data / "05_model_input/tokenizer")).save(tokenizer)
-    (data / "05_model_input/packed/val").mkdir(parents=True)
+    val = data / "05_model_input/packed/val"
+    val.mkdir(parents=True)  # one packed row: the run's missing-inputs check wants the split there
+    pq.write_table(
+        pa.table({"input_ids": pa.array([[1, 2, 3, 4]], type=pa.list_(pa.int32()))}), val / "part-00000.parquet"
+    )
     (data / "05_model_input/packing_manifest.json").write_text(json.dumps(MANIFEST))
     for seed, stage in enumerate(("code", "tools")):
         XoronModelDataset(str(data / "06_models" / stage)).save(make_model("nano", tokenizer, seed=seed, num_layers=1))
