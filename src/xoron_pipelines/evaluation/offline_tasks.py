@@ -28,10 +28,12 @@ from its own seeded stream ``(seed, task)`` and is named for what it measures:
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from xoron_pipelines.data import stdlib_corpus
@@ -100,14 +102,8 @@ def heldout_stdlib_files(corpus_params) -> list[Path]:
     reads files in sorted order until the ``max_bytes`` budget of each kind (code, prose) is spent,
     so every file after the last one either kind reads is held out. Raises ``ValueError`` when the
     budget covers the whole library (``max_bytes: null``): there is then nothing held out."""
-    files = stdlib_corpus.stdlib_files(corpus_params.include_tests)
-    root = stdlib_corpus.stdlib_root()
-    order = {f"stdlib:{p.relative_to(root).as_posix()}": i for i, p in enumerate(files)}
-    last = -1
-    for kind in ("code", "prose"):
-        for row in stdlib_corpus.iter_rows(kind, corpus_params):
-            last = max(last, order.get(row["_file"], -1))
-    held = files[last + 1 :]
+    p = corpus_params
+    held = list(_heldout_files(p.max_bytes, p.min_prose_chars, p.include_tests))
     if not held:
         raise ValueError(
             "docstring_continuation: data_processing.stdlib_corpus reads the whole standard library "
@@ -115,6 +111,19 @@ def heldout_stdlib_files(corpus_params) -> list[Path]:
             "evaluation.offline_tasks.docstring_continuation to 0"
         )
     return held
+
+
+@functools.lru_cache(maxsize=4)
+def _heldout_files(max_bytes: int | None, min_prose_chars: int, include_tests: bool) -> tuple[Path, ...]:
+    params = SimpleNamespace(max_bytes=max_bytes, min_prose_chars=min_prose_chars, include_tests=include_tests)
+    files = stdlib_corpus.stdlib_files(include_tests)
+    root = stdlib_corpus.stdlib_root()
+    order = {f"stdlib:{p.relative_to(root).as_posix()}": i for i, p in enumerate(files)}
+    last = -1
+    for kind in ("code", "prose"):
+        for row in stdlib_corpus.iter_rows(kind, params):
+            last = max(last, order.get(row["_file"], -1))
+    return tuple(files[last + 1 :])
 
 
 def _prose_pool(files: Sequence[Path], need: int, min_words: int = 24) -> list[tuple[str, list[str]]]:
