@@ -17,7 +17,7 @@ from xoron_pipelines.validation import ParameterError, validate_group
 def test_conf_file_validates(project_root):
     values = yaml.safe_load((project_root / "conf/base/parameters_evaluation.yml").read_text())["evaluation"]
     p = validate_group("evaluation", values)
-    assert p.evals == list(EVAL_NAMES) and p.eval_batch_size == 8
+    assert p.evals == list(EVAL_NAMES) and p.eval_batch_size == 16
     assert {p.task_format(n) for n in p.evals} == {"hellaswag", "mmlu", "gsm8k", "truthfulqa", "humaneval"}
 
 
@@ -81,3 +81,20 @@ def test_chat_prompts_switch_the_gsm8k_prompt(monkeypatch):
     assert seen["prompts"] == ["Question: What is 5 + 7?\nAnswer:"]
     assert summary["exact_match"] == 0.0 and records[0]["prediction"] == "99"  # no chat stop applies
     json.dumps(records)  # samples are JSON-serialisable
+
+
+def test_repeated_choices_are_scored_once(monkeypatch, tiny_model, tiny_tokenizer):
+    """mc1 and mc2 of a truthfulqa-format task share their requests: each pair is scored once."""
+    calls = []
+    real = nodes.loglikelihoods
+
+    def spy(model, requests, *args, **kwargs):
+        calls.append(len(requests))
+        return real(model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(nodes, "loglikelihoods", spy)
+    fn = nodes._loglikelihood_fn(tiny_model, tiny_tokenizer, Params(progress=False))
+    pairs = [("Q: x\nA:", " no"), ("Q: x\nA:", " yes"), ("Q: x\nA:", " no")]
+    first = fn(pairs)
+    assert fn(pairs[:2]) == first[:2] and first[0] == first[2]
+    assert calls == [2, 0]

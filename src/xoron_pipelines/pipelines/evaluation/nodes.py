@@ -146,14 +146,18 @@ def _mc_items(name: str, fmt: str, rows: list[dict[str, Any]]) -> dict[str, list
 
 
 def _loglikelihood_fn(model, tokenizer, p: Params) -> Callable[[list[tuple[str, str]]], list[float]]:
+    """``[(context, continuation)] -> [ll]``, each distinct pair scored once per node (the mc1 and
+    mc2 items of a truthfulqa-format task share their contexts and choices)."""
     bos = tokenizer.bos_token_id if p.multiple_choice.add_bos else None
     pad = tokenizer.pad_token_id or 0
+    cache: dict[tuple[str, str], float] = {}
 
     def fn(requests: list[tuple[str, str]]) -> list[float]:
-        encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in requests]
-        return [
-            ll for ll, _ in loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad, p.progress)
-        ]
+        todo = list(dict.fromkeys(r for r in requests if r not in cache))
+        encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in todo]
+        scored = loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad, p.progress)
+        cache.update(zip(todo, (ll for ll, _ in scored)))
+        return [cache[r] for r in requests]
 
     return fn
 

@@ -55,9 +55,9 @@ class OfflineTasks(StrictModel):
     seed: Seed = 2024
     docstring_continuation: int = Field(default=200, ge=0)
     program_output: int = Field(default=200, ge=0)
-    arithmetic_word_problems: int = Field(default=100, ge=0)
+    arithmetic_word_problems: int = Field(default=50, ge=0)
     unanswerable_refusal: int = Field(default=200, ge=0)
-    function_synthesis: int = Field(default=100, ge=0)
+    function_synthesis: int = Field(default=30, ge=0)
     heldout_text: int = Field(default=50, ge=0)
 
     def counts(self) -> dict[str, int]:
@@ -114,7 +114,7 @@ class Sandbox(StrictModel):
 
 class Params(StrictModel):
     evals: list[EvalName] = Field(default_factory=lambda: list(EVAL_NAMES))
-    eval_batch_size: int = Field(default=8, ge=1)
+    eval_batch_size: int = Field(default=16, ge=1)
     evals_registry_path: str | None = None
     tasks: dict[EvalName, TaskFile] = Field(default_factory=_default_tasks)
     max_samples: int | None = Field(default=None, ge=1)  # items per task (null = all)
