@@ -74,6 +74,7 @@ def test_figure_has_error_bars_per_column_and_chance_markers():
     assert [t.name for t in bars] == ["untrained", "untrained", "language", "language"]
     acc = table.set_index("metric").loc["program_output.acc"]
     first = bars[2]
+    assert first.x[0] == "program_output.acc (n=200)"
     assert first.error_y.array[0] == pytest.approx(acc["language_hi"] - acc["language"])
     assert {t.name for t in fig.data if t.type == "scatter"} == {"chance"}
     assert fig.to_json()

@@ -129,10 +129,11 @@ def to_markdown(table: pd.DataFrame, columns: Sequence[str]) -> str:
 
 
 def comparison_figure(table: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
-    """Grouped bars per figure with 95% error bars, one colour per column (untrained first);
-    chance levels as black markers. Scores (higher is better) on top, perplexity / bits per byte
-    (lower is better) below."""
+    """Grouped bars per figure (labelled with its n) with 95% error bars, one colour per column
+    (untrained first); chance levels as black markers. Scores (higher is better) on top,
+    perplexity / bits per byte (lower is better) below."""
     lower = table["better"] == "lower"
+    table = table.assign(label=[f"{m} (n={int(n)})" for m, n in zip(table["metric"], table["n"])])
     fig = make_subplots(
         rows=2, cols=1, subplot_titles=("scores (higher is better)", "perplexity / bits per byte (lower is better)")
     )
@@ -141,7 +142,7 @@ def comparison_figure(table: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
             fig.add_trace(
                 go.Bar(
                     name=c,
-                    x=part["metric"],
+                    x=part["label"],
                     y=part[c],
                     error_y={
                         "type": "data",
@@ -160,7 +161,7 @@ def comparison_figure(table: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 name="chance",
-                x=part["metric"],
+                x=part["label"],
                 y=part["chance"],
                 mode="markers",
                 marker={"symbol": "line-ew-open", "size": 28, "color": "black"},
