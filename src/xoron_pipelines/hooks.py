@@ -239,7 +239,13 @@ def run_summary(outputs: set[str], load) -> list[Table]:
     if "evaluation_comparison" in outputs:
         frame = load("evaluation_comparison")
         table = Table(title="evaluation by stage")
-        stage_cols = [c for c in frame.columns if c not in ("metric", "better") and not c.startswith("delta_")]
+        stage_cols = [  # the value per column (untrained, stages); intervals and changes stay in the CSV / markdown
+            c
+            for c in frame.columns
+            if c not in ("metric", "better", "n", "chance")
+            and not c.startswith("delta_")
+            and not c.endswith(("_lo", "_hi"))
+        ]
         for col in ("metric", *stage_cols):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for _, row in frame.iterrows():
