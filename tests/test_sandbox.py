@@ -226,7 +226,7 @@ def test_no_network_even_through__socket():
         server.close()
 
 
-HUMANEVAL = offline_tasks.humaneval(random.Random(3), 1)[0]
+HUMANEVAL = offline_tasks.function_synthesis(random.Random(3), 1)[0]
 
 
 @pytest.mark.parametrize(

@@ -407,7 +407,7 @@ def run_summary(outputs: set[str], load) -> list[Table]:
 
         frame = load("evaluation_comparison")
         table = Table(title="evaluation by stage")
-        stage_cols = stage_columns(frame)
+        stage_cols = stage_columns(frame)  # values per column (untrained, stages); intervals stay in the CSV / markdown
         for col in ("metric", *stage_cols):
             table.add_column(col, justify="left" if col == "metric" else "right")
         for _, row in frame.iterrows():

@@ -62,7 +62,7 @@ def test_truncate_at_the_first_stop():
 
 
 def test_humaneval_correct_wrong_and_infinite_loop_in_the_sandbox():
-    problem = offline_tasks.humaneval(random.Random(3), 1)[0]
+    problem = offline_tasks.function_synthesis(random.Random(3), 1)[0]
     limits = SandboxLimits(timeout_s=3.0, memory_mb=512, cpu_s=5)
     assert gen.check_completion(problem, problem["canonical_solution"], limits).ok
     wrong = gen.check_completion(problem, "    return None\n", limits)

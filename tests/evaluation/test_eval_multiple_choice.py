@@ -19,7 +19,7 @@ def test_acc_takes_the_highest_ll_and_acc_norm_divides_by_length():
     item = mc.MCItem("ctx", ("a", "bbbb"), gold=1)
     summary, records = mc.evaluate([item], fixed({" a": -2.0, " bbbb": -4.0}))
     # acc: -2 > -4 -> choice 0 (wrong); acc_norm: -2/1 < -4/4 -> choice 1 (right)
-    assert summary == {"acc": 0.0, "acc_norm": 1.0, "n": 1.0}
+    assert summary == {"acc": 0.0, "acc_norm": 1.0, "n": 1.0, "chance": 0.5}
     assert records[0]["pred"] == 0 and records[0]["loglikelihoods"] == [-2.0, -4.0]
 
 

@@ -80,14 +80,15 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
     params = {
         "evaluation.max_samples": 3,
+        "data_processing.stdlib_corpus.max_bytes": 100_000,  # fewer files to read (docstring_continuation)
         "evaluation.progress": False,
         "evaluation.compare_stages": ["language", "tools"],
         "evaluation.offline_tasks": {
-            "hellaswag": 3,
-            "mmlu": 4,
-            "truthfulqa": 3,
-            "gsm8k": 3,
-            "humaneval": 2,
+            "docstring_continuation": 3,
+            "program_output": 4,
+            "unanswerable_refusal": 3,
+            "arithmetic_word_problems": 3,
+            "function_synthesis": 2,
             "heldout_text": 2,
         },
         "evaluation.gsm8k.max_new_tokens": 6,
@@ -102,21 +103,37 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     monkeypatch.setattr(eval_nodes.log, "warning", lambda msg, *args: warned.append(msg % args))
     run_pipeline(root, "evaluation", params)
 
-    for stage in STAGES:
+    for stage in ("untrained", *STAGES):  # the untrained starting model through the same nodes
         results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
         assert results["stage"] == stage
         assert set(results["perplexity"]) == {"packed_val", "heldout_text", "my_docs"}
         assert results["perplexity"]["my_docs"]["bytes"] == sum(len(t.encode()) for t in texts)
         tasks = results["tasks"]
-        assert set(tasks) == {"hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "gsm8k", "humaneval"}
-        assert all(t["n"] == (2 if name == "humaneval" else 3) for name, t in tasks.items())
-        assert set(tasks["humaneval"]) == {"pass_at_1", "pass_at_2", "n"}
+        assert set(tasks) == {
+            "docstring_continuation",
+            "program_output",
+            "unanswerable_refusal_mc1",
+            "unanswerable_refusal_mc2",
+            "arithmetic_word_problems",
+            "function_synthesis",
+        }
+        assert all(t["n"] == (2 if name == "function_synthesis" else 3) for name, t in tasks.items())
+        assert set(tasks["function_synthesis"]) == {"pass_at_1", "pass_at_2", "n", "chance"}
+        assert tasks["program_output"]["chance"] == 0.25 and tasks["arithmetic_word_problems"]["chance"] == 0
+        figures = results["figures"]  # every figure with n, a 95% interval and chance
+        assert set(figures) == set(eval_nodes.report.flatten(tasks)) | {
+            f"ppl_{s}.{m}" for s in results["perplexity"] for m in ("perplexity", "bits_per_byte")
+        }
+        bad = {k: f for k, f in figures.items() if not f["lo"] - 1e-9 <= f["value"] <= f["hi"] + 1e-9}
+        assert not bad and all(f["n"] == len(f["items"][0]) for f in figures.values()), bad
         samples = [
             json.loads(line)
             for line in (root / f"data/07_model_output/evaluation/{stage}/samples.jsonl").read_text().splitlines()
         ]
-        assert sum(s["task"] == "humaneval" for s in samples) == 2
-        assert all(len(s["completions"]) == 2 for s in samples if s["task"] == "humaneval")
+        assert sum(s["task"] == "function_synthesis" for s in samples) == 2
+        assert all(len(s["completions"]) == 2 for s in samples if s["task"] == "function_synthesis")
+    untrained = json.loads((root / "data/08_reporting/evaluation/untrained/results.json").read_text())
+    assert untrained["perplexity"]["packed_val"]["perplexity"] > 0
 
     language = json.loads((root / "data/08_reporting/evaluation/language/results.json").read_text())
     packed = language["perplexity"]["packed_val"]
@@ -125,11 +142,14 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     assert math.isclose(packed["perplexity"], _hand_perplexity(model, rows, lengths), rel_tol=1e-4)
 
     table = pd.read_csv(root / "data/08_reporting/evaluation_comparison.csv")
-    assert list(table.columns) == ["metric", "language", "tools", "delta_tools", "better"]
-    mmlu = table.set_index("metric").loc["mmlu.acc"]
-    assert math.isclose(mmlu["delta_tools"], mmlu["tools"] - mmlu["language"], abs_tol=1e-12)
+    assert [c for c in table.columns if c in ("untrained", *STAGES)] == ["untrained", "language", "tools"]
+    acc = table.set_index("metric").loc["program_output.acc"]
+    assert math.isclose(acc["delta_tools"], acc["tools"] - acc["language"], abs_tol=1e-12)
+    assert math.isclose(acc["delta_language"], acc["language"] - acc["untrained"], abs_tol=1e-12)
+    assert acc["n"] == 3 and acc["chance"] == 0.25  # max_samples 3
+    assert "| program_output.acc | 3 | 0.25 |" in (root / "data/08_reporting/evaluation_comparison.md").read_text()
     chart = json.loads((root / "data/08_reporting/evaluation_chart.json").read_text())
-    assert {t["name"] for t in chart["data"]} == {"language", "tools"}
+    assert {t["name"] for t in chart["data"]} == {"untrained", "language", "tools", "chance"}
 
     from mlflow.tracking import MlflowClient
 
@@ -137,10 +157,11 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     logged = {k: v for run in runs for k, v in run.data.metrics.items()}
     for stage in STAGES:
-        key = f"evaluation.{stage}.mmlu.acc"
+        key = f"evaluation.{stage}.program_output.acc"
         assert key in logged
         stage_results = json.loads((root / f"data/08_reporting/evaluation/{stage}/results.json").read_text())
-        assert logged[key] == stage_results["tasks"]["mmlu"]["acc"]
+        assert logged[key] == stage_results["tasks"]["program_output"]["acc"]
+        assert logged[f"{key}_ci_lo"] == stage_results["figures"]["program_output.acc"]["lo"]
         # lm-evaluation-harness: offline, the standard tasks are skipped with reasons; the shipped text task runs
         harness_json = json.loads((root / f"data/08_reporting/evaluation/{stage}/harness.json").read_text())
         bpb = harness_json["tasks"]["xoron_heldout_text"]["bits_per_byte"]["value"]
@@ -154,7 +175,7 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
     real = client.get_run(run_ids[STAGES[0]]).data.metrics
     first = json.loads((root / f"data/08_reporting/evaluation/{STAGES[0]}/results.json").read_text())
     assert real["eval/ppl_packed_val.perplexity"] == first["perplexity"]["packed_val"]["perplexity"]
-    assert real["eval/mmlu.acc"] == first["tasks"]["mmlu"]["acc"]
+    assert real["eval/program_output.acc"] == first["tasks"]["program_output"]["acc"]
     assert all(key.startswith("eval/") for key in real)
     assert not any(
         key.startswith("eval/") for run in runs if run.info.run_id != run_ids[STAGES[0]] for key in run.data.metrics

@@ -8,6 +8,10 @@ Each choice is scored as the continuation ``delimiter + choice`` of the item's c
   divides by the UTF-8 byte length instead (the two agree on ASCII text);
 * ``mc2`` (truthfulqa, items with ``labels``): the probability mass of the true choices,
   ``sum(p_true) / (sum(p_true) + sum(p_false))`` with ``p = exp(loglikelihood)``.
+
+The chance level of an item (:func:`chance_level`) is what a scorer that ignores the text gets in
+expectation: ``1 / choices`` for acc / acc_norm, ``true choices / choices`` for mc2 (equal
+probabilities); a task's chance is the mean over its items.
 """
 
 from __future__ import annotations
@@ -52,13 +56,20 @@ def score_item(item: MCItem, lls: Sequence[float], unit: LengthUnit = "chars") -
     }
 
 
+def chance_level(item: MCItem) -> float:
+    """Expected score of a text-blind scorer on ``item`` (see the module docstring)."""
+    if item.labels is not None:
+        return sum(item.labels) / len(item.labels)
+    return 1.0 / len(item.choices)
+
+
 def evaluate(
     items: Sequence[MCItem], loglikelihood: Callable[[list[tuple[str, str]]], list[float]], unit: LengthUnit = "chars"
 ) -> tuple[dict[str, float], list[dict]]:
     """Score ``items`` with ``loglikelihood([(context, continuation), ...]) -> [ll, ...]``.
 
-    Returns the mean of each metric over the items and one record per item (its lls, the
-    predicted index and its metrics)."""
+    Returns the mean of each metric over the items (plus ``n`` and ``chance``, see
+    :func:`chance_level`) and one record per item (its lls, the predicted index and its metrics)."""
     requests = [(it.context, it.delimiter + c) for it in items for c in it.choices]
     lls = loglikelihood(requests) if requests else []
     records, pos = [], 0
@@ -78,4 +89,5 @@ def evaluate(
     keys = sorted({k for r in records for k in ("acc", "acc_norm", "mc2") if k in r})
     summary = {k: float(np.mean([r[k] for r in records if k in r])) for k in keys}
     summary["n"] = float(len(items))
+    summary["chance"] = float(np.mean([chance_level(it) for it in items])) if items else float("nan")
     return summary, records

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -37,6 +37,8 @@ class PerplexityResult:
     tokens: int = 0  # scored tokens
     bytes: int = 0  # UTF-8 bytes of the text behind the scored tokens
     sequences: int = 0
+    # per scored sequence (the items a bootstrap interval resamples): nll, tokens, bytes
+    items: dict[str, list[float]] = field(default_factory=lambda: {"nll": [], "tokens": [], "bytes": []})
 
     @property
     def perplexity(self) -> float:
@@ -47,7 +49,17 @@ class PerplexityResult:
         return self.nll / (math.log(2) * self.bytes) if self.bytes else float("nan")
 
     def as_dict(self) -> dict[str, float]:
-        return {**asdict(self), "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+        """The totals and the two figures (without the per-sequence ``items``)."""
+        totals = {"nll": self.nll, "tokens": self.tokens, "bytes": self.bytes, "sequences": self.sequences}
+        return {**totals, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+
+    def uniform_chance(self, vocab_size: int) -> dict[str, float]:
+        """The figures of a model that gives every one of ``vocab_size`` ids the same probability."""
+        nll = math.log(vocab_size) * self.tokens
+        return {
+            "perplexity": float(vocab_size),
+            "bits_per_byte": nll / (math.log(2) * self.bytes) if self.bytes else float("nan"),
+        }
 
 
 def score(
@@ -66,10 +78,13 @@ def score(
         if not scored:
             continue
         for logp, (ids, n_bytes, context) in zip(token_logprobs(model, [p[0] for p in scored], pad_id), scored):
-            result.nll -= float(logp[context:].sum())
+            nll = -float(logp[context:].sum())
+            result.nll += nll
             result.tokens += len(ids) - 1 - context
             result.bytes += n_bytes
             result.sequences += 1
+            for key, value in (("nll", nll), ("tokens", len(ids) - 1 - context), ("bytes", n_bytes)):
+                result.items[key].append(float(value))
     return result
 
 

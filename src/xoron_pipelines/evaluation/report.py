@@ -1,90 +1,193 @@
-"""Cross-stage report: a comparison table (one row per metric, one column per stage plus the
-change each stage made relative to the one before) and a plotly figure of the same numbers.
+"""Per-stage figures with their error bars, and the cross-stage comparison table and chart.
 
-Metrics are flat ``{"task.metric": value}`` dicts, one per stage, in training order
-(language -> code -> tools -> preference).
+A stage's *figures* (:func:`figures`) are ``{"task.metric": Figure}``: the value, its number of
+items ``n``, its 95% interval (``lo``, ``hi``; :func:`xoron_pipelines.evaluation.stats.interval`),
+the chance level and the per-item columns the value is computed from, so that two stages scored on
+the same items can be compared with a paired bootstrap.
+
+The comparison table has one row per figure and, per column (the untrained starting model first,
+then the stages in training order), the value and its interval; beside every column after the first,
+the change from the column before with its paired 95% interval and whether it is significant (the
+interval excludes 0). A change inside the interval is marked ``n.s.`` in the markdown table.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from xoron_pipelines.evaluation import stats
+
 # Metrics where lower is better; every other metric is an accuracy-like score in [0, 1].
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
+UNTRAINED = "untrained"  # the namespace that evaluates the initialised (untrained) model
+_SKIP = {"n", "chance", "nll", "tokens", "bytes", "sequences", "samples"}
 
 
-def flatten(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """``{"task": {"metric": v}}`` -> ``{"task.metric": v}`` (counts such as ``n`` dropped)."""
-    skip = {"n", "nll", "tokens", "bytes", "sequences", "samples"}
+def flatten(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """``{"task": {"metric": v}}`` -> ``{"task.metric": v}`` (counts, chance and non-numbers dropped)."""
     return {
         f"{task}.{metric}": float(value)
         for task, metrics in results.items()
         for metric, value in metrics.items()
-        if metric not in skip
+        if metric not in _SKIP and isinstance(value, (int, float))
     }
 
 
-def comparison_table(by_stage: Mapping[str, Mapping[str, float]], stages: Sequence[str]) -> pd.DataFrame:
-    """Rows: metrics; columns: ``metric``, each stage, and ``delta_<stage>`` (this stage minus the
-    previous one) for every stage after the first."""
-    metrics = sorted({m for s in stages for m in by_stage[s]})
-    table = pd.DataFrame({"metric": metrics})
-    for stage in stages:
-        table[stage] = [by_stage[stage].get(m, math.nan) for m in metrics]
-    for prev, stage in zip(stages, stages[1:]):
-        table[f"delta_{stage}"] = table[stage] - table[prev]
-    table["better"] = ["lower" if m.endswith(LOWER_IS_BETTER) else "higher" for m in metrics]
-    return table
+def figure(columns: Sequence[Sequence[float]], kind: str, value: float, chance: float, seed: int = 0) -> dict:
+    """One figure: value, n, 95% interval, chance, and the per-item ``columns`` of statistic ``kind``."""
+    lo, hi = stats.interval(columns, kind, seed)
+    cols = [[float(x) for x in c] for c in columns]
+    return {"value": float(value), "n": len(cols[0]), "lo": lo, "hi": hi, "chance": float(chance), "kind": kind,
+            "items": cols}  # fmt: skip
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency)."""
+def figures(
+    tasks: Mapping[str, Mapping[str, Any]], records: Sequence[Mapping[str, Any]], ppl: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict]:
+    """Every figure of one stage from the task summaries, the per-item records (``task`` + the
+    metric per item) and the perplexity results (with ``items`` and ``chance``)."""
+    out: dict[str, dict] = {}
+    for task, summary in tasks.items():
+        rows = [r for r in records if r.get("task") == task]
+        for metric, value in summary.items():
+            if metric in _SKIP:
+                continue
+            column = [r[metric] for r in rows]
+            if len(column) != summary.get("n", len(column)):
+                raise ValueError(f"{task}.{metric}: {len(column)} item records for n={summary.get('n')}")
+            out[f"{task}.{metric}"] = figure([column], "mean", value, summary.get("chance", math.nan))
+    for name, result in ppl.items():
+        items = result["items"]
+        for metric, denom in (("perplexity", "tokens"), ("bits_per_byte", "bytes")):
+            out[f"ppl_{name}.{metric}"] = figure(
+                [items["nll"], items[denom]], metric, result[metric], result["chance"][metric]
+            )
+    return out
 
-    def cell(v) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"
+def comparison_table(
+    by_column: Mapping[str, Mapping[str, dict]], columns: Sequence[str], seed: int = 0
+) -> pd.DataFrame:
+    """Rows: figures; for each column ``c`` (a stage, or the untrained model): ``c``, ``c_lo``,
+    ``c_hi``; for each column after the first, ``delta_c`` (``c`` minus the column before, on the
+    same items), ``delta_c_lo`` / ``delta_c_hi`` (paired bootstrap 95% interval) and ``delta_c_sig``
+    (the interval excludes 0). Also ``n`` and ``chance`` (of the first column that has the figure)."""
+    metrics = sorted({m for c in columns for m in by_column[c]})
+    rows = []
+    for m in metrics:
+        present = [by_column[c][m] for c in columns if m in by_column[c]]
+        row: dict[str, Any] = {"metric": m, "n": present[0]["n"], "chance": present[0]["chance"]}
+        for c in columns:
+            f = by_column[c].get(m)
+            row[c], row[f"{c}_lo"], row[f"{c}_hi"] = (f["value"], f["lo"], f["hi"]) if f else (math.nan,) * 3
+        for prev, c in zip(columns, columns[1:]):
+            a, b = by_column[prev].get(m), by_column[c].get(m)
+            if a is None or b is None or a["n"] != b["n"]:
+                d = (math.nan, math.nan, math.nan)
+            else:
+                d = stats.paired_difference(a["items"], b["items"], a["kind"], seed)
+            row[f"delta_{c}"], row[f"delta_{c}_lo"], row[f"delta_{c}_hi"] = d
+            row[f"delta_{c}_sig"] = bool(d[1] > 0 or d[2] < 0)
+        row["better"] = "lower" if m.endswith(LOWER_IS_BETTER) else "higher"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def comparison_figure(table: pd.DataFrame, stages: Sequence[str]) -> go.Figure:
-    """Grouped bars per metric, one colour per stage: scores (higher is better) on top,
-    perplexity / bits-per-byte (lower is better) below."""
+def _num(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
+
+
+def to_markdown(table: pd.DataFrame, columns: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table: ``value [lo, hi]`` per column, the change from the
+    column before (``n.s.`` when its paired interval contains 0), then a legend."""
+    head = ["metric", "n", "chance"]
+    for i, c in enumerate(columns):
+        head += [c] if i == 0 else [f"Δ {c}", c]
+    lines = ["| " + " | ".join([*head, "better"]) + " |", "|" + "|".join("---" for _ in range(len(head) + 1)) + "|"]
+    for r in table.to_dict("records"):
+        cells = [r["metric"], str(int(r["n"])), _num(r["chance"])]
+        for i, c in enumerate(columns):
+            if i:
+                d = r[f"delta_{c}"]
+                mark = "" if r[f"delta_{c}_sig"] or math.isnan(d) else " n.s."
+                cells.append("–" if math.isnan(d) else f"{d:+.3g}{mark}")
+            cells.append(f"{_num(r[c])} [{_num(r[f'{c}_lo'])}, {_num(r[f'{c}_hi'])}]")
+        lines.append("| " + " | ".join([*cells, r["better"]]) + " |")
+    legend = (
+        "\n[lo, hi]: 95% interval (Wilson for items scored 0/1, seeded percentile bootstrap otherwise). "
+        "Δ: change from the column before on the same items; n.s.: its paired-bootstrap 95% interval "
+        "contains 0 (not significant). chance: a text-blind scorer (1/choices; 0 for generation; a uniform "
+        "distribution over the vocabulary for perplexity).\n"
+    )
+    return "\n".join(lines) + "\n" + legend
+
+
+def comparison_figure(table: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
+    """Grouped bars per figure (labelled with its n) with 95% error bars, one colour per column
+    (untrained first); chance levels as black markers. Scores (higher is better) on top,
+    perplexity / bits per byte (lower is better) below."""
     lower = table["better"] == "lower"
+    table = table.assign(label=[f"{m} (n={int(n)})" for m, n in zip(table["metric"], table["n"])])
     fig = make_subplots(
         rows=2, cols=1, subplot_titles=("scores (higher is better)", "perplexity / bits per byte (lower is better)")
     )
-    for i, stage in enumerate(stages):
+    for i, c in enumerate(columns):
         for row, part in ((1, table[~lower]), (2, table[lower])):
             fig.add_trace(
                 go.Bar(
-                    name=stage,
-                    x=part["metric"],
-                    y=part[stage],
-                    legendgroup=stage,
+                    name=c,
+                    x=part["label"],
+                    y=part[c],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": part[f"{c}_hi"] - part[c],
+                        "arrayminus": part[c] - part[f"{c}_lo"],
+                    },  # fmt: skip
+                    legendgroup=c,
                     showlegend=row == 1,
                     marker_color=_COLOURS[i % len(_COLOURS)],
                 ),
                 row=row,
                 col=1,
             )
-    fig.update_layout(barmode="group", title="Evaluation by training stage", height=800)
+    for row, part in ((1, table[~lower]), (2, table[lower])):
+        fig.add_trace(
+            go.Scatter(
+                name="chance",
+                x=part["label"],
+                y=part["chance"],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 28, "color": "black"},
+                legendgroup="chance",
+                showlegend=row == 1,
+            ),
+            row=row,
+            col=1,
+        )
+    fig.update_layout(barmode="group", title="Evaluation by training stage (95% intervals)", height=800)
     return fig
 
 
-_COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
+_COLOURS = ("#7f7f7f", "#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3")
 
 
 def stage_columns(table: pd.DataFrame) -> list[str]:
-    """The stage columns of a comparison table, in order (not metric, better, delta_*)."""
-    return [c for c in table.columns if c not in ("metric", "better") and not c.startswith("delta_")]
+    """The value columns of a comparison table (the untrained model, then the stages), in order:
+    not metric / n / chance / better, the deltas or the interval bounds."""
+    return [
+        c
+        for c in table.columns
+        if c not in ("metric", "n", "chance", "better")
+        and not c.startswith("delta_")
+        and not c.endswith(("_lo", "_hi", "_sig"))
+    ]
 
 
 def comparison_png_figure(table: pd.DataFrame):
@@ -106,7 +209,13 @@ def comparison_png_figure(table: pd.DataFrame):
         ax = fig.add_subplot(len(parts), 1, row + 1)
         for i, stage in enumerate(stages):
             xs = [x + (i - (len(stages) - 1) / 2) * width for x in range(len(part))]
-            ax.bar(xs, part[stage].astype(float), width, label=stage, color=_COLOURS[i % len(_COLOURS)])
+            values = part[stage].astype(float)
+            errors = None
+            if f"{stage}_lo" in part and f"{stage}_hi" in part:  # the 95% interval as error bars
+                errors = [values - part[f"{stage}_lo"].astype(float), part[f"{stage}_hi"].astype(float) - values]
+            ax.bar(xs, values, width, yerr=errors, capsize=2, label=stage, color=_COLOURS[i % len(_COLOURS)])
+        if "chance" in part:
+            ax.scatter(range(len(part)), part["chance"].astype(float), marker="_", s=200, color="black", label="chance")
         ax.set_xticks(range(len(part)), part["metric"], rotation=30, ha="right", fontsize="small")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)

@@ -1,7 +1,9 @@
 """Nodes of the ``evaluation`` pipeline.
 
-``generate_offline_tasks`` runs once; ``perplexity`` / ``multiple_choice`` / ``generation`` /
-``collect`` run once per training stage (namespaced ``<stage>.``, input ``<stage>.model``);
+``generate_offline_tasks`` and ``initialise_untrained`` run once; ``perplexity`` /
+``multiple_choice`` / ``generation`` / ``collect`` run once per training stage (namespaced
+``<stage>.``, input ``<stage>.model``) and once for the untrained starting model (namespace
+``untrained``);
 ``collect`` also logs the stage's metrics as ``eval/<metric>`` into the stage's own training
 run (``mlflow_run_id`` of ``<stage>.train_summary``) when that run is in the tracking store;
 ``compare_stages`` builds the cross-stage table and chart.
@@ -24,6 +26,8 @@ from xoron_pipelines.evaluation import harness, offline_tasks, perplexity, repor
 from xoron_pipelines.evaluation import multiple_choice as mc
 from xoron_pipelines.evaluation import task_files as tf
 from xoron_pipelines.evaluation.lm import encode_pair, generate_texts, loglikelihoods
+from xoron_pipelines.pipelines.data_processing.params import StdlibCorpus
+from xoron_pipelines.pipelines.training.nodes import initialise_model
 from xoron_pipelines.sandbox import SandboxLimits, isolation_mode
 from xoron_pipelines.tokens import CHAT_ROLES, render_chat
 
@@ -38,12 +42,21 @@ def _limits(p: Params) -> SandboxLimits:
     return SandboxLimits(**p.sandbox.model_dump())
 
 
-def generate_offline_tasks(params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The small generated task files (one partition per task, plus ``heldout_text``)."""
+def generate_offline_tasks(params: dict[str, Any], stdlib_params: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The generated task files (one partition per task, plus ``heldout_text``); ``stdlib_params``
+    is ``data_processing.stdlib_corpus``, which says which stdlib files training reads (those are
+    left out of ``docstring_continuation``)."""
     p = Params.model_validate(params)
-    tasks = offline_tasks.build(p.offline_tasks.seed, p.offline_tasks.counts(), _limits(p))
+    corpus = StdlibCorpus.model_validate(stdlib_params or {})
+    tasks = offline_tasks.build(p.offline_tasks.seed, p.offline_tasks.counts(), corpus)
     log.info("generated offline task files: %s", {k: len(v) for k, v in tasks.items()})
     return tasks
+
+
+def initialise_untrained(model_params: dict[str, Any], first_stage_params: dict[str, Any]):
+    """The model training starts from: pretrain's ``initialise`` node on ``params:model``, seeded
+    with the first pretrain stage's ``train.seed`` (same weights), evaluated as the baseline."""
+    return initialise_model(model_params, first_stage_params)
 
 
 def _partition(generated: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
@@ -76,8 +89,10 @@ def _max_length(model, p_len: int | None) -> int:
 
 def evaluate_perplexity(
     model, packed_val, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
-) -> dict[str, dict[str, float]]:
-    """Perplexity and bits-per-byte on the held-out packed split and on the text sources."""
+) -> dict[str, dict[str, Any]]:
+    """Perplexity and bits-per-byte on the held-out packed split and on the text sources, with
+    their per-sequence ``items`` (nll, tokens, bytes) and the ``chance`` figures of a uniform
+    distribution over the model's vocabulary."""
     p = Params.model_validate(params)
     pp = p.perplexity
     model = _prepare(model, p)
@@ -86,7 +101,12 @@ def evaluate_perplexity(
     out: dict[str, dict[str, float]] = {}
 
     def run(name: str, pieces) -> None:
-        out[name] = perplexity.score(model, pieces, p.eval_batch_size, pad, p.progress, f"perplexity {name}").as_dict()
+        result = perplexity.score(model, pieces, p.eval_batch_size, pad, p.progress, f"perplexity {name}")
+        out[name] = {
+            **result.as_dict(),
+            "chance": result.uniform_chance(int(model.config.vocab_size)),
+            "items": result.items,
+        }
         log.info("perplexity %s: %.3f (%.4f bits/byte)", name, out[name]["perplexity"], out[name]["bits_per_byte"])
 
     if pp.packed_val:
@@ -128,14 +148,18 @@ def _mc_items(name: str, fmt: str, rows: list[dict[str, Any]]) -> dict[str, list
 
 
 def _loglikelihood_fn(model, tokenizer, p: Params) -> Callable[[list[tuple[str, str]]], list[float]]:
+    """``[(context, continuation)] -> [ll]``, each distinct pair scored once per node (the mc1 and
+    mc2 items of a truthfulqa-format task share their contexts and choices)."""
     bos = tokenizer.bos_token_id if p.multiple_choice.add_bos else None
     pad = tokenizer.pad_token_id or 0
+    cache: dict[tuple[str, str], float] = {}
 
     def fn(requests: list[tuple[str, str]]) -> list[float]:
-        encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in requests]
-        return [
-            ll for ll, _ in loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad, p.progress)
-        ]
+        todo = list(dict.fromkeys(r for r in requests if r not in cache))
+        encoded = [encode_pair(tokenizer, ctx, cont, bos) for ctx, cont in todo]
+        scored = loglikelihoods(model, encoded, p.eval_batch_size, _max_length(model, None), pad, p.progress)
+        cache.update(zip(todo, (ll for ll, _ in scored)))
+        return [cache[r] for r in requests]
 
     return fn
 
@@ -143,7 +167,7 @@ def _loglikelihood_fn(model, tokenizer, p: Params) -> Callable[[list[tuple[str, 
 def evaluate_multiple_choice(
     model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any]
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """acc / acc_norm (and truthfulqa mc2) of every multiple-choice benchmark in ``evals``."""
+    """acc / acc_norm (and mc2 for the truthfulqa format) of every multiple-choice task in ``evals``."""
     p = Params.model_validate(params)
     model = _prepare(model, p)
     ll = _loglikelihood_fn(model, tokenizer, p)
@@ -193,7 +217,8 @@ def _gsm8k(model, tokenizer, rows, p: Params, chat: bool) -> tuple[dict[str, flo
             }
         )
     n = len(records)
-    return {"exact_match": sum(r["exact_match"] for r in records) / n if n else math.nan, "n": float(n)}, records
+    mean = sum(r["exact_match"] for r in records) / n if n else math.nan
+    return {"exact_match": mean, "n": float(n), "chance": 0.0}, records
 
 
 def _humaneval(model, tokenizer, rows, p: Params) -> tuple[dict[str, float], list[dict]]:
@@ -217,24 +242,27 @@ def _humaneval(model, tokenizer, rows, p: Params) -> tuple[dict[str, float], lis
         completions = [gen.truncate_at(t, gen.HUMANEVAL_STOP) for t in outputs[i * h.n_samples : (i + 1) * h.n_samples]]
         results = [gen.check_completion(row, c, limits) for c in completions]
         correct = sum(r.ok for r in results)
-        for k in h.ks:
-            summary[f"pass_at_{k}"] += gen.pass_at_k(h.n_samples, correct, k) / len(rows)
+        scores = {f"pass_at_{k}": gen.pass_at_k(h.n_samples, correct, k) for k in h.ks}
+        for key, value in scores.items():
+            summary[key] += value / len(rows)
         records.append(
             {
                 "task_id": row["task_id"],
                 "completions": completions,
                 "correct": correct,
                 "errors": [r.error for r in results],
+                **scores,
             }
         )
     summary["n"] = float(len(rows))
+    summary["chance"] = 0.0
     return summary, records
 
 
 def evaluate_generation(
     model, tokenizer, generated: Mapping[str, Any], params: dict[str, Any], stage: str
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """gsm8k exact match and humaneval pass@k of every generation benchmark in ``evals``."""
+    """Exact match (gsm8k format) and pass@k (humaneval format) of every generation task in ``evals``."""
     p = Params.model_validate(params)
     model = _prepare(model, p)
     summary: dict[str, dict[str, float]] = {}
@@ -324,14 +352,22 @@ def collect(
     mc_records: list,
     gen_summary: dict,
     gen_records: list,
-    train_summary: Mapping[str, Any] | None,
+    train_summary: Mapping[str, Any] | None = None,
+    *,
     stage: str,
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """One stage's results: a JSON report, its MLflow metrics (for the ``kedro run`` run) and the
-    per-item samples. The metrics also go to the stage's training run (see :func:`log_to_training_run`)."""
-    results = {"stage": stage, "perplexity": ppl, "tasks": {**mc_summary, **gen_summary}}
+    """One stage's results: a JSON report (perplexity totals, task summaries, and ``figures``:
+    every figure with n, 95% interval, chance and per-item scores, see :func:`report.figures`), its
+    MLflow metrics (value and interval, for the ``kedro run`` run) and the per-item samples. The
+    metrics also go to the stage's training run (see :func:`log_to_training_run`); the untrained
+    model has no training summary."""
+    tasks = {**mc_summary, **gen_summary}
+    figures = report.figures(tasks, mc_records + gen_records, ppl)
+    totals = {name: {k: v for k, v in r.items() if k not in ("items", "chance")} for name, r in ppl.items()}
+    results = {"stage": stage, "perplexity": totals, "tasks": tasks, "figures": figures}
     values = {k: v for k, v in stage_metrics(results).items() if not math.isnan(v)}
-    log_to_training_run(values, train_summary, stage)
+    if stage != report.UNTRAINED:
+        log_to_training_run(values, train_summary, stage)
     metrics = {k: {"value": v, "step": 0} for k, v in values.items()}
     return results, metrics, [{"stage": stage, **r} for r in mc_records + gen_records]
 
@@ -364,7 +400,11 @@ def log_to_training_run(metrics: Mapping[str, float], train_summary: Mapping[str
 
 
 def stage_metrics(results: dict[str, Any]) -> dict[str, float]:
-    return report.flatten({**{f"ppl_{k}": v for k, v in results["perplexity"].items()}, **results["tasks"]})
+    """``{"task.metric": value}`` plus ``"task.metric_ci_lo"`` / ``_ci_hi`` (the 95% interval)."""
+    values = report.flatten({**{f"ppl_{k}": v for k, v in results["perplexity"].items()}, **results["tasks"]})
+    for name, f in results.get("figures", {}).items():
+        values[f"{name}_ci_lo"], values[f"{name}_ci_hi"] = f["lo"], f["hi"]
+    return values
 
 
 def plot_comparison(table):
@@ -373,10 +413,12 @@ def plot_comparison(table):
     return report.comparison_png_figure(table)
 
 
-def compare_stages(params: dict[str, Any], *results: dict[str, Any]):
-    """Comparison table (CSV + markdown) and plotly chart over ``compare_stages``."""
+def compare_stages(params: dict[str, Any], untrained: dict[str, Any], *results: dict[str, Any]):
+    """Comparison table (CSV + markdown) and plotly chart: the untrained starting model, then the
+    stages of ``compare_stages``, each figure with its interval and the paired change from the
+    column before."""
     p = Params.model_validate(params)
-    by_stage = {r["stage"]: stage_metrics(r) for r in results}
-    stages = [s for s in p.compare_stages if s in by_stage]
-    table = report.comparison_table(by_stage, stages)
-    return table, report.to_markdown(table), report.comparison_figure(table, stages)
+    by_column = {r["stage"]: r["figures"] for r in (untrained, *results)}
+    columns = [report.UNTRAINED, *(s for s in p.compare_stages if s in by_column)]
+    table = report.comparison_table(by_column, columns, p.seed)
+    return table, report.to_markdown(table, columns), report.comparison_figure(table, columns)

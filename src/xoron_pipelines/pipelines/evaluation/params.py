@@ -1,8 +1,9 @@
 """Schema of ``conf/base/parameters_evaluation.yml`` (top-level key ``evaluation``).
 
-The llm720 ``eval_config`` keys (seed 002) are here with the same meaning: ``evals`` (benchmark
-names to run), ``eval_batch_size``, ``evals_registry_path`` (here: a local directory of
-``<name>.jsonl`` task files instead of an OpenAI Evals registry, so no API key is needed).
+The llm720 ``eval_config`` keys (seed 002) are here with the same meaning: ``evals`` (which
+evaluations to run: here the offline tasks of :data:`EVAL_NAMES`), ``eval_batch_size``,
+``evals_registry_path`` (here: a local directory of ``<name>.jsonl`` task files instead of an
+OpenAI Evals registry, so no API key is needed).
 """
 
 from __future__ import annotations
@@ -17,16 +18,28 @@ from xoron_pipelines.training.schema import STAGE_ORDER as STAGES  # one evaluat
 from xoron_pipelines.training.schema import StageName as Stage
 from xoron_pipelines.validation import Seed, StrictModel
 
-EVAL_NAMES = ("hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval")
-EvalName = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"]
+# The offline tasks (evaluation/offline_tasks.py), named for what they measure, and the row
+# format of their task files (the public sets' formats, evaluation/task_files.py).
+DEFAULT_FORMATS = {
+    "docstring_continuation": "hellaswag",
+    "program_output": "mmlu",
+    "arithmetic_word_problems": "gsm8k",
+    "unanswerable_refusal": "truthfulqa",
+    "function_synthesis": "humaneval",
+}
+EVAL_NAMES = tuple(DEFAULT_FORMATS)
+EvalName = Literal[
+    "docstring_continuation", "program_output", "arithmetic_word_problems", "unanswerable_refusal", "function_synthesis"
+]
+TaskFormat = Literal["hellaswag", "mmlu", "truthfulqa", "gsm8k", "humaneval"]
 
 
 class TaskFile(StrictModel):
-    """Where one benchmark's rows come from. ``path: null`` -> ``<evals_registry_path>/<name>.jsonl``
+    """Where one task's rows come from. ``path: null`` -> ``<evals_registry_path>/<name>.jsonl``
     when a registry is set, else the generated offline file."""
 
     path: str | None = None
-    format: EvalName | None = None  # row format; null = the benchmark's own name
+    format: TaskFormat | None = None  # row format; null = the task's own (DEFAULT_FORMATS)
     max_samples: int | None = Field(default=None, ge=1, description="overrides evaluation.max_samples")
 
 
@@ -36,14 +49,15 @@ def _default_tasks() -> dict[str, TaskFile]:
 
 class OfflineTasks(StrictModel):
     """Size of the generated task files (data/01_raw/eval/generated/<name>.jsonl); 0 disables one.
-    Keep ``seed`` different from ``synth.seed`` so the items are held out."""
+    The tasks are held out from training by construction (own templates, stdlib files the training
+    corpus does not read), whatever the seed."""
 
     seed: Seed = 2024
-    hellaswag: int = Field(default=40, ge=0)
-    mmlu: int = Field(default=40, ge=0)
-    truthfulqa: int = Field(default=30, ge=0)
-    gsm8k: int = Field(default=40, ge=0)
-    humaneval: int = Field(default=20, ge=0)
+    docstring_continuation: int = Field(default=200, ge=0)
+    program_output: int = Field(default=200, ge=0)
+    arithmetic_word_problems: int = Field(default=50, ge=0)
+    unanswerable_refusal: int = Field(default=200, ge=0)
+    function_synthesis: int = Field(default=30, ge=0)
     heldout_text: int = Field(default=50, ge=0)
 
     def counts(self) -> dict[str, int]:
@@ -149,10 +163,10 @@ class Harness(StrictModel):
 
 class Params(StrictModel):
     evals: list[EvalName] = Field(default_factory=lambda: list(EVAL_NAMES))
-    eval_batch_size: int = Field(default=8, ge=1)
+    eval_batch_size: int = Field(default=16, ge=1)
     evals_registry_path: str | None = None
     tasks: dict[EvalName, TaskFile] = Field(default_factory=_default_tasks)
-    max_samples: int | None = Field(default=50, ge=1)  # items per task (null = all)
+    max_samples: int | None = Field(default=None, ge=1)  # items per task (null = all)
     compare_stages: list[Stage] = Field(default_factory=lambda: list(STAGES))
     chat_prompts: list[Stage] = Field(default_factory=lambda: ["tools", "preference"])
     device: DeviceSpec = "auto"
@@ -190,7 +204,7 @@ class Params(StrictModel):
         return self
 
     def task_format(self, name: str) -> str:
-        return self.tasks[name].format or name
+        return self.tasks[name].format or DEFAULT_FORMATS[name]
 
     def limit(self, name: str) -> int | None:
         return self.tasks[name].max_samples or self.max_samples
