@@ -37,14 +37,13 @@ def test_each_variant_is_a_namespace_of_the_same_template_plus_one_comparison():
     names = [v["name"] for v in VARIANTS]
     pipe = create_pipeline(variants=names)
     nodes = {n.name for n in pipe.nodes}
-    assert nodes == {f"ablation.{v}.{step}" for v in names for step in ("initialise", "train", "evaluate")} | {
-        "ablation.compare"
-    }
-    compare = next(n for n in pipe.nodes if n.name == "ablation.compare")
+    steps = ("initialise", "train", "evaluate")
+    assert nodes == {f"ablation.{v}.{step}_{v}" for v in names for step in steps} | {"ablation.compare_ablation"}
+    compare = next(n for n in pipe.nodes if n.name == "ablation.compare_ablation")
     assert compare.inputs == [f"ablation.{v}.result" for v in names]  # table order = variant order
     assert set(pipe.outputs()) == {"ablation_table", "ablation_table_md", "ablation_results", "ablation_loss_curves"}
     for v in names:  # each variant trains with its own checkpoint store on the shared data
-        train = next(n for n in pipe.nodes if n.name == f"ablation.{v}.train")
+        train = next(n for n in pipe.nodes if n.name == f"ablation.{v}.train_{v}")
         assert f"ablation.{v}.checkpoints" in train.inputs and "packed_train" in train.inputs
     assert create_pipeline(variants=[]).nodes == []
 

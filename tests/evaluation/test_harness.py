@@ -253,7 +253,7 @@ def test_harness_nodes_are_wired_per_stage_and_after_the_export():
 
     nodes = {n.name: n for n in evaluation().nodes}
     for stage in STAGES:
-        node = nodes[f"{stage}.harness"]
+        node = nodes[f"{stage}.harness_{stage}"]
         assert node.inputs == [f"{stage}.model", "packed_val", "tokenizer", "params:evaluation"]
         assert node.outputs == [f"evaluation_harness_{stage}", f"evaluation_harness_metrics_{stage}"]
     assert DEFAULT_ORDER[-2:] == ("export", "export_harness")

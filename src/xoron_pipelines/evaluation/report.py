@@ -212,7 +212,9 @@ def comparison_png_figure(table: pd.DataFrame):
             values = part[stage].astype(float)
             errors = None
             if f"{stage}_lo" in part and f"{stage}_hi" in part:  # the 95% interval as error bars
-                errors = [values - part[f"{stage}_lo"].astype(float), part[f"{stage}_hi"].astype(float) - values]
+                below = (values - part[f"{stage}_lo"].astype(float)).clip(lower=0).fillna(0)
+                above = (part[f"{stage}_hi"].astype(float) - values).clip(lower=0).fillna(0)
+                errors = [below, above]  # a bootstrap interval of a ratio need not hold the value
             ax.bar(xs, values, width, yerr=errors, capsize=2, label=stage, color=_COLOURS[i % len(_COLOURS)])
         if "chance" in part:
             ax.scatter(range(len(part)), part["chance"].astype(float), marker="_", s=200, color="black", label="chance")

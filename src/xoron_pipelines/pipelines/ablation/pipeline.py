@@ -5,7 +5,7 @@ viz shows one box per variant, ``kedro run --pipeline ablation --namespaces abla
 runs one): ``initialise`` (the variant's fresh model and merged stage settings) -> ``train`` (the
 training template's causal-LM stage node, i.e. ``run_stage``; checkpoints in
 ``ablation.<name>.checkpoints``) -> ``evaluate`` (``ablation.<name>.result``). A last node,
-``ablation.compare``, writes the table (CSV, Markdown, JSON) and the overlaid loss curves.
+``ablation.compare_ablation``, writes the table (CSV, Markdown, JSON) and the overlaid loss curves.
 
 Where the variant names come from: a Kedro pipeline is built before the parameters are loaded
 (``create_pipeline`` receives none), yet the DAG needs one namespace per variant. As Kedro's
@@ -79,13 +79,13 @@ def variant_pipeline(name: str, built: tuple[str, ...]) -> Pipeline:
                 _bound(initialise_variant, variant=name, built=built),
                 ["params:ablation", "params:pretrain", "params:model"],
                 ["init_model", "stage_params"],
-                name="initialise",
+                name=f"initialise_{name}",
             ),
             Node(
                 _bound(train_variant, variant=name),
                 ["init_model", *data, "stage_params", "checkpoints"],
                 ["model", "train_summary"],
-                name="train",
+                name=f"train_{name}",
             ),
             Node(
                 _bound(evaluate_variant, variant=name),
@@ -99,7 +99,7 @@ def variant_pipeline(name: str, built: tuple[str, ...]) -> Pipeline:
                     "train_summary",
                 ],
                 "result",
-                name="evaluate",
+                name=f"evaluate_{name}",
             ),
         ]
     )
@@ -119,8 +119,8 @@ def create_pipeline(variants: list[str] | None = None, **kwargs) -> Pipeline:
         compare_variants,
         [f"{NAMESPACE}.{n}.result" for n in names],
         ["ablation_table", "ablation_table_md", "ablation_results", "ablation_loss_curves"],
-        name="compare",
-        namespace=NAMESPACE,  # node ablation.compare, in the ablation box of kedro viz
+        name="compare_ablation",
+        namespace=NAMESPACE,  # node ablation.compare_ablation, in the ablation box of kedro viz
         tags=[NAMESPACE],
     )
     return sum((variant_pipeline(n, names) for n in names), Pipeline([])) + Pipeline([compare])
