@@ -24,6 +24,7 @@ from .nodes import (
     evaluate_generation,
     evaluate_multiple_choice,
     evaluate_perplexity,
+    evaluate_preference,
     generate_offline_tasks,
 )
 from .params import STAGES
@@ -43,6 +44,7 @@ def stage_pipeline(stage: str) -> Pipeline:
         [
             Node(
                 evaluate_perplexity,
+                evaluate_preference,
                 ["model", "packed_val", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 "perplexity",
                 name="perplexity",
@@ -97,4 +99,22 @@ def create_pipeline(**kwargs) -> Pipeline:
             )
         ]
     )
-    return Pipeline([tasks, *(stage_pipeline(s) for s in STAGES), compare], tags=["evaluation"])
+    held_out_preference = Pipeline(
+        [
+            Node(
+                evaluate_preference,
+                [
+                    "preference.model",
+                    "tools.model",
+                    "tokenizer",
+                    "synth_raw",
+                    "params:finetune.stages.preference",
+                    "params:evaluation",
+                    "preference.train_summary",
+                ],
+                "evaluation_preference",
+                name="preference_accuracy",
+            )
+        ]
+    )
+    return Pipeline([tasks, *(stage_pipeline(s) for s in STAGES), compare, held_out_preference], tags=["evaluation"])
