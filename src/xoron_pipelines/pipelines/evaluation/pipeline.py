@@ -44,7 +44,6 @@ def stage_pipeline(stage: str) -> Pipeline:
         [
             Node(
                 evaluate_perplexity,
-                evaluate_preference,
                 ["model", "packed_val", "tokenizer", "evaluation_generated_tasks", "params:evaluation"],
                 "perplexity",
                 name="perplexity",
