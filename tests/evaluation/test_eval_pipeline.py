@@ -31,6 +31,10 @@ def _prepare(root, tok):
         ids = [tok.bos_token_id, *tok.encode(text, add_special_tokens=False), tok.eos_token_id]
         rows.append(ids + [tok.pad_token_id] * (48 - len(ids)))
         lengths.append(len(ids))
+    synth = root / "data/01_raw/synth/preference.jsonl"  # the preference stage's pairs (20% held out: 2)
+    synth.parent.mkdir(parents=True, exist_ok=True)
+    pairs = [{"prompt": f"{i} plus 2?", "chosen": f"It is {i + 2}.", "rejected": f"Maybe {i + 5}."} for i in range(10)]
+    synth.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     ParquetShardsDataset(str(root / "data/05_model_input/packed/val")).save(
         pa.table({"input_ids": pa.array(rows, pa.list_(pa.int32())), "length": pa.array(lengths, pa.int32())})
     )
@@ -181,7 +185,16 @@ def test_evaluation_pipeline_end_to_end(kedro_project, tiny_tokenizer, monkeypat
         key.startswith("eval/") for run in runs if run.info.run_id != run_ids[STAGES[0]] for key in run.data.metrics
     )
     assert sum(BOGUS_RUN_ID in m and STAGES[1] in m for m in warned) == 1, warned
-    assert sum("no MLflow run id" in m for m in warned) == len(STAGES) - 2
+    # collect of the last stages, and the preference_accuracy node (its summary has no run id)
+    assert sum("no MLflow run id" in m for m in warned) == len(STAGES) - 1
+    assert sum("no MLflow run id" in m and "preference" in m for m in warned) == 2
+
+    pref = json.loads((root / "data/08_reporting/evaluation/preference_accuracy.json").read_text())
+    assert pref["n"] == 2 and pref["reference"]["margin_accuracy"]["n"] == 2
+    assert [r["metric"] for r in pref["rows"]] == [
+        "preference_accuracy.implicit_reward_accuracy",
+        "preference_accuracy.margin_accuracy",
+    ]
 
     # the comparison chart is also a PNG artefact of the kedro run's run (named after the pipeline)
     png = root / "data/08_reporting/evaluation_chart.png"

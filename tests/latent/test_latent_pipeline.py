@@ -122,6 +122,13 @@ def test_kedro_run_latent(kedro_project: Path, capsys):
         assert m["before_eval_loss"] == pytest.approx(summaries[s]["before"]["eval_loss"])
         assert m["after_eval_loss"] == pytest.approx(summaries[s]["after"]["eval_loss"])
         print(s, summaries[s]["steps"], round(m["before_eval_loss"], 4), "->", round(m["after_eval_loss"], 4))
+        ablation = summaries[s]["prefix_ablation"]
+        if s.endswith("adapter"):  # the decoder's held-out loss with its own / a shuffled / a zero-latent prefix
+            assert ablation["prefix_loss"] == pytest.approx(summaries[s]["after"]["eval_loss"], rel=0.05)
+            for key, value in ablation.items():
+                assert m[f"ablation_{key}"] == pytest.approx(value)
+        else:
+            assert ablation is None and not any(k.startswith("ablation_") for k in m)
     assert runs["latent.pretrain_middle"].data.params["trains"] == "compression,middle"
 
     with contextlib.chdir(kedro_project):

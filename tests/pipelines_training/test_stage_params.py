@@ -19,9 +19,8 @@ def test_conf_defaults_validate_with_seed_001_learning_rates(project_root):
     pre = validate_group("pretrain", _conf(project_root, "pretrain"), PretrainParams)
     fine = validate_group("finetune", _conf(project_root, "finetune"), FinetuneParams)
     lrs = {name: s.train.learning_rate for g in (pre, fine) for name, s in g.stages.items()}
-    # language and code are scaled for the CPU default run (documented in the yml, keeping language > code);
-    # the finetune stages are seed 001's
-    assert lrs["language"] > lrs["code"] and lrs["tools"] == 3e-6 and lrs["preference"] == 1e-6
+    # every stage is scaled for the CPU default run (documented in the yml), keeping seed 001's order
+    assert lrs["language"] > lrs["code"] >= lrs["tools"] > lrs["preference"]
     assert fine.stages["preference"].beta == 0.1
     assert fine.stages["tools"].loss_weights.cot_loss_weight == 1.5
 

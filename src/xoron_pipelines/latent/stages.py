@@ -148,11 +148,74 @@ def stage_loss(model: LatentModel, spec: StageSpec, p: Any, batch: dict) -> tupl
         return loss, {
             k: float(v.detach()) for k, v in (("latent_mse", mse), ("contrastive", nce), ("reconstruction", rec))
         }
+    z_in, valid_in = _decoder_latents(model, spec, z_in, valid_in)
+    lm = model.lm_loss(model.adapter(z_in, valid_in), batch["dec_ids"], batch["dec_mask"])
+    return lm, {"lm_loss": float(lm.detach())}
+
+
+def _decoder_latents(
+    model: LatentModel, spec: StageSpec, z_in: torch.Tensor, valid_in: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The latents an adapter stage hands the prefix adapter: the source's, through the middle
+    model when the stage uses it."""
     if spec.uses_middle:
         z_in = model.middle(z_in)
         valid_in = model.valid_until_stop(z_in)
-    lm = model.lm_loss(model.adapter(z_in, valid_in), batch["dec_ids"], batch["dec_mask"])
-    return lm, {"lm_loss": float(lm.detach())}
+    return z_in, valid_in
+
+
+#: the prefixes :func:`prefix_ablation` compares (summary / MLflow keys ``<name>_loss``)
+ABLATIONS = ("prefix", "shuffled_prefix", "zero_latent_prefix")
+
+
+@torch.no_grad()
+def prefix_ablation(model: LatentModel, spec: StageSpec, source: RowBatches) -> dict[str, float]:
+    """Does the latent carry information? The decoder's loss per target token on every row of
+    ``source`` (held-out pairs) given
+
+    * ``prefix``: the prefix made from the row's own latents (the stage's objective);
+    * ``shuffled_prefix``: the prefix made from another row's latents (the latents, with their
+      validity, rolled by one across all rows: every row gets a different row's latents);
+    * ``zero_latent_prefix``: the prefix the adapter makes from all-zero latents, all valid (the
+      empty prefix: no source at all, the same prefix length, so the same target tokens count).
+
+    Returns ``{"<name>_loss": ...}`` (token-weighted means) and ``prefix_gain_vs_shuffled``
+    (shuffled minus own: > 0 when the latent carries information about the target). An adapter
+    stage only; needs at least two rows."""
+    if spec.kind != "adapter":
+        raise ValueError(f"latent stage {spec.name} has no decoder objective to ablate")
+    was = model.training
+    model.eval()
+    device = model.stop_latent.device
+    batches = [{k: v.to(device) for k, v in b.items()} for b in source.all()]
+    latents = []
+    for batch in batches:
+        z, valid = model.with_stop(model.compression(_embedding(model, batch, "src")), batch["src_ntok"])
+        latents.append(_decoder_latents(model, spec, z, valid))
+    sizes = [z.shape[0] for z, _ in latents]
+    if sum(sizes) < 2:
+        raise ValueError(f"latent stage {spec.name}: a shuffled prefix needs at least 2 held-out rows")
+    order = (torch.arange(sum(sizes), device=device) + 1) % sum(sizes)
+    shuffled = zip(
+        torch.cat([z for z, _ in latents])[order].split(sizes), torch.cat([v for _, v in latents])[order].split(sizes)
+    )
+    totals = dict.fromkeys(ABLATIONS, 0.0)
+    tokens = 0.0
+    for batch, (z, valid), (z_s, valid_s) in zip(batches, latents, shuffled):
+        ids, mask = batch["dec_ids"], batch["dec_mask"]
+        n = float(mask.sum())  # every decoder token is a target (the prefix precedes it)
+        prefixes = {
+            "prefix": model.adapter(z, valid),
+            "shuffled_prefix": model.adapter(z_s, valid_s),
+            "zero_latent_prefix": model.adapter(torch.zeros_like(z), torch.ones_like(valid)),
+        }
+        for name, prefix in prefixes.items():
+            totals[name] += float(model.lm_loss(prefix, ids, mask)) * n
+        tokens += n
+    model.train(was)
+    out = {f"{name}_loss": total / max(tokens, 1.0) for name, total in totals.items()}
+    out["prefix_gain_vs_shuffled"] = out["shuffled_prefix_loss"] - out["prefix_loss"]
+    return out
 
 
 @torch.no_grad()
@@ -247,7 +310,8 @@ def train_stage(
     """Train one latent stage in place through the stage orchestrator
     (:func:`xoron_pipelines.training.stage.run_stage`, kind ``latent``); keeps the weights of the
     best evaluation. Returns a summary with the loss (and its parts) on the validation rows before
-    and after."""
+    and after and, for an adapter stage, ``prefix_ablation`` (:func:`prefix_ablation` on the
+    validation rows; None for a middle stage)."""
     set_trainable(model, parts, model.cfg.num_encoder_unfrozen_layers)
     model.eval()
     view = StageModule(model, spec, p, parts)
@@ -290,6 +354,7 @@ def train_stage(
     if "encoder" in parts:
         model.encoder_trained = True
     model.requires_grad_(False)
+    ablation = prefix_ablation(model, spec, val_rows) if spec.kind == "adapter" and val_rows.rows >= 2 else None
     return {
         "stage": spec.name,
         "trained": sorted(parts),
@@ -299,4 +364,5 @@ def train_stage(
         "before": before,
         "after": after,
         "train_loss": summary["train_loss"],
+        "prefix_ablation": ablation,
     }

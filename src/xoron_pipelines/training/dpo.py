@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from xoron_pipelines.training.data import IGNORE_INDEX
-from xoron_pipelines.training.sft import build_sft_example
+from xoron_pipelines.training.sft import build_sft_example, collate
 from xoron_pipelines.validation import StrictModel
 
 Batch = dict[str, torch.Tensor]
@@ -134,6 +134,54 @@ def _concat_forward(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch
     return logps[:n], logps[n:], aux if isinstance(aux, torch.Tensor) else logps.new_zeros(())
 
 
+@torch.no_grad()
+def pair_logps(
+    model: nn.Module, examples: Sequence[Mapping[str, torch.Tensor]], batch_size: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs ``(chosen, rejected)`` of ``model`` on every one of ``examples``
+    (rendered preference examples, :func:`build_preference_example`), in order, padded batches of
+    ``batch_size`` (the last one may be smaller: no pair is dropped): two (N,) float tensors on
+    the CPU, one entry per pair."""
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(examples), max(1, batch_size)):
+        batch = collate(list(examples[start : start + max(1, batch_size)]), pad_token_id)
+        c, r, _ = _concat_forward(model, {k: v.to(device) for k, v in batch.items()})
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    if not chosen:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_counts(
+    policy: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor], beta: float
+) -> dict[str, float]:
+    """Held-out preference accuracy from per-pair ``(chosen, rejected)`` log-probs of the policy
+    and of the reference: ``n`` pairs and the number of pairs where
+
+    * ``implicit_reward_correct``: the DPO implicit reward of the chosen answer exceeds the
+      rejected one's, ``beta * (logp_pi(y_w) - logp_ref(y_w)) > beta * (logp_pi(y_l) - logp_ref(y_l))``;
+    * ``policy_margin_correct``: the policy alone gives the chosen answer the higher log-prob;
+    * ``reference_margin_correct``: the reference alone does (the baseline the stage starts from).
+
+    Ties count as wrong. The accuracies are the counts over ``n``."""
+    (pc, pr), (rc, rr) = policy, reference
+    n = int(pc.numel())
+    if n == 0:
+        raise ValueError("preference accuracy needs at least one held-out pair")
+    counts = {
+        "implicit_reward_correct": int((beta * (pc - rc) > beta * (pr - rr)).sum()),
+        "policy_margin_correct": int((pc > pr).sum()),
+        "reference_margin_correct": int((rc > rr).sum()),
+    }
+    out: dict[str, float] = {"n": float(n)}
+    for key, count in counts.items():
+        out[key] = float(count)
+        out[key.replace("_correct", "_accuracy")] = count / n
+    return out
+
+
 def make_reference(model: nn.Module) -> nn.Module:
     """A frozen copy of ``model`` (eval mode, no gradients): the DPO reference."""
     reference = copy.deepcopy(model)
@@ -184,5 +232,7 @@ __all__ = [
     "dpo_step_loss",
     "make_dpo_loss_fn",
     "make_reference",
+    "pair_logps",
+    "preference_counts",
     "sequence_logps",
 ]

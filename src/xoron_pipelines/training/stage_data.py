@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from xoron_pipelines.training.data import IGNORE_INDEX, ParquetBatchSource, TokenRowsSource
-from xoron_pipelines.training.dpo import dpo_step_loss
+from xoron_pipelines.training.dpo import dpo_step_loss, pair_logps, preference_counts
 from xoron_pipelines.training.sft import ExampleBatchSource, collate
 from xoron_pipelines.training.user_data import ChatData, oversample
 
@@ -167,7 +167,11 @@ def example_source(examples: list, batch_size: int, pad_id: int, seed: int, shuf
 def dpo_eval_fn(
     source: ExampleBatchSource, reference: nn.Module, beta: float, max_batches: int | None
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """Mean DPO loss and implicit-reward metrics over held-out pairs (a picklable ``partial``)."""
+    """Mean DPO loss and implicit-reward metrics over held-out pairs, and the held-out preference
+    accuracy over every held-out pair (:func:`~xoron_pipelines.training.dpo.preference_counts`,
+    keys ``eval_pref_*``: implicit reward of the policy, log-prob margin of the policy alone and of
+    the reference alone, with ``eval_pref_n`` pairs; unlike the batch means, no pair of an
+    incomplete last batch is left out) -- a picklable ``partial``."""
     batches = len(source) if max_batches is None else min(max_batches, len(source))
     return partial(_dpo_evaluate, source, reference, beta, batches)
 
@@ -183,4 +187,11 @@ def _dpo_evaluate(
         for key, value in {"loss": float(loss), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value
     out = {k.replace("rewards/", "reward_"): v / batches for k, v in sums.items()}
-    return {"eval_loss": out.pop("loss"), **{f"eval_{k}": v for k, v in out.items()}}
+    pad = source.collate_fn.keywords["pad_token_id"]
+    pairs = [pair_logps(m, source.examples, source.batch_size, pad) for m in (model, reference)]
+    counts = preference_counts(*pairs, beta)
+    return {
+        "eval_loss": out.pop("loss"),
+        **{f"eval_{k}": v for k, v in out.items()},
+        **{f"eval_pref_{k}": v for k, v in counts.items()},
+    }

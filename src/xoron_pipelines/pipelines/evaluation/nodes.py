@@ -22,7 +22,7 @@ from xoron_pipelines import tracking
 from xoron_pipelines.data import sources
 from xoron_pipelines.device import resolve_device
 from xoron_pipelines.evaluation import generation_tasks as gen
-from xoron_pipelines.evaluation import harness, offline_tasks, perplexity, report
+from xoron_pipelines.evaluation import harness, offline_tasks, perplexity, preference, report
 from xoron_pipelines.evaluation import multiple_choice as mc
 from xoron_pipelines.evaluation import task_files as tf
 from xoron_pipelines.evaluation.lm import encode_pair, generate_texts, loglikelihoods
@@ -30,6 +30,7 @@ from xoron_pipelines.pipelines.data_processing.params import StdlibCorpus
 from xoron_pipelines.pipelines.training.nodes import initialise_model
 from xoron_pipelines.sandbox import SandboxLimits, isolation_mode
 from xoron_pipelines.tokens import CHAT_ROLES, render_chat
+from xoron_pipelines.training.schema import StageParams
 
 from .params import Params
 
@@ -422,3 +423,45 @@ def compare_stages(params: dict[str, Any], untrained: dict[str, Any], *results: 
     columns = [report.UNTRAINED, *(s for s in p.compare_stages if s in by_column)]
     table = report.comparison_table(by_column, columns, p.seed)
     return table, report.to_markdown(table, columns), report.comparison_figure(table, columns)
+
+
+# --------------------------------------------------------------------------- preference
+
+
+def evaluate_preference(
+    policy,
+    reference,
+    tokenizer,
+    synth_raw: Mapping[str, Any],
+    stage_params: Any,
+    params: dict[str, Any],
+    train_summary: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Held-out preference accuracy of the preference stage's model beside its reference (the
+    stage's starting model, ``tools.model``) on the pairs the stage held out
+    (:mod:`xoron_pipelines.evaluation.preference`); also logged as ``eval/preference_accuracy.*``
+    into the preference stage's training run. A disabled stage gives ``{"skipped": reason}``."""
+    p, sp = Params.model_validate(params), StageParams.model_validate(stage_params)
+    if not sp.enabled:
+        return {"stage": "preference", "skipped": "finetune.stages.preference.enabled is false"}
+    device = resolve_device(p.device, "evaluation.device")
+    policy, reference = (m.to(device).float().eval() for m in (policy, reference))
+    max_len = sp.max_seq_len or int(policy.config.max_position_embeddings)
+    pairs = preference.held_out_pairs(sp, tokenizer, synth_raw, max_len)
+    result = preference.preference_accuracy(
+        policy, reference, pairs, float(sp.beta), p.eval_batch_size, tokenizer.pad_token_id or 0
+    )
+    result = {"stage": "preference", **result, "rows": preference.comparison_rows(result)}
+    for row in result["rows"]:
+        log.info(
+            "%s on %d held-out pairs: policy %.3f [%.3f, %.3f], reference margin %.3f [%.3f, %.3f]%s",
+            row["metric"],
+            row["n"],
+            row["policy"],
+            *row["policy_ci"],
+            row["reference_margin"],
+            *row["reference_ci"],
+            "" if row["separated"] else " (intervals overlap)",
+        )
+    log_to_training_run(preference.flat_metrics(result), train_summary, "preference")
+    return result

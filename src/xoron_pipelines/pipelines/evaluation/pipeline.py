@@ -29,6 +29,7 @@ from .nodes import (
     evaluate_harness,
     evaluate_multiple_choice,
     evaluate_perplexity,
+    evaluate_preference,
     generate_offline_tasks,
     initialise_untrained,
     plot_comparison,
@@ -135,4 +136,22 @@ def create_pipeline(**kwargs) -> Pipeline:
         ]
     )
     stages = (stage_pipeline(s) for s in (UNTRAINED, *STAGES))
-    return Pipeline([tasks, *stages, compare], tags=["evaluation"])
+    held_out_preference = Pipeline(
+        [
+            Node(
+                evaluate_preference,
+                [
+                    "preference.model",
+                    "tools.model",
+                    "tokenizer",
+                    "synth_raw",
+                    "params:finetune.stages.preference",
+                    "params:evaluation",
+                    "preference.train_summary",
+                ],
+                "evaluation_preference",
+                name="preference_accuracy",
+            )
+        ]
+    )
+    return Pipeline([tasks, *stages, compare, held_out_preference], tags=["evaluation"])

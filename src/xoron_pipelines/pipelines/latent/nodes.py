@@ -89,7 +89,9 @@ def train_latent_stage(
     stage: str,
 ):
     """One stage (see :mod:`xoron_pipelines.latent.stages`); returns the model (trained in
-    place), its weights artefact and a summary with the validation losses before and after.
+    place), its weights artefact and a summary with the validation losses before and after and,
+    for an adapter stage, the prefix ablation on the validation rows (``prefix_ablation``: own,
+    shuffled and zero-latent prefix; MLflow ``ablation_*``).
     ``checkpoints`` is the stage's ``latent_<stage>.checkpoints`` store (``latent.checkpoint_dir``,
     when set, replaces its root)."""
     p, ec = Params.model_validate(params), CacheParams.model_validate(cache_params)
@@ -127,6 +129,7 @@ def train_latent_stage(
             {
                 **{f"before_{k}": v for k, v in summary["before"].items()},
                 **{f"after_{k}": v for k, v in summary["after"].items()},
+                **{f"ablation_{k}": v for k, v in (summary["prefix_ablation"] or {}).items()},
             },
         )
         summary.update(
@@ -142,6 +145,16 @@ def train_latent_stage(
         summary["before"]["eval_loss"],
         summary["after"]["eval_loss"],
     )
+    if summary["prefix_ablation"]:
+        ab = summary["prefix_ablation"]
+        log.info(
+            "latent/%s: held-out decoder loss with its latent prefix %.4f, a shuffled prefix %.4f, "
+            "a zero-latent prefix %.4f",
+            stage,
+            ab["prefix_loss"],
+            ab["shuffled_prefix_loss"],
+            ab["zero_latent_prefix_loss"],
+        )
     return (
         model,
         artifact(model, _weights_file(stage, p), model.decoder_bundle, {"stage": stage, "summary": summary}),

@@ -250,6 +250,8 @@ SUMMARY_COLUMNS = [
     "eval_loss",
     "unigram_entropy",
     "eval_reward_accuracies",
+    "eval_pref_implicit_reward_accuracy",
+    "eval_pref_reference_margin_accuracy",
     "tokens_per_s",
     "wall_s",
 ]
