@@ -87,6 +87,22 @@ def _missing_file(exc: BaseException) -> FileNotFoundError | None:
     return None
 
 
+def _run_first(dataset: str) -> str:
+    """What to run before a run that lacks ``dataset``: the pipeline that produces it, by name."""
+    from xoron_pipelines.hooks import all_pipelines, producers
+
+    try:
+        found = producers(dataset, all_pipelines())
+    except Exception:  # a pipeline that cannot be built: fall back to the generic advice
+        found = []
+    if found:
+        return (
+            f"The {found[0]} pipeline produces it: run `kedro run --pipelines {found[0]}` first "
+            "(or `kedro run` for everything)."
+        )
+    return "Run the pipeline that produces it first (see README.md: Pipelines), or check its entry in conf/base/catalog.yml."
+
+
 def describe(exc: BaseException) -> str:
     """A short message for a user error: what is wrong, which key or dataset, where."""
     if isinstance(exc, ParameterError):
@@ -97,8 +113,7 @@ def describe(exc: BaseException) -> str:
         if missing is not None:
             text = (
                 f"Input error: dataset '{dataset}' does not exist yet ({missing.filename or missing}).\n"
-                "Run the pipeline that produces it first (see README.md: Pipelines), "
-                "or check its entry in conf/base/catalog.yml."
+                + _run_first(dataset)
             )
         else:
             text = f"Dataset error: {exc}\n(kedro run --traceback shows where it was raised)"
