@@ -54,15 +54,19 @@ def fresh_tracking_store(tmp_path: Path):
     """A fresh MLflow tracking store (a copy of the migrated template in ``tmp_path``) as the
     current one; yields an ``MlflowClient`` on it; the previous tracking URI is restored after."""
     import mlflow
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient, fluent
 
     db = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_template_db(), db)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{db}")
+    # an in-process kedro run of an earlier test leaves its experiment active (MLflow keeps the id
+    # process-wide); that id means nothing in this store: start from the default experiment
+    fluent._active_experiment_id = None
     try:
         yield MlflowClient()
     finally:
+        fluent._active_experiment_id = None
         mlflow.set_tracking_uri(previous)
 
 
