@@ -60,13 +60,19 @@ def fresh_tracking_store(tmp_path: Path):
     shutil.copyfile(_mlflow_template_db(), db)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{db}")
-    # an in-process kedro run of an earlier test leaves its experiment active (MLflow keeps the id
-    # process-wide); that id means nothing in this store: start from the default experiment
-    fluent._active_experiment_id = None
+
+    # an in-process kedro run of an earlier test leaves its experiment active (mlflow.set_experiment
+    # keeps the id process-wide and in MLFLOW_EXPERIMENT_ID); that id means nothing in this store:
+    # start from the default experiment, and leave none behind
+    def forget_experiment() -> None:
+        fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+    forget_experiment()
     try:
         yield MlflowClient()
     finally:
-        fluent._active_experiment_id = None
+        forget_experiment()
         mlflow.set_tracking_uri(previous)
 
 
