@@ -18,6 +18,7 @@ TEXTS = [
     "Question: what is 3 plus 4? Answer: 7. " * 6,
     "short",
     "x = [i * i for i in range(10)]\nprint(sum(x))\n" * 3,
+    "[1, 2, 3]",  # lm_eval turns a templated target that looks like a list into one: scored as text here
 ]
 
 

@@ -159,7 +159,7 @@ def write_text_task(folder: Path, texts: Sequence[str], name: str = HELDOUT_TASK
         "output_type": "loglikelihood_rolling",
         "test_split": "test",
         "doc_to_text": "",
-        "doc_to_target": "{{text}}",
+        "doc_to_target": "text",  # the column itself: a template would be literal_eval-ed when it looks like a list
         "metric_list": [
             {"metric": m, "aggregation": a, "higher_is_better": False}
             for m, a in (
