@@ -13,6 +13,8 @@ has no type hints, under a ``simplefilter("once")`` of its own that overrides an
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 
 #: (message regex, category, module regex of the warning's origin, why it is filtered)
@@ -39,7 +41,31 @@ FILTERED: tuple[tuple[str, type[Warning], str, str], ...] = (
 )
 
 
+#: (logger, message regex, why): log records of a library that a run does not print
+FILTERED_LOGS: tuple[tuple[str, str, str], ...] = (
+    (
+        "lm_eval.models.huggingface",
+        r"`pretrained` model kwarg is not of type `str`|Passed an already-initialized model through `pretrained`",
+        "evaluation/harness.py hands lm-evaluation-harness our model instance on purpose (nothing is "
+        "downloaded, one process): lm_eval warns about exactly that, once per model",
+    ),
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
 def install() -> None:
-    """Add the filters of :data:`FILTERED` (idempotent: ``warnings`` drops duplicates)."""
+    """Add the filters of :data:`FILTERED` and :data:`FILTERED_LOGS` (idempotent)."""
     for message, category, module, _why in FILTERED:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name, pattern, _why in FILTERED_LOGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) and f.pattern.pattern == pattern for f in logger.filters):
+            logger.addFilter(_DropMessages(pattern))

@@ -288,3 +288,16 @@ def test_kedro_run_export_harness_reads_the_manifest_and_logs_to_mlflow(kedro_pr
     key = f"evaluation.export.harness/{harness.HELDOUT_TASK}/bits_per_byte"
     assert run.data.metrics[key] == results["tasks"][harness.HELDOUT_TASK]["bits_per_byte"]["value"]
     assert "harness.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_handing_lm_eval_our_model_instance_logs_no_warning(model16, tiny_tokenizer, caplog):
+    """lm_eval warns that a model instance (not a hub name) was passed: that is the design, and the
+    console policy (console.FILTERED_LOGS) keeps it out of a run's output."""
+    import logging
+
+    from xoron_pipelines import console
+
+    console.install()
+    with caplog.at_level(logging.WARNING, logger="lm_eval"):
+        harness.make_lm(model16, tiny_tokenizer, batch_size=2)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
