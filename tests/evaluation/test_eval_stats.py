@@ -39,6 +39,10 @@ def test_wilson_matches_the_score_test_inversion(k, n):
     ref_lo, ref_hi = _wilson_by_definition(k, n)
     assert lo == pytest.approx(ref_lo, abs=1e-9) and hi == pytest.approx(ref_hi, abs=1e-9)
     assert lo <= k / n <= hi
+    if k == 0:
+        assert lo == 0.0  # exactly: no 6.9e-18 in the tables
+    if k == n:
+        assert hi == 1.0
 
 
 def test_wilson_half_width_near_one_half_is_about_098_over_sqrt_n():
