@@ -19,7 +19,7 @@ On one CUDA GPU, offline, in at most ``--budget-s`` seconds (default 480 = 8 min
    dense model vs ``LlamaForCausalLM`` and a MoE + MLA model of similar active parameters vs
    ``DeepseekV3ForCausalLM``, identical dims and weights, interleaved in the same run
    (benchmarks/train_step.py). MFU = 6 x active params x tokens/s / the GPU's bf16 peak
-   (``PEAK_BF16_FLOPS``, dense tensor-core figures; ``--peak-flops`` overrides).
+   (``xoron_pipelines.device.gpu_peaks``, dense tensor-core figures; ``--peak-flops`` overrides).
 5. ``kedro_pretrain``: ``kedro run --pipeline pretrain`` (after a small synth and
    data_processing) in a temporary copy of the project with the shipped ``device: auto``
    defaults and a few steps; the log lines naming the device must say ``cuda``.
@@ -79,9 +79,9 @@ import kernel_timings  # noqa: E402
 import train_step  # noqa: E402
 
 from xoron_pipelines import kernels  # noqa: E402
+from xoron_pipelines.device import CPU_PEAK_FLOPS, gpu_peaks  # noqa: E402
 from xoron_pipelines.model import count_parameters  # noqa: E402
 from xoron_pipelines.model.config import XoronConfig  # noqa: E402
-from xoron_pipelines.training.schema import CPU_PEAK_FLOPS  # noqa: E402
 
 # torch.compile of the references graph-breaks on data-dependent Python (fused CE's backward):
 # expected, and its warnings would bury the report
@@ -109,23 +109,6 @@ DEFAULT_BUDGET_S = sum(BUDGETS.values())
 ERROR_FLOOR = {"float32": 1e-5, "bfloat16": 1e-2}
 #: kernels whose Triton and torch codes agree bit for bit at any dtype (as tests/kernels asserts)
 EXACT = {"router_topk", "quantize_int8"}
-
-#: dense bf16 tensor-core peak FLOP/s (no sparsity), regex on the lower-cased GPU name, most
-#: specific first. The figures of the training library's table (issue 11 part A,
-#: ``xoron_pipelines.device.GPU_PEAK_FLOPS``), which ``peak_bf16_flops`` uses when it is there.
-PEAK_BF16_FLOPS = [
-    (r"h200", 989.5e12),
-    (r"h100.*nvl", 835.5e12),
-    (r"h100.*(pcie|hbm2e)", 756.5e12),
-    (r"h100", 989.5e12),  # SXM
-    (r"a100", 312e12),
-    (r"l40s", 366.5e12),
-    (r"l40", 181e12),
-    (r"\bl4\b", 121e12),
-    (r"a10g?\b", 125e12),
-    (r"rtx 4090", 165.2e12),
-    (r"rtx 3090", 71e12),
-]
 
 #: targets of issue 11 on an H100
 TARGET_DENSE_MFU = 0.40
@@ -218,15 +201,8 @@ def liger_available() -> bool:
 
 
 def peak_bf16_flops(gpu_name: str) -> float | None:
-    """Dense bf16 peak FLOP/s of the GPU named ``gpu_name``, None when unknown: the library's
-    table when it has one (``xoron_pipelines.device.gpu_peaks``), else ``PEAK_BF16_FLOPS``."""
-    try:
-        from xoron_pipelines.device import gpu_peaks
-    except ImportError:
-        for pattern, flops in PEAK_BF16_FLOPS:
-            if re.search(pattern, gpu_name.lower()):
-                return flops
-        return None
+    """Dense bf16 peak FLOP/s of the GPU named ``gpu_name`` from the library's table
+    (:func:`xoron_pipelines.device.gpu_peaks`, the one training's MFU uses); None when unknown."""
     found = gpu_peaks(gpu_name)
     return found[1].get("bf16") if found else None
 
