@@ -104,3 +104,60 @@ class RotaryEmbedding(nn.Module):
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str) -> torch.Tensor:
     """Rotate ``x`` (B, heads, T, D) by (cos, sin) of shape (B or 1, T, D) via ``kernels.apply_rope``."""
     return kernels.apply_rope(x, cos, sin, impl=impl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Axial (multi-dimensional) rotary embeddings: 2D-RoPE for image patches (row, col) and 3D-RoPE
+# for video tubelets (t, y, x). The head dimension is split into one slice per axis; each slice
+# rotates by its own coordinate with the usual 1D frequencies (as Qwen2-VL's M-RoPE and
+# EVA / FiT's 2D RoPE do). Relative by construction: shifting every coordinate of an axis by the
+# same amount leaves q.k unchanged, so any resolution or aspect ratio works without tables.
+
+
+def axial_rope_freqs(head_dim: int, num_axes: int, theta: float = 10000.0) -> list[torch.Tensor]:
+    """Per-axis inverse frequencies: ``head_dim`` is split into ``num_axes`` even slices (the
+    first axes get the remainder in pairs); returns one (slice/2,) tensor per axis."""
+    if head_dim % 2:
+        raise ValueError(f"axial RoPE needs an even head_dim, got {head_dim}")
+    pairs = head_dim // 2
+    base, extra = divmod(pairs, num_axes)
+    if base == 0:
+        raise ValueError(f"head_dim {head_dim} is too small for {num_axes}-axis RoPE (needs >= {2 * num_axes})")
+    sizes = [2 * (base + (1 if i < extra else 0)) for i in range(num_axes)]
+    return [1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d)) for d in sizes]
+
+
+def axial_rope_cos_sin(coords: torch.Tensor, inv_freqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of shape (N, head_dim) for integer or float ``coords`` (N, num_axes), in the
+    rotate_half layout per axis slice (so :func:`apply_axial_rope` can rotate each slice)."""
+    if coords.shape[-1] != len(inv_freqs):
+        raise ValueError(f"coords have {coords.shape[-1]} axes, the frequencies {len(inv_freqs)}")
+    cos, sin = [], []
+    for axis, inv in enumerate(inv_freqs):
+        f = coords[:, axis, None].float() * inv.to(coords.device)
+        emb = torch.cat((f, f), dim=-1)
+        cos.append(emb.cos())
+        sin.append(emb.sin())
+    return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
+
+
+def apply_axial_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inv_freqs: list[torch.Tensor]
+) -> torch.Tensor:
+    """Rotate ``x`` (B, heads, N, head_dim) slice by slice with (cos, sin) (N, head_dim) from
+    :func:`axial_rope_cos_sin` (rotate_half convention within each axis slice)."""
+    out, start = [], 0
+    for inv in inv_freqs:
+        d = 2 * inv.numel()
+        xs, c, s = x[..., start : start + d], cos[:, start : start + d], sin[:, start : start + d]
+        x1, x2 = xs[..., : d // 2], xs[..., d // 2 :]
+        out.append(xs * c.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * s.to(x.dtype))
+        start += d
+    return torch.cat(out, dim=-1)
+
+
+def grid_coords(*sizes: int, device=None) -> torch.Tensor:
+    """Integer coordinates (prod(sizes), len(sizes)) of a row-major grid, e.g. ``grid_coords(h, w)``
+    for patches or ``grid_coords(t, h, w)`` for tubelets."""
+    axes = torch.meshgrid(*[torch.arange(n, device=device) for n in sizes], indexing="ij")
+    return torch.stack([a.reshape(-1) for a in axes], dim=-1)
