@@ -72,7 +72,11 @@ def test_local_hf_vision_tower_is_saved_for_automodel(tmp_path, tokenizer, monke
     )
     SiglipVisionModel(tower_cfg).save_pretrained(source)
     (source / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.4] * 3, "image_std": [0.3] * 3}))
-    model = tiny_model(tokenizer, modalities=["image"], vision={"vision_model_name": str(source), "use_vision_titok": False, "use_vision_dual_stream": False})
+    model = tiny_model(
+        tokenizer,
+        modalities=["image"],
+        vision={"vision_model_name": str(source), "use_vision_titok": False, "use_vision_dual_stream": False},
+    )
     with torch.no_grad():  # "trained": the saved tower must hold these weights, not the source's
         for p in model.encoders["image"].tower.parameters():
             p.add_(0.05)

@@ -77,9 +77,7 @@ def open_gates(model: XoronMultimodalModel, value: float = 0.7) -> None:
 def twin(model: XoronMultimodalModel, **overrides) -> XoronMultimodalModel:
     """The same weights under a config with ``overrides`` (a fresh build, state dict copied)."""
     llm = copy.deepcopy(model.llm)
-    other = XoronMultimodalModel(
-        model.config.model_copy(update=overrides), llm, media_token_ids=model.media_token_ids
-    )
+    other = XoronMultimodalModel(model.config.model_copy(update=overrides), llm, media_token_ids=model.media_token_ids)
     other.load_state_dict(model.state_dict())
     return other.eval()
 

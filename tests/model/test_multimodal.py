@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from tests.export.export_helpers import build_tokenizer
-from tests.model.multimodal_helpers import TOKENS, mixed_batch, open_gates, slot, tiny_config, tiny_llm, tiny_model, twin
+from tests.model.multimodal_helpers import (
+    TOKENS,
+    mixed_batch,
+    open_gates,
+    slot,
+    tiny_config,
+    tiny_llm,
+    tiny_model,
+    twin,
+)
 from xoron_pipelines.model.multimodal import MultimodalConfig, XoronMultimodalModel, marker_ids, media_prompt_ids
 from xoron_pipelines.training.lora import LoraSettings, apply_lora
 
@@ -203,7 +212,9 @@ def test_cpu_device_map_gives_identical_outputs_and_gradients(tok, batch):
 
 def test_device_map_is_validated():
     with pytest.raises(pydantic.ValidationError, match=r"cuda:7 asks for a GPU but"):
-        MultimodalConfig.model_validate({"use_model_parallel": True, "device_map": {"modalities": "cpu", "llm": "cuda:7"}})
+        MultimodalConfig.model_validate(
+            {"use_model_parallel": True, "device_map": {"modalities": "cpu", "llm": "cuda:7"}}
+        )
     with pytest.raises(pydantic.ValidationError, match="use_model_parallel is false"):
         MultimodalConfig.model_validate({"device_map": {"modalities": "cpu", "llm": "cpu"}})
     with pytest.raises(pydantic.ValidationError, match="no device for llm"):

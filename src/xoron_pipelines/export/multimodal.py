@@ -73,7 +73,9 @@ def _save_vision_tower(encoder: nn.Module, source: str, out: Path) -> None:
     missing, unexpected = target.load_state_dict(tower.state_dict(), strict=False)
     dropped = [k for k in missing if not k.startswith("head.")]  # SigLIP's pooling head is not used
     if dropped or unexpected:
-        raise ValueError(f"cannot save the vision tower as {type(wrapper).__name__}: missing {dropped}, unexpected {unexpected}")
+        raise ValueError(
+            f"cannot save the vision tower as {type(wrapper).__name__}: missing {dropped}, unexpected {unexpected}"
+        )
     wrapper.save_pretrained(out, safe_serialization=True)
     pre = Path(source).expanduser() / "preprocessor_config.json"
     if pre.is_file():

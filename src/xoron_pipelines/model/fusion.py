@@ -36,7 +36,9 @@ class GatedCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, ff_mult: int = 4, eps: float = 1e-6) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"cross-attention fusion: d_model {dim} is not divisible by cross_attention_heads {num_heads}")
+            raise ValueError(
+                f"cross-attention fusion: d_model {dim} is not divisible by cross_attention_heads {num_heads}"
+            )
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.media_norm = nn.LayerNorm(dim, eps=eps)
@@ -75,7 +77,9 @@ def fused_layer_indices(num_layers: int, every: int) -> list[int]:
     if every < 0:
         raise ValueError(f"cross_attention_every must be >= 0, got {every}")
     if every > num_layers:
-        raise ValueError(f"cross_attention_every {every} exceeds the LLM's {num_layers} decoder layers (0 disables fusion)")
+        raise ValueError(
+            f"cross_attention_every {every} exceeds the LLM's {num_layers} decoder layers (0 disables fusion)"
+        )
     return [] if every == 0 else list(range(every - 1, num_layers, every))
 
 
