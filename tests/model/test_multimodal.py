@@ -252,3 +252,18 @@ def test_config_defaults_are_the_cpu_preset_and_slots_match(tok):
     assert cfg.modalities == ["image", "video", "audio"] and cfg.num_vision_tokens == 16
     assert cfg.projector_type == "perceiver" and cfg.asr_loss_weight == 0.1
     assert len(slot(tok, "image")) == TOKENS["image"] + 2
+
+
+def test_video_moe_balance_loss_and_bias_updates_reach_the_encoder(tok, batch):
+    """The video encoder's temporal-MoE balance loss (aux_loss_coef) joins the loss, and
+    update_moe_bias steps the encoder's router biases as well as the LLM's."""
+    video = {**tiny_config().video.model_dump(), "use_video_temporal_moe": True, "aux_loss_coef": 0.5}
+    model = tiny_model(tok, video=video).train()
+    out = model(**batch)
+    aux = model.encode("video", batch["videos"])[0].extras["aux_loss"]
+    assert aux > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + aux)
+    biases = [m.gate.e_score_correction_bias.clone() for m in model.encoders["video"].moe_layers()]
+    model.update_moe_bias()
+    after = [m.gate.e_score_correction_bias for m in model.encoders["video"].moe_layers()]
+    assert any(not torch.equal(a, b) for a, b in zip(after, biases, strict=True))
