@@ -267,3 +267,45 @@ def test_video_moe_balance_loss_and_bias_updates_reach_the_encoder(tok, batch):
     model.update_moe_bias()
     after = [m.gate.e_score_correction_bias for m in model.encoders["video"].moe_layers()]
     assert any(not torch.equal(a, b) for a, b in zip(after, biases, strict=True))
+
+
+def test_generate_with_media_matches_greedy_full_forwards(tok, batch):
+    """KV-cached decoding with media (fusion on the cached steps too) gives the tokens that greedy
+    argmax over full multimodal forwards gives; without media it is the LLM's own generate."""
+    model = tiny_model(tok)
+    open_gates(model, 2.0)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    got = model.generate(ids, **media, max_new_tokens=4, eos_token_id=[])
+    expected = ids
+    with torch.no_grad():
+        for _ in range(4):
+            nxt = model(expected, **media).logits[:, -1].argmax(-1)
+            expected = torch.cat((expected, nxt[:, None]), dim=1)
+    assert torch.equal(got, expected)
+    plain = model.generate(ids, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(plain, model.llm.generate(ids, max_new_tokens=4, eos_token_id=[]))
+    assert not torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])  # row 1 has no media
+
+
+def test_cached_decoding_step_fuses_the_media_like_a_full_forward(tok, batch):
+    from xoron_pipelines.model.multimodal import _MediaPrompt
+
+    model = tiny_model(tok)
+    open_gates(model, 2.0)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    nxt = torch.tensor([[7], [8], [9]])
+    with torch.no_grad():
+        full = model(torch.cat((ids, nxt), dim=1), **media).logits[:, -1]
+        prompt = _MediaPrompt(
+            model, model._given(media["images"], media["videos"], media["audio"], None, None), media["audio_lengths"]
+        )
+        mask = torch.ones_like(ids)
+        cache = prompt(ids, attention_mask=mask, use_cache=True).cache
+        step = prompt(nxt, attention_mask=torch.cat((mask, torch.ones_like(nxt)), dim=1), past_key_values=cache).logits[
+            :, -1
+        ]
+        plain = model.llm(torch.cat((ids, nxt), dim=1)).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(step[0], plain[0], atol=1e-3)
