@@ -3,6 +3,8 @@ loss weight, freeze_llm, LoRA inside, the device map, gradient checkpointing."""
 
 from __future__ import annotations
 
+import copy
+
 import pydantic
 import pytest
 import torch
@@ -309,3 +311,15 @@ def test_cached_decoding_step_fuses_the_media_like_a_full_forward(tok, batch):
         plain = model.llm(torch.cat((ids, nxt), dim=1)).logits[:, -1]
     torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(step[0], plain[0], atol=1e-3)
+
+
+def test_a_deep_copy_fuses_with_its_own_blocks(tok, batch):
+    model = tiny_model(tok)
+    open_gates(model)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(**batch).logits, model(**batch).logits)
+        before = model(**batch).logits
+        open_gates(clone, -0.3)  # the copy's gates are the copy's own
+        assert torch.equal(model(**batch).logits, before)
+        assert not torch.allclose(clone(**batch).logits, before)
