@@ -192,6 +192,7 @@ def test_lora_wrapped_llm_inside(tok, batch):
         before = model(**batch).logits
         model.merge_lora()
         assert not hasattr(model.llm, "get_base_model")
+        assert not any(p.requires_grad for p in model.llm.parameters())  # freeze_llm holds after the merge
         torch.testing.assert_close(model(**batch).logits, before, rtol=1e-4, atol=1e-4)
 
 

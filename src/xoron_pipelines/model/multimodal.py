@@ -245,10 +245,16 @@ class XoronMultimodalModel(nn.Module):
                 module.update_moe_bias()
 
     def merge_lora(self) -> XoronMultimodalModel:
-        """Fold a LoRA-wrapped LLM's adapters into its weights (in place; the fusion hooks stay)."""
+        """Fold a LoRA-wrapped LLM's adapters into its weights (in place; the fusion hooks stay, the
+        LLM stays frozen under ``freeze_llm`` and placed under a device map)."""
         from xoron_pipelines.training.lora import merge_lora
 
         self.llm = merge_lora(self.llm)
+        if self.config.freeze_llm:
+            self.llm.requires_grad_(False)
+        if self.placement is not None:  # the hooks were on the peft wrapper
+            self.placement.remove()
+            self.placement = place_model(self, self.placement.devices)
         return self
 
     # ------------------------------------------------------------------ forward
