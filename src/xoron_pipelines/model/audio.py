@@ -124,8 +124,12 @@ class RawWaveformTokenizer(nn.Module):
         n = lengths[:, None].to(wave.dtype)
         mean = (wave * valid).sum(1, keepdim=True) / n
         var = (((wave - mean) * valid) ** 2).sum(1, keepdim=True) / n
-        h = _zero_padding((wave - mean) / torch.sqrt(var + 1e-7), valid)
-        h = F.pad(h, (self.pad, self.pad))[:, None]
+        return self.tokenize(_zero_padding((wave - mean) / torch.sqrt(var + 1e-7), valid))
+
+    def tokenize(self, wave: torch.Tensor) -> torch.Tensor:
+        """Normalised waveform (B, N) -> (B, >= N // hop, hidden); frame f sees only samples
+        [f * hop - pad, (f + 1) * hop + pad), 25 ms centred on its 20 ms."""
+        h = F.pad(wave, (self.pad, self.pad))[:, None]
         for conv, norm in zip(self.convs, self.norms):
             h = F.gelu(norm(conv(h).transpose(1, 2)).transpose(1, 2))
         return self.proj(h.transpose(1, 2))
