@@ -175,8 +175,8 @@ def test_audio_max_length_is_a_frame_limit_and_longer_clips_are_errors():
     enc = _encoder(audio_max_length=10)
     with torch.no_grad():
         assert enc(_tones(3200 + 319, 0)[None]).features.shape[1] == 10  # 10 whole frames: allowed
-        with pytest.raises(ValueError, match=r"11 frames > audio_max_length=10 \(0.2 s"):
-            enc(_tones(3520, 0)[None])
+        with pytest.raises(ValueError, match=r"clip 1 \(0.22 s\) gives 11 frames > audio_max_length=10 \(0.2 s"):
+            enc(torch.stack([_tones(3520, 0), _tones(3520, 1)]), torch.tensor([3200, 3520]))
         with pytest.raises(ValueError, match=r"must lie in \[320, 400\]"):
             enc(torch.zeros(1, 400), torch.tensor([300]))
 

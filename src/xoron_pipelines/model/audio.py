@@ -39,7 +39,7 @@ from xoron_pipelines.model.rope import apply_axial_rope, axial_rope_cos_sin, axi
 from xoron_pipelines.validation import StrictModel
 
 
-# ----------------------------------------------- EncoderOutput: moves to model/vision.py at merge
+# EncoderOutput: moves to model/vision.py at merge
 @dataclass
 class EncoderOutput:
     """What every encoder returns: features (B, N, hidden_size), mask (B, N) bool (True = valid)
@@ -129,9 +129,9 @@ class RawWaveformTokenizer(nn.Module):
     def tokenize(self, wave: torch.Tensor) -> torch.Tensor:
         """Normalised waveform (B, N) -> (B, >= N // hop, hidden); frame f sees only samples
         [f * hop - pad, (f + 1) * hop + pad), 25 ms centred on its 20 ms."""
-        h = F.pad(wave, (self.pad, self.pad))[:, None]
+        h = F.pad(wave, (self.pad, self.pad))[:, None, :]  # (B, 1, N)
         for conv, norm in zip(self.convs, self.norms):
-            h = F.gelu(norm(conv(h).transpose(1, 2)).transpose(1, 2))
+            h = F.gelu(norm(conv(h).transpose(1, 2))).transpose(1, 2)  # LN + GELU channels-last (fast)
         return self.proj(h.transpose(1, 2))
 
 
@@ -279,9 +279,9 @@ class AudioEncoder(nn.Module):
             )
         frames = self.frame_lengths(lengths)
         if int(frames.max()) > cfg.audio_max_length:
-            rate = cfg.audio_sample_rate
+            i = int(frames.argmax())
             raise ValueError(
-                f"audio of {int(lengths.max()) / rate:.2f} s gives {int(frames.max())} frames > audio_max_length="
+                f"clip {i} ({int(lengths[i]) / cfg.audio_sample_rate:.2f} s) gives {int(frames[i])} frames > audio_max_length="
                 f"{cfg.audio_max_length} ({cfg.audio_max_length * FRAME_HOP_MS / 1000:g} s at {FRAME_HOP_MS} ms "
                 f"per frame); crop or split the clip, or raise audio_max_length"
             )
