@@ -136,7 +136,10 @@ def test_log_mel_equals_whisper_feature_extractor(n_mels):
 
     wave = _tones(11_200, 4)
     wave[4000:6000] = 0.0  # silence: its frames sit on the floor 8 below the clip's loudest (log10) bin
-    ours = _encoder(use_raw_waveform=False, audio_n_mels=n_mels).front_end.log_mel(wave[None], torch.tensor([11_200]))
+    front = _encoder(use_raw_waveform=False, audio_n_mels=n_mels).front_end
+    ours = front.log_mel(wave[None], torch.tensor([11_200]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # features stay float32 under mixed precision
+        assert torch.equal(front.log_mel(wave[None], torch.tensor([11_200])), ours)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(wave.numpy(), sampling_rate=16000, return_tensors="np")
     assert ours.shape == (1, n_mels, 70)
     np.testing.assert_allclose(ours[0].numpy(), ref["input_features"][0][:, :70], atol=1e-4, rtol=1e-4)

@@ -160,11 +160,16 @@ class LogMelFrontEnd(nn.Module):
 
     def log_mel(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, M) with M = max(lengths) // (10 ms hop); frames past an item's own
-        ``lengths // hop`` are 0. The clip is followed by zeros (as Whisper pads it)."""
+        ``lengths // hop`` are 0. The clip is followed by zeros (as Whisper pads it). Always float32,
+        autocast or not."""
+        with torch.autocast(wave.device.type, enabled=False):
+            return self._log_mel(wave.float(), lengths)
+
+    def _log_mel(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         valid = torch.arange(wave.shape[1], device=wave.device) < lengths[:, None]
         wave = F.pad(wave * valid, (0, self.n_fft // 2))
         frames = int(lengths.max()) // self.hop
-        stft = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, return_complex=True)
+        stft = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True)
         power = stft[..., :frames].abs() ** 2
         logmel = (self.mel_filters.T @ power).clamp(min=1e-10).log10()
         frame_ok = (torch.arange(frames, device=wave.device) < (lengths // self.hop)[:, None])[:, None]
