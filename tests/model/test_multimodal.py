@@ -324,3 +324,28 @@ def test_a_deep_copy_fuses_with_its_own_blocks(tok, batch):
         open_gates(clone, -0.3)  # the copy's gates are the copy's own
         assert torch.equal(model(**batch).logits, before)
         assert not torch.allclose(clone(**batch).logits, before)
+
+
+def test_the_answer_learned_from_the_image_alone(tok):
+    """Two prompts with identical ids differ only in their image (red or blue); after a few steps
+    the model names the colour - which the blind LLM, seeing the same ids, cannot."""
+    torch.manual_seed(0)
+    model = tiny_model(tok).train()
+    ids = torch.tensor([[tok.bos_token_id, *slot(tok, "image"), 7, 0]] * 2)
+    answers = torch.tensor([11, 12])  # red -> 11, blue -> 12
+    ids[:, -1] = answers
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = answers
+    images = torch.zeros(2, 3, 16, 16)
+    images[0, 0], images[1, 2] = 1.0, 1.0
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        model(ids, labels=labels, images=images).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        guess = model(ids, images=images).logits[:, -2].argmax(-1)
+        blind = model(ids).logits[:, -2].argmax(-1)
+    assert torch.equal(guess, answers)
+    assert blind[0] == blind[1]  # the same ids without the image: one answer for both
