@@ -349,3 +349,18 @@ def test_the_answer_learned_from_the_image_alone(tok):
         blind = model(ids).logits[:, -2].argmax(-1)
     assert torch.equal(guess, answers)
     assert blind[0] == blind[1]  # the same ids without the image: one answer for both
+
+
+def test_a_pad_based_attention_mask_does_not_hide_the_media(tok, batch):
+    """Placeholders are pad ids: an attention mask built as ``ids != pad`` still lets the LLM see
+    the media (the model marks the filled slots real), here and in generate's cached steps."""
+    model = tiny_model(tok)
+    open_gates(model)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    pad_mask = (ids != tok.pad_token_id).long()
+    assert pad_mask.min() == 0
+    with torch.no_grad():
+        assert torch.equal(model(ids, attention_mask=pad_mask, **media).logits, model(ids, **media).logits)
+    got = model.generate(ids, attention_mask=pad_mask, **media, max_new_tokens=3, eos_token_id=[])
+    assert torch.equal(got, model.generate(ids, **media, max_new_tokens=3, eos_token_id=[]))

@@ -9,7 +9,8 @@ Images, videos and audio clips enter the LLM in two ways at once (seed 003's arc
   replace the placeholders' embeddings. The media of a batch are given per modality in marker
   order: row-major over the batch, left to right within a row (``images[k]`` fills the k-th
   ``<|image|>`` of the batch), so a row may hold several items or none. The labels of placeholder
-  positions are ignored (-100): the model is never asked to predict media.
+  positions are ignored (-100): the model is never asked to predict media; their
+  ``attention_mask`` is 1 (they are pad ids, but a mask built as ``ids != pad`` must not hide them).
 * **Cross-attention fusion** (Flamingo, :mod:`.fusion`): gated cross-attention blocks after every
   ``cross_attention_every``-th decoder layer attend from each text token to the projected tokens of
   every media item whose start marker precedes it in its row. The gates start at 0.
@@ -100,6 +101,10 @@ class MultimodalConfig(StrictModel):
 
     def num_tokens(self, modality: str) -> int:
         return getattr(self, TOKENS_FIELD[modality])
+
+    def to_dict(self) -> dict:
+        """Every knob as JSON-ready data (sub-configs included), as ``PretrainedConfig.to_dict``."""
+        return self.model_dump(mode="json")
 
 
 @dataclass
@@ -299,7 +304,7 @@ class XoronMultimodalModel(nn.Module):
             return MultimodalOutput(out.loss, out.loss, None, out.logits)
         prep = self._prepare(input_ids, labels, given, audio_lengths, transcripts)
         with self.fusion.attend(prep.media, prep.visible):
-            out = self.llm(inputs_embeds=prep.embeds, attention_mask=attention_mask, labels=prep.labels)
+            out = self.llm(inputs_embeds=prep.embeds, attention_mask=prep.unmask(attention_mask), labels=prep.labels)
         loss = out.loss
         extra = [] if prep.asr_loss is None else [self.config.asr_loss_weight * prep.asr_loss]
         for term in extra + prep.aux_losses:
@@ -326,6 +331,7 @@ class XoronMultimodalModel(nn.Module):
         if labels is not None:
             labels = labels.to(input_ids.device)
         items: list[tuple[int, int, torch.Tensor]] = []  # (row, start, tokens) of every media item
+        slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, positions) of the placeholders
         asr_loss = None
         aux_losses = []
         for m, media in given.items():
@@ -341,6 +347,7 @@ class XoronMultimodalModel(nn.Module):
             positions = (starts[:, None] + 1 + torch.arange(n, device=starts.device)).reshape(-1)
             flat_rows = rows[:, None].expand(-1, n).reshape(-1)
             embeds = embeds.index_put((flat_rows, positions), tokens.reshape(-1, tokens.shape[-1]))
+            slots.append((flat_rows, positions))
             if labels is not None:
                 labels = labels.index_put((flat_rows, positions), labels.new_tensor(-100))
             items += [(int(r), int(s), t) for r, s, t in zip(rows.tolist(), starts.tolist(), tokens, strict=True)]
@@ -354,7 +361,8 @@ class XoronMultimodalModel(nn.Module):
         visible = None
         if media_kv is not None:
             visible = torch.arange(input_ids.shape[1], device=item_start.device)[None, :, None] > item_start[:, None, :]
-        return _Prepared(embeds, labels, media_kv, visible, item_start, asr_loss, aux_losses)
+        rows, positions = (torch.cat(parts) for parts in zip(*slots, strict=True))
+        return _Prepared(embeds, labels, media_kv, visible, item_start, asr_loss, aux_losses, (rows, positions))
 
     @torch.no_grad()
     def generate(
@@ -409,6 +417,15 @@ class _Prepared:
     item_start: torch.Tensor | None  # (B, M)
     asr_loss: torch.Tensor | None
     aux_losses: list[torch.Tensor]
+    slots: tuple[torch.Tensor, torch.Tensor]  # (rows, positions) of the filled placeholders
+
+    def unmask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """``attention_mask`` with the filled placeholders marked real (1): they are pad tokens in
+        ``input_ids``, so a mask built as ``ids != pad`` would hide the media."""
+        if attention_mask is None:
+            return None
+        rows, positions = (t.to(attention_mask.device) for t in self.slots)
+        return attention_mask.index_put((rows, positions), attention_mask.new_ones(()))
 
 
 class _MediaPrompt:
@@ -434,7 +451,7 @@ class _MediaPrompt:
         if self.prepared is None:
             self.prepared = prep = self.model._prepare(input_ids, None, self.given, self.audio_lengths, None)
             with fusion.attend(prep.media, prep.visible):
-                return llm(inputs_embeds=prep.embeds, attention_mask=attention_mask, use_cache=True)
+                return llm(inputs_embeds=prep.embeds, attention_mask=prep.unmask(attention_mask), use_cache=True)
         prep = self.prepared
         visible = None
         if prep.media is not None:
@@ -442,7 +459,10 @@ class _MediaPrompt:
             visible = valid[:, None, :].expand(-1, input_ids.shape[1], -1)
         with fusion.attend(prep.media, visible):
             return llm(
-                input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values, use_cache=True
+                input_ids=input_ids,
+                attention_mask=prep.unmask(attention_mask),
+                past_key_values=past_key_values,
+                use_cache=True,
             )
 
 
