@@ -226,9 +226,9 @@ def test_device_map_is_validated():
         MultimodalConfig.model_validate({"use_model_parallel": True, "device_map": {"generators": "cpu"}})
 
 
-def test_use_model_parallel_without_a_gpu_places_nothing(tok):
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU-only fallback")
+def test_use_model_parallel_without_a_gpu_places_nothing(tok, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert tiny_model(tok, use_model_parallel=True).placement is None
 
 
@@ -364,3 +364,23 @@ def test_a_pad_based_attention_mask_does_not_hide_the_media(tok, batch):
         assert torch.equal(model(ids, attention_mask=pad_mask, **media).logits, model(ids, **media).logits)
     got = model.generate(ids, attention_mask=pad_mask, **media, max_new_tokens=3, eos_token_id=[])
     assert torch.equal(got, model.generate(ids, **media, max_new_tokens=3, eos_token_id=[]))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"), [(2, ("cuda:0", "cuda:1")), (4, ("cuda:0", "cuda:1")), (1, ("cuda:0",) * 2)]
+)
+def test_default_device_map_is_seed_000s_layout(monkeypatch, gpus, expected):
+    """use_model_parallel without a map: encoders + projectors on GPU 0, the LLM (markers, fusion)
+    on GPU 1; one GPU holds both. An explicit map naming a visible GPU resolves to it."""
+    from xoron_pipelines.model.multimodal import resolve_multimodal_device_map
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    plan = resolve_multimodal_device_map(MultimodalConfig(use_model_parallel=True))
+    assert (str(plan["modalities"]), str(plan["llm"])) == expected
+    explicit = MultimodalConfig(use_model_parallel=True, device_map={"modalities": "cuda:0", "llm": "cpu"})
+    assert {k: str(v) for k, v in resolve_multimodal_device_map(explicit).items()} == {
+        "modalities": "cuda:0",
+        "llm": "cpu",
+    }
+    assert resolve_multimodal_device_map(MultimodalConfig()) is None
