@@ -21,7 +21,6 @@ attention"): clips (B, T, 3, H, W) in [0, 1] -> token features for the projector
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Literal
 
@@ -34,21 +33,8 @@ from xoron_pipelines.model.mlp import MLP
 from xoron_pipelines.model.moe import MoE, recomputing, sequence_balance_loss
 from xoron_pipelines.model.norm import RMSNorm
 from xoron_pipelines.model.rope import apply_axial_rope, axial_rope_cos_sin, axial_rope_freqs, grid_coords
+from xoron_pipelines.model.vision import EncoderOutput
 from xoron_pipelines.validation import StrictModel
-
-
-# --- EncoderOutput: moves to model/vision.py at merge ------------------------------------------
-@dataclass
-class EncoderOutput:
-    """What every media encoder returns: ``features`` (B, N, hidden_size), ``mask`` (B, N) bool
-    (True = valid) or None when every token is valid, ``extras`` (encoder-specific tensors)."""
-
-    features: torch.Tensor
-    mask: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
-
-
-# --- end EncoderOutput ---------------------------------------------------------------------------
 
 
 class VideoEncoderConfig(StrictModel):
