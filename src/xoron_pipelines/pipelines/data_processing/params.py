@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
 from xoron_pipelines.cluster import EngineSettings
+from xoron_pipelines.data.media_sources import MediaSettings, MediaSource, is_media_source
 from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
 
@@ -96,6 +97,14 @@ class Source(StrictModel):
         return self
 
 
+#: an entry of ``sources``: a text source, or a media source (``modality: image | video | audio``
+#: and no text field; see :mod:`xoron_pipelines.data.media_sources`)
+AnySource = Annotated[
+    Annotated[Source, Tag("text")] | Annotated[MediaSource, Tag("media")],
+    Discriminator(lambda v: "media" if is_media_source(v) else "text"),
+]
+
+
 class DataMix(StrictModel):
     """A named list of sources (``data_mixes.<key>``)."""
 
@@ -159,7 +168,7 @@ class Params(StrictModel):
     and pack."""
 
     seed: Seed = 42
-    sources: list[Source] = Field(default_factory=list)
+    sources: list[AnySource] = Field(default_factory=list)
     data_mixes: dict[str, DataMix] = Field(default_factory=dict)
     mix: str | None = None
     stage_mixes: dict[str, dict[str, float | None]] = Field(
@@ -187,6 +196,11 @@ class Params(StrictModel):
     packing: Packing = Field(default_factory=Packing)
     mixing: Mixing = Field(default_factory=Mixing)
     progress: bool = True
+    media: MediaSettings = Field(
+        default_factory=MediaSettings,
+        description="the media tables (media_image / _video / _audio): synth media and the media sources, "
+        "with the limits past which an item is quarantined",
+    )
     engine: EngineSettings = Field(
         default_factory=EngineSettings,
         description="where ingest / clean / dedup and tokenization run: local (this process) or ray "
@@ -272,9 +286,17 @@ class Params(StrictModel):
         return out
 
     def selected_sources(self) -> list[Source]:
-        """The sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""
+        """The text sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""
         from xoron_pipelines.categories import categories_for
 
         pool = self.data_mixes[self.mix].datasets if self.mix else self.sources
         keep = set(categories_for(self.modalities, self.categories))
-        return [s for s in pool if s.category in keep]
+        return [s for s in pool if isinstance(s, Source) and s.category in keep]
+
+    def media_sources(self) -> list[MediaSource]:
+        """The media sources of ``sources``, filtered by modality/category (not by ``mix``, whose
+        lists hold text sources)."""
+        from xoron_pipelines.categories import categories_for
+
+        keep = set(categories_for(self.modalities, self.categories))
+        return [s for s in self.sources if isinstance(s, MediaSource) and s.category in keep]
