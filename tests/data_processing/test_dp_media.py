@@ -242,7 +242,7 @@ def test_synth_rows_text_only_users_and_the_report(tmp_path):
         ({"name": "m", "modality": "image"}, "give exactly one of hf, path"),
         ({"name": "m", "modality": "audio", "path": "x.parquet"}, "needs media_column"),
         ({"name": "m", "modality": "image", "folder": "d", "category": "voice_asr"}, "not a image category"),
-        ({"name": "m", "modality": "video", "folder": "d", "fps": 3}, r"sources\.14\.media\.fps"),
+        ({"name": "m", "modality": "video", "folder": "d", "fps": 3}, r"sources\.14\.fps"),
     ],
 )
 def test_bad_media_source_entries_are_refused(entry, message):

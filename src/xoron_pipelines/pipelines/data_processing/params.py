@@ -12,7 +12,8 @@ import re
 import string
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
 from xoron_pipelines.cluster import EngineSettings
@@ -99,10 +100,23 @@ class Source(StrictModel):
 
 #: an entry of ``sources``: a text source, or a media source (``modality: image | video | audio``
 #: and no text field; see :mod:`xoron_pipelines.data.media_sources`)
+_TAGS = ("text source", "media source")
 AnySource = Annotated[
-    Annotated[Source, Tag("text")] | Annotated[MediaSource, Tag("media")],
-    Discriminator(lambda v: "media" if is_media_source(v) else "text"),
+    Annotated[Source, Tag(_TAGS[0])] | Annotated[MediaSource, Tag(_TAGS[1])],
+    Discriminator(lambda v: _TAGS[1] if is_media_source(v) else _TAGS[0]),
 ]
+
+
+def _without_tags(exc: ValidationError) -> ValidationError:
+    """``exc`` with the union tags left out of every error location, so that an error names the
+    key as written (``sources[0].weight``, not ``sources[0].text source.weight``)."""
+    details = [
+        InitErrorDetails(
+            type=e["type"], loc=tuple(p for p in e["loc"] if p not in _TAGS), input=e["input"], ctx=e.get("ctx", {})
+        )
+        for e in exc.errors()
+    ]
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 class DataMix(StrictModel):
@@ -214,6 +228,14 @@ class Params(StrictModel):
         description="seconds a run waits for the project's data lock (data_processing vs the runs "
         "reading its outputs) before it stops naming the holder; 0 = do not wait",
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _untag(cls, values: Any, handler: Any) -> Params:
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise _without_tags(exc) from None
 
     @field_validator("stage_mixes", mode="before")
     @classmethod
