@@ -217,6 +217,8 @@ def test_synth_rows_text_only_users_and_the_report(tmp_path):
     assert list(table["media"]) == list(synth["media"])
     off, off_report = nodes.media_image(_base(media={"include_synth": False}), synth)
     assert len(off) == 0 and len(off_report["quarantined"]) == 0
+    assert len(nodes.media_image(_base(modalities=["text"]), synth)[0]) == 0  # modality filtered out
+    assert len(nodes.media_image(_base(modalities=["text", "image"]), synth)[0]) == 9
     # synth absent (the catalog loads an empty table) and no media source: empty tables, same schema
     empty_v, rv = nodes.media_video(params, empty_table())
     empty_a, ra = nodes.media_audio(params, None)

@@ -180,10 +180,12 @@ def _pack_metrics(prefix: str, manifest: dict) -> dict[str, float]:
 # ---------------------------------------------------------------- media
 def _media(modality: str, params: Any, synth: pd.DataFrame | None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The media table of ``modality`` (synth rows + the media sources, each item decoded once to
-    validate it) and its report ``{"quarantined", "counts"}`` for :func:`media_quarantine`."""
+    validate it; a modality that ``modalities`` / ``categories`` leave out gets no synth rows) and
+    its report ``{"quarantined", "counts"}`` for :func:`media_quarantine`."""
     p = Params.model_validate(params)
     sources = [s for s in p.media_sources() if s.modality == modality]
     media_sources.check_paths(sources)
+    synth = synth if p.wants_modality(modality) else None
     tables = media_sources.collect(modality, synth, sources, p.media, progress=p.progress)
     by_split = tables.kept["split"].value_counts().to_dict() if len(tables.kept) else {}
     log.info("media %s: kept %s, quarantined %d", modality, by_split, len(tables.quarantined))

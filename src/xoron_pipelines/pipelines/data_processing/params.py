@@ -322,3 +322,10 @@ class Params(StrictModel):
 
         keep = set(categories_for(self.modalities, self.categories))
         return [s for s in self.sources if isinstance(s, MediaSource) and s.category in keep]
+
+    def wants_modality(self, modality: str) -> bool:
+        """Whether ``modalities`` / ``categories`` select any category of ``modality`` (the synth
+        media of a modality left out are left out too)."""
+        from xoron_pipelines.categories import CATEGORY_TO_MODALITY, categories_for
+
+        return any(CATEGORY_TO_MODALITY[c] == modality for c in categories_for(self.modalities, self.categories))
