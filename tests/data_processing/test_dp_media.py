@@ -170,6 +170,15 @@ def test_parquet_bytes_and_struct_columns_with_questions(tmp_path):
     src = {"name": "hfpq", "modality": "image", "path": str(tmp_path / "files" / "hf.parquet"), "media_column": "image"}
     table, report = nodes.media_image(_with_sources(src), None)
     assert list(table["media"]) == [PNG, PNG] and len(report["quarantined"]) == 0
+    # a list column of choices is stored as JSON
+    listed = {"v": [VIDEO], "caption": ["c"], "q": ["Which way?"], "a": ["left"], "opts": [["left", "right"]]}
+    pq.write_table(pa.table(listed), tmp_path / "files" / "listed.parquet")
+    src = {
+        "name": "listed", "modality": "video", "path": str(tmp_path / "files" / "listed.parquet"),
+        "media_column": "v", "question_column": "q", "answer_column": "a", "choices_column": "opts",
+    }  # fmt: skip
+    table, _ = nodes.media_video(_with_sources(src), None)
+    assert json.loads(table["choices"].item()) == ["left", "right"]
 
 
 def test_folder_with_txt_captions_and_metadata_jsonl(tmp_path):

@@ -176,8 +176,12 @@ class Item:
 
 
 # ---------------------------------------------------------------- normalisation
-def _media_error_reason(err: media.MediaError) -> str:
+def _media_error_reason(err: media.MediaError, modality: str) -> str:
+    """The quarantine reason of a decoder's refusal: a size / layout limit (the decoders say
+    "must", "exceeds" or "no pixels") or anything else (undecodable)."""
     text = str(err)
+    if "exceeds" in text and modality == "audio":
+        return TOO_LONG
     return WRONG_SHAPE if ("must" in text or "exceeds" in text or "no pixels" in text) else UNDECODABLE
 
 
@@ -217,7 +221,7 @@ def normalise_media(modality: str, data: Any, settings: MediaSettings) -> tuple[
             data = media.encode_audio(wave, media.SAMPLE_RATE)
         return data, {"sample_rate": media.SAMPLE_RATE, "duration_s": wave.size / media.SAMPLE_RATE}
     except media.MediaError as err:
-        raise Refused(_media_error_reason(err), str(err)) from err
+        raise Refused(_media_error_reason(err, modality), str(err)) from err
 
 
 def _is_png_rgb(data: bytes) -> bool:
@@ -249,9 +253,9 @@ def to_record(item: Item, source_name: str, modality: str, split: str, settings:
     if not caption:
         raise Refused(MISSING_CAPTION, "no caption" + (" (transcript)" if modality == "audio" else ""))
     data, measured = normalise_media(modality, f.get("media"), settings)
-    choices = f.get("choices") or ""
-    if not isinstance(choices, str):
-        choices = json.dumps(list(choices)) if isinstance(choices, list | tuple | np.ndarray) else choices
+    choices = f.get("choices")
+    if isinstance(choices, list | tuple | np.ndarray):  # a list column (hf / Parquet): as JSON
+        choices = json.dumps([str(c) for c in choices])
     rec = media.record(
         id=_text(f.get("id"), "id") or f"{source_name}:{item.origin}",
         modality=modality,
