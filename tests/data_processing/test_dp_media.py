@@ -126,6 +126,11 @@ def test_hf_image_and_audio_columns(tmp_path):
     assert sr == 16000 and wave.size == 16000 and table["duration_s"][0] == 1.0 and table["sample_rate"][0] == 16000
     assert abs(np.abs(wave).max() - 0.5) < 0.02
     assert media.decode_audio(table["media"][1])[0].shape == (8000,)  # stereo 16 kHz -> mono
+    # a configured column the dataset lacks stops before any item, naming it
+    with pytest.raises(ValueError, match=r"'talk': no column \['words'\]"):
+        nodes.media_audio(
+            {**params, "sources": params["sources"][:-1] + [{**params["sources"][-1], "caption_column": "words"}]}, None
+        )
     # too long: the limit takes effect
     _, report = nodes.media_audio({**params, "media": {"max_audio_seconds": 0.9}}, None)
     assert _reasons(report) == {"undecodable": 1, "too_long": 2}

@@ -303,6 +303,14 @@ def _columns_of(source: MediaSource, row: dict[str, Any], media_value: Any) -> d
     return out
 
 
+def _missing_columns(source: MediaSource, names: list[str], media_column: str) -> list[str]:
+    """The configured columns (media, caption, question, ...) that a table lacks."""
+    wanted = [media_column] + [
+        getattr(source, f"{k}_column") for k in ("caption", "question", "answer", "choices", "speaker")
+    ]
+    return [c for c in wanted if c is not None and c not in names]
+
+
 def _media_bytes(value: Any, base: Path | None = None) -> Any:
     """Bytes of a media cell: plain bytes, or a ``{bytes, path}`` struct (bytes first, else the file)."""
     if isinstance(value, dict):
@@ -333,8 +341,9 @@ def _iter_hf(source: MediaSource) -> Iterator[Item]:
     except (KeyError, FileNotFoundError, ValueError) as err:
         raise ValueError(f"media source {source.name!r}: cannot open hf dataset {source.hf!r}: {err}") from err
     column = source.media_column or _feature_column(ds.features, source)
-    if column not in ds.features:
-        raise ValueError(f"media source {source.name!r}: no column {column!r} in {list(ds.features)}")
+    missing = _missing_columns(source, list(ds.features), column)
+    if missing:
+        raise ValueError(f"media source {source.name!r}: no column {missing} in the dataset's {list(ds.features)}")
     feature = ds.features[column]
     if isinstance(feature, datasets.Image):
         ds = ds.cast_column(column, datasets.Image(decode=False))  # decoded here, once
@@ -370,8 +379,9 @@ def _iter_parquet(source: MediaSource) -> Iterator[Item]:
         row = 0
         try:
             pf = pq.ParquetFile(file)
-            if source.media_column not in pf.schema_arrow.names:
-                raise ValueError(f"no column {source.media_column!r} (media_column) in {pf.schema_arrow.names}")
+            missing = _missing_columns(source, pf.schema_arrow.names, source.media_column)
+            if missing:  # the whole file is refused, naming the columns
+                raise ValueError(f"no column {missing} in {pf.schema_arrow.names}")
             for batch in pf.iter_batches(batch_size=256):
                 for values in batch.to_pylist():
                     origin = f"{file.name}:{row}"
