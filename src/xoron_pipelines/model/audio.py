@@ -26,7 +26,6 @@ from __future__ import annotations
 import string
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +35,8 @@ from torch import nn
 from xoron_pipelines.model.attention import MLA_NORM_EPS
 from xoron_pipelines.model.norm import RMSNorm
 from xoron_pipelines.model.rope import apply_axial_rope, axial_rope_cos_sin, axial_rope_freqs, grid_coords
+from xoron_pipelines.model.vision import EncoderOutput
 from xoron_pipelines.validation import StrictModel
-
-
-# EncoderOutput: moves to model/vision.py at merge
-@dataclass
-class EncoderOutput:
-    """What every encoder returns: features (B, N, hidden_size), mask (B, N) bool (True = valid)
-    or None, and extras (e.g. ``ctc_logits``, ``router_probs``)."""
-
-    features: torch.Tensor
-    mask: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
-
 
 # ----------------------------------------------------------------------------------- config
 FRAME_HOP_MS = 20  # encoder frame rate: one frame per 20 ms (50 Hz)
