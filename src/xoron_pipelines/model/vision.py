@@ -81,7 +81,7 @@ class VisionEncoderConfig(StrictModel):
     num_vision_titok_layers: int = Field(1, ge=1)  # last blocks the latents join (TiTok proper: all)
     use_vision_dual_stream: bool = True
     num_vision_dual_stream_layers: int = Field(1, ge=1)
-    # from-scratch preset (ignored with vision_model_name, except by the appended blocks' eps)
+    # from-scratch preset; with vision_model_name only the last three apply (to the appended blocks)
     hidden_size: int = Field(96, ge=1)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
