@@ -15,6 +15,7 @@ MLA included; a DeepSeek-V3 export therefore sets ``rope_interleave=False``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -141,21 +142,31 @@ def axial_rope_cos_sin(coords: torch.Tensor, inv_freqs: list[torch.Tensor]) -> t
     return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
 
 
+def _swap_halves(x: torch.Tensor, halves: tuple[int, ...]) -> torch.Tensor:
+    """Swap the two halves of every axis slice (sizes ``halves`` per slice): one ``cat`` of views."""
+    parts, start = [], 0
+    for h in halves:
+        parts += [x[..., start + h : start + 2 * h], x[..., start : start + h]]
+        start += 2 * h
+    return torch.cat(parts, dim=-1)
+
+
 class _AxialRotation(torch.autograd.Function):
-    """``x * cos + x[..., perm] * sin_signed``: rotate_half within each axis slice, written as one
-    gather (``perm`` swaps the two halves of every slice) so forward and backward are three
-    kernels each. The backward is the transposed rotation (``perm`` is its own inverse);
-    ``cos`` / ``sin_signed`` are constants (no gradient)."""
+    """``x * cos + swap(x) * sin_signed``: rotate_half within each axis slice with its sign folded
+    into ``sin``, so forward and backward are three kernels each (a swap is one ``cat``; a gather
+    is several times slower on CPU). The backward is the transposed rotation (the swap is its own
+    inverse); ``cos`` / ``sin_signed`` are constants (no gradient)."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin_signed, perm):
-        ctx.save_for_backward(cos, sin_signed, perm)
-        return torch.addcmul(x * cos, x.index_select(-1, perm), sin_signed)
+    def forward(ctx, x, cos, sin_signed, halves):
+        ctx.save_for_backward(cos, sin_signed)
+        ctx.halves = halves
+        return (x * cos).addcmul_(_swap_halves(x, halves), sin_signed)
 
     @staticmethod
     def backward(ctx, grad):
-        cos, sin_signed, perm = ctx.saved_tensors
-        return torch.addcmul((grad * sin_signed).index_select(-1, perm), grad, cos), None, None, None
+        cos, sin_signed = ctx.saved_tensors
+        return _swap_halves(grad * sin_signed, ctx.halves).addcmul_(grad, cos), None, None, None
 
 
 def apply_axial_rope(
@@ -163,16 +174,16 @@ def apply_axial_rope(
 ) -> torch.Tensor:
     """Rotate ``x`` (..., N, head_dim) slice by slice with (cos, sin) (N, head_dim) from
     :func:`axial_rope_cos_sin` (rotate_half convention within each axis slice; cos / sin get no
-    gradient)."""
-    perm, sign, start = [], [], 0
-    for inv in inv_freqs:
-        h = inv.numel()
-        perm += [*range(start + h, start + 2 * h), *range(start, start + h)]
-        sign += [-1.0] * h + [1.0] * h
-        start += 2 * h
-    perm_t = torch.tensor(perm, device=x.device)
-    sin_signed = sin.to(x.dtype) * torch.tensor(sign, device=x.device, dtype=x.dtype)
-    return _AxialRotation.apply(x, cos.to(x.dtype), sin_signed, perm_t)
+    gradient). Other layouts work as long as cos / sin broadcast against ``x``, e.g. token-major
+    ``x`` (B, N, heads, head_dim) with cos / sin viewed as (N, 1, head_dim)."""
+    halves = tuple(inv.numel() for inv in inv_freqs)
+    return _AxialRotation.apply(x, cos.to(x.dtype), sin.to(x.dtype) * _rotation_sign(halves, x.device, x.dtype), halves)
+
+
+@functools.lru_cache(maxsize=64)
+def _rotation_sign(halves: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """-1 on the first half of every axis slice, +1 on the second (cached: no copy per call)."""
+    return torch.cat([torch.tensor([-1.0] * h + [1.0] * h) for h in halves]).to(device, dtype)
 
 
 def grid_coords(*sizes: int, device=None) -> torch.Tensor:

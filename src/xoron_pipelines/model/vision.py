@@ -81,7 +81,7 @@ class VisionEncoderConfig(StrictModel):
     num_vision_titok_layers: int = Field(1, ge=1)  # last blocks the latents join (TiTok proper: all)
     use_vision_dual_stream: bool = True
     num_vision_dual_stream_layers: int = Field(1, ge=1)
-    # from-scratch preset (ignored with vision_model_name, except by the appended blocks' eps)
+    # from-scratch preset; with vision_model_name only the last three apply (to the appended blocks)
     hidden_size: int = Field(96, ge=1)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -124,7 +124,8 @@ class VisionEncoderConfig(StrictModel):
 
 
 class _Rope:
-    """2D-RoPE (cos, sin) for a token sequence, or no rotation when ``inv_freqs`` is None."""
+    """2D-RoPE for a token sequence at ``coords`` (N, 2), or no rotation when ``inv_freqs`` or
+    ``coords`` is None. Rotates token-major tensors (B, N, ..., head_dim)."""
 
     def __init__(self, coords: torch.Tensor | None, inv_freqs: list[torch.Tensor] | None) -> None:
         self.inv_freqs = inv_freqs
@@ -135,7 +136,9 @@ class _Rope:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.cos is None:
             return x
-        return apply_axial_rope(x, self.cos, self.sin, self.inv_freqs)
+        extra = (1,) * (x.dim() - 3)  # broadcast over the axes between tokens and head_dim
+        shape = (self.cos.shape[0], *extra, self.cos.shape[1])
+        return apply_axial_rope(x, self.cos.view(shape), self.sin.view(shape), self.inv_freqs)
 
 
 class _Stream(nn.Module):
@@ -156,10 +159,12 @@ class _Stream(nn.Module):
     def qkv_heads(self, x: torch.Tensor, rope: _Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, v), each (B, heads, N, head_dim); q and k rotated by ``rope``."""
         b, n, h = x.shape
-        q, k, v = (
-            self.qkv(self.layer_norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        )
-        return rope(q), rope(k), v
+        heads, dim = self.heads, h // self.heads
+        # split (not a permuted view): its backward writes the grads into one (B, N, 3h) buffer;
+        # q and k rotate together, token-major, in one call
+        qk, v = self.qkv(self.layer_norm1(x)).split((2 * h, h), -1)
+        q, k = rope(qk.view(b, n, 2, heads, dim)).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.view(b, n, heads, dim).transpose(1, 2)
 
     def update(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Residual updates of ``x`` (B, N, hidden) from the attention output (B, heads, N, head_dim)."""
@@ -241,9 +246,8 @@ class BlockStack(nn.Module):
         self.inv_freqs = axial_rope_freqs(hidden // heads, 2, rope_theta) if rope_theta is not None else None
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        n_patches, b = x.shape[1], x.shape[0]
-        rope_patches = _Rope(coords, self.inv_freqs)
-        rope = rope_patches
+        b, n_patches = x.shape[0], x.shape[1]
+        rope = _Rope(coords, self.inv_freqs)
         xb = None  # stream B once the dual blocks start; x is then stream A
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -382,7 +386,7 @@ class PretrainedVisionEncoder(nn.Module):
             # prefix tokens (e.g. CLIP's class token) sit at the origin like the latents
             coords = grid_coords(rows, cols, device=x.device)
             coords = torch.cat((coords.new_zeros(x.shape[1] - rows * cols, 2), coords))
-            x = self.post_layernorm(self.encoder(x, coords))
+            x = self.post_layernorm(self.encoder(x.to(self.post_layernorm.weight.dtype), coords))
         return EncoderOutput(x, None, {"grid": (rows, cols)})
 
 
