@@ -1,0 +1,1 @@
+"""``multimodal``: image / video / audio understanding stages after the finetune group."""
