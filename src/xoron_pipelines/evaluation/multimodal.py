@@ -30,6 +30,7 @@ import torch
 
 from xoron_pipelines.evaluation.multiple_choice import MCItem, chance_level, score_item
 from xoron_pipelines.evaluation.stats import BOOTSTRAP_RESAMPLES, wilson_interval
+from xoron_pipelines.model.audio import word_errors
 from xoron_pipelines.training.multimodal import Item, ItemTokenizer, items_of, media_inputs, pad_rows
 
 
@@ -42,18 +43,6 @@ def accuracy_figure(correct: Sequence[float], chance: float | None = None) -> di
     if chance is not None:
         out["chance"] = chance
     return out
-
-
-def word_errors(reference: str, hypothesis: str) -> int:
-    """Word-level Levenshtein distance (substitutions + deletions + insertions)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
 
 
 def wer_figure(references: Sequence[str], hypotheses: Sequence[str], seed: int = 0) -> dict[str, Any]:
@@ -286,5 +275,4 @@ __all__ = [
     "sample_grid",
     "transcripts_json",
     "wer_figure",
-    "word_errors",
 ]

@@ -30,9 +30,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from xoron_pipelines.data import media as media_codec
+from xoron_pipelines.data.multiscale import resize_image, resize_video
 from xoron_pipelines.training.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -156,31 +156,17 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- media -> tensors
 def image_tensor(images: Sequence[np.ndarray], size: tuple[int, int] | None) -> torch.Tensor:
-    """uint8 HxWx3 images -> float32 (B, 3, h, w) in [0, 1], resized (bilinear, antialiased) to
-    ``size`` (None: all must share one size)."""
-    out = []
-    for img in images:
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0)[None]
-        if size is not None and tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-        out.append(x)
-    return torch.cat(out)
+    """uint8 HxWx3 images -> float32 (B, 3, h, w) in [0, 1], resized to ``size``
+    (:func:`~xoron_pipelines.data.multiscale.resize_image`; None: all must share one size)."""
+    arrays = [resize_image(img, size) if size is not None else np.asarray(img) for img in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def video_tensor(videos: Sequence[np.ndarray], shape: tuple[int, int, int] | None) -> torch.Tensor:
     """uint8 TxHxWx3 clips -> float32 (B, T', 3, h, w) in [0, 1]: ``shape = (frames, h, w)``
-    (frames picked evenly over the clip, then each frame resized); None keeps the clips as they are."""
-    out = []
-    for clip in videos:
-        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2).float().div_(255.0)
-        if shape is not None:
-            frames, h, w = shape
-            if frames != x.shape[0]:
-                x = x[torch.linspace(0, x.shape[0] - 1, frames).round().long()]
-            if (h, w) != tuple(x.shape[-2:]):
-                x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-        out.append(x)
-    return torch.stack(out)
+    (:func:`~xoron_pipelines.data.multiscale.resize_video`); None keeps the clips as they are."""
+    arrays = [resize_video(clip, shape) if shape is not None else np.asarray(clip) for clip in videos]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 1, 4, 2, 3).float().div_(255.0)
 
 
 def audio_tensor(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,8 +205,8 @@ class MediaBatchSource:
     ``sample_shape(step, total, rng) -> shape | None`` draws a micro-batch's media shape
     (``step`` = the micro-batch's position in the run, ``total`` = :attr:`total_micro_steps`,
     set by the stage once it knows its length); the last incomplete batch of an epoch is dropped.
-    Audio batches also carry ``transcripts`` (token ids of the transcript for the ASR head,
-    padded with -100 and ``transcript_lengths``) when ``transcript_ids`` is given.
+    Audio batches also carry ``transcripts`` (the items' target texts, a list of str: the
+    audio encoder's CTC head trains on them).
     """
 
     def __init__(
@@ -233,7 +219,6 @@ class MediaBatchSource:
         sample_shape=None,
         shuffle: bool = True,
         max_len: int | None = None,
-        transcript_ids=None,
     ) -> None:
         if len(items) < batch_size:
             raise ValueError(f"{len(items)} {encoder.modality} items cannot fill one batch of {batch_size}")
@@ -241,7 +226,6 @@ class MediaBatchSource:
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.sample_shape = sample_shape
         self.examples = [encoder.example(item, max_len) for item in items]
-        self.transcript_ids = transcript_ids
         self.total_micro_steps = 1
 
     def __len__(self) -> int:
@@ -262,8 +246,8 @@ class MediaBatchSource:
             shape = self.sample_shape(epoch * len(self) + index, self.total_micro_steps, rng)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         batch.update(media_inputs(self.encoder.modality, [self.media[self.items[i].media] for i in picked], shape))
-        if self.transcript_ids is not None:
-            batch["transcripts"] = self.transcript_ids([self.items[i].target for i in picked])
+        if self.encoder.modality == "audio":
+            batch["transcripts"] = [self.items[i].target for i in picked]
         return batch
 
 
