@@ -47,6 +47,11 @@ class MultimodalStageParams(StageParams):
         wrong = [k for k in _TEXT_ONLY if getattr(self, k) is not None]
         if wrong:
             raise ValueError(f"a multimodal stage does not use {', '.join(wrong)} (it reads media_<modality>)")
+        if self.distributed.world_size > 1 or self.distributed.device_map is not None:
+            raise ValueError(
+                "distributed: a multimodal stage trains in the node's process on one device (nproc_per_node x "
+                "nnodes = 1, device_map null): workers and layer placement know only the text model"
+            )
         return self
 
 
