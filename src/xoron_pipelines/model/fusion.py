@@ -14,11 +14,10 @@ marker comes before it in its own sequence. A token that sees no media is left e
 :class:`FusionLayers` owns one block per fused decoder layer (after every ``every``-th layer:
 layers ``every - 1, 2 * every - 1, ...``) and attaches them to an LLM with forward hooks on its
 decoder layers, so the LLM's own modules and weight names stay as they are (its HF export, LoRA
-and device maps are untouched). The hooks act only while :meth:`FusionLayers.attend` holds media
-(one multimodal forward); a direct ``llm(...)`` call outside it is the plain LLM. Under gradient
-checkpointing the checkpointed layers are recomputed during backward, so the media stay readable
-there too (the hook also acts while autograd runs a backward pass and media are held; they are
-released by the next :meth:`attend` or :meth:`release`).
+and device maps are untouched). The hooks act only inside :meth:`FusionLayers.attend` (one
+multimodal forward); a direct ``llm(...)`` call is the plain LLM. Under gradient checkpointing
+transformers checkpoints a layer's ``forward``, not its hooks, so the fusion blocks are not
+recomputed in backward and need no media then.
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ class GatedCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, ff_mult: int = 4, eps: float = 1e-6) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"cross-attention fusion: d_model {dim} is not divisible by cross_attention_heads {num_heads}")
+            raise ValueError(
+                f"cross-attention fusion: d_model {dim} is not divisible by cross_attention_heads {num_heads}"
+            )
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.media_norm = nn.LayerNorm(dim, eps=eps)
@@ -76,12 +77,10 @@ def fused_layer_indices(num_layers: int, every: int) -> list[int]:
     if every < 0:
         raise ValueError(f"cross_attention_every must be >= 0, got {every}")
     if every > num_layers:
-        raise ValueError(f"cross_attention_every {every} exceeds the LLM's {num_layers} decoder layers (0 disables fusion)")
+        raise ValueError(
+            f"cross_attention_every {every} exceeds the LLM's {num_layers} decoder layers (0 disables fusion)"
+        )
     return [] if every == 0 else list(range(every - 1, num_layers, every))
-
-
-def _in_backward() -> bool:
-    return torch._C._current_graph_task_id() != -1
 
 
 class FusionLayers(nn.Module):
@@ -91,7 +90,6 @@ class FusionLayers(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict({str(i): GatedCrossAttention(dim, num_heads, eps=eps) for i in layer_indices})
         self._media: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._active = False
         self._handles: list = []
 
     def attach(self, decoder_layers: nn.ModuleList) -> None:
@@ -108,7 +106,7 @@ class FusionLayers(nn.Module):
 
     def _hook(self, block: GatedCrossAttention):
         def hook(_module, _args, output):
-            if self._media is None or not (self._active or _in_backward()):
+            if self._media is None:
                 return output
             media, visible = self._media
             if output.shape[:2] != visible.shape[:2]:
@@ -125,15 +123,10 @@ class FusionLayers(nn.Module):
         """Within the block, the hooks fuse ``media`` (B, M, D) for tokens per ``visible`` (B, T, M);
         ``media=None`` (no media this forward) leaves every layer untouched."""
         self._media = None if media is None else (media, visible)
-        self._active = True
         try:
             yield
         finally:
-            self._active = False
-
-    def release(self) -> None:
-        """Drop the media held for a recomputing backward."""
-        self._media = None
+            self._media = None
 
 
 __all__ = ["FusionLayers", "GatedCrossAttention", "fused_layer_indices"]

@@ -233,9 +233,10 @@ class XoronMultimodalModel(nn.Module):
             "llm": [self.llm, *self.fusion.blocks.values()],
         }
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        """The LLM's decoder layers recompute in backward (the fusion hooks recompute with them)."""
-        self.llm.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        """The LLM's decoder layers recompute in backward (transformers' switch; the fusion blocks,
+        run by hooks outside the checkpointed ``forward``, keep their activations)."""
+        base_llm(self.llm).activation_checkpointing_enable(**kwargs)
 
     def update_moe_bias(self) -> None:
         """Aux-loss-free balancing step of the LLM's and the encoders' MoE layers (after each step)."""
@@ -295,7 +296,6 @@ class XoronMultimodalModel(nn.Module):
         if audio_lengths is not None and audio is None:
             raise ValueError("audio_lengths given without audio")
         if not given:
-            self.fusion.release()
             out = self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
             return MultimodalOutput(out.loss, out.loss, None, out.logits)
 

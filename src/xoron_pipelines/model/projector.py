@@ -30,7 +30,9 @@ def _check(features: torch.Tensor, mask: torch.Tensor | None, in_dim: int) -> No
     if features.dim() != 3 or features.shape[-1] != in_dim:
         raise ValueError(f"projector expects features (B, N, {in_dim}), got shape {tuple(features.shape)}")
     if mask is not None and tuple(mask.shape) != tuple(features.shape[:2]):
-        raise ValueError(f"projector mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}")
+        raise ValueError(
+            f"projector mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}"
+        )
 
 
 class PerceiverLayer(nn.Module):
