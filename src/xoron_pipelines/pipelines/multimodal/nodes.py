@@ -27,6 +27,7 @@ from xoron_pipelines.data.media import encode_audio
 from xoron_pipelines.data.multiscale import sample_image_size, sample_video_shape
 from xoron_pipelines.datasets.training_store import CheckpointStore
 from xoron_pipelines.evaluation.multimodal import evaluate_media, flat_metrics, sample_grid, transcripts_json
+from xoron_pipelines.model.audio import greedy_decode
 from xoron_pipelines.model.multimodal import XoronMultimodalModel, media_prompt_ids
 from xoron_pipelines.training.fingerprint import fingerprint
 from xoron_pipelines.training.multimodal import (
@@ -46,15 +47,13 @@ from .params import MULTIMODAL_STAGES, Params
 log = logging.getLogger(__name__)
 
 KIND = "multimodal"
-#: the config field holding each modality's number of media tokens
-NUM_TOKENS = {"image": "num_vision_tokens", "video": "num_video_tokens", "audio": "num_audio_tokens"}
 
 
 def _params(params: Mapping[str, Any] | Params) -> Params:
     return params if isinstance(params, Params) else Params.model_validate(params)
 
 
-def initialise_multimodal(llm, params: Mapping[str, Any]):
+def initialise_multimodal(llm, tokenizer, params: Mapping[str, Any]):
     """The ``tools`` model wrapped with the encoders, projectors and fusion layers of the mode's
     modalities (fresh, seeded with the first training stage's ``train.seed``); the LLM itself
     when the mode is ``text``."""
@@ -64,7 +63,7 @@ def initialise_multimodal(llm, params: Mapping[str, Any]):
         return llm
     first = next(s for s in MULTIMODAL_STAGES if s in p.modalities())
     torch.manual_seed(p.stages[first].train.seed)
-    model = XoronMultimodalModel(p.model_config(), llm)
+    model = XoronMultimodalModel(p.multimodal_config(), llm, tokenizer)
     total = sum(q.numel() for q in model.parameters())
     log.info("multimodal model for %s: %d parameters (LLM %d)", p.modalities(), total, llm.num_parameters())
     return model
@@ -114,8 +113,18 @@ def _sampler(stage: str, p: Params):
 
 
 def _encoder(tokenizer, model, stage: str) -> ItemTokenizer:
-    num = int(getattr(model.config, NUM_TOKENS[stage]))
-    return ItemTokenizer(tokenizer, stage, media_prompt_ids(tokenizer, stage, num))
+    return ItemTokenizer(tokenizer, stage, media_prompt_ids(tokenizer, stage, model.config.num_tokens(stage)))
+
+
+def ctc_decoder(model):
+    """``decode(audio, lengths) -> [str]``: greedy CTC transcripts of the audio encoder's head."""
+
+    @torch.no_grad()
+    def decode(audio: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+        out, _ = model.encode("audio", audio, lengths)
+        return greedy_decode(out.extras["ctc_logits"], out.extras["frame_lengths"])
+
+    return decode
 
 
 def _check_model(model, stage: str) -> None:
@@ -176,17 +185,33 @@ def train_modality(
         ),
         extra_summary={"train_items": len(items), "train_rows": len(rows), "tasks": tasks, "modality": stage},
     )
+    # the stage's model directory is logged below (run_stage's log_model needs save_pretrained)
+    run_params = sp.model_copy(update={"tracking": sp.tracking.model_copy(update={"log_model": False})})
     model, summary, _ = run_stage(
         stage,
         KIND,
         init_model,
         data,
-        sp,
+        run_params,
         checkpoints=checkpoints,
         tokenizer=tokenizer,
-        extra_params={"multimodal": {"mode": p.mode, "model": p.model_config().model_dump(mode="json")}},
+        extra_params={"multimodal": {"mode": p.mode, "model": p.multimodal_config().model_dump(mode="json")}},
     )
+    if sp.tracking.enabled and sp.tracking.log_model and summary.get("mlflow_run_id"):
+        _log_model(summary["mlflow_run_id"], model, tokenizer, stage)
     return model, summary
+
+
+def _log_model(run_id: str, model, tokenizer, stage: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from xoron_pipelines.atomic import default_permissions
+    from xoron_pipelines.export.multimodal import save_multimodal
+
+    with tempfile.TemporaryDirectory(prefix="xoron-artifact-") as tmp:
+        save_multimodal(model, tokenizer, Path(tmp) / "model", stage=stage)
+        default_permissions(tmp, recursive=True)
+        MlflowClient().log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 
 
 def evaluate_modality(model, tokenizer, media_table, params: Mapping[str, Any], train_summary: Mapping[str, Any], *, stage: str):
@@ -213,7 +238,7 @@ def evaluate_modality(model, tokenizer, media_table, params: Mapping[str, Any], 
         caption_choices=ev.caption_choices,
         max_new_tokens=ev.max_new_tokens,
         seed=ev.seed,
-        ctc_decode=getattr(model, "ctc_transcripts", None) if stage == "audio" else None,
+        ctc_decode=ctc_decoder(model) if stage == "audio" else None,
     )
     log.info("multimodal stage %s held-out:\n%s", stage, json.dumps(metrics, indent=1))
     run_id = train_summary.get("mlflow_run_id")

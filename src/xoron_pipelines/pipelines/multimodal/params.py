@@ -101,6 +101,6 @@ class Params(StrictModel):
         """Whether ``stage`` trains in this run (its modality in the mode and enabled)."""
         return stage in self.modalities() and self.stages[stage].enabled
 
-    def model_config(self) -> MultimodalConfig:
+    def multimodal_config(self) -> MultimodalConfig:
         """The multimodal model's config with the mode's modalities."""
         return self.model.model_copy(update={"modalities": self.modalities()})
