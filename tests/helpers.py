@@ -121,6 +121,15 @@ def nest(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: the synth media corpus of a test run that names no ``synth.media`` (the defaults take ~15 s)
+TEST_SYNTH_MEDIA = {
+    "image": {"counts": {"train": 8, "heldout": 4}},
+    "video": {"counts": {"train": 8, "heldout": 4}},
+    "audio": {"counts": {"train": 8, "heldout": 4}},
+    "progress": False,
+}
+
+
 def run_pipeline(
     project_path: Path,
     pipeline_name: str,
@@ -138,10 +147,13 @@ def run_pipeline(
     from kedro.framework.startup import bootstrap_project
 
     project_path = Path(project_path).resolve()
+    runtime = nest(params or {})
+    if "media" not in runtime.get("synth", {}):  # keep synth fast where a test does not ask for media
+        runtime.setdefault("synth", {})["media"] = TEST_SYNTH_MEDIA
     bootstrap_project(project_path)
     try:
         with contextlib.chdir(project_path):
-            with KedroSession.create(project_path=project_path, env=env, runtime_params=nest(params or {})) as session:
+            with KedroSession.create(project_path=project_path, env=env, runtime_params=runtime) as session:
                 return session.run(pipeline_name=pipeline_name)
     finally:
         _end_mlflow_runs()

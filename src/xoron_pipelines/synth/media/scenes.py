@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -62,22 +63,67 @@ def in_wedge(position: str, x: float, y: float, r: float, h: int, w: int) -> boo
     return margin >= r
 
 
+def _wedge_margin(position: str, x: np.ndarray, y: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Vectorised :func:`in_wedge`: the largest radius a disc at (x, y) may have (<= 0: outside)."""
+    dx, dy = (x - w / 2) / (w / 2), (y - h / 2) / (h / 2)
+    along, across = {"left": (-dx, dy), "right": (dx, dy), "top": (-dy, dx), "bottom": (dy, dx)}[position]
+    margin = (along - np.abs(across)) / np.sqrt(2) * min(h, w) / 2
+    return np.minimum.reduce([margin, x, w - x, y, h - y])
+
+
+def _place(rng: np.random.Generator, position: str, count: int, r: float, h: int, w: int, tries: int = 64):
+    """``count`` centres inside the wedge with room for radius ``r + 1``, pairwise more than
+    ``2.7 r + 2`` apart (objects never touch), or None: each try draws 256 candidate points,
+    keeps those inside the wedge, then picks one at random ``count`` times, each time removing
+    the candidates too close to it (vectorised)."""
+    gap = 2.7 * r + 2
+    for _ in range(tries):
+        xs, ys = rng.uniform(0, w, 256), rng.uniform(0, h, 256)
+        pts = np.stack([xs, ys], axis=1)[_wedge_margin(position, xs, ys, h, w) >= r + 1 - 1e-9]
+        picked = []
+        while pts.size and len(picked) < count:
+            p = pts[rng.integers(len(pts))]
+            picked.append((float(p[0]), float(p[1])))
+            pts = pts[np.hypot(pts[:, 0] - p[0], pts[:, 1] - p[1]) > gap]
+        if len(picked) == count:
+            return picked
+    return None
+
+
+@lru_cache(maxsize=64)
+def max_radius(size: tuple[int, int], position: str) -> float:
+    """A radius (at most 9 % of the shorter side) at which three objects fit easily in the wedge of
+    ``position``: 95 % of the largest one a fixed-seed search finds (bisection to 0.1 px; cached
+    per canvas)."""
+    h, w = size
+    lo, hi = 1.0, min(h, w) * 0.09
+    if _place(np.random.default_rng(0), position, len(NUMBERS), hi, h, w, tries=256) is not None:
+        return hi
+    while hi - lo > 0.1:
+        mid = (lo + hi) / 2
+        found = _place(np.random.default_rng(0), position, len(NUMBERS), mid, h, w, tries=256)
+        lo, hi = (mid, hi) if found is not None else (lo, mid)
+    return 0.95 * lo  # a margin, so that a random search finds a placement quickly
+
+
 def sample_scene(rng: np.random.Generator, size: tuple[int, int] = (64, 64)) -> SceneSpec:
-    """A random scene: shape, colour, 1-3 objects, all inside one wedge, not touching."""
+    """A random scene: shape, colour, wedge and count (1-3, uniform: every count is placed), the
+    objects all inside the wedge and not touching. The radius is drawn in 7-9 % of the shorter
+    side, capped at the largest radius at which three objects fit in that wedge
+    (:func:`max_radius`), for every count alike, so object size carries no cue about the count
+    (on a 32x32 canvas the cap is ~7.5 %)."""
     h, w = size
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     position = POSITIONS[rng.integers(len(POSITIONS))]
     count = int(rng.integers(1, len(NUMBERS) + 1))
-    r = float(min(h, w) * rng.uniform(0.07, 0.09))
-    objs: list[Obj] = []
-    for _ in range(2000):  # rejection sampling of non-overlapping placements
-        x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
-        if in_wedge(position, x, y, r + 1, h, w) and all(np.hypot(o.cx - x, o.cy - y) > 2.7 * r + 2 for o in objs):
-            objs.append(Obj(x, y, r))
-            if len(objs) == count:
-                break
-    return SceneSpec(size=(h, w), shape=shape, colour=colour, position=position, objects=tuple(objs))
+    r = min(float(min(h, w) * rng.uniform(0.07, 0.09)), max_radius((h, w), position))
+    while (centres := _place(rng, position, count, r, h, w)) is None:  # rare: the cap was found by search
+        if r < 1.0:
+            raise ValueError(f"cannot place {count} objects in the {position} wedge of a {h}x{w} canvas")
+        r *= 0.97
+    objs = tuple(Obj(float(x), float(y), r) for x, y in centres)
+    return SceneSpec(size=(h, w), shape=shape, colour=colour, position=position, objects=objs)
 
 
 def draw(canvas, shape: str, colour: tuple[int, int, int], o: Obj) -> None:
