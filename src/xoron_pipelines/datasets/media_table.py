@@ -46,10 +46,10 @@ def to_arrow(df: pd.DataFrame) -> pa.Table:
     missing = [c for c in MEDIA_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(f"media table lacks the columns {missing} (MEDIA_COLUMNS)")
+    extras = [c for c in df.columns if c not in MEDIA_COLUMNS]
+    inferred = pa.Table.from_pandas(df[extras], preserve_index=False).schema if extras else pa.schema([])
     fields = list(MEDIA_SCHEMA) + [
-        pa.field(c, pa.string() if df[c].dtype == object else pa.from_numpy_dtype(df[c].dtype))
-        for c in df.columns
-        if c not in MEDIA_COLUMNS
+        pa.field(c, pa.string() if pd.api.types.is_string_dtype(df[c]) else inferred.field(c).type) for c in extras
     ]
     return pa.Table.from_pandas(df[[f.name for f in fields]], schema=pa.schema(fields), preserve_index=False)
 

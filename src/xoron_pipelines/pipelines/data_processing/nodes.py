@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from kedro.io import DatasetError
 
 from xoron_pipelines.cluster import ray_session
-from xoron_pipelines.data import engine_ray, packing, tokenizer_training
+from xoron_pipelines.data import engine_ray, media_sources, packing, tokenizer_training
 from xoron_pipelines.data import ledger as ledger_mod
 from xoron_pipelines.datasets.generation import generation_of
 from xoron_pipelines.datasets.parquet_shards import ShardSet, iter_rows
@@ -175,3 +175,71 @@ def _pack_metrics(prefix: str, manifest: dict) -> dict[str, float]:
         metrics[f"{prefix}mix.{name}.target_share"] = row["target_share"]
         metrics[f"{prefix}mix.{name}.achieved_share"] = row["achieved_share"]
     return metrics
+
+
+# ---------------------------------------------------------------- media
+def _media(modality: str, params: Any, synth: pd.DataFrame | None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The media table of ``modality`` (synth rows + the media sources, each item decoded once to
+    validate it; a modality that ``modalities`` / ``categories`` leave out gets no synth rows) and
+    its report ``{"quarantined", "counts"}`` for :func:`media_quarantine`."""
+    p = Params.model_validate(params)
+    sources = [s for s in p.media_sources() if s.modality == modality]
+    media_sources.check_paths(sources)
+    synth = synth if p.wants_modality(modality) else None
+    tables = media_sources.collect(modality, synth, sources, p.media, progress=p.progress)
+    by_split = tables.kept["split"].value_counts().to_dict() if len(tables.kept) else {}
+    log.info("media %s: kept %s, quarantined %d", modality, by_split, len(tables.quarantined))
+    if p.on_bad_record == "fail" and len(tables.quarantined):
+        first = tables.quarantined.iloc[0]
+        raise ValueError(
+            f"media {modality}: source {first['source']!r}, item {first['origin']}: {first['reason']} "
+            f"({first['detail']}); on_bad_record is fail"
+        )
+    return tables.kept, {"quarantined": tables.quarantined, "counts": tables.counts}
+
+
+def media_image(params: Any, synth_media_image: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+    """Images: synth scenes + image sources -> media_image (PNG), report."""
+    return _media("image", params, synth_media_image)
+
+
+def media_video(params: Any, synth_media_video: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+    """Videos: synth clips + video sources -> media_video (NPY uint8 T,H,W,3), report."""
+    return _media("video", params, synth_media_video)
+
+
+def media_audio(params: Any, synth_media_audio: pd.DataFrame | None) -> tuple[pd.DataFrame, dict]:
+    """Audio: synth phrases + audio sources -> media_audio (WAV PCM16 mono 16 kHz), report."""
+    return _media("audio", params, synth_media_audio)
+
+
+def media_quarantine(*reports: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The refused media items of every modality (with reason, detail, origin), the count table
+    (modality, source, split, status, reason, count; in = kept + quarantined) and MLflow metrics:
+    ``media.<modality>.{in,kept,quarantined}``, ``media.<modality>.<split>.kept``,
+    ``media.quarantined.<reason>`` and ``media.kept_by_source.<modality>.<source>``."""
+    from xoron_pipelines.datasets.media_table import empty_table
+
+    refused = [r["quarantined"] for r in reports if len(r["quarantined"])]
+    quarantine = pd.concat(refused, ignore_index=True) if refused else empty_table(media_sources.QUARANTINE_EXTRA)
+    counts = pd.concat([r["counts"] for r in reports], ignore_index=True)
+    metrics: dict[str, float] = {}
+    for modality in ("image", "video", "audio"):
+        rows = counts[counts.modality == modality]
+        kept = rows[rows.status == "kept"]
+        metrics[f"media.{modality}.in"] = float(rows["count"].sum())
+        metrics[f"media.{modality}.kept"] = float(kept["count"].sum())
+        metrics[f"media.{modality}.quarantined"] = float(rows.loc[rows.status == "quarantined", "count"].sum())
+        for split in ("train", "heldout"):
+            metrics[f"media.{modality}.{split}.kept"] = float(kept.loc[kept.split == split, "count"].sum())
+        for source, n in kept.groupby("source")["count"].sum().items():
+            metrics[f"media.kept_by_source.{modality}.{source}"] = float(n)
+    for reason, n in counts[counts.status == "quarantined"].groupby("reason")["count"].sum().items():
+        metrics[f"media.quarantined.{reason}"] = float(n)
+    if len(quarantine):
+        log.warning(
+            "media: %d items quarantined (data/03_primary/media/quarantine.parquet), by reason: %s",
+            len(quarantine),
+            quarantine["reason"].value_counts().to_dict(),
+        )
+    return quarantine, counts, {k: {"value": v, "step": 0} for k, v in metrics.items()}

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 from xoron_pipelines.categories import CATEGORY_TO_MODALITY, DATASET_CATEGORIES, MODALITIES
 from xoron_pipelines.cluster import EngineSettings
+from xoron_pipelines.data.media_sources import MediaSettings, MediaSource, is_media_source
 from xoron_pipelines.synth import SYNTH_TYPES
 from xoron_pipelines.validation import Seed, StrictModel
 
@@ -96,6 +98,27 @@ class Source(StrictModel):
         return self
 
 
+#: an entry of ``sources``: a text source, or a media source (``modality: image | video | audio``
+#: and no text field; see :mod:`xoron_pipelines.data.media_sources`)
+_TAGS = ("text source", "media source")
+AnySource = Annotated[
+    Annotated[Source, Tag(_TAGS[0])] | Annotated[MediaSource, Tag(_TAGS[1])],
+    Discriminator(lambda v: _TAGS[1] if is_media_source(v) else _TAGS[0]),
+]
+
+
+def _without_tags(exc: ValidationError) -> ValidationError:
+    """``exc`` with the union tags left out of every error location, so that an error names the
+    key as written (``sources[0].weight``, not ``sources[0].text source.weight``)."""
+    details = [
+        InitErrorDetails(
+            type=e["type"], loc=tuple(p for p in e["loc"] if p not in _TAGS), input=e["input"], ctx=e.get("ctx", {})
+        )
+        for e in exc.errors()
+    ]
+    return ValidationError.from_exception_data(exc.title, details)
+
+
 class DataMix(StrictModel):
     """A named list of sources (``data_mixes.<key>``)."""
 
@@ -159,7 +182,7 @@ class Params(StrictModel):
     and pack."""
 
     seed: Seed = 42
-    sources: list[Source] = Field(default_factory=list)
+    sources: list[AnySource] = Field(default_factory=list)
     data_mixes: dict[str, DataMix] = Field(default_factory=dict)
     mix: str | None = None
     stage_mixes: dict[str, dict[str, float | None]] = Field(
@@ -187,6 +210,11 @@ class Params(StrictModel):
     packing: Packing = Field(default_factory=Packing)
     mixing: Mixing = Field(default_factory=Mixing)
     progress: bool = True
+    media: MediaSettings = Field(
+        default_factory=MediaSettings,
+        description="the media tables (media_image / _video / _audio): synth media and the media sources, "
+        "with the limits past which an item is quarantined",
+    )
     engine: EngineSettings = Field(
         default_factory=EngineSettings,
         description="where ingest / clean / dedup and tokenization run: local (this process) or ray "
@@ -200,6 +228,14 @@ class Params(StrictModel):
         description="seconds a run waits for the project's data lock (data_processing vs the runs "
         "reading its outputs) before it stops naming the holder; 0 = do not wait",
     )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _untag(cls, values: Any, handler: Any) -> Params:
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            raise _without_tags(exc) from None
 
     @field_validator("stage_mixes", mode="before")
     @classmethod
@@ -272,9 +308,24 @@ class Params(StrictModel):
         return out
 
     def selected_sources(self) -> list[Source]:
-        """The sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""
+        """The text sources to ingest: the chosen mix (or ``sources``), filtered by modality/category."""
         from xoron_pipelines.categories import categories_for
 
         pool = self.data_mixes[self.mix].datasets if self.mix else self.sources
         keep = set(categories_for(self.modalities, self.categories))
-        return [s for s in pool if s.category in keep]
+        return [s for s in pool if isinstance(s, Source) and s.category in keep]
+
+    def media_sources(self) -> list[MediaSource]:
+        """The media sources of ``sources``, filtered by modality/category (not by ``mix``, whose
+        lists hold text sources)."""
+        from xoron_pipelines.categories import categories_for
+
+        keep = set(categories_for(self.modalities, self.categories))
+        return [s for s in self.sources if isinstance(s, MediaSource) and s.category in keep]
+
+    def wants_modality(self, modality: str) -> bool:
+        """Whether ``modalities`` / ``categories`` select any category of ``modality`` (the synth
+        media of a modality left out are left out too)."""
+        from xoron_pipelines.categories import CATEGORY_TO_MODALITY, categories_for
+
+        return any(CATEGORY_TO_MODALITY[c] == modality for c in categories_for(self.modalities, self.categories))
