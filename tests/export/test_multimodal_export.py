@@ -55,6 +55,10 @@ def test_round_trip_gives_identical_logits(tmp_path, tokenizer, monkeypatch):
     _no_pickle(monkeypatch)
     loaded = load_multimodal(out)
     assert loaded.config == model.config and loaded.media_token_ids == model.media_token_ids
+    assert (
+        loaded.llm.generation_config.eos_token_id
+        == json.loads((out / "llm/generation_config.json").read_text())["eos_token_id"]
+    )
     for got, want in zip(_logits(loaded, batch), _logits(model, batch), strict=True):
         assert torch.equal(got, want)
     # the LLM part loads with plain transformers (Llama here) and is the multimodal model's LLM

@@ -62,15 +62,17 @@ def test_shapes_and_one_frame_per_20_ms(raw):
 @pytest.mark.parametrize("raw", [True, False])
 def test_padding_does_not_change_the_valid_frames(raw):
     enc = _encoder(use_raw_waveform=raw)
-    a, b = _tones(7000, 1), _tones(4100, 2)
-    x = torch.full((2, 7300), 0.7)  # junk everywhere past each clip
-    x[0, :7000], x[1, :4100] = a, b
+    # lengths just past a frame boundary: the last frame's window (and the last mel frames) reach
+    # past the clip, where the batch holds junk and the single clip holds nothing
+    a, b = _tones(7050, 1), _tones(4170, 2)
+    x = torch.full((2, 7300), 0.7)
+    x[0, :7050], x[1, :4170] = a, b
     with torch.no_grad():
-        both = enc(x, torch.tensor([7000, 4100]))
+        both = enc(x, torch.tensor([7050, 4170]))
         alone = [enc(a[None]), enc(b[None])]
     for i, single in enumerate(alone):
         n = single.features.shape[1]
-        assert int(both.mask[i].sum()) == n == (7000, 4100)[i] // 320
+        assert int(both.mask[i].sum()) == n == (22, 13)[i]
         torch.testing.assert_close(both.features[i, :n], single.features[0], atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(
             both.extras["ctc_logits"][i, :n], single.extras["ctc_logits"][0], atol=2e-5, rtol=1e-4
@@ -89,6 +91,34 @@ def test_kv_lora_rank_sets_the_latent_kv_shapes():
             assert enc(_tones(1600, 0)[None]).features.shape == (1, 5, 32)
 
 
+def test_raw_tokenizer_frame_sees_25_ms_centred_on_its_20_ms():
+    """Frame f of the raw tokenizer depends on samples [320 f - 40, 320 f + 360) and no others."""
+    front = _encoder().front_end
+    wave = _tones(3200, 5)[None]
+    with torch.no_grad():
+        base = front.tokenize(wave)[0]
+        assert base.shape == (10, 32)
+        for pos, changed in [(999, {2, 3}), (1000, {3}), (1239, {3}), (1240, {3, 4}), (1319, {3, 4}), (1320, {4})]:
+            poked = wave.clone()
+            poked[0, pos] += 0.5
+            diff = (front.tokenize(poked)[0] - base).abs().amax(-1)
+            assert {int(f) for f in torch.nonzero(diff)} == changed, pos
+
+
+def test_rmla_positions_are_relative(monkeypatch):
+    """Shifting every frame index leaves the attention output unchanged; moving one frame changes it."""
+    from xoron_pipelines.model import audio
+
+    attn = _encoder().blocks[0].attn
+    x, valid = torch.randn(1, 9, 32), torch.ones(1, 9, dtype=torch.bool)
+    with torch.no_grad():
+        base = attn(x, valid)
+        monkeypatch.setattr(audio, "grid_coords", lambda n, device=None: torch.arange(n)[:, None] + 37)
+        torch.testing.assert_close(attn(x, valid), base, atol=1e-5, rtol=1e-4)
+        monkeypatch.setattr(audio, "grid_coords", lambda n, device=None: torch.arange(n)[:, None] * 2)
+        assert not torch.allclose(attn(x, valid), base, atol=1e-3)
+
+
 def test_front_end_knob_switches_raw_and_log_mel():
     raw, mel = _encoder(use_raw_waveform=True), _encoder(use_raw_waveform=False, audio_n_mels=40)
     assert isinstance(raw.front_end, RawWaveformTokenizer) and isinstance(mel.front_end, LogMelFrontEnd)
@@ -105,7 +135,11 @@ def test_log_mel_equals_whisper_feature_extractor(n_mels):
     from transformers import WhisperFeatureExtractor
 
     wave = _tones(11_200, 4)
-    ours = _encoder(use_raw_waveform=False, audio_n_mels=n_mels).front_end.log_mel(wave[None], torch.tensor([11_200]))
+    wave[4000:6000] = 0.0  # silence: its frames sit on the floor 8 below the clip's loudest (log10) bin
+    front = _encoder(use_raw_waveform=False, audio_n_mels=n_mels).front_end
+    ours = front.log_mel(wave[None], torch.tensor([11_200]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # features stay float32 under mixed precision
+        assert torch.equal(front.log_mel(wave[None], torch.tensor([11_200])), ours)
     ref = WhisperFeatureExtractor(feature_size=n_mels)(wave.numpy(), sampling_rate=16000, return_tensors="np")
     assert ours.shape == (1, n_mels, 70)
     np.testing.assert_allclose(ours[0].numpy(), ref["input_features"][0][:, :70], atol=1e-4, rtol=1e-4)
@@ -144,8 +178,8 @@ def test_audio_max_length_is_a_frame_limit_and_longer_clips_are_errors():
     enc = _encoder(audio_max_length=10)
     with torch.no_grad():
         assert enc(_tones(3200 + 319, 0)[None]).features.shape[1] == 10  # 10 whole frames: allowed
-        with pytest.raises(ValueError, match=r"11 frames > audio_max_length=10 \(0.2 s"):
-            enc(_tones(3520, 0)[None])
+        with pytest.raises(ValueError, match=r"clip 1 \(0.22 s\) gives 11 frames > audio_max_length=10 \(0.2 s"):
+            enc(torch.stack([_tones(3520, 0), _tones(3520, 1)]), torch.tensor([3200, 3520]))
         with pytest.raises(ValueError, match=r"must lie in \[320, 400\]"):
             enc(torch.zeros(1, 400), torch.tensor([300]))
 

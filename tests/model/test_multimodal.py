@@ -3,6 +3,8 @@ loss weight, freeze_llm, LoRA inside, the device map, gradient checkpointing."""
 
 from __future__ import annotations
 
+import copy
+
 import pydantic
 import pytest
 import torch
@@ -190,6 +192,7 @@ def test_lora_wrapped_llm_inside(tok, batch):
         before = model(**batch).logits
         model.merge_lora()
         assert not hasattr(model.llm, "get_base_model")
+        assert not any(p.requires_grad for p in model.llm.parameters())  # freeze_llm holds after the merge
         torch.testing.assert_close(model(**batch).logits, before, rtol=1e-4, atol=1e-4)
 
 
@@ -223,9 +226,9 @@ def test_device_map_is_validated():
         MultimodalConfig.model_validate({"use_model_parallel": True, "device_map": {"generators": "cpu"}})
 
 
-def test_use_model_parallel_without_a_gpu_places_nothing(tok):
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU-only fallback")
+def test_use_model_parallel_without_a_gpu_places_nothing(tok, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert tiny_model(tok, use_model_parallel=True).placement is None
 
 
@@ -252,3 +255,132 @@ def test_config_defaults_are_the_cpu_preset_and_slots_match(tok):
     assert cfg.modalities == ["image", "video", "audio"] and cfg.num_vision_tokens == 16
     assert cfg.projector_type == "perceiver" and cfg.asr_loss_weight == 0.1
     assert len(slot(tok, "image")) == TOKENS["image"] + 2
+
+
+def test_video_moe_balance_loss_and_bias_updates_reach_the_encoder(tok, batch):
+    """The video encoder's temporal-MoE balance loss (aux_loss_coef) joins the loss, and
+    update_moe_bias steps the encoder's router biases as well as the LLM's."""
+    video = {**tiny_config().video.model_dump(), "use_video_temporal_moe": True, "aux_loss_coef": 0.5}
+    model = tiny_model(tok, video=video).train()
+    out = model(**batch)
+    aux = model.encode("video", batch["videos"])[0].extras["aux_loss"]
+    assert aux > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + aux)
+    biases = [m.gate.e_score_correction_bias.clone() for m in model.encoders["video"].moe_layers()]
+    model.update_moe_bias()
+    after = [m.gate.e_score_correction_bias for m in model.encoders["video"].moe_layers()]
+    assert any(not torch.equal(a, b) for a, b in zip(after, biases, strict=True))
+
+
+def test_generate_with_media_matches_greedy_full_forwards(tok, batch):
+    """KV-cached decoding with media (fusion on the cached steps too) gives the tokens that greedy
+    argmax over full multimodal forwards gives; without media it is the LLM's own generate."""
+    model = tiny_model(tok)
+    open_gates(model, 2.0)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    got = model.generate(ids, **media, max_new_tokens=4, eos_token_id=[])
+    expected = ids
+    with torch.no_grad():
+        for _ in range(4):
+            nxt = model(expected, **media).logits[:, -1].argmax(-1)
+            expected = torch.cat((expected, nxt[:, None]), dim=1)
+    assert torch.equal(got, expected)
+    plain = model.generate(ids, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(plain, model.llm.generate(ids, max_new_tokens=4, eos_token_id=[]))
+    assert not torch.equal(plain[0], got[0]) and torch.equal(plain[1], got[1])  # row 1 has no media
+
+
+def test_cached_decoding_step_fuses_the_media_like_a_full_forward(tok, batch):
+    from xoron_pipelines.model.multimodal import _MediaPrompt
+
+    model = tiny_model(tok)
+    open_gates(model, 2.0)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    nxt = torch.tensor([[7], [8], [9]])
+    with torch.no_grad():
+        full = model(torch.cat((ids, nxt), dim=1), **media).logits[:, -1]
+        prompt = _MediaPrompt(
+            model, model._given(media["images"], media["videos"], media["audio"], None, None), media["audio_lengths"]
+        )
+        mask = torch.ones_like(ids)
+        cache = prompt(ids, attention_mask=mask, use_cache=True).cache
+        step = prompt(nxt, attention_mask=torch.cat((mask, torch.ones_like(nxt)), dim=1), past_key_values=cache).logits[
+            :, -1
+        ]
+        plain = model.llm(torch.cat((ids, nxt), dim=1)).logits[:, -1]
+    torch.testing.assert_close(step, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(step[0], plain[0], atol=1e-3)
+
+
+def test_a_deep_copy_fuses_with_its_own_blocks(tok, batch):
+    model = tiny_model(tok)
+    open_gates(model)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        assert torch.equal(clone(**batch).logits, model(**batch).logits)
+        before = model(**batch).logits
+        open_gates(clone, -0.3)  # the copy's gates are the copy's own
+        assert torch.equal(model(**batch).logits, before)
+        assert not torch.allclose(clone(**batch).logits, before)
+
+
+def test_the_answer_learned_from_the_image_alone(tok):
+    """Two prompts with identical ids differ only in their image (red or blue); after a few steps
+    the model names the colour - which the blind LLM, seeing the same ids, cannot."""
+    torch.manual_seed(0)
+    model = tiny_model(tok).train()
+    ids = torch.tensor([[tok.bos_token_id, *slot(tok, "image"), 7, 0]] * 2)
+    answers = torch.tensor([11, 12])  # red -> 11, blue -> 12
+    ids[:, -1] = answers
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = answers
+    images = torch.zeros(2, 3, 16, 16)
+    images[0, 0], images[1, 2] = 1.0, 1.0
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        model(ids, labels=labels, images=images).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        guess = model(ids, images=images).logits[:, -2].argmax(-1)
+        blind = model(ids).logits[:, -2].argmax(-1)
+    assert torch.equal(guess, answers)
+    assert blind[0] == blind[1]  # the same ids without the image: one answer for both
+
+
+def test_a_pad_based_attention_mask_does_not_hide_the_media(tok, batch):
+    """Placeholders are pad ids: an attention mask built as ``ids != pad`` still lets the LLM see
+    the media (the model marks the filled slots real), here and in generate's cached steps."""
+    model = tiny_model(tok)
+    open_gates(model)
+    media = {k: batch[k] for k in ("images", "videos", "audio", "audio_lengths")}
+    ids = batch["input_ids"]
+    pad_mask = (ids != tok.pad_token_id).long()
+    assert pad_mask.min() == 0
+    with torch.no_grad():
+        assert torch.equal(model(ids, attention_mask=pad_mask, **media).logits, model(ids, **media).logits)
+    got = model.generate(ids, attention_mask=pad_mask, **media, max_new_tokens=3, eos_token_id=[])
+    assert torch.equal(got, model.generate(ids, **media, max_new_tokens=3, eos_token_id=[]))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"), [(2, ("cuda:0", "cuda:1")), (4, ("cuda:0", "cuda:1")), (1, ("cuda:0",) * 2)]
+)
+def test_default_device_map_is_seed_000s_layout(monkeypatch, gpus, expected):
+    """use_model_parallel without a map: encoders + projectors on GPU 0, the LLM (markers, fusion)
+    on GPU 1; one GPU holds both. An explicit map naming a visible GPU resolves to it."""
+    from xoron_pipelines.model.multimodal import resolve_multimodal_device_map
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    plan = resolve_multimodal_device_map(MultimodalConfig(use_model_parallel=True))
+    assert (str(plan["modalities"]), str(plan["llm"])) == expected
+    explicit = MultimodalConfig(use_model_parallel=True, device_map={"modalities": "cuda:0", "llm": "cpu"})
+    assert {k: str(v) for k, v in resolve_multimodal_device_map(explicit).items()} == {
+        "modalities": "cuda:0",
+        "llm": "cpu",
+    }
+    assert resolve_multimodal_device_map(MultimodalConfig()) is None

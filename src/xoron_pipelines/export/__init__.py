@@ -11,6 +11,8 @@ rename) and refuses an architecture its format cannot represent before writing a
 * :mod:`.lora_export` -- ``export_lora``: peft adapter directory + merged HF directory.
 * :mod:`.mlflow_registry` -- ``register_export``: pyfunc model logged to the run and registered
   (through :mod:`xoron_pipelines.tracking`).
+* :mod:`.multimodal` -- ``save_multimodal`` / ``load_multimodal``: the multimodal model (safetensors +
+  config.json of every sub-config), its LLM also through ``export_hf``, a local HF vision tower.
 * :mod:`.bundle` -- ``export_model``: every requested format of one model, staged for the
   catalog's ``export_*`` datasets (:mod:`xoron_pipelines.datasets.export`).
 """

@@ -19,7 +19,8 @@ not at all, a previous one stays intact on failure):
 
 ``load_multimodal(dir)`` rebuilds the model from ``config.json`` and loads ``model.safetensors``
 (strictly: every weight present, none unknown), on the CPU and unplaced (``use_model_parallel``
-off: place it again with a config of your own), in eval mode. A LoRA-wrapped LLM is refused by
+off: place it again with a config of your own), in eval mode, with the LLM's generation config
+from ``llm/`` (so ``generate`` stops where the text export does). A LoRA-wrapped LLM is refused by
 the save: merge the adapters first (``model.merge_lora()``).
 """
 
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import GenerationConfig
 
 from xoron_pipelines.atomic import atomic_dir
 from xoron_pipelines.export.hf import export_hf
@@ -138,6 +140,9 @@ def load_multimodal(path: str | os.PathLike) -> XoronMultimodalModel:
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise ValueError(f"{path / WEIGHTS} does not match the model: missing {missing}, unexpected {unexpected}")
+    llm_dir = path / meta.get("llm_dir", LLM_DIR)
+    if (llm_dir / "generation_config.json").is_file():  # generate()'s defaults: stop ids, max_new_tokens
+        llm.generation_config = GenerationConfig.from_pretrained(llm_dir)
     return model.eval()
 
 

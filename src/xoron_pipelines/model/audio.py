@@ -39,7 +39,7 @@ from xoron_pipelines.model.rope import apply_axial_rope, axial_rope_cos_sin, axi
 from xoron_pipelines.validation import StrictModel
 
 
-# ----------------------------------------------- EncoderOutput: moves to model/vision.py at merge
+# EncoderOutput: moves to model/vision.py at merge
 @dataclass
 class EncoderOutput:
     """What every encoder returns: features (B, N, hidden_size), mask (B, N) bool (True = valid)
@@ -124,10 +124,14 @@ class RawWaveformTokenizer(nn.Module):
         n = lengths[:, None].to(wave.dtype)
         mean = (wave * valid).sum(1, keepdim=True) / n
         var = (((wave - mean) * valid) ** 2).sum(1, keepdim=True) / n
-        h = _zero_padding((wave - mean) / torch.sqrt(var + 1e-7), valid)
-        h = F.pad(h, (self.pad, self.pad))[:, None]
+        return self.tokenize(_zero_padding((wave - mean) / torch.sqrt(var + 1e-7), valid))
+
+    def tokenize(self, wave: torch.Tensor) -> torch.Tensor:
+        """Normalised waveform (B, N) -> (B, >= N // hop, hidden); frame f sees only samples
+        [f * hop - pad, (f + 1) * hop + pad), 25 ms centred on its 20 ms."""
+        h = F.pad(wave, (self.pad, self.pad))[:, None, :]  # (B, 1, N)
         for conv, norm in zip(self.convs, self.norms):
-            h = F.gelu(norm(conv(h).transpose(1, 2)).transpose(1, 2))
+            h = F.gelu(norm(conv(h).transpose(1, 2))).transpose(1, 2)  # LN + GELU channels-last (fast)
         return self.proj(h.transpose(1, 2))
 
 
@@ -156,11 +160,16 @@ class LogMelFrontEnd(nn.Module):
 
     def log_mel(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, M) with M = max(lengths) // (10 ms hop); frames past an item's own
-        ``lengths // hop`` are 0. The clip is followed by zeros (as Whisper pads it)."""
+        ``lengths // hop`` are 0. The clip is followed by zeros (as Whisper pads it). Always float32,
+        autocast or not."""
+        with torch.autocast(wave.device.type, enabled=False):
+            return self._log_mel(wave.float(), lengths)
+
+    def _log_mel(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         valid = torch.arange(wave.shape[1], device=wave.device) < lengths[:, None]
         wave = F.pad(wave * valid, (0, self.n_fft // 2))
         frames = int(lengths.max()) // self.hop
-        stft = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, return_complex=True)
+        stft = torch.stft(wave, self.n_fft, self.hop, window=self.window, return_complex=True)
         power = stft[..., :frames].abs() ** 2
         logmel = (self.mel_filters.T @ power).clamp(min=1e-10).log10()
         frame_ok = (torch.arange(frames, device=wave.device) < (lengths // self.hop)[:, None])[:, None]
@@ -275,9 +284,9 @@ class AudioEncoder(nn.Module):
             )
         frames = self.frame_lengths(lengths)
         if int(frames.max()) > cfg.audio_max_length:
-            rate = cfg.audio_sample_rate
+            i = int(frames.argmax())
             raise ValueError(
-                f"audio of {int(lengths.max()) / rate:.2f} s gives {int(frames.max())} frames > audio_max_length="
+                f"clip {i} ({int(lengths[i]) / cfg.audio_sample_rate:.2f} s) gives {int(frames[i])} frames > audio_max_length="
                 f"{cfg.audio_max_length} ({cfg.audio_max_length * FRAME_HOP_MS / 1000:g} s at {FRAME_HOP_MS} ms "
                 f"per frame); crop or split the clip, or raise audio_max_length"
             )

@@ -23,6 +23,7 @@ recomputed in backward and need no media then.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -97,26 +98,25 @@ class FusionLayers(nn.Module):
         the previous hooks."""
         self.detach()
         for key, block in self.blocks.items():
-            self._handles.append(decoder_layers[int(key)].register_forward_hook(self._hook(block)))
+            self._handles.append(decoder_layers[int(key)].register_forward_hook(functools.partial(self._fuse, block)))
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, block: GatedCrossAttention):
-        def hook(_module, _args, output):
-            if self._media is None:
-                return output
-            media, visible = self._media
-            if output.shape[:2] != visible.shape[:2]:
-                raise ValueError(
-                    f"cross-attention fusion: the decoder layer returned {tuple(output.shape[:2])} (batch, tokens) "
-                    f"but the media were placed for {tuple(visible.shape[:2])} (KV-cached decoding is not supported)"
-                )
-            return block(output, media, visible)
-
-        return hook
+    def _fuse(self, block: GatedCrossAttention, _module, _args, output):
+        """The forward hook of a fused decoder layer (a bound method in a ``partial``, not a closure,
+        so ``copy.deepcopy`` of the model hooks the copy's layers to the copy's blocks)."""
+        if self._media is None:
+            return output
+        media, visible = self._media
+        if output.shape[:2] != visible.shape[:2]:
+            raise ValueError(
+                f"cross-attention fusion: the decoder layer returned {tuple(output.shape[:2])} (batch, tokens) "
+                f"but the media were placed for {tuple(visible.shape[:2])}"
+            )
+        return block(output, media, visible)
 
     @contextlib.contextmanager
     def attend(self, media: torch.Tensor | None, visible: torch.Tensor | None) -> Iterator[None]:

@@ -9,7 +9,8 @@ Images, videos and audio clips enter the LLM in two ways at once (seed 003's arc
   replace the placeholders' embeddings. The media of a batch are given per modality in marker
   order: row-major over the batch, left to right within a row (``images[k]`` fills the k-th
   ``<|image|>`` of the batch), so a row may hold several items or none. The labels of placeholder
-  positions are ignored (-100): the model is never asked to predict media.
+  positions are ignored (-100): the model is never asked to predict media; their
+  ``attention_mask`` is 1 (they are pad ids, but a mask built as ``ids != pad`` must not hide them).
 * **Cross-attention fusion** (Flamingo, :mod:`.fusion`): gated cross-attention blocks after every
   ``cross_attention_every``-th decoder layer attend from each text token to the projected tokens of
   every media item whose start marker precedes it in its row. The gates start at 0.
@@ -100,6 +101,10 @@ class MultimodalConfig(StrictModel):
 
     def num_tokens(self, modality: str) -> int:
         return getattr(self, TOKENS_FIELD[modality])
+
+    def to_dict(self) -> dict:
+        """Every knob as JSON-ready data (sub-configs included), as ``PretrainedConfig.to_dict``."""
+        return self.model_dump(mode="json")
 
 
 @dataclass
@@ -245,10 +250,16 @@ class XoronMultimodalModel(nn.Module):
                 module.update_moe_bias()
 
     def merge_lora(self) -> XoronMultimodalModel:
-        """Fold a LoRA-wrapped LLM's adapters into its weights (in place; the fusion hooks stay)."""
+        """Fold a LoRA-wrapped LLM's adapters into its weights (in place; the fusion hooks stay, the
+        LLM stays frozen under ``freeze_llm`` and placed under a device map)."""
         from xoron_pipelines.training.lora import merge_lora
 
         self.llm = merge_lora(self.llm)
+        if self.config.freeze_llm:
+            self.llm.requires_grad_(False)
+        if self.placement is not None:  # the hooks were on the peft wrapper
+            self.placement.remove()
+            self.placement = place_model(self, self.placement.devices)
         return self
 
     # ------------------------------------------------------------------ forward
@@ -287,6 +298,21 @@ class XoronMultimodalModel(nn.Module):
         audio_lengths: torch.Tensor | None = None,
         transcripts: Sequence[str] | None = None,
     ) -> MultimodalOutput:
+        given = self._given(images, videos, audio, audio_lengths, transcripts)
+        if not given:
+            out = self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            return MultimodalOutput(out.loss, out.loss, None, out.logits)
+        prep = self._prepare(input_ids, labels, given, audio_lengths, transcripts)
+        with self.fusion.attend(prep.media, prep.visible):
+            out = self.llm(inputs_embeds=prep.embeds, attention_mask=prep.unmask(attention_mask), labels=prep.labels)
+        loss = out.loss
+        extra = [] if prep.asr_loss is None else [self.config.asr_loss_weight * prep.asr_loss]
+        for term in extra + prep.aux_losses:
+            term = term.to(out.logits.device)
+            loss = term if loss is None else loss + term
+        return MultimodalOutput(loss, out.loss, prep.asr_loss, out.logits)
+
+    def _given(self, images, videos, audio, audio_lengths, transcripts) -> dict[str, torch.Tensor]:
         given = {m: x for m, x in (("image", images), ("video", videos), ("audio", audio)) if x is not None}
         for m in given:
             if m not in self.encoders:
@@ -295,16 +321,17 @@ class XoronMultimodalModel(nn.Module):
             raise ValueError("transcripts given without audio")
         if audio_lengths is not None and audio is None:
             raise ValueError("audio_lengths given without audio")
-        if not given:
-            out = self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-            return MultimodalOutput(out.loss, out.loss, None, out.logits)
+        return given
 
+    def _prepare(self, input_ids, labels, given, audio_lengths, transcripts) -> _Prepared:
+        """Encode and project the media, fill their slots, mask their labels, build the fusion inputs."""
         embedding = self.llm.get_input_embeddings()
         input_ids = input_ids.to(embedding.weight.device)
         embeds = embedding(input_ids)
         if labels is not None:
             labels = labels.to(input_ids.device)
         items: list[tuple[int, int, torch.Tensor]] = []  # (row, start, tokens) of every media item
+        slots: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, positions) of the placeholders
         asr_loss = None
         aux_losses = []
         for m, media in given.items():
@@ -317,11 +344,12 @@ class XoronMultimodalModel(nn.Module):
                 )
             tokens = tokens.to(embeds.device, embeds.dtype)
             n = tokens.shape[1]
-            positions = starts[:, None] + 1 + torch.arange(n, device=starts.device)
+            positions = (starts[:, None] + 1 + torch.arange(n, device=starts.device)).reshape(-1)
             flat_rows = rows[:, None].expand(-1, n).reshape(-1)
-            embeds = embeds.index_put((flat_rows, positions.reshape(-1)), tokens.reshape(-1, tokens.shape[-1]))
+            embeds = embeds.index_put((flat_rows, positions), tokens.reshape(-1, tokens.shape[-1]))
+            slots.append((flat_rows, positions))
             if labels is not None:
-                labels = labels.index_put((flat_rows, positions.reshape(-1)), labels.new_tensor(-100))
+                labels = labels.index_put((flat_rows, positions), labels.new_tensor(-100))
             items += [(int(r), int(s), t) for r, s, t in zip(rows.tolist(), starts.tolist(), tokens, strict=True)]
             if m == "audio" and transcripts is not None:
                 if "ctc_logits" not in enc_out.extras:
@@ -329,27 +357,40 @@ class XoronMultimodalModel(nn.Module):
                 asr_loss = ctc_loss(enc_out, list(transcripts))
             if isinstance(enc_out.extras.get("aux_loss"), torch.Tensor):
                 aux_losses.append(enc_out.extras["aux_loss"])
+        media_kv, item_start = self._fusion_inputs(items, input_ids.shape[0], input_ids.shape[1])
+        visible = None
+        if media_kv is not None:
+            visible = torch.arange(input_ids.shape[1], device=item_start.device)[None, :, None] > item_start[:, None, :]
+        rows, positions = (torch.cat(parts) for parts in zip(*slots, strict=True))
+        return _Prepared(embeds, labels, media_kv, visible, item_start, asr_loss, aux_losses, (rows, positions))
 
-        media_kv, visible = self._fusion_inputs(items, input_ids.shape)
-        with self.fusion.attend(media_kv, visible):
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
-        lm_loss = out.loss
-        loss = lm_loss
-        extra = []
-        if asr_loss is not None:
-            extra.append(self.config.asr_loss_weight * asr_loss)
-        extra += aux_losses
-        for term in extra:
-            term = term.to(out.logits.device)
-            loss = term if loss is None else loss + term
-        return MultimodalOutput(loss, lm_loss, asr_loss, out.logits)
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        videos: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """KV-cached decoding (:func:`xoron_pipelines.model.generation.generate`'s options: greedy by
+        default, ``max_new_tokens``, ``eos_token_id``, sampling ...) from a (left-padded) prompt with
+        its media: ``input_ids`` followed by the new tokens (B, T + n). Every new token sees all the
+        media of its row (their markers are in the prompt)."""
+        from xoron_pipelines.model.generation import generate
 
-    def _fusion_inputs(self, items, shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per row, the tokens of its media items concatenated (B, M, D, zero padded) and which of
-        them each position sees (B, T, M): the items whose start marker lies before it."""
+        given = self._given(images, videos, audio, audio_lengths, None)
+        if not given:
+            return generate(base_llm(self.llm), input_ids, attention_mask=attention_mask, **kwargs)
+        return generate(_MediaPrompt(self, given, audio_lengths), input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _fusion_inputs(self, items, batch: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per row, the tokens of its media items concatenated (B, M, D, zero padded) and the start
+        marker position of the item each belongs to (B, M; ``length`` for padding, seen by no position)."""
         if not self.fusion.blocks or not items:
             return None, None
-        batch, length = shape
         per_row: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(batch)]
         for row, start, tokens in items:
             per_row[row].append((start, tokens))
@@ -361,10 +402,68 @@ class XoronMultimodalModel(nn.Module):
             tokens = torch.cat([t for _, t in row]) if row else like.new_zeros(0, like.shape[-1])
             kv.append(F.pad(tokens, (0, 0, 0, width - tokens.shape[0])))
             starts = [s for s, t in row for _ in range(t.shape[0])]
-            item_start.append(starts + [length] * (width - len(starts)))  # padding: seen by no position
-        item_start = torch.tensor(item_start, device=like.device)
-        visible = torch.arange(length, device=like.device)[None, :, None] > item_start[:, None, :]
-        return torch.stack(kv), visible
+            item_start.append(starts + [length] * (width - len(starts)))
+        return torch.stack(kv), torch.tensor(item_start, device=like.device)
+
+
+@dataclass
+class _Prepared:
+    """The LLM's inputs for a forward with media (see :meth:`XoronMultimodalModel._prepare`)."""
+
+    embeds: torch.Tensor
+    labels: torch.Tensor | None
+    media: torch.Tensor | None  # fusion keys / values (B, M, D)
+    visible: torch.Tensor | None  # (B, T, M)
+    item_start: torch.Tensor | None  # (B, M)
+    asr_loss: torch.Tensor | None
+    aux_losses: list[torch.Tensor]
+    slots: tuple[torch.Tensor, torch.Tensor]  # (rows, positions) of the filled placeholders
+
+    def unmask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """``attention_mask`` with the filled placeholders marked real (1): they are pad tokens in
+        ``input_ids``, so a mask built as ``ids != pad`` would hide the media."""
+        if attention_mask is None:
+            return None
+        rows, positions = (t.to(attention_mask.device) for t in self.slots)
+        return attention_mask.index_put((rows, positions), attention_mask.new_ones(()))
+
+
+class _MediaPrompt:
+    """What :func:`~xoron_pipelines.model.generation.generate` drives for a prompt with media: the
+    first (prefill) call runs the prompt with its media filled in and fused; each later call feeds
+    the new token through the LLM's KV cache, fusing every media item of its row."""
+
+    def __init__(self, model: XoronMultimodalModel, given: dict[str, torch.Tensor], audio_lengths) -> None:
+        self.model, self.given, self.audio_lengths = model, given, audio_lengths
+        llm = base_llm(model.llm)
+        self.config, self.generation_config = llm.config, getattr(llm, "generation_config", None)
+        self.training = model.training
+        self.prepared: _Prepared | None = None
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def __call__(self, input_ids, attention_mask=None, past_key_values=None, use_cache=True):
+        llm, fusion = self.model.llm, self.model.fusion
+        if self.prepared is None:
+            self.prepared = prep = self.model._prepare(input_ids, None, self.given, self.audio_lengths, None)
+            with fusion.attend(prep.media, prep.visible):
+                return llm(inputs_embeds=prep.embeds, attention_mask=prep.unmask(attention_mask), use_cache=True)
+        prep = self.prepared
+        visible = None
+        if prep.media is not None:
+            valid = prep.item_start < prep.embeds.shape[1]  # the row's items, not padding
+            visible = valid[:, None, :].expand(-1, input_ids.shape[1], -1)
+        with fusion.attend(prep.media, visible):
+            return llm(
+                input_ids=input_ids,
+                attention_mask=prep.unmask(attention_mask),
+                past_key_values=past_key_values,
+                use_cache=True,
+            )
 
 
 __all__ = [

@@ -141,19 +141,38 @@ def axial_rope_cos_sin(coords: torch.Tensor, inv_freqs: list[torch.Tensor]) -> t
     return torch.cat(cos, dim=-1), torch.cat(sin, dim=-1)
 
 
+class _AxialRotation(torch.autograd.Function):
+    """``x * cos + x[..., perm] * sin_signed``: rotate_half within each axis slice, written as one
+    gather (``perm`` swaps the two halves of every slice) so forward and backward are three
+    kernels each. The backward is the transposed rotation (``perm`` is its own inverse);
+    ``cos`` / ``sin_signed`` are constants (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin_signed, perm):
+        ctx.save_for_backward(cos, sin_signed, perm)
+        return torch.addcmul(x * cos, x.index_select(-1, perm), sin_signed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin_signed, perm = ctx.saved_tensors
+        return torch.addcmul((grad * sin_signed).index_select(-1, perm), grad, cos), None, None, None
+
+
 def apply_axial_rope(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inv_freqs: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Rotate ``x`` (B, heads, N, head_dim) slice by slice with (cos, sin) (N, head_dim) from
-    :func:`axial_rope_cos_sin` (rotate_half convention within each axis slice)."""
-    out, start = [], 0
+    """Rotate ``x`` (..., N, head_dim) slice by slice with (cos, sin) (N, head_dim) from
+    :func:`axial_rope_cos_sin` (rotate_half convention within each axis slice; cos / sin get no
+    gradient)."""
+    perm, sign, start = [], [], 0
     for inv in inv_freqs:
-        d = 2 * inv.numel()
-        xs, c, s = x[..., start : start + d], cos[:, start : start + d], sin[:, start : start + d]
-        x1, x2 = xs[..., : d // 2], xs[..., d // 2 :]
-        out.append(xs * c.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * s.to(x.dtype))
-        start += d
-    return torch.cat(out, dim=-1)
+        h = inv.numel()
+        perm += [*range(start + h, start + 2 * h), *range(start, start + h)]
+        sign += [-1.0] * h + [1.0] * h
+        start += 2 * h
+    perm_t = torch.tensor(perm, device=x.device)
+    sin_signed = sin.to(x.dtype) * torch.tensor(sign, device=x.device, dtype=x.dtype)
+    return _AxialRotation.apply(x, cos.to(x.dtype), sin_signed, perm_t)
 
 
 def grid_coords(*sizes: int, device=None) -> torch.Tensor:

@@ -113,7 +113,9 @@ class VisionEncoderConfig(StrictModel):
                 f"num_vision_dual_stream_layers {self.num_vision_dual_stream_layers} exceeds num_layers {self.num_layers}"
             )
         if self.use_vision_titok and self.num_vision_titok_layers > self.num_layers:
-            raise ValueError(f"num_vision_titok_layers {self.num_vision_titok_layers} exceeds num_layers {self.num_layers}")
+            raise ValueError(
+                f"num_vision_titok_layers {self.num_vision_titok_layers} exceeds num_layers {self.num_layers}"
+            )
         return self
 
 
@@ -154,9 +156,10 @@ class _Stream(nn.Module):
     def qkv_heads(self, x: torch.Tensor, rope: _Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(q, k, v), each (B, heads, N, head_dim); q and k rotated by ``rope``."""
         b, n, h = x.shape
-        qkv = self.qkv(self.layer_norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        qk = rope(qkv[:2])  # one rotation call for q and k
-        return qk[0], qk[1], qkv[2]
+        q, k, v = (
+            self.qkv(self.layer_norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        return rope(q), rope(k), v
 
     def update(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         """Residual updates of ``x`` (B, N, hidden) from the attention output (B, heads, N, head_dim)."""
