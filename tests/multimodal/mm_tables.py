@@ -14,12 +14,14 @@ def _split(i: int, n_train: int) -> str:
     return "train" if i < n_train else "heldout"
 
 
-def image_table(n_train: int, n_heldout: int, seed: int = 0, size: int = 32) -> pd.DataFrame:
+def image_table(n_train: int, n_heldout: int, seed: int = 0, size: int = 32, kinds=(0, 1, 2, 3)) -> pd.DataFrame:
+    """Scenes with one question each, of the kinds of :func:`scenes.qa_pairs` in ``kinds`` in turn
+    (0 colour, 1 shape, 2 count, 3 position)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n_train + n_heldout):
         spec = scenes.sample_scene(rng, (size, size))
-        q, a, choices = scenes.qa_pairs(spec, rng)[i % 4]
+        q, a, choices = scenes.qa_pairs(spec, rng)[kinds[i % len(kinds)]]
         rows.append(
             media.record(
                 id=f"img{i}", modality="image", split=_split(i, n_train), source="test",

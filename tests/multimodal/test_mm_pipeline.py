@@ -1,5 +1,5 @@
 """`kedro run --pipeline multimodal` end to end in a temp project (mode image, a tiny LLM): the
-image stage learns to look (held-out VQA accuracy above the blind baseline), logs a nested MLflow
+image stage learns to look (held-out colour VQA well above the blind baseline), logs a nested MLflow
 run with its evaluation and sample grid, the other stages pass the model through, and a re-run
 resumes from the finished checkpoint."""
 
@@ -16,10 +16,7 @@ from tests.helpers import copy_project, run_pipeline
 
 PARAMS = {
     "multimodal.mode": "image",
-    "multimodal.model.vision": {
-        "hidden_size": 64, "intermediate_size": 128, "patch_size": 4,
-        "use_vision_titok": False, "use_vision_dual_stream": False,
-    },  # fmt: skip
+    "multimodal.model.vision": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1},
     "multimodal.model.projector_type": "mlp",
     "multimodal.model.num_vision_tokens": 4,
     "multimodal.stages.image.tasks": ["vqa"],
@@ -38,7 +35,7 @@ def project(tmp_path_factory) -> Path:
     from xoron_pipelines.model import XoronForCausalLM, get_config
 
     project = copy_project(tmp_path_factory.mktemp("multimodal") / "project")
-    images = image_table(320, 64, seed=3)
+    images = image_table(320, 64, seed=3, kinds=(0,))  # colour questions: learnt in 120 steps
     tables = {"image": images, "video": video_table(2, 1), "audio": audio_table(2, 1)}
     for modality, table in tables.items():
         MediaTableDataset(str(project / f"data/03_primary/media/{modality}.parquet")).save(table)
@@ -65,7 +62,7 @@ def test_image_stage_beats_the_blind_baseline(project):
     vqa = ev["vqa"]
     assert vqa["with_media"]["n"] == vqa["blind"]["n"] == 64
     seeing, blind = vqa["with_media"]["accuracy"], vqa["blind"]["accuracy"]
-    assert seeing >= blind + 0.2, (seeing, blind)
+    assert seeing >= blind + 0.3, (seeing, blind)
     assert vqa["with_media"]["ci95"][0] > vqa["chance"]
     summary = _json(project, "data/08_reporting/training/image.json")
     assert summary["steps"] == 120 and summary["kind"] == "multimodal"
