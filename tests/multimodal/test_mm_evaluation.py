@@ -117,7 +117,9 @@ def test_wer_and_caption_candidates():
     cands = caption_items(caps, 4, seed=0)
     assert cands == caption_items(caps, 4, seed=0)
     for item in cands:
-        assert len(set(item.choices)) == 4 and item.target in item.choices and list(item.choices) == sorted(item.choices)
+        assert (
+            len(set(item.choices)) == 4 and item.target in item.choices and list(item.choices) == sorted(item.choices)
+        )
     with pytest.raises(ValueError, match="needs 40 distinct"):
         caption_items(caps, 40, seed=0)
     assert len(decode_media(rows)) == 12

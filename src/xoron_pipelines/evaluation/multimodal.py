@@ -93,7 +93,7 @@ def choice_loglikelihoods(
         for r, (c, k) in enumerate(rows):
             pos = torch.arange(len(c) - 1, len(c) + len(k) - 1)
             scores.append(float(logp[r, pos, torch.tensor(k)].sum()))
-        for j, item in enumerate(chunk):
+        for j in range(len(chunk)):
             out.append([s for s, o in zip(scores, owner) if o == j])
     return out
 

@@ -162,9 +162,7 @@ def train_modality(
     heldout = split_rows(media_table, stage, "heldout")
     enc = _encoder(tokenizer, init_model, stage)
     media, val_media = decode_media(rows), decode_media(heldout)
-    source = MediaBatchSource(
-        items, media, enc, cfg.batch_size, cfg.seed, _sampler(stage, p), max_len=sp.max_seq_len
-    )
+    source = MediaBatchSource(items, media, enc, cfg.batch_size, cfg.seed, _sampler(stage, p), max_len=sp.max_seq_len)
     source.total_micro_steps = cfg.total_steps(len(source)) * cfg.gradient_accumulation_steps
     shape = eval_shape(stage, p.multi_scale)
     val_items = items_of(heldout, stage, tasks)
@@ -214,7 +212,9 @@ def _log_model(run_id: str, model, tokenizer, stage: str) -> None:
         MlflowClient().log_artifacts(run_id, str(Path(tmp) / "model"), "model")
 
 
-def evaluate_modality(model, tokenizer, media_table, params: Mapping[str, Any], train_summary: Mapping[str, Any], *, stage: str):
+def evaluate_modality(
+    model, tokenizer, media_table, params: Mapping[str, Any], train_summary: Mapping[str, Any], *, stage: str
+):
     """Held-out figures of stage ``stage`` (:func:`~xoron_pipelines.evaluation.multimodal.evaluate_media`),
     also logged into the stage's MLflow run with a sample grid PNG (image / video) or WAV clips
     and their transcripts (audio). ``{"enabled": false}`` when the stage did not train."""
@@ -242,13 +242,9 @@ def evaluate_modality(model, tokenizer, media_table, params: Mapping[str, Any], 
     )
     log.info("multimodal stage %s held-out:\n%s", stage, json.dumps(metrics, indent=1))
     run_id = train_summary.get("mlflow_run_id")
-    if run_id and sp_tracking(p, stage):
+    if run_id and p.stages[stage].tracking.enabled:
         _log_evaluation(run_id, stage, metrics, samples, media, ev, train_summary.get("steps") or 0)
-    return {"stage": stage, "enabled": True, **metrics, "samples": samples[:ev.grid_items or 12]}
-
-
-def sp_tracking(p: Params, stage: str) -> bool:
-    return p.stages[stage].tracking.enabled
+    return {"stage": stage, "enabled": True, **metrics, "samples": samples[: ev.grid_items or 12]}
 
 
 def _log_evaluation(run_id: str, stage: str, metrics, samples, media, ev, step: int) -> None:

@@ -85,7 +85,9 @@ class Params(StrictModel):
         for name, stage in self.stages.items():
             wrong = sorted(set(stage.tasks or ()) - set(TASKS[name]))
             if wrong:
-                raise ValueError(f"stages.{name}.tasks: {wrong} do not apply to {name} (its tasks: {list(TASKS[name])})")
+                raise ValueError(
+                    f"stages.{name}.tasks: {wrong} do not apply to {name} (its tasks: {list(TASKS[name])})"
+                )
         if "modalities" in self.model.model_fields_set and sorted(self.model.modalities) != sorted(self.modalities()):
             raise ValueError(
                 f"model.modalities {list(self.model.modalities)} disagree with mode {self.mode!r} "

@@ -48,7 +48,14 @@ def stage_pipeline(stage: str, init_from: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    nodes = [Node(initialise_multimodal, ["tools.model", "tokenizer", "params:multimodal"], "multimodal_init_model", name="initialise_multimodal")]
+    nodes = [
+        Node(
+            initialise_multimodal,
+            ["tools.model", "tokenizer", "params:multimodal"],
+            "multimodal_init_model",
+            name="initialise_multimodal",
+        )
+    ]
     previous = "multimodal_init_model"
     stages = []
     for stage in MULTIMODAL_STAGES:
