@@ -265,10 +265,14 @@ def _trainable(model: nn.Module) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ the stage
 def prepare_model(model: nn.Module, params: StageParams) -> tuple[nn.Module, int]:
     """The model the stage trains: LoRA adapters (drawn with ``train.seed``, identical in every
-    process) and the freeze patterns applied; returns it and the number of frozen tensors."""
+    process) and the freeze patterns applied; returns it and the number of frozen tensors. A model
+    that wraps an LLM (``llm`` + ``merge_lora()``: the multimodal model) gets the adapters on its LLM."""
     if params.lora.enabled:
         seed_everything(params.train.seed)
-    model = apply_lora(model, params.lora)
+    if params.lora.enabled and hasattr(model, "merge_lora") and isinstance(getattr(model, "llm", None), nn.Module):
+        model.llm = apply_lora(model.llm, params.lora)
+    else:
+        model = apply_lora(model, params.lora)
     return model, apply_freeze(model, params.freeze, params.unfreeze)
 
 
@@ -530,7 +534,7 @@ def run_stage(
         writes = isinstance(model, PeftModel) and dist.node_rank == 0  # node 0 alone publishes the adapter
         adapter = f"{stage}.lora_adapter" if writes else None
         adapter_files = LoraAdapter.of(model) if writes else LoraAdapter()
-        model = merge_lora(model)
+        model = model.merge_lora() if hasattr(model, "merge_lora") else merge_lora(model)
         model.eval()
         if result is None:
             model.to(home)
