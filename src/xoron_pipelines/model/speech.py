@@ -61,10 +61,10 @@ class SpeechArchitecture(StrictModel):
     audio_speaker_embed_dim: int = Field(64, ge=1, description="seed 000 (256)")
     use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
     prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
-    upsample_rates: list[int] = Field([8, 8, 4], min_length=1)
-    upsample_initial_channels: int = Field(64, ge=2)
-    resblock_kernel_sizes: list[int] = Field([3, 7], min_length=1)
-    resblock_dilations: list[int] = Field([1, 3, 5], min_length=1)
+    upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
+    upsample_initial_channels: int = Field(64, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
+    resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
+    resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
 
     @model_validator(mode="after")
     def _check_architecture(self) -> SpeechArchitecture:

@@ -79,21 +79,34 @@ class Item:
 
 
 @torch.no_grad()
-def text_features(llm, tokenizer, texts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def text_features(
+    llm, tokenizer, texts: Sequence[str], batch_size: int = 64
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per distinct text the frozen LLM's last hidden states and input embeddings of its tokens
-    (no special tokens), each (L, H) float32 on the CPU. An empty tokenisation is an error."""
+    (no special tokens), each (L, H) float32 on the CPU; texts run in right-padded batches (a
+    causal model's states at the real tokens do not see the padding). An empty tokenisation is
+    an error."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     device = next(llm.parameters()).device
     was_training = llm.training
     llm.eval()
-    for text in dict.fromkeys(texts):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"transcript {text!r} has no tokens")
-        ids_t = torch.tensor([ids], device=device)
-        hidden = llm.model(ids_t).last_hidden_state[0].float().cpu()
-        embeds = llm.get_input_embeddings()(ids_t)[0].float().cpu()
-        out[text] = (hidden, embeds)
+    distinct = list(dict.fromkeys(texts))
+    for start in range(0, len(distinct), batch_size):
+        chunk = distinct[start : start + batch_size]
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in chunk]
+        for text, row in zip(chunk, ids):
+            if not row:
+                raise ValueError(f"transcript {text!r} has no tokens")
+        length = max(len(row) for row in ids)
+        ids_t = torch.zeros(len(ids), length, dtype=torch.long)
+        mask = torch.zeros(len(ids), length, dtype=torch.long)
+        for b, row in enumerate(ids):
+            ids_t[b, : len(row)], mask[b, : len(row)] = torch.tensor(row), 1
+        ids_t, mask = ids_t.to(device), mask.to(device)
+        hidden = llm.model(ids_t, attention_mask=mask).last_hidden_state.float().cpu()
+        embeds = llm.get_input_embeddings()(ids_t).float().cpu()
+        for b, (text, row) in enumerate(zip(chunk, ids)):
+            out[text] = (hidden[b, : len(row)].clone(), embeds[b, : len(row)].clone())
     llm.train(was_training)
     return out
 
@@ -184,15 +197,19 @@ STFT_RESOLUTIONS = ((512, 128), (1024, 256), (256, 64))
 
 
 def multi_resolution_stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over resolutions of spectral convergence + L1 of log magnitudes (Parallel WaveGAN)."""
+    """Mean over resolutions of spectral convergence + L1 of log magnitudes (Parallel WaveGAN);
+    resolutions longer than the clips are left out."""
+    resolutions = [(n, h) for n, h in STFT_RESOLUTIONS if n <= pred.shape[-1]]
+    if not resolutions:
+        raise ValueError(f"clips of {pred.shape[-1]} samples are shorter than the smallest STFT window (256)")
     total = pred.new_zeros(())
-    for n_fft, hop in STFT_RESOLUTIONS:
+    for n_fft, hop in resolutions:
         window = torch.hann_window(n_fft, device=pred.device)
         p = torch.stft(pred, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-7)
         t = torch.stft(target, n_fft, hop, window=window, return_complex=True).abs().clamp(min=1e-7)
         sc = torch.linalg.norm(t - p) / torch.linalg.norm(t).clamp(min=1e-7)
         total = total + sc + F.l1_loss(p.log(), t.log())
-    return total / len(STFT_RESOLUTIONS)
+    return total / len(resolutions)
 
 
 def tts_losses(

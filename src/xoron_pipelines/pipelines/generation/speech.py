@@ -43,12 +43,12 @@ class SpeechGenerate(StrictModel):
 class SpeechParams(StrictModel):
     """The ``speech_generation`` group."""
 
-    enabled: bool = Field(True, description="false: the stage passes (no training, evaluation or output)")
     device: DeviceSpec = "auto"
     model: SpeechArchitecture = SpeechArchitecture()
     train: tts.TTSTrainConfig = tts.TTSTrainConfig()
     evaluate: SpeechEvalConfig = SpeechEvalConfig()
     generate: SpeechGenerate = SpeechGenerate()
+    prompts: list[str | dict[str, str]] = Field([], description="generate_speech's prompts (text or {text, speaker | reference})")
     tracking: SpeechTracking = SpeechTracking()
 
 
