@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 class SpeechTracking(StrictModel):
     enabled: bool = Field(True, description="open a nested MLflow run for the stage and log into it")
-    sample_every: int = Field(100, ge=1, description="log a WAV sample every this many steps (and at the end)")
+    sample_every: int = Field(100, ge=1, description="log WAV samples at the logged steps that are multiples of this (and at the end)")
     samples: int = Field(2, ge=0, description="WAV clips per sample round")
 
 
