@@ -272,12 +272,13 @@ class AMPBlock(nn.Module):
 
 
 class WaveformDecoder(nn.Module):
-    """Frame features (B, D, T) + speaker vector (B, S) -> waveform (B, T * hop) in [-1, 1]."""
+    """Frame features (B, D + n_mels, T: the frame transformer's states and the log-mel predicted
+    from them) + speaker vector (B, S) -> waveform (B, T * hop) in [-1, 1]."""
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__()
         ch = cfg.upsample_initial_channels
-        self.conv_pre = nn.Conv1d(cfg.hidden_size, ch, 7, padding=3)
+        self.conv_pre = nn.Conv1d(cfg.hidden_size + cfg.audio_n_mels, ch, 7, padding=3)
         self.cond = nn.Conv1d(cfg.audio_speaker_embed_dim, ch, 1)
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
@@ -360,6 +361,7 @@ class SpeechModel(nn.Module):
         self.prompt_in = nn.Linear(cfg.audio_n_mels, d)
         self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
         self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
+        self.mel_out = nn.Linear(d, cfg.audio_n_mels)
         self.decoder = WaveformDecoder(cfg)
 
     # ---- text -------------------------------------------------------------------------
@@ -419,7 +421,9 @@ class SpeechModel(nn.Module):
         ref_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """Slot features expanded to frames, through the frame transformer that also attends to
-        the reference frames when in-context prompting is on -> (B, d, frames)."""
+        the reference frames when in-context prompting is on, with the log-mel predicted from
+        them -> (B, d + n_mels, frames): the waveform decoder's input (the last n_mels channels
+        are trained towards the real log-mel, an explicit spectral envelope to render)."""
         h = expand(slots, durations, num_frames) + self.progress_in(slot_progress(durations, num_frames))
         h = h + self.prompt_type[1]
         mask = frame_mask
@@ -434,7 +438,8 @@ class SpeechModel(nn.Module):
             h = h + _positions(h.shape[1], h.shape[2], h.device)
             h = self.frame_encoder(h, src_key_padding_mask=~mask)
         h = h[:, prompt_len:] * frame_mask[..., None]
-        return h.transpose(1, 2)
+        mel = self.mel_out(h) * frame_mask[..., None]
+        return torch.cat([h, mel], -1).transpose(1, 2)
 
     # ---- alignment ---------------------------------------------------------------------
     @torch.no_grad()

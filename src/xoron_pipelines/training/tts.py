@@ -16,6 +16,8 @@ are aligned to the log-mel frames by MAS (or uniform durations); the losses are
 - ``stft``: multi-resolution STFT loss (spectral convergence + log-magnitude L1) of the decoded
   waveform of a random ``segment_frames`` window against the real one (VITS decodes windows);
 - ``mel``: L1 between the log-mels of that window, generated and real (BigVGAN);
+- ``frame_mel``: L1 of the log-mel the frame network predicts (every frame; the decoder renders
+  it, FastSpeech 2s-style: the spectral envelope is learned long before the waveform is);
 - ``speaker``: squared distance of the encoder's embedding to the speaker's table row (ties the
   two routes).
 
@@ -60,6 +62,7 @@ class TTSTrainConfig(StrictModel):
     duration_weight: float = Field(1.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     mel_weight: float = Field(1.0, ge=0)
+    frame_mel_weight: float = Field(1.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
     speaker_weight: float = Field(0.1, ge=0)
     seed: Seed = 0
     log_every: int = Field(10, ge=1)
@@ -236,6 +239,8 @@ def tts_losses(
     duration = (((log_dur - target_log_dur) ** 2) * slot_mask).sum() / slot_mask.sum()
     # decoder on a random window of frames
     h = model.frames(slots, durations, num_frames, frame_mask, ref_mel, ref_mask)
+    frame_err = (h[:, -mel.shape[1] :] - mel).abs().mean(1)
+    frame_mel = (frame_err * frame_mask).sum() / frame_mask.sum()
     seg = min(cfg.segment_frames, num_frames)
     starts = [int(rng.integers(0, max(int(frame_mask[b].sum()) - seg, 0) + 1)) for b in range(bsz)]
     h_seg = torch.stack([h[b, :, s : s + seg] for b, s in enumerate(starts)])
@@ -249,6 +254,7 @@ def tts_losses(
         + cfg.duration_weight * duration
         + cfg.stft_weight * stft
         + cfg.mel_weight * mel_l1
+        + cfg.frame_mel_weight * frame_mel
         + cfg.speaker_weight * speaker_loss
     )
     loss = LossWeights(tts_loss_weight=cfg.tts_loss_weight).combine({"tts": total})
@@ -259,6 +265,7 @@ def tts_losses(
         "duration": duration,
         "stft": stft,
         "mel": mel_l1,
+        "frame_mel": frame_mel,
         "speaker": speaker_loss,
     }
 
