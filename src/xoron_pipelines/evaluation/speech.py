@@ -132,7 +132,10 @@ def train_recognizer(
     rng = np.random.default_rng(cfg.seed)
     model = CTCRecognizer(words, cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.learning_rate, total_steps=cfg.steps, pct_start=0.1)
+    warmup = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0))))
+    )
     for _ in tqdm(range(cfg.steps), desc="speech asr", disable=not progress, leave=False):
         idx = rng.choice(len(waves), size=min(cfg.batch_size, len(waves)), replace=False)
         wave, lengths = _pad([waves[i] for i in idx])

@@ -62,7 +62,7 @@ class SpeechArchitecture(StrictModel):
     use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
     prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
     upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
-    upsample_initial_channels: int = Field(64, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
+    upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
     resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
     resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
 
@@ -345,6 +345,10 @@ class SpeechModel(nn.Module):
         self.config = cfg = config
         d = cfg.hidden_size
         self.log_mel = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.audio_n_mels)
+        # each input normalised on its own: the input embeddings are ~50x smaller than the hidden
+        # states (init std 0.02), and they are what tells the words apart
+        self.hidden_norm = nn.LayerNorm(cfg.llm_hidden_size)
+        self.embed_norm = nn.LayerNorm(cfg.llm_hidden_size)
         self.text_in = nn.Linear(2 * cfg.llm_hidden_size, d)
         self.blank = nn.Parameter(torch.zeros(d))
         self.text_conv = nn.Conv1d(d, d, 3, padding=1)
@@ -370,7 +374,7 @@ class SpeechModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> slot features (B, S, d), slot mask (B, S), prior means (B, S, n_mels), log-durations
         (B, S). With ``add_blank`` the slots are blank, t1, blank, ..., tL, blank (S = 2L + 1)."""
-        x = self.text_in(torch.cat([llm_hidden, token_embeds], -1))
+        x = self.text_in(torch.cat([self.hidden_norm(llm_hidden), self.embed_norm(token_embeds)], -1))
         mask = token_mask.bool()
         if self.config.add_blank:
             bsz, length, d = x.shape
