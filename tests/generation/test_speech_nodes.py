@@ -25,9 +25,19 @@ PROJECT = Path(__file__).resolve().parents[2]
 SMALL = {
     "device": "cpu",
     "model": dict(
-        hidden_size=16, text_layers=1, frame_layers=1, audio_n_mels=16, n_fft=256, hop_length=64,
-        upsample_rates=[8, 8], upsample_initial_channels=8, resblock_kernel_sizes=[3], resblock_dilations=[1],
-        audio_num_speakers=8, audio_speaker_embed_dim=8, prompt_frames=8,
+        hidden_size=16,
+        text_layers=1,
+        frame_layers=1,
+        audio_n_mels=16,
+        n_fft=256,
+        hop_length=64,
+        upsample_rates=[8, 8],
+        upsample_initial_channels=8,
+        resblock_kernel_sizes=[3],
+        resblock_dilations=[1],
+        audio_num_speakers=8,
+        audio_speaker_embed_dim=8,
+        prompt_frames=8,
     ),  # fmt: skip
     "train": dict(steps=6, batch_size=4, segment_frames=16, progress=False, log_every=2),
     "evaluate": dict(max_items=6, samples_logged=1, recognizer=dict(hidden_size=16, steps=5, batch_size=4)),

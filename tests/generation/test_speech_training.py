@@ -75,7 +75,9 @@ def test_tts_loss_weight_scales_the_stage_loss_and_its_gradients(items):
     # weight 0: the stage trains nothing (AdamW without weight decay takes no step on zero gradients)
     model = _model(items)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tts.train_tts(model, items, tts.TTSTrainConfig(steps=2, batch_size=4, tts_loss_weight=0.0, segment_frames=16, progress=False))
+    tts.train_tts(
+        model, items, tts.TTSTrainConfig(steps=2, batch_size=4, tts_loss_weight=0.0, segment_frames=16, progress=False)
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -76,7 +76,10 @@ class CTCRecognizer(nn.Module):
         self.log_mel = LogMel(sample_rate, 400, 160, cfg.n_mels)
         d = cfg.hidden_size
         self.convs = nn.Sequential(
-            nn.Conv1d(cfg.n_mels, d, 5, stride=2, padding=2), nn.GELU(), nn.Conv1d(d, d, 5, stride=2, padding=2), nn.GELU()
+            nn.Conv1d(cfg.n_mels, d, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(d, d, 5, stride=2, padding=2),
+            nn.GELU(),
         )
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Conv1d(d, d, 5, dilation=k, padding=2 * k), nn.GELU(), nn.Conv1d(d, d, 1))
@@ -181,7 +184,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def speaker_similarity(
-    model, generated: Sequence[np.ndarray], references: Sequence[np.ndarray], others: Sequence[np.ndarray], sample_rate: int
+    model,
+    generated: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    others: Sequence[np.ndarray],
+    sample_rate: int,
 ) -> dict[str, float]:
     """Cosine of speaker embeddings and pitch error of each generated clip to its reference and
     to a different speaker's clip: means, and the share of items closer to their own reference."""
@@ -272,9 +279,7 @@ def evaluate_speech_model(
             "shuffled_baseline": word_error_rate(texts, [hyp_gen[p] for p in perm]),
         },
         "speaker": speaker_similarity(model, generated, refs, others, sr),
-        "examples": [
-            {"text": t, "real": r, "generated": g} for t, r, g in list(zip(texts, hyp_real, hyp_gen))[:10]
-        ],
+        "examples": [{"text": t, "real": r, "generated": g} for t, r, g in list(zip(texts, hyp_real, hyp_gen))[:10]],
     }
     report["wer"]["below_baseline"] = report["wer"]["generated"] < report["wer"]["shuffled_baseline"]
     samples = {}

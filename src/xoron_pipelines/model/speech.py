@@ -69,7 +69,9 @@ class SpeechArchitecture(StrictModel):
     @model_validator(mode="after")
     def _check_architecture(self) -> SpeechArchitecture:
         if math.prod(self.upsample_rates) != self.hop_length:
-            raise ValueError(f"the product of upsample_rates {self.upsample_rates} must equal hop_length {self.hop_length}")
+            raise ValueError(
+                f"the product of upsample_rates {self.upsample_rates} must equal hop_length {self.hop_length}"
+            )
         if any(r % 2 for r in self.upsample_rates):
             raise ValueError(f"upsample_rates must be even (kernel 2r, padding r/2): {self.upsample_rates}")
         if self.upsample_initial_channels % 2 ** len(self.upsample_rates):
@@ -97,7 +99,9 @@ class SpeechConfig(SpeechArchitecture):
 
 
 # --------------------------------------------------------------------------- features
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """Slaney-style triangular mel filters (HTK mel scale), (n_mels, n_fft // 2 + 1)."""
     fmax = fmax or sample_rate / 2
 
@@ -111,7 +115,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
     lower = (freqs[None] - edges[:-2, None]) / (edges[1:-1, None] - edges[:-2, None])
     upper = (edges[2:, None] - freqs[None]) / (edges[2:, None] - edges[1:-1, None])
-    weights = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, None]
+    weights = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2 : n_mels + 2] - edges[:n_mels]))[:, None]
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -258,7 +262,8 @@ class AMPBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: list[int]) -> None:
         super().__init__()
         self.convs1 = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2) for d in dilations
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+            for d in dilations
         )
         self.convs2 = nn.ModuleList(
             nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
@@ -285,7 +290,9 @@ class WaveformDecoder(nn.Module):
         for rate in cfg.upsample_rates:
             self.ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * rate, rate, padding=rate // 2))
             ch //= 2
-            self.blocks.append(nn.ModuleList(AMPBlock(ch, k, cfg.resblock_dilations) for k in cfg.resblock_kernel_sizes))
+            self.blocks.append(
+                nn.ModuleList(AMPBlock(ch, k, cfg.resblock_dilations) for k in cfg.resblock_kernel_sizes)
+            )
         self.act_post = AntiAliasedSnake(ch)
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3)
 

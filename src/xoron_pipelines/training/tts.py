@@ -323,7 +323,10 @@ def train_tts(
             order, pos = rng.permutation(len(items)), 0
         idx = order[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        batch = {k: v.to(device) for k, v in make_batch(items, idx, speaker_index, by_speaker, rng, model.config.hop_length).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in make_batch(items, idx, speaker_index, by_speaker, rng, model.config.hop_length).items()
+        }
         losses = tts_losses(model, batch, cfg, rng)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 class SpeechTracking(StrictModel):
     enabled: bool = Field(True, description="open a nested MLflow run for the stage and log into it")
-    sample_every: int = Field(100, ge=1, description="log WAV samples at the logged steps that are multiples of this (and at the end)")
+    sample_every: int = Field(
+        100, ge=1, description="log WAV samples at the logged steps that are multiples of this (and at the end)"
+    )
     samples: int = Field(2, ge=0, description="WAV clips per sample round")
 
 
@@ -48,7 +50,9 @@ class SpeechParams(StrictModel):
     train: tts.TTSTrainConfig = tts.TTSTrainConfig()
     evaluate: SpeechEvalConfig = SpeechEvalConfig()
     generate: SpeechGenerate = SpeechGenerate()
-    prompts: list[str | dict[str, str]] = Field([], description="generate_speech's prompts (text or {text, speaker | reference})")
+    prompts: list[str | dict[str, str]] = Field(
+        [], description="generate_speech's prompts (text or {text, speaker | reference})"
+    )
     tracking: SpeechTracking = SpeechTracking()
 
 
@@ -166,7 +170,9 @@ def generate_speech(speech_model, llm_model, tokenizer, prompts, params) -> dict
         else:
             speaker = entry.get("speaker") or default
             if speaker not in cfg.speakers:
-                raise ValueError(f"speech prompt {i}: speaker {speaker!r} is not in the model's table ({len(cfg.speakers)} speakers, e.g. {cfg.speakers[:3]})")
+                raise ValueError(
+                    f"speech prompt {i}: speaker {speaker!r} is not in the model's table ({len(cfg.speakers)} speakers, e.g. {cfg.speakers[:3]})"
+                )
             table.append((i, text, cfg.speakers.index(speaker)))
     llm_model = llm_model.cpu()
     speech_model = speech_model.cpu().eval()
@@ -174,10 +180,14 @@ def generate_speech(speech_model, llm_model, tokenizer, prompts, params) -> dict
     out: dict[str, bytes] = {}
     scale = p.generate.length_scale
     if table:
-        waves = tts.synthesize(speech_model, [feats[t] for _, t, _ in table], speaker_ids=[s for *_, s in table], length_scale=scale)
+        waves = tts.synthesize(
+            speech_model, [feats[t] for _, t, _ in table], speaker_ids=[s for *_, s in table], length_scale=scale
+        )
         out |= {f"{i:03d}_{_slug(t)}.wav": encode_audio(w, cfg.sample_rate) for (i, t, _), w in zip(table, waves)}
     if cloned:
-        waves = tts.synthesize(speech_model, [feats[t] for _, t, _ in cloned], references=[r for *_, r in cloned], length_scale=scale)
+        waves = tts.synthesize(
+            speech_model, [feats[t] for _, t, _ in cloned], references=[r for *_, r in cloned], length_scale=scale
+        )
         out |= {f"{i:03d}_{_slug(t)}.wav": encode_audio(w, cfg.sample_rate) for (i, t, _), w in zip(cloned, waves)}
     return dict(sorted(out.items()))
 
