@@ -458,7 +458,7 @@ def run_stage(
     home = next((p.device for p in base.parameters()), torch.device("cpu"))  # where the model goes back
     if dist.launches:
         XoronModelDataset(str(start_model_dir(ckpt_dir, dist.node_rank))).save(base)  # what the workers start from
-    else:
+    elif getattr(base, "placement", None) is None:  # a placed model (multimodal use_model_parallel) stays put
         base.to(runtime.device)  # before LoRA and the optimizer: adapters and optimizer state on the device
     model, frozen = prepare_model(model, params)
     trainable, total = _trainable(model)
