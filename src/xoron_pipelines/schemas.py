@@ -14,6 +14,7 @@ from xoron_pipelines.pipelines.embedding_cache.params import Params as Embedding
 from xoron_pipelines.pipelines.evaluation.params import Params as EvaluationParams
 from xoron_pipelines.pipelines.export.params import Params as ExportParams
 from xoron_pipelines.pipelines.finetune.params import Params as FinetuneParams
+from xoron_pipelines.pipelines.generation.params import Params as GenerationParams
 from xoron_pipelines.pipelines.latent.params import Params as LatentParams
 from xoron_pipelines.pipelines.pretrain.params import Params as PretrainParams
 from xoron_pipelines.pipelines.synth.params import Params as SynthParams
@@ -29,4 +30,5 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "embedding_cache": EmbeddingCacheParams,
     "latent": LatentParams,
     "ablation": AblationParams,
+    "generation": GenerationParams,
 }
