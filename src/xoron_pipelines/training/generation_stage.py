@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- data
 def table_items(table, kind: str, split: str, limit: int = 0) -> tuple[list[np.ndarray], list[str], list[str]]:
     """(decoded media, captions, attributes JSON) of the ``split`` rows of a media table. Raises
-    ``ValueError`` naming the table when it has no such rows or a row does not decode."""
+    ``ValueError`` naming the table when it has no such rows or a row does not decode. ``table``:
+    a pandas DataFrame or anything with ``to_pandas()`` (a pyarrow Table)."""
+    if hasattr(table, "to_pandas"):
+        table = table.to_pandas()
+    missing = {"id", "modality", "split", "media", "caption", "attributes"} - set(table.columns)
+    if missing:
+        raise ValueError(f"media_{kind} lacks the columns {sorted(missing)} (data/media.py MEDIA_COLUMNS)")
     rows = table[(table["modality"] == kind) & (table["split"] == split)]
     if limit:
         rows = rows.iloc[:limit]
