@@ -49,6 +49,8 @@ class XoronImagePipeline(DiffusionPipeline):
         flow: bool = True,
     ) -> None:
         super().__init__()
+        if isinstance(vae, (list, tuple)):  # saved without one (pixel space): model_index holds [null, null]
+            vae = None
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
         self.register_to_config(
             latent_scale=latent_scale,

@@ -4,13 +4,14 @@ defaults, the multi-scale lists, the training loop, evaluation and the generatio
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
 from xoron_pipelines.validation import Seed, StrictModel
 
-Size = tuple[PositiveInt, PositiveInt]
+#: (H, W)
+Size = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
 
 
 class _Stage(StrictModel):
@@ -68,9 +69,9 @@ class ImageGen(StrictModel):
     generation_use_flow_matching: bool = True
     generation_inference_steps: PositiveInt = 20
     generation_cfg_scale: float = Field(3.0, ge=1)
-    image_scales: list[Size] = Field(default_factory=lambda: [(32, 32)], strict=False, min_length=1)
+    image_scales: list[Size] = Field(default_factory=lambda: [[32, 32]], min_length=1)
     image_scale_probs: list[float] | None = None
-    sample_size: Size = Field((32, 32), strict=False)
+    sample_size: Size = Field(default_factory=lambda: [32, 32])
     model: _Stage = Field(default_factory=_Stage)
 
     def unit(self) -> int:
@@ -93,7 +94,7 @@ class VideoGen(StrictModel):
     causal: bool = True
     frames: int = Field(8, ge=2, le=32)
     max_frames: int = Field(32, ge=2, le=32)
-    size: Size = Field((32, 32), strict=False)
+    size: Size = Field(default_factory=lambda: [32, 32])
     model: _Stage = Field(default_factory=_Stage)
 
     @model_validator(mode="after")
