@@ -79,7 +79,7 @@ def feature_net(seed: int = 0) -> torch.nn.Module:
 @torch.no_grad()
 def features(items: np.ndarray, net: torch.nn.Module) -> np.ndarray:
     """(N, 64) features of uint8 images (N, H, W, 3) or videos (N, T, H, W, 3)."""
-    x = torch.from_numpy(np.ascontiguousarray(items)).float() / 255
+    x = torch.tensor(np.asarray(items), dtype=torch.float32) / 255
     video = x.dim() == 5
     flat = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2)
     f = net(flat)
@@ -89,12 +89,14 @@ def features(items: np.ndarray, net: torch.nn.Module) -> np.ndarray:
     return f.double().numpy()
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (N, D)."""
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (N, D); ``eps``
+    on the covariances' diagonal keeps the square root defined when a set has fewer items than
+    features (or none varies), as the reference FID code does."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(sa @ sb, disp=False)
-    covmean = np.real(covmean)
+    offset = eps * np.eye(a.shape[1])
+    sa, sb = np.cov(a, rowvar=False) + offset, np.cov(b, rowvar=False) + offset
+    covmean = np.real(linalg.sqrtm(sa @ sb))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa + sb - 2 * covmean))
 
 

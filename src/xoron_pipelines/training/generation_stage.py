@@ -56,7 +56,7 @@ def to_tensor(items: list[np.ndarray], size: tuple[int, int], frames: int | None
     ``size`` (area-averaged when smaller, bilinear when larger) and the first ``frames`` frames."""
     out = []
     for item in items:
-        x = torch.from_numpy(np.ascontiguousarray(item)).float().div(255)
+        x = torch.tensor(np.asarray(item), dtype=torch.float32).div(255)
         if frames is not None:
             if x.shape[0] < frames:
                 raise ValueError(f"a clip has {x.shape[0]} frames, the video stage needs {frames}")
