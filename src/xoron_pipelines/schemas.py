@@ -15,6 +15,7 @@ from xoron_pipelines.pipelines.evaluation.params import Params as EvaluationPara
 from xoron_pipelines.pipelines.export.params import Params as ExportParams
 from xoron_pipelines.pipelines.finetune.params import Params as FinetuneParams
 from xoron_pipelines.pipelines.generation.params import Params as GenerationParams
+from xoron_pipelines.pipelines.generation.speech import SpeechParams
 from xoron_pipelines.pipelines.latent.params import Params as LatentParams
 from xoron_pipelines.pipelines.pretrain.params import Params as PretrainParams
 from xoron_pipelines.pipelines.synth.params import Params as SynthParams
@@ -31,4 +32,5 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "latent": LatentParams,
     "ablation": AblationParams,
     "generation": GenerationParams,
+    "speech_generation": SpeechParams,
 }

@@ -475,3 +475,14 @@ def register_pyfunc_model(
         "registered_model_name": registered_model_name,
         "version": info.registered_model_version,
     }
+
+
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Log ``data`` (a WAV clip, an image) as the artefact ``artifact_file`` of the active run."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="xoron-artifact-") as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(data)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), None if parent in ("", ".") else parent)

@@ -40,8 +40,24 @@ def kedro_project(tmp_path: Path) -> Path:
     return project
 
 
+def _run(project: Path, params: dict) -> None:
+    """``kedro run --pipeline generation --tags image_gen,video_gen`` (speech has its own tests)."""
+    import contextlib
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from tests.helpers import _end_mlflow_runs
+
+    bootstrap_project(project)
+    try:
+        with contextlib.chdir(project), KedroSession.create(project_path=project, runtime_params=params) as session:
+            session.run(pipeline_name="generation", tags=["image_gen", "video_gen"])
+    finally:
+        _end_mlflow_runs()
+
+
 def test_kedro_run_generation(kedro_project: Path):
-    from tests.helpers import run_pipeline
     from xoron_pipelines.export.generation import XoronImagePipeline
     from xoron_pipelines.training.flow import Generator
 
@@ -53,7 +69,7 @@ def test_kedro_run_generation(kedro_project: Path):
             "generate": {"image_prompts": ["two red circles on the left"], "video_prompts": ["a red circle moves right quickly"]},
         }
     }
-    run_pipeline(kedro_project, "generation", params)
+    _run(kedro_project.resolve(), params)
     data = kedro_project / "data"
     summary = json.loads((data / "08_reporting" / "generation" / "image_gen_summary.json").read_text())
     assert summary["steps"] == TINY_STAGE["steps"] and summary["scales"] == [[16, 16], [8, 8]]

@@ -1,0 +1,513 @@
+"""Text to waveform: a small VITS-like speech generator driven by the frozen LLM.
+
+Parts (seed 000's audio decoder: "BigVGAN, direct waveform, MAS, zero-shot cloning"):
+
+- **text encoder**: per transcript token the LLM's last hidden state and its (frozen) input
+  embedding, projected, with a learned *blank* between tokens (VITS' ``add_blank``: silence and
+  transitions get their own slots), then a small transformer. It predicts per slot the mean of a
+  unit-variance Gaussian over log-mel frames (Glow-TTS' prior).
+- **monotonic alignment search** (:func:`monotonic_alignment_search`, ``use_mas``): the most
+  likely monotonic, surjective alignment of the frames to the slots under those Gaussians, by
+  Glow-TTS' dynamic programme; ``use_mas: false`` = uniform durations.
+- **duration predictor**: log-durations of the slots (trained on the alignment's durations; used
+  at inference).
+- **speakers**: a table of ``audio_num_speakers`` embeddings (``audio_speaker_embed_dim``) and a
+  speaker encoder (reference clip -> embedding of the same size) for zero-shot cloning; with
+  ``use_in_context_audio_prompting`` the reference clip's log-mel frames are also prepended as a
+  prompt that the frame transformer attends to.
+- **waveform decoder** (BigVGAN-style, :class:`WaveformDecoder`): transposed-convolution
+  upsampling by ``hop_length`` and residual blocks of anti-aliased Snake activations (2x
+  upsample, Snake, low-pass 2x downsample with a Kaiser-windowed sinc) -> the waveform in
+  [-1, 1]; no separate vocoder.
+
+Tensors follow the multimodal contract: audio float32 (B, N) at 16 kHz in [-1, 1] with
+``lengths`` (B,). Saved as ``config.json`` + ``model.safetensors`` (:meth:`SpeechModel.save_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from xoron_pipelines.validation import StrictModel
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class SpeechArchitecture(StrictModel):
+    """The speech generator's architecture knobs (the user's; ``speech_generation.model``).
+    Defaults are a preset sized for a 2-core CPU; seed 000's sizes (``audio_n_mels`` 80,
+    ``audio_num_speakers`` 256, ``audio_speaker_embed_dim`` 256) are reachable by setting them."""
+
+    sample_rate: int = Field(16000, ge=1000, description="seed 000 audio_sample_rate")
+    audio_n_mels: int = Field(40, ge=8, description="log-mel bands of the alignment prior, losses and encoders")
+    n_fft: int = Field(1024, ge=64)
+    hop_length: int = Field(256, ge=8, description="samples per frame = product of upsample_rates")
+    hidden_size: int = Field(96, ge=8)
+    text_layers: int = Field(2, ge=0)
+    frame_layers: int = Field(1, ge=0, description="transformer layers over the frames (and the audio prompt)")
+    num_heads: int = Field(2, ge=1)
+    add_blank: bool = Field(True, description="a learned blank slot between transcript tokens")
+    use_mas: bool = Field(True, description="seed 000: monotonic alignment search; false = uniform durations")
+    audio_num_speakers: int = Field(64, ge=1, description="seed 000 (256): rows of the speaker table")
+    audio_speaker_embed_dim: int = Field(64, ge=1, description="seed 000 (256)")
+    use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
+    prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
+    upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
+    upsample_initial_channels: int = Field(64, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
+    resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
+    resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> SpeechArchitecture:
+        if math.prod(self.upsample_rates) != self.hop_length:
+            raise ValueError(f"the product of upsample_rates {self.upsample_rates} must equal hop_length {self.hop_length}")
+        if any(r % 2 for r in self.upsample_rates):
+            raise ValueError(f"upsample_rates must be even (kernel 2r, padding r/2): {self.upsample_rates}")
+        if self.upsample_initial_channels % 2 ** len(self.upsample_rates):
+            raise ValueError("upsample_initial_channels must halve evenly at every upsampling")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class SpeechConfig(SpeechArchitecture):
+    """A built model's configuration (saved as ``config.json``): the architecture plus what the
+    training data fixes, the conditioning LLM's hidden size and the speaker table's ids."""
+
+    llm_hidden_size: int = Field(64, ge=1, description="the conditioning LLM's hidden size")
+    speakers: list[str] = Field([], description="training speaker ids in table order")
+
+    @model_validator(mode="after")
+    def _check_speakers(self) -> SpeechConfig:
+        if len(self.speakers) > self.audio_num_speakers:
+            raise ValueError(
+                f"{len(self.speakers)} training speakers exceed audio_num_speakers={self.audio_num_speakers}; "
+                f"raise speech_generation.model.audio_num_speakers"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- features
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+    """Slaney-style triangular mel filters (HTK mel scale), (n_mels, n_fft // 2 + 1)."""
+    fmax = fmax or sample_rate / 2
+
+    def hz_to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def mel_to_hz(m):
+        return 700.0 * (10 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower = (freqs[None] - edges[:-2, None]) / (edges[1:-1, None] - edges[:-2, None])
+    upper = (edges[2:, None] - freqs[None]) / (edges[2:, None] - edges[1:-1, None])
+    weights = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (edges[2:n_mels + 2] - edges[:n_mels]))[:, None]
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class LogMel(nn.Module):
+    """Waveform (B, N) -> log-mel (B, n_mels, N // hop) with frame ``t`` centred on sample ``t * hop``."""
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> None:
+        super().__init__()
+        self.n_fft, self.hop_length = n_fft, hop_length
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(sample_rate, n_fft, n_mels), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        frames = wave.shape[-1] // self.hop_length
+        pad = self.n_fft // 2
+        x = F.pad(wave[..., : frames * self.hop_length][:, None], (pad, pad), mode="reflect")[:, 0]
+        spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
+        mag = spec.abs()[..., :frames]
+        return torch.log(torch.clamp(self.fbank @ mag, min=1e-5))
+
+
+# --------------------------------------------------------------------------- alignment
+def monotonic_alignment_search(log_p: np.ndarray) -> np.ndarray:
+    """Glow-TTS' monotonic alignment search.
+
+    ``log_p`` (L, T): log-likelihood of frame ``t`` under slot ``i``. Returns the 0/1 matrix
+    (L, T) of the alignment that maximises the summed log-likelihood among the monotonic,
+    surjective ones (frame 0 -> slot 0, frame T-1 -> slot L-1, each next frame on the same slot
+    or the next one; every slot gets at least one frame). Needs T >= L.
+    """
+    log_p = np.asarray(log_p, dtype=np.float64)
+    slots, frames = log_p.shape
+    if slots < 1 or frames < slots:
+        raise ValueError(f"alignment needs at least as many frames as slots: {frames} frames, {slots} slots")
+    value = np.full((slots, frames), -np.inf)
+    value[0, 0] = log_p[0, 0]
+    for t in range(1, frames):
+        stay = value[:, t - 1]
+        move = np.concatenate([[-np.inf], value[:-1, t - 1]])
+        value[:, t] = np.maximum(stay, move) + log_p[:, t]
+    path = np.zeros((slots, frames), dtype=np.int64)
+    i = slots - 1
+    for t in range(frames - 1, -1, -1):
+        path[i, t] = 1
+        if t > 0 and i > 0 and (i == t or value[i - 1, t - 1] > value[i, t - 1]):
+            i -= 1
+    return path
+
+
+def uniform_durations(slots: int, frames: int) -> np.ndarray:
+    """``frames`` spread as evenly as possible over ``slots`` (the first ones get the remainder)."""
+    if frames < slots:
+        raise ValueError(f"{frames} frames cannot cover {slots} slots")
+    return np.array([frames // slots + (i < frames % slots) for i in range(slots)], dtype=np.int64)
+
+
+def expand(x: torch.Tensor, durations: torch.Tensor, frames: int) -> torch.Tensor:
+    """Slot features (B, L, D) repeated by integer ``durations`` (B, L) -> (B, frames, D); frames past
+    an item's total duration are zero."""
+    bsz, _, dim = x.shape
+    out = x.new_zeros(bsz, frames, dim)
+    for b in range(bsz):
+        rows = torch.repeat_interleave(x[b], durations[b].clamp(min=0), dim=0)[:frames]
+        out[b, : rows.shape[0]] = rows
+    return out
+
+
+def slot_progress(durations: torch.Tensor, frames: int, bands: int = 8) -> torch.Tensor:
+    """Where each frame lies inside its slot: (B, frames, 2 * bands + 1) = sin / cos of
+    ``pi * k * progress`` (k = 1..bands, progress in (0, 1)) and the slot's log-duration; zero past
+    an item's frames. A transcript token often spans a whole word: the decoder needs to know how
+    far into it a frame is to say the word's phones in order."""
+    bsz = durations.shape[0]
+    out = torch.zeros(bsz, frames, 2 * bands + 1, device=durations.device)
+    k = torch.arange(1, bands + 1, device=durations.device, dtype=torch.float32)
+    for b in range(bsz):
+        d = durations[b][durations[b] > 0]
+        if d.numel() == 0:
+            continue
+        starts = torch.repeat_interleave(torch.cumsum(d, 0) - d, d)[:frames]
+        lens = torch.repeat_interleave(d, d)[:frames].float()
+        prog = (torch.arange(starts.numel(), device=d.device) - starts + 0.5) / lens
+        angle = math.pi * prog[:, None] * k
+        out[b, : prog.numel()] = torch.cat([angle.sin(), angle.cos(), lens.log()[:, None]], -1)
+    return out
+
+
+# --------------------------------------------------------------------------- BigVGAN parts
+def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
+    """BigVGAN's low-pass filter: a Kaiser-windowed sinc (kernel_size,), unit DC gain."""
+    even = kernel_size % 2 == 0
+    half = kernel_size // 2
+    attenuation = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95
+    if attenuation > 50:
+        beta = 0.1102 * (attenuation - 8.7)
+    elif attenuation >= 21:
+        beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21)
+    else:
+        beta = 0.0
+    window = torch.kaiser_window(kernel_size, beta=beta, periodic=False)
+    time = (torch.arange(-half, half) + 0.5) if even else (torch.arange(kernel_size) - half)
+    filt = 2 * cutoff * window * torch.sinc(2 * cutoff * time)
+    return filt / filt.sum()
+
+
+class Snake(nn.Module):
+    """``x + sin^2(alpha x) / alpha`` with a learned per-channel frequency (log-parametrised)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.log_alpha.exp()
+        return x + torch.sin(alpha * x).pow(2) / (alpha + 1e-9)
+
+
+class AntiAliasedSnake(nn.Module):
+    """BigVGAN's alias-free activation: upsample 2x (sinc interpolation), Snake, low-pass and
+    downsample 2x; the length is kept."""
+
+    def __init__(self, channels: int, kernel_size: int = 12) -> None:
+        super().__init__()
+        self.act = Snake(channels)
+        self.kernel_size = kernel_size
+        self.register_buffer("filter", kaiser_sinc_filter(0.25, 0.3, kernel_size)[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels, k, ratio = x.shape[1], self.kernel_size, 2
+        filt = self.filter.expand(channels, 1, k)
+        pad = k // ratio - 1
+        crop_l = pad * ratio + (k - ratio) // 2
+        crop_r = pad * ratio + (k - ratio + 1) // 2
+        up = ratio * F.conv_transpose1d(F.pad(x, (pad, pad), mode="replicate"), filt, stride=ratio, groups=channels)
+        up = self.act(up[..., crop_l:-crop_r])
+        down = F.pad(up, (k // 2 - 1, k // 2), mode="replicate")
+        return F.conv1d(down, filt, stride=ratio, groups=channels)
+
+
+class AMPBlock(nn.Module):
+    """BigVGAN's anti-aliased multi-periodicity residual block: per dilation, act -> dilated conv
+    -> act -> conv, added to the input."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: list[int]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2) for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
+        )
+        self.acts = nn.ModuleList(AntiAliasedSnake(channels) for _ in range(2 * len(dilations)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            x = x + c2(self.acts[2 * i + 1](c1(self.acts[2 * i](x))))
+        return x
+
+
+class WaveformDecoder(nn.Module):
+    """Frame features (B, D, T) + speaker vector (B, S) -> waveform (B, T * hop) in [-1, 1]."""
+
+    def __init__(self, cfg: SpeechConfig) -> None:
+        super().__init__()
+        ch = cfg.upsample_initial_channels
+        self.conv_pre = nn.Conv1d(cfg.hidden_size, ch, 7, padding=3)
+        self.cond = nn.Conv1d(cfg.audio_speaker_embed_dim, ch, 1)
+        self.ups = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for rate in cfg.upsample_rates:
+            self.ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * rate, rate, padding=rate // 2))
+            ch //= 2
+            self.blocks.append(nn.ModuleList(AMPBlock(ch, k, cfg.resblock_dilations) for k in cfg.resblock_kernel_sizes))
+        self.act_post = AntiAliasedSnake(ch)
+        self.conv_post = nn.Conv1d(ch, 1, 7, padding=3)
+
+    def forward(self, frames: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        x = self.conv_pre(frames) + self.cond(speaker[:, :, None])
+        for up, blocks in zip(self.ups, self.blocks):
+            x = up(x)
+            x = sum(block(x) for block in blocks) / len(blocks)
+        return torch.tanh(self.conv_post(self.act_post(x)))[:, 0]
+
+
+# --------------------------------------------------------------------------- encoders
+def _positions(length: int, dim: int, device) -> torch.Tensor:
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table
+
+
+def _transformer(dim: int, heads: int, layers: int) -> nn.Module | None:
+    if layers == 0:
+        return None
+    layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class SpeakerEncoder(nn.Module):
+    """Reference log-mel (B, n_mels, T) + frame mask -> speaker embedding (B, S): convolutions,
+    then the masked mean and standard deviation over time, projected."""
+
+    def __init__(self, cfg: SpeechConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.convs = nn.Sequential(
+            nn.Conv1d(cfg.audio_n_mels, d, 5, padding=2), nn.GELU(), nn.Conv1d(d, d, 5, padding=2), nn.GELU()
+        )
+        self.out = nn.Linear(2 * d, cfg.audio_speaker_embed_dim)
+
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.convs(mel)  # (B, d, T)
+        m = mask[:, None].float()
+        n = m.sum(-1).clamp(min=1)
+        mean = (h * m).sum(-1) / n
+        std = (((h - mean[..., None]) ** 2 * m).sum(-1) / n + 1e-5).sqrt()
+        return self.out(torch.cat([mean, std], -1))
+
+
+class SpeechModel(nn.Module):
+    """The text-to-waveform generator (see the module docstring). Inputs per transcript: the LLM's
+    last hidden states ``llm_hidden`` (B, L, H) and input embeddings ``token_embeds`` (B, L, H) of
+    its tokens, ``token_mask`` (B, L) bool."""
+
+    def __init__(self, config: SpeechConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        d = cfg.hidden_size
+        self.log_mel = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.audio_n_mels)
+        self.text_in = nn.Linear(2 * cfg.llm_hidden_size, d)
+        self.blank = nn.Parameter(torch.zeros(d))
+        self.text_conv = nn.Conv1d(d, d, 3, padding=1)
+        self.text_encoder = _transformer(d, cfg.num_heads, cfg.text_layers)
+        self.speaker_table = nn.Embedding(cfg.audio_num_speakers, cfg.audio_speaker_embed_dim)
+        nn.init.normal_(self.speaker_table.weight, std=0.1)
+        self.speaker_encoder = SpeakerEncoder(cfg)
+        self.speaker_proj = nn.Linear(cfg.audio_speaker_embed_dim, d)
+        self.mean_proj = nn.Linear(d, cfg.audio_n_mels)
+        self.duration = nn.Sequential(
+            nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, 1, 1)
+        )
+        self.progress_in = nn.Linear(17, d)
+        self.prompt_in = nn.Linear(cfg.audio_n_mels, d)
+        self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
+        self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
+        self.decoder = WaveformDecoder(cfg)
+
+    # ---- text -------------------------------------------------------------------------
+    def encode_text(
+        self, llm_hidden: torch.Tensor, token_embeds: torch.Tensor, token_mask: torch.Tensor, speaker: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> slot features (B, S, d), slot mask (B, S), prior means (B, S, n_mels), log-durations
+        (B, S). With ``add_blank`` the slots are blank, t1, blank, ..., tL, blank (S = 2L + 1)."""
+        x = self.text_in(torch.cat([llm_hidden, token_embeds], -1))
+        mask = token_mask.bool()
+        if self.config.add_blank:
+            bsz, length, d = x.shape
+            slots = x.new_zeros(bsz, 2 * length + 1, d) + self.blank
+            slots[:, 1::2] = x
+            lengths = mask.sum(-1)
+            mask = torch.arange(2 * length + 1, device=x.device)[None] < (2 * lengths + 1)[:, None]
+            x = slots
+        x = x * mask[..., None]
+        x = x + self.text_conv(x.transpose(1, 2)).transpose(1, 2)
+        x = x + _positions(x.shape[1], x.shape[2], x.device)
+        if self.text_encoder is not None:
+            x = self.text_encoder(x, src_key_padding_mask=~mask)
+        x = x * mask[..., None]
+        xs = x + self.speaker_proj(speaker)[:, None]
+        means = self.mean_proj(xs)
+        log_dur = self.duration((xs.detach() * mask[..., None]).transpose(1, 2))[:, 0]
+        return xs, mask, means, log_dur
+
+    # ---- speakers / prompt -------------------------------------------------------------
+    def speaker_vector(
+        self,
+        speaker_ids: torch.Tensor | None = None,
+        ref_mel: torch.Tensor | None = None,
+        ref_mask: torch.Tensor | None = None,
+        use_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The conditioning speaker vector (B, S): the table row of ``speaker_ids`` where
+        ``use_table`` (B,) bool is True (default: wherever ids are given), else the speaker
+        encoder's embedding of the reference clip."""
+        if ref_mel is None:
+            if speaker_ids is None:
+                raise ValueError("a speaker needs a table id or a reference clip")
+            return self.speaker_table(speaker_ids)
+        encoded = self.speaker_encoder(ref_mel, ref_mask)
+        if speaker_ids is None:
+            return encoded
+        pick = torch.ones_like(speaker_ids, dtype=torch.bool) if use_table is None else use_table
+        return torch.where(pick[:, None], self.speaker_table(speaker_ids), encoded)
+
+    def frames(
+        self,
+        slots: torch.Tensor,
+        durations: torch.Tensor,
+        num_frames: int,
+        frame_mask: torch.Tensor,
+        ref_mel: torch.Tensor | None,
+        ref_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Slot features expanded to frames, through the frame transformer that also attends to
+        the reference frames when in-context prompting is on -> (B, d, frames)."""
+        h = expand(slots, durations, num_frames) + self.progress_in(slot_progress(durations, num_frames))
+        h = h + self.prompt_type[1]
+        mask = frame_mask
+        prompt_len = 0
+        if self.config.use_in_context_audio_prompting and ref_mel is not None:
+            p = ref_mel[..., : self.config.prompt_frames]
+            prompt_len = p.shape[-1]
+            prompt = self.prompt_in(p.transpose(1, 2)) + self.prompt_type[0]
+            h = torch.cat([prompt, h], 1)
+            mask = torch.cat([ref_mask[:, :prompt_len], frame_mask], 1)
+        if self.frame_encoder is not None:
+            h = h + _positions(h.shape[1], h.shape[2], h.device)
+            h = self.frame_encoder(h, src_key_padding_mask=~mask)
+        h = h[:, prompt_len:] * frame_mask[..., None]
+        return h.transpose(1, 2)
+
+    # ---- alignment ---------------------------------------------------------------------
+    @torch.no_grad()
+    def align(
+        self, means: torch.Tensor, slot_mask: torch.Tensor, mel: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Integer durations (B, S) of the slots: MAS on the unit-Gaussian log-likelihood of the
+        log-mel frames (``use_mas``), else uniform."""
+        out = torch.zeros(slot_mask.shape, dtype=torch.long)
+        for b in range(means.shape[0]):
+            slots, frames = int(slot_mask[b].sum()), int(frame_mask[b].sum())
+            if frames < slots:
+                raise ValueError(f"item {b}: {frames} audio frames cannot cover {slots} text slots")
+            if self.config.use_mas:
+                mu = means[b, :slots].double()
+                x = mel[b, :, :frames].double()
+                log_p = -0.5 * ((mu**2).sum(-1)[:, None] - 2 * mu @ x + (x**2).sum(0)[None])
+                out[b, :slots] = torch.from_numpy(monotonic_alignment_search(log_p.cpu().numpy()).sum(1))
+            else:
+                out[b, :slots] = torch.from_numpy(uniform_durations(slots, frames))
+        return out.to(means.device)
+
+    # ---- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        llm_hidden: torch.Tensor,
+        token_embeds: torch.Tensor,
+        token_mask: torch.Tensor,
+        speaker_ids: torch.Tensor | None = None,
+        ref_wave: torch.Tensor | None = None,
+        ref_lengths: torch.Tensor | None = None,
+        length_scale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveforms (B, N) and their lengths (B,): durations from the predictor, the speaker from
+        the table (``speaker_ids``) or cloned from ``ref_wave`` (zero-shot)."""
+        ref_mel = ref_mask = None
+        if ref_wave is not None:
+            ref_mel, ref_mask = self.mel_and_mask(ref_wave, ref_lengths)
+        speaker = self.speaker_vector(speaker_ids, ref_mel, ref_mask)
+        slots, slot_mask, _, log_dur = self.encode_text(llm_hidden, token_embeds, token_mask, speaker)
+        durations = torch.clamp(torch.round(torch.exp(log_dur) * length_scale), min=1).long() * slot_mask
+        totals = durations.sum(-1)
+        num_frames = int(totals.max())
+        frame_mask = torch.arange(num_frames, device=slots.device)[None] < totals[:, None]
+        h = self.frames(slots, durations, num_frames, frame_mask, ref_mel, ref_mask)
+        wave = self.decoder(h, speaker)
+        return wave, totals * self.config.hop_length
+
+    def mel_and_mask(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel (B, n_mels, T) of padded waveforms and the mask (B, T) of frames inside each length."""
+        mel = self.log_mel(wave)
+        frames = lengths // self.config.hop_length
+        mask = torch.arange(mel.shape[-1], device=mel.device)[None] < frames[:, None].to(mel.device)
+        return mel, mask
+
+    # ---- persistence -------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``config.json`` + ``model.safetensors`` (never pickle)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> SpeechModel:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg = SpeechConfig.model_validate(json.loads((directory / CONFIG_FILE).read_text()))
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return model.eval()

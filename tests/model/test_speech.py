@@ -1,0 +1,158 @@
+"""The speech generator's parts: monotonic alignment search against a brute force, uniform
+durations, expansion, the anti-aliased Snake, the waveform decoder's shapes, speaker routes,
+in-context prompting, and safetensors round trip."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from xoron_pipelines.model.speech import (
+    AntiAliasedSnake,
+    SpeechConfig,
+    SpeechModel,
+    expand,
+    monotonic_alignment_search,
+    slot_progress,
+    uniform_durations,
+)
+
+
+def _brute_force(log_p: np.ndarray) -> tuple[float, np.ndarray]:
+    """Best monotonic surjective alignment by enumerating every duration vector."""
+    slots, frames = log_p.shape
+    best = (-np.inf, None)
+    for cuts in itertools.combinations(range(1, frames), slots - 1):
+        bounds = (0, *cuts, frames)
+        score = sum(log_p[i, bounds[i] : bounds[i + 1]].sum() for i in range(slots))
+        if score > best[0]:
+            best = (score, np.diff(bounds))
+    return best
+
+
+@pytest.mark.parametrize("slots,frames", [(1, 1), (1, 4), (2, 2), (2, 5), (3, 6), (4, 7), (5, 9), (3, 10)])
+def test_mas_matches_brute_force(slots, frames):
+    rng = np.random.default_rng(slots * 100 + frames)
+    for _ in range(5):
+        log_p = rng.normal(size=(slots, frames))
+        path = monotonic_alignment_search(log_p)
+        score, durations = _brute_force(log_p)
+        np.testing.assert_array_equal(path.sum(1), durations)
+        assert (path * log_p).sum() == pytest.approx(score)
+        # a path: one slot per frame, slots never decrease and never skip
+        assert (path.sum(0) == 1).all()
+        owner = path.argmax(0)
+        assert owner[0] == 0 and owner[-1] == slots - 1 and set(np.diff(owner)) <= {0, 1}
+
+
+def test_mas_recovers_planted_alignment():
+    """Frames drawn around per-slot means in known runs: MAS finds the runs."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(6, 8)) * 3
+    durations = np.array([3, 1, 5, 2, 4, 6])
+    frames = np.repeat(means, durations, axis=0) + 0.1 * rng.normal(size=(durations.sum(), 8))
+    log_p = -0.5 * ((means[:, None] - frames[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(monotonic_alignment_search(log_p).sum(1), durations)
+
+
+def test_mas_refuses_fewer_frames_than_slots():
+    with pytest.raises(ValueError, match="2 frames, 3 slots"):
+        monotonic_alignment_search(np.zeros((3, 2)))
+
+
+def test_uniform_durations_and_expand():
+    np.testing.assert_array_equal(uniform_durations(3, 8), [3, 3, 2])
+    x = torch.arange(6.0).view(1, 3, 2)
+    out = expand(x, torch.tensor([[2, 0, 1]]), 4)
+    assert out[0].tolist() == [[0, 1], [0, 1], [4, 5], [0, 0]]
+    prog = slot_progress(torch.tensor([[2, 1]]), 4, bands=1)
+    # progress 0.25, 0.75 in the first slot, 0.5 in the second; nothing past the frames
+    assert torch.allclose(prog[0, :3, 0], torch.sin(torch.pi * torch.tensor([0.25, 0.75, 0.5])))
+    assert prog[0, 3].abs().sum() == 0
+
+
+def test_anti_aliased_snake_keeps_length_and_passes_low_frequencies():
+    act = AntiAliasedSnake(1)
+    with torch.no_grad():
+        act.act.log_alpha.fill_(-20.0)  # alpha ~ 0: Snake ~ identity + alpha x^2 ~ identity
+    t = torch.arange(512.0)
+    low = torch.sin(2 * torch.pi * t / 64)[None, None]
+    out = act(low)
+    assert out.shape == low.shape
+    assert torch.allclose(out[..., 32:-32], low[..., 32:-32], atol=2e-2)
+
+
+def _model(**kw) -> SpeechModel:
+    cfg = SpeechConfig(
+        llm_hidden_size=8, hidden_size=16, audio_n_mels=16, n_fft=256, hop_length=32, upsample_rates=[4, 8],
+        upsample_initial_channels=8, resblock_kernel_sizes=[3], audio_num_speakers=3, audio_speaker_embed_dim=8,
+        speakers=["a", "b"], **kw,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return SpeechModel(cfg).eval()
+
+
+def _text(bsz=2, length=3):
+    torch.manual_seed(1)
+    mask = torch.ones(bsz, length, dtype=torch.bool)
+    mask[1, -1] = False
+    return torch.randn(bsz, length, 8), torch.randn(bsz, length, 8), mask
+
+
+def test_generate_shapes_and_lengths_from_table_and_reference():
+    model = _model()
+    hidden, embeds, mask = _text()
+    wave, lengths = model.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
+    assert wave.shape == (2, int(lengths.max())) and (lengths % 32 == 0).all() and wave.abs().max() <= 1
+    ref = torch.randn(2, 32 * 20) * 0.1
+    wave2, _ = model.generate(hidden, embeds, mask, ref_wave=ref, ref_lengths=torch.tensor([640, 320]))
+    assert not torch.allclose(wave2[:, :64], wave[:, :64])
+
+
+def test_in_context_prompt_is_attended_only_when_enabled():
+    """With prompting on, changing the reference's frames changes the output even with the
+    speaker vector fixed; with it off, the prompt is not used."""
+    for enabled in (True, False):
+        model = _model(use_in_context_audio_prompting=enabled)
+        slots = torch.randn(1, 3, 16)
+        dur = torch.tensor([[2, 3, 1]])
+        fmask = torch.ones(1, 6, dtype=torch.bool)
+        rmask = torch.ones(1, 5, dtype=torch.bool)
+        a = model.frames(slots, dur, 6, fmask, torch.randn(1, 16, 5), rmask)
+        b = model.frames(slots, dur, 6, fmask, torch.randn(1, 16, 5), rmask)
+        assert (not torch.allclose(a, b)) == enabled
+
+
+def test_speaker_vector_routes():
+    model = _model()
+    ids = torch.tensor([0, 1])
+    mel = torch.randn(2, 16, 10)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    table = model.speaker_vector(ids)
+    enc = model.speaker_vector(None, mel, mask)
+    mixed = model.speaker_vector(ids, mel, mask, use_table=torch.tensor([True, False]))
+    assert torch.equal(mixed[0], table[0]) and torch.equal(mixed[1], enc[1])
+    with pytest.raises(ValueError, match="table id or a reference"):
+        model.speaker_vector(None)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _model()
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and (tmp_path / "model.safetensors").is_file()
+    loaded = SpeechModel.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    hidden, embeds, mask = _text()
+    a, _ = model.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
+    b, _ = loaded.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
+    assert torch.equal(a, b)
+
+
+def test_config_errors_name_the_knob():
+    with pytest.raises(ValueError, match="product of upsample_rates"):
+        SpeechConfig(hop_length=200)
+    with pytest.raises(ValueError, match="exceed audio_num_speakers"):
+        SpeechConfig(audio_num_speakers=1, speakers=["a", "b"])
