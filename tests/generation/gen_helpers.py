@@ -26,9 +26,18 @@ def media_table(kind: str, n_train: int, n_heldout: int, size=(32, 32), frames: 
                 spec = clips.sample_clip(rng, size, frames)
                 media, caption = encode_video(clips.render_clip(spec)), clips.describe(spec)
             rows.append(
-                record(id=f"{kind}-{split}-{i}", modality=kind, split=split, source="synth", media=media,
-                       width=size[1], height=size[0], frames=frames if kind == "video" else 0,
-                       caption=caption, attributes=spec.attributes())
+                record(
+                    id=f"{kind}-{split}-{i}",
+                    modality=kind,
+                    split=split,
+                    source="synth",
+                    media=media,
+                    width=size[1],
+                    height=size[0],
+                    frames=frames if kind == "video" else 0,
+                    caption=caption,
+                    attributes=spec.attributes(),
+                )
             )
     return pd.DataFrame(rows)
 
@@ -52,5 +61,14 @@ def llm(seed: int = 0):
 
 
 #: a tiny model and a short run (every stage test starts from these)
-TINY_STAGE = {"hidden_size": 24, "depth": 1, "num_heads": 2, "patch_size": 4, "steps": 4, "batch_size": 4,
-              "warmup_steps": 1, "sample_every": 2, "preview_prompts": 2}
+TINY_STAGE = {
+    "hidden_size": 24,
+    "depth": 1,
+    "num_heads": 2,
+    "patch_size": 4,
+    "steps": 4,
+    "batch_size": 4,
+    "warmup_steps": 1,
+    "sample_every": 2,
+    "preview_prompts": 2,
+}

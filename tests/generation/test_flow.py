@@ -29,7 +29,16 @@ class PointMass(nn.Module):
 def test_flow_sampler_integrates_the_velocity_to_the_data():
     x0 = torch.rand(1, 3, 8, 8) * 2 - 1
     ctx, mask = torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool)
-    out = sample(PointMass(x0), (2, 3, 8, 8), ctx, mask, steps=5, cfg_scale=1.0, flow=True, generator=torch.Generator().manual_seed(0))
+    out = sample(
+        PointMass(x0),
+        (2, 3, 8, 8),
+        ctx,
+        mask,
+        steps=5,
+        cfg_scale=1.0,
+        flow=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     # Euler on a straight path is exact: noise at s=1 lands on x0 at s=0 in any number of steps
     assert torch.allclose(out, x0.expand(2, -1, -1, -1), atol=1e-4)
 
@@ -58,7 +67,16 @@ def test_cfg_mixes_conditional_and_unconditional_predictions():
     outs = {}
     for scale in (1.0, 4.0):
         model = TwoWay()
-        x = sample(model, (3, 1, 4, 4), ctx, mask, steps=4, cfg_scale=scale, flow=True, generator=torch.Generator().manual_seed(0))
+        x = sample(
+            model,
+            (3, 1, 4, 4),
+            ctx,
+            mask,
+            steps=4,
+            cfg_scale=scale,
+            flow=True,
+            generator=torch.Generator().manual_seed(0),
+        )
         outs[scale] = x
         assert set(model.batches) == ({3} if scale == 1.0 else {6})  # scale 1: no unconditional pass
     # prediction = uncond + s (cond - uncond) = s: the sample moves s times as far over s in [1, 0]
@@ -86,7 +104,16 @@ def test_objectives_and_loss_weight():
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
     assert abs(flow.item() - (noise - x0).square().mean().item()) < 1e-5
     assert abs(eps.item() - noise.square().mean().item()) < 1e-5
-    out = sample(model, (2, 3, 8, 8), ctx[:2], mask[:2], steps=3, cfg_scale=2.0, flow=False, generator=torch.Generator().manual_seed(0))
+    out = sample(
+        model,
+        (2, 3, 8, 8),
+        ctx[:2],
+        mask[:2],
+        steps=3,
+        cfg_scale=2.0,
+        flow=False,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()
 
 

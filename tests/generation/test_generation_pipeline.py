@@ -63,10 +63,18 @@ def test_kedro_run_generation(kedro_project: Path):
 
     params = {
         "generation": {
-            "image_gen": {"image_scales": [[16, 16], [8, 8]], "sample_size": [16, 16], "generation_inference_steps": 2, "model": TINY_STAGE},
+            "image_gen": {
+                "image_scales": [[16, 16], [8, 8]],
+                "sample_size": [16, 16],
+                "generation_inference_steps": 2,
+                "model": TINY_STAGE,
+            },
             "video_gen": {"frames": 4, "size": [16, 16], "generation_inference_steps": 2, "model": TINY_STAGE},
             "evaluation": {"num_prompts": 4, "fid_items": 4},
-            "generate": {"image_prompts": ["two red circles on the left"], "video_prompts": ["a red circle moves right quickly"]},
+            "generate": {
+                "image_prompts": ["two red circles on the left"],
+                "video_prompts": ["a red circle moves right quickly"],
+            },
         }
     }
     _run(kedro_project.resolve(), params)

@@ -18,8 +18,19 @@ def tables():
 def _params(**image):
     return Params.model_validate(
         {
-            "image_gen": {"image_scales": [[16, 16]], "sample_size": [16, 16], "generation_inference_steps": 2, "model": {**TINY_STAGE, "steps": 2}, **image},
-            "video_gen": {"frames": 4, "size": [16, 16], "generation_inference_steps": 2, "model": {**TINY_STAGE, "steps": 2}},
+            "image_gen": {
+                "image_scales": [[16, 16]],
+                "sample_size": [16, 16],
+                "generation_inference_steps": 2,
+                "model": {**TINY_STAGE, "steps": 2},
+                **image,
+            },
+            "video_gen": {
+                "frames": 4,
+                "size": [16, 16],
+                "generation_inference_steps": 2,
+                "model": {**TINY_STAGE, "steps": 2},
+            },
         }
     )
 
@@ -29,8 +40,12 @@ def test_diffusion_loss_weights_scale_the_stage_losses(tables):
     p = _params()
     first = {}
     for weight in (1.0, 0.1):
-        _, s = train_image_stage(llm(), tokenizer(), image, p.image_gen, loss_weight=weight, seed=0, max_prompt_tokens=16)
-        _, v = train_video_stage(llm(), tokenizer(), video, p.video_gen, loss_weight=weight, seed=0, max_prompt_tokens=16)
+        _, s = train_image_stage(
+            llm(), tokenizer(), image, p.image_gen, loss_weight=weight, seed=0, max_prompt_tokens=16
+        )
+        _, v = train_video_stage(
+            llm(), tokenizer(), video, p.video_gen, loss_weight=weight, seed=0, max_prompt_tokens=16
+        )
         first[weight] = (s["first_loss"], v["first_loss"])
     # the same seed draws the same first batch, noise and timesteps: the weight is the only change
     assert first[0.1][0] == pytest.approx(0.1 * first[1.0][0], rel=1e-5)
@@ -50,7 +65,9 @@ def test_architecture_space_and_objective_knobs(tables):
         image_scales=[[16, 16], [8, 8]],
         sample_size=[24, 24],
     )
-    gen, summary = train_image_stage(llm(), tokenizer(), image, p.image_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16)
+    gen, summary = train_image_stage(
+        llm(), tokenizer(), image, p.image_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16
+    )
     cfg = gen.dit.config
     assert cfg.in_channels == 2 and not cfg.use_dual_stream and cfg.num_experts == 3
     assert summary["space"] == "latent" and summary["scales"] == [[16, 16], [8, 8]]
@@ -69,4 +86,12 @@ def test_bad_sizes_are_refused_before_training():
 def test_a_table_without_rows_is_named(tables):
     image, _ = tables
     with pytest.raises(ValueError, match="media_image has no image rows of split 'train'"):
-        train_image_stage(llm(), tokenizer(), image[image["split"] == "heldout"], _params().image_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16)
+        train_image_stage(
+            llm(),
+            tokenizer(),
+            image[image["split"] == "heldout"],
+            _params().image_gen,
+            loss_weight=1.0,
+            seed=0,
+            max_prompt_tokens=16,
+        )

@@ -41,7 +41,9 @@ class GeneratorDataset(AbstractDataset[Any, Any]):
         from xoron_pipelines.training.flow import META_FILE, Generator
 
         if not (self._path / META_FILE).is_file():
-            raise DatasetError(f"no generator at {self._path} ({META_FILE} missing): run `kedro run --pipeline generation`")
+            raise DatasetError(
+                f"no generator at {self._path} ({META_FILE} missing): run `kedro run --pipeline generation`"
+            )
         return Generator.load(self._path)
 
     def save(self, data: Any) -> None:

@@ -68,7 +68,10 @@ def feature_net(seed: int = 0) -> torch.nn.Module:
     """The frozen random feature extractor of the Fréchet distance (fixed by ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU()
+        torch.nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
     )
     for p in net.parameters():
         p.requires_grad_(False)

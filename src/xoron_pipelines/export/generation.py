@@ -51,7 +51,9 @@ class XoronImagePipeline(DiffusionPipeline):
         super().__init__()
         if isinstance(vae, (list, tuple)):  # saved without one (pixel space): model_index holds [null, null]
             vae = None
-        self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
+        self.register_modules(
+            transformer=transformer, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
+        )
         self.register_to_config(
             latent_scale=latent_scale,
             latent_shift=latent_shift,
@@ -123,7 +125,13 @@ def export_generators(image: Generator, video: Generator, llm, tokenizer, out: P
         "video_gen": {"format": "safetensors + config (Generator.load)", "space": video.codec.space},
         "image_pipeline": {
             "format": "diffusers pipeline directory (XoronImagePipeline.from_pretrained)",
-            "components": ["transformer (MoEDiT)", "scheduler", "vae" if image.codec.vae is not None else "vae: none (pixel space)", "text_encoder (XoronForCausalLM)", "tokenizer"],
+            "components": [
+                "transformer (MoEDiT)",
+                "scheduler",
+                "vae" if image.codec.vae is not None else "vae: none (pixel space)",
+                "text_encoder (XoronForCausalLM)",
+                "tokenizer",
+            ],
         },
         "not_mapped": "video generator: no diffusers pipeline (block-causal 3D MoE-DiT has no diffusers counterpart)",
     }

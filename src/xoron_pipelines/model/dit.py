@@ -276,7 +276,11 @@ class MoEDiT(ModelMixin, ConfigMixin):
         pooled = (ctx * m).sum(1) / m.sum(1).clamp(min=1)
         ts = timestep.to(x.device).float().expand(b) if timestep.dim() else timestep.float().expand(b)
         c = self.time_embed(self.time_proj(ts).to(x.dtype)) + self.pool_embed(pooled)
-        coords = grid_coords(t, h, w, device=x.device) if (video and self.config.use_3d_rope) else grid_coords(h, w, device=x.device).repeat(t, 1)
+        coords = (
+            grid_coords(t, h, w, device=x.device)
+            if (video and self.config.use_3d_rope)
+            else grid_coords(h, w, device=x.device).repeat(t, 1)
+        )
         cos, sin = axial_rope_cos_sin(coords, self.rope_freqs)
         x_mask, ctx_mask = self._masks(context_mask, t, h * w)
         for block in self.blocks:

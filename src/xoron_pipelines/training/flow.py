@@ -87,7 +87,9 @@ def build_autoencoder(latent_channels: int, base_channels: int):
     )
 
 
-def train_autoencoder(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int, kl_weight: float = 1e-6):
+def train_autoencoder(
+    vae, images: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int, kl_weight: float = 1e-6
+):
     """Fit ``vae`` on ``images`` (N, 3, H, W) in [-1, 1]: L1 + MSE reconstruction of the
     posterior mean plus a small KL term. Returns the final reconstruction MSE on all images."""
     gen = torch.Generator().manual_seed(seed)
@@ -213,7 +215,9 @@ def sample(
     device = next(model.parameters()).device
     context, mask = context.to(device), mask.to(device)
     x = torch.randn(tuple(shape), generator=generator).to(device)
-    sched = scheduler or (FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if flow else ddpm_scheduler())
+    sched = scheduler or (
+        FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if flow else ddpm_scheduler()
+    )
     sched.set_timesteps(steps)
     guided = cfg_scale != 1.0
     if guided:
@@ -291,7 +295,12 @@ class Generator:
         self.dit.save_pretrained(str(path / "dit"))
         if self.codec.vae is not None:
             self.codec.vae.save_pretrained(str(path / "vae"))
-        meta = {**self.meta, "space": self.codec.space, "latent_scale": self.codec.scale, "latent_shift": self.codec.shift}
+        meta = {
+            **self.meta,
+            "space": self.codec.space,
+            "latent_scale": self.codec.scale,
+            "latent_shift": self.codec.shift,
+        }
         (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @classmethod

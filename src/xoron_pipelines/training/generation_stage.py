@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from xoron_pipelines import tracking
 from xoron_pipelines.data.media import MediaError, decode_image, decode_video
 from xoron_pipelines.model.dit import MoEDiT
-from xoron_pipelines.training.flow import Codec, Generator, TrainData, build_autoencoder, prompt_states, train_autoencoder, train_generator
+from xoron_pipelines.training.flow import (
+    Codec,
+    Generator,
+    TrainData,
+    build_autoencoder,
+    prompt_states,
+    train_autoencoder,
+    train_generator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,9 @@ def table_items(table, kind: str, split: str, limit: int = 0) -> tuple[list[np.n
     if limit:
         rows = rows.iloc[:limit]
     if rows.empty:
-        raise ValueError(f"media_{kind} has no {kind} rows of split {split!r} (run the synth and data_processing pipelines)")
+        raise ValueError(
+            f"media_{kind} has no {kind} rows of split {split!r} (run the synth and data_processing pipelines)"
+        )
     items = []
     for rid, data in zip(rows["id"], rows["media"], strict=True):
         try:
@@ -122,7 +132,9 @@ def _train(
     extra_params: dict,
 ) -> tuple[Generator, dict]:
     m = p.model
-    generator = Generator(dit, codec, {**meta, "kind": kind, "flow": flow, "cfg_scale": cfg_scale, "inference_steps": steps_infer})
+    generator = Generator(
+        dit, codec, {**meta, "kind": kind, "flow": flow, "cfg_scale": cfg_scale, "inference_steps": steps_infer}
+    )
     start = time.monotonic()
     with tracking.stage_run(name, tags={"xoron.pipeline": "generation"}) as run:
         recorder = tracking.StageRecorder(enabled=run is not None)
@@ -133,7 +145,9 @@ def _train(
             recorder.log(step, metrics)
             if run is not None and (step % m.sample_every == 0 or step == m.steps):
                 items = generator.generate(preview[0], preview[1], seed=seed)
-                tracking.log_figure(preview_figure(items, preview[2], f"{name} step {step}"), f"samples/{name}_step{step:05d}.png")
+                tracking.log_figure(
+                    preview_figure(items, preview[2], f"{name} step {step}"), f"samples/{name}_step{step:05d}.png"
+                )
 
         losses = train_generator(
             dit,
@@ -154,7 +168,9 @@ def _train(
             on_step=on_step,
         )
         if run is not None:
-            tracking.log_figure(tracking.loss_curve_figure(recorder, f"{name} loss (x {loss_weight})"), f"{name}_loss.png")
+            tracking.log_figure(
+                tracking.loss_curve_figure(recorder, f"{name} loss (x {loss_weight})"), f"{name}_loss.png"
+            )
     tail = losses[-max(len(losses) // 10, 1) :]
     summary = {
         "stage": name,
@@ -168,7 +184,14 @@ def _train(
         "items": int(len(data.prompt_index)),
         "distinct_prompts": int(len(data.context)),
     }
-    log.info("%s: %d steps, loss %.4f -> %.4f in %.0f s", name, len(losses), losses[0], summary["final_loss"], summary["train_seconds"])
+    log.info(
+        "%s: %d steps, loss %.4f -> %.4f in %.0f s",
+        name,
+        len(losses),
+        losses[0],
+        summary["final_loss"],
+        summary["train_seconds"],
+    )
     return generator, summary
 
 
@@ -192,7 +215,9 @@ def _codec(p: Any, images: torch.Tensor, seed: int) -> tuple[Codec, dict]:
     return codec, info
 
 
-def train_image_stage(llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int) -> tuple[Generator, dict]:
+def train_image_stage(
+    llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int
+) -> tuple[Generator, dict]:
     """Train the image generator on the table's train rows (every size of ``p.image_scales``)."""
     items, captions, _ = table_items(table, "image", "train", p.model.train_items)
     distinct, context, mask, index = prompt_table(llm, tokenizer, captions, max_prompt_tokens)
@@ -235,7 +260,9 @@ def train_image_stage(llm, tokenizer, table, p: Any, *, loss_weight: float, seed
     return gen, {**summary, **info, "scales": [list(s) for s in scales]}
 
 
-def train_video_stage(llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int) -> tuple[Generator, dict]:
+def train_video_stage(
+    llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int
+) -> tuple[Generator, dict]:
     """Train the video generator on the table's train clips (``p.frames`` frames at ``p.size``)."""
     items, captions, _ = table_items(table, "video", "train", p.model.train_items)
     distinct, context, mask, index = prompt_table(llm, tokenizer, captions, max_prompt_tokens)
@@ -275,14 +302,28 @@ def train_video_stage(llm, tokenizer, table, p: Any, *, loss_weight: float, seed
         steps_infer=p.generation_inference_steps,
         loss_weight=loss_weight,
         seed=seed,
-        meta={"size": list(size), "frames": p.frames, "max_prompt_tokens": max_prompt_tokens, "text_dim": int(context.shape[-1])},
+        meta={
+            "size": list(size),
+            "frames": p.frames,
+            "max_prompt_tokens": max_prompt_tokens,
+            "text_dim": int(context.shape[-1]),
+        },
         preview=(pc, pm, h_caps),
         extra_params={},
     )
 
 
 # --------------------------------------------------------------------------- generation
-def generate_for_prompts(generator: Generator, llm, tokenizer, prompts: list[str], *, seed: int, cfg_scale: float | None = None, unconditional: bool = False) -> np.ndarray:
+def generate_for_prompts(
+    generator: Generator,
+    llm,
+    tokenizer,
+    prompts: list[str],
+    *,
+    seed: int,
+    cfg_scale: float | None = None,
+    unconditional: bool = False,
+) -> np.ndarray:
     """uint8 items for ``prompts`` (the empty prompt for every row when ``unconditional``)."""
     context, mask = prompt_states(llm, tokenizer, prompts, generator.meta["max_prompt_tokens"])
     if unconditional:
@@ -315,7 +356,9 @@ def evaluate_stage(generator: Generator, llm, tokenizer, table, *, num_prompts: 
     prompts = [captions[i] for i in chosen]
 
     def gen(ps, scale, unconditional):
-        return generate_for_prompts(generator, llm, tokenizer, ps, seed=seed + 1, cfg_scale=scale, unconditional=unconditional)
+        return generate_for_prompts(
+            generator, llm, tokenizer, ps, seed=seed + 1, cfg_scale=scale, unconditional=unconditional
+        )
 
     report = evaluate_generator(
         kind,

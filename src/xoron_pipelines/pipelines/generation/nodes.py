@@ -20,8 +20,13 @@ def train_image_generator(llm_model, tokenizer, media_image, params: dict) -> tu
     """MoE-DiT image generator trained on ``media_image``'s train rows (MLflow run ``image_gen``)."""
     p = Params.model_validate(params)
     return train_image_stage(
-        llm_model, tokenizer, media_image, p.image_gen,
-        loss_weight=p.image_diffusion_loss_weight, seed=p.seed, max_prompt_tokens=p.max_prompt_tokens,
+        llm_model,
+        tokenizer,
+        media_image,
+        p.image_gen,
+        loss_weight=p.image_diffusion_loss_weight,
+        seed=p.seed,
+        max_prompt_tokens=p.max_prompt_tokens,
     )
 
 
@@ -29,8 +34,13 @@ def train_video_generator(llm_model, tokenizer, media_video, params: dict) -> tu
     """Causal 3D MoE-DiT video generator trained on ``media_video``'s train clips (run ``video_gen``)."""
     p = Params.model_validate(params)
     return train_video_stage(
-        llm_model, tokenizer, media_video, p.video_gen,
-        loss_weight=p.video_diffusion_loss_weight, seed=p.seed, max_prompt_tokens=p.max_prompt_tokens,
+        llm_model,
+        tokenizer,
+        media_video,
+        p.video_gen,
+        loss_weight=p.video_diffusion_loss_weight,
+        seed=p.seed,
+        max_prompt_tokens=p.max_prompt_tokens,
     )
 
 
@@ -38,7 +48,9 @@ def evaluate_generator(generator, llm_model, tokenizer, media, params: dict) -> 
     """Adherence (exact analysers) vs shuffled-prompt / unconditional baselines, CFG effect and
     Fréchet distance on held-out prompts (``generation.evaluation``)."""
     e = Params.model_validate(params).evaluation
-    return evaluate_stage(generator, llm_model, tokenizer, media, num_prompts=e.num_prompts, seed=e.seed, fid_items=e.fid_items)
+    return evaluate_stage(
+        generator, llm_model, tokenizer, media, num_prompts=e.num_prompts, seed=e.seed, fid_items=e.fid_items
+    )
 
 
 def generate_media(image_generator, video_generator, llm_model, tokenizer, params: dict) -> dict[str, np.ndarray]:
