@@ -14,6 +14,7 @@ from xoron_pipelines.pipelines.embedding_cache.params import Params as Embedding
 from xoron_pipelines.pipelines.evaluation.params import Params as EvaluationParams
 from xoron_pipelines.pipelines.export.params import Params as ExportParams
 from xoron_pipelines.pipelines.finetune.params import Params as FinetuneParams
+from xoron_pipelines.pipelines.generation.params import Params as GenerationParams
 from xoron_pipelines.pipelines.generation.speech import SpeechParams
 from xoron_pipelines.pipelines.latent.params import Params as LatentParams
 from xoron_pipelines.pipelines.multimodal.params import Params as MultimodalParams
@@ -32,5 +33,6 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "latent": LatentParams,
     "ablation": AblationParams,
     "multimodal": MultimodalParams,
+    "generation": GenerationParams,
     "speech_generation": SpeechParams,
 }
