@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from xoron_pipelines.data.media import encode_image, encode_video, record
+from xoron_pipelines.data.multiscale import resize_image
 from xoron_pipelines.synth.media import clips, scenes
 
 
@@ -20,8 +21,10 @@ def media_table(kind: str, n_train: int, n_heldout: int, size=(32, 32), frames: 
         rng = np.random.default_rng([seed, stream])
         for i in range(n):
             if kind == "image":
-                spec = scenes.sample_scene(rng, size)
-                media, caption = encode_image(scenes.render_scene(spec)), scenes.describe(spec)
+                # three objects do not fit a canvas under 32 px: render at 32 and shrink
+                spec = scenes.sample_scene(rng, (max(size[0], 32), max(size[1], 32)))
+                image = resize_image(scenes.render_scene(spec), tuple(size))
+                media, caption = encode_image(image), scenes.describe(spec)
             else:
                 spec = clips.sample_clip(rng, size, frames)
                 media, caption = encode_video(clips.render_clip(spec)), clips.describe(spec)
