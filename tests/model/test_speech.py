@@ -22,6 +22,7 @@ from xoron_pipelines.model.speech import (
     expand,
     frame_pitch,
     monotonic_alignment_search,
+    pitch_summary,
     slot_progress,
     uniform_durations,
 )
@@ -217,3 +218,22 @@ def test_generated_pitch_is_the_predicted_pitch():
     x = wave[0, : length[0]].numpy()
     x = x - x.mean()
     assert abs(_peak_hz(x) - 180.0) < 16000 / x.size * 2, _peak_hz(x)
+
+
+def test_cloning_conditions_on_the_references_pitch():
+    """A reference clip's measured pitch enters the speaker embedding: its f0 track (from the
+    waveform) is the speaker's, and the embedding moves by exactly the pitch map of its summary."""
+    from xoron_pipelines.synth.media.speech import Speaker, speak
+
+    model = _model()
+    for pitch in (95.0, 210.0):
+        wave, _ = speak("green one", Speaker("s", pitch, 1.0, 1.0, 0.0))
+        ref = torch.from_numpy(wave)[None]
+        lengths = torch.tensor([wave.size // 32 * 32])
+        mel, mask = model.mel_and_mask(ref, lengths)
+        f0 = model.pitch_track(ref, lengths)
+        summary = pitch_summary(f0, mask)
+        assert abs(math.exp(summary[0, 0].item() * 0.5 + math.log(150.0)) / pitch - 1) < 0.03
+        with torch.no_grad():
+            moved = model.speaker_vector(None, mel, mask, ref_f0=f0) - model.speaker_vector(None, mel, mask)
+            torch.testing.assert_close(moved, model.speaker_encoder.pitch_in(summary))

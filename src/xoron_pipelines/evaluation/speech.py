@@ -157,8 +157,12 @@ def speaker_similarity(
     others: Sequence[np.ndarray],
     sample_rate: int,
 ) -> dict[str, float]:
-    """Cosine of speaker embeddings and pitch error of each generated clip to its reference and
-    to a different speaker's clip: means, and the share of items closer to their own reference."""
+    """Cosine of a fixed speaker feature and pitch error of each generated clip to its reference
+    and to a different speaker's clip: means, and the share of items closer to their own reference.
+    The feature is nothing learned (a trained speaker encoder can collapse, or share the
+    generator's blind spots): the long-term average log-mel spectrum of the clip's speech frames
+    (within 60 dB of its loudest), centred over the bands (loudness cancels); it carries the
+    timbre (formants) and the pitch's harmonics."""
     from xoron_pipelines.synth.media.speech import estimate_pitch
     from xoron_pipelines.training.tts import pad_waves
 
@@ -166,9 +170,15 @@ def speaker_similarity(
 
     @torch.no_grad()
     def embed(waves):
-        wave, lengths = pad_waves(waves, hop)
-        mel, mask = model.mel_and_mask(wave, lengths)
-        return model.speaker_encoder(mel, mask)
+        out = []
+        for w in waves:
+            wave, lengths = pad_waves([w], hop)
+            mel = model.log_mel(wave)[0]  # (n_mels, T): a fixed filterbank
+            energy = torch.logsumexp(mel, 0)
+            speech = mel[:, energy > energy.max() - math.log(1000.0)]
+            ltas = speech.mean(-1)
+            out.append(ltas - ltas.mean())
+        return torch.stack(out)
 
     g, r, o = embed(generated), embed(references), embed(others)
     cos_ref, cos_other = cosine(g, r), cosine(g, o)

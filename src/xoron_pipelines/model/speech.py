@@ -398,9 +398,22 @@ def _transformer(dim: int, heads: int, layers: int) -> nn.Module | None:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def pitch_summary(f0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) of a per-frame f0 track (B, T) in Hz (0 = unvoiced) and its frame mask: the mean
+    log-f0 of the voiced frames, centred on log 150 Hz and scaled (0 when none is voiced), and the
+    voiced share of the frames."""
+    voiced = (f0 > 0) & mask
+    n = voiced.sum(-1).clamp(min=1)
+    mean = (torch.log(f0.clamp(min=1)) * voiced).sum(-1) / n
+    mean = torch.where(voiced.any(-1), (mean - math.log(150.0)) / 0.5, torch.zeros_like(mean))
+    return torch.stack([mean, voiced.sum(-1) / mask.sum(-1).clamp(min=1)], -1)
+
+
 class SpeakerEncoder(nn.Module):
-    """Reference log-mel (B, n_mels, T) + frame mask -> speaker embedding (B, S): convolutions,
-    then the masked mean and standard deviation over time, projected."""
+    """Reference log-mel (B, n_mels, T) + frame mask (+ the reference's f0 track, B x T Hz) ->
+    speaker embedding (B, S): convolutions, the masked mean and standard deviation over time,
+    projected, plus a linear map of :func:`pitch_summary` (the speaker's pitch, the strongest
+    identity cue, enters linearly so that it carries over to unseen speakers' pitches)."""
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__()
@@ -409,14 +422,18 @@ class SpeakerEncoder(nn.Module):
             nn.Conv1d(cfg.audio_n_mels, d, 5, padding=2), nn.GELU(), nn.Conv1d(d, d, 5, padding=2), nn.GELU()
         )
         self.out = nn.Linear(2 * d, cfg.audio_speaker_embed_dim)
+        self.pitch_in = nn.Linear(2, cfg.audio_speaker_embed_dim)
 
-    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         h = self.convs(mel)  # (B, d, T)
         m = mask[:, None].float()
         n = m.sum(-1).clamp(min=1)
         mean = (h * m).sum(-1) / n
         std = (((h - mean[..., None]) ** 2 * m).sum(-1) / n + 1e-5).sqrt()
-        return self.out(torch.cat([mean, std], -1))
+        out = self.out(torch.cat([mean, std], -1))
+        if f0 is not None:
+            out = out + self.pitch_in(pitch_summary(f0[:, : mask.shape[1]], mask[:, : f0.shape[1]]))
+        return out
 
 
 class SpeechModel(nn.Module):
@@ -489,15 +506,16 @@ class SpeechModel(nn.Module):
         ref_mel: torch.Tensor | None = None,
         ref_mask: torch.Tensor | None = None,
         use_table: torch.Tensor | None = None,
+        ref_f0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The conditioning speaker vector (B, S): the table row of ``speaker_ids`` where
         ``use_table`` (B,) bool is True (default: wherever ids are given), else the speaker
-        encoder's embedding of the reference clip."""
+        encoder's embedding of the reference clip (with its f0 track ``ref_f0`` (B, T) when given)."""
         if ref_mel is None:
             if speaker_ids is None:
                 raise ValueError("a speaker needs a table id or a reference clip")
             return self.speaker_table(speaker_ids)
-        encoded = self.speaker_encoder(ref_mel, ref_mask)
+        encoded = self.speaker_encoder(ref_mel, ref_mask, ref_f0)
         if speaker_ids is None:
             return encoded
         pick = torch.ones_like(speaker_ids, dtype=torch.bool) if use_table is None else use_table
@@ -587,10 +605,11 @@ class SpeechModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms (B, N) and their lengths (B,): durations from the predictor, the speaker from
         the table (``speaker_ids``) or cloned from ``ref_wave`` (zero-shot)."""
-        ref_mel = ref_mask = None
+        ref_mel = ref_mask = ref_f0 = None
         if ref_wave is not None:
             ref_mel, ref_mask = self.mel_and_mask(ref_wave, ref_lengths)
-        speaker = self.speaker_vector(speaker_ids, ref_mel, ref_mask)
+            ref_f0 = self.pitch_track(ref_wave, ref_lengths)
+        speaker = self.speaker_vector(speaker_ids, ref_mel, ref_mask, ref_f0=ref_f0)
         slots, slot_mask, _, log_dur = self.encode_text(llm_hidden, token_embeds, token_mask, speaker)
         durations = torch.clamp(torch.round(torch.exp(log_dur) * length_scale), min=1).long() * slot_mask
         totals = durations.sum(-1)
@@ -601,6 +620,14 @@ class SpeechModel(nn.Module):
         generator = torch.Generator(h.device).manual_seed(0)  # the same inputs give the same waveform
         wave = self.render(h, speaker, log_f0.exp(), (voicing > 0) & frame_mask, generator)
         return wave, totals * self.config.hop_length
+
+    def pitch_track(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-frame f0 (B, N // hop) in Hz (0 = unvoiced) of padded waveforms (:func:`frame_pitch`)."""
+        hop, out = self.config.hop_length, torch.zeros(wave.shape[0], wave.shape[1] // self.config.hop_length)
+        for b in range(wave.shape[0]):
+            f0 = frame_pitch(wave[b, : int(lengths[b])].float().cpu().numpy(), self.config.sample_rate, hop)[0]
+            out[b, : f0.size] = torch.from_numpy(f0)
+        return out.to(wave.device)
 
     def mel_and_mask(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel (B, n_mels, T) of padded waveforms and the mask (B, T) of frames inside each length."""

@@ -193,20 +193,26 @@ def make_batch(
     refs = []
     for i in indices:
         pool = [j for j in by_speaker[items[i].speaker] if j != i] or [i]
-        refs.append(items[int(rng.choice(pool))].wave)
+        refs.append(int(rng.choice(pool)))
     wave, lengths = pad_waves([it.wave for it in chosen], hop)
-    ref_wave, ref_lengths = pad_waves(refs, hop)
+    ref_wave, ref_lengths = pad_waves([items[j].wave for j in refs], hop)
     hidden, embeds, mask = pad_text(chosen)
-    f0 = torch.zeros(len(chosen), wave.shape[1] // hop)
-    for b, it in enumerate(chosen):
-        track = item_pitch(it, sample_rate, hop)
-        f0[b, : track.size] = torch.from_numpy(track)
+    def tracks(clips: Sequence[Item], frames: int) -> torch.Tensor:
+        out = torch.zeros(len(clips), frames)
+        for b, it in enumerate(clips):
+            track = item_pitch(it, sample_rate, hop)
+            out[b, : track.size] = torch.from_numpy(track)
+        return out
+
+    f0 = tracks(chosen, wave.shape[1] // hop)
+    ref_f0 = tracks([items[j] for j in refs], ref_wave.shape[1] // hop)
     return {
         "wave": wave,
         "lengths": lengths,
         "f0": f0,
         "ref_wave": ref_wave,
         "ref_lengths": ref_lengths,
+        "ref_f0": ref_f0,
         "llm_hidden": hidden,
         "token_embeds": embeds,
         "token_mask": mask,
@@ -243,7 +249,7 @@ def tts_losses(
     ref_mel, ref_mask = model.mel_and_mask(batch["ref_wave"], batch["ref_lengths"])
     bsz = mel.shape[0]
     use_table = torch.from_numpy(rng.random(bsz) < cfg.table_prob).to(mel.device)
-    speaker = model.speaker_vector(batch["speaker_ids"], ref_mel, ref_mask, use_table)
+    speaker = model.speaker_vector(batch["speaker_ids"], ref_mel, ref_mask, use_table, batch["ref_f0"])
     slots, slot_mask, means, log_dur = model.encode_text(
         batch["llm_hidden"], batch["token_embeds"], batch["token_mask"], speaker
     )
@@ -278,7 +284,7 @@ def tts_losses(
     # the encoder learns to land on its speaker's row; the rows learn only through the decoder
     # (pulling them towards the encoder too lets both collapse onto one point)
     target = model.speaker_table(batch["speaker_ids"]).detach()
-    speaker_loss = ((model.speaker_encoder(ref_mel, ref_mask) - target) ** 2).mean()
+    speaker_loss = ((model.speaker_encoder(ref_mel, ref_mask, batch["ref_f0"]) - target) ** 2).mean()
     total = (
         cfg.prior_weight * prior
         + cfg.duration_weight * duration
