@@ -347,8 +347,9 @@ class WaveformDecoder(nn.Module):
     from them) + speaker vector (B, S) + source excitation (B, T * hop, :func:`excitation` at the
     frame f0) -> waveform (B, T * hop) in [-1, 1]. NSF-HiFiGAN's source-filter design: after each
     upsampling the excitation, brought to that stage's rate by a strided convolution (kernel
-    2 x stride), is added to the states, so the harmonics (the speaker's pitch) come from the source
-    and the network shapes the spectral envelope (the timbre) around them."""
+    2 x stride), is added to the states, and a learned filter of it is added to the output, so the
+    harmonics (the speaker's pitch) come from the source and the network shapes the spectral
+    envelope (the timbre) around them."""
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__()
@@ -372,13 +373,21 @@ class WaveformDecoder(nn.Module):
             )
         self.act_post = AntiAliasedSnake(ch)
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3)
+        # the source also reaches the output through a learned linear filter (the "filter" of the
+        # source-filter model in its plainest form), initialised to pass it through: the harmonics
+        # at f0 are in the waveform from the first step instead of a frame-rate (62.5 Hz) buzz
+        self.source_out = nn.Conv1d(1, 1, 63, padding=31)
+        with torch.no_grad():
+            self.source_out.weight.zero_()
+            self.source_out.weight[0, 0, 31] = 1.0
+            self.source_out.bias.zero_()
 
     def forward(self, frames: torch.Tensor, speaker: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(frames) + self.cond(speaker[:, :, None])
         for up, blocks, src in zip(self.ups, self.blocks, self.source_convs):
             x = up(x) + src(source[:, None])
             x = sum(block(x) for block in blocks) / len(blocks)
-        return torch.tanh(self.conv_post(self.act_post(x)))[:, 0]
+        return torch.tanh(self.conv_post(self.act_post(x)) + self.source_out(source[:, None]))[:, 0]
 
 
 # --------------------------------------------------------------------------- encoders
