@@ -362,6 +362,12 @@ class WaveformDecoder(nn.Module):
         rates = cfg.upsample_rates
         for i, rate in enumerate(rates):
             self.ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * rate, rate, padding=rate // 2))
+            # low-pass below the input's Nyquist: the transposed conv's images (harmonics of the
+            # frame rate, the 62.5 Hz buzz) are removed; higher frequencies come from the source
+            # and the activations
+            self.register_buffer(
+                f"lowpass{i}", kaiser_sinc_filter(0.5 / rate, 0.6 / rate, 6 * rate)[None, None], persistent=False
+            )
             ch //= 2
             stride = math.prod(rates[i + 1 :])
             if stride > 1:
@@ -384,8 +390,12 @@ class WaveformDecoder(nn.Module):
 
     def forward(self, frames: torch.Tensor, speaker: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(frames) + self.cond(speaker[:, :, None])
-        for up, blocks, src in zip(self.ups, self.blocks, self.source_convs):
-            x = up(x) + src(source[:, None])
+        for i, (up, blocks, src) in enumerate(zip(self.ups, self.blocks, self.source_convs)):
+            x = up(x)
+            filt = getattr(self, f"lowpass{i}")
+            k = filt.shape[-1]
+            x = F.conv1d(F.pad(x, (k // 2 - 1, k // 2), mode="replicate"), filt.expand(x.shape[1], 1, k), groups=x.shape[1])
+            x = x + src(source[:, None])
             x = sum(block(x) for block in blocks) / len(blocks)
         return torch.tanh(self.conv_post(self.act_post(x)) + self.source_out(source[:, None]))[:, 0]
 

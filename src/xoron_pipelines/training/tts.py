@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 class TTSTrainConfig(StrictModel):
     """The speech stage's training knobs (CPU-sized defaults)."""
 
-    steps: int = Field(600, ge=1, description="optimizer steps")
+    steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
