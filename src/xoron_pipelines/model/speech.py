@@ -394,7 +394,9 @@ class WaveformDecoder(nn.Module):
             x = up(x)
             filt = getattr(self, f"lowpass{i}")
             k = filt.shape[-1]
-            x = F.conv1d(F.pad(x, (k // 2 - 1, k // 2), mode="replicate"), filt.expand(x.shape[1], 1, k), groups=x.shape[1])
+            x = F.conv1d(
+                F.pad(x, (k // 2 - 1, k // 2), mode="replicate"), filt.expand(x.shape[1], 1, k), groups=x.shape[1]
+            )
             x = x + src(source[:, None])
             x = sum(block(x) for block in blocks) / len(blocks)
         return torch.tanh(self.conv_post(self.act_post(x)) + self.source_out(source[:, None]))[:, 0]

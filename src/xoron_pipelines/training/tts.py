@@ -197,6 +197,7 @@ def make_batch(
     wave, lengths = pad_waves([it.wave for it in chosen], hop)
     ref_wave, ref_lengths = pad_waves([items[j].wave for j in refs], hop)
     hidden, embeds, mask = pad_text(chosen)
+
     def tracks(clips: Sequence[Item], frames: int) -> torch.Tensor:
         out = torch.zeros(len(clips), frames)
         for b, it in enumerate(clips):
