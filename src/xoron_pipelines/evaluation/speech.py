@@ -6,10 +6,11 @@ speech of the same transcripts (the ceiling) and (c) the *shuffled* baseline: th
 speech of another item's transcript, scored against the intended text (what a generator that
 ignores its text would score). Word error rates are corpus-level (edits / reference words).
 
-Voice cloning: per item the cosine similarity of the speaker encoder's embedding of the cloned
-speech to that of its reference clip and to that of a clip of a different held-out speaker, and
-the pitch error (:func:`~xoron_pipelines.synth.media.speech.estimate_pitch`) against each. The
-pitch is an independent measurement (not a learned embedding).
+Voice cloning: per item the cosine similarity of a fixed speaker feature (the long-term average
+log-mel spectrum, nothing learned) of the cloned speech to that of its reference clip and to that
+of a clip of a different held-out speaker, and the pitch error
+(:func:`~xoron_pipelines.synth.media.speech.estimate_pitch`) against each; both are independent
+of the generator.
 
 The recogniser is the project's own ASR (issue 14): :mod:`xoron_pipelines.model.audio`'s audio
 encoder (log-mel front end, Conformer blocks) and character CTC head, trained here on the *real*
