@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.helpers import fresh_tracking_store
@@ -119,15 +120,23 @@ def test_cloned_voice_needs_a_readable_reference(tmp_path):
 
 
 def test_recognizer_learns_real_speech_and_any_step_count_runs():
-    """The evaluation's recogniser, trained on real clips only, transcribes held-out speakers far
+    """The evaluation's recogniser is model/audio.py's audio encoder (log-mel front end) with its
+    CTC head and greedy decoding; trained on real clips only, it transcribes held-out speakers far
     better than chance; a tiny step count (warm-up of one step) still runs."""
     from xoron_pipelines.evaluation.speech import RecognizerConfig, train_recognizer
+    from xoron_pipelines.model.audio import AudioEncoder, greedy_decode
     from xoron_pipelines.training.tts import decode_rows
 
     table = audio_table(160, 20, 8, 2, max_words=2)
     train = decode_rows(table[table["split"] == "train"], 16000)
     held = decode_rows(table[table["split"] == "heldout"], 16000)
     asr = train_recognizer([c[1] for c in train], [c[2] for c in train], RecognizerConfig())
-    wer = word_error_rate([c[2] for c in held], asr.transcribe([c[1] for c in held]))
+    hyps = asr.transcribe([c[1] for c in held])
+    wer = word_error_rate([c[2] for c in held], hyps)
     assert wer < 0.5, wer
-    train_recognizer([c[1] for c in train[:4]], [c[2] for c in train[:4]], RecognizerConfig(steps=10, hidden_size=8))
+    assert isinstance(asr.encoder, AudioEncoder) and not asr.encoder.config.use_raw_waveform
+    wave = torch.from_numpy(held[0][1])[None]
+    with torch.no_grad():
+        out = asr.encoder(wave, torch.tensor([wave.shape[1]]))
+    assert hyps[0] == greedy_decode(out.extras["ctc_logits"], out.extras["frame_lengths"])[0]
+    train_recognizer([c[1] for c in train[:4]], [c[2] for c in train[:4]], RecognizerConfig(steps=10, hidden_size=16))

@@ -129,3 +129,25 @@ def test_bad_rows_are_named():
 def test_too_many_speakers_for_the_table_is_a_clear_error(items):
     with pytest.raises(ValueError, match="2 training speakers exceed audio_num_speakers=1"):
         SpeechConfig(**{**TINY, "audio_num_speakers": 1}, speakers=tts.speaker_table(items))
+
+
+def test_pitch_targets_and_pitch_weight(items):
+    """The batch's f0 is each clip's frame_pitch track; pitch_weight adds exactly the pitch term
+    to the stage loss, and with 0 the pitch head learns nothing."""
+    from xoron_pipelines.model.speech import frame_pitch
+
+    model = _model(items)
+    batch = _batch(items, model)
+    for b in range(4):
+        track = frame_pitch(items[b].wave, 16000, model.config.hop_length)[0]
+        assert torch.equal(batch["f0"][b, : track.size], torch.from_numpy(track)) and (track > 0).any()
+    totals = {}
+    for weight in (1.0, 0.0):
+        model = _model(items)
+        torch.manual_seed(0)
+        cfg = tts.TTSTrainConfig(pitch_weight=weight, segment_frames=16)
+        losses = tts.tts_losses(model, _batch(items, model), cfg, np.random.default_rng(0))
+        totals[weight] = (float(losses["tts"].detach()), float(losses["pitch"].detach()))
+        losses["loss"].backward()
+        assert (model.pitch_out.weight.grad.abs().sum() > 0) == (weight > 0)
+    assert totals[1.0][0] - totals[0.0][0] == pytest.approx(totals[1.0][1], rel=1e-4)

@@ -1,21 +1,28 @@
 """The speech generator's parts: monotonic alignment search against a brute force, uniform
 durations, expansion, the anti-aliased Snake, the waveform decoder's shapes, speaker routes,
-in-context prompting, and safetensors round trip."""
+in-context prompting, safetensors round trip; the pitch track, the harmonic excitation and the
+generated pitch following the pitch head."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from xoron_pipelines.model.speech import (
+    F0_MAX,
+    F0_MIN,
     AntiAliasedSnake,
     SpeechConfig,
     SpeechModel,
+    excitation,
     expand,
+    frame_pitch,
     monotonic_alignment_search,
+    pitch_summary,
     slot_progress,
     uniform_durations,
 )
@@ -156,3 +163,77 @@ def test_config_errors_name_the_knob():
         SpeechConfig(hop_length=200)
     with pytest.raises(ValueError, match="exceed audio_num_speakers"):
         SpeechConfig(audio_num_speakers=1, speakers=["a", "b"])
+
+
+def _peak_hz(x: np.ndarray, sr: int = 16000) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / sr)[spec.argmax()])
+
+
+def test_excitation_follows_the_frame_f0():
+    """The source signal's spectrum peaks at each frame's f0 (the fundamental, harmonics at k f0
+    weaker); unvoiced frames are noise without a harmonic peak."""
+    hop, sr = 256, 16000
+    f0 = torch.tensor([[110.0] * 40 + [230.0] * 40 + [0.0] * 40])
+    src = excitation(f0, f0 > 0, hop, sr, generator=torch.Generator().manual_seed(0))[0].numpy()
+    assert src.shape == (120 * hop,)
+    low, high, unvoiced = src[4 * hop : 36 * hop], src[44 * hop : 76 * hop], src[84 * hop : 116 * hop]
+    res = sr / low.size  # FFT bin width
+    assert abs(_peak_hz(low) - 110) <= res and abs(_peak_hz(high) - 230) <= res
+    spec = np.abs(np.fft.rfft(unvoiced))
+    assert spec.max() < 8 * np.median(spec)  # flat: no harmonic line
+    same = excitation(f0, f0 > 0, hop, sr, generator=torch.Generator().manual_seed(0))[0].numpy()
+    assert np.array_equal(src, same)
+
+
+def test_frame_pitch_reads_the_speakers_f0():
+    """Per-frame f0 of synthetic speech: the speaker's pitch (within 3%: whole-sample lags) on
+    at least 90% of the voiced frames (an isolated octave slip is allowed), unvoiced on the
+    leading silence."""
+    from xoron_pipelines.synth.media.speech import Speaker, speak
+
+    for pitch in (95.0, 210.0):
+        wave, _ = speak("yellow one", Speaker("s", pitch, 1.0, 1.0, 0.0))
+        f0, voiced = frame_pitch(wave, 16000, 256)
+        assert f0.shape == (wave.size // 256,) and not voiced[0]
+        assert voiced.sum() >= 10 and np.mean(np.abs(f0[voiced] / pitch - 1) < 0.03) >= 0.9, f0[voiced]
+
+
+def test_generated_pitch_is_the_predicted_pitch():
+    """generate() renders the excitation at the pitch head's f0: forcing that head to a fixed
+    f0 puts the (untrained) decoder's output spectrum peak at it, not at the frame rate."""
+    model = _model()
+    hidden, embeds, mask = _text()
+    with torch.no_grad():
+        model.pitch_out.weight.zero_()
+        model.pitch_speaker.weight.zero_()
+        unit = (math.log(180.0) - math.log(F0_MIN)) / (math.log(F0_MAX) - math.log(F0_MIN))
+        model.pitch_out.bias.copy_(torch.tensor([math.log(unit / (1 - unit)), 10.0]))  # 180 Hz, voiced
+        model.pitch_speaker.bias.zero_()
+        model.duration[-1].weight.zero_()
+        model.duration[-1].bias.fill_(math.log(40.0))  # 40 frames a slot: long enough for an FFT
+        for conv in model.decoder.source_convs:  # the source alone drives the output
+            conv.weight.mul_(50.0)
+    wave, length = model.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
+    x = wave[0, : length[0]].numpy()
+    x = x - x.mean()
+    assert abs(_peak_hz(x) - 180.0) < 16000 / x.size * 2, _peak_hz(x)
+
+
+def test_cloning_conditions_on_the_references_pitch():
+    """A reference clip's measured pitch enters the speaker embedding: its f0 track (from the
+    waveform) is the speaker's, and the embedding moves by exactly the pitch map of its summary."""
+    from xoron_pipelines.synth.media.speech import Speaker, speak
+
+    model = _model()
+    for pitch in (95.0, 210.0):
+        wave, _ = speak("green one", Speaker("s", pitch, 1.0, 1.0, 0.0))
+        ref = torch.from_numpy(wave)[None]
+        lengths = torch.tensor([wave.size // 32 * 32])
+        mel, mask = model.mel_and_mask(ref, lengths)
+        f0 = model.pitch_track(ref, lengths)
+        summary = pitch_summary(f0, mask)
+        assert abs(math.exp(summary[0, 0].item() * 0.5 + math.log(150.0)) / pitch - 1) < 0.03
+        with torch.no_grad():
+            moved = model.speaker_vector(None, mel, mask, ref_f0=f0) - model.speaker_vector(None, mel, mask)
+            torch.testing.assert_close(moved, model.speaker_encoder.pitch_in(summary))

@@ -6,15 +6,15 @@ speech of the same transcripts (the ceiling) and (c) the *shuffled* baseline: th
 speech of another item's transcript, scored against the intended text (what a generator that
 ignores its text would score). Word error rates are corpus-level (edits / reference words).
 
-Voice cloning: per item the cosine similarity of the speaker encoder's embedding of the cloned
-speech to that of its reference clip and to that of a clip of a different held-out speaker, and
-the pitch error (:func:`~xoron_pipelines.synth.media.speech.estimate_pitch`) against each. The
-pitch is an independent measurement (not a learned embedding).
+Voice cloning: per item the cosine similarity of a fixed speaker feature (the long-term average
+log-mel spectrum, nothing learned) of the cloned speech to that of its reference clip and to that
+of a clip of a different held-out speaker, and the pitch error
+(:func:`~xoron_pipelines.synth.media.speech.estimate_pitch`) against each; both are independent
+of the generator.
 
-The recogniser: the audio encoder + CTC head of the multimodal branch was not available when this
-was written, so :class:`CTCRecognizer` (log-mel -> convolutions -> bidirectional GRU -> CTC over
-the words of the training transcripts) is trained here on the *real* training clips only; it
-never sees generated speech.
+The recogniser is the project's own ASR (issue 14): :mod:`xoron_pipelines.model.audio`'s audio
+encoder (log-mel front end, Conformer blocks) and character CTC head, trained here on the *real*
+training clips only (:func:`train_recognizer`); it never sees generated speech.
 """
 
 from __future__ import annotations
@@ -27,136 +27,104 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from xoron_pipelines.model.speech import LogMel
+from xoron_pipelines.model.audio import word_error_rate
 from xoron_pipelines.validation import Seed, StrictModel
+
+__all__ = ["Recognizer", "RecognizerConfig", "SpeechEvalConfig", "evaluate_speech_model", "train_recognizer",
+           "word_error_rate"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 
 class RecognizerConfig(StrictModel):
-    """The evaluation's own CTC recogniser (trained on real training clips)."""
+    """The evaluation's recogniser: issue 14's audio encoder (:mod:`xoron_pipelines.model.audio`,
+    log-mel front end, Conformer blocks) with its character CTC head, trained on the real
+    training clips."""
 
-    hidden_size: int = Field(96, ge=8)
-    n_mels: int = Field(40, ge=8)
-    steps: int = Field(300, ge=1)
+    hidden_size: int = Field(96, ge=8, description="audio encoder width (a multiple of 4 x num_heads)")
+    num_layers: int = Field(2, ge=1, description="Conformer blocks")
+    num_heads: int = Field(4, ge=1)
+    n_mels: int = Field(80, ge=8, description="the encoder's audio_n_mels")
+    steps: int = Field(200, ge=1)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     seed: Seed = 0
 
+    def encoder_config(self, sample_rate: int = 16000):
+        from xoron_pipelines.model.audio import AudioEncoderConfig
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Corpus word error rate: total word edit distance / total reference words."""
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    edits = words = 0
-    for ref, hyp in zip(references, hypotheses):
-        r, h = ref.split(), hyp.split()
-        row = list(range(len(h) + 1))
-        for i, rw in enumerate(r, 1):
-            prev, row[0] = row[0], i
-            for j, hw in enumerate(h, 1):
-                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (rw != hw))
-        edits += row[-1]
-        words += len(r)
-    if words == 0:
-        raise ValueError("the references have no words")
-    return edits / words
-
-
-class CTCRecognizer(nn.Module):
-    """Waveform -> words: 10 ms log-mel frames (normalised per clip), two stride-2 convolutions,
-    dilated residual convolutions and a CTC head over ``words`` (+ blank, index 0); greedy
-    decoding. Convolutions only: it trains in seconds on a CPU."""
-
-    def __init__(self, words: Sequence[str], cfg: RecognizerConfig, sample_rate: int = 16000) -> None:
-        super().__init__()
-        self.words = list(words)
-        self.log_mel = LogMel(sample_rate, 400, 160, cfg.n_mels)
-        d = cfg.hidden_size
-        self.convs = nn.Sequential(
-            nn.Conv1d(cfg.n_mels, d, 5, stride=2, padding=2),
-            nn.GELU(),
-            nn.Conv1d(d, d, 5, stride=2, padding=2),
-            nn.GELU(),
+        return AudioEncoderConfig(
+            use_raw_waveform=False,
+            audio_sample_rate=sample_rate,
+            audio_n_mels=self.n_mels,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
         )
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(d, d, 5, dilation=k, padding=2 * k), nn.GELU(), nn.Conv1d(d, d, 1))
-            for k in (1, 2, 4)
-        )
-        self.head = nn.Conv1d(d, len(self.words) + 1, 1)
 
-    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities (B, T, V + 1) and output lengths (B,)."""
-        mel = self.log_mel(wave)
-        mel = (mel - mel.mean(dim=(1, 2), keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
-        h = self.convs(mel)
-        for block in self.blocks:
-            h = h + block(h)
-        out_len = torch.clamp(((lengths // 160) + 3) // 4, min=1, max=h.shape[-1])
-        return F.log_softmax(self.head(h).transpose(1, 2), -1), out_len
+
+class Recognizer:
+    """Waveforms -> transcripts with a trained :class:`~xoron_pipelines.model.audio.AudioEncoder`:
+    CTC logits, greedy best path (``greedy_decode``). Clips shorter than one encoder frame are
+    padded with silence to one frame."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder.eval()
 
     @torch.no_grad()
     def transcribe(self, waves: Sequence[np.ndarray], batch_size: int = 32) -> list[str]:
-        self.eval()
-        out = []
+        from xoron_pipelines.model.audio import greedy_decode
+
+        hop = self.encoder.config.hop
+        out: list[str] = []
         for i in range(0, len(waves), batch_size):
-            wave, lengths = _pad(waves[i : i + batch_size])
-            logp, out_len = self(wave, lengths)
-            for b in range(logp.shape[0]):
-                ids = logp[b, : out_len[b]].argmax(-1).tolist()
-                words, prev = [], 0
-                for k in ids:
-                    if k != prev and k != 0:
-                        words.append(self.words[k - 1])
-                    prev = k
-                out.append(" ".join(words))
+            wave, lengths = _pad(waves[i : i + batch_size], hop)
+            enc = self.encoder(wave, lengths)
+            out += greedy_decode(enc.extras["ctc_logits"], enc.extras["frame_lengths"])
         return out
 
 
-def _pad(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(max(w.size for w in waves), 400)
-    out = torch.zeros(len(waves), n)
+def _pad(waves: Sequence[np.ndarray], min_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = [max(w.size, min_length) for w in waves]
+    out = torch.zeros(len(waves), max(lengths))
     for b, w in enumerate(waves):
         out[b, : w.size] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    return out, torch.tensor([w.size for w in waves], dtype=torch.long)
+    return out, torch.tensor(lengths, dtype=torch.long)
 
 
 def train_recognizer(
-    waves: Sequence[np.ndarray], transcripts: Sequence[str], cfg: RecognizerConfig, progress: bool = False
-) -> CTCRecognizer:
-    """A :class:`CTCRecognizer` trained on real clips (seeded)."""
+    waves: Sequence[np.ndarray],
+    transcripts: Sequence[str],
+    cfg: RecognizerConfig,
+    progress: bool = False,
+    sample_rate: int = 16000,
+) -> Recognizer:
+    """Issue 14's audio encoder + CTC head (``build_audio_encoder``, ``ctc_loss``) trained on real
+    clips (seeded; AdamW, linear warm-up over a tenth of the steps, cosine decay)."""
     from tqdm.auto import tqdm
 
-    words = sorted({w for t in transcripts for w in t.split()})
-    index = {w: i + 1 for i, w in enumerate(words)}
+    from xoron_pipelines.model.audio import build_audio_encoder, ctc_loss
+
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = CTCRecognizer(words, cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate)
+    encoder = build_audio_encoder(cfg.encoder_config(sample_rate)).train()
+    opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.learning_rate)
     warmup = max(1, cfg.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: min((step + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0))))
     )
+    hop = encoder.config.hop
     for _ in tqdm(range(cfg.steps), desc="speech asr", disable=not progress, leave=False):
         idx = rng.choice(len(waves), size=min(cfg.batch_size, len(waves)), replace=False)
-        wave, lengths = _pad([waves[i] for i in idx])
-        targets = [torch.tensor([index[w] for w in transcripts[i].split()]) for i in idx]
-        logp, out_len = model(wave, lengths)
-        loss = F.ctc_loss(
-            logp.transpose(0, 1),
-            torch.cat(targets),
-            out_len,
-            torch.tensor([t.numel() for t in targets]),
-            zero_infinity=True,
-        )
+        wave, lengths = _pad([waves[i] for i in idx], hop)
+        loss = ctc_loss(encoder(wave, lengths), [transcripts[i] for i in idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), 1.0)
         opt.step()
         sched.step()
-    return model.eval()
+    return Recognizer(encoder)
 
 
 def derangement(n: int, rng: np.random.Generator, keys: Sequence[str] | None = None) -> np.ndarray:
@@ -190,8 +158,12 @@ def speaker_similarity(
     others: Sequence[np.ndarray],
     sample_rate: int,
 ) -> dict[str, float]:
-    """Cosine of speaker embeddings and pitch error of each generated clip to its reference and
-    to a different speaker's clip: means, and the share of items closer to their own reference."""
+    """Cosine of a fixed speaker feature and pitch error of each generated clip to its reference
+    and to a different speaker's clip: means, and the share of items closer to their own reference.
+    The feature is nothing learned (a trained speaker encoder can collapse, or share the
+    generator's blind spots): the long-term average log-mel spectrum of the clip's speech frames
+    (within 60 dB of its loudest), centred over the bands (loudness cancels); it carries the
+    timbre (formants) and the pitch's harmonics."""
     from xoron_pipelines.synth.media.speech import estimate_pitch
     from xoron_pipelines.training.tts import pad_waves
 
@@ -199,9 +171,15 @@ def speaker_similarity(
 
     @torch.no_grad()
     def embed(waves):
-        wave, lengths = pad_waves(waves, hop)
-        mel, mask = model.mel_and_mask(wave, lengths)
-        return model.speaker_encoder(mel, mask)
+        out = []
+        for w in waves:
+            wave, lengths = pad_waves([w], hop)
+            mel = model.log_mel(wave)[0]  # (n_mels, T): a fixed filterbank
+            energy = torch.logsumexp(mel, 0)
+            speech = mel[:, energy > energy.max() - math.log(1000.0)]
+            ltas = speech.mean(-1)
+            out.append(ltas - ltas.mean())
+        return torch.stack(out)
 
     g, r, o = embed(generated), embed(references), embed(others)
     cos_ref, cos_other = cosine(g, r), cosine(g, o)
@@ -260,8 +238,8 @@ def evaluate_speech_model(
     sr = model.config.sample_rate
     generated = synthesize(model, [(it.llm_hidden, it.token_embeds) for it in heldout], references=refs)
 
-    asr = train_recognizer([c[1] for c in train_clips], [c[2] for c in train_clips], cfg.recognizer)
-    known = set(asr.words)
+    asr = train_recognizer([c[1] for c in train_clips], [c[2] for c in train_clips], cfg.recognizer, sample_rate=sr)
+    known = {w for c in train_clips for w in c[2].split()}
     hyp_real = asr.transcribe([it.wave for it in heldout])
     hyp_gen = asr.transcribe(generated)
     perm = derangement(len(heldout), rng, texts)
@@ -271,8 +249,8 @@ def evaluate_speech_model(
         "heldout_speakers": len(speakers),
         "heldout_speakers_seen_in_training": len(set(speakers) & seen_train),
         "references_from_the_same_clip": self_refs,
-        "words_unknown_to_recognizer": sorted({w for t in texts for w in t.split()} - known),
-        "recognizer": "evaluation's own CTC recogniser, trained on the real training clips",
+        "words_not_in_training_transcripts": sorted({w for t in texts for w in t.split()} - known),
+        "recognizer": "model/audio.py's audio encoder (log-mel) + character CTC head, trained on the real training clips",
         "wer": {
             "generated": word_error_rate(texts, hyp_gen),
             "real_ceiling": word_error_rate(texts, hyp_real),

@@ -15,6 +15,9 @@ Parts (seed 000's audio decoder: "BigVGAN, direct waveform, MAS, zero-shot cloni
   speaker encoder (reference clip -> embedding of the same size) for zero-shot cloning; with
   ``use_in_context_audio_prompting`` the reference clip's log-mel frames are also prepended as a
   prompt that the frame transformer attends to.
+- **pitch**: the frame network also predicts per-frame log-f0 and voicing (targets from the real
+  clip, :func:`frame_pitch`); a harmonic excitation at that f0 (:func:`excitation`, noise where
+  unvoiced) is the waveform decoder's source (NSF-HiFiGAN / SiFi-GAN's source-filter model).
 - **waveform decoder** (BigVGAN-style, :class:`WaveformDecoder`): transposed-convolution
   upsampling by ``hop_length`` and residual blocks of anti-aliased Snake activations (2x
   upsample, Snake, low-pass 2x downsample with a Kaiser-windowed sinc) -> the waveform in
@@ -203,6 +206,69 @@ def slot_progress(durations: torch.Tensor, frames: int, bands: int = 8) -> torch
     return out
 
 
+# --------------------------------------------------------------------------- pitch / excitation
+F0_MIN, F0_MAX = 60.0, 400.0
+
+
+def frame_pitch(
+    wave: np.ndarray, sample_rate: int, hop: int, fmin: float = F0_MIN, fmax: float = F0_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame f0 (Hz, 0 where unvoiced) and voicing (bool) of ``wave``, ``wave.size // hop``
+    frames, frame ``t`` a 30 ms window starting at sample ``t * hop``: the centre-clipped
+    autocorrelation of :func:`~xoron_pipelines.synth.media.speech.estimate_pitch` (shortest strong
+    lag, climbed to its peak; voiced when the normalised peak exceeds 0.5), frame by frame."""
+    frames = wave.size // hop
+    n = int(0.03 * sample_rate)
+    lags = np.arange(int(sample_rate / fmax), int(sample_rate / fmin) + 1)
+    padded = np.concatenate([wave.astype(np.float64), np.zeros(n + lags[-1] + 1)])
+    f0 = np.zeros(frames, dtype=np.float32)
+    for t in range(frames):
+        frame = padded[t * hop : t * hop + n + lags[-1]]
+        if float(frame[:n] @ frame[:n]) < 1e-4 * n:
+            continue
+        clip = 0.3 * np.abs(frame).max()
+        frame = np.sign(frame) * np.maximum(np.abs(frame) - clip, 0)
+        head = frame[:n]
+        energy = float(head @ head) + 1e-12
+        windows = np.lib.stride_tricks.sliding_window_view(frame, n)[lags]
+        ac = windows @ head / energy
+        best = int(np.nonzero(ac >= 0.85 * ac.max())[0][0])
+        while best + 1 < ac.size and ac[best + 1] > ac[best]:
+            best += 1
+        if ac[best] > 0.5:
+            f0[t] = sample_rate / lags[best]
+    return f0, f0 > 0
+
+
+def excitation(
+    f0: torch.Tensor,
+    voiced: torch.Tensor,
+    hop: int,
+    sample_rate: int,
+    harmonics: int = 8,
+    noise_std: float = 0.003,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """NSF's source signal: per-frame f0 (B, T) in Hz and voicing (B, T) -> (B, T * hop). Voiced
+    samples are a sum of harmonics ``k = 1..harmonics`` at ``k * f0`` with amplitude ``0.1 / k``
+    (harmonics above Nyquist left out) plus noise of ``noise_std``; unvoiced samples are noise of
+    amplitude 0.1 / 3. f0 is linearly interpolated between frame centres, the phase is its running
+    integral (continuous across frames), starting at a random phase (at 0 with a ``generator``:
+    the same generator state gives the same signal)."""
+    bsz, frames = f0.shape
+    f0 = f0.float() * voiced.float()
+    # frame t covers samples [t*hop, (t+1)*hop): interpolate between frame centres
+    per_sample = F.interpolate(f0[:, None], size=frames * hop, mode="linear", align_corners=False)[:, 0]
+    vmask = F.interpolate(voiced.float()[:, None], size=frames * hop, mode="nearest")[:, 0]
+    start = torch.rand(bsz, 1, device=f0.device, generator=generator) if generator is None else f0.new_zeros(bsz, 1)
+    phase = 2 * math.pi * (start + torch.cumsum(per_sample / sample_rate, -1))
+    k = torch.arange(1, harmonics + 1, device=f0.device, dtype=torch.float32)[:, None, None]
+    below_nyquist = (k * per_sample < sample_rate / 2).float()
+    sines = (torch.sin(k * phase) * below_nyquist * (0.1 / k)).sum(0)
+    noise = torch.randn(per_sample.shape, device=f0.device, generator=generator)
+    return vmask * (sines + noise_std * noise) + (1 - vmask) * (0.1 / 3) * noise
+
+
 # --------------------------------------------------------------------------- BigVGAN parts
 def kaiser_sinc_filter(cutoff: float, half_width: float, kernel_size: int) -> torch.Tensor:
     """BigVGAN's low-pass filter: a Kaiser-windowed sinc (kernel_size,), unit DC gain."""
@@ -278,7 +344,12 @@ class AMPBlock(nn.Module):
 
 class WaveformDecoder(nn.Module):
     """Frame features (B, D + n_mels, T: the frame transformer's states and the log-mel predicted
-    from them) + speaker vector (B, S) -> waveform (B, T * hop) in [-1, 1]."""
+    from them) + speaker vector (B, S) + source excitation (B, T * hop, :func:`excitation` at the
+    frame f0) -> waveform (B, T * hop) in [-1, 1]. NSF-HiFiGAN's source-filter design: after each
+    upsampling the excitation, brought to that stage's rate by a strided convolution (kernel
+    2 x stride), is added to the states, and a learned filter of it is added to the output, so the
+    harmonics (the speaker's pitch) come from the source and the network shapes the spectral
+    envelope (the timbre) around them."""
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__()
@@ -287,21 +358,48 @@ class WaveformDecoder(nn.Module):
         self.cond = nn.Conv1d(cfg.audio_speaker_embed_dim, ch, 1)
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()
-        for rate in cfg.upsample_rates:
+        self.source_convs = nn.ModuleList()
+        rates = cfg.upsample_rates
+        for i, rate in enumerate(rates):
             self.ups.append(nn.ConvTranspose1d(ch, ch // 2, 2 * rate, rate, padding=rate // 2))
+            # low-pass below the input's Nyquist: the transposed conv's images (harmonics of the
+            # frame rate, the 62.5 Hz buzz) are removed; higher frequencies come from the source
+            # and the activations
+            self.register_buffer(
+                f"lowpass{i}", kaiser_sinc_filter(0.5 / rate, 0.6 / rate, 6 * rate)[None, None], persistent=False
+            )
             ch //= 2
+            stride = math.prod(rates[i + 1 :])
+            if stride > 1:
+                self.source_convs.append(nn.Conv1d(1, ch, 2 * stride, stride, padding=stride // 2))
+            else:
+                self.source_convs.append(nn.Conv1d(1, ch, 7, padding=3))
             self.blocks.append(
                 nn.ModuleList(AMPBlock(ch, k, cfg.resblock_dilations) for k in cfg.resblock_kernel_sizes)
             )
         self.act_post = AntiAliasedSnake(ch)
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3)
+        # the source also reaches the output through a learned linear filter (the "filter" of the
+        # source-filter model in its plainest form), initialised to pass it through: the harmonics
+        # at f0 are in the waveform from the first step instead of a frame-rate (62.5 Hz) buzz
+        self.source_out = nn.Conv1d(1, 1, 63, padding=31)
+        with torch.no_grad():
+            self.source_out.weight.zero_()
+            self.source_out.weight[0, 0, 31] = 1.0
+            self.source_out.bias.zero_()
 
-    def forward(self, frames: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, speaker: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(frames) + self.cond(speaker[:, :, None])
-        for up, blocks in zip(self.ups, self.blocks):
+        for i, (up, blocks, src) in enumerate(zip(self.ups, self.blocks, self.source_convs)):
             x = up(x)
+            filt = getattr(self, f"lowpass{i}")
+            k = filt.shape[-1]
+            x = F.conv1d(
+                F.pad(x, (k // 2 - 1, k // 2), mode="replicate"), filt.expand(x.shape[1], 1, k), groups=x.shape[1]
+            )
+            x = x + src(source[:, None])
             x = sum(block(x) for block in blocks) / len(blocks)
-        return torch.tanh(self.conv_post(self.act_post(x)))[:, 0]
+        return torch.tanh(self.conv_post(self.act_post(x)) + self.source_out(source[:, None]))[:, 0]
 
 
 # --------------------------------------------------------------------------- encoders
@@ -321,9 +419,22 @@ def _transformer(dim: int, heads: int, layers: int) -> nn.Module | None:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def pitch_summary(f0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) of a per-frame f0 track (B, T) in Hz (0 = unvoiced) and its frame mask: the mean
+    log-f0 of the voiced frames, centred on log 150 Hz and scaled (0 when none is voiced), and the
+    voiced share of the frames."""
+    voiced = (f0 > 0) & mask
+    n = voiced.sum(-1).clamp(min=1)
+    mean = (torch.log(f0.clamp(min=1)) * voiced).sum(-1) / n
+    mean = torch.where(voiced.any(-1), (mean - math.log(150.0)) / 0.5, torch.zeros_like(mean))
+    return torch.stack([mean, voiced.sum(-1) / mask.sum(-1).clamp(min=1)], -1)
+
+
 class SpeakerEncoder(nn.Module):
-    """Reference log-mel (B, n_mels, T) + frame mask -> speaker embedding (B, S): convolutions,
-    then the masked mean and standard deviation over time, projected."""
+    """Reference log-mel (B, n_mels, T) + frame mask (+ the reference's f0 track, B x T Hz) ->
+    speaker embedding (B, S): convolutions, the masked mean and standard deviation over time,
+    projected, plus a linear map of :func:`pitch_summary` (the speaker's pitch, the strongest
+    identity cue, enters linearly so that it carries over to unseen speakers' pitches)."""
 
     def __init__(self, cfg: SpeechConfig) -> None:
         super().__init__()
@@ -332,14 +443,18 @@ class SpeakerEncoder(nn.Module):
             nn.Conv1d(cfg.audio_n_mels, d, 5, padding=2), nn.GELU(), nn.Conv1d(d, d, 5, padding=2), nn.GELU()
         )
         self.out = nn.Linear(2 * d, cfg.audio_speaker_embed_dim)
+        self.pitch_in = nn.Linear(2, cfg.audio_speaker_embed_dim)
 
-    def forward(self, mel: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, mask: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         h = self.convs(mel)  # (B, d, T)
         m = mask[:, None].float()
         n = m.sum(-1).clamp(min=1)
         mean = (h * m).sum(-1) / n
         std = (((h - mean[..., None]) ** 2 * m).sum(-1) / n + 1e-5).sqrt()
-        return self.out(torch.cat([mean, std], -1))
+        out = self.out(torch.cat([mean, std], -1))
+        if f0 is not None:
+            out = out + self.pitch_in(pitch_summary(f0[:, : mask.shape[1]], mask[:, : f0.shape[1]]))
+        return out
 
 
 class SpeechModel(nn.Module):
@@ -373,6 +488,10 @@ class SpeechModel(nn.Module):
         self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
         self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
         self.mel_out = nn.Linear(d, cfg.audio_n_mels)
+        # per frame: log-f0 (in [log F0_MIN, log F0_MAX]) and the voicing logit; the speaker vector also
+        # enters directly (a speaker's mean pitch is its strongest identity cue)
+        self.pitch_out = nn.Linear(d, 2)
+        self.pitch_speaker = nn.Linear(cfg.audio_speaker_embed_dim, 2)
         self.decoder = WaveformDecoder(cfg)
 
     # ---- text -------------------------------------------------------------------------
@@ -408,15 +527,16 @@ class SpeechModel(nn.Module):
         ref_mel: torch.Tensor | None = None,
         ref_mask: torch.Tensor | None = None,
         use_table: torch.Tensor | None = None,
+        ref_f0: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The conditioning speaker vector (B, S): the table row of ``speaker_ids`` where
         ``use_table`` (B,) bool is True (default: wherever ids are given), else the speaker
-        encoder's embedding of the reference clip."""
+        encoder's embedding of the reference clip (with its f0 track ``ref_f0`` (B, T) when given)."""
         if ref_mel is None:
             if speaker_ids is None:
                 raise ValueError("a speaker needs a table id or a reference clip")
             return self.speaker_table(speaker_ids)
-        encoded = self.speaker_encoder(ref_mel, ref_mask)
+        encoded = self.speaker_encoder(ref_mel, ref_mask, ref_f0)
         if speaker_ids is None:
             return encoded
         pick = torch.ones_like(speaker_ids, dtype=torch.bool) if use_table is None else use_table
@@ -451,6 +571,25 @@ class SpeechModel(nn.Module):
         h = h[:, prompt_len:] * frame_mask[..., None]
         mel = self.mel_out(h) * frame_mask[..., None]
         return torch.cat([h, mel], -1).transpose(1, 2)
+
+    def pitch(self, h: torch.Tensor, speaker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted per-frame log-f0 (B, T; natural log of Hz) and voicing logits (B, T) from the
+        decoder input ``h`` (B, d + n_mels, T) of :meth:`frames` and the speaker vector (B, S)."""
+        out = self.pitch_out(h[:, : self.config.hidden_size].transpose(1, 2)) + self.pitch_speaker(speaker)[:, None]
+        lo, hi = math.log(F0_MIN), math.log(F0_MAX)  # a sigmoid keeps the range without dead gradients
+        return lo + (hi - lo) * torch.sigmoid(out[..., 0]), out[..., 1]
+
+    def render(
+        self,
+        h: torch.Tensor,
+        speaker: torch.Tensor,
+        f0: torch.Tensor,
+        voiced: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The waveform (B, T * hop) of decoder input ``h`` at per-frame ``f0`` (Hz) / ``voiced``."""
+        source = excitation(f0, voiced, self.config.hop_length, self.config.sample_rate, generator=generator)
+        return self.decoder(h, speaker, source)
 
     # ---- alignment ---------------------------------------------------------------------
     @torch.no_grad()
@@ -487,18 +626,29 @@ class SpeechModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Waveforms (B, N) and their lengths (B,): durations from the predictor, the speaker from
         the table (``speaker_ids``) or cloned from ``ref_wave`` (zero-shot)."""
-        ref_mel = ref_mask = None
+        ref_mel = ref_mask = ref_f0 = None
         if ref_wave is not None:
             ref_mel, ref_mask = self.mel_and_mask(ref_wave, ref_lengths)
-        speaker = self.speaker_vector(speaker_ids, ref_mel, ref_mask)
+            ref_f0 = self.pitch_track(ref_wave, ref_lengths)
+        speaker = self.speaker_vector(speaker_ids, ref_mel, ref_mask, ref_f0=ref_f0)
         slots, slot_mask, _, log_dur = self.encode_text(llm_hidden, token_embeds, token_mask, speaker)
         durations = torch.clamp(torch.round(torch.exp(log_dur) * length_scale), min=1).long() * slot_mask
         totals = durations.sum(-1)
         num_frames = int(totals.max())
         frame_mask = torch.arange(num_frames, device=slots.device)[None] < totals[:, None]
         h = self.frames(slots, durations, num_frames, frame_mask, ref_mel, ref_mask)
-        wave = self.decoder(h, speaker)
+        log_f0, voicing = self.pitch(h, speaker)
+        generator = torch.Generator(h.device).manual_seed(0)  # the same inputs give the same waveform
+        wave = self.render(h, speaker, log_f0.exp(), (voicing > 0) & frame_mask, generator)
         return wave, totals * self.config.hop_length
+
+    def pitch_track(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Per-frame f0 (B, N // hop) in Hz (0 = unvoiced) of padded waveforms (:func:`frame_pitch`)."""
+        hop, out = self.config.hop_length, torch.zeros(wave.shape[0], wave.shape[1] // self.config.hop_length)
+        for b in range(wave.shape[0]):
+            f0 = frame_pitch(wave[b, : int(lengths[b])].float().cpu().numpy(), self.config.sample_rate, hop)[0]
+            out[b, : f0.size] = torch.from_numpy(f0)
+        return out.to(wave.device)
 
     def mel_and_mask(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel (B, n_mels, T) of padded waveforms and the mask (B, T) of frames inside each length."""

@@ -18,6 +18,9 @@ are aligned to the log-mel frames by MAS (or uniform durations); the losses are
 - ``mel``: L1 between the log-mels of that window, generated and real (BigVGAN);
 - ``frame_mel``: L1 of the log-mel the frame network predicts (every frame; the decoder renders
   it, FastSpeech 2s-style: the spectral envelope is learned long before the waveform is);
+- ``pitch``: squared error of the predicted log-f0 on the real clip's voiced frames plus the
+  voicing cross-entropy (targets :func:`~xoron_pipelines.model.speech.frame_pitch`); the decoded
+  window's excitation is at the real f0 (teacher forcing), generation uses the predicted one;
 - ``speaker``: squared distance of the encoder's embedding to the speaker's table row (ties the
   two routes; the row is not pulled towards the encoder).
 
@@ -39,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from xoron_pipelines.model.speech import SpeechModel, expand
+from xoron_pipelines.model.speech import SpeechModel, expand, frame_pitch
 from xoron_pipelines.training.losses import LossWeights
 from xoron_pipelines.validation import Seed, StrictModel
 
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 class TTSTrainConfig(StrictModel):
     """The speech stage's training knobs (CPU-sized defaults)."""
 
-    steps: int = Field(600, ge=1, description="optimizer steps")
+    steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -64,6 +67,7 @@ class TTSTrainConfig(StrictModel):
     mel_weight: float = Field(1.0, ge=0)
     frame_mel_weight: float = Field(1.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
     speaker_weight: float = Field(0.1, ge=0)
+    pitch_weight: float = Field(1.0, ge=0, description="log-f0 MSE (voiced frames) + voicing BCE")
     seed: Seed = 0
     log_every: int = Field(10, ge=1)
     progress: bool = True
@@ -79,6 +83,14 @@ class Item:
     speaker: str
     llm_hidden: torch.Tensor  # (L, H)
     token_embeds: torch.Tensor  # (L, H)
+    f0: np.ndarray | None = None  # per-frame f0 in Hz (0 = unvoiced), :func:`frame_pitch`, set lazily
+
+
+def item_pitch(item: Item, sample_rate: int, hop: int) -> np.ndarray:
+    """The item's per-frame f0 (computed once, cached on the item)."""
+    if item.f0 is None or item.f0.size != item.wave.size // hop:
+        item.f0 = frame_pitch(item.wave, sample_rate, hop)[0]
+    return item.f0
 
 
 @torch.no_grad()
@@ -173,22 +185,35 @@ def make_batch(
     by_speaker: dict[str, list[int]],
     rng: np.random.Generator,
     hop: int,
+    sample_rate: int = 16000,
 ) -> dict[str, torch.Tensor]:
-    """Tensors of a training batch: waveforms, LLM features, table ids and a reference clip per
-    item (another clip of its speaker when there is one)."""
+    """Tensors of a training batch: waveforms, per-frame f0 (Hz, 0 = unvoiced), LLM features,
+    table ids and a reference clip per item (another clip of its speaker when there is one)."""
     chosen = [items[i] for i in indices]
     refs = []
     for i in indices:
         pool = [j for j in by_speaker[items[i].speaker] if j != i] or [i]
-        refs.append(items[int(rng.choice(pool))].wave)
+        refs.append(int(rng.choice(pool)))
     wave, lengths = pad_waves([it.wave for it in chosen], hop)
-    ref_wave, ref_lengths = pad_waves(refs, hop)
+    ref_wave, ref_lengths = pad_waves([items[j].wave for j in refs], hop)
     hidden, embeds, mask = pad_text(chosen)
+
+    def tracks(clips: Sequence[Item], frames: int) -> torch.Tensor:
+        out = torch.zeros(len(clips), frames)
+        for b, it in enumerate(clips):
+            track = item_pitch(it, sample_rate, hop)
+            out[b, : track.size] = torch.from_numpy(track)
+        return out
+
+    f0 = tracks(chosen, wave.shape[1] // hop)
+    ref_f0 = tracks([items[j] for j in refs], ref_wave.shape[1] // hop)
     return {
         "wave": wave,
         "lengths": lengths,
+        "f0": f0,
         "ref_wave": ref_wave,
         "ref_lengths": ref_lengths,
+        "ref_f0": ref_f0,
         "llm_hidden": hidden,
         "token_embeds": embeds,
         "token_mask": mask,
@@ -225,7 +250,7 @@ def tts_losses(
     ref_mel, ref_mask = model.mel_and_mask(batch["ref_wave"], batch["ref_lengths"])
     bsz = mel.shape[0]
     use_table = torch.from_numpy(rng.random(bsz) < cfg.table_prob).to(mel.device)
-    speaker = model.speaker_vector(batch["speaker_ids"], ref_mel, ref_mask, use_table)
+    speaker = model.speaker_vector(batch["speaker_ids"], ref_mel, ref_mask, use_table, batch["ref_f0"])
     slots, slot_mask, means, log_dur = model.encode_text(
         batch["llm_hidden"], batch["token_embeds"], batch["token_mask"], speaker
     )
@@ -243,15 +268,24 @@ def tts_losses(
     frame_mel = (frame_err * frame_mask).sum() / frame_mask.sum()
     seg = min(cfg.segment_frames, num_frames)
     starts = [int(rng.integers(0, max(int(frame_mask[b].sum()) - seg, 0) + 1)) for b in range(bsz)]
+    # pitch: log-f0 on the voiced frames, voicing everywhere; the decoder's source is the real
+    # clip's f0 (teacher forcing, as NSF-HiFiGAN trains)
+    f0, voiced = batch["f0"], batch["f0"] > 0
+    log_f0, voicing = model.pitch(h, speaker)
+    on = voiced & frame_mask
+    pitch = ((log_f0 - f0.clamp(min=1).log()) ** 2 * on).sum() / on.sum().clamp(min=1)
+    voicing_loss = (F.binary_cross_entropy_with_logits(voicing, voiced.float(), reduction="none") * frame_mask).sum()
+    pitch = pitch + voicing_loss / frame_mask.sum()
     h_seg = torch.stack([h[b, :, s : s + seg] for b, s in enumerate(starts)])
+    f0_seg = torch.stack([f0[b, s : s + seg] for b, s in enumerate(starts)])
     real = torch.stack([batch["wave"][b, s * hop : (s + seg) * hop] for b, s in enumerate(starts)])
-    fake = model.decoder(h_seg, speaker)
+    fake = model.render(h_seg, speaker, f0_seg, f0_seg > 0)
     stft = multi_resolution_stft_loss(fake, real)
     mel_l1 = F.l1_loss(model.log_mel(fake), model.log_mel(real))
     # the encoder learns to land on its speaker's row; the rows learn only through the decoder
     # (pulling them towards the encoder too lets both collapse onto one point)
     target = model.speaker_table(batch["speaker_ids"]).detach()
-    speaker_loss = ((model.speaker_encoder(ref_mel, ref_mask) - target) ** 2).mean()
+    speaker_loss = ((model.speaker_encoder(ref_mel, ref_mask, batch["ref_f0"]) - target) ** 2).mean()
     total = (
         cfg.prior_weight * prior
         + cfg.duration_weight * duration
@@ -259,6 +293,7 @@ def tts_losses(
         + cfg.mel_weight * mel_l1
         + cfg.frame_mel_weight * frame_mel
         + cfg.speaker_weight * speaker_loss
+        + cfg.pitch_weight * pitch
     )
     loss = LossWeights(tts_loss_weight=cfg.tts_loss_weight).combine({"tts": total})
     return {
@@ -270,6 +305,7 @@ def tts_losses(
         "mel": mel_l1,
         "frame_mel": frame_mel,
         "speaker": speaker_loss,
+        "pitch": pitch,
     }
 
 
@@ -325,7 +361,9 @@ def train_tts(
         pos += cfg.batch_size
         batch = {
             k: v.to(device)
-            for k, v in make_batch(items, idx, speaker_index, by_speaker, rng, model.config.hop_length).items()
+            for k, v in make_batch(
+                items, idx, speaker_index, by_speaker, rng, model.config.hop_length, model.config.sample_rate
+            ).items()
         }
         losses = tts_losses(model, batch, cfg, rng)
         opt.zero_grad(set_to_none=True)
