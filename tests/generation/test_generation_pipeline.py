@@ -57,19 +57,33 @@ def _run(project: Path, params: dict) -> None:
         _end_mlflow_runs()
 
 
-def test_kedro_run_generation(kedro_project: Path):
+def test_kedro_run_generation(kedro_project: Path, monkeypatch):
+    from tests.test_validation_once import _CountingValidator
     from xoron_pipelines.export.generation import XoronImagePipeline
+    from xoron_pipelines.pipelines.generation.params import Params
     from xoron_pipelines.training.flow import Generator
 
+    counter = _CountingValidator(Params.__pydantic_validator__, Params)
+    monkeypatch.setattr(Params, "__pydantic_validator__", counter)
     params = {
         "generation": {
-            "image_gen": {
+            "multi_scale": {
+                "use_multi_scale": True,
                 "image_scales": [[16, 16], [8, 8]],
-                "sample_size": [16, 16],
-                "generation_inference_steps": 2,
-                "model": TINY_STAGE,
+                "image_scale_probs": [0.5, 0.5],
+                "image_min_size": 8,
+                "image_max_size": 16,
+                "image_base_size": 16,
+                "video_scales": [[16, 16]],
+                "video_scale_probs": [1.0],
+                "video_base_size": 16,
+                "video_frame_scales": [2, 4],
+                "video_frame_scale_probs": [0.5, 0.5],
+                "video_min_frames": 2,
+                "video_base_frames": 4,
             },
-            "video_gen": {"frames": 4, "size": [16, 16], "generation_inference_steps": 2, "model": TINY_STAGE},
+            "image_gen": {"sample_size": [16, 16], "generation_inference_steps": 2, "model": TINY_STAGE},
+            "video_gen": {"generation_inference_steps": 2, "model": TINY_STAGE},
             "evaluation": {"num_prompts": 4, "fid_items": 4},
             "generate": {
                 "image_prompts": ["two red circles on the left"],
@@ -78,6 +92,7 @@ def test_kedro_run_generation(kedro_project: Path):
         }
     }
     _run(kedro_project.resolve(), params)
+    assert counter.raw == 1  # the hook validated the group once; the four nodes' model_validate passed it through
     data = kedro_project / "data"
     summary = json.loads((data / "08_reporting" / "generation" / "image_gen_summary.json").read_text())
     assert summary["steps"] == TINY_STAGE["steps"] and summary["scales"] == [[16, 16], [8, 8]]

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from gen_helpers import TINY_STAGE, llm, media_table, tokenizer
 
+from xoron_pipelines.data.multiscale import sample_image_size, sample_video_shape
 from xoron_pipelines.pipelines.generation.params import Params
+from xoron_pipelines.training import flow
 from xoron_pipelines.training.flow import prompt_states
-from xoron_pipelines.training.generation_stage import train_image_stage, train_video_stage
+from xoron_pipelines.training.generation_stage import to_tensor, train_image_stage, train_video_stage
+from xoron_pipelines.validation import ParameterError, validate_group
+
+#: tiny tables: 16x16 images, 4-frame clips of 16x16; the stage tests train at these base sizes
+BASE = {"image_base_size": 16, "video_base_size": 16, "video_base_frames": 4, "video_min_frames": 2}
+#: two image sizes, two frame sizes and two frame counts, all within the tiny tables
+TWO_SCALES = {
+    **BASE,
+    "use_multi_scale": True,
+    "image_scales": [[8, 8], [16, 16]],
+    "image_scale_probs": [0.5, 0.5],
+    "image_min_size": 8,
+    "image_max_size": 16,
+    "video_scales": [[8, 8], [16, 16]],
+    "video_scale_probs": [0.5, 0.5],
+    "video_min_size": 8,
+    "video_max_size": 16,
+    "video_frame_scales": [2, 4],
+    "video_frame_scale_probs": [0.5, 0.5],
+    "video_max_frames": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -15,24 +39,23 @@ def tables():
     return media_table("image", 16, 4, (16, 16)), media_table("video", 8, 4, (16, 16), frames=4)
 
 
-def _params(**image):
+def _params(multi_scale: dict | None = None, steps: int = 2, **image):
     return Params.model_validate(
         {
+            "multi_scale": {**BASE, **(multi_scale or {})},
             "image_gen": {
-                "image_scales": [[16, 16]],
                 "sample_size": [16, 16],
                 "generation_inference_steps": 2,
-                "model": {**TINY_STAGE, "steps": 2},
+                "model": {**TINY_STAGE, "steps": steps},
                 **image,
             },
-            "video_gen": {
-                "frames": 4,
-                "size": [16, 16],
-                "generation_inference_steps": 2,
-                "model": {**TINY_STAGE, "steps": 2},
-            },
+            "video_gen": {"generation_inference_steps": 2, "model": {**TINY_STAGE, "steps": steps}},
         }
     )
+
+
+def _run(loss_weight: float = 1.0, seed: int = 0) -> dict:
+    return {"loss_weight": loss_weight, "seed": seed, "max_prompt_tokens": 16}
 
 
 def test_diffusion_loss_weights_scale_the_stage_losses(tables):
@@ -40,12 +63,8 @@ def test_diffusion_loss_weights_scale_the_stage_losses(tables):
     p = _params()
     first = {}
     for weight in (1.0, 0.1):
-        _, s = train_image_stage(
-            llm(), tokenizer(), image, p.image_gen, loss_weight=weight, seed=0, max_prompt_tokens=16
-        )
-        _, v = train_video_stage(
-            llm(), tokenizer(), video, p.video_gen, loss_weight=weight, seed=0, max_prompt_tokens=16
-        )
+        _, s = train_image_stage(llm(), tokenizer(), image, p.image_gen, multi_scale=p.multi_scale, **_run(weight))
+        _, v = train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run(weight))
         first[weight] = (s["first_loss"], v["first_loss"])
     # the same seed draws the same first batch, noise and timesteps: the weight is the only change
     assert first[0.1][0] == pytest.approx(0.1 * first[1.0][0], rel=1e-5)
@@ -62,12 +81,10 @@ def test_architecture_space_and_objective_knobs(tables):
         generation_use_dual_stream=False,
         generation_use_flow_matching=False,
         generation_num_experts=3,
-        image_scales=[[16, 16], [8, 8]],
         sample_size=[24, 24],
+        multi_scale={**TWO_SCALES, "image_scales": [[16, 16], [8, 8]]},
     )
-    gen, summary = train_image_stage(
-        llm(), tokenizer(), image, p.image_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16
-    )
+    gen, summary = train_image_stage(llm(), tokenizer(), image, p.image_gen, multi_scale=p.multi_scale, **_run())
     cfg = gen.dit.config
     assert cfg.in_channels == 2 and not cfg.use_dual_stream and cfg.num_experts == 3
     assert summary["space"] == "latent" and summary["scales"] == [[16, 16], [8, 8]]
@@ -77,10 +94,86 @@ def test_architecture_space_and_objective_knobs(tables):
 
 
 def test_bad_sizes_are_refused_before_training():
-    with pytest.raises(ValueError, match="image_scales 18x16 is not divisible by 4"):
-        _params(image_scales=[[18, 16]])
-    with pytest.raises(ValueError, match="not divisible by 8"):
+    with pytest.raises(ValueError, match=r"multi_scale.image_scales 18x16 is not divisible by 4 \(image_gen.model"):
+        _params({**TWO_SCALES, "image_scales": [[8, 8], [18, 16]], "image_max_size": 18})
+    with pytest.raises(ValueError, match="sample_size 20x20 is not divisible by 8"):
         _params(generation_latent_space="latent", sample_size=[20, 20])
+    # the scales are checked only when trained on; with multi-scale off, the base size is
+    _params({**TWO_SCALES, "use_multi_scale": False, "video_scales": [[8, 8], [10, 10]]})
+    with pytest.raises(ValueError, match=r"multi_scale.video_base_size 18x18 is not divisible by 4 \(video_gen"):
+        _params({"video_base_size": 18})
+    # through the run's validation: the group, the key and the conf file are named
+    with pytest.raises(ParameterError, match=r"parameters_generation.yml:\n  - generation: multi_scale.image_scales"):
+        validate_group("generation", {"multi_scale": {**TWO_SCALES, "image_scales": [[8, 8], [14, 14]]}})
+    with pytest.raises(ParameterError, match=r"generation.multi_scale: video_frame_scales: 40 lies outside"):
+        validate_group("generation", {"multi_scale": {**TWO_SCALES, "video_frame_scales": [2, 40]}})
+
+
+def _spy_batches(monkeypatch) -> list[torch.Tensor]:
+    """Records every training batch (x0 as the denoiser's loss sees it)."""
+    seen, loss = [], flow.diffusion_loss
+
+    def spy(dit, x0, *args, **kwargs):
+        seen.append(x0.detach().clone())
+        return loss(dit, x0, *args, **kwargs)
+
+    monkeypatch.setattr(flow, "diffusion_loss", spy)
+    return seen
+
+
+@pytest.mark.parametrize("strategy", ["random", "progressive"])
+def test_image_batches_take_the_shapes_multiscale_draws(tables, monkeypatch, strategy):
+    image, _ = tables
+    steps, seed = 12, 3
+    p = _params({**TWO_SCALES, "multi_scale_strategy": strategy}, steps=steps)
+    seen = _spy_batches(monkeypatch)
+    _, summary = train_image_stage(llm(), tokenizer(), image, p.image_gen, multi_scale=p.multi_scale, **_run(seed=seed))
+    rng = np.random.default_rng(seed)  # the stage's sampler: multiscale's, seeded by the stage seed
+    expected = [sample_image_size(p.multi_scale, i, steps, rng) for i in range(steps)]
+    assert [tuple(x.shape[-2:]) for x in seen] == expected
+    assert {s for s in expected} == {(8, 8), (16, 16)} and summary["scales"] == [[8, 8], [16, 16]]
+    if strategy == "progressive":  # small first, then large, never back
+        assert expected == sorted(expected) and expected[0] == (8, 8) and expected[-1] == (16, 16)
+    # multi-scale off: every batch at image_base_size
+    seen.clear()
+    off = _params({**TWO_SCALES, "use_multi_scale": False, "multi_scale_strategy": strategy}, steps=4)
+    train_image_stage(llm(), tokenizer(), image, off.image_gen, multi_scale=off.multi_scale, **_run(seed=seed))
+    assert [tuple(x.shape[-2:]) for x in seen] == [(16, 16)] * 4
+
+
+def test_video_batches_take_the_frame_counts_and_sizes_multiscale_draws(tables, monkeypatch):
+    _, video = tables
+    steps, seed = 12, 5
+    p = _params(TWO_SCALES, steps=steps)
+    seen = _spy_batches(monkeypatch)
+    gen, summary = train_video_stage(
+        llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run(seed=seed)
+    )
+    rng = np.random.default_rng(seed)
+    expected = [sample_video_shape(p.multi_scale, i, steps, rng) for i in range(steps)]
+    assert [(x.shape[1], *x.shape[-2:]) for x in seen] == expected
+    assert {e[0] for e in expected} == {2, 4} and {e[1] for e in expected} == {8, 16}
+    assert summary["frame_scales"] == [2, 4] and summary["scales"] == [[8, 8], [16, 16]]
+    # a clip of N frames is its first N frames (cut, not resampled): every 2-frame item is the
+    # start of a training clip at that size
+    from xoron_pipelines.training.generation_stage import table_items
+
+    items = table_items(video, "video", "train")[0]
+    short = next(x for x in seen if x.shape[1] == 2)
+    full = flow.Codec().encode(to_tensor(items, tuple(short.shape[-2:]), 4))
+    assert all(any(torch.equal(item, clip[:2]) for clip in full) for item in short)
+    # generated clips: the base frames and size; the model accepts up to video_max_frames
+    assert gen.meta["frames"] == 4 and gen.meta["size"] == [16, 16] and gen.dit.config.max_frames == 4
+
+
+def test_a_frame_scale_longer_than_the_clips_is_named(tables):
+    _, video = tables  # 4-frame clips
+    p = _params({**TWO_SCALES, "video_frame_scales": [2, 6], "video_max_frames": 6})
+    with pytest.raises(ValueError, match=r"generation.multi_scale.video_frame_scales asks for 6 frames but 8 of the 8"):
+        train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
+    p = _params({"video_base_frames": 6})
+    with pytest.raises(ValueError, match="generation.multi_scale.video_base_frames asks for 6 frames"):
+        train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
 
 
 def test_a_table_without_rows_is_named(tables):
@@ -91,7 +184,6 @@ def test_a_table_without_rows_is_named(tables):
             tokenizer(),
             image[image["split"] == "heldout"],
             _params().image_gen,
-            loss_weight=1.0,
-            seed=0,
-            max_prompt_tokens=16,
+            multi_scale=_params().multi_scale,
+            **_run(),
         )

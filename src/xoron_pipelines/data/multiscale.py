@@ -159,6 +159,24 @@ def sample_video_shape(
     return int(frames), int(h), int(w)
 
 
+def image_sizes(cfg: MultiScaleConfig) -> list[tuple[int, int]]:
+    """Every (height, width) :func:`sample_image_size` can return, in the order of
+    ``image_scales`` (the base size alone when ``use_multi_scale`` is false)."""
+    if not cfg.use_multi_scale:
+        return [(cfg.image_base_size, cfg.image_base_size)]
+    return list(dict.fromkeys((int(h), int(w)) for h, w in cfg.image_scales))
+
+
+def video_sizes(cfg: MultiScaleConfig) -> tuple[list[int], list[tuple[int, int]]]:
+    """Every frame count and every (height, width) :func:`sample_video_shape` can return, in the
+    order of ``video_frame_scales`` / ``video_scales`` (the base frames and size alone when
+    ``use_multi_scale`` is false)."""
+    if not cfg.use_multi_scale:
+        return [cfg.video_base_frames], [(cfg.video_base_size, cfg.video_base_size)]
+    frames = list(dict.fromkeys(int(f) for f in cfg.video_frame_scales))
+    return frames, list(dict.fromkeys((int(h), int(w)) for h, w in cfg.video_scales))
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (h, w, 3), PIL bilinear (the same array back when already that size)."""
     from PIL import Image

@@ -320,14 +320,20 @@ class Generator:
 # --------------------------------------------------------------------------- training loop
 @dataclass
 class TrainData:
-    """Training items in model space per training size, and their prompts: ``x0[size]`` (N, ...)
-    and ``prompt_index`` (N,) into ``context`` (P, L, d) / ``mask`` (P, L)."""
+    """Training items in model space per training size (height, width), and their prompts:
+    ``x0[(h, w)]`` (N, C, h', w') images or (N, T, C, h', w') clips, ``prompt_index`` (N,) into
+    ``context`` (P, L, d) / ``mask`` (P, L).
+
+    ``sample_shape(step, total, rng)`` draws the shape of the batch of step ``step`` (0-based) of
+    ``total``: ``(h, w)``, or ``(frames, h, w)`` for clips (their first ``frames`` frames), the
+    signature of :func:`~xoron_pipelines.data.multiscale.sample_image_size` /
+    :func:`~xoron_pipelines.data.multiscale.sample_video_shape`; None: the one size of ``x0``."""
 
     x0: dict[tuple[int, int], torch.Tensor]
     prompt_index: torch.Tensor
     context: torch.Tensor
     mask: torch.Tensor
-    size_probs: list[float] | None = None
+    sample_shape: Callable[[int, int, np.random.Generator], tuple[int, ...]] | None = None
 
 
 def train_generator(
@@ -349,8 +355,8 @@ def train_generator(
     ema_decay: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
-    """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training size (drawn
-    with ``data.size_probs``, seeded) and ``batch_size`` items of it. The stage loss is
+    """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training shape (drawn by
+    ``data.sample_shape`` with a generator seeded by ``seed``) and ``batch_size`` items of it. The stage loss is
     ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). With
     ``ema_decay`` > 0 the weights end as their exponential moving average. Returns the
     per-step (weighted) losses; ``on_step(step, metrics)`` after each step."""
@@ -364,10 +370,10 @@ def train_generator(
     losses = []
     for step in range(1, steps + 1):
         dit.train()
-        size = sizes[rng.choice(len(sizes), p=data.size_probs)] if len(sizes) > 1 else sizes[0]
-        pool = data.x0[size]
+        shape = data.sample_shape(step - 1, steps, rng) if data.sample_shape is not None else sizes[0]
+        pool = data.x0[tuple(shape[-2:])]
         idx = torch.randint(len(pool), (batch_size,), generator=gen)
-        x0 = pool[idx].to(device)
+        x0 = (pool[idx] if len(shape) == 2 else pool[idx, : shape[0]]).to(device)
         ctx, m = data.context[data.prompt_index[idx]].to(device), data.mask[data.prompt_index[idx]].to(device)
         if cfg_dropout > 0:
             ctx, m = dit.drop_context(ctx, m, (torch.rand(batch_size, generator=gen) < cfg_dropout).to(device))
@@ -390,7 +396,7 @@ def train_generator(
             raise FloatingPointError(f"generator loss is {value} at step {step} (lower the learning rate)")
         losses.append(value)
         if on_step is not None:
-            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": sched.get_last_lr()[0], "size": size[0]})
+            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": sched.get_last_lr()[0], "size": shape[-2]})
     if ema is not None:
         dit.load_state_dict(ema)
     dit.eval()

@@ -6,7 +6,13 @@ first held-out prompts, fixed seed) and the loss curve. The LLM is frozen: its l
 states of every distinct caption are computed once (:func:`~.flow.prompt_states`).
 
 ``p`` is the stage's validated parameter object (``generation.image_gen`` / ``video_gen``);
-it is read by attribute, so this library does not import the pipeline layer.
+it is read by attribute, so this library does not import the pipeline layer. ``multi_scale``
+(``generation.multi_scale``, a :class:`~xoron_pipelines.data.multiscale.MultiScaleConfig`) sets
+the shape of every batch, drawn by the multimodal stages' sampler
+(:func:`~xoron_pipelines.data.multiscale.sample_image_size` /
+:func:`~xoron_pipelines.data.multiscale.sample_video_shape`): the training items are resized once
+to every size it can draw; a clip of ``frames`` frames is its first ``frames`` frames (cut, never
+stretched: the motion per frame, hence "slowly" / "quickly", stays that of the caption).
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ import torch.nn.functional as F
 
 from xoron_pipelines import tracking
 from xoron_pipelines.data.media import MediaError, decode_image, decode_video
+from xoron_pipelines.data.multiscale import (
+    MultiScaleConfig,
+    image_sizes,
+    sample_image_size,
+    sample_video_shape,
+    video_sizes,
+)
 from xoron_pipelines.model.dit import MoEDiT
 from xoron_pipelines.training.flow import (
     Codec,
@@ -216,15 +229,32 @@ def _codec(p: Any, images: torch.Tensor, seed: int) -> tuple[Codec, dict]:
 
 
 def train_image_stage(
-    llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int
+    llm,
+    tokenizer,
+    table,
+    p: Any,
+    *,
+    multi_scale: MultiScaleConfig,
+    loss_weight: float,
+    seed: int,
+    max_prompt_tokens: int,
 ) -> tuple[Generator, dict]:
-    """Train the image generator on the table's train rows (every size of ``p.image_scales``)."""
+    """Train the image generator on the table's train rows, each batch at the size
+    :func:`sample_image_size` draws from ``multi_scale`` (the autoencoder, in latent space, trains
+    at ``image_base_size``)."""
     items, captions, _ = table_items(table, "image", "train", p.model.train_items)
     distinct, context, mask, index = prompt_table(llm, tokenizer, captions, max_prompt_tokens)
-    scales = [tuple(s) for s in p.image_scales]
+    scales = image_sizes(multi_scale)
+    base = (multi_scale.image_base_size, multi_scale.image_base_size)
     pixels = {s: to_tensor(items, s) for s in scales}
-    codec, info = _codec(p, pixels[scales[0]], seed)
-    data = TrainData({s: codec.encode(x) for s, x in pixels.items()}, index, context, mask, p.image_scale_probs)
+    codec, info = _codec(p, pixels[base] if base in pixels else to_tensor(items, base), seed)
+    data = TrainData(
+        {s: codec.encode(pixels[s]) for s in scales},
+        index,
+        context,
+        mask,
+        lambda step, total, rng: sample_image_size(multi_scale, step, total, rng),
+    )
     torch.manual_seed(seed)
     m = p.model
     dit = MoEDiT(
@@ -261,14 +291,41 @@ def train_image_stage(
 
 
 def train_video_stage(
-    llm, tokenizer, table, p: Any, *, loss_weight: float, seed: int, max_prompt_tokens: int
+    llm,
+    tokenizer,
+    table,
+    p: Any,
+    *,
+    multi_scale: MultiScaleConfig,
+    loss_weight: float,
+    seed: int,
+    max_prompt_tokens: int,
 ) -> tuple[Generator, dict]:
-    """Train the video generator on the table's train clips (``p.frames`` frames at ``p.size``)."""
+    """Train the video generator on the table's train clips, each batch at the (frames, height,
+    width) :func:`sample_video_shape` draws from ``multi_scale``: the first ``frames`` frames of
+    each clip. Raises ``ValueError`` naming ``multi_scale.video_frame_scales`` (or
+    ``video_base_frames``) before any training when a clip is shorter than a frame count drawn."""
     items, captions, _ = table_items(table, "video", "train", p.model.train_items)
+    frame_counts, sizes = video_sizes(multi_scale)
+    longest, shortest = max(frame_counts), min(len(clip) for clip in items)
+    if shortest < longest:
+        key = "video_frame_scales" if multi_scale.use_multi_scale else "video_base_frames"
+        short = sum(len(clip) < longest for clip in items)
+        raise ValueError(
+            f"generation.multi_scale.{key} asks for {longest} frames but {short} of the {len(items)} training "
+            f"clips of media_video have fewer (the shortest {shortest}); clips are cut to their first frames, "
+            "never stretched: lower the frame scales or render longer clips (synth.media.video.frames)"
+        )
     distinct, context, mask, index = prompt_table(llm, tokenizer, captions, max_prompt_tokens)
     codec = Codec()
-    size = tuple(p.size)
-    data = TrainData({size: codec.encode(to_tensor(items, size, p.frames))}, index, context, mask)
+    data = TrainData(
+        {s: codec.encode(to_tensor(items, s, longest)) for s in sizes},
+        index,
+        context,
+        mask,
+        lambda step, total, rng: sample_video_shape(multi_scale, step, total, rng),
+    )
+    size, frames = (multi_scale.video_base_size, multi_scale.video_base_size), multi_scale.video_base_frames
     torch.manual_seed(seed)
     m = p.model
     dit = MoEDiT(
@@ -283,14 +340,14 @@ def train_video_stage(
         num_experts_per_tok=m.experts_per_token,
         use_dual_stream=True,
         video=True,
-        max_frames=p.max_frames,
+        max_frames=multi_scale.video_max_frames,
         use_3d_rope=p.generation_video_use_3d_rope,
         temporal_moe=p.generation_video_use_temporal_moe,
         causal=p.causal,
     )
     _, h_caps, _ = table_items(table, "video", "heldout", m.preview_prompts)
     pc, pm = prompt_states(llm, tokenizer, h_caps, max_prompt_tokens)
-    return _train(
+    gen, summary = _train(
         "video_gen",
         "video",
         dit,
@@ -304,13 +361,14 @@ def train_video_stage(
         seed=seed,
         meta={
             "size": list(size),
-            "frames": p.frames,
+            "frames": frames,
             "max_prompt_tokens": max_prompt_tokens,
             "text_dim": int(context.shape[-1]),
         },
         preview=(pc, pm, h_caps),
         extra_params={},
     )
+    return gen, {**summary, "scales": [list(s) for s in sizes], "frame_scales": frame_counts}
 
 
 # --------------------------------------------------------------------------- generation

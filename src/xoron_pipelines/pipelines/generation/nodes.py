@@ -1,4 +1,9 @@
-"""Nodes of the ``generation`` pipeline: typed parameters in, a library call, catalog values out."""
+"""Nodes of the ``generation`` pipeline: typed parameters in, a library call, catalog values out.
+
+``params`` is the ``generation`` group as :class:`~xoron_pipelines.hooks.ParameterValidationHook`
+validated it when the run started (a :class:`Params`); ``Params.model_validate`` on it returns it
+as is (tests/generation/test_generation_pipeline.py counts one validation per run), so a node
+validates only what a direct caller hands it as a plain dict."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from xoron_pipelines.training.generation_stage import (
 from .params import Params
 
 
-def train_image_generator(llm_model, tokenizer, media_image, params: dict) -> tuple[Any, dict]:
+def train_image_generator(llm_model, tokenizer, media_image, params: Params | dict) -> tuple[Any, dict]:
     """MoE-DiT image generator trained on ``media_image``'s train rows (MLflow run ``image_gen``)."""
     p = Params.model_validate(params)
     return train_image_stage(
@@ -24,13 +29,14 @@ def train_image_generator(llm_model, tokenizer, media_image, params: dict) -> tu
         tokenizer,
         media_image,
         p.image_gen,
+        multi_scale=p.multi_scale,
         loss_weight=p.image_diffusion_loss_weight,
         seed=p.seed,
         max_prompt_tokens=p.max_prompt_tokens,
     )
 
 
-def train_video_generator(llm_model, tokenizer, media_video, params: dict) -> tuple[Any, dict]:
+def train_video_generator(llm_model, tokenizer, media_video, params: Params | dict) -> tuple[Any, dict]:
     """Causal 3D MoE-DiT video generator trained on ``media_video``'s train clips (run ``video_gen``)."""
     p = Params.model_validate(params)
     return train_video_stage(
@@ -38,13 +44,14 @@ def train_video_generator(llm_model, tokenizer, media_video, params: dict) -> tu
         tokenizer,
         media_video,
         p.video_gen,
+        multi_scale=p.multi_scale,
         loss_weight=p.video_diffusion_loss_weight,
         seed=p.seed,
         max_prompt_tokens=p.max_prompt_tokens,
     )
 
 
-def evaluate_generator(generator, llm_model, tokenizer, media, params: dict) -> dict:
+def evaluate_generator(generator, llm_model, tokenizer, media, params: Params | dict) -> dict:
     """Adherence (exact analysers) vs shuffled-prompt / unconditional baselines, CFG effect and
     Fréchet distance on held-out prompts (``generation.evaluation``)."""
     e = Params.model_validate(params).evaluation
@@ -53,7 +60,9 @@ def evaluate_generator(generator, llm_model, tokenizer, media, params: dict) -> 
     )
 
 
-def generate_media(image_generator, video_generator, llm_model, tokenizer, params: dict) -> dict[str, np.ndarray]:
+def generate_media(
+    image_generator, video_generator, llm_model, tokenizer, params: Params | dict
+) -> dict[str, np.ndarray]:
     """One PNG per prompt of ``generation.generate``: ``image_NNN`` images, ``video_NNN`` frame
     strips (the frames side by side)."""
     g = Params.model_validate(params).generate

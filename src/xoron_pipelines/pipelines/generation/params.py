@@ -1,6 +1,7 @@
 """Schema of ``conf/base/parameters_generation.yml`` (the ``generation`` group): seed 000's
 generation knobs (``generation_*`` for images, ``generation_video_*`` for video) with CPU-sized
-defaults, the multi-scale lists, the training loop, evaluation and the generation node."""
+defaults, seed 000's multi-scale block (``multi_scale``: :class:`MultiScaleConfig`, the sampler the
+multimodal stages use too), the training loop, evaluation and the generation node."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
+from xoron_pipelines.data.multiscale import MultiScaleConfig, image_sizes, video_sizes
 from xoron_pipelines.validation import Seed, StrictModel
 
 #: (H, W)
@@ -49,12 +51,24 @@ class _Stage(StrictModel):
         return self
 
 
-def _check_scales(scales, probs, unit: int, what: str) -> None:
-    if probs is not None and (len(probs) != len(scales) or abs(sum(probs) - 1) > 1e-6):
-        raise ValueError(f"{what}_probs must have one probability per scale and sum to 1")
-    for h, w in scales:
+def _check_divisible(sizes, unit: int, what: str, why: str) -> None:
+    for h, w in sizes:
         if h % unit or w % unit:
-            raise ValueError(f"{what} {h}x{w} is not divisible by {unit} (patch_size x autoencoder downsampling)")
+            raise ValueError(f"{what} {h}x{w} is not divisible by {unit} ({why})")
+
+
+class GenerationMultiScale(MultiScaleConfig):
+    """:class:`MultiScaleConfig` with the generation stages' defaults: off, i.e. image 32x32 and
+    video 8 frames of 16x16 (the sizes the README's figures were measured at); when on, seed 000's
+    shapes at CPU sizes, 8..32 frames as the seed and the issue have them."""
+
+    use_multi_scale: bool = False
+    video_base_size: int = Field(default=16, ge=1)
+    video_frame_scales: list[int] = Field(default_factory=lambda: [8, 16, 24, 32])
+    video_frame_scale_probs: list[float] = Field(default_factory=lambda: [0.4, 0.3, 0.2, 0.1])
+    video_min_frames: int = Field(default=8, ge=1)
+    video_max_frames: int = Field(default=32, ge=1)
+    video_base_frames: int = Field(default=8, ge=1)
 
 
 class ImageGen(StrictModel):
@@ -69,8 +83,6 @@ class ImageGen(StrictModel):
     generation_use_flow_matching: bool = True
     generation_inference_steps: PositiveInt = 20
     generation_cfg_scale: float = Field(3.0, ge=1)
-    image_scales: list[Size] = Field(default_factory=lambda: [[32, 32]], min_length=1)
-    image_scale_probs: list[float] | None = None
     sample_size: Size = Field(default_factory=lambda: [32, 32])
     model: _Stage = Field(default_factory=_Stage)
 
@@ -79,8 +91,7 @@ class ImageGen(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
-        _check_scales(self.image_scales, self.image_scale_probs, self.unit(), "image_scales")
-        _check_scales([self.sample_size], None, self.unit(), "sample_size")
+        _check_divisible([self.sample_size], self.unit(), "sample_size", "patch_size x autoencoder downsampling")
         return self
 
 
@@ -92,17 +103,7 @@ class VideoGen(StrictModel):
     generation_video_cfg_scale: float = Field(3.0, ge=1)
     generation_inference_steps: PositiveInt = 20
     causal: bool = True
-    frames: int = Field(8, ge=2, le=32)
-    max_frames: int = Field(32, ge=2, le=32)
-    size: Size = Field(default_factory=lambda: [32, 32])
     model: _Stage = Field(default_factory=_Stage)
-
-    @model_validator(mode="after")
-    def _check(self):
-        _check_scales([self.size], None, self.model.patch_size, "size")
-        if self.frames > self.max_frames:
-            raise ValueError(f"frames {self.frames} exceed max_frames {self.max_frames}")
-        return self
 
 
 class Evaluation(StrictModel):
@@ -122,7 +123,28 @@ class Params(StrictModel):
     max_prompt_tokens: PositiveInt = 32
     image_diffusion_loss_weight: float = Field(0.1, gt=0)
     video_diffusion_loss_weight: float = Field(0.1, gt=0)
+    multi_scale: GenerationMultiScale = Field(default_factory=GenerationMultiScale)
     image_gen: ImageGen = Field(default_factory=ImageGen)
     video_gen: VideoGen = Field(default_factory=VideoGen)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     generate: Generate = Field(default_factory=Generate)
+
+    @model_validator(mode="after")
+    def _check_sizes(self):
+        """Every size the stages train on (those :func:`image_sizes` / :func:`video_sizes` return:
+        the scales, or the base sizes when ``use_multi_scale`` is false) fits the patch grid."""
+        ms, on = self.multi_scale, self.multi_scale.use_multi_scale
+        latent = self.image_gen.generation_latent_space == "latent"
+        _check_divisible(
+            image_sizes(ms),
+            self.image_gen.unit(),
+            "multi_scale.image_scales" if on else "multi_scale.image_base_size",
+            "image_gen.model.patch_size" + (" x 2, the autoencoder's downsampling" if latent else ""),
+        )
+        _check_divisible(
+            video_sizes(ms)[1],
+            self.video_gen.model.patch_size,
+            "multi_scale.video_scales" if on else "multi_scale.video_base_size",
+            "video_gen.model.patch_size",
+        )
+        return self
