@@ -96,6 +96,8 @@ def test_kedro_run_generation(kedro_project: Path, monkeypatch):
     data = kedro_project / "data"
     summary = json.loads((data / "08_reporting" / "generation" / "image_gen_summary.json").read_text())
     assert summary["steps"] == TINY_STAGE["steps"] and summary["scales"] == [[16, 16], [8, 8]]
+    video_summary = json.loads((data / "08_reporting" / "generation" / "video_gen_summary.json").read_text())
+    assert video_summary["frame_scales"] == [2, 4] and video_summary["scales"] == [[16, 16]]
     for stage in ("image_gen", "video_gen"):
         report = json.loads((data / "08_reporting" / "generation" / f"{stage}_evaluation.json").read_text())
         assert report["n_prompts"] == 4
