@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from gen_helpers import TINY_STAGE, llm, media_table, tokenizer
@@ -121,7 +122,7 @@ def _spy_batches(monkeypatch) -> list[torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("strategy", ["random", "progressive"])
+@pytest.mark.parametrize("strategy", ["random", "progressive", "curriculum"])
 def test_image_batches_take_the_shapes_multiscale_draws(tables, monkeypatch, strategy):
     image, _ = tables
     steps, seed = 12, 3
@@ -169,11 +170,16 @@ def test_video_batches_take_the_frame_counts_and_sizes_multiscale_draws(tables, 
 def test_a_frame_scale_longer_than_the_clips_is_named(tables):
     _, video = tables  # 4-frame clips
     p = _params({**TWO_SCALES, "video_frame_scales": [2, 6], "video_max_frames": 6})
-    with pytest.raises(ValueError, match=r"generation.multi_scale.video_frame_scales asks for 6 frames but 8 of the 8"):
+    with pytest.raises(ValueError, match="multi_scale.video_frame_scales asks for 6 frames but 8 of the 8 training"):
         train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
     p = _params({"video_base_frames": 6})
     with pytest.raises(ValueError, match="generation.multi_scale.video_base_frames asks for 6 frames"):
         train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
+    # the held-out clips (the evaluation's real items, at video_base_frames) are checked too
+    longer = media_table("video", 8, 4, (16, 16), frames=6)
+    mixed = pd.concat([longer[longer["split"] == "train"], video[video["split"] == "heldout"]])
+    with pytest.raises(ValueError, match="video_base_frames asks for 6 frames but 4 of the 4 held-out clips"):
+        train_video_stage(llm(), tokenizer(), mixed, p.video_gen, multi_scale=p.multi_scale, **_run())
 
 
 def test_a_table_without_rows_is_named(tables):

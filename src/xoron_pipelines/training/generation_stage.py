@@ -290,6 +290,16 @@ def train_image_stage(
     return gen, {**summary, **info, "scales": [list(s) for s in scales]}
 
 
+def _check_clip_lengths(clips: list[np.ndarray], frames: int, key: str, split: str) -> None:
+    short = [len(clip) for clip in clips if len(clip) < frames]
+    if short:
+        raise ValueError(
+            f"generation.multi_scale.{key} asks for {frames} frames but {len(short)} of the {len(clips)} {split} "
+            f"clips of media_video have fewer (the shortest {min(short)}); clips are cut to their first frames, "
+            "never stretched: lower the frame count or render longer clips (synth.media.video.frames)"
+        )
+
+
 def train_video_stage(
     llm,
     tokenizer,
@@ -304,18 +314,17 @@ def train_video_stage(
     """Train the video generator on the table's train clips, each batch at the (frames, height,
     width) :func:`sample_video_shape` draws from ``multi_scale``: the first ``frames`` frames of
     each clip. Raises ``ValueError`` naming ``multi_scale.video_frame_scales`` (or
-    ``video_base_frames``) before any training when a clip is shorter than a frame count drawn."""
+    ``video_base_frames``) before any training when a training clip is shorter than a frame count
+    drawn, or a held-out clip (the evaluation's real items) shorter than ``video_base_frames``."""
     items, captions, _ = table_items(table, "video", "train", p.model.train_items)
     frame_counts, sizes = video_sizes(multi_scale)
-    longest, shortest = max(frame_counts), min(len(clip) for clip in items)
-    if shortest < longest:
-        key = "video_frame_scales" if multi_scale.use_multi_scale else "video_base_frames"
-        short = sum(len(clip) < longest for clip in items)
-        raise ValueError(
-            f"generation.multi_scale.{key} asks for {longest} frames but {short} of the {len(items)} training "
-            f"clips of media_video have fewer (the shortest {shortest}); clips are cut to their first frames, "
-            "never stretched: lower the frame scales or render longer clips (synth.media.video.frames)"
-        )
+    longest = max(frame_counts)
+    _check_clip_lengths(
+        items, longest, "video_frame_scales" if multi_scale.use_multi_scale else "video_base_frames", "training"
+    )
+    _check_clip_lengths(
+        table_items(table, "video", "heldout")[0], multi_scale.video_base_frames, "video_base_frames", "held-out"
+    )
     distinct, context, mask, index = prompt_table(llm, tokenizer, captions, max_prompt_tokens)
     codec = Codec()
     data = TrainData(
