@@ -356,8 +356,8 @@ def train_generator(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training shape (drawn by
-    ``data.sample_shape`` with a generator seeded by ``seed``) and ``batch_size`` items of it. The stage loss is
-    ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). With
+    ``data.sample_shape`` with a generator seeded by ``seed``) and ``batch_size`` items of it.
+    The stage loss is ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). With
     ``ema_decay`` > 0 the weights end as their exponential moving average. Returns the
     per-step (weighted) losses; ``on_step(step, metrics)`` after each step."""
     gen = torch.Generator().manual_seed(seed)
