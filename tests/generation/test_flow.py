@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -129,3 +130,40 @@ def test_latent_codec_follows_the_channel_knob():
         assert codec.decode(z).shape == images.shape and mse >= 0
     assert Codec().encode(images).shape == images.shape
     assert torch.allclose(Codec().decode(Codec().encode(images)), images)
+
+
+def test_prior_noise_correlates_frames_by_the_knob():
+    from xoron_pipelines.training.flow import prior_noise
+
+    shape = (4000, 3, 1, 2, 2)
+    plain = prior_noise(shape, torch.Generator().manual_seed(0), 0.0)
+    assert torch.equal(plain, torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    for rho in (0.0, 0.5, 0.9):
+        n = prior_noise(shape, torch.Generator().manual_seed(1), rho)
+        assert abs(n.var().item() - 1) < 0.03  # every element stays N(0, 1)
+        frames = torch.corrcoef(n[:, :, 0, 0, 0].T)  # (T, T) over the clips
+        assert abs(frames[0, 1].item() - rho) < 0.05 and abs(frames[1, 2].item() - rho) < 0.05
+        pixels = torch.corrcoef(n[:, 0, 0].reshape(len(n), -1).T)  # within a frame: independent
+        assert abs(pixels[0, 1].item()) < 0.05
+    with pytest.raises(ValueError, match="video shapes"):
+        prior_noise((2, 3, 4, 4), torch.Generator(), 0.5)
+
+
+def test_sampler_starts_from_the_correlated_prior():
+    # a model predicting zero velocity returns its starting noise: the prior the sampler drew
+    zero = TwoWay()
+    ctx, mask = torch.ones(2000, 1, 4), torch.ones(2000, 1, dtype=torch.bool)
+    zero.forward = lambda x, t, c, m: torch.zeros_like(x)
+    for rho in (0.0, 0.7):
+        out = sample(
+            zero,
+            (2000, 2, 1, 1, 1),
+            ctx,
+            mask,
+            steps=2,
+            cfg_scale=1.0,
+            flow=True,
+            generator=torch.Generator().manual_seed(0),
+            frame_noise_correlation=rho,
+        )
+        assert abs(torch.corrcoef(out[:, :, 0, 0, 0].T)[0, 1].item() - rho) < 0.06

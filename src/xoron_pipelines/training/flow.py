@@ -158,6 +158,20 @@ def logit_normal(n: int, mean: float, std: float, generator: torch.Generator) ->
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
+def prior_noise(shape: Sequence[int], generator: torch.Generator, frame_correlation: float = 0.0) -> torch.Tensor:
+    """Standard normal noise of ``shape``. For videos (B, T, ...) with ``frame_correlation`` rho > 0,
+    every frame's noise is ``sqrt(rho) * shared + sqrt(1 - rho) * own`` (one ``shared`` draw per
+    clip): each element stays N(0, 1), two frames of a clip correlate by rho (PYoCo's "mixed"
+    video noise prior, Ge et al. 2023). rho = 0 draws exactly ``torch.randn(shape)``."""
+    own = torch.randn(tuple(shape), generator=generator)
+    if frame_correlation <= 0:
+        return own
+    if len(shape) != 5:
+        raise ValueError(f"frame-correlated noise needs video shapes (B, T, C, H, W), got {tuple(shape)}")
+    shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator)
+    return math.sqrt(frame_correlation) * shared + math.sqrt(1 - frame_correlation) * own
+
+
 def ddpm_scheduler():
     from diffusers import DDPMScheduler
 
@@ -174,11 +188,15 @@ def diffusion_loss(
     generator: torch.Generator,
     t_mean: float = 0.0,
     t_std: float = 1.0,
+    frame_noise_correlation: float = 0.0,
 ) -> torch.Tensor:
     """Mean squared error of the model's prediction: velocity ``noise - x0`` at logit-normal
-    ``s`` (flow) or the noise at a uniform DDPM timestep (epsilon)."""
+    ``s`` (flow) or the noise at a uniform DDPM timestep (epsilon). ``frame_noise_correlation``:
+    the video noise prior of :func:`prior_noise` (flow only: DDPM's sampler adds its own noise)."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    if frame_noise_correlation > 0 and not flow:
+        raise ValueError("frame_noise_correlation needs the flow-matching objective")
+    noise = prior_noise(x0.shape, generator, frame_noise_correlation).to(x0)
     shape = (b,) + (1,) * (x0.dim() - 1)
     if flow:
         s = logit_normal(b, t_mean, t_std, generator).to(x0)
@@ -203,18 +221,22 @@ def sample(
     flow: bool,
     generator: torch.Generator,
     scheduler=None,
+    frame_noise_correlation: float = 0.0,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples for the prompts (context, mask) in ``steps`` scheduler steps with
     classifier-free guidance ``cfg_scale`` (1 = conditional only, no unconditional pass).
     ``scheduler``: a diffusers scheduler to use (default: a fresh flow-matching Euler one, or
-    DDPM when not ``flow``)."""
+    DDPM when not ``flow``). ``frame_noise_correlation``: the starting noise's prior, as trained
+    (:func:`prior_noise`)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     model.eval()
     b = shape[0]
     device = next(model.parameters()).device
     context, mask = context.to(device), mask.to(device)
-    x = torch.randn(tuple(shape), generator=generator).to(device)
+    if frame_noise_correlation > 0 and not flow:
+        raise ValueError("frame_noise_correlation needs the flow-matching objective")
+    x = prior_noise(shape, generator, frame_noise_correlation).to(device)
     sched = scheduler or (
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if flow else ddpm_scheduler()
     )
@@ -284,6 +306,7 @@ class Generator:
                 cfg_scale=self.meta["cfg_scale"] if cfg_scale is None else cfg_scale,
                 flow=self.meta["flow"],
                 generator=gen,
+                frame_noise_correlation=float(self.meta.get("frame_noise_correlation", 0.0)),
             )
             x = self.codec.decode(z.cpu())
             out.append((x.movedim(-3, -1) * 255).round().to(torch.uint8).numpy())
@@ -362,6 +385,7 @@ def train_generator(
     t_std: float = 1.0,
     ema_decay: float = 0.0,
     lr_schedule: str = "constant",
+    frame_noise_correlation: float = 0.0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training size (drawn
@@ -388,7 +412,17 @@ def train_generator(
         ctx, m = data.context[data.prompt_index[idx]].to(device), data.mask[data.prompt_index[idx]].to(device)
         if cfg_dropout > 0:
             ctx, m = dit.drop_context(ctx, m, (torch.rand(batch_size, generator=gen) < cfg_dropout).to(device))
-        loss = loss_weight * diffusion_loss(dit, x0, ctx, m, flow=flow, generator=gen, t_mean=t_mean, t_std=t_std)
+        loss = loss_weight * diffusion_loss(
+            dit,
+            x0,
+            ctx,
+            m,
+            flow=flow,
+            generator=gen,
+            t_mean=t_mean,
+            t_std=t_std,
+            frame_noise_correlation=frame_noise_correlation,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), grad_clip) if grad_clip > 0 else torch.tensor(0.0)

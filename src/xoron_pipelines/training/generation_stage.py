@@ -169,6 +169,7 @@ def _train(
             t_std=m.t_std,
             ema_decay=m.ema_decay,
             lr_schedule=m.lr_schedule,
+            frame_noise_correlation=float(meta.get("frame_noise_correlation", 0.0)),
             on_step=on_step,
         )
         if run is not None:
@@ -310,6 +311,7 @@ def train_video_stage(
         meta={
             "size": list(size),
             "frames": p.frames,
+            "frame_noise_correlation": p.frame_noise_correlation,
             "max_prompt_tokens": max_prompt_tokens,
             "text_dim": int(context.shape[-1]),
         },

@@ -93,6 +93,7 @@ class VideoGen(StrictModel):
     generation_video_cfg_scale: float = Field(3.0, ge=1)
     generation_inference_steps: PositiveInt = 20
     causal: bool = True
+    frame_noise_correlation: float = Field(0.0, ge=0, lt=1)
     frames: int = Field(8, ge=2, le=32)
     max_frames: int = Field(32, ge=2, le=32)
     size: Size = Field(default_factory=lambda: [32, 32])
@@ -103,6 +104,8 @@ class VideoGen(StrictModel):
         _check_scales([self.size], None, self.model.patch_size, "size")
         if self.frames > self.max_frames:
             raise ValueError(f"frames {self.frames} exceed max_frames {self.max_frames}")
+        if self.frame_noise_correlation > 0 and not self.generation_video_use_flow_matching:
+            raise ValueError("frame_noise_correlation needs generation_video_use_flow_matching: true")
         return self
 
 
