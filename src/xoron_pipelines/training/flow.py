@@ -24,6 +24,7 @@ hidden states and mask (what every generator is conditioned on).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -189,15 +190,32 @@ def diffusion_loss(
     t_mean: float = 0.0,
     t_std: float = 1.0,
     frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
 ) -> torch.Tensor:
     """Mean squared error of the model's prediction: velocity ``noise - x0`` at logit-normal
     ``s`` (flow) or the noise at a uniform DDPM timestep (epsilon). ``frame_noise_correlation``:
-    the video noise prior of :func:`prior_noise` (flow only: DDPM's sampler adds its own noise)."""
+    the video noise prior of :func:`prior_noise` (flow only: DDPM's sampler adds its own noise).
+
+    ``frame_by_frame`` (video, flow; diffusion forcing, Chen et al. 2024): each clip keeps its
+    first k frames clean (k uniform in [0, T)) as the history a frame-by-frame sampler gives,
+    every later frame gets its own logit-normal ``s`` (a timestep per frame), and the loss is
+    the mean over the noised frames only."""
     b = x0.shape[0]
-    if frame_noise_correlation > 0 and not flow:
-        raise ValueError("frame_noise_correlation needs the flow-matching objective")
+    if (frame_noise_correlation > 0 or frame_by_frame) and not flow:
+        raise ValueError("frame_noise_correlation and frame_by_frame need the flow-matching objective")
     noise = prior_noise(x0.shape, generator, frame_noise_correlation).to(x0)
     shape = (b,) + (1,) * (x0.dim() - 1)
+    if frame_by_frame:
+        if x0.dim() != 5:
+            raise ValueError(f"frame_by_frame needs video samples (B, T, C, H, W), got {tuple(x0.shape)}")
+        t = x0.shape[1]
+        s = logit_normal(b * t, t_mean, t_std, generator).view(b, t)
+        history = torch.arange(t)[None] < torch.randint(0, t, (b, 1), generator=generator)
+        s = s.masked_fill(history, 0.0).to(x0)
+        s5 = s.view(b, t, 1, 1, 1)
+        pred = model((1 - s5) * x0 + s5 * noise, s * 1000, context, mask)
+        per_frame = (pred - (noise - x0)).square().mean(dim=(2, 3, 4))
+        return per_frame[~history.to(per_frame.device)].mean()
     if flow:
         s = logit_normal(b, t_mean, t_std, generator).to(x0)
         xt = (1 - s.view(shape)) * x0 + s.view(shape) * noise
@@ -222,13 +240,21 @@ def sample(
     generator: torch.Generator,
     scheduler=None,
     frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples for the prompts (context, mask) in ``steps`` scheduler steps with
     classifier-free guidance ``cfg_scale`` (1 = conditional only, no unconditional pass).
     ``scheduler``: a diffusers scheduler to use (default: a fresh flow-matching Euler one, or
     DDPM when not ``flow``). ``frame_noise_correlation``: the starting noise's prior, as trained
-    (:func:`prior_noise`)."""
+    (:func:`prior_noise`). ``frame_by_frame`` (video, flow, a block-causal model trained so):
+    frame t is denoised in ``steps`` steps beside the finished frames < t (timestep 0), then
+    kept, so each frame continues the clean history."""
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if frame_by_frame:
+        return _sample_frame_by_frame(
+            model, shape, context, mask, steps, cfg_scale, generator, frame_noise_correlation, scheduler
+        )
 
     model.eval()
     b = shape[0]
@@ -255,6 +281,38 @@ def sample(
             x = sched.step(pred, t, x).prev_sample
         else:
             x = sched.step(pred, t, x, generator=generator).prev_sample
+    return x
+
+
+def _guided(model, x, timesteps, context, mask, cfg_scale):
+    """The model's prediction for ``x`` with classifier-free guidance (``context`` / ``mask``
+    hold the conditional rows, then the unconditional ones, when ``cfg_scale`` != 1)."""
+    if cfg_scale == 1.0:
+        return model(x, timesteps, context, mask)
+    cond, uncond = model(torch.cat([x, x]), torch.cat([timesteps, timesteps]), context, mask).chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def _sample_frame_by_frame(model, shape, context, mask, steps, cfg_scale, generator, correlation, scheduler):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model.eval()
+    b, frames = shape[0], shape[1]
+    device = next(model.parameters()).device
+    context, mask = context.to(device), mask.to(device)
+    if cfg_scale != 1.0:
+        null_ctx, null_mask = model.drop_context(context, mask, torch.ones(b, dtype=torch.bool, device=device))
+        context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
+    x = prior_noise(shape, generator, correlation).to(device)
+    for f in range(frames):
+        sched = copy.deepcopy(scheduler) if scheduler is not None else None
+        sched = sched or FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        sched.set_timesteps(steps)
+        for t in sched.timesteps:
+            timesteps = torch.zeros(b, f + 1, device=device)
+            timesteps[:, f] = t
+            pred = _guided(model, x[:, : f + 1], timesteps, context, mask, cfg_scale)[:, f]
+            x[:, f] = sched.step(pred, t, x[:, f]).prev_sample
     return x
 
 
@@ -307,6 +365,7 @@ class Generator:
                 flow=self.meta["flow"],
                 generator=gen,
                 frame_noise_correlation=float(self.meta.get("frame_noise_correlation", 0.0)),
+                frame_by_frame=bool(self.meta.get("frame_by_frame", False)),
             )
             x = self.codec.decode(z.cpu())
             out.append((x.movedim(-3, -1) * 255).round().to(torch.uint8).numpy())
@@ -386,6 +445,7 @@ def train_generator(
     ema_decay: float = 0.0,
     lr_schedule: str = "constant",
     frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training size (drawn
@@ -422,6 +482,7 @@ def train_generator(
             t_mean=t_mean,
             t_std=t_std,
             frame_noise_correlation=frame_noise_correlation,
+            frame_by_frame=frame_by_frame,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -170,6 +170,7 @@ def _train(
             ema_decay=m.ema_decay,
             lr_schedule=m.lr_schedule,
             frame_noise_correlation=float(meta.get("frame_noise_correlation", 0.0)),
+            frame_by_frame=bool(meta.get("frame_by_frame", False)),
             on_step=on_step,
         )
         if run is not None:
@@ -312,6 +313,7 @@ def train_video_stage(
             "size": list(size),
             "frames": p.frames,
             "frame_noise_correlation": p.frame_noise_correlation,
+            "frame_by_frame": p.frame_by_frame,
             "max_prompt_tokens": max_prompt_tokens,
             "text_dim": int(context.shape[-1]),
         },

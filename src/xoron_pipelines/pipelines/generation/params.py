@@ -94,6 +94,7 @@ class VideoGen(StrictModel):
     generation_inference_steps: PositiveInt = 20
     causal: bool = True
     frame_noise_correlation: float = Field(0.0, ge=0, lt=1)
+    frame_by_frame: bool = False
     frames: int = Field(8, ge=2, le=32)
     max_frames: int = Field(32, ge=2, le=32)
     size: Size = Field(default_factory=lambda: [32, 32])
@@ -106,6 +107,8 @@ class VideoGen(StrictModel):
             raise ValueError(f"frames {self.frames} exceed max_frames {self.max_frames}")
         if self.frame_noise_correlation > 0 and not self.generation_video_use_flow_matching:
             raise ValueError("frame_noise_correlation needs generation_video_use_flow_matching: true")
+        if self.frame_by_frame and not (self.causal and self.generation_video_use_flow_matching):
+            raise ValueError("frame_by_frame needs causal: true and generation_video_use_flow_matching: true")
         return self
 
 
