@@ -93,7 +93,7 @@ class RoutedMlp(nn.Module):
         self.temporal = temporal
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        if not self.temporal or frames == 1:
+        if not self.temporal:  # a one-frame clip routes its frame too (frame-by-frame sampling)
             return self.moe(x)
         b, n, d = x.shape
         per_frame = x.view(b, frames, n // frames, d)
