@@ -187,8 +187,15 @@ def test_frame_by_frame_sampler_denoises_each_frame_after_the_finished_ones():
     model = FramePointMass(x0)
     ctx, mask = torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool)
     out = sample(
-        model, (2, 3, 2, 4, 4), ctx, mask, steps=4, cfg_scale=1.0, flow=True,
-        generator=torch.Generator().manual_seed(0), frame_by_frame=True,
+        model,
+        (2, 3, 2, 4, 4),
+        ctx,
+        mask,
+        steps=4,
+        cfg_scale=1.0,
+        flow=True,
+        generator=torch.Generator().manual_seed(0),
+        frame_by_frame=True,
     )
     assert torch.allclose(out, x0.expand(2, -1, -1, -1, -1), atol=1e-4)
     # frame f is denoised with the clip cut after it: finished frames at timestep 0, f at s > 0
@@ -203,7 +210,9 @@ def test_frame_by_frame_loss_skips_the_clean_history():
     ctx, mask = torch.randn(64, 3, 8), torch.ones(64, 3, dtype=torch.bool)
     # zero-initialised model: the loss is the target's energy |noise - x0|^2 on the noised frames
     # only (clean history frames would add |noise - x0|^2 of frames it cannot predict)
-    loss = diffusion_loss(model, x0, ctx, mask, flow=True, generator=torch.Generator().manual_seed(3), frame_by_frame=True)
+    loss = diffusion_loss(
+        model, x0, ctx, mask, flow=True, generator=torch.Generator().manual_seed(3), frame_by_frame=True
+    )
     gen = torch.Generator().manual_seed(3)
     noise = torch.randn(x0.shape, generator=gen)
     torch.sigmoid(torch.randn(64 * 4, generator=gen))  # the levels drawn next

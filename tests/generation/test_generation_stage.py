@@ -127,7 +127,9 @@ def test_frame_noise_correlation_knob_reaches_training_and_sampling(tables):
         p = Params.model_validate(
             {**p.model_dump(), "video_gen": {**p.video_gen.model_dump(), "frame_noise_correlation": rho}}
         )
-        gen, s = train_video_stage(llm(), tokenizer(), video, p.video_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16)
+        gen, s = train_video_stage(
+            llm(), tokenizer(), video, p.video_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16
+        )
         assert gen.meta["frame_noise_correlation"] == rho
         corr[rho] = s["first_loss"]
         # two steps leave the velocity near zero: a sample is close to its starting noise, whose
@@ -149,7 +151,9 @@ def test_frame_by_frame_knob_reaches_training_and_sampling(tables):
     for fbf in (False, True):
         p = _params()
         p = Params.model_validate({**p.model_dump(), "video_gen": {**p.video_gen.model_dump(), "frame_by_frame": fbf}})
-        gen, s = train_video_stage(llm(), tokenizer(), video, p.video_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16)
+        gen, s = train_video_stage(
+            llm(), tokenizer(), video, p.video_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16
+        )
         assert gen.meta["frame_by_frame"] is fbf
         states = prompt_states(llm(), tokenizer(), ["a red circle moves left slowly"])
         g = torch.Generator().manual_seed(0)
