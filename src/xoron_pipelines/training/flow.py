@@ -252,6 +252,8 @@ def sample(
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if frame_by_frame:
+        if not flow or len(shape) != 5:
+            raise ValueError(f"frame_by_frame sampling needs flow matching and video shapes, got {tuple(shape)}")
         return _sample_frame_by_frame(
             model, shape, context, mask, steps, cfg_scale, generator, frame_noise_correlation, scheduler
         )
@@ -267,21 +269,24 @@ def sample(
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if flow else ddpm_scheduler()
     )
     sched.set_timesteps(steps)
-    guided = cfg_scale != 1.0
-    if guided:
-        null_ctx, null_mask = model.drop_context(context, mask, torch.ones(b, dtype=torch.bool, device=device))
-        context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
+    context, mask = _with_unconditional(model, context, mask, cfg_scale)
     for t in sched.timesteps:
-        inp = torch.cat([x, x]) if guided else x
-        pred = model(inp, t.expand(inp.shape[0]).to(device).float(), context, mask)
-        if guided:
-            cond, uncond = pred.chunk(2)
-            pred = uncond + cfg_scale * (cond - uncond)
+        pred = _guided(model, x, t.expand(b).to(device).float(), context, mask, cfg_scale)
         if flow:
             x = sched.step(pred, t, x).prev_sample
         else:
             x = sched.step(pred, t, x, generator=generator).prev_sample
     return x
+
+
+def _with_unconditional(model, context, mask, cfg_scale):
+    """The prompts' rows followed by as many empty-prompt rows when ``cfg_scale`` != 1."""
+    if cfg_scale == 1.0:
+        return context, mask
+    null_ctx, null_mask = model.drop_context(
+        context, mask, torch.ones(len(context), dtype=torch.bool, device=mask.device)
+    )
+    return torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
 
 
 def _guided(model, x, timesteps, context, mask, cfg_scale):
@@ -300,9 +305,7 @@ def _sample_frame_by_frame(model, shape, context, mask, steps, cfg_scale, genera
     b, frames = shape[0], shape[1]
     device = next(model.parameters()).device
     context, mask = context.to(device), mask.to(device)
-    if cfg_scale != 1.0:
-        null_ctx, null_mask = model.drop_context(context, mask, torch.ones(b, dtype=torch.bool, device=device))
-        context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
+    context, mask = _with_unconditional(model, context, mask, cfg_scale)
     x = prior_noise(shape, generator, correlation).to(device)
     for f in range(frames):
         sched = copy.deepcopy(scheduler) if scheduler is not None else None
