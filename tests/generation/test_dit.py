@@ -100,3 +100,19 @@ def test_save_and_load_round_trip(tmp_path):
     ctx, mask = _ctx()
     x, t = torch.randn(2, 3, 3, 8, 8), torch.tensor([10.0, 700.0])
     assert torch.equal(model(x, t, ctx, mask), loaded(x, t, ctx, mask))
+
+
+def test_per_frame_timesteps_modulate_their_own_frame():
+    model = _perturb(MoEDiT(video=True, causal=True, **KW))
+    ctx, mask = _ctx()
+    x = torch.randn(2, 4, 3, 8, 8)
+    one = model(x, torch.tensor([300.0, 300.0]), ctx, mask)
+    same = torch.full((2, 4), 300.0)
+    assert torch.allclose(model(x, same, ctx, mask), one, atol=1e-5)  # equal levels = one per clip
+    later = same.clone()
+    later[:, 2] = 0.0  # frame 2 clean: frames 0-1 cannot see it (causal), frame 2 changes
+    out = model(x, later, ctx, mask)
+    assert torch.allclose(out[:, :2], one[:, :2], atol=1e-5)
+    assert not torch.allclose(out[:, 2], one[:, 2], atol=1e-3)
+    with pytest.raises(ValueError, match="per-frame timesteps must be"):
+        model(x, torch.zeros(2, 3), ctx, mask)

@@ -19,6 +19,9 @@ One class, :class:`MoEDiT`, for both: an image is a video of one frame.
   with ``use_3d_rope``, else 2D plus a learned frame embedding. Text tokens are not rotated.
 * **Causal video attention**: with ``causal`` an image token of frame t attends to the text and
   to frames <= t (block-causal in time), so a clip can be extended frame block by frame block.
+  The timestep may be one per clip (B,) or one per frame (B, T): each frame's tokens are then
+  modulated by their own frame's noise level (diffusion forcing: clean earlier frames beside a
+  noisy current one, what frame-by-frame sampling needs).
 * **MoE MLPs**: the image stream's MLP is :class:`xoron_pipelines.model.moe.MoE` (top-k routed
   SwiGLU experts, aux-loss-free balancing bias; :meth:`MoEDiT.update_moe_bias` once per step).
   ``temporal_moe`` (video): the router scores each *frame* (its tokens' mean), so all tokens of
@@ -44,7 +47,16 @@ from xoron_pipelines.model.rope import apply_axial_rope, axial_rope_cos_sin, axi
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN: ``shift`` / ``scale`` per row (B, d) or already per token (B, N, d)."""
+    if shift.dim() == 2:
+        shift, scale = shift[:, None], scale[:, None]
+    return x * (1 + scale) + shift
+
+
+def _per_token(mod: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A modulation (B, k) -> (B, 1, k) for every token, or per frame (B, T, k) -> (B, tokens, k)
+    (each frame's value repeated over its tokens)."""
+    return mod[:, None] if mod.dim() == 2 else mod.repeat_interleave(tokens // mod.shape[1], dim=1)
 
 
 class _Mlp(nn.Module):
@@ -81,7 +93,7 @@ class RoutedMlp(nn.Module):
         self.temporal = temporal
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        if not self.temporal or frames == 1:
+        if not self.temporal:  # a one-frame clip routes its frame too (frame-by-frame sampling)
             return self.moe(x)
         b, n, d = x.shape
         per_frame = x.view(b, frames, n // frames, d)
@@ -147,26 +159,29 @@ class Block(nn.Module):
         self.heads = heads
 
     def forward(self, x, ctx, c, rope, x_mask, ctx_mask, frames):
-        mod = self.x_mod(F.silu(c)).chunk(self.x_mod.out_features // x.shape[-1], dim=-1)
+        # c: (B, d), or (B, T, d) with a timestep per frame; the text stream then takes the first
+        # frame's, which every frame's prefix holds (a later frame's level must not reach earlier
+        # frames through the text tokens they attend to)
+        mod = _per_token(self.x_mod(F.silu(c)), x.shape[1]).chunk(self.x_mod.out_features // x.shape[-1], dim=-1)
         cos, sin, freqs = rope
         q, k, v = self.x_attn.qkv_heads(modulate(self.x_norm1(x), mod[0], mod[1]))
         q, k = apply_axial_rope(q, cos, sin, freqs), apply_axial_rope(k, cos, sin, freqs)
         if self.dual:
-            cm = self.c_mod(F.silu(c)).chunk(6, dim=-1)
+            cm = self.c_mod(F.silu(c if c.dim() == 2 else c[:, 0])).chunk(6, dim=-1)
             cq, ck, cv = self.c_attn.qkv_heads(modulate(self.c_norm1(ctx), cm[0], cm[1]))
             n_ctx = ctx.shape[1]
             out = _attend(torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2), x_mask)
             ctx = ctx + cm[2][:, None] * self.c_attn.out(out[:, :n_ctx])
             ctx = ctx + cm[5][:, None] * self.c_mlp(modulate(self.c_norm2(ctx), cm[3], cm[4]))
-            x = x + mod[2][:, None] * self.x_attn.out(out[:, n_ctx:])
+            x = x + mod[2] * self.x_attn.out(out[:, n_ctx:])
         else:
-            x = x + mod[2][:, None] * self.x_attn.out(_attend(q, k, v, x_mask))
+            x = x + mod[2] * self.x_attn.out(_attend(q, k, v, x_mask))
             b, n, d = x.shape
             h = modulate(self.x_norm3(x), mod[6], mod[7])
             cq = self.cross_q(h).view(b, n, self.heads, -1).transpose(1, 2)
             ck, cv = self.cross_kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-            x = x + mod[8][:, None] * self.cross_out(_attend(cq, ck, cv, ctx_mask[:, None, None, :]))
-        x = x + mod[5][:, None] * self.x_mlp(modulate(self.x_norm2(x), mod[3], mod[4]), frames)
+            x = x + mod[8] * self.cross_out(_attend(cq, ck, cv, ctx_mask[:, None, None, :]))
+        x = x + mod[5] * self.x_mlp(modulate(self.x_norm2(x), mod[3], mod[4]), frames)
         return x, ctx
 
 
@@ -274,8 +289,14 @@ class MoEDiT(ModelMixin, ConfigMixin):
         ctx = self.text_proj(self.text_norm(context))
         m = context_mask.to(ctx.dtype)[..., None]
         pooled = (ctx * m).sum(1) / m.sum(1).clamp(min=1)
-        ts = timestep.to(x.device).float().expand(b) if timestep.dim() else timestep.float().expand(b)
-        c = self.time_embed(self.time_proj(ts).to(x.dtype)) + self.pool_embed(pooled)
+        ts = timestep.to(x.device).float()
+        if ts.dim() == 2:  # a timestep per frame (video): (B, T)
+            if not video or tuple(ts.shape) != (b, t):
+                raise ValueError(f"per-frame timesteps must be (batch, frames) = {(b, t)}, got {tuple(ts.shape)}")
+            temb = self.time_embed(self.time_proj(ts.reshape(-1)).to(x.dtype)).view(b, t, -1)
+            c = temb + self.pool_embed(pooled)[:, None]
+        else:
+            c = self.time_embed(self.time_proj(ts.expand(b)).to(x.dtype)) + self.pool_embed(pooled)
         coords = (
             grid_coords(t, h, w, device=x.device)
             if (video and self.config.use_3d_rope)
@@ -285,7 +306,7 @@ class MoEDiT(ModelMixin, ConfigMixin):
         x_mask, ctx_mask = self._masks(context_mask, t, h * w)
         for block in self.blocks:
             x, ctx = block(x, ctx, c, (cos, sin, self.rope_freqs), x_mask, ctx_mask, t)
-        shift, scale = self.final_mod(F.silu(c)).chunk(2, dim=-1)
+        shift, scale = _per_token(self.final_mod(F.silu(c)), x.shape[1]).chunk(2, dim=-1)
         out = self.final(modulate(self.final_norm(x), shift, scale))  # (B, N, p*p*C)
         out = out.view(b, t, h, w, p, p, ch).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, t, ch, hh, ww)
         return out if video else out[:, 0]

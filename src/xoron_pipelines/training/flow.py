@@ -24,6 +24,7 @@ hidden states and mask (what every generator is conditioned on).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -158,6 +159,20 @@ def logit_normal(n: int, mean: float, std: float, generator: torch.Generator) ->
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
+def prior_noise(shape: Sequence[int], generator: torch.Generator, frame_correlation: float = 0.0) -> torch.Tensor:
+    """Standard normal noise of ``shape``. For videos (B, T, ...) with ``frame_correlation`` rho > 0,
+    every frame's noise is ``sqrt(rho) * shared + sqrt(1 - rho) * own`` (one ``shared`` draw per
+    clip): each element stays N(0, 1), two frames of a clip correlate by rho (PYoCo's "mixed"
+    video noise prior, Ge et al. 2023). rho = 0 draws exactly ``torch.randn(shape)``."""
+    own = torch.randn(tuple(shape), generator=generator)
+    if frame_correlation <= 0:
+        return own
+    if len(shape) != 5:
+        raise ValueError(f"frame-correlated noise needs video shapes (B, T, C, H, W), got {tuple(shape)}")
+    shared = torch.randn((shape[0], 1, *shape[2:]), generator=generator)
+    return math.sqrt(frame_correlation) * shared + math.sqrt(1 - frame_correlation) * own
+
+
 def ddpm_scheduler():
     from diffusers import DDPMScheduler
 
@@ -174,12 +189,33 @@ def diffusion_loss(
     generator: torch.Generator,
     t_mean: float = 0.0,
     t_std: float = 1.0,
+    frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
 ) -> torch.Tensor:
     """Mean squared error of the model's prediction: velocity ``noise - x0`` at logit-normal
-    ``s`` (flow) or the noise at a uniform DDPM timestep (epsilon)."""
+    ``s`` (flow) or the noise at a uniform DDPM timestep (epsilon). ``frame_noise_correlation``:
+    the video noise prior of :func:`prior_noise` (flow only: DDPM's sampler adds its own noise).
+
+    ``frame_by_frame`` (video, flow; diffusion forcing, Chen et al. 2024): each clip keeps its
+    first k frames clean (k uniform in [0, T)) as the history a frame-by-frame sampler gives,
+    every later frame gets its own logit-normal ``s`` (a timestep per frame), and the loss is
+    the mean over the noised frames only."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    if (frame_noise_correlation > 0 or frame_by_frame) and not flow:
+        raise ValueError("frame_noise_correlation and frame_by_frame need the flow-matching objective")
+    noise = prior_noise(x0.shape, generator, frame_noise_correlation).to(x0)
     shape = (b,) + (1,) * (x0.dim() - 1)
+    if frame_by_frame:
+        if x0.dim() != 5:
+            raise ValueError(f"frame_by_frame needs video samples (B, T, C, H, W), got {tuple(x0.shape)}")
+        t = x0.shape[1]
+        s = logit_normal(b * t, t_mean, t_std, generator).view(b, t)
+        history = torch.arange(t)[None] < torch.randint(0, t, (b, 1), generator=generator)
+        s = s.masked_fill(history, 0.0).to(x0)
+        s5 = s.view(b, t, 1, 1, 1)
+        pred = model((1 - s5) * x0 + s5 * noise, s * 1000, context, mask)
+        per_frame = (pred - (noise - x0)).square().mean(dim=(2, 3, 4))
+        return per_frame[~history.to(per_frame.device)].mean()
     if flow:
         s = logit_normal(b, t_mean, t_std, generator).to(x0)
         xt = (1 - s.view(shape)) * x0 + s.view(shape) * noise
@@ -203,36 +239,83 @@ def sample(
     flow: bool,
     generator: torch.Generator,
     scheduler=None,
+    frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
 ) -> torch.Tensor:
     """Draw ``shape[0]`` samples for the prompts (context, mask) in ``steps`` scheduler steps with
     classifier-free guidance ``cfg_scale`` (1 = conditional only, no unconditional pass).
     ``scheduler``: a diffusers scheduler to use (default: a fresh flow-matching Euler one, or
-    DDPM when not ``flow``)."""
+    DDPM when not ``flow``). ``frame_noise_correlation``: the starting noise's prior, as trained
+    (:func:`prior_noise`). ``frame_by_frame`` (video, flow, a block-causal model trained so):
+    frame t is denoised in ``steps`` steps beside the finished frames < t (timestep 0), then
+    kept, so each frame continues the clean history."""
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if frame_by_frame:
+        if not flow or len(shape) != 5:
+            raise ValueError(f"frame_by_frame sampling needs flow matching and video shapes, got {tuple(shape)}")
+        return _sample_frame_by_frame(
+            model, shape, context, mask, steps, cfg_scale, generator, frame_noise_correlation, scheduler
+        )
 
     model.eval()
     b = shape[0]
     device = next(model.parameters()).device
     context, mask = context.to(device), mask.to(device)
-    x = torch.randn(tuple(shape), generator=generator).to(device)
+    if frame_noise_correlation > 0 and not flow:
+        raise ValueError("frame_noise_correlation needs the flow-matching objective")
+    x = prior_noise(shape, generator, frame_noise_correlation).to(device)
     sched = scheduler or (
         FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0) if flow else ddpm_scheduler()
     )
     sched.set_timesteps(steps)
-    guided = cfg_scale != 1.0
-    if guided:
-        null_ctx, null_mask = model.drop_context(context, mask, torch.ones(b, dtype=torch.bool, device=device))
-        context, mask = torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
+    context, mask = _with_unconditional(model, context, mask, cfg_scale)
     for t in sched.timesteps:
-        inp = torch.cat([x, x]) if guided else x
-        pred = model(inp, t.expand(inp.shape[0]).to(device).float(), context, mask)
-        if guided:
-            cond, uncond = pred.chunk(2)
-            pred = uncond + cfg_scale * (cond - uncond)
+        pred = _guided(model, x, t.expand(b).to(device).float(), context, mask, cfg_scale)
         if flow:
             x = sched.step(pred, t, x).prev_sample
         else:
             x = sched.step(pred, t, x, generator=generator).prev_sample
+    return x
+
+
+def _with_unconditional(model, context, mask, cfg_scale):
+    """The prompts' rows followed by as many empty-prompt rows when ``cfg_scale`` != 1."""
+    if cfg_scale == 1.0:
+        return context, mask
+    null_ctx, null_mask = model.drop_context(
+        context, mask, torch.ones(len(context), dtype=torch.bool, device=mask.device)
+    )
+    return torch.cat([context, null_ctx]), torch.cat([mask, null_mask])
+
+
+def _guided(model, x, timesteps, context, mask, cfg_scale):
+    """The model's prediction for ``x`` with classifier-free guidance (``context`` / ``mask``
+    hold the conditional rows, then the unconditional ones, when ``cfg_scale`` != 1)."""
+    if cfg_scale == 1.0:
+        return model(x, timesteps, context, mask)
+    cond, uncond = model(torch.cat([x, x]), torch.cat([timesteps, timesteps]), context, mask).chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
+def _sample_frame_by_frame(model, shape, context, mask, steps, cfg_scale, generator, correlation, scheduler):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model.eval()
+    b, frames = shape[0], shape[1]
+    device = next(model.parameters()).device
+    context, mask = context.to(device), mask.to(device)
+    context, mask = _with_unconditional(model, context, mask, cfg_scale)
+    x = prior_noise(shape, generator, correlation).to(device)
+    for f in range(frames):
+        sched = copy.deepcopy(scheduler) if scheduler is not None else None
+        sched = sched or FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        sched.set_timesteps(steps)
+        for t in sched.timesteps:
+            timesteps = torch.zeros(b, f + 1, device=device)
+            timesteps[:, f] = t
+            pred = _guided(model, x[:, : f + 1], timesteps, context, mask, cfg_scale)[:, f]
+            x[:, f] = sched.step(pred, t, x[:, f]).prev_sample
     return x
 
 
@@ -284,6 +367,8 @@ class Generator:
                 cfg_scale=self.meta["cfg_scale"] if cfg_scale is None else cfg_scale,
                 flow=self.meta["flow"],
                 generator=gen,
+                frame_noise_correlation=float(self.meta.get("frame_noise_correlation", 0.0)),
+                frame_by_frame=bool(self.meta.get("frame_by_frame", False)),
             )
             x = self.codec.decode(z.cpu())
             out.append((x.movedim(-3, -1) * 255).round().to(torch.uint8).numpy())
@@ -336,6 +421,20 @@ class TrainData:
     sample_shape: Callable[[int, int, np.random.Generator], tuple[int, ...]] | None = None
 
 
+def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier of optimizer step ``step + 1`` (0-based ``step``, LambdaLR's
+    count) of ``steps``: linear warm-up over ``warmup_steps``, then 1 (``constant``) or a cosine
+    from 1 towards 0 one step after the last (``cosine``)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if step + 1 <= warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    done = (step + 1 - warmup_steps) / (steps - warmup_steps + 1)  # < 1: the last step still learns
+    return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
 def train_generator(
     dit: MoEDiT,
     data: TrainData,
@@ -353,18 +452,23 @@ def train_generator(
     t_mean: float = 0.0,
     t_std: float = 1.0,
     ema_decay: float = 0.0,
+    lr_schedule: str = "constant",
+    frame_noise_correlation: float = 0.0,
+    frame_by_frame: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training shape (drawn by
     ``data.sample_shape`` with a generator seeded by ``seed``) and ``batch_size`` items of it.
-    The stage loss is ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). With
+    The stage loss is ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss
+    weight). The learning rate warms up linearly over ``warmup_steps``, then stays at ``lr``
+    (``lr_schedule="constant"``) or follows a cosine towards 0 at the end (``"cosine"``). With
     ``ema_decay`` > 0 the weights end as their exponential moving average. Returns the
     per-step (weighted) losses; ``on_step(step, metrics)`` after each step."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     sizes = list(data.x0)
     opt = torch.optim.AdamW(dit.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup_steps, lr_schedule))
     ema = {k: v.detach().clone() for k, v in dit.state_dict().items()} if ema_decay > 0 else None
     device = next(dit.parameters()).device
     losses = []
@@ -377,10 +481,22 @@ def train_generator(
         ctx, m = data.context[data.prompt_index[idx]].to(device), data.mask[data.prompt_index[idx]].to(device)
         if cfg_dropout > 0:
             ctx, m = dit.drop_context(ctx, m, (torch.rand(batch_size, generator=gen) < cfg_dropout).to(device))
-        loss = loss_weight * diffusion_loss(dit, x0, ctx, m, flow=flow, generator=gen, t_mean=t_mean, t_std=t_std)
+        loss = loss_weight * diffusion_loss(
+            dit,
+            x0,
+            ctx,
+            m,
+            flow=flow,
+            generator=gen,
+            t_mean=t_mean,
+            t_std=t_std,
+            frame_noise_correlation=frame_noise_correlation,
+            frame_by_frame=frame_by_frame,
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), grad_clip) if grad_clip > 0 else torch.tensor(0.0)
+        step_lr = sched.get_last_lr()[0]  # the rate of this step
         opt.step()
         sched.step()
         dit.update_moe_bias()
@@ -396,7 +512,7 @@ def train_generator(
             raise FloatingPointError(f"generator loss is {value} at step {step} (lower the learning rate)")
         losses.append(value)
         if on_step is not None:
-            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": sched.get_last_lr()[0], "size": shape[-2]})
+            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": step_lr, "size": shape[-2]})
     if ema is not None:
         dit.load_state_dict(ema)
     dit.eval()

@@ -154,8 +154,11 @@ def _train(
         if run is not None:
             tracking.log_params({"stage": p.model_dump(mode="json"), "loss_weight": loss_weight, **extra_params})
 
+        last_lr = []
+
         def on_step(step: int, metrics: dict) -> None:
             recorder.log(step, metrics)
+            last_lr[:] = [metrics["lr"]]
             if run is not None and (step % m.sample_every == 0 or step == m.steps):
                 items = generator.generate(preview[0], preview[1], seed=seed)
                 tracking.log_figure(
@@ -178,6 +181,9 @@ def _train(
             t_mean=m.t_mean,
             t_std=m.t_std,
             ema_decay=m.ema_decay,
+            lr_schedule=m.lr_schedule,
+            frame_noise_correlation=float(meta.get("frame_noise_correlation", 0.0)),
+            frame_by_frame=bool(meta.get("frame_by_frame", False)),
             on_step=on_step,
         )
         if run is not None:
@@ -191,6 +197,7 @@ def _train(
         "first_loss": losses[0],
         "final_loss": float(np.mean(tail)),
         "loss_weight": loss_weight,
+        "final_lr": last_lr[0],
         "train_seconds": round(time.monotonic() - start, 1),
         "parameters": sum(t.numel() for t in dit.parameters()),
         "space": codec.space,
@@ -371,6 +378,8 @@ def train_video_stage(
         meta={
             "size": list(size),
             "frames": frames,
+            "frame_noise_correlation": p.frame_noise_correlation,
+            "frame_by_frame": p.frame_by_frame,
             "max_prompt_tokens": max_prompt_tokens,
             "text_dim": int(context.shape[-1]),
         },

@@ -31,6 +31,7 @@ class _Stage(StrictModel):
     batch_size: PositiveInt = 32
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1)
@@ -103,7 +104,17 @@ class VideoGen(StrictModel):
     generation_video_cfg_scale: float = Field(3.0, ge=1)
     generation_inference_steps: PositiveInt = 20
     causal: bool = True
+    frame_noise_correlation: float = Field(0.0, ge=0, lt=1)
+    frame_by_frame: bool = False
     model: _Stage = Field(default_factory=_Stage)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.frame_noise_correlation > 0 and not self.generation_video_use_flow_matching:
+            raise ValueError("frame_noise_correlation needs generation_video_use_flow_matching: true")
+        if self.frame_by_frame and not (self.causal and self.generation_video_use_flow_matching):
+            raise ValueError("frame_by_frame needs causal: true and generation_video_use_flow_matching: true")
+        return self
 
 
 class Evaluation(StrictModel):
