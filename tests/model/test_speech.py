@@ -1,7 +1,7 @@
 """The speech generator's parts: monotonic alignment search against a brute force, uniform
 durations, expansion, the anti-aliased Snake, the waveform decoder's shapes, speaker routes,
-in-context prompting, safetensors round trip; the pitch track, the harmonic excitation and the
-generated pitch following the pitch head."""
+in-context prompting, safetensors round trip; the pitch track, the harmonic excitation, the learned
+harmonic-plus-noise source and the generated pitch following the pitch head."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from xoron_pipelines.model.speech import (
     AntiAliasedSnake,
     SpeechConfig,
     SpeechModel,
+    HarmonicNoiseSource,
     excitation,
+    harmonic_noise,
     expand,
     frame_pitch,
     monotonic_alignment_search,
@@ -237,3 +239,55 @@ def test_cloning_conditions_on_the_references_pitch():
         with torch.no_grad():
             moved = model.speaker_vector(None, mel, mask, ref_f0=f0) - model.speaker_vector(None, mel, mask)
             torch.testing.assert_close(moved, model.speaker_encoder.pitch_in(summary))
+
+
+def test_harmonic_noise_peaks_at_k_f0_with_the_given_amplitudes():
+    """Harmonics: spectral lines exactly at k * f0 with the amplitudes asked for (a sine of
+    amplitude a over N samples gives an FFT peak of a * N / 2), nothing at the harmonics given
+    zero amplitude, none above Nyquist; unvoiced frames carry no harmonics."""
+    hop, sr, frames = 256, 16000, 40
+    f0 = torch.full((1, frames), 125.0)  # 125 Hz: a whole number of periods per FFT bin
+    amps = torch.zeros(1, frames, 80)
+    amps[..., 0], amps[..., 2], amps[..., 9] = 0.4, 0.2, 0.1  # k = 1, 3, 10
+    amps[..., 70] = 0.3  # 8875 Hz: above Nyquist, dropped
+    silent = torch.zeros(1, frames, 4)
+    g = torch.Generator().manual_seed(0)
+    x = harmonic_noise(f0, f0 > 0, amps, silent, hop, sr, g)[0].numpy()
+    assert x.shape == (frames * hop,)
+    core = x[4 * hop : 36 * hop]  # away from the interpolation's edges
+    spec = np.abs(np.fft.rfft(core)) / (core.size / 2)
+    freqs = np.fft.rfftfreq(core.size, 1 / sr)
+    at = lambda hz: spec[np.argmin(np.abs(freqs - hz))]  # noqa: E731
+    for k, a in ((1, 0.4), (3, 0.2), (10, 0.1)):
+        assert at(125 * k) == pytest.approx(a, rel=0.02)
+    assert at(250) < 1e-3 and at(500) < 1e-3 and spec.max() == pytest.approx(0.4, rel=0.02)
+    unvoiced = harmonic_noise(f0, torch.zeros_like(f0, dtype=torch.bool), amps, silent, hop, sr, g)
+    assert unvoiced.abs().max() < 1e-6
+
+
+def test_harmonic_noise_noise_follows_its_band_magnitudes():
+    """Filtered noise: the power in each band is the square of its magnitude (unit white noise
+    at magnitude 1), loud bands loud and silent bands silent."""
+    hop, sr, frames = 256, 16000, 200
+    f0 = torch.zeros(1, frames)
+    mags = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]).repeat(1, frames, 1)  # 2-4 kHz loud, 1k edges
+    x = harmonic_noise(f0, f0 > 0, torch.zeros(1, frames, 4), mags, hop, sr, torch.Generator().manual_seed(0))
+    spec = np.abs(np.fft.rfft(x[0].numpy())) ** 2 / x.shape[1]  # white unit noise: 1 per bin
+    freqs = np.fft.rfftfreq(x.shape[1], 1 / sr)
+    assert spec[(freqs > 2200) & (freqs < 3800)].mean() == pytest.approx(1.0, rel=0.15)
+    assert spec[freqs < 800].mean() < 0.01 and spec[freqs > 5200].mean() < 0.01
+
+
+def test_learned_source_reads_one_envelope_at_every_pitch():
+    """The harmonic amplitudes are the envelope read at k * f0: a peak of the envelope (a
+    formant) stays at its frequency whatever the pitch; the harmonic nearest to it is loudest."""
+    cfg = SpeechConfig(llm_hidden_size=8, speakers=["a"], hidden_size=16, num_heads=2, audio_n_mels=16)
+    source = HarmonicNoiseSource(4, cfg)
+    with torch.no_grad():
+        source.envelope.weight.zero_()
+        centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, cfg.source_bins) / 2595.0) - 1)
+        source.envelope.bias.copy_(torch.tensor(-((centres - 1000.0) / 300.0) ** 2, dtype=torch.float32))
+    for pitch in (100.0, 125.0, 200.0):
+        amps = source.harmonic_amplitudes(torch.zeros(1, 1, 4), torch.tensor([[pitch]]))[0, 0]
+        assert (int(amps.argmax()) + 1) * pitch == pytest.approx(1000.0, abs=pitch / 2)
+        assert float(amps.max()) > 0.9 and float(amps[-1]) < 1e-6

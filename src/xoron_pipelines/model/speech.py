@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -68,6 +69,12 @@ class SpeechArchitecture(StrictModel):
     upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
     resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
     resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
+    source: Literal["harmonic_noise", "sine"] = Field(
+        "harmonic_noise",
+        description="the decoder's excitation: learned harmonics + filtered noise (DDSP) or fixed sines (NSF)",
+    )
+    source_harmonics: int = Field(64, ge=1, description="harmonics of f0 in the learned source")
+    source_bins: int = Field(64, ge=2, description="points of the learned harmonic envelope / noise bands")
 
     @model_validator(mode="after")
     def _check_architecture(self) -> SpeechArchitecture:
@@ -267,6 +274,90 @@ def excitation(
     sines = (torch.sin(k * phase) * below_nyquist * (0.1 / k)).sum(0)
     noise = torch.randn(per_sample.shape, device=f0.device, generator=generator)
     return vmask * (sines + noise_std * noise) + (1 - vmask) * (0.1 / 3) * noise
+
+
+def harmonic_noise(
+    f0: torch.Tensor,
+    voiced: torch.Tensor,
+    harmonic_amps: torch.Tensor,
+    noise_mags: torch.Tensor,
+    hop: int,
+    sample_rate: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A DDSP harmonic-plus-noise signal (B, T * hop) from per-frame f0 (B, T) in Hz, voicing
+    (B, T), amplitudes of harmonics ``k = 1..K`` (B, T, K) and noise magnitudes on ``M`` equal
+    bands from 0 to Nyquist (B, T, M).
+
+    Voiced samples: ``sum_k a_k sin(k * phase)``, ``a_k`` linearly interpolated between frame
+    centres (zero above Nyquist and where unvoiced), the phase the running integral of the
+    interpolated f0 (random start, 0 with a ``generator``). Noise: white noise shaped in the
+    short-time Fourier domain (frame ``hop``, window ``2 * hop``) by the magnitudes interpolated
+    over frequency; a band of magnitude ``m`` has amplitude spectral density ``m`` relative to
+    unit white noise. Differentiable in the amplitudes and magnitudes."""
+    bsz, frames = f0.shape
+    n = frames * hop
+    f0 = f0.float() * voiced.float()
+    per_sample = F.interpolate(f0[:, None], size=n, mode="linear", align_corners=False)[:, 0]
+    start = torch.rand(bsz, 1, device=f0.device, generator=generator) if generator is None else f0.new_zeros(bsz, 1)
+    phase = 2 * math.pi * (start + torch.cumsum(per_sample / sample_rate, -1))
+    harmonics = harmonic_amps.shape[-1]
+    k = torch.arange(1, harmonics + 1, device=f0.device, dtype=torch.float32)
+    amps = harmonic_amps * (k * f0[..., None] < sample_rate / 2) * voiced[..., None]  # (B, T, K)
+    out = f0.new_zeros(bsz, n)
+    for lo in range(0, harmonics, 16):  # chunks bound the (B, K, N) memory of long clips
+        a = F.interpolate(amps[..., lo : lo + 16].transpose(1, 2), size=n, mode="linear", align_corners=False)
+        out = out + (a * torch.sin(k[lo : lo + 16, None] * phase[:, None])).sum(1)
+    n_fft = 2 * hop
+    window = torch.hann_window(n_fft, device=f0.device)
+    noise = torch.randn(bsz, n, device=f0.device, generator=generator)
+    spec = torch.stft(noise, n_fft, hop, window=window, center=True, return_complex=True)  # (B, F, T+1)
+    bins = spec.shape[1]
+    mags = F.interpolate(noise_mags, size=bins, mode="linear", align_corners=True).transpose(1, 2)  # (B, F, T)
+    mags = torch.cat([mags, mags[..., -1:]], -1)[..., : spec.shape[-1]]
+    shaped = torch.istft(spec * mags, n_fft, hop, window=window, center=True, length=n)
+    return out + shaped
+
+
+class HarmonicNoiseSource(nn.Module):
+    """The learned source (DDSP): per frame, a spectral envelope of harmonic log-amplitudes on a
+    mel-spaced grid of ``source_bins`` points (read at ``k * f0`` for ``k = 1..source_harmonics``:
+    the same envelope serves every pitch, as in the corpus' source-filter synthesiser) and the
+    log-magnitudes of ``source_bins`` equal noise bands, both linear maps of the frame features
+    -> :func:`harmonic_noise`."""
+
+    def __init__(self, in_dim: int, cfg: SpeechArchitecture) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.envelope = nn.Linear(in_dim, cfg.source_bins)
+        self.noise = nn.Linear(in_dim, cfg.source_bins)
+        with torch.no_grad():  # quiet at first: the decoder passes the source through from step 0
+            for lin, level in ((self.envelope, 0.01), (self.noise, 0.003)):
+                lin.weight.mul_(0.1)
+                lin.bias.fill_(math.log(level))
+        mel = lambda f: 2595.0 * torch.log10(1.0 + f / 700.0)  # noqa: E731
+        self.mel_max = float(mel(torch.tensor(cfg.sample_rate / 2)))
+        self.mel = mel
+
+    def harmonic_amplitudes(self, h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) amplitudes of the harmonics of ``f0`` (B, T) from frame features (B, T, D)."""
+        env = self.envelope(h)  # (B, T, bins) log-amplitudes at mel-spaced frequencies
+        k = torch.arange(1, self.cfg.source_harmonics + 1, device=h.device, dtype=torch.float32)
+        freq = (k * f0[..., None]).clamp(max=self.cfg.sample_rate / 2)
+        pos = self.mel(freq) / self.mel_max * (self.cfg.source_bins - 1)
+        lo = pos.floor().long().clamp(max=self.cfg.source_bins - 2)
+        frac = pos - lo
+        left, right = env.gather(-1, lo), env.gather(-1, lo + 1)
+        return torch.exp(left + frac * (right - left))
+
+    def forward(
+        self, h: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Frame features (B, D, T), f0 (B, T) in Hz, voicing (B, T) -> source (B, T * hop)."""
+        h = h.transpose(1, 2)
+        amps = self.harmonic_amplitudes(h, f0.float() * voiced.float())
+        noise = torch.exp(self.noise(h))
+        return harmonic_noise(f0, voiced, amps, noise, self.cfg.hop_length, self.cfg.sample_rate, generator)
 
 
 # --------------------------------------------------------------------------- BigVGAN parts
@@ -492,6 +583,7 @@ class SpeechModel(nn.Module):
         # enters directly (a speaker's mean pitch is its strongest identity cue)
         self.pitch_out = nn.Linear(d, 2)
         self.pitch_speaker = nn.Linear(cfg.audio_speaker_embed_dim, 2)
+        self.source = HarmonicNoiseSource(d + cfg.audio_n_mels, cfg) if cfg.source == "harmonic_noise" else None
         self.decoder = WaveformDecoder(cfg)
 
     # ---- text -------------------------------------------------------------------------
@@ -588,8 +680,16 @@ class SpeechModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The waveform (B, T * hop) of decoder input ``h`` at per-frame ``f0`` (Hz) / ``voiced``."""
-        source = excitation(f0, voiced, self.config.hop_length, self.config.sample_rate, generator=generator)
-        return self.decoder(h, speaker, source)
+        return self.decoder(h, speaker, self.excite(h, f0, voiced, generator))
+
+    def excite(
+        self, h: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The decoder's source (B, T * hop): the learned harmonic-plus-noise signal of ``h``
+        (``source: harmonic_noise``) or the fixed sine excitation (``sine``) at ``f0`` / ``voiced``."""
+        if self.source is not None:
+            return self.source(h, f0, voiced, generator)
+        return excitation(f0, voiced, self.config.hop_length, self.config.sample_rate, generator=generator)
 
     # ---- alignment ---------------------------------------------------------------------
     @torch.no_grad()

@@ -68,6 +68,9 @@ class TTSTrainConfig(StrictModel):
     frame_mel_weight: float = Field(1.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
     speaker_weight: float = Field(0.1, ge=0)
     pitch_weight: float = Field(1.0, ge=0, description="log-f0 MSE (voiced frames) + voicing BCE")
+    source_weight: float = Field(
+        1.0, ge=0, description="multi-resolution STFT loss of the learned harmonic-plus-noise source alone"
+    )
     seed: Seed = 0
     log_every: int = Field(10, ge=1)
     progress: bool = True
@@ -279,8 +282,12 @@ def tts_losses(
     h_seg = torch.stack([h[b, :, s : s + seg] for b, s in enumerate(starts)])
     f0_seg = torch.stack([f0[b, s : s + seg] for b, s in enumerate(starts)])
     real = torch.stack([batch["wave"][b, s * hop : (s + seg) * hop] for b, s in enumerate(starts)])
-    fake = model.render(h_seg, speaker, f0_seg, f0_seg > 0)
+    source = model.excite(h_seg, f0_seg, f0_seg > 0)
+    fake = model.decoder(h_seg, speaker, source)
     stft = multi_resolution_stft_loss(fake, real)
+    # the learned source alone against the real window (DDSP's spectral loss): its envelope
+    # learns the formants directly, whatever the decoder does on top
+    source_loss = multi_resolution_stft_loss(source, real) if model.source is not None else stft.new_zeros(())
     mel_l1 = F.l1_loss(model.log_mel(fake), model.log_mel(real))
     # the encoder learns to land on its speaker's row; the rows learn only through the decoder
     # (pulling them towards the encoder too lets both collapse onto one point)
@@ -294,6 +301,7 @@ def tts_losses(
         + cfg.frame_mel_weight * frame_mel
         + cfg.speaker_weight * speaker_loss
         + cfg.pitch_weight * pitch
+        + cfg.source_weight * source_loss
     )
     loss = LossWeights(tts_loss_weight=cfg.tts_loss_weight).combine({"tts": total})
     return {
@@ -306,6 +314,7 @@ def tts_losses(
         "frame_mel": frame_mel,
         "speaker": speaker_loss,
         "pitch": pitch,
+        "source": source_loss,
     }
 
 
