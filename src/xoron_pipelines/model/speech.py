@@ -65,6 +65,9 @@ class SpeechArchitecture(StrictModel):
     audio_speaker_embed_dim: int = Field(64, ge=1, description="seed 000 (256)")
     use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
     prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
+    sub_slots: int = Field(
+        8, ge=0, description="states per text slot stretched over its frames (a token spans several phones); 0 = none"
+    )
     upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
     upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
     resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
@@ -129,6 +132,10 @@ def mel_filterbank(
     return torch.tensor(weights, dtype=torch.float32)
 
 
+#: the log-mel's floor (digital silence is log(MEL_FLOOR) in every band)
+MEL_FLOOR = 1e-5
+
+
 class LogMel(nn.Module):
     """Waveform (B, N) -> log-mel (B, n_mels, N // hop) with frame ``t`` centred on sample ``t * hop``."""
 
@@ -144,7 +151,7 @@ class LogMel(nn.Module):
         x = F.pad(wave[..., : frames * self.hop_length][:, None], (pad, pad), mode="reflect")[:, 0]
         spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
         mag = spec.abs()[..., :frames]
-        return torch.log(torch.clamp(self.fbank @ mag, min=1e-5))
+        return torch.log(torch.clamp(self.fbank @ mag, min=MEL_FLOOR))
 
 
 # --------------------------------------------------------------------------- alignment
@@ -210,6 +217,27 @@ def slot_progress(durations: torch.Tensor, frames: int, bands: int = 8) -> torch
         prog = (torch.arange(starts.numel(), device=d.device) - starts + 0.5) / lens
         angle = math.pi * prog[:, None] * k
         out[b, : prog.numel()] = torch.cat([angle.sin(), angle.cos(), lens.log()[:, None]], -1)
+    return out
+
+
+def sub_slot_weights(durations: torch.Tensor, frames: int, sub_slots: int) -> torch.Tensor:
+    """(B, frames, sub_slots) weights that spread each slot's ``sub_slots`` states evenly over its
+    frames: a frame at progress ``p`` in (0, 1) of its slot sits at ``q = p * K - 0.5`` and mixes
+    the two nearest states linearly (``max(0, 1 - |q - k|)``, clamped to the first / last state at
+    the ends), so a slot's states are stretched with its duration. Rows sum to 1; zero past an
+    item's frames."""
+    bsz = durations.shape[0]
+    out = torch.zeros(bsz, frames, sub_slots, device=durations.device)
+    k = torch.arange(sub_slots, device=durations.device, dtype=torch.float32)
+    for b in range(bsz):
+        d = durations[b][durations[b] > 0]
+        if d.numel() == 0:
+            continue
+        starts = torch.repeat_interleave(torch.cumsum(d, 0) - d, d)[:frames]
+        lens = torch.repeat_interleave(d, d)[:frames].float()
+        prog = (torch.arange(starts.numel(), device=d.device) - starts + 0.5) / lens
+        q = (prog * sub_slots - 0.5).clamp(0, sub_slots - 1)
+        out[b, : prog.numel()] = (1 - (q[:, None] - k).abs()).clamp(min=0)
     return out
 
 
@@ -571,10 +599,18 @@ class SpeechModel(nn.Module):
         self.speaker_encoder = SpeakerEncoder(cfg)
         self.speaker_proj = nn.Linear(cfg.audio_speaker_embed_dim, d)
         self.mean_proj = nn.Linear(d, cfg.audio_n_mels)
+        # the alignment prior starts from silence for the blanks and from a speech level for the
+        # tokens (half the floor), so that the first alignments put the pauses on the blanks and the
+        # words on their tokens; learned freely from there. (From random means one slot learns
+        # "average speech" and takes every spoken frame: the words never reach their tokens.)
+        self.blank_mean = nn.Parameter(torch.full((cfg.audio_n_mels,), math.log(MEL_FLOOR)))
+        with torch.no_grad():
+            self.mean_proj.bias.fill_(0.5 * math.log(MEL_FLOOR))
         self.duration = nn.Sequential(
             nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, 1, 1)
         )
         self.progress_in = nn.Linear(17, d)
+        self.sub_slots = nn.Linear(d, cfg.sub_slots * d) if cfg.sub_slots else None
         self.prompt_in = nn.Linear(cfg.audio_n_mels, d)
         self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
         self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
@@ -609,6 +645,9 @@ class SpeechModel(nn.Module):
         x = x * mask[..., None]
         xs = x + self.speaker_proj(speaker)[:, None]
         means = self.mean_proj(xs)
+        if self.config.add_blank:  # blanks: one learned (pause) spectrum
+            is_blank = torch.arange(means.shape[1], device=means.device) % 2 == 0
+            means = torch.where(is_blank[None, :, None], self.blank_mean.expand_as(means), means)
         log_dur = self.duration((xs.detach() * mask[..., None]).transpose(1, 2))[:, 0]
         return xs, mask, means, log_dur
 
@@ -648,6 +687,10 @@ class SpeechModel(nn.Module):
         them -> (B, d + n_mels, frames): the waveform decoder's input (the last n_mels channels
         are trained towards the real log-mel, an explicit spectral envelope to render)."""
         h = expand(slots, durations, num_frames) + self.progress_in(slot_progress(durations, num_frames))
+        if self.sub_slots is not None:  # each slot's K states, stretched over its frames
+            k = self.config.sub_slots
+            states = expand(self.sub_slots(slots), durations, num_frames).unflatten(-1, (k, -1))  # (B, T, K, d)
+            h = h + (sub_slot_weights(durations, num_frames, k)[..., None] * states).sum(2)
         h = h + self.prompt_type[1]
         mask = frame_mask
         prompt_len = 0
