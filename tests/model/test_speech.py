@@ -26,6 +26,7 @@ from xoron_pipelines.model.speech import (
     monotonic_alignment_search,
     pitch_summary,
     slot_progress,
+    sub_slot_weights,
     uniform_durations,
 )
 
@@ -81,6 +82,21 @@ def test_uniform_durations_and_expand():
     # progress 0.25, 0.75 in the first slot, 0.5 in the second; nothing past the frames
     assert torch.allclose(prog[0, :3, 0], torch.sin(torch.pi * torch.tensor([0.25, 0.75, 0.5])))
     assert prog[0, 3].abs().sum() == 0
+
+
+def test_sub_slot_states_are_stretched_over_their_slot():
+    """K states per slot spread evenly over its frames whatever its duration: weights sum to 1,
+    the first frame is on state 0, the last on state K-1, the states advance in order, and a
+    slot K frames long gives each frame its own state."""
+    w = sub_slot_weights(torch.tensor([[4, 12, 1]]), 18, 4)
+    assert w.shape == (1, 18, 4)
+    torch.testing.assert_close(w[0, :17].sum(-1), torch.ones(17))
+    assert w[0, 17].abs().sum() == 0  # past the item's frames
+    assert torch.equal(w[0, :4], torch.eye(4))  # 4 frames, 4 states
+    long = w[0, 4:16]
+    centre = (long * torch.arange(4.0)).sum(-1)  # the state position of each frame
+    assert centre[0] == 0 and centre[-1] == 3 and (centre.diff() >= 0).all()
+    assert torch.equal(w[0, 16], torch.tensor([0.0, 0.5, 0.5, 0.0]))  # a 1-frame slot: its middle
 
 
 def test_anti_aliased_snake_keeps_length_and_passes_low_frequencies():
@@ -203,7 +219,8 @@ def test_frame_pitch_reads_the_speakers_f0():
 
 def test_generated_pitch_is_the_predicted_pitch():
     """generate() renders the excitation at the pitch head's f0: forcing that head to a fixed
-    f0 puts the (untrained) decoder's output spectrum peak at it, not at the frame rate."""
+    f0 puts the output spectrum's peak at it (the learned source's fundamental), not at the
+    frame rate."""
     model = _model()
     hidden, embeds, mask = _text()
     with torch.no_grad():
@@ -214,8 +231,11 @@ def test_generated_pitch_is_the_predicted_pitch():
         model.pitch_speaker.bias.zero_()
         model.duration[-1].weight.zero_()
         model.duration[-1].bias.fill_(math.log(40.0))  # 40 frames a slot: long enough for an FFT
-        for conv in model.decoder.source_convs:  # the source alone drives the output
-            conv.weight.mul_(50.0)
+        model.decoder.conv_post.weight.zero_()  # the source alone drives the output (through source_out)
+        model.decoder.conv_post.bias.zero_()
+        model.source.envelope.weight.zero_()  # an envelope falling with frequency, no noise
+        model.source.envelope.bias.copy_(torch.linspace(-1.0, -12.0, model.config.source_bins))
+        model.source.noise.bias.fill_(-30.0)
     wave, length = model.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
     x = wave[0, : length[0]].numpy()
     x = x - x.mean()

@@ -615,6 +615,8 @@ class SpeechModel(nn.Module):
         self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
         self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
         self.mel_out = nn.Linear(d, cfg.audio_n_mels)
+        with torch.no_grad():  # from the speech level, like the prior's token means
+            self.mel_out.bias.fill_(0.5 * math.log(MEL_FLOOR))
         # per frame: log-f0 (in [log F0_MIN, log F0_MAX]) and the voicing logit; the speaker vector also
         # enters directly (a speaker's mean pitch is its strongest identity cue)
         self.pitch_out = nn.Linear(d, 2)
