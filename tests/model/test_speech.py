@@ -302,12 +302,34 @@ def test_learned_source_reads_one_envelope_at_every_pitch():
     """The harmonic amplitudes are the envelope read at k * f0: a peak of the envelope (a
     formant) stays at its frequency whatever the pitch; the harmonic nearest to it is loudest."""
     cfg = SpeechConfig(llm_hidden_size=8, speakers=["a"], hidden_size=16, num_heads=2, audio_n_mels=16)
-    source = HarmonicNoiseSource(4, cfg)
+    source = HarmonicNoiseSource(20, cfg)  # 4 state channels + the 16 log-mel channels
     with torch.no_grad():
         source.envelope.weight.zero_()
         centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, cfg.source_bins) / 2595.0) - 1)
         source.envelope.bias.copy_(torch.tensor(-((centres - 1000.0) / 300.0) ** 2, dtype=torch.float32))
     for pitch in (100.0, 125.0, 200.0):
-        amps = source.harmonic_amplitudes(torch.zeros(1, 1, 4), torch.tensor([[pitch]]))[0, 0]
+        amps = source.harmonic_amplitudes(torch.zeros(1, 1, 20), torch.tensor([[pitch]]))[0, 0]
         assert (int(amps.argmax()) + 1) * pitch == pytest.approx(1000.0, abs=pitch / 2)
         assert float(amps.max()) > 0.9 and float(amps[-1]) < 1e-6
+
+
+def test_learned_source_starts_as_a_reading_of_the_log_mel():
+    """Untrained, the envelope is the predicted log-mel read at each harmonic's frequency (plus
+    one offset): raising the log-mel by 1 in the bands around 1 kHz multiplies the harmonics
+    near 1 kHz by e and leaves the far ones alone; the noise bands follow the same way."""
+    cfg = SpeechConfig(llm_hidden_size=8, speakers=["a"], hidden_size=16, num_heads=2, audio_n_mels=40)
+    source = HarmonicNoiseSource(16 + 40, cfg)
+    centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, 42)[1:-1] / 2595.0) - 1)
+    h = torch.full((1, 1, 56), -5.0)
+    h[..., :16] = 0.0
+    raised = h.clone()
+    raised[..., 16:][..., np.abs(centres - 1000) < 400] += 1.0
+    f0 = torch.tensor([[100.0]])
+    with torch.no_grad():
+        ratio = (source.harmonic_amplitudes(raised, f0) / source.harmonic_amplitudes(h, f0))[0, 0]
+        noise_ratio = (source.noise(raised).exp() / source.noise(h).exp())[0, 0]
+    assert float(ratio[9]) == pytest.approx(math.e, rel=1e-3)  # 1 kHz
+    assert float(ratio[1]) == pytest.approx(1.0, abs=1e-3) and float(ratio[39]) == pytest.approx(1.0, abs=1e-3)
+    band_hz = np.linspace(0, 8000, cfg.source_bins)
+    assert float(noise_ratio[np.argmin(np.abs(band_hz - 1000))]) == pytest.approx(math.e, rel=1e-2)
+    assert float(noise_ratio[-1]) == pytest.approx(1.0, abs=1e-3)

@@ -352,20 +352,32 @@ class HarmonicNoiseSource(nn.Module):
     mel-spaced grid of ``source_bins`` points (read at ``k * f0`` for ``k = 1..source_harmonics``:
     the same envelope serves every pitch, as in the corpus' source-filter synthesiser) and the
     log-magnitudes of ``source_bins`` equal noise bands, both linear maps of the frame features
-    -> :func:`harmonic_noise`."""
+    (B, D, T) whose last ``audio_n_mels`` channels are the predicted log-mel -> :func:`harmonic_noise`.
+
+    Both maps start as a reading of that log-mel: each envelope point / noise band takes the
+    log-mel interpolated at its frequency, offset so that the speech level (half the log floor)
+    gives harmonics of 0.01 and noise of 0.003 (quiet: the decoder passes the source through from
+    step 0); the other inputs start near zero. The log-mel is trained on every frame
+    (``frame_mel``), so the source renders the spectral envelope long before the decoder learns."""
 
     def __init__(self, in_dim: int, cfg: SpeechArchitecture) -> None:
         super().__init__()
         self.cfg = cfg
         self.envelope = nn.Linear(in_dim, cfg.source_bins)
         self.noise = nn.Linear(in_dim, cfg.source_bins)
-        with torch.no_grad():  # quiet at first: the decoder passes the source through from step 0
-            for lin, level in ((self.envelope, 0.01), (self.noise, 0.003)):
-                lin.weight.mul_(0.1)
-                lin.bias.fill_(math.log(level))
         mel = lambda f: 2595.0 * torch.log10(1.0 + f / 700.0)  # noqa: E731
         self.mel_max = float(mel(torch.tensor(cfg.sample_rate / 2)))
         self.mel = mel
+        # the log-mel channels' centres on the mel axis (mel_filterbank's triangles)
+        centres = torch.linspace(0, self.mel_max, cfg.audio_n_mels + 2)[1:-1]
+        env_at = torch.linspace(0, self.mel_max, cfg.source_bins)  # the envelope's grid (mel)
+        noise_at = mel(torch.linspace(0, cfg.sample_rate / 2, cfg.source_bins))  # equal bands in Hz
+        speech = 0.5 * math.log(MEL_FLOOR)
+        with torch.no_grad():
+            for lin, grid, level in ((self.envelope, env_at, 0.01), (self.noise, noise_at, 0.003)):
+                lin.weight.mul_(0.01)
+                lin.weight[:, -cfg.audio_n_mels :] = _interpolation(grid, centres)
+                lin.bias.fill_(math.log(level) - speech)
 
     def harmonic_amplitudes(self, h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
         """(B, T, K) amplitudes of the harmonics of ``f0`` (B, T) from frame features (B, T, D)."""
@@ -386,6 +398,18 @@ class HarmonicNoiseSource(nn.Module):
         amps = self.harmonic_amplitudes(h, f0.float() * voiced.float())
         noise = torch.exp(self.noise(h))
         return harmonic_noise(f0, voiced, amps, noise, self.cfg.hop_length, self.cfg.sample_rate, generator)
+
+
+def _interpolation(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(P, C) weights of linear interpolation at ``points`` between values at increasing
+    ``centres`` (constant beyond the ends); rows sum to 1."""
+    pos = torch.stack([torch.searchsorted(centres, p[None])[0] for p in points]).clamp(1, centres.numel() - 1)
+    left, right = centres[pos - 1], centres[pos]
+    frac = ((points - left) / (right - left)).clamp(0, 1)
+    out = torch.zeros(points.numel(), centres.numel())
+    out[torch.arange(points.numel()), pos - 1] = 1 - frac
+    out[torch.arange(points.numel()), pos] += frac
+    return out
 
 
 # --------------------------------------------------------------------------- BigVGAN parts
