@@ -5,19 +5,31 @@ Parts (seed 000's audio decoder: "BigVGAN, direct waveform, MAS, zero-shot cloni
 - **text encoder**: per transcript token the LLM's last hidden state and its (frozen) input
   embedding, projected, with a learned *blank* between tokens (VITS' ``add_blank``: silence and
   transitions get their own slots), then a small transformer. It predicts per slot the mean of a
-  unit-variance Gaussian over log-mel frames (Glow-TTS' prior).
+  unit-variance Gaussian over log-mel frames (Glow-TTS' prior). The blanks share one learned
+  mean that starts at silence, the tokens' means start at a speech level: the first alignments
+  put the pauses on the blanks and the words on their tokens (from random means MAS collapses:
+  one slot takes every spoken frame).
 - **monotonic alignment search** (:func:`monotonic_alignment_search`, ``use_mas``): the most
   likely monotonic, surjective alignment of the frames to the slots under those Gaussians, by
   Glow-TTS' dynamic programme; ``use_mas: false`` = uniform durations.
 - **duration predictor**: log-durations of the slots (trained on the alignment's durations; used
   at inference).
+- **sub-slots** (``sub_slots``): a transcript token often spans a whole word, several phones; each
+  slot carries K learned states that are stretched over its frames (:func:`sub_slot_weights`), so
+  the frame network reads "which part of the word" directly.
 - **speakers**: a table of ``audio_num_speakers`` embeddings (``audio_speaker_embed_dim``) and a
   speaker encoder (reference clip -> embedding of the same size) for zero-shot cloning; with
   ``use_in_context_audio_prompting`` the reference clip's log-mel frames are also prepended as a
   prompt that the frame transformer attends to.
 - **pitch**: the frame network also predicts per-frame log-f0 and voicing (targets from the real
-  clip, :func:`frame_pitch`); a harmonic excitation at that f0 (:func:`excitation`, noise where
-  unvoiced) is the waveform decoder's source (NSF-HiFiGAN / SiFi-GAN's source-filter model).
+  clip, :func:`frame_pitch`).
+- **source** (``source``): the waveform decoder's excitation at that f0 (NSF-HiFiGAN / SiFi-GAN's
+  source-filter model). ``harmonic_noise`` (default): a learned DDSP source
+  (:class:`HarmonicNoiseSource`, :func:`harmonic_noise`), harmonics ``k * f0`` whose amplitudes
+  are a per-frame spectral envelope read at ``k * f0``, plus noise filtered by per-frame band
+  magnitudes, both starting as a reading of the predicted log-mel; the corpus is a formant
+  synthesiser (pulses through resonators), which this source matches. ``sine``: fixed sines
+  (:func:`excitation`). Either way the source feeds the one waveform decoder, no separate vocoder.
 - **waveform decoder** (BigVGAN-style, :class:`WaveformDecoder`): transposed-convolution
   upsampling by ``hop_length`` and residual blocks of anti-aliased Snake activations (2x
   upsample, Snake, low-pass 2x downsample with a Kaiser-windowed sinc) -> the waveform in
@@ -57,7 +69,7 @@ class SpeechArchitecture(StrictModel):
     hop_length: int = Field(256, ge=8, description="samples per frame = product of upsample_rates")
     hidden_size: int = Field(96, ge=8)
     text_layers: int = Field(2, ge=0)
-    frame_layers: int = Field(1, ge=0, description="transformer layers over the frames (and the audio prompt)")
+    frame_layers: int = Field(2, ge=0, description="transformer layers over the frames (and the audio prompt)")
     num_heads: int = Field(2, ge=1)
     add_blank: bool = Field(True, description="a learned blank slot between transcript tokens")
     use_mas: bool = Field(True, description="seed 000: monotonic alignment search; false = uniform durations")
@@ -66,7 +78,7 @@ class SpeechArchitecture(StrictModel):
     use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
     prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
     sub_slots: int = Field(
-        8, ge=0, description="states per text slot stretched over its frames (a token spans several phones); 0 = none"
+        16, ge=0, description="states per text slot stretched over its frames (a token spans several phones); 0 = none"
     )
     upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
     upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")

@@ -21,6 +21,8 @@ are aligned to the log-mel frames by MAS (or uniform durations); the losses are
 - ``pitch``: squared error of the predicted log-f0 on the real clip's voiced frames plus the
   voicing cross-entropy (targets :func:`~xoron_pipelines.model.speech.frame_pitch`); the decoded
   window's excitation is at the real f0 (teacher forcing), generation uses the predicted one;
+- ``source``: the multi-resolution STFT loss of the learned harmonic-plus-noise source alone
+  against the real window (DDSP; ``source: harmonic_noise`` only, ``source_weight``);
 - ``speaker``: squared distance of the encoder's embedding to the speaker's table row (ties the
   two routes; the row is not pulled towards the encoder).
 
@@ -54,7 +56,7 @@ class TTSTrainConfig(StrictModel):
 
     steps: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(20, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -65,7 +67,7 @@ class TTSTrainConfig(StrictModel):
     duration_weight: float = Field(1.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     mel_weight: float = Field(1.0, ge=0)
-    frame_mel_weight: float = Field(1.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
+    frame_mel_weight: float = Field(3.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
     speaker_weight: float = Field(0.1, ge=0)
     pitch_weight: float = Field(1.0, ge=0, description="log-f0 MSE (voiced frames) + voicing BCE")
     source_weight: float = Field(
