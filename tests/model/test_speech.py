@@ -99,6 +99,21 @@ def test_sub_slot_states_are_stretched_over_their_slot():
     assert torch.equal(w[0, 16], torch.tensor([0.0, 0.5, 0.5, 0.0]))  # a 1-frame slot: its middle
 
 
+def test_sub_slots_knob_feeds_the_frames():
+    """sub_slots > 0: the slot states reach the frames (zeroing their layer changes the output);
+    0: no such layer, frames still built."""
+    slots, dur, fmask = torch.randn(1, 3, 16), torch.tensor([[2, 5, 1]]), torch.ones(1, 8, dtype=torch.bool)
+    model = _model(sub_slots=4)
+    with torch.no_grad():
+        a = model.frames(slots, dur, 8, fmask, None, None)
+        model.sub_slots.weight.zero_()
+        model.sub_slots.bias.zero_()
+        b = model.frames(slots, dur, 8, fmask, None, None)
+    assert not torch.allclose(a, b)
+    off = _model(sub_slots=0)
+    assert off.sub_slots is None and off.frames(slots, dur, 8, fmask, None, None).shape == a.shape
+
+
 def test_anti_aliased_snake_keeps_length_and_passes_low_frequencies():
     act = AntiAliasedSnake(1)
     with torch.no_grad():
