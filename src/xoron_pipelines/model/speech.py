@@ -81,7 +81,7 @@ class SpeechArchitecture(StrictModel):
         16, ge=0, description="states per text slot stretched over its frames (a token spans several phones); 0 = none"
     )
     upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
-    upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
+    upsample_initial_channels: int = Field(64, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
     resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
     resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
     source: Literal["harmonic_noise", "sine"] = Field(

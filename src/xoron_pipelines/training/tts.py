@@ -29,7 +29,7 @@ are aligned to the log-mel frames by MAS (or uniform durations); the losses are
 The stage loss is ``tts_loss_weight`` (seed 000: 0.1) x the weighted sum, through
 :meth:`LossWeights.combine`. No GAN discriminators: adversarial training (BigVGAN's multi-period /
 multi-resolution discriminators) pays off after many thousands of steps and would double the cost
-of each; the CPU default run has 300 steps, where the spectral losses are what moves.
+of each; the CPU default run has 360 steps, where the spectral losses are what moves.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 class TTSTrainConfig(StrictModel):
     """The speech stage's training knobs (CPU-sized defaults)."""
 
-    steps: int = Field(300, ge=1, description="optimizer steps")
+    steps: int = Field(360, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
