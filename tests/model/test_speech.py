@@ -16,13 +16,13 @@ from xoron_pipelines.model.speech import (
     F0_MAX,
     F0_MIN,
     AntiAliasedSnake,
+    HarmonicNoiseSource,
     SpeechConfig,
     SpeechModel,
-    HarmonicNoiseSource,
     excitation,
-    harmonic_noise,
     expand,
     frame_pitch,
+    harmonic_noise,
     monotonic_alignment_search,
     pitch_summary,
     slot_progress,
@@ -321,7 +321,7 @@ def test_learned_source_reads_one_envelope_at_every_pitch():
     with torch.no_grad():
         source.envelope.weight.zero_()
         centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, cfg.source_bins) / 2595.0) - 1)
-        source.envelope.bias.copy_(torch.tensor(-((centres - 1000.0) / 300.0) ** 2, dtype=torch.float32))
+        source.envelope.bias.copy_(torch.tensor(-(((centres - 1000.0) / 300.0) ** 2), dtype=torch.float32))
     for pitch in (100.0, 125.0, 200.0):
         amps = source.harmonic_amplitudes(torch.zeros(1, 1, 20), torch.tensor([[pitch]]))[0, 0]
         assert (int(amps.argmax()) + 1) * pitch == pytest.approx(1000.0, abs=pitch / 2)
