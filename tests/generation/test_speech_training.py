@@ -102,8 +102,14 @@ def test_training_is_seeded_and_lowers_the_loss(items):
     tts.train_tts(c, items, cfg.model_copy(update={"seed": 1}))
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
-    first, last = np.mean([h["tts"] for h in hist[:3]]), np.mean([h["tts"] for h in hist[-3:]])
-    assert last < first
+    assert len(hist) == 12
+
+    def fixed_batch_loss(model):  # the same batch, windows and noise before and after training
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return float(tts.tts_losses(model, _batch(items, model), cfg, np.random.default_rng(0))["tts"])
+
+    assert fixed_batch_loss(a) < fixed_batch_loss(_model(items))
 
 
 def test_bad_rows_are_named():
@@ -151,3 +157,43 @@ def test_pitch_targets_and_pitch_weight(items):
         losses["loss"].backward()
         assert (model.pitch_out.weight.grad.abs().sum() > 0) == (weight > 0)
     assert totals[1.0][0] - totals[0.0][0] == pytest.approx(totals[1.0][1], rel=1e-4)
+
+
+def test_first_alignment_puts_the_pauses_on_the_blanks(items):
+    """Untrained, the alignment prior is silence on the blanks and a speech level on the tokens:
+    MAS on real clips gives the tokens the loud frames and the blanks the quiet ones (from random
+    means one slot, often a blank, takes every spoken frame and the words never reach their
+    tokens)."""
+    model = _model(items)
+    batch = _batch(items, model)
+    mel, frame_mask = model.mel_and_mask(batch["wave"], batch["lengths"])
+    speaker = model.speaker_vector(batch["speaker_ids"])
+    _, slot_mask, means, _ = model.encode_text(batch["llm_hidden"], batch["token_embeds"], batch["token_mask"], speaker)
+    durations = model.align(means, slot_mask, mel, frame_mask)
+    for b in range(4):
+        n = int(frame_mask[b].sum())
+        owner = torch.repeat_interleave(torch.arange(durations.shape[1]), durations[b])[:n]
+        energy = torch.logsumexp(mel[b, :, :n], 0)
+        blank, token = energy[owner % 2 == 0], energy[owner % 2 == 1]
+        assert token.mean() > blank.mean() + 4, (b, durations[b])  # e^4: ~55x the energy
+        # the loud frames are the tokens' (near the log-mel floor the blanks')
+        loud = energy > energy.max() - 4
+        assert (owner[loud] % 2 == 1).float().mean() > 0.8, durations[b]
+
+
+def test_source_weight_adds_the_learned_sources_spectral_loss(items):
+    """source_weight adds exactly the source's STFT term; with the fixed sine source there is none."""
+    totals = {}
+    for weight in (1.0, 0.0):
+        model = _model(items)
+        cfg = tts.TTSTrainConfig(source_weight=weight, segment_frames=16)
+        losses = tts.tts_losses(model, _batch(items, model), cfg, np.random.default_rng(0))
+        totals[weight] = (float(losses["tts"].detach()), float(losses["source"].detach()))
+        losses["loss"].backward()
+        assert model.source.envelope.weight.grad.abs().sum() > 0  # the decoder's output still trains it
+    assert totals[1.0][1] > 0
+    assert totals[1.0][0] - totals[0.0][0] == pytest.approx(totals[1.0][1], rel=1e-4)
+    sine = _model(items, source="sine")
+    assert sine.source is None
+    losses = tts.tts_losses(sine, _batch(items, sine), tts.TTSTrainConfig(segment_frames=16), np.random.default_rng(0))
+    assert float(losses["source"]) == 0.0

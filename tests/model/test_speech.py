@@ -1,7 +1,7 @@
 """The speech generator's parts: monotonic alignment search against a brute force, uniform
 durations, expansion, the anti-aliased Snake, the waveform decoder's shapes, speaker routes,
-in-context prompting, safetensors round trip; the pitch track, the harmonic excitation and the
-generated pitch following the pitch head."""
+in-context prompting, safetensors round trip; the pitch track, the harmonic excitation, the learned
+harmonic-plus-noise source and the generated pitch following the pitch head."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ from xoron_pipelines.model.speech import (
     F0_MAX,
     F0_MIN,
     AntiAliasedSnake,
+    HarmonicNoiseSource,
     SpeechConfig,
     SpeechModel,
     excitation,
     expand,
     frame_pitch,
+    harmonic_noise,
     monotonic_alignment_search,
     pitch_summary,
     slot_progress,
+    sub_slot_weights,
     uniform_durations,
 )
 
@@ -79,6 +82,36 @@ def test_uniform_durations_and_expand():
     # progress 0.25, 0.75 in the first slot, 0.5 in the second; nothing past the frames
     assert torch.allclose(prog[0, :3, 0], torch.sin(torch.pi * torch.tensor([0.25, 0.75, 0.5])))
     assert prog[0, 3].abs().sum() == 0
+
+
+def test_sub_slot_states_are_stretched_over_their_slot():
+    """K states per slot spread evenly over its frames whatever its duration: weights sum to 1,
+    the first frame is on state 0, the last on state K-1, the states advance in order, and a
+    slot K frames long gives each frame its own state."""
+    w = sub_slot_weights(torch.tensor([[4, 12, 1]]), 18, 4)
+    assert w.shape == (1, 18, 4)
+    torch.testing.assert_close(w[0, :17].sum(-1), torch.ones(17))
+    assert w[0, 17].abs().sum() == 0  # past the item's frames
+    assert torch.equal(w[0, :4], torch.eye(4))  # 4 frames, 4 states
+    long = w[0, 4:16]
+    centre = (long * torch.arange(4.0)).sum(-1)  # the state position of each frame
+    assert centre[0] == 0 and centre[-1] == 3 and (centre.diff() >= 0).all()
+    assert torch.equal(w[0, 16], torch.tensor([0.0, 0.5, 0.5, 0.0]))  # a 1-frame slot: its middle
+
+
+def test_sub_slots_knob_feeds_the_frames():
+    """sub_slots > 0: the slot states reach the frames (zeroing their layer changes the output);
+    0: no such layer, frames still built."""
+    slots, dur, fmask = torch.randn(1, 3, 16), torch.tensor([[2, 5, 1]]), torch.ones(1, 8, dtype=torch.bool)
+    model = _model(sub_slots=4)
+    with torch.no_grad():
+        a = model.frames(slots, dur, 8, fmask, None, None)
+        model.sub_slots.weight.zero_()
+        model.sub_slots.bias.zero_()
+        b = model.frames(slots, dur, 8, fmask, None, None)
+    assert not torch.allclose(a, b)
+    off = _model(sub_slots=0)
+    assert off.sub_slots is None and off.frames(slots, dur, 8, fmask, None, None).shape == a.shape
 
 
 def test_anti_aliased_snake_keeps_length_and_passes_low_frequencies():
@@ -201,7 +234,8 @@ def test_frame_pitch_reads_the_speakers_f0():
 
 def test_generated_pitch_is_the_predicted_pitch():
     """generate() renders the excitation at the pitch head's f0: forcing that head to a fixed
-    f0 puts the (untrained) decoder's output spectrum peak at it, not at the frame rate."""
+    f0 puts the output spectrum's peak at it (the learned source's fundamental), not at the
+    frame rate."""
     model = _model()
     hidden, embeds, mask = _text()
     with torch.no_grad():
@@ -212,8 +246,11 @@ def test_generated_pitch_is_the_predicted_pitch():
         model.pitch_speaker.bias.zero_()
         model.duration[-1].weight.zero_()
         model.duration[-1].bias.fill_(math.log(40.0))  # 40 frames a slot: long enough for an FFT
-        for conv in model.decoder.source_convs:  # the source alone drives the output
-            conv.weight.mul_(50.0)
+        model.decoder.conv_post.weight.zero_()  # the source alone drives the output (through source_out)
+        model.decoder.conv_post.bias.zero_()
+        model.source.envelope.weight.zero_()  # an envelope falling with frequency, no noise
+        model.source.envelope.bias.copy_(torch.linspace(-1.0, -12.0, model.config.source_bins))
+        model.source.noise.bias.fill_(-30.0)
     wave, length = model.generate(hidden, embeds, mask, speaker_ids=torch.tensor([0, 1]))
     x = wave[0, : length[0]].numpy()
     x = x - x.mean()
@@ -237,3 +274,77 @@ def test_cloning_conditions_on_the_references_pitch():
         with torch.no_grad():
             moved = model.speaker_vector(None, mel, mask, ref_f0=f0) - model.speaker_vector(None, mel, mask)
             torch.testing.assert_close(moved, model.speaker_encoder.pitch_in(summary))
+
+
+def test_harmonic_noise_peaks_at_k_f0_with_the_given_amplitudes():
+    """Harmonics: spectral lines exactly at k * f0 with the amplitudes asked for (a sine of
+    amplitude a over N samples gives an FFT peak of a * N / 2), nothing at the harmonics given
+    zero amplitude, none above Nyquist; unvoiced frames carry no harmonics."""
+    hop, sr, frames = 256, 16000, 40
+    f0 = torch.full((1, frames), 125.0)  # 125 Hz: a whole number of periods per FFT bin
+    amps = torch.zeros(1, frames, 80)
+    amps[..., 0], amps[..., 2], amps[..., 9] = 0.4, 0.2, 0.1  # k = 1, 3, 10
+    amps[..., 70] = 0.3  # 8875 Hz: above Nyquist, dropped
+    silent = torch.zeros(1, frames, 4)
+    g = torch.Generator().manual_seed(0)
+    x = harmonic_noise(f0, f0 > 0, amps, silent, hop, sr, g)[0].numpy()
+    assert x.shape == (frames * hop,)
+    core = x[4 * hop : 36 * hop]  # away from the interpolation's edges
+    spec = np.abs(np.fft.rfft(core)) / (core.size / 2)
+    freqs = np.fft.rfftfreq(core.size, 1 / sr)
+    at = lambda hz: spec[np.argmin(np.abs(freqs - hz))]  # noqa: E731
+    for k, a in ((1, 0.4), (3, 0.2), (10, 0.1)):
+        assert at(125 * k) == pytest.approx(a, rel=0.02)
+    assert at(250) < 1e-3 and at(500) < 1e-3 and spec.max() == pytest.approx(0.4, rel=0.02)
+    unvoiced = harmonic_noise(f0, torch.zeros_like(f0, dtype=torch.bool), amps, silent, hop, sr, g)
+    assert unvoiced.abs().max() < 1e-6
+
+
+def test_harmonic_noise_noise_follows_its_band_magnitudes():
+    """Filtered noise: the power in each band is the square of its magnitude (unit white noise
+    at magnitude 1), loud bands loud and silent bands silent."""
+    hop, sr, frames = 256, 16000, 200
+    f0 = torch.zeros(1, frames)
+    mags = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]).repeat(1, frames, 1)  # 2-4 kHz loud, 1k edges
+    x = harmonic_noise(f0, f0 > 0, torch.zeros(1, frames, 4), mags, hop, sr, torch.Generator().manual_seed(0))
+    spec = np.abs(np.fft.rfft(x[0].numpy())) ** 2 / x.shape[1]  # white unit noise: 1 per bin
+    freqs = np.fft.rfftfreq(x.shape[1], 1 / sr)
+    assert spec[(freqs > 2200) & (freqs < 3800)].mean() == pytest.approx(1.0, rel=0.15)
+    assert spec[freqs < 800].mean() < 0.01 and spec[freqs > 5200].mean() < 0.01
+
+
+def test_learned_source_reads_one_envelope_at_every_pitch():
+    """The harmonic amplitudes are the envelope read at k * f0: a peak of the envelope (a
+    formant) stays at its frequency whatever the pitch; the harmonic nearest to it is loudest."""
+    cfg = SpeechConfig(llm_hidden_size=8, speakers=["a"], hidden_size=16, num_heads=2, audio_n_mels=16)
+    source = HarmonicNoiseSource(20, cfg)  # 4 state channels + the 16 log-mel channels
+    with torch.no_grad():
+        source.envelope.weight.zero_()
+        centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, cfg.source_bins) / 2595.0) - 1)
+        source.envelope.bias.copy_(torch.tensor(-(((centres - 1000.0) / 300.0) ** 2), dtype=torch.float32))
+    for pitch in (100.0, 125.0, 200.0):
+        amps = source.harmonic_amplitudes(torch.zeros(1, 1, 20), torch.tensor([[pitch]]))[0, 0]
+        assert (int(amps.argmax()) + 1) * pitch == pytest.approx(1000.0, abs=pitch / 2)
+        assert float(amps.max()) > 0.9 and float(amps[-1]) < 1e-6
+
+
+def test_learned_source_starts_as_a_reading_of_the_log_mel():
+    """Untrained, the envelope is the predicted log-mel read at each harmonic's frequency (plus
+    one offset): raising the log-mel by 1 in the bands around 1 kHz multiplies the harmonics
+    near 1 kHz by e and leaves the far ones alone; the noise bands follow the same way."""
+    cfg = SpeechConfig(llm_hidden_size=8, speakers=["a"], hidden_size=16, num_heads=2, audio_n_mels=40)
+    source = HarmonicNoiseSource(16 + 40, cfg)
+    centres = 700.0 * (10 ** (np.linspace(0, source.mel_max, 42)[1:-1] / 2595.0) - 1)
+    h = torch.full((1, 1, 56), -5.0)
+    h[..., :16] = 0.0
+    raised = h.clone()
+    raised[..., 16:][..., np.abs(centres - 1000) < 400] += 1.0
+    f0 = torch.tensor([[100.0]])
+    with torch.no_grad():
+        ratio = (source.harmonic_amplitudes(raised, f0) / source.harmonic_amplitudes(h, f0))[0, 0]
+        noise_ratio = (source.noise(raised).exp() / source.noise(h).exp())[0, 0]
+    assert float(ratio[9]) == pytest.approx(math.e, rel=1e-3)  # 1 kHz
+    assert float(ratio[1]) == pytest.approx(1.0, abs=1e-3) and float(ratio[39]) == pytest.approx(1.0, abs=1e-3)
+    band_hz = np.linspace(0, 8000, cfg.source_bins)
+    assert float(noise_ratio[np.argmin(np.abs(band_hz - 1000))]) == pytest.approx(math.e, rel=1e-2)
+    assert float(noise_ratio[-1]) == pytest.approx(1.0, abs=1e-3)

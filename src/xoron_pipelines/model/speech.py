@@ -5,19 +5,31 @@ Parts (seed 000's audio decoder: "BigVGAN, direct waveform, MAS, zero-shot cloni
 - **text encoder**: per transcript token the LLM's last hidden state and its (frozen) input
   embedding, projected, with a learned *blank* between tokens (VITS' ``add_blank``: silence and
   transitions get their own slots), then a small transformer. It predicts per slot the mean of a
-  unit-variance Gaussian over log-mel frames (Glow-TTS' prior).
+  unit-variance Gaussian over log-mel frames (Glow-TTS' prior). The blanks share one learned
+  mean that starts at silence, the tokens' means start at a speech level: the first alignments
+  put the pauses on the blanks and the words on their tokens (from random means MAS collapses:
+  one slot takes every spoken frame).
 - **monotonic alignment search** (:func:`monotonic_alignment_search`, ``use_mas``): the most
   likely monotonic, surjective alignment of the frames to the slots under those Gaussians, by
   Glow-TTS' dynamic programme; ``use_mas: false`` = uniform durations.
 - **duration predictor**: log-durations of the slots (trained on the alignment's durations; used
   at inference).
+- **sub-slots** (``sub_slots``): a transcript token often spans a whole word, several phones; each
+  slot carries K learned states that are stretched over its frames (:func:`sub_slot_weights`), so
+  the frame network reads "which part of the word" directly.
 - **speakers**: a table of ``audio_num_speakers`` embeddings (``audio_speaker_embed_dim``) and a
   speaker encoder (reference clip -> embedding of the same size) for zero-shot cloning; with
   ``use_in_context_audio_prompting`` the reference clip's log-mel frames are also prepended as a
   prompt that the frame transformer attends to.
 - **pitch**: the frame network also predicts per-frame log-f0 and voicing (targets from the real
-  clip, :func:`frame_pitch`); a harmonic excitation at that f0 (:func:`excitation`, noise where
-  unvoiced) is the waveform decoder's source (NSF-HiFiGAN / SiFi-GAN's source-filter model).
+  clip, :func:`frame_pitch`).
+- **source** (``source``): the waveform decoder's excitation at that f0 (NSF-HiFiGAN / SiFi-GAN's
+  source-filter model). ``harmonic_noise`` (default): a learned DDSP source
+  (:class:`HarmonicNoiseSource`, :func:`harmonic_noise`), harmonics ``k * f0`` whose amplitudes
+  are a per-frame spectral envelope read at ``k * f0``, plus noise filtered by per-frame band
+  magnitudes, both starting as a reading of the predicted log-mel; the corpus is a formant
+  synthesiser (pulses through resonators), which this source matches. ``sine``: fixed sines
+  (:func:`excitation`). Either way the source feeds the one waveform decoder, no separate vocoder.
 - **waveform decoder** (BigVGAN-style, :class:`WaveformDecoder`): transposed-convolution
   upsampling by ``hop_length`` and residual blocks of anti-aliased Snake activations (2x
   upsample, Snake, low-pass 2x downsample with a Kaiser-windowed sinc) -> the waveform in
@@ -32,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +69,7 @@ class SpeechArchitecture(StrictModel):
     hop_length: int = Field(256, ge=8, description="samples per frame = product of upsample_rates")
     hidden_size: int = Field(96, ge=8)
     text_layers: int = Field(2, ge=0)
-    frame_layers: int = Field(1, ge=0, description="transformer layers over the frames (and the audio prompt)")
+    frame_layers: int = Field(2, ge=0, description="transformer layers over the frames (and the audio prompt)")
     num_heads: int = Field(2, ge=1)
     add_blank: bool = Field(True, description="a learned blank slot between transcript tokens")
     use_mas: bool = Field(True, description="seed 000: monotonic alignment search; false = uniform durations")
@@ -64,10 +77,19 @@ class SpeechArchitecture(StrictModel):
     audio_speaker_embed_dim: int = Field(64, ge=1, description="seed 000 (256)")
     use_in_context_audio_prompting: bool = Field(True, description="seed 000: reference frames as a prompt")
     prompt_frames: int = Field(48, ge=1, description="at most this many reference frames in the prompt")
+    sub_slots: int = Field(
+        16, ge=0, description="states per text slot stretched over its frames (a token spans several phones); 0 = none"
+    )
     upsample_rates: list[int] = Field([4, 4, 4, 4], min_length=1, description="BigVGAN: [4, 4, 2, 2, 2, 2] at hop 256")
-    upsample_initial_channels: int = Field(128, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
+    upsample_initial_channels: int = Field(64, ge=2, description="halved at every upsampling (BigVGAN: 512-1536)")
     resblock_kernel_sizes: list[int] = Field([3], min_length=1, description="BigVGAN: [3, 7, 11]")
     resblock_dilations: list[int] = Field([1, 3], min_length=1, description="BigVGAN: [1, 3, 5]")
+    source: Literal["harmonic_noise", "sine"] = Field(
+        "harmonic_noise",
+        description="the decoder's excitation: learned harmonics + filtered noise (DDSP) or fixed sines (NSF)",
+    )
+    source_harmonics: int = Field(64, ge=1, description="harmonics of f0 in the learned source")
+    source_bins: int = Field(64, ge=2, description="points of the learned harmonic envelope / noise bands")
 
     @model_validator(mode="after")
     def _check_architecture(self) -> SpeechArchitecture:
@@ -122,6 +144,10 @@ def mel_filterbank(
     return torch.tensor(weights, dtype=torch.float32)
 
 
+#: the log-mel's floor (digital silence is log(MEL_FLOOR) in every band)
+MEL_FLOOR = 1e-5
+
+
 class LogMel(nn.Module):
     """Waveform (B, N) -> log-mel (B, n_mels, N // hop) with frame ``t`` centred on sample ``t * hop``."""
 
@@ -137,7 +163,7 @@ class LogMel(nn.Module):
         x = F.pad(wave[..., : frames * self.hop_length][:, None], (pad, pad), mode="reflect")[:, 0]
         spec = torch.stft(x, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
         mag = spec.abs()[..., :frames]
-        return torch.log(torch.clamp(self.fbank @ mag, min=1e-5))
+        return torch.log(torch.clamp(self.fbank @ mag, min=MEL_FLOOR))
 
 
 # --------------------------------------------------------------------------- alignment
@@ -206,6 +232,27 @@ def slot_progress(durations: torch.Tensor, frames: int, bands: int = 8) -> torch
     return out
 
 
+def sub_slot_weights(durations: torch.Tensor, frames: int, sub_slots: int) -> torch.Tensor:
+    """(B, frames, sub_slots) weights that spread each slot's ``sub_slots`` states evenly over its
+    frames: a frame at progress ``p`` in (0, 1) of its slot sits at ``q = p * K - 0.5`` and mixes
+    the two nearest states linearly (``max(0, 1 - |q - k|)``, clamped to the first / last state at
+    the ends), so a slot's states are stretched with its duration. Rows sum to 1; zero past an
+    item's frames."""
+    bsz = durations.shape[0]
+    out = torch.zeros(bsz, frames, sub_slots, device=durations.device)
+    k = torch.arange(sub_slots, device=durations.device, dtype=torch.float32)
+    for b in range(bsz):
+        d = durations[b][durations[b] > 0]
+        if d.numel() == 0:
+            continue
+        starts = torch.repeat_interleave(torch.cumsum(d, 0) - d, d)[:frames]
+        lens = torch.repeat_interleave(d, d)[:frames].float()
+        prog = (torch.arange(starts.numel(), device=d.device) - starts + 0.5) / lens
+        q = (prog * sub_slots - 0.5).clamp(0, sub_slots - 1)
+        out[b, : prog.numel()] = (1 - (q[:, None] - k).abs()).clamp(min=0)
+    return out
+
+
 # --------------------------------------------------------------------------- pitch / excitation
 F0_MIN, F0_MAX = 60.0, 400.0
 
@@ -267,6 +314,114 @@ def excitation(
     sines = (torch.sin(k * phase) * below_nyquist * (0.1 / k)).sum(0)
     noise = torch.randn(per_sample.shape, device=f0.device, generator=generator)
     return vmask * (sines + noise_std * noise) + (1 - vmask) * (0.1 / 3) * noise
+
+
+def harmonic_noise(
+    f0: torch.Tensor,
+    voiced: torch.Tensor,
+    harmonic_amps: torch.Tensor,
+    noise_mags: torch.Tensor,
+    hop: int,
+    sample_rate: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A DDSP harmonic-plus-noise signal (B, T * hop) from per-frame f0 (B, T) in Hz, voicing
+    (B, T), amplitudes of harmonics ``k = 1..K`` (B, T, K) and noise magnitudes on ``M`` equal
+    bands from 0 to Nyquist (B, T, M).
+
+    Voiced samples: ``sum_k a_k sin(k * phase)``, ``a_k`` linearly interpolated between frame
+    centres (zero above Nyquist and where unvoiced), the phase the running integral of the
+    interpolated f0 (random start, 0 with a ``generator``). Noise: white noise shaped in the
+    short-time Fourier domain (frame ``hop``, window ``2 * hop``) by the magnitudes interpolated
+    over frequency; a band of magnitude ``m`` has amplitude spectral density ``m`` relative to
+    unit white noise. Differentiable in the amplitudes and magnitudes."""
+    bsz, frames = f0.shape
+    n = frames * hop
+    f0 = f0.float() * voiced.float()
+    per_sample = F.interpolate(f0[:, None], size=n, mode="linear", align_corners=False)[:, 0]
+    start = torch.rand(bsz, 1, device=f0.device, generator=generator) if generator is None else f0.new_zeros(bsz, 1)
+    phase = 2 * math.pi * (start + torch.cumsum(per_sample / sample_rate, -1))
+    harmonics = harmonic_amps.shape[-1]
+    k = torch.arange(1, harmonics + 1, device=f0.device, dtype=torch.float32)
+    amps = harmonic_amps * (k * f0[..., None] < sample_rate / 2) * voiced[..., None]  # (B, T, K)
+    out = f0.new_zeros(bsz, n)
+    for lo in range(0, harmonics, 16):  # chunks bound the (B, K, N) memory of long clips
+        a = F.interpolate(amps[..., lo : lo + 16].transpose(1, 2), size=n, mode="linear", align_corners=False)
+        out = out + (a * torch.sin(k[lo : lo + 16, None] * phase[:, None])).sum(1)
+    n_fft = 2 * hop
+    window = torch.hann_window(n_fft, device=f0.device)
+    noise = torch.randn(bsz, n, device=f0.device, generator=generator)
+    spec = torch.stft(noise, n_fft, hop, window=window, center=True, return_complex=True)  # (B, F, T+1)
+    bins = spec.shape[1]
+    mags = F.interpolate(noise_mags, size=bins, mode="linear", align_corners=True).transpose(1, 2)  # (B, F, T)
+    mags = torch.cat([mags, mags[..., -1:]], -1)[..., : spec.shape[-1]]
+    shaped = torch.istft(spec * mags, n_fft, hop, window=window, center=True, length=n)
+    return out + shaped
+
+
+class HarmonicNoiseSource(nn.Module):
+    """The learned source (DDSP): per frame, a spectral envelope of harmonic log-amplitudes on a
+    mel-spaced grid of ``source_bins`` points (read at ``k * f0`` for ``k = 1..source_harmonics``:
+    the same envelope serves every pitch, as in the corpus' source-filter synthesiser) and the
+    log-magnitudes of ``source_bins`` equal noise bands, both linear maps of the frame features
+    (B, D, T) whose last ``audio_n_mels`` channels are the predicted log-mel -> :func:`harmonic_noise`.
+
+    Both maps start as a reading of that log-mel: each envelope point / noise band takes the
+    log-mel interpolated at its frequency, offset so that the speech level (half the log floor)
+    gives harmonics of 0.01 and noise of 0.003 (quiet: the decoder passes the source through from
+    step 0); the other inputs start near zero. The log-mel is trained on every frame
+    (``frame_mel``), so the source renders the spectral envelope long before the decoder learns."""
+
+    def __init__(self, in_dim: int, cfg: SpeechArchitecture) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.envelope = nn.Linear(in_dim, cfg.source_bins)
+        self.noise = nn.Linear(in_dim, cfg.source_bins)
+        mel = lambda f: 2595.0 * torch.log10(1.0 + f / 700.0)  # noqa: E731
+        self.mel_max = float(mel(torch.tensor(cfg.sample_rate / 2)))
+        self.mel = mel
+        # the log-mel channels' centres on the mel axis (mel_filterbank's triangles)
+        centres = torch.linspace(0, self.mel_max, cfg.audio_n_mels + 2)[1:-1]
+        env_at = torch.linspace(0, self.mel_max, cfg.source_bins)  # the envelope's grid (mel)
+        noise_at = mel(torch.linspace(0, cfg.sample_rate / 2, cfg.source_bins))  # equal bands in Hz
+        speech = 0.5 * math.log(MEL_FLOOR)
+        with torch.no_grad():
+            for lin, grid, level in ((self.envelope, env_at, 0.01), (self.noise, noise_at, 0.003)):
+                lin.weight.mul_(0.01)
+                lin.weight[:, -cfg.audio_n_mels :] = _interpolation(grid, centres)
+                lin.bias.fill_(math.log(level) - speech)
+
+    def harmonic_amplitudes(self, h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+        """(B, T, K) amplitudes of the harmonics of ``f0`` (B, T) from frame features (B, T, D)."""
+        env = self.envelope(h)  # (B, T, bins) log-amplitudes at mel-spaced frequencies
+        k = torch.arange(1, self.cfg.source_harmonics + 1, device=h.device, dtype=torch.float32)
+        freq = (k * f0[..., None]).clamp(max=self.cfg.sample_rate / 2)
+        pos = self.mel(freq) / self.mel_max * (self.cfg.source_bins - 1)
+        lo = pos.floor().long().clamp(max=self.cfg.source_bins - 2)
+        frac = pos - lo
+        left, right = env.gather(-1, lo), env.gather(-1, lo + 1)
+        return torch.exp(left + frac * (right - left))
+
+    def forward(
+        self, h: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Frame features (B, D, T), f0 (B, T) in Hz, voicing (B, T) -> source (B, T * hop)."""
+        h = h.transpose(1, 2)
+        amps = self.harmonic_amplitudes(h, f0.float() * voiced.float())
+        noise = torch.exp(self.noise(h))
+        return harmonic_noise(f0, voiced, amps, noise, self.cfg.hop_length, self.cfg.sample_rate, generator)
+
+
+def _interpolation(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(P, C) weights of linear interpolation at ``points`` between values at increasing
+    ``centres`` (constant beyond the ends); rows sum to 1."""
+    pos = torch.stack([torch.searchsorted(centres, p[None])[0] for p in points]).clamp(1, centres.numel() - 1)
+    left, right = centres[pos - 1], centres[pos]
+    frac = ((points - left) / (right - left)).clamp(0, 1)
+    out = torch.zeros(points.numel(), centres.numel())
+    out[torch.arange(points.numel()), pos - 1] = 1 - frac
+    out[torch.arange(points.numel()), pos] += frac
+    return out
 
 
 # --------------------------------------------------------------------------- BigVGAN parts
@@ -480,18 +635,29 @@ class SpeechModel(nn.Module):
         self.speaker_encoder = SpeakerEncoder(cfg)
         self.speaker_proj = nn.Linear(cfg.audio_speaker_embed_dim, d)
         self.mean_proj = nn.Linear(d, cfg.audio_n_mels)
+        # the alignment prior starts from silence for the blanks and from a speech level for the
+        # tokens (half the floor), so that the first alignments put the pauses on the blanks and the
+        # words on their tokens; learned freely from there. (From random means one slot learns
+        # "average speech" and takes every spoken frame: the words never reach their tokens.)
+        self.blank_mean = nn.Parameter(torch.full((cfg.audio_n_mels,), math.log(MEL_FLOOR)))
+        with torch.no_grad():
+            self.mean_proj.bias.fill_(0.5 * math.log(MEL_FLOOR))
         self.duration = nn.Sequential(
             nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, d, 3, padding=1), nn.GELU(), nn.Conv1d(d, 1, 1)
         )
         self.progress_in = nn.Linear(17, d)
+        self.sub_slots = nn.Linear(d, cfg.sub_slots * d) if cfg.sub_slots else None
         self.prompt_in = nn.Linear(cfg.audio_n_mels, d)
         self.prompt_type = nn.Parameter(torch.zeros(2, d))  # prompt vs target frames
         self.frame_encoder = _transformer(d, cfg.num_heads, cfg.frame_layers)
         self.mel_out = nn.Linear(d, cfg.audio_n_mels)
+        with torch.no_grad():  # from the speech level, like the prior's token means
+            self.mel_out.bias.fill_(0.5 * math.log(MEL_FLOOR))
         # per frame: log-f0 (in [log F0_MIN, log F0_MAX]) and the voicing logit; the speaker vector also
         # enters directly (a speaker's mean pitch is its strongest identity cue)
         self.pitch_out = nn.Linear(d, 2)
         self.pitch_speaker = nn.Linear(cfg.audio_speaker_embed_dim, 2)
+        self.source = HarmonicNoiseSource(d + cfg.audio_n_mels, cfg) if cfg.source == "harmonic_noise" else None
         self.decoder = WaveformDecoder(cfg)
 
     # ---- text -------------------------------------------------------------------------
@@ -517,6 +683,9 @@ class SpeechModel(nn.Module):
         x = x * mask[..., None]
         xs = x + self.speaker_proj(speaker)[:, None]
         means = self.mean_proj(xs)
+        if self.config.add_blank:  # blanks: one learned (pause) spectrum
+            is_blank = torch.arange(means.shape[1], device=means.device) % 2 == 0
+            means = torch.where(is_blank[None, :, None], self.blank_mean.expand_as(means), means)
         log_dur = self.duration((xs.detach() * mask[..., None]).transpose(1, 2))[:, 0]
         return xs, mask, means, log_dur
 
@@ -556,6 +725,10 @@ class SpeechModel(nn.Module):
         them -> (B, d + n_mels, frames): the waveform decoder's input (the last n_mels channels
         are trained towards the real log-mel, an explicit spectral envelope to render)."""
         h = expand(slots, durations, num_frames) + self.progress_in(slot_progress(durations, num_frames))
+        if self.sub_slots is not None:  # each slot's K states, stretched over its frames
+            k = self.config.sub_slots
+            states = expand(self.sub_slots(slots), durations, num_frames).unflatten(-1, (k, -1))  # (B, T, K, d)
+            h = h + (sub_slot_weights(durations, num_frames, k)[..., None] * states).sum(2)
         h = h + self.prompt_type[1]
         mask = frame_mask
         prompt_len = 0
@@ -588,8 +761,16 @@ class SpeechModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The waveform (B, T * hop) of decoder input ``h`` at per-frame ``f0`` (Hz) / ``voiced``."""
-        source = excitation(f0, voiced, self.config.hop_length, self.config.sample_rate, generator=generator)
-        return self.decoder(h, speaker, source)
+        return self.decoder(h, speaker, self.excite(h, f0, voiced, generator))
+
+    def excite(
+        self, h: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The decoder's source (B, T * hop): the learned harmonic-plus-noise signal of ``h``
+        (``source: harmonic_noise``) or the fixed sine excitation (``sine``) at ``f0`` / ``voiced``."""
+        if self.source is not None:
+            return self.source(h, f0, voiced, generator)
+        return excitation(f0, voiced, self.config.hop_length, self.config.sample_rate, generator=generator)
 
     # ---- alignment ---------------------------------------------------------------------
     @torch.no_grad()

@@ -21,13 +21,15 @@ are aligned to the log-mel frames by MAS (or uniform durations); the losses are
 - ``pitch``: squared error of the predicted log-f0 on the real clip's voiced frames plus the
   voicing cross-entropy (targets :func:`~xoron_pipelines.model.speech.frame_pitch`); the decoded
   window's excitation is at the real f0 (teacher forcing), generation uses the predicted one;
+- ``source``: the multi-resolution STFT loss of the learned harmonic-plus-noise source alone
+  against the real window (DDSP; ``source: harmonic_noise`` only, ``source_weight``);
 - ``speaker``: squared distance of the encoder's embedding to the speaker's table row (ties the
   two routes; the row is not pulled towards the encoder).
 
 The stage loss is ``tts_loss_weight`` (seed 000: 0.1) x the weighted sum, through
 :meth:`LossWeights.combine`. No GAN discriminators: adversarial training (BigVGAN's multi-period /
 multi-resolution discriminators) pays off after many thousands of steps and would double the cost
-of each; the CPU default run has 300 steps, where the spectral losses are what moves.
+of each; the CPU default run has 360 steps, where the spectral losses are what moves.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ log = logging.getLogger(__name__)
 class TTSTrainConfig(StrictModel):
     """The speech stage's training knobs (CPU-sized defaults)."""
 
-    steps: int = Field(300, ge=1, description="optimizer steps")
+    steps: int = Field(360, ge=1, description="optimizer steps")
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(20, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -65,9 +67,12 @@ class TTSTrainConfig(StrictModel):
     duration_weight: float = Field(1.0, ge=0)
     stft_weight: float = Field(1.0, ge=0)
     mel_weight: float = Field(1.0, ge=0)
-    frame_mel_weight: float = Field(1.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
+    frame_mel_weight: float = Field(3.0, ge=0, description="L1 of the frame network's log-mel (all frames)")
     speaker_weight: float = Field(0.1, ge=0)
     pitch_weight: float = Field(1.0, ge=0, description="log-f0 MSE (voiced frames) + voicing BCE")
+    source_weight: float = Field(
+        1.0, ge=0, description="multi-resolution STFT loss of the learned harmonic-plus-noise source alone"
+    )
     seed: Seed = 0
     log_every: int = Field(10, ge=1)
     progress: bool = True
@@ -279,8 +284,12 @@ def tts_losses(
     h_seg = torch.stack([h[b, :, s : s + seg] for b, s in enumerate(starts)])
     f0_seg = torch.stack([f0[b, s : s + seg] for b, s in enumerate(starts)])
     real = torch.stack([batch["wave"][b, s * hop : (s + seg) * hop] for b, s in enumerate(starts)])
-    fake = model.render(h_seg, speaker, f0_seg, f0_seg > 0)
+    source = model.excite(h_seg, f0_seg, f0_seg > 0)
+    fake = model.decoder(h_seg, speaker, source)
     stft = multi_resolution_stft_loss(fake, real)
+    # the learned source alone against the real window (DDSP's spectral loss): its envelope
+    # learns the formants directly, whatever the decoder does on top
+    source_loss = multi_resolution_stft_loss(source, real) if model.source is not None else stft.new_zeros(())
     mel_l1 = F.l1_loss(model.log_mel(fake), model.log_mel(real))
     # the encoder learns to land on its speaker's row; the rows learn only through the decoder
     # (pulling them towards the encoder too lets both collapse onto one point)
@@ -294,6 +303,7 @@ def tts_losses(
         + cfg.frame_mel_weight * frame_mel
         + cfg.speaker_weight * speaker_loss
         + cfg.pitch_weight * pitch
+        + cfg.source_weight * source_loss
     )
     loss = LossWeights(tts_loss_weight=cfg.tts_loss_weight).combine({"tts": total})
     return {
@@ -306,6 +316,7 @@ def tts_losses(
         "frame_mel": frame_mel,
         "speaker": speaker_loss,
         "pitch": pitch,
+        "source": source_loss,
     }
 
 
