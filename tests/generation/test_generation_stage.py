@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from gen_helpers import TINY_STAGE, llm, media_table, tokenizer
 
 from xoron_pipelines.pipelines.generation.params import Params
-from xoron_pipelines.training.flow import prompt_states
+from xoron_pipelines.training.flow import lr_factor, prompt_states
 from xoron_pipelines.training.generation_stage import train_image_stage, train_video_stage
 
 
@@ -95,3 +97,20 @@ def test_a_table_without_rows_is_named(tables):
             seed=0,
             max_prompt_tokens=16,
         )
+
+
+def test_lr_schedule_knob_decays_the_rate_to_the_end(tables):
+    image, _ = tables
+    steps, lr, warmup = 6, 0.01, 2
+    final = {}
+    for schedule in ("constant", "cosine"):
+        p = _params(model={**TINY_STAGE, "steps": steps, "lr": lr, "warmup_steps": warmup, "lr_schedule": schedule})
+        _, s = train_image_stage(llm(), tokenizer(), image, p.image_gen, loss_weight=1.0, seed=0, max_prompt_tokens=16)
+        final[schedule] = s["final_lr"]
+    # the last of 6 steps: constant keeps lr; cosine is at step 4 of 5 after the warm-up
+    assert final["constant"] == pytest.approx(lr)
+    assert final["cosine"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 4 / 5)))
+    rates = [lr_factor(s, steps, warmup, "cosine") for s in range(steps)]
+    assert rates[:2] == [0.5, 1.0] and all(a > b > 0 for a, b in zip(rates[1:], rates[2:], strict=False))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _params(model={**TINY_STAGE, "lr_schedule": "linear"})

@@ -330,6 +330,20 @@ class TrainData:
     size_probs: list[float] | None = None
 
 
+def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
+    """The learning-rate multiplier of optimizer step ``step + 1`` (0-based ``step``, LambdaLR's
+    count) of ``steps``: linear warm-up over ``warmup_steps``, then 1 (``constant``) or a cosine
+    from 1 towards 0 one step after the last (``cosine``)."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if step + 1 <= warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    done = (step + 1 - warmup_steps) / (steps - warmup_steps + 1)  # < 1: the last step still learns
+    return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+
+
 def train_generator(
     dit: MoEDiT,
     data: TrainData,
@@ -347,18 +361,21 @@ def train_generator(
     t_mean: float = 0.0,
     t_std: float = 1.0,
     ema_decay: float = 0.0,
+    lr_schedule: str = "constant",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training size (drawn
     with ``data.size_probs``, seeded) and ``batch_size`` items of it. The stage loss is
-    ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). With
+    ``loss_weight * diffusion_loss`` (seed 000's image / video diffusion loss weight). The
+    learning rate warms up linearly over ``warmup_steps``, then stays at ``lr``
+    (``lr_schedule="constant"``) or follows a cosine towards 0 at the end (``"cosine"``). With
     ``ema_decay`` > 0 the weights end as their exponential moving average. Returns the
     per-step (weighted) losses; ``on_step(step, metrics)`` after each step."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     sizes = list(data.x0)
     opt = torch.optim.AdamW(dit.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup_steps, lr_schedule))
     ema = {k: v.detach().clone() for k, v in dit.state_dict().items()} if ema_decay > 0 else None
     device = next(dit.parameters()).device
     losses = []
@@ -375,6 +392,7 @@ def train_generator(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(dit.parameters(), grad_clip) if grad_clip > 0 else torch.tensor(0.0)
+        step_lr = sched.get_last_lr()[0]  # the rate of this step
         opt.step()
         sched.step()
         dit.update_moe_bias()
@@ -390,7 +408,7 @@ def train_generator(
             raise FloatingPointError(f"generator loss is {value} at step {step} (lower the learning rate)")
         losses.append(value)
         if on_step is not None:
-            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": sched.get_last_lr()[0], "size": size[0]})
+            on_step(step, {"loss": value, "grad_norm": float(norm), "lr": step_lr, "size": size[0]})
     if ema is not None:
         dit.load_state_dict(ema)
     dit.eval()

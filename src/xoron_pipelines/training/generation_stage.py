@@ -141,8 +141,11 @@ def _train(
         if run is not None:
             tracking.log_params({"stage": p.model_dump(mode="json"), "loss_weight": loss_weight, **extra_params})
 
+        last_lr = []
+
         def on_step(step: int, metrics: dict) -> None:
             recorder.log(step, metrics)
+            last_lr[:] = [metrics["lr"]]
             if run is not None and (step % m.sample_every == 0 or step == m.steps):
                 items = generator.generate(preview[0], preview[1], seed=seed)
                 tracking.log_figure(
@@ -165,6 +168,7 @@ def _train(
             t_mean=m.t_mean,
             t_std=m.t_std,
             ema_decay=m.ema_decay,
+            lr_schedule=m.lr_schedule,
             on_step=on_step,
         )
         if run is not None:
@@ -178,6 +182,7 @@ def _train(
         "first_loss": losses[0],
         "final_loss": float(np.mean(tail)),
         "loss_weight": loss_weight,
+        "final_lr": last_lr[0],
         "train_seconds": round(time.monotonic() - start, 1),
         "parameters": sum(t.numel() for t in dit.parameters()),
         "space": codec.space,

@@ -29,6 +29,7 @@ class _Stage(StrictModel):
     batch_size: PositiveInt = 32
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1)
