@@ -348,3 +348,26 @@ def test_learned_source_starts_as_a_reading_of_the_log_mel():
     band_hz = np.linspace(0, 8000, cfg.source_bins)
     assert float(noise_ratio[np.argmin(np.abs(band_hz - 1000))]) == pytest.approx(math.e, rel=1e-2)
     assert float(noise_ratio[-1]) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("harmonics", [3, 10])
+def test_source_harmonics_sets_the_harmonics_the_learned_source_renders(harmonics):
+    """``source_harmonics`` = K: the learned source reads its envelope at k * f0 for k = 1..K only,
+    so its waveform has lines at 125, ..., K * 125 Hz and nothing at (K + 1) * 125 Hz."""
+    model = _model(source_harmonics=harmonics)
+    source = model.source
+    sr, hop, frames = model.config.sample_rate, model.config.hop_length, 400
+    h = torch.zeros(1, source.envelope.in_features, frames)
+    with torch.no_grad():
+        source.envelope.bias.fill_(math.log(0.1))  # a flat envelope: every harmonic at 0.1
+        source.noise.bias.fill_(-30.0)  # no noise
+    f0 = torch.full((1, frames), 125.0)
+    amps = source.harmonic_amplitudes(h.transpose(1, 2), f0)
+    assert amps.shape == (1, frames, harmonics)
+    x = source(h, f0, torch.ones(1, frames, dtype=torch.bool), torch.Generator().manual_seed(0))[0].detach().numpy()
+    core = x[40 * hop : 360 * hop]
+    spec = np.abs(np.fft.rfft(core)) / (core.size / 2)
+    freqs = np.fft.rfftfreq(core.size, 1 / sr)
+    at = lambda hz: spec[np.argmin(np.abs(freqs - hz))]  # noqa: E731
+    assert all(at(125 * k) == pytest.approx(0.1, rel=0.05) for k in range(1, harmonics + 1))
+    assert at(125 * (harmonics + 1)) < 1e-3
