@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Must be set before anything imports triton / huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,8 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Stage functions called outside a kedro run (no kedro-mlflow config) log to MLflow's default
+# store: a throw-away one per test session, not the repository's mlruns/.
+if "MLFLOW_TRACKING_URI" not in os.environ:
+    import tempfile
 
-from pathlib import Path  # noqa: E402
+    os.environ["MLFLOW_TRACKING_URI"] = (
+        f"sqlite:///{Path(tempfile.mkdtemp(prefix='xoron-tests-mlflow-')) / 'mlflow.db'}"
+    )
 
 import pytest  # noqa: E402
 

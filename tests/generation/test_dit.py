@@ -116,3 +116,24 @@ def test_per_frame_timesteps_modulate_their_own_frame():
     assert not torch.allclose(out[:, 2], one[:, 2], atol=1e-3)
     with pytest.raises(ValueError, match="per-frame timesteps must be"):
         model(x, torch.zeros(2, 3), ctx, mask)
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_sample_prediction_returns_the_velocity_of_its_clean_estimate(video):
+    """prediction="sample": the network's output is x0_hat, returned as (x_s - x0_hat) / max(s, min_sigma)
+    with s = timestep / 1000 (one per clip or one per frame); velocity returns the output itself."""
+    vel = _perturb(MoEDiT(video=video, **KW))
+    xp = MoEDiT(video=video, prediction="sample", min_sigma=0.1, **KW).eval()
+    xp.load_state_dict(vel.state_dict())
+    ctx, mask = _ctx()
+    x = torch.randn(2, 3, 3, 8, 8) if video else torch.randn(2, 3, 8, 8)
+    t = torch.tensor([[600.0, 30.0, 0.0], [250.0, 250.0, 999.0]]) if video else torch.tensor([600.0, 30.0])
+    sigma = (t / 1000).clamp(min=0.1)
+    sigma = sigma[..., None, None, None] if video else sigma[:, None, None, None]
+    raw = vel(x, t, ctx, mask)
+    assert torch.allclose(xp(x, t, ctx, mask), (x - raw) / sigma, atol=1e-5)
+    # an untrained x-prediction model predicts x0 = 0: the velocity points from 0 to x_s
+    fresh = MoEDiT(video=video, prediction="sample", **KW).eval()
+    assert torch.allclose(fresh(x, t, ctx, mask), x / (t / 1000).clamp(min=0.05).view(*sigma.shape), atol=1e-6)
+    with pytest.raises(ValueError, match="prediction must be 'velocity' or 'sample'"):
+        MoEDiT(prediction="epsilon", **KW)

@@ -43,6 +43,27 @@ def test_scene_counts_are_balanced_and_size_carries_no_count_cue():
         assert (found["count"], found["position"]) == (spec.count, spec.position)
 
 
+def test_a_shape_tie_goes_to_the_largest_object_in_every_process():
+    """Two objects of one colour, two shapes: the larger one's shape is read, whatever the order
+    the objects are found in (a ``max(set(...))`` tie-break followed the process's string hashing)."""
+    from PIL import Image, ImageDraw
+
+    colour = scenes.COLOURS["red"]
+    for big, small, big_left in (
+        ("circle", "triangle", True),
+        ("triangle", "circle", False),
+        ("square", "circle", True),
+    ):
+        img = Image.new("RGB", (32, 32), scenes.BACKGROUND)
+        canvas = ImageDraw.Draw(img)
+        scenes.draw(canvas, big, colour, scenes.Obj(8 if big_left else 24, 16, 5))
+        scenes.draw(canvas, small, colour, scenes.Obj(24 if big_left else 8, 16, 3))
+        found = scenes.analyse_scene(np.asarray(img))
+        assert found["count"] == 2 and sorted(o["shape"] for o in found["objects"]) == sorted([big, small])
+        assert found["shape"] == big
+    assert scenes.majority(["b", "a", "a", "b"]) == "b" and scenes.majority(["a", "b"]) == "a"
+
+
 def test_media_nodes_honour_every_knob_and_write_valid_records():
     params = {"media": SMALL}
     image, video, audio = (

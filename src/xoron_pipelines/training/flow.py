@@ -6,6 +6,8 @@ Objectives (``flow=True|False``):
   (``sigmoid(N(mean, std))``, more weight mid-way), target the velocity ``noise - x0``; the model
   sees ``timestep = 1000 s``. Sampling: diffusers' ``FlowMatchEulerDiscreteScheduler`` (whose
   Euler step ``x + (s_next - s) v`` integrates exactly this ODE from noise at s = 1 to data at 0).
+  The DiT's ``prediction`` (``velocity`` | ``sample``) is internal to it: an x-predicting DiT
+  returns its clean estimate as a velocity, so loss and sampler here are the same for both.
 * **DDPM / epsilon**: diffusers' ``DDPMScheduler`` (1000 steps, linear betas) adds the noise at a
   uniform timestep, target the noise; sampling runs the same scheduler on ``inference_steps``
   spaced timesteps.

@@ -40,6 +40,7 @@ from xoron_pipelines.training.flow import (
     Generator,
     TrainData,
     build_autoencoder,
+    lr_factor,
     prompt_states,
     train_autoencoder,
     train_generator,
@@ -154,11 +155,8 @@ def _train(
         if run is not None:
             tracking.log_params({"stage": p.model_dump(mode="json"), "loss_weight": loss_weight, **extra_params})
 
-        last_lr = []
-
         def on_step(step: int, metrics: dict) -> None:
             recorder.log(step, metrics)
-            last_lr[:] = [metrics["lr"]]
             if run is not None and (step % m.sample_every == 0 or step == m.steps):
                 items = generator.generate(preview[0], preview[1], seed=seed)
                 tracking.log_figure(
@@ -197,7 +195,7 @@ def _train(
         "first_loss": losses[0],
         "final_loss": float(np.mean(tail)),
         "loss_weight": loss_weight,
-        "final_lr": last_lr[0],
+        "final_lr": m.lr * lr_factor(len(losses) - 1, m.steps, m.warmup_steps, m.lr_schedule),
         "train_seconds": round(time.monotonic() - start, 1),
         "parameters": sum(t.numel() for t in dit.parameters()),
         "space": codec.space,
@@ -275,6 +273,8 @@ def train_image_stage(
         num_experts=p.generation_num_experts,
         num_experts_per_tok=m.experts_per_token,
         use_dual_stream=p.generation_use_dual_stream,
+        prediction=m.prediction,
+        min_sigma=m.min_sigma,
     )
     h_items, h_caps, _ = table_items(table, "image", "heldout", m.preview_prompts)
     pc, pm = prompt_states(llm, tokenizer, h_caps, max_prompt_tokens)
@@ -360,6 +360,8 @@ def train_video_stage(
         use_3d_rope=p.generation_video_use_3d_rope,
         temporal_moe=p.generation_video_use_temporal_moe,
         causal=p.causal,
+        prediction=m.prediction,
+        min_sigma=m.min_sigma,
     )
     _, h_caps, _ = table_items(table, "video", "heldout", m.preview_prompts)
     pc, pm = prompt_states(llm, tokenizer, h_caps, max_prompt_tokens)

@@ -37,6 +37,8 @@ class _Stage(StrictModel):
     ema_decay: float = Field(0.0, ge=0, lt=1)
     t_mean: float = 0.0
     t_std: float = Field(1.0, gt=0)
+    prediction: Literal["velocity", "sample"] = "velocity"
+    min_sigma: float = Field(0.05, gt=0, lt=1)
     train_items: int = Field(0, ge=0)
     sample_every: PositiveInt = 200
     preview_prompts: PositiveInt = 8
@@ -92,6 +94,8 @@ class ImageGen(StrictModel):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.model.prediction == "sample" and not self.generation_use_flow_matching:
+            raise ValueError("model.prediction: sample needs generation_use_flow_matching: true")
         _check_divisible([self.sample_size], self.unit(), "sample_size", "patch_size x autoencoder downsampling")
         return self
 
@@ -114,6 +118,8 @@ class VideoGen(StrictModel):
             raise ValueError("frame_noise_correlation needs generation_video_use_flow_matching: true")
         if self.frame_by_frame and not (self.causal and self.generation_video_use_flow_matching):
             raise ValueError("frame_by_frame needs causal: true and generation_video_use_flow_matching: true")
+        if self.model.prediction == "sample" and not self.generation_video_use_flow_matching:
+            raise ValueError("model.prediction: sample needs generation_video_use_flow_matching: true")
         return self
 
 

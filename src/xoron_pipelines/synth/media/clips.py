@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .scenes import BACKGROUND, COLOURS, SHAPES, Obj, _shape_of, classify_pixels, draw
+from .scenes import BACKGROUND, COLOURS, SHAPES, Obj, _shape_of, classify_pixels, draw, majority
 
 DIRECTIONS = ("left", "right", "up", "down")
 SPEEDS = {"slow": 0.3, "fast": 0.7}  # path length over the clip, as a fraction of the free track
@@ -147,8 +147,8 @@ def analyse_clip(frames: np.ndarray) -> dict:
     threshold = (SPEEDS["slow"] + SPEEDS["fast"]) / 2
     bounce = bool(moving.size and (np.sign(moving) != np.sign(first)).any())
     return {
-        "colour": max(set(colours), key=colours.count),
-        "shape": max(set(shapes), key=shapes.count),
+        "colour": majority(colours),
+        "shape": majority(shapes),
         "direction": direction,
         "speed": "fast" if path > threshold else "slow",
         "bounce": bounce,

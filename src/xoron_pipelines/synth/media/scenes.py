@@ -9,6 +9,7 @@ generated images and the ground truth of captions / questions are the same geome
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
@@ -179,6 +180,12 @@ def classify_pixels(image: np.ndarray, tolerance: float = 60.0) -> np.ndarray:
     return (idx - 1).reshape(image.shape[:2])
 
 
+def majority(values: list[str]) -> str:
+    """The most frequent value; a tie goes to the one seen first (the same answer in every
+    process, unlike ``max(set(values), key=values.count)``, whose tie-break follows string hashing)."""
+    return Counter(values).most_common(1)[0][0]
+
+
 def _shape_of(fill: float) -> str:
     """Fill ratio of the bounding box: square ~1, circle ~pi/4, triangle ~1/2."""
     return "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
@@ -208,15 +215,15 @@ def analyse_scene(image: np.ndarray, min_area_frac: float = 0.002) -> dict:
         return {"objects": [], "colour": None, "shape": None, "count": 0, "position": None}
     area = {c: sum(o["area"] for o in objects if o["colour"] == c) for c in COLOURS}
     colour = max(area, key=area.get)
-    same = [o for o in objects if o["colour"] == colour]
-    shapes = [o["shape"] for o in same]
+    same = sorted((o for o in objects if o["colour"] == colour), key=lambda o: -o["area"])
+    shapes = [o["shape"] for o in same]  # largest first: a tie goes to the largest object's shape
     cx = np.mean([o["cx"] for o in same]) / w - 0.5  # the wedge of the centroid (see in_wedge)
     cy = np.mean([o["cy"] for o in same]) / h - 0.5
     position = ("right" if cx > 0 else "left") if abs(cx) >= abs(cy) else ("bottom" if cy > 0 else "top")
     return {
         "objects": objects,
         "colour": colour,
-        "shape": max(set(shapes), key=shapes.count),
+        "shape": majority(shapes),
         "count": len(same),
         "position": position,
     }
