@@ -296,3 +296,12 @@ def test_prediction_knob_reaches_both_denoisers(tables):
         Params.model_validate(
             {"video_gen": {"generation_video_use_flow_matching": False, "model": {"prediction": "sample"}}}
         )
+
+
+def test_generator_training_shows_a_progress_bar(tables, capfd):
+    image, video = tables
+    p = _params(steps=3)
+    train_image_stage(llm(), tokenizer(), image, p.image_gen, multi_scale=p.multi_scale, **_run())
+    train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
+    err = capfd.readouterr().err
+    assert "image_gen: 100%" in err and "video_gen: 100%" in err and "3/3" in err

@@ -458,6 +458,7 @@ def train_generator(
     frame_noise_correlation: float = 0.0,
     frame_by_frame: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: str | None = None,
 ) -> list[float]:
     """Train ``dit`` for ``steps`` optimizer steps; each batch takes one training shape (drawn by
     ``data.sample_shape`` with a generator seeded by ``seed``) and ``batch_size`` items of it.
@@ -465,7 +466,10 @@ def train_generator(
     weight). The learning rate warms up linearly over ``warmup_steps``, then stays at ``lr``
     (``lr_schedule="constant"``) or follows a cosine towards 0 at the end (``"cosine"``). With
     ``ema_decay`` > 0 the weights end as their exponential moving average. Returns the
-    per-step (weighted) losses; ``on_step(step, metrics)`` after each step."""
+    per-step (weighted) losses; ``on_step(step, metrics)`` after each step; ``progress``: the label
+    of a tqdm progress bar (None: no bar)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     sizes = list(data.x0)
@@ -474,7 +478,8 @@ def train_generator(
     ema = {k: v.detach().clone() for k, v in dit.state_dict().items()} if ema_decay > 0 else None
     device = next(dit.parameters()).device
     losses = []
-    for step in range(1, steps + 1):
+    bar = tqdm(range(1, steps + 1), desc=progress, disable=progress is None, leave=False)
+    for step in bar:
         dit.train()
         shape = data.sample_shape(step - 1, steps, rng) if data.sample_shape is not None else sizes[0]
         pool = data.x0[tuple(shape[-2:])]
@@ -513,6 +518,8 @@ def train_generator(
         if not math.isfinite(value):
             raise FloatingPointError(f"generator loss is {value} at step {step} (lower the learning rate)")
         losses.append(value)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{value:.4f}")
         if on_step is not None:
             on_step(step, {"loss": value, "grad_norm": float(norm), "lr": step_lr, "size": shape[-2]})
     if ema is not None:

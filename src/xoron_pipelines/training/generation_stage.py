@@ -183,6 +183,7 @@ def _train(
             frame_noise_correlation=float(meta.get("frame_noise_correlation", 0.0)),
             frame_by_frame=bool(meta.get("frame_by_frame", False)),
             on_step=on_step,
+            progress=name,
         )
         if run is not None:
             tracking.log_figure(
