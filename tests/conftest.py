@@ -16,14 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# Stage functions called outside a kedro run (no kedro-mlflow config) log to MLflow's default
-# store: a throw-away one per test session, not the repository's mlruns/.
-if "MLFLOW_TRACKING_URI" not in os.environ:
-    import tempfile
-
-    os.environ["MLFLOW_TRACKING_URI"] = (
-        f"sqlite:///{Path(tempfile.mkdtemp(prefix='xoron-tests-mlflow-')) / 'mlflow.db'}"
-    )
 
 import pytest  # noqa: E402
 
@@ -34,6 +26,26 @@ import sys  # noqa: E402
 
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _mlflow_outside_the_repository(tmp_path_factory):
+    """Stage functions called outside a kedro run (no kedro-mlflow config) log to MLflow's
+    default store, ``./mlflow.db`` with artefacts in ``./mlruns``: the repository. Give the
+    session a throw-away store instead (a copy of the migrated template, whose default
+    experiment keeps its artefacts in the system temp dir), unless the caller chose one."""
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        yield
+        return
+    import shutil
+
+    from tests.helpers import _mlflow_template_db
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(_mlflow_template_db(), db)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
