@@ -268,26 +268,24 @@ def test_frame_by_frame_knob_reaches_training_and_sampling(tables):
 
 def test_prediction_knob_reaches_both_denoisers(tables):
     image, video = tables
-    p = _params(model={**TINY_STAGE, "steps": 2, "prediction": "sample", "min_sigma": 0.2})
-    p = Params.model_validate(
-        {**p.model_dump(), "video_gen": {**p.video_gen.model_dump(), "model": p.image_gen.model.model_dump()}}
-    )
     out = {}
     for pred in ("velocity", "sample"):
-        q = Params.model_validate(
-            {
-                **p.model_dump(),
-                "image_gen": {
-                    **p.image_gen.model_dump(),
-                    "model": {**p.image_gen.model.model_dump(), "prediction": pred},
-                },
-            }
-        )
+        q = _params(model={**TINY_STAGE, "steps": 2, "prediction": pred})
         gen, s = train_image_stage(llm(), tokenizer(), image, q.image_gen, multi_scale=q.multi_scale, **_run())
         assert gen.dit.config.prediction == pred
         out[pred] = s["first_loss"]
     # the same batch, noise and timesteps: a zero-initialised x-predictor's velocity is x_s / s, not 0
     assert out["sample"] != pytest.approx(out["velocity"], rel=1e-3)
+    p = _params()
+    p = Params.model_validate(
+        {
+            **p.model_dump(),
+            "video_gen": {
+                **p.video_gen.model_dump(),
+                "model": {**TINY_STAGE, "steps": 2, "prediction": "sample", "min_sigma": 0.2},
+            },
+        }
+    )
     vgen, _ = train_video_stage(llm(), tokenizer(), video, p.video_gen, multi_scale=p.multi_scale, **_run())
     assert vgen.dit.config.prediction == "sample" and vgen.dit.config.min_sigma == 0.2
     with pytest.raises(ValueError, match="prediction: sample needs generation_use_flow_matching"):

@@ -214,6 +214,23 @@ def _train(
     return generator, summary
 
 
+def _denoiser(m: Any, seed: int, **kind: Any) -> MoEDiT:
+    """The stage's MoE-DiT, seeded: the ``model`` block's knobs (shared by image and video) plus
+    what is the stage's own (``kind``: channels, text width, experts, video layout)."""
+    torch.manual_seed(seed)
+    return MoEDiT(
+        patch_size=m.patch_size,
+        hidden_size=m.hidden_size,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        num_experts_per_tok=m.experts_per_token,
+        prediction=m.prediction,
+        min_sigma=m.min_sigma,
+        **kind,
+    )
+
+
 def _codec(p: Any, images: torch.Tensor, seed: int) -> tuple[Codec, dict]:
     """Pixel space, a local autoencoder directory, or an autoencoder trained on ``images``."""
     if p.generation_latent_space == "pixel":
@@ -261,21 +278,14 @@ def train_image_stage(
         mask,
         lambda step, total, rng: sample_image_size(multi_scale, step, total, rng),
     )
-    torch.manual_seed(seed)
     m = p.model
-    dit = MoEDiT(
+    dit = _denoiser(
+        m,
+        seed,
         in_channels=codec.channels(),
-        patch_size=m.patch_size,
-        hidden_size=m.hidden_size,
-        depth=m.depth,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
         text_dim=context.shape[-1],
         num_experts=p.generation_num_experts,
-        num_experts_per_tok=m.experts_per_token,
         use_dual_stream=p.generation_use_dual_stream,
-        prediction=m.prediction,
-        min_sigma=m.min_sigma,
     )
     h_items, h_caps, _ = table_items(table, "image", "heldout", m.preview_prompts)
     pc, pm = prompt_states(llm, tokenizer, h_caps, max_prompt_tokens)
@@ -343,26 +353,19 @@ def train_video_stage(
         lambda step, total, rng: sample_video_shape(multi_scale, step, total, rng),
     )
     size, frames = (multi_scale.video_base_size, multi_scale.video_base_size), multi_scale.video_base_frames
-    torch.manual_seed(seed)
     m = p.model
-    dit = MoEDiT(
+    dit = _denoiser(
+        m,
+        seed,
         in_channels=3,
-        patch_size=m.patch_size,
-        hidden_size=m.hidden_size,
-        depth=m.depth,
-        num_heads=m.num_heads,
-        mlp_ratio=m.mlp_ratio,
         text_dim=context.shape[-1],
         num_experts=p.generation_video_num_experts,
-        num_experts_per_tok=m.experts_per_token,
         use_dual_stream=True,
         video=True,
         max_frames=multi_scale.video_max_frames,
         use_3d_rope=p.generation_video_use_3d_rope,
         temporal_moe=p.generation_video_use_temporal_moe,
         causal=p.causal,
-        prediction=m.prediction,
-        min_sigma=m.min_sigma,
     )
     _, h_caps, _ = table_items(table, "video", "heldout", m.preview_prompts)
     pc, pm = prompt_states(llm, tokenizer, h_caps, max_prompt_tokens)
